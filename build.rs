@@ -1,0 +1,23 @@
+//! Compiles `proto/laser/v1/*.proto` with protox (pure Rust, no system protoc) and emits
+//! the file descriptor set used by gRPC server reflection.
+use std::path::PathBuf;
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let files = [
+        "proto/laser/v1/common.proto",
+        "proto/laser/v1/reward_router.proto",
+        "proto/laser/v1/admin.proto",
+    ];
+    for file in &files {
+        println!("cargo:rerun-if-changed={file}");
+    }
+    let descriptors = protox::compile(files, ["proto"])?;
+    let out_dir = PathBuf::from(std::env::var("OUT_DIR")?);
+    let descriptor_bytes = prost::Message::encode_to_vec(&descriptors);
+    std::fs::write(out_dir.join("laser_descriptor.bin"), descriptor_bytes)?;
+    tonic_prost_build::configure()
+        .build_client(true)
+        .build_server(true)
+        .compile_fds(descriptors)?;
+    Ok(())
+}

@@ -1,0 +1,397 @@
+//! Validation and conversion of `pb` requests into domain calls. Everything a request can
+//! get wrong without looking at server state is caught here, before any state is touched;
+//! checks that need state (context dimension, unknown ids) live with that state.
+
+use super::pb;
+use crate::bandit::Normalization;
+use crate::config::Limits;
+use crate::routers::{FeedbackSignal, Policy, RouterSettings, SelectionMode};
+
+/// A request the server refuses on its face. Messages name the field and the limit.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum RequestError {
+    #[error("{field}: {reason}")]
+    Invalid { field: String, reason: String },
+    #[error("{field}: {value} exceeds {limit} = {max}")]
+    OverLimit {
+        field: String,
+        limit: &'static str,
+        value: usize,
+        max: usize,
+    },
+}
+
+fn invalid(field: impl Into<String>, reason: impl Into<String>) -> RequestError {
+    RequestError::Invalid {
+        field: field.into(),
+        reason: reason.into(),
+    }
+}
+
+fn at_most(
+    field: impl Into<String>,
+    value: usize,
+    limit: &'static str,
+    max: usize,
+) -> Result<(), RequestError> {
+    if value > max {
+        return Err(RequestError::OverLimit {
+            field: field.into(),
+            limit,
+            value,
+            max,
+        });
+    }
+    Ok(())
+}
+
+/// One query of a Score call.
+#[derive(Debug)]
+pub struct QueryInput {
+    pub id: String,
+    pub context: Vec<f32>,
+    pub prompt: String,
+    pub responses: Vec<String>,
+}
+
+/// A validated Score request.
+#[derive(Debug)]
+pub struct ScoreCall {
+    pub router: String,
+    pub queries: Vec<QueryInput>,
+    pub mode: Option<SelectionMode>,
+    pub explain: bool,
+}
+
+impl ScoreCall {
+    pub fn from_request(request: pb::ScoreRequest, limits: &Limits) -> Result<Self, RequestError> {
+        if request.router.is_empty() {
+            return Err(invalid("router", "is empty"));
+        }
+        if request.queries.is_empty() {
+            return Err(invalid("queries", "is empty; send at least one query"));
+        }
+        at_most(
+            "queries",
+            request.queries.len(),
+            "limits.max_queries_per_score",
+            limits.max_queries_per_score,
+        )?;
+        let mode = selection_mode(request.mode, "mode")?;
+        let queries = request
+            .queries
+            .into_iter()
+            .enumerate()
+            .map(|(index, query)| query_input(index, query, limits))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Self {
+            router: request.router,
+            queries,
+            mode,
+            explain: request.explain,
+        })
+    }
+}
+
+fn query_input(
+    index: usize,
+    query: pb::Query,
+    limits: &Limits,
+) -> Result<QueryInput, RequestError> {
+    let field = |name: &str| format!("queries[{index}].{name}");
+    if query.context.is_empty() {
+        return Err(invalid(field("context"), "is empty"));
+    }
+    at_most(
+        field("context"),
+        query.context.len(),
+        "limits.max_context_dim",
+        limits.max_context_dim,
+    )?;
+    if let Some(position) = query.context.iter().position(|v| !v.is_finite()) {
+        return Err(invalid(
+            format!("queries[{index}].context[{position}]"),
+            format!("is {}; every value must be finite", query.context[position]),
+        ));
+    }
+    at_most(
+        field("prompt"),
+        query.prompt.len(),
+        "limits.max_text_bytes",
+        limits.max_text_bytes,
+    )?;
+    if query.responses.is_empty() {
+        return Err(invalid(
+            field("responses"),
+            "is empty; send at least one response",
+        ));
+    }
+    at_most(
+        field("responses"),
+        query.responses.len(),
+        "limits.max_responses_per_query",
+        limits.max_responses_per_query,
+    )?;
+    for (position, response) in query.responses.iter().enumerate() {
+        at_most(
+            format!("queries[{index}].responses[{position}]"),
+            response.len(),
+            "limits.max_text_bytes",
+            limits.max_text_bytes,
+        )?;
+    }
+    Ok(QueryInput {
+        id: query.id,
+        context: query.context,
+        prompt: query.prompt,
+        responses: query.responses,
+    })
+}
+
+fn selection_mode(value: i32, field: &str) -> Result<Option<SelectionMode>, RequestError> {
+    match pb::SelectionMode::try_from(value) {
+        Ok(pb::SelectionMode::Unspecified) => Ok(None),
+        Ok(pb::SelectionMode::PerQuery) => Ok(Some(SelectionMode::PerQuery)),
+        Ok(pb::SelectionMode::PerBatch) => Ok(Some(SelectionMode::PerBatch)),
+        Err(_) => Err(invalid(
+            field,
+            format!("unknown SelectionMode value {value}"),
+        )),
+    }
+}
+
+/// A validated Feedback request.
+#[derive(Debug)]
+pub struct FeedbackCall {
+    pub router: String,
+    pub decision_ids: Vec<String>,
+    pub signal: FeedbackSignal,
+}
+
+impl FeedbackCall {
+    pub fn from_request(
+        request: pb::FeedbackRequest,
+        limits: &Limits,
+    ) -> Result<Self, RequestError> {
+        if request.router.is_empty() {
+            return Err(invalid("router", "is empty"));
+        }
+        if request.decision_ids.is_empty() {
+            return Err(invalid("decision_ids", "is empty"));
+        }
+        at_most(
+            "decision_ids",
+            request.decision_ids.len(),
+            "limits.max_decision_ids_per_feedback",
+            limits.max_decision_ids_per_feedback,
+        )?;
+        if let Some(position) = request.decision_ids.iter().position(|id| id.is_empty()) {
+            return Err(invalid(format!("decision_ids[{position}]"), "is empty"));
+        }
+        let signal = match request.signal {
+            None => return Err(invalid("signal", "set loss or reward")),
+            Some(pb::feedback_request::Signal::Loss(loss)) => {
+                finite("loss", loss)?;
+                FeedbackSignal::Loss(loss)
+            }
+            Some(pb::feedback_request::Signal::Reward(reward)) => {
+                finite("reward", reward)?;
+                FeedbackSignal::Reward(reward)
+            }
+        };
+        Ok(Self {
+            router: request.router,
+            decision_ids: request.decision_ids,
+            signal,
+        })
+    }
+}
+
+fn finite(field: &str, value: f64) -> Result<(), RequestError> {
+    if value.is_finite() {
+        Ok(())
+    } else {
+        Err(invalid(field, format!("is {value}; must be finite")))
+    }
+}
+
+/// Router settings from CreateRouter, unset fields taken from `defaults`. Range checks
+/// happen in `RouterSettings::validate`.
+pub fn router_settings(
+    settings: Option<pb::RouterSettings>,
+    defaults: &RouterSettings,
+) -> Result<RouterSettings, RequestError> {
+    let Some(settings) = settings else {
+        return Ok(defaults.clone());
+    };
+    let policy = match pb::Policy::try_from(settings.policy) {
+        Ok(pb::Policy::Unspecified) => defaults.policy,
+        Ok(pb::Policy::Linucb) => Policy::LinUcb,
+        Err(_) => {
+            return Err(invalid(
+                "settings.policy",
+                format!("unknown Policy value {}", settings.policy),
+            ));
+        }
+    };
+    let normalization = match pb::Normalization::try_from(settings.normalization) {
+        Ok(pb::Normalization::Unspecified) => defaults.normalization,
+        Ok(pb::Normalization::None) => Normalization::None,
+        Ok(pb::Normalization::Quantile) => Normalization::LASER,
+        Err(_) => {
+            return Err(invalid(
+                "settings.normalization",
+                format!("unknown Normalization value {}", settings.normalization),
+            ));
+        }
+    };
+    let default_mode = selection_mode(settings.default_mode, "settings.default_mode")?
+        .unwrap_or(defaults.default_mode);
+    Ok(RouterSettings {
+        context_dim: match settings.context_dim {
+            0 => defaults.context_dim,
+            dim => dim as usize,
+        },
+        policy,
+        alpha: settings.alpha.unwrap_or(defaults.alpha),
+        l2_lambda: settings.l2_lambda.unwrap_or(defaults.l2_lambda),
+        normalization,
+        default_mode,
+        seed: settings.seed.unwrap_or(defaults.seed),
+        max_pending_decisions: defaults.max_pending_decisions,
+    })
+}
+
+/// The pb form of a router's effective settings.
+pub fn router_settings_to_pb(settings: &RouterSettings) -> pb::RouterSettings {
+    pb::RouterSettings {
+        context_dim: settings.context_dim as u32,
+        policy: match settings.policy {
+            Policy::LinUcb => pb::Policy::Linucb,
+        } as i32,
+        alpha: Some(settings.alpha),
+        l2_lambda: Some(settings.l2_lambda),
+        normalization: match settings.normalization {
+            Normalization::None => pb::Normalization::None,
+            Normalization::Quantile { .. } => pb::Normalization::Quantile,
+        } as i32,
+        default_mode: match settings.default_mode {
+            SelectionMode::PerQuery => pb::SelectionMode::PerQuery,
+            SelectionMode::PerBatch => pb::SelectionMode::PerBatch,
+        } as i32,
+        seed: Some(settings.seed),
+    }
+}
+
+/// Response indices ordered best (highest score) first; NaN scores last; ties keep
+/// request order.
+pub fn ranking(scores: &[f32]) -> Vec<u32> {
+    let key = |i: u32| {
+        let score = scores[i as usize];
+        if score.is_nan() {
+            f32::NEG_INFINITY
+        } else {
+            score
+        }
+    };
+    let mut order: Vec<u32> = (0..scores.len() as u32).collect();
+    order.sort_by(|&a, &b| key(b).total_cmp(&key(a)));
+    order
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn query(context: Vec<f32>, responses: &[&str]) -> pb::Query {
+        pb::Query {
+            id: "q".into(),
+            context,
+            prompt: "p".into(),
+            responses: responses.iter().map(|r| r.to_string()).collect(),
+        }
+    }
+
+    fn score(queries: Vec<pb::Query>) -> Result<ScoreCall, RequestError> {
+        ScoreCall::from_request(
+            pb::ScoreRequest {
+                router: "r".into(),
+                queries,
+                mode: 0,
+                explain: false,
+            },
+            &Limits::default(),
+        )
+    }
+
+    #[test]
+    fn bad_queries_name_the_field() {
+        let nan = score(vec![query(vec![0.0, f32::NAN], &["a"])]).unwrap_err();
+        assert!(
+            nan.to_string().starts_with("queries[0].context[1]: is NaN"),
+            "{nan}"
+        );
+        let empty = score(vec![query(vec![1.0], &["a"]), query(vec![1.0], &[])]).unwrap_err();
+        assert!(
+            empty.to_string().starts_with("queries[1].responses"),
+            "{empty}"
+        );
+        let none = score(vec![]).unwrap_err();
+        assert!(none.to_string().starts_with("queries"), "{none}");
+        let long = "x".repeat(Limits::default().max_text_bytes + 1);
+        let over = score(vec![query(vec![1.0], &[long.as_str()])]).unwrap_err();
+        assert!(matches!(
+            over,
+            RequestError::OverLimit {
+                limit: "limits.max_text_bytes",
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn unknown_enum_values_are_refused() {
+        let err = ScoreCall::from_request(
+            pb::ScoreRequest {
+                router: "r".into(),
+                queries: vec![query(vec![1.0], &["a"])],
+                mode: 42,
+                explain: false,
+            },
+            &Limits::default(),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("mode"));
+    }
+
+    #[test]
+    fn feedback_needs_a_finite_signal() {
+        let request = |signal| pb::FeedbackRequest {
+            router: "r".into(),
+            decision_ids: vec!["d".into()],
+            signal,
+        };
+        let limits = Limits::default();
+        assert!(FeedbackCall::from_request(request(None), &limits).is_err());
+        let nan = Some(pb::feedback_request::Signal::Loss(f64::NAN));
+        assert!(
+            FeedbackCall::from_request(request(nan), &limits)
+                .unwrap_err()
+                .to_string()
+                .starts_with("loss")
+        );
+        let ok = Some(pb::feedback_request::Signal::Loss(0.5));
+        assert_eq!(
+            FeedbackCall::from_request(request(ok), &limits)
+                .unwrap()
+                .signal,
+            FeedbackSignal::Loss(0.5)
+        );
+    }
+
+    #[test]
+    fn ranking_is_best_first_with_nan_last() {
+        assert_eq!(ranking(&[0.1, f32::NAN, 0.9, 0.5]), vec![2, 3, 0, 1]);
+        assert_eq!(ranking(&[1.0, 1.0]), vec![0, 1]);
+    }
+}

@@ -1,0 +1,211 @@
+//! `laser.v1.RewardRouter`: Score and Feedback.
+//!
+//! Score: validate -> find or create the router -> select arms (blocking pool: O(K·d²) per
+//! query) -> score every query with its RM (worker threads, concurrently) -> record the
+//! decisions -> reply. Nothing is recorded when scoring fails.
+//! Feedback: validate -> apply to the router all-or-nothing (blocking pool) -> reply.
+
+use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use tokio::task::JoinSet;
+use tonic::{Request, Response, Status};
+use tracing::Instrument;
+
+use super::convert::{FeedbackCall, ScoreCall, ranking};
+use super::pb;
+use super::status::join_error;
+use crate::app::AppState;
+use crate::routers::RouterError;
+use crate::telemetry::metric;
+
+pub struct RewardRouterService {
+    state: Arc<AppState>,
+}
+
+impl RewardRouterService {
+    pub fn new(state: Arc<AppState>) -> Self {
+        Self { state }
+    }
+
+    async fn score(&self, call: ScoreCall) -> Result<pb::ScoreResponse, Status> {
+        let state = &self.state;
+        let router = state.routers.get_or_create(&call.router)?;
+        let reward_models = state.reward_models.names();
+        let (contexts, queries): (Vec<Vec<f32>>, Vec<_>) = call
+            .queries
+            .into_iter()
+            .map(|q| (q.context, (q.id, q.prompt, q.responses)))
+            .unzip();
+        let (mode, explain) = (call.mode, call.explain);
+        let selector = router.clone();
+        let selection = tokio::task::spawn_blocking(move || {
+            selector.lock().expect("router lock poisoned").select(
+                &contexts,
+                mode,
+                explain,
+                &reward_models,
+            )
+        })
+        .await
+        .map_err(join_error)??;
+
+        // Score every query with its decision's RM, all at once.
+        let mut query_decision = vec![0usize; queries.len()];
+        for (decision_index, decision) in selection.decisions.iter().enumerate() {
+            for &query in &decision.queries {
+                query_decision[query] = decision_index;
+            }
+        }
+        let mut jobs = JoinSet::new();
+        for (query, (_, prompt, responses)) in queries.iter().enumerate() {
+            let decision = &selection.decisions[query_decision[query]];
+            let reward_model = state.reward_models.get(&decision.reward_model)?;
+            let (prompt, responses) = (prompt.clone(), responses.clone());
+            jobs.spawn(
+                async move { (query, reward_model.score(prompt, responses).await) }
+                    .in_current_span(),
+            );
+        }
+        let mut scores: Vec<Vec<f32>> = vec![Vec::new(); queries.len()];
+        while let Some(joined) = jobs.join_next().await {
+            let (query, result) = joined.map_err(join_error)?;
+            scores[query] = result?;
+        }
+
+        let now_unix_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as i64)
+            .unwrap_or(0);
+        let chosen: Vec<(String, Vec<pb::ArmEstimate>)> = selection
+            .decisions
+            .iter()
+            .map(|decision| {
+                let arms = decision
+                    .estimates
+                    .iter()
+                    .map(|(reward_model, estimate)| pb::ArmEstimate {
+                        reward_model: reward_model.clone(),
+                        mean: estimate.mean,
+                        bonus: estimate.bonus,
+                        ucb: estimate.ucb,
+                    })
+                    .collect();
+                (decision.reward_model.clone(), arms)
+            })
+            .collect();
+        let (decision_ids, pending) = {
+            let mut router = router.lock().expect("router lock poisoned");
+            let ids = router.record(selection, now_unix_ms);
+            (ids, router.pending_decisions())
+        };
+        for (reward_model, _) in &chosen {
+            metrics::counter!(metric::SELECTIONS, "router" => call.router.clone(), "reward_model" => reward_model.clone())
+                .increment(1);
+        }
+        metrics::gauge!(metric::PENDING_DECISIONS, "router" => call.router.clone())
+            .set(pending as f64);
+        tracing::debug!(decision_ids = ?decision_ids, "decisions recorded");
+
+        let results = queries
+            .into_iter()
+            .zip(scores)
+            .enumerate()
+            .map(|(query, ((id, _, _), scores))| {
+                let decision = query_decision[query];
+                let (reward_model, arms) = &chosen[decision];
+                pb::QueryResult {
+                    id,
+                    decision_id: decision_ids[decision].clone(),
+                    reward_model: reward_model.clone(),
+                    ranking: ranking(&scores),
+                    scores,
+                    arms: arms.clone(),
+                }
+            })
+            .collect();
+        Ok(pb::ScoreResponse { results })
+    }
+
+    async fn feedback(&self, call: FeedbackCall) -> Result<pb::FeedbackResponse, Status> {
+        let router = self.state.routers.get(&call.router)?;
+        let name = call.router.clone();
+        let applier = router.clone();
+        let result = tokio::task::spawn_blocking(move || {
+            applier
+                .lock()
+                .expect("router lock poisoned")
+                .apply_feedback(&call.decision_ids, call.signal)
+        })
+        .await
+        .map_err(join_error)?;
+        let outcome = match result {
+            Ok(outcome) => outcome,
+            Err(error) => {
+                if let RouterError::UnknownDecisions { decision_ids, .. } = &error {
+                    metrics::counter!(metric::FEEDBACK, "router" => name.clone(), "outcome" => "unknown")
+                        .increment(decision_ids.len() as u64);
+                }
+                return Err(error.into());
+            }
+        };
+        metrics::counter!(metric::FEEDBACK, "router" => name.clone(), "outcome" => "applied")
+            .increment(outcome.applied.len() as u64);
+        metrics::counter!(metric::FEEDBACK, "router" => name.clone(), "outcome" => "duplicate")
+            .increment(outcome.duplicate as u64);
+        let pending = router
+            .lock()
+            .expect("router lock poisoned")
+            .pending_decisions();
+        metrics::gauge!(metric::PENDING_DECISIONS, "router" => name).set(pending as f64);
+        tracing::debug!(applied = ?outcome.applied, duplicate = outcome.duplicate, "feedback applied");
+        Ok(pb::FeedbackResponse {
+            applied: outcome.applied.len() as u32,
+            duplicate: outcome.duplicate as u32,
+        })
+    }
+}
+
+#[tonic::async_trait]
+impl pb::reward_router_server::RewardRouter for RewardRouterService {
+    async fn score(
+        &self,
+        request: Request<pb::ScoreRequest>,
+    ) -> Result<Response<pb::ScoreResponse>, Status> {
+        let started = Instant::now();
+        let request = request.into_inner();
+        let span =
+            tracing::info_span!("score", router = %request.router, queries = request.queries.len());
+        let result = async {
+            let call = ScoreCall::from_request(request, &self.state.limits)?;
+            self.score(call).await
+        }
+        .instrument(span.clone())
+        .await;
+        if let Err(status) = &result {
+            span.in_scope(|| tracing::info!(code = ?status.code(), message = status.message(), "score refused"));
+        }
+        super::observe("Score", started, &result);
+        result.map(Response::new)
+    }
+
+    async fn feedback(
+        &self,
+        request: Request<pb::FeedbackRequest>,
+    ) -> Result<Response<pb::FeedbackResponse>, Status> {
+        let started = Instant::now();
+        let request = request.into_inner();
+        let span = tracing::info_span!("feedback", router = %request.router, decisions = request.decision_ids.len());
+        let result = async {
+            let call = FeedbackCall::from_request(request, &self.state.limits)?;
+            self.feedback(call).await
+        }
+        .instrument(span.clone())
+        .await;
+        if let Err(status) = &result {
+            span.in_scope(|| tracing::info!(code = ?status.code(), message = status.message(), "feedback refused"));
+        }
+        super::observe("Feedback", started, &result);
+        result.map(Response::new)
+    }
+}

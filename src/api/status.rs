@@ -1,0 +1,57 @@
+//! Domain errors to gRPC status: one exhaustive mapping per error enum, no catch-all arm,
+//! so a new error variant cannot ship without a deliberate status code.
+
+use tonic::{Code, Status};
+
+use super::convert::RequestError;
+use crate::models::ModelError;
+use crate::routers::RouterError;
+
+impl From<RequestError> for Status {
+    fn from(error: RequestError) -> Self {
+        let code = match &error {
+            RequestError::Invalid { .. } => Code::InvalidArgument,
+            RequestError::OverLimit { .. } => Code::ResourceExhausted,
+        };
+        Status::new(code, error.to_string())
+    }
+}
+
+impl From<RouterError> for Status {
+    fn from(error: RouterError) -> Self {
+        let code = match &error {
+            RouterError::UnknownRouter { .. } => Code::NotFound,
+            RouterError::RouterExists { .. } => Code::AlreadyExists,
+            RouterError::InvalidRouterName { .. } => Code::InvalidArgument,
+            RouterError::ContextDimension { .. } => Code::InvalidArgument,
+            RouterError::NoRewardModels { .. } => Code::FailedPrecondition,
+            RouterError::UnknownDecisions { .. } => Code::NotFound,
+            RouterError::InvalidSettings { .. } => Code::InvalidArgument,
+        };
+        Status::new(code, error.to_string())
+    }
+}
+
+impl From<ModelError> for Status {
+    fn from(error: ModelError) -> Self {
+        let code = match &error {
+            ModelError::RuntimeMissing { .. } => Code::Internal,
+            ModelError::RuntimeInit { .. } => Code::Internal,
+            ModelError::InvalidSpec { .. } => Code::InvalidArgument,
+            ModelError::MissingFile { .. } => Code::InvalidArgument,
+            ModelError::Load { .. } => Code::InvalidArgument,
+            ModelError::Tokenizer { .. } => Code::InvalidArgument,
+            ModelError::Inference { .. } => Code::Internal,
+            ModelError::QueueFull { .. } => Code::ResourceExhausted,
+            ModelError::UnknownRewardModel { .. } => Code::NotFound,
+            ModelError::RewardModelExists { .. } => Code::AlreadyExists,
+            ModelError::WorkerStopped { .. } => Code::Unavailable,
+        };
+        Status::new(code, error.to_string())
+    }
+}
+
+/// A blocking task that panicked or was cancelled.
+pub(crate) fn join_error(error: tokio::task::JoinError) -> Status {
+    Status::internal(format!("internal task failed: {error}"))
+}

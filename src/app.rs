@@ -1,0 +1,220 @@
+//! Wiring and lifecycle: load reward models, bind the listeners, serve gRPC (RewardRouter,
+//! Admin, health, reflection) and Prometheus metrics, stop on the shutdown signal.
+//!
+//! Startup order: ONNX Runtime -> reward models (loaded and probed on a blocking thread) ->
+//! listeners bound -> the ready line on stdout (`laser-router listening grpc=ADDR
+//! metrics=ADDR`, which tests and scripts wait for) -> serving. Shutdown: stop accepting,
+//! let in-flight requests finish, stop the metrics endpoint.
+
+use std::future::Future;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::Server;
+
+use crate::api::admin::AdminService;
+use crate::api::pb;
+use crate::api::reward_router::RewardRouterService;
+use crate::config::{Config, Limits};
+use crate::models::reward_model::PROVIDER_CPU;
+use crate::models::{ModelError, RewardModels};
+use crate::routers::Routers;
+use crate::telemetry::{self, metric};
+
+/// What every handler shares.
+pub struct AppState {
+    pub routers: Routers,
+    pub reward_models: RewardModels,
+    pub limits: Limits,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    #[error("cannot {action}: {source}")]
+    Io {
+        action: String,
+        source: std::io::Error,
+    },
+    #[error("metrics: {0}")]
+    Metrics(#[from] metrics_exporter_prometheus::BuildError),
+    #[error("gRPC reflection: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+    #[error("gRPC server: {0}")]
+    Serve(#[from] tonic::transport::Error),
+}
+
+fn io_error(action: impl Into<String>) -> impl FnOnce(std::io::Error) -> AppError {
+    let action = action.into();
+    move |source| AppError::Io { action, source }
+}
+
+/// Load everything `config` names and serve until `shutdown` resolves.
+pub async fn run(
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), AppError> {
+    let metrics_handle = telemetry::install_metrics()?;
+    std::fs::create_dir_all(&config.server.data_dir).map_err(io_error(format!(
+        "create data directory {}",
+        config.server.data_dir.display()
+    )))?;
+
+    let specs = config.reward_models.clone();
+    let reward_models = tokio::task::spawn_blocking(move || RewardModels::load_all(specs))
+        .await
+        .map_err(|e| io_error("load reward models")(std::io::Error::other(e)))??;
+    for model in reward_models.list() {
+        metrics::gauge!(metric::RM_LOADED, "reward_model" => model.name().to_string(), "provider" => PROVIDER_CPU)
+            .set(1.0);
+    }
+    if reward_models.names().is_empty() {
+        tracing::warn!("no reward models configured: Score will answer FAILED_PRECONDITION");
+    }
+    let state = Arc::new(AppState {
+        routers: Routers::new(
+            config.routers.settings(),
+            config.routers.create_on_first_use,
+            config.limits.max_context_dim,
+        ),
+        reward_models,
+        limits: config.limits.clone(),
+    });
+
+    let grpc_listener = TcpListener::bind(config.server.listen)
+        .await
+        .map_err(io_error(format!("listen on {}", config.server.listen)))?;
+    let metrics_listener = TcpListener::bind(config.server.metrics_listen)
+        .await
+        .map_err(io_error(format!(
+            "listen on {}",
+            config.server.metrics_listen
+        )))?;
+    let grpc_addr = local_addr(&grpc_listener)?;
+    let metrics_addr = local_addr(&metrics_listener)?;
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    });
+
+    let metrics_task = tokio::spawn(serve_metrics(
+        metrics_listener,
+        metrics_handle,
+        stop_rx.clone(),
+    ));
+
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    health_reporter
+        .set_serving::<pb::reward_router_server::RewardRouterServer<RewardRouterService>>()
+        .await;
+    health_reporter
+        .set_serving::<pb::admin_server::AdminServer<AdminService>>()
+        .await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let max_message = config.limits.max_message_bytes;
+    let reward_router =
+        pb::reward_router_server::RewardRouterServer::new(RewardRouterService::new(state.clone()))
+            .max_decoding_message_size(max_message)
+            .max_encoding_message_size(max_message);
+    let admin = pb::admin_server::AdminServer::new(AdminService::new(state.clone()))
+        .max_decoding_message_size(max_message)
+        .max_encoding_message_size(max_message);
+
+    tracing::info!(grpc = %grpc_addr, metrics = %metrics_addr, reward_models = ?state.reward_models.names(), "laser-router ready");
+    {
+        let mut stdout = std::io::stdout().lock();
+        let _ = writeln!(
+            stdout,
+            "laser-router listening grpc={grpc_addr} metrics={metrics_addr}"
+        );
+        let _ = stdout.flush();
+    }
+
+    let mut grpc_stop = stop_rx.clone();
+    Server::builder()
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_service(reward_router)
+        .add_service(admin)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(grpc_listener), async move {
+            let _ = grpc_stop.wait_for(|stop| *stop).await;
+            tracing::info!("shutting down: no new connections, finishing in-flight requests");
+        })
+        .await?;
+    let _ = metrics_task.await;
+    tracing::info!("laser-router stopped");
+    Ok(())
+}
+
+fn local_addr(listener: &TcpListener) -> Result<SocketAddr, AppError> {
+    listener
+        .local_addr()
+        .map_err(io_error("read bound address"))
+}
+
+/// `GET /metrics` in Prometheus text format until `stop` turns true.
+async fn serve_metrics(
+    listener: TcpListener,
+    handle: metrics_exporter_prometheus::PrometheusHandle,
+    mut stop: watch::Receiver<bool>,
+) {
+    let upkeep = handle.clone();
+    let upkeep_task = tokio::spawn(async move {
+        let mut interval = tokio::time::interval(Duration::from_secs(5));
+        loop {
+            interval.tick().await;
+            upkeep.run_upkeep();
+        }
+    });
+    let app = axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(move || {
+            let handle = handle.clone();
+            async move { handle.render() }
+        }),
+    );
+    let served = axum::serve(listener, app)
+        .with_graceful_shutdown(async move {
+            let _ = stop.wait_for(|stop| *stop).await;
+        })
+        .await;
+    if let Err(error) = served {
+        tracing::error!(%error, "metrics endpoint failed");
+    }
+    upkeep_task.abort();
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut terminate) => {
+                tokio::select! {
+                    _ = interrupt => {},
+                    _ = terminate.recv() => {},
+                }
+            }
+            Err(_) => {
+                let _ = interrupt.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = interrupt.await;
+    }
+}

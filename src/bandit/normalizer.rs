@@ -1,0 +1,136 @@
+//! Reward normalization (LASeR): map a raw reward into [0, 1] against the history of raw
+//! rewards the router has seen.
+//!
+//! With fewer than two rewards in the history the raw value is used (as the reference
+//! code does). Otherwise, with `lo`/`hi` the history's low/high percentiles (20th/80th by
+//! default, linear interpolation as NumPy's `percentile`): `r <= lo → 0`, `r >= hi → 1`,
+//! linear between. When `lo == hi` (a history of equal values, which the reference code
+//! does not guard) the result is 0 below, 1 above and 0.5 at that value.
+//!
+//! Cost: the history is kept sorted; `observe` is O(n) for the insertion and O(1) for the
+//! percentiles. A sliding window (so old losses of a changing policy go stale) is a
+//! router setting still to come; the seam is [`Normalization`].
+
+/// How raw rewards are normalized.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Normalization {
+    /// Use the raw reward.
+    None,
+    /// LASeR's percentile normalization; `low`/`high` are percentiles in [0, 100].
+    Quantile { low: f64, high: f64 },
+}
+
+impl Normalization {
+    /// LASeR's default: the 20th and 80th percentiles.
+    pub const LASER: Normalization = Normalization::Quantile {
+        low: 20.0,
+        high: 80.0,
+    };
+}
+
+/// Raw reward history and the normalization applied against it.
+#[derive(Clone, Debug)]
+pub struct RewardNormalizer {
+    normalization: Normalization,
+    sorted_history: Vec<f64>,
+}
+
+impl RewardNormalizer {
+    pub fn new(normalization: Normalization) -> Self {
+        Self {
+            normalization,
+            sorted_history: Vec::new(),
+        }
+    }
+
+    pub fn normalization(&self) -> Normalization {
+        self.normalization
+    }
+
+    /// Number of raw rewards observed.
+    pub fn observed(&self) -> usize {
+        self.sorted_history.len()
+    }
+
+    /// Record `raw` (finite) in the history, then return its normalized value.
+    pub fn observe(&mut self, raw: f64) -> f64 {
+        debug_assert!(raw.is_finite());
+        let position = self.sorted_history.partition_point(|&seen| seen < raw);
+        self.sorted_history.insert(position, raw);
+        match self.normalization {
+            Normalization::None => raw,
+            Normalization::Quantile { low, high } => {
+                if self.sorted_history.len() < 2 {
+                    return raw;
+                }
+                let lo = percentile(&self.sorted_history, low);
+                let hi = percentile(&self.sorted_history, high);
+                if hi > lo {
+                    ((raw - lo) / (hi - lo)).clamp(0.0, 1.0)
+                } else if raw < lo {
+                    0.0
+                } else if raw > hi {
+                    1.0
+                } else {
+                    0.5
+                }
+            }
+        }
+    }
+}
+
+/// NumPy's default (linear) percentile of a sorted, non-empty slice; `q` in [0, 100].
+fn percentile(sorted: &[f64], q: f64) -> f64 {
+    let rank = q / 100.0 * (sorted.len() - 1) as f64;
+    let below = rank.floor() as usize;
+    let above = rank.ceil() as usize;
+    sorted[below] + (sorted[above] - sorted[below]) * (rank - below as f64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentile_matches_numpy() {
+        // np.percentile([1, 2, 3, 4, 10], [20, 80]) == [1.8, 5.2]
+        let sorted = [1.0, 2.0, 3.0, 4.0, 10.0];
+        assert!((percentile(&sorted, 20.0) - 1.8).abs() < 1e-12);
+        assert!((percentile(&sorted, 80.0) - 5.2).abs() < 1e-12);
+    }
+
+    #[test]
+    fn first_reward_is_raw_then_percentile_mapped() {
+        let mut normalizer = RewardNormalizer::new(Normalization::LASER);
+        assert_eq!(normalizer.observe(-3.0), -3.0);
+        for raw in [-1.0, -2.0, -0.5, -4.0] {
+            normalizer.observe(raw);
+        }
+        // history now [-4, -3, -2, -1, -0.5]; p20 = -3.2, p80 = -0.9
+        let value = normalizer.observe(-2.0);
+        // history [-4, -3, -2, -2, -1, -0.5]: p20 = -3, p80 = -1
+        assert!((value - 0.5).abs() < 1e-12, "{value}");
+        assert_eq!(normalizer.observe(-10.0), 0.0);
+        assert_eq!(normalizer.observe(10.0), 1.0);
+        assert_eq!(normalizer.observed(), 8);
+    }
+
+    #[test]
+    fn equal_percentiles_are_guarded() {
+        let mut normalizer = RewardNormalizer::new(Normalization::LASER);
+        for _ in 0..10 {
+            normalizer.observe(1.0);
+        }
+        assert_eq!(normalizer.observe(1.0), 0.5);
+        assert_eq!(normalizer.observe(0.0), 0.0);
+        assert_eq!(normalizer.observe(2.0), 1.0);
+    }
+
+    #[test]
+    fn none_passes_raw_rewards_through() {
+        let mut normalizer = RewardNormalizer::new(Normalization::None);
+        for raw in [-5.0, 3.0, 0.25] {
+            assert_eq!(normalizer.observe(raw), raw);
+        }
+    }
+}

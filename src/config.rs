@@ -1,0 +1,304 @@
+//! Typed settings: a TOML file, then environment variables and flags on top, validated.
+//!
+//! With no `--config`, the embedded `deploy/config/default.toml` is used (demo reward
+//! models from `tests/fixtures`, relative paths resolved as if the file were read from
+//! `deploy/config/` under the working directory). Relative paths in a config file resolve
+//! against the file's directory, except `server.data_dir`, which is relative to the
+//! working directory. Every field has a documented default; see
+//! `deploy/config/default.toml` for an annotated example.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::bandit::Normalization;
+use crate::models::RewardModelSpec;
+use crate::routers::{Policy, RouterError, RouterSettings, SelectionMode};
+
+/// The config used when no `--config` is given.
+pub const DEFAULT_CONFIG: &str = include_str!("../deploy/config/default.toml");
+/// Directory (relative to the working directory) the embedded default's paths resolve from.
+pub const DEFAULT_CONFIG_DIR: &str = "deploy/config";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {reason}")]
+    Read { path: String, reason: String },
+    #[error("config file {path}: {reason}")]
+    Parse { path: String, reason: String },
+    #[error("config: {field}: {reason}")]
+    Invalid { field: String, reason: String },
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub routers: RouterDefaults,
+    pub limits: Limits,
+    pub reward_models: Vec<RewardModelSpec>,
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// gRPC address (default 127.0.0.1:50051).
+    pub listen: SocketAddr,
+    /// Prometheus `/metrics` address (default 127.0.0.1:9464).
+    pub metrics_listen: SocketAddr,
+    /// Directory for local state (default `data`, relative to the working directory).
+    pub data_dir: PathBuf,
+    /// `text` (default) or `json` logs on stderr.
+    pub log_format: LogFormat,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 50051)),
+            metrics_listen: SocketAddr::from(([127, 0, 0, 1], 9464)),
+            data_dir: PathBuf::from("data"),
+            log_format: LogFormat::Text,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum NormalizationSetting {
+    None,
+    Quantile,
+}
+
+/// Settings a router gets unless CreateRouter says otherwise; defaults follow LASeR's
+/// reference code (α = 0.1, λ = 1, 20th/80th percentile normalization, per-query).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RouterDefaults {
+    /// Context dimension (LASeR: the policy LLM's hidden size; default 4096).
+    pub context_dim: usize,
+    pub alpha: f64,
+    pub l2_lambda: f64,
+    pub normalization: NormalizationSetting,
+    /// `per_query` (default) or `per_batch`.
+    pub default_mode: ModeSetting,
+    /// Seed of each router's tie-breaking RNG.
+    pub seed: u64,
+    /// Create a router with these defaults the first time Score names it.
+    pub create_on_first_use: bool,
+    /// Decisions kept awaiting feedback per router (oldest evicted beyond).
+    pub max_pending_decisions: usize,
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ModeSetting {
+    PerQuery,
+    PerBatch,
+}
+
+impl Default for RouterDefaults {
+    fn default() -> Self {
+        Self {
+            context_dim: 4096,
+            alpha: 0.1,
+            l2_lambda: 1.0,
+            normalization: NormalizationSetting::Quantile,
+            default_mode: ModeSetting::PerQuery,
+            seed: 0,
+            create_on_first_use: true,
+            max_pending_decisions: 100_000,
+        }
+    }
+}
+
+impl RouterDefaults {
+    pub fn settings(&self) -> RouterSettings {
+        RouterSettings {
+            context_dim: self.context_dim,
+            policy: Policy::LinUcb,
+            alpha: self.alpha,
+            l2_lambda: self.l2_lambda,
+            normalization: match self.normalization {
+                NormalizationSetting::None => Normalization::None,
+                NormalizationSetting::Quantile => Normalization::LASER,
+            },
+            default_mode: match self.default_mode {
+                ModeSetting::PerQuery => SelectionMode::PerQuery,
+                ModeSetting::PerBatch => SelectionMode::PerBatch,
+            },
+            seed: self.seed,
+            max_pending_decisions: self.max_pending_decisions,
+        }
+    }
+}
+
+/// Request limits; exceeding one is answered with the limit's name and value.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Largest gRPC message accepted, in bytes (default 16 MiB).
+    pub max_message_bytes: usize,
+    /// Queries per Score request (default 1024).
+    pub max_queries_per_score: usize,
+    /// Responses per query (default 256).
+    pub max_responses_per_query: usize,
+    /// Bytes per prompt and per response (default 64 KiB).
+    pub max_text_bytes: usize,
+    /// Decision ids per Feedback request (default 4096).
+    pub max_decision_ids_per_feedback: usize,
+    /// Largest router context dimension (default 16384).
+    pub max_context_dim: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_message_bytes: 16 * 1024 * 1024,
+            max_queries_per_score: 1024,
+            max_responses_per_query: 256,
+            max_text_bytes: 64 * 1024,
+            max_decision_ids_per_feedback: 4096,
+            max_context_dim: 16384,
+        }
+    }
+}
+
+impl Config {
+    /// Read `path` (or the embedded default), resolve relative paths, validate.
+    pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
+        let (text, shown, base) = match path {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read {
+                    path: path.display().to_string(),
+                    reason: e.to_string(),
+                })?;
+                let base = path.parent().unwrap_or(Path::new(".")).to_path_buf();
+                (text, path.display().to_string(), base)
+            }
+            None => (
+                DEFAULT_CONFIG.to_string(),
+                "<embedded deploy/config/default.toml>".to_string(),
+                PathBuf::from(DEFAULT_CONFIG_DIR),
+            ),
+        };
+        Self::parse(&text, &shown, &base)
+    }
+
+    /// Parse TOML text; `base` is the directory relative paths resolve against.
+    pub fn parse(text: &str, shown: &str, base: &Path) -> Result<Self, ConfigError> {
+        let mut config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: shown.to_string(),
+            reason: e.to_string(),
+        })?;
+        config.reward_models = config
+            .reward_models
+            .into_iter()
+            .map(|spec| spec.resolve_paths(base))
+            .collect();
+        config.validate()?;
+        Ok(config)
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |field: &str, reason: String| ConfigError::Invalid {
+            field: field.to_string(),
+            reason,
+        };
+        self.routers
+            .settings()
+            .validate(self.limits.max_context_dim)
+            .map_err(|e| match e {
+                RouterError::InvalidSettings { field, reason } => {
+                    invalid(&format!("routers.{field}"), reason)
+                }
+                other => invalid("routers", other.to_string()),
+            })?;
+        let limits = [
+            ("limits.max_message_bytes", self.limits.max_message_bytes),
+            (
+                "limits.max_queries_per_score",
+                self.limits.max_queries_per_score,
+            ),
+            (
+                "limits.max_responses_per_query",
+                self.limits.max_responses_per_query,
+            ),
+            ("limits.max_text_bytes", self.limits.max_text_bytes),
+            (
+                "limits.max_decision_ids_per_feedback",
+                self.limits.max_decision_ids_per_feedback,
+            ),
+            ("limits.max_context_dim", self.limits.max_context_dim),
+        ];
+        for (field, value) in limits {
+            if value == 0 {
+                return Err(invalid(field, "must be > 0".into()));
+            }
+        }
+        let mut names = std::collections::BTreeSet::new();
+        for spec in &self.reward_models {
+            spec.validate()
+                .map_err(|e| invalid("reward_models", e.to_string()))?;
+            if !names.insert(spec.name.as_str()) {
+                return Err(invalid(
+                    "reward_models",
+                    format!("name {:?} appears twice", spec.name),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn embedded_default_parses_and_names_demo_models() {
+        let config = Config::load(None).unwrap();
+        assert!(!config.reward_models.is_empty());
+        for spec in &config.reward_models {
+            assert!(
+                spec.model.starts_with(DEFAULT_CONFIG_DIR),
+                "{:?}",
+                spec.model
+            );
+        }
+        assert_eq!(config.server.data_dir, PathBuf::from("data"));
+    }
+
+    #[test]
+    fn empty_file_gives_documented_defaults() {
+        let config = Config::parse("", "test.toml", Path::new("/etc/laser")).unwrap();
+        assert_eq!(config.server.listen.to_string(), "127.0.0.1:50051");
+        assert_eq!(config.server.metrics_listen.to_string(), "127.0.0.1:9464");
+        assert_eq!(config.routers.context_dim, 4096);
+        assert_eq!(config.routers.alpha, 0.1);
+        assert_eq!(config.routers.l2_lambda, 1.0);
+        assert_eq!(config.server.data_dir, PathBuf::from("data"));
+    }
+
+    #[test]
+    fn unknown_and_invalid_fields_are_refused() {
+        let unknown = Config::parse("[routers]\nalpah = 1.0\n", "t.toml", Path::new("."));
+        assert!(unknown.unwrap_err().to_string().contains("alpah"));
+        let bad = Config::parse("[routers]\nl2_lambda = 0.0\n", "t.toml", Path::new("."));
+        assert!(bad.unwrap_err().to_string().contains("routers.l2_lambda"));
+        let zero = Config::parse("[limits]\nmax_text_bytes = 0\n", "t.toml", Path::new("."));
+        assert!(
+            zero.unwrap_err()
+                .to_string()
+                .contains("limits.max_text_bytes")
+        );
+    }
+}

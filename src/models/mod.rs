@@ -1,0 +1,53 @@
+//! Reward models: specs, ONNX Runtime sessions on worker threads, tokenization, and the
+//! registry of loaded models.
+//!
+//! - [`spec`]: what an RM is (files, how its input text is built, where its score is read).
+//! - [`runtime`]: loading ONNX Runtime's shared library once per process.
+//! - [`reward_model`]: one loaded RM: a worker thread that owns the session and tokenizer
+//!   and serves score jobs from a bounded queue.
+//! - [`registry`]: loaded RMs by name.
+//!
+//! Async ends at a channel: the Score handler sends a job and awaits a oneshot reply;
+//! tokenization and inference never run on the tokio runtime.
+
+pub mod registry;
+pub mod reward_model;
+pub mod runtime;
+pub mod spec;
+
+pub use registry::RewardModels;
+pub use reward_model::RewardModel;
+pub use spec::{InputFormat, RewardModelSpec};
+
+/// What went wrong loading or running a reward model.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    #[error(
+        "ONNX Runtime library not found at {path}: run scripts/fetch-onnxruntime.sh (or set ORT_DYLIB_PATH)"
+    )]
+    RuntimeMissing { path: String },
+    #[error("ONNX Runtime failed to initialize from {path}: {reason}")]
+    RuntimeInit { path: String, reason: String },
+    #[error("reward model {name:?}: {reason}")]
+    InvalidSpec { name: String, reason: String },
+    #[error("reward model {name:?}: cannot read {path}: {reason}")]
+    MissingFile {
+        name: String,
+        path: String,
+        reason: String,
+    },
+    #[error("reward model {name:?}: ONNX Runtime refused the model: {reason}")]
+    Load { name: String, reason: String },
+    #[error("reward model {name:?}: tokenizer: {reason}")]
+    Tokenizer { name: String, reason: String },
+    #[error("reward model {name:?}: inference failed: {reason}")]
+    Inference { name: String, reason: String },
+    #[error("reward model {name:?} queue is full ({capacity} jobs waiting); retry later")]
+    QueueFull { name: String, capacity: usize },
+    #[error("reward model {name:?} is not loaded")]
+    UnknownRewardModel { name: String },
+    #[error("reward model {name:?} already exists")]
+    RewardModelExists { name: String },
+    #[error("reward model {name:?} stopped before answering")]
+    WorkerStopped { name: String },
+}

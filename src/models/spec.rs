@@ -1,0 +1,214 @@
+//! A reward model's spec: the same shape in the config file and (later) AddRewardModel.
+//!
+//! ```toml
+//! [[reward_models]]
+//! name = "polite"
+//! model = "models/polite/model.onnx"        # relative to the config file
+//! tokenizer = "models/tokenizer.json"
+//! input_format = "pair"                      # or "template"
+//! # template = "Question: {prompt}\nAnswer: {response}"   (input_format = "template")
+//! max_length = 512
+//! output = "logits"                          # default: the model's first output
+//! output_index = 0                           # index in the output's last dimension
+//! ```
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use super::ModelError;
+
+fn default_max_length() -> usize {
+    512
+}
+
+fn default_queue_capacity() -> usize {
+    256
+}
+
+/// How the model's input text is built from a prompt and one response.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum InputFormat {
+    /// Tokenizer pair encoding of (prompt, response): cross-encoders and classifiers.
+    Pair,
+    /// One text from `template`, with `{prompt}` and `{response}` replaced.
+    Template,
+}
+
+impl InputFormat {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            InputFormat::Pair => "pair",
+            InputFormat::Template => "template",
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RewardModelSpec {
+    /// Arm name; unique per server. `[A-Za-z0-9._-]`, 1 to 64 characters.
+    pub name: String,
+    /// Path of `model.onnx`.
+    pub model: PathBuf,
+    /// Path of the model's `tokenizer.json`. Padding and truncation baked into the file
+    /// are ignored: `max_length` decides.
+    pub tokenizer: PathBuf,
+    pub input_format: InputFormat,
+    /// Required with `input_format = "template"`.
+    #[serde(default)]
+    pub template: Option<String>,
+    /// Longest token sequence fed to the model (longer inputs are truncated).
+    #[serde(default = "default_max_length")]
+    pub max_length: usize,
+    /// Output the score is read from; the model's first output when unset.
+    #[serde(default)]
+    pub output: Option<String>,
+    /// Index in the output's last dimension (`[batch, n]` outputs); 0 for `[batch]` and
+    /// `[batch, 1]`.
+    #[serde(default)]
+    pub output_index: usize,
+    /// Score jobs allowed to wait for this RM's worker; a full queue answers
+    /// RESOURCE_EXHAUSTED.
+    #[serde(default = "default_queue_capacity")]
+    pub queue_capacity: usize,
+}
+
+impl RewardModelSpec {
+    /// Longest reward model name accepted.
+    pub const MAX_NAME_LEN: usize = 64;
+
+    /// Resolve relative file paths against `base` (the config file's directory).
+    pub fn resolve_paths(mut self, base: &Path) -> Self {
+        if self.model.is_relative() {
+            self.model = base.join(&self.model);
+        }
+        if self.tokenizer.is_relative() {
+            self.tokenizer = base.join(&self.tokenizer);
+        }
+        self
+    }
+
+    /// Checks that need no files: name, template, limits.
+    pub fn validate(&self) -> Result<(), ModelError> {
+        let invalid = |reason: String| ModelError::InvalidSpec {
+            name: self.name.clone(),
+            reason,
+        };
+        let name_ok = !self.name.is_empty()
+            && self.name.len() <= Self::MAX_NAME_LEN
+            && self
+                .name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+        if !name_ok {
+            return Err(invalid(format!(
+                "name must be 1 to {} characters from [A-Za-z0-9._-]",
+                Self::MAX_NAME_LEN
+            )));
+        }
+        match (&self.input_format, &self.template) {
+            (InputFormat::Template, None) => {
+                return Err(invalid(
+                    "input_format \"template\" needs a template with {prompt} and {response}"
+                        .into(),
+                ));
+            }
+            (InputFormat::Template, Some(t)) if !t.contains("{response}") => {
+                return Err(invalid("template must contain {response}".into()));
+            }
+            (InputFormat::Pair, Some(_)) => {
+                return Err(invalid(
+                    "template is only used with input_format = \"template\"".into(),
+                ));
+            }
+            _ => {}
+        }
+        if !(8..=131_072).contains(&self.max_length) {
+            return Err(invalid(format!(
+                "max_length {} is outside 8..=131072",
+                self.max_length
+            )));
+        }
+        if self.queue_capacity == 0 {
+            return Err(invalid("queue_capacity must be > 0".into()));
+        }
+        Ok(())
+    }
+
+    /// The text fed to a `template` model.
+    pub fn render(&self, prompt: &str, response: &str) -> String {
+        self.template
+            .as_deref()
+            .unwrap_or("{prompt}\n{response}")
+            .replace("{prompt}", prompt)
+            .replace("{response}", response)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec() -> RewardModelSpec {
+        toml::from_str(
+            r#"
+            name = "numeric"
+            model = "numeric/model.onnx"
+            tokenizer = "/abs/tokenizer.json"
+            input_format = "template"
+            template = "Q: {prompt} A: {response}"
+            "#,
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn defaults_and_path_resolution() {
+        let spec = spec().resolve_paths(Path::new("/etc/laser"));
+        assert_eq!(spec.model, PathBuf::from("/etc/laser/numeric/model.onnx"));
+        assert_eq!(spec.tokenizer, PathBuf::from("/abs/tokenizer.json"));
+        assert_eq!(spec.max_length, 512);
+        assert_eq!(spec.output, None);
+        assert!(spec.validate().is_ok());
+        assert_eq!(spec.render("2+2?", "4"), "Q: 2+2? A: 4");
+    }
+
+    #[test]
+    fn invalid_specs_say_why() {
+        let no_template = RewardModelSpec {
+            template: None,
+            ..spec()
+        };
+        assert!(
+            no_template
+                .validate()
+                .unwrap_err()
+                .to_string()
+                .contains("template")
+        );
+        let bad_name = RewardModelSpec {
+            name: "a b".into(),
+            ..spec()
+        };
+        assert!(
+            bad_name
+                .validate()
+                .unwrap_err()
+                .to_string()
+                .contains("name")
+        );
+        let short = RewardModelSpec {
+            max_length: 2,
+            ..spec()
+        };
+        assert!(
+            short
+                .validate()
+                .unwrap_err()
+                .to_string()
+                .contains("max_length")
+        );
+    }
+}

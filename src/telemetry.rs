@@ -1,0 +1,111 @@
+//! Tracing setup and every metric name in one place.
+//!
+//! Logs go to stderr, as text or JSON (`server.log_format`); the level comes from
+//! `LASER_LOG` (e.g. `info`, `laser_router=debug`), default `info`. Metrics are rendered in
+//! Prometheus text format by the metrics endpoint (`/metrics` on `--metrics-listen`).
+//! Labels come only from bounded sets: router and reward model names (bounded by the
+//! server's routers and RMs), outcome and status words.
+
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use tracing_subscriber::EnvFilter;
+
+use crate::config::LogFormat;
+
+/// Metric names (prefix `laser_`).
+pub mod metric {
+    /// Counter {router, reward_model}: decisions that chose the arm.
+    pub const SELECTIONS: &str = "laser_selections_total";
+    /// Counter {router, outcome = applied | duplicate | unknown}: feedback per decision.
+    pub const FEEDBACK: &str = "laser_feedback_total";
+    /// Gauge {router}: decisions awaiting feedback.
+    pub const PENDING_DECISIONS: &str = "laser_pending_decisions";
+    /// Counter {reward_model, status = ok | error}: score jobs (one per query).
+    pub const RM_REQUESTS: &str = "laser_rm_requests_total";
+    /// Histogram {reward_model}: time a job waited in the RM's queue.
+    pub const RM_QUEUE_SECONDS: &str = "laser_rm_queue_seconds";
+    /// Histogram {reward_model}: tokenization time per job.
+    pub const RM_TOKENIZE_SECONDS: &str = "laser_rm_tokenize_seconds";
+    /// Histogram {reward_model}: ONNX Runtime time per job.
+    pub const RM_INFERENCE_SECONDS: &str = "laser_rm_inference_seconds";
+    /// Histogram {reward_model}: sequences per inference.
+    pub const RM_BATCH_SIZE: &str = "laser_rm_batch_size";
+    /// Gauge {reward_model}: jobs waiting for the RM's worker.
+    pub const RM_QUEUE_DEPTH: &str = "laser_rm_queue_depth";
+    /// Gauge {reward_model, provider}: 1 while the RM is loaded.
+    pub const RM_LOADED: &str = "laser_rm_loaded";
+    /// Counter {method, code}: gRPC requests answered by the API handlers.
+    pub const GRPC_REQUESTS: &str = "laser_grpc_requests_total";
+    /// Histogram {method}: handler latency.
+    pub const GRPC_SECONDS: &str = "laser_grpc_request_seconds";
+}
+
+/// Install the global tracing subscriber (stderr).
+pub fn init_tracing(format: LogFormat) {
+    let filter = EnvFilter::try_from_env("LASER_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    // A second call (tests) keeps the first subscriber.
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
+}
+
+/// Install the global Prometheus recorder and describe every metric.
+pub fn install_metrics() -> Result<PrometheusHandle, metrics_exporter_prometheus::BuildError> {
+    const LATENCY_BUCKETS: &[f64] = &[
+        0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+    ];
+    const BATCH_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0];
+    let handle = PrometheusBuilder::new()
+        .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)?
+        .set_buckets_for_metric(Matcher::Full(metric::RM_BATCH_SIZE.into()), BATCH_BUCKETS)?
+        .install_recorder()?;
+    describe();
+    Ok(handle)
+}
+
+fn describe() {
+    use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+    describe_counter!(
+        metric::SELECTIONS,
+        "Decisions that chose the reward model (arm)."
+    );
+    describe_counter!(metric::FEEDBACK, "Feedback per decision, by outcome.");
+    describe_gauge!(metric::PENDING_DECISIONS, "Decisions awaiting feedback.");
+    describe_counter!(
+        metric::RM_REQUESTS,
+        "Score jobs per reward model, by status."
+    );
+    describe_histogram!(
+        metric::RM_QUEUE_SECONDS,
+        Unit::Seconds,
+        "Time a score job waited in the queue."
+    );
+    describe_histogram!(
+        metric::RM_TOKENIZE_SECONDS,
+        Unit::Seconds,
+        "Tokenization time per score job."
+    );
+    describe_histogram!(
+        metric::RM_INFERENCE_SECONDS,
+        Unit::Seconds,
+        "ONNX Runtime time per score job."
+    );
+    describe_histogram!(
+        metric::RM_BATCH_SIZE,
+        Unit::Count,
+        "Sequences per inference."
+    );
+    describe_gauge!(
+        metric::RM_QUEUE_DEPTH,
+        "Score jobs waiting for the reward model."
+    );
+    describe_gauge!(metric::RM_LOADED, "1 while the reward model is loaded.");
+    describe_counter!(
+        metric::GRPC_REQUESTS,
+        "gRPC requests by method and status code."
+    );
+    describe_histogram!(metric::GRPC_SECONDS, Unit::Seconds, "gRPC handler latency.");
+}
