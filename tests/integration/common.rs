@@ -1,0 +1,135 @@
+//! A real server process per test: config in a temp dir, bound to port 0, killed on drop.
+
+use std::io::{BufRead, BufReader, Read};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use laser_router::api::pb::admin_client::AdminClient;
+use laser_router::api::pb::reward_router_client::RewardRouterClient;
+use tonic::transport::Channel;
+
+pub fn fixtures_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/reward_models")
+}
+
+/// TOML for one fixture reward model.
+pub fn reward_model_toml(name: &str) -> String {
+    let dir = fixtures_dir();
+    let tokenizer = dir.join("tokenizer.json");
+    let model = dir.join(name).join("model.onnx");
+    let format = match name {
+        "numeric" => {
+            "input_format = \"template\"\ntemplate = \"Question: {prompt}\\nAnswer: {response}\"\noutput = \"scores\"\noutput_index = 1"
+        }
+        _ => "input_format = \"pair\"\noutput = \"logits\"",
+    };
+    format!(
+        "[[reward_models]]\nname = \"{name}\"\nmodel = \"{}\"\ntokenizer = \"{}\"\nmax_length = 128\n{format}\n",
+        model.display(),
+        tokenizer.display()
+    )
+}
+
+/// A config with the given context dimension and fixture reward models.
+pub fn config(context_dim: usize, reward_models: &[&str], extra: &str) -> String {
+    let mut text = format!("[routers]\ncontext_dim = {context_dim}\nseed = 7\n{extra}\n");
+    for name in reward_models {
+        text.push_str(&reward_model_toml(name));
+    }
+    text
+}
+
+pub struct Server {
+    child: Child,
+    pub grpc: SocketAddr,
+    pub metrics: SocketAddr,
+    _dir: tempfile::TempDir,
+    stderr_path: PathBuf,
+}
+
+impl Server {
+    pub fn start(config_toml: &str) -> Server {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let config_path = dir.path().join("config.toml");
+        std::fs::write(&config_path, config_toml).expect("write config");
+        let stderr_path = dir.path().join("stderr.log");
+        let stderr = std::fs::File::create(&stderr_path).expect("stderr file");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_laser-router"))
+            .arg("serve")
+            .arg("--config")
+            .arg(&config_path)
+            .args(["--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"])
+            .arg("--data-dir")
+            .arg(dir.path().join("data"))
+            .env("LASER_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(stderr)
+            .spawn()
+            .expect("start laser-router");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(rest) = line.strip_prefix("laser-router listening ") {
+                    let _ = tx.send(rest.to_string());
+                }
+            }
+        });
+        let ready = match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(ready) => ready,
+            Err(_) => {
+                let _ = child.kill();
+                let mut log = String::new();
+                let _ = std::fs::File::open(&stderr_path).map(|mut f| f.read_to_string(&mut log));
+                panic!("server did not become ready; stderr:\n{log}");
+            }
+        };
+        let field = |key: &str| -> SocketAddr {
+            ready
+                .split_whitespace()
+                .find_map(|kv| kv.strip_prefix(key))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or_else(|| panic!("no {key} in ready line {ready:?}"))
+        };
+        Server {
+            grpc: field("grpc="),
+            metrics: field("metrics="),
+            child,
+            _dir: dir,
+            stderr_path,
+        }
+    }
+
+    pub async fn router_client(&self) -> RewardRouterClient<Channel> {
+        RewardRouterClient::connect(format!("http://{}", self.grpc))
+            .await
+            .expect("connect RewardRouter")
+    }
+
+    pub async fn admin_client(&self) -> AdminClient<Channel> {
+        AdminClient::connect(format!("http://{}", self.grpc))
+            .await
+            .expect("connect Admin")
+    }
+
+    pub fn channel_uri(&self) -> String {
+        format!("http://{}", self.grpc)
+    }
+
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!("--- server stderr ---\n{}", self.stderr());
+        }
+    }
+}

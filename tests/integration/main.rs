@@ -1,0 +1,8 @@
+//! Integration tests: each starts the real `laser-router` binary on 127.0.0.1:0 and talks
+//! to it over gRPC with the generated tonic clients.
+
+mod common;
+mod reward_models;
+mod server;
+mod trainer;
+mod validation;

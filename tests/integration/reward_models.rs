@@ -1,0 +1,193 @@
+//! Scores through the server equal ONNX Runtime run directly on the same files, and each
+//! fixture RM prefers its known property.
+
+use std::path::PathBuf;
+use std::sync::OnceLock;
+
+use laser_router::api::pb;
+use ort::environment::Environment;
+use ort::session::{Session, SessionInputValue};
+use ort::value::Tensor;
+use tokenizers::Tokenizer;
+
+use crate::common::{Server, config, fixtures_dir};
+
+/// Absolute tolerance between server and direct scores. The fixture graphs count tokens
+/// in float32, so both sides should agree exactly; padding in the server's batches is the
+/// only difference, and it must not change any score.
+const TOLERANCE: f32 = 1e-5;
+
+fn environment() -> &'static Environment {
+    static ENVIRONMENT: OnceLock<Environment> = OnceLock::new();
+    ENVIRONMENT.get_or_init(|| {
+        let path = std::env::var_os("ORT_DYLIB_PATH")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| {
+                PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".ort/lib/libonnxruntime.so")
+            });
+        ort::init_from(path)
+            .expect("load ONNX Runtime")
+            .with_name("direct")
+            .build()
+            .expect("ONNX Runtime environment")
+    })
+}
+
+/// Run the fixture model directly, one response at a time (no batching, no padding).
+fn direct_scores(name: &str, prompt: &str, responses: &[&str]) -> Vec<f32> {
+    let dir = fixtures_dir();
+    let mut tokenizer = Tokenizer::from_file(dir.join("tokenizer.json")).expect("tokenizer");
+    tokenizer.with_padding(None);
+    tokenizer.with_truncation(None).expect("no truncation");
+    let mut session = Session::builder(environment())
+        .expect("builder")
+        .commit_from_file(dir.join(name).join("model.onnx"))
+        .expect("session");
+    let input_names: Vec<String> = session
+        .inputs()
+        .iter()
+        .map(|i| i.name().to_string())
+        .collect();
+    responses
+        .iter()
+        .map(|response| {
+            let encoding = if name == "numeric" {
+                tokenizer.encode(format!("Question: {prompt}\nAnswer: {response}"), true)
+            } else {
+                tokenizer.encode((prompt, *response), true)
+            }
+            .expect("encode");
+            let len = encoding.len() as i64;
+            let column = |values: &[u32]| -> SessionInputValue<'static> {
+                let values: Vec<i64> = values.iter().map(|&v| v as i64).collect();
+                Tensor::from_array(([1i64, len], values))
+                    .expect("tensor")
+                    .into()
+            };
+            let feed: Vec<(String, SessionInputValue<'static>)> = input_names
+                .iter()
+                .map(|input| {
+                    let value = match input.as_str() {
+                        "input_ids" => column(encoding.get_ids()),
+                        "attention_mask" => column(encoding.get_attention_mask()),
+                        "token_type_ids" => column(encoding.get_type_ids()),
+                        other => panic!("unexpected input {other}"),
+                    };
+                    (input.clone(), value)
+                })
+                .collect();
+            let outputs = session.run(feed).expect("run");
+            let (_, data) = outputs[0].try_extract_tensor::<f32>().expect("f32 output");
+            if name == "numeric" { data[1] } else { data[0] }
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn server_scores_equal_direct_onnx_runtime_and_each_rm_prefers_its_property() {
+    let prompt = "How many apples does Sam have if he buys 3 more?";
+    let responses = [
+        "Sam has 7 apples now, 4 plus 3.",
+        "Thank you for asking, I am glad to help: please count them again.",
+        "He has some more apples than before because he went to the market and bought a few.",
+        "No.",
+    ];
+    // (reward model, index of the response it must rank first)
+    let expected_best = [("numeric", 0), ("polite", 1), ("length", 2)];
+    for (name, best) in expected_best {
+        let server = Server::start(&config(4, &[name], ""));
+        let mut client = server.router_client().await;
+        let result = client
+            .score(pb::ScoreRequest {
+                router: "check".into(),
+                queries: vec![pb::Query {
+                    id: "q".into(),
+                    context: vec![0.5; 4],
+                    prompt: prompt.into(),
+                    responses: responses.iter().map(|r| r.to_string()).collect(),
+                }],
+                mode: 0,
+                explain: true,
+            })
+            .await
+            .expect("score")
+            .into_inner()
+            .results
+            .remove(0);
+        assert_eq!(result.reward_model, name);
+        assert_eq!(result.arms.len(), 1);
+        let direct = direct_scores(name, prompt, &responses);
+        assert_eq!(result.scores.len(), direct.len());
+        for (served, direct) in result.scores.iter().zip(&direct) {
+            assert!(
+                (served - direct).abs() <= TOLERANCE,
+                "{name}: server {:?} vs direct {:?}",
+                result.scores,
+                direct
+            );
+        }
+        assert_eq!(
+            result.ranking[0], best,
+            "{name} ranked {:?} (scores {:?})",
+            result.ranking, result.scores
+        );
+    }
+}
+
+#[tokio::test]
+async fn list_reward_models_shows_specs_and_discovered_inputs() {
+    let server = Server::start(&config(4, &["length", "numeric"], ""));
+    let mut admin = server.admin_client().await;
+    let models = admin
+        .list_reward_models(pb::ListRewardModelsRequest {})
+        .await
+        .expect("list")
+        .into_inner()
+        .reward_models;
+    let names: Vec<&str> = models.iter().map(|m| m.name.as_str()).collect();
+    assert_eq!(names, ["length", "numeric"]);
+    let length = &models[0];
+    assert_eq!(
+        length.input_names,
+        ["input_ids", "attention_mask", "token_type_ids"]
+    );
+    assert_eq!(
+        (length.output_name.as_str(), length.input_format.as_str()),
+        ("logits", "pair")
+    );
+    let numeric = &models[1];
+    assert_eq!(numeric.input_names, ["input_ids", "attention_mask"]);
+    assert_eq!(
+        (numeric.output_name.as_str(), numeric.output_index),
+        ("scores", 1)
+    );
+    assert_eq!(numeric.provider, "cpu");
+}
+
+#[test]
+fn a_wrong_output_name_fails_startup_with_the_models_outputs() {
+    let toml = config(4, &["length"], "").replace("output = \"logits\"", "output = \"score\"");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("config.toml");
+    std::fs::write(&path, toml).unwrap();
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_laser-router"))
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--metrics-listen",
+            "127.0.0.1:0",
+            "--config",
+        ])
+        .arg(&path)
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("\"score\"") && stderr.contains("[\"logits\"]"),
+        "{stderr}"
+    );
+}
