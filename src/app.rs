@@ -20,7 +20,7 @@ use tonic::transport::Server;
 use crate::api::admin::AdminService;
 use crate::api::pb;
 use crate::api::reward_router::RewardRouterService;
-use crate::config::{Config, Limits};
+use crate::config::{Config, Limits, RouterDefaults};
 use crate::models::reward_model::PROVIDER_CPU;
 use crate::models::{ModelError, RewardModels};
 use crate::routers::Routers;
@@ -31,6 +31,8 @@ pub struct AppState {
     pub routers: Routers,
     pub reward_models: RewardModels,
     pub limits: Limits,
+    /// Defaults for router settings a CreateRouter leaves unset.
+    pub router_defaults: RouterDefaults,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -85,6 +87,7 @@ pub async fn run(
         ),
         reward_models,
         limits: config.limits.clone(),
+        router_defaults: config.routers.clone(),
     });
 
     let grpc_listener = TcpListener::bind(config.server.listen)

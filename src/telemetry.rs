@@ -15,8 +15,11 @@ use crate::config::LogFormat;
 pub mod metric {
     /// Counter {router, reward_model}: decisions that chose the arm.
     pub const SELECTIONS: &str = "laser_selections_total";
-    /// Counter {router, outcome = applied | duplicate | unknown}: feedback per decision.
+    /// Counter {router, outcome = applied | duplicate | unknown | arm_removed}: feedback
+    /// per decision.
     pub const FEEDBACK: &str = "laser_feedback_total";
+    /// Counter {router, reason = capacity | ttl}: decisions evicted before feedback.
+    pub const DECISIONS_EVICTED: &str = "laser_decisions_evicted_total";
     /// Gauge {router}: decisions awaiting feedback.
     pub const PENDING_DECISIONS: &str = "laser_pending_decisions";
     /// Counter {reward_model, status = ok | error}: score jobs (one per query).
@@ -74,6 +77,10 @@ fn describe() {
     );
     describe_counter!(metric::FEEDBACK, "Feedback per decision, by outcome.");
     describe_gauge!(metric::PENDING_DECISIONS, "Decisions awaiting feedback.");
+    describe_counter!(
+        metric::DECISIONS_EVICTED,
+        "Decisions evicted before their feedback arrived."
+    );
     describe_counter!(
         metric::RM_REQUESTS,
         "Score jobs per reward model, by status."

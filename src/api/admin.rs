@@ -1,4 +1,4 @@
-//! `laser.v1.Admin`: list reward models; create, inspect, list and delete routers.
+//! `laser.v1.Admin`: list reward models; create, inspect, list, reset and delete routers.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -37,13 +37,14 @@ fn reward_model_info(model: &RewardModel) -> pb::RewardModelInfo {
     }
 }
 
-/// Settings and per-arm statistics of a router.
-pub fn router_info(router: &Router) -> pb::RouterInfo {
+/// Settings and per-arm statistics of a router; `serving` tells which arms are removed.
+pub fn router_info(router: &Router, serving: &[String]) -> pb::RouterInfo {
+    let evictions = router.evictions();
     pb::RouterInfo {
         name: router.name().to_string(),
         settings: Some(router_settings_to_pb(router.settings())),
         arms: router
-            .arm_statistics()
+            .arm_statistics(serving)
             .into_iter()
             .map(|arm| pb::ArmStatistics {
                 mean_reward: arm.mean_reward(),
@@ -52,10 +53,17 @@ pub fn router_info(router: &Router) -> pb::RouterInfo {
                 feedback_count: arm.feedback_count,
                 last_selected_unix_ms: arm.last_selected_unix_ms,
                 theta_norm: arm.theta_norm,
+                mean_at_context_mean: arm.mean_at_context_mean,
+                bonus_at_context_mean: arm.bonus_at_context_mean,
+                probability: arm.probability,
+                removed: arm.removed,
             })
             .collect(),
         pending_decisions: router.pending_decisions() as u64,
-        rewards_seen: router.rewards_seen() as u64,
+        rewards_seen: router.rewards_seen(),
+        evicted_by_capacity: evictions.capacity,
+        evicted_by_ttl: evictions.ttl,
+        arm_state_bytes: router.arm_state_bytes() as u64,
     }
 }
 
@@ -97,9 +105,10 @@ impl pb::admin_server::Admin for AdminService {
         let request = request.into_inner();
         let routers = &self.state.routers;
         let result = (|| -> Result<pb::CreateRouterResponse, Status> {
-            let settings = router_settings(request.settings, routers.defaults())?;
-            let router = routers.create(&request.name, settings)?;
-            let info = router_info(&router.lock().expect("router lock poisoned"));
+            let settings = router_settings(request.settings, &self.state.router_defaults)?;
+            let serving = self.state.reward_models.names();
+            let router = routers.create(&request.name, settings, &serving)?;
+            let info = router_info(&router.lock().expect("router lock poisoned"), &serving);
             tracing::info!(router = %request.name, "router created");
             Ok(pb::CreateRouterResponse { router: Some(info) })
         })();
@@ -111,12 +120,16 @@ impl pb::admin_server::Admin for AdminService {
         request: Request<pb::GetRouterRequest>,
     ) -> Result<Response<pb::GetRouterResponse>, Status> {
         let started = Instant::now();
+        let serving = self.state.reward_models.names();
         let result = self
             .state
             .routers
             .get(&request.into_inner().name)
             .map(|router| pb::GetRouterResponse {
-                router: Some(router_info(&router.lock().expect("router lock poisoned"))),
+                router: Some(router_info(
+                    &router.lock().expect("router lock poisoned"),
+                    &serving,
+                )),
             })
             .map_err(Status::from);
         answer("GetRouter", started, result)
@@ -127,12 +140,13 @@ impl pb::admin_server::Admin for AdminService {
         _request: Request<pb::ListRoutersRequest>,
     ) -> Result<Response<pb::ListRoutersResponse>, Status> {
         let started = Instant::now();
+        let serving = self.state.reward_models.names();
         let routers = self
             .state
             .routers
             .list()
             .iter()
-            .map(|router| router_info(&router.lock().expect("router lock poisoned")))
+            .map(|router| router_info(&router.lock().expect("router lock poisoned"), &serving))
             .collect();
         answer(
             "ListRouters",
@@ -157,5 +171,28 @@ impl pb::admin_server::Admin for AdminService {
             })
             .map_err(Status::from);
         answer("DeleteRouter", started, result)
+    }
+
+    async fn reset_router(
+        &self,
+        request: Request<pb::ResetRouterRequest>,
+    ) -> Result<Response<pb::ResetRouterResponse>, Status> {
+        let started = Instant::now();
+        let name = request.into_inner().name;
+        let serving = self.state.reward_models.names();
+        let result = self
+            .state
+            .routers
+            .get(&name)
+            .map(|router| {
+                let mut router = router.lock().expect("router lock poisoned");
+                router.reset(&serving);
+                tracing::info!(router = %name, "router reset");
+                pb::ResetRouterResponse {
+                    router: Some(router_info(&router, &serving)),
+                }
+            })
+            .map_err(Status::from);
+        answer("ResetRouter", started, result)
     }
 }

@@ -2,9 +2,12 @@
 //! get wrong without looking at server state is caught here, before any state is touched;
 //! checks that need state (context dimension, unknown ids) live with that state.
 
+use std::collections::BTreeSet;
+use std::time::Duration;
+
 use super::pb;
 use crate::bandit::Normalization;
-use crate::config::Limits;
+use crate::config::{Limits, NormalizationSetting, PolicySetting, RouterDefaults};
 use crate::routers::{FeedbackSignal, Policy, RouterSettings, SelectionMode};
 
 /// A request the server refuses on its face. Messages name the field and the limit.
@@ -219,14 +222,22 @@ fn finite(field: &str, value: f64) -> Result<(), RequestError> {
 /// happen in `RouterSettings::validate`.
 pub fn router_settings(
     settings: Option<pb::RouterSettings>,
-    defaults: &RouterSettings,
+    defaults: &RouterDefaults,
 ) -> Result<RouterSettings, RequestError> {
+    let base = defaults.settings();
     let Some(settings) = settings else {
-        return Ok(defaults.clone());
+        return Ok(base);
     };
+    let fixed =
+        (!settings.fixed_reward_model.is_empty()).then(|| settings.fixed_reward_model.clone());
     let policy = match pb::Policy::try_from(settings.policy) {
-        Ok(pb::Policy::Unspecified) => defaults.policy,
+        Ok(pb::Policy::Unspecified) => defaults.policy(defaults.policy, fixed, settings.exp3_gamma),
         Ok(pb::Policy::Linucb) => Policy::LinUcb,
+        Ok(pb::Policy::Random) => Policy::Random,
+        Ok(pb::Policy::RoundRobin) => Policy::RoundRobin,
+        Ok(pb::Policy::Fixed) => defaults.policy(PolicySetting::Fixed, fixed, None),
+        Ok(pb::Policy::Ensemble) => Policy::Ensemble,
+        Ok(pb::Policy::Exp3) => defaults.policy(PolicySetting::Exp3, None, settings.exp3_gamma),
         Err(_) => {
             return Err(invalid(
                 "settings.policy",
@@ -234,10 +245,10 @@ pub fn router_settings(
             ));
         }
     };
-    let normalization = match pb::Normalization::try_from(settings.normalization) {
+    let normalization_kind = match pb::Normalization::try_from(settings.normalization) {
         Ok(pb::Normalization::Unspecified) => defaults.normalization,
-        Ok(pb::Normalization::None) => Normalization::None,
-        Ok(pb::Normalization::Quantile) => Normalization::LASER,
+        Ok(pb::Normalization::None) => NormalizationSetting::None,
+        Ok(pb::Normalization::Quantile) => NormalizationSetting::Quantile,
         Err(_) => {
             return Err(invalid(
                 "settings.normalization",
@@ -245,41 +256,102 @@ pub fn router_settings(
             ));
         }
     };
+    let window = (settings.reward_window > 0).then_some(settings.reward_window as usize);
+    let normalization = defaults.normalization(
+        normalization_kind,
+        settings.quantile_low,
+        settings.quantile_high,
+        window,
+    );
     let default_mode = selection_mode(settings.default_mode, "settings.default_mode")?
-        .unwrap_or(defaults.default_mode);
+        .unwrap_or(base.default_mode);
+    if let Some(position) = settings
+        .reward_models
+        .iter()
+        .position(|name| name.is_empty())
+    {
+        return Err(invalid(
+            format!("settings.reward_models[{position}]"),
+            "is empty",
+        ));
+    }
+    let reward_models = (!settings.reward_models.is_empty()).then(|| {
+        settings
+            .reward_models
+            .iter()
+            .cloned()
+            .collect::<BTreeSet<String>>()
+    });
+    let nonzero = |value: u32, default: usize| if value == 0 { default } else { value as usize };
     Ok(RouterSettings {
-        context_dim: match settings.context_dim {
-            0 => defaults.context_dim,
-            dim => dim as usize,
-        },
+        context_dim: nonzero(settings.context_dim, base.context_dim),
         policy,
-        alpha: settings.alpha.unwrap_or(defaults.alpha),
-        l2_lambda: settings.l2_lambda.unwrap_or(defaults.l2_lambda),
+        alpha: settings.alpha.unwrap_or(base.alpha),
+        l2_lambda: settings.l2_lambda.unwrap_or(base.l2_lambda),
         normalization,
+        reward_is_normalized: settings.reward_is_normalized,
         default_mode,
-        seed: settings.seed.unwrap_or(defaults.seed),
-        max_pending_decisions: defaults.max_pending_decisions,
+        seed: settings.seed.unwrap_or(base.seed),
+        reward_models,
+        join_new_reward_models: settings
+            .join_new_reward_models
+            .unwrap_or(base.join_new_reward_models),
+        l2_normalize_context: settings.l2_normalize_context,
+        projection_dim: settings.projection_dim as usize,
+        max_pending_decisions: nonzero(settings.max_pending_decisions, base.max_pending_decisions),
+        pending_ttl: match settings.pending_ttl_seconds {
+            0 => base.pending_ttl,
+            seconds => Duration::from_secs(seconds as u64),
+        },
     })
 }
 
 /// The pb form of a router's effective settings.
 pub fn router_settings_to_pb(settings: &RouterSettings) -> pb::RouterSettings {
+    let (policy, fixed_reward_model, exp3_gamma) = match &settings.policy {
+        Policy::LinUcb => (pb::Policy::Linucb, String::new(), None),
+        Policy::Random => (pb::Policy::Random, String::new(), None),
+        Policy::RoundRobin => (pb::Policy::RoundRobin, String::new(), None),
+        Policy::Fixed { reward_model } => (pb::Policy::Fixed, reward_model.clone(), None),
+        Policy::Ensemble => (pb::Policy::Ensemble, String::new(), None),
+        Policy::Exp3 { gamma } => (pb::Policy::Exp3, String::new(), Some(*gamma)),
+    };
+    let (normalization, quantile_low, quantile_high, reward_window) = match settings.normalization {
+        Normalization::None => (pb::Normalization::None, None, None, 0),
+        Normalization::Quantile { low, high, window } => (
+            pb::Normalization::Quantile,
+            Some(low),
+            Some(high),
+            window.unwrap_or(0) as u32,
+        ),
+    };
     pb::RouterSettings {
         context_dim: settings.context_dim as u32,
-        policy: match settings.policy {
-            Policy::LinUcb => pb::Policy::Linucb,
-        } as i32,
+        policy: policy as i32,
         alpha: Some(settings.alpha),
         l2_lambda: Some(settings.l2_lambda),
-        normalization: match settings.normalization {
-            Normalization::None => pb::Normalization::None,
-            Normalization::Quantile { .. } => pb::Normalization::Quantile,
-        } as i32,
+        normalization: normalization as i32,
         default_mode: match settings.default_mode {
             SelectionMode::PerQuery => pb::SelectionMode::PerQuery,
             SelectionMode::PerBatch => pb::SelectionMode::PerBatch,
         } as i32,
         seed: Some(settings.seed),
+        fixed_reward_model,
+        exp3_gamma,
+        reward_models: settings
+            .reward_models
+            .as_ref()
+            .map(|set| set.iter().cloned().collect())
+            .unwrap_or_default(),
+        join_new_reward_models: Some(settings.join_new_reward_models),
+        quantile_low,
+        quantile_high,
+        reward_window,
+        reward_is_normalized: settings.reward_is_normalized,
+        l2_normalize_context: settings.l2_normalize_context,
+        projection_dim: settings.projection_dim as u32,
+        max_pending_decisions: settings.max_pending_decisions as u32,
+        pending_ttl_seconds: settings.pending_ttl.as_secs() as u32,
     }
 }
 
@@ -387,6 +459,45 @@ mod tests {
                 .signal,
             FeedbackSignal::Loss(0.5)
         );
+    }
+
+    #[test]
+    fn create_router_settings_fill_defaults_and_round_trip() {
+        let defaults = RouterDefaults::default();
+        let settings = router_settings(
+            Some(pb::RouterSettings {
+                context_dim: 32,
+                policy: pb::Policy::Exp3 as i32,
+                quantile_high: Some(90.0),
+                reward_window: 500,
+                reward_models: vec!["a".into(), "b".into()],
+                ..Default::default()
+            }),
+            &defaults,
+        )
+        .unwrap();
+        assert_eq!(settings.context_dim, 32);
+        assert_eq!(settings.policy, Policy::Exp3 { gamma: 0.1 });
+        assert_eq!(
+            settings.normalization,
+            Normalization::Quantile {
+                low: 20.0,
+                high: 90.0,
+                window: Some(500)
+            }
+        );
+        assert_eq!(settings.alpha, 0.1);
+        assert_eq!(settings.pending_ttl, Duration::from_secs(3600));
+        let again = router_settings(Some(router_settings_to_pb(&settings)), &defaults).unwrap();
+        assert_eq!(again, settings);
+        let bad = router_settings(
+            Some(pb::RouterSettings {
+                policy: 99,
+                ..Default::default()
+            }),
+            &defaults,
+        );
+        assert!(bad.unwrap_err().to_string().starts_with("settings.policy"));
     }
 
     #[test]

@@ -1,8 +1,9 @@
 //! `laser.v1.RewardRouter`: Score and Feedback.
 //!
 //! Score: validate -> find or create the router -> select arms (blocking pool: O(K·d²) per
-//! query) -> score every query with its RM (worker threads, concurrently) -> record the
-//! decisions -> reply. Nothing is recorded when scoring fails.
+//! query) -> score every query with its RM, or every RM for the ensemble policy (worker
+//! threads, concurrently) -> record the decisions -> reply. Nothing is recorded when
+//! scoring fails.
 //! Feedback: validate -> apply to the router all-or-nothing (blocking pool) -> reply.
 
 use std::sync::Arc;
@@ -16,7 +17,8 @@ use super::convert::{FeedbackCall, ScoreCall, ranking};
 use super::pb;
 use super::status::join_error;
 use crate::app::AppState;
-use crate::routers::RouterError;
+use crate::bandit::ensemble;
+use crate::routers::{Evictions, RouterError};
 use crate::telemetry::metric;
 
 pub struct RewardRouterService {
@@ -30,8 +32,8 @@ impl RewardRouterService {
 
     async fn score(&self, call: ScoreCall) -> Result<pb::ScoreResponse, Status> {
         let state = &self.state;
-        let router = state.routers.get_or_create(&call.router)?;
-        let reward_models = state.reward_models.names();
+        let serving = state.reward_models.names();
+        let router = state.routers.get_or_create(&call.router, &serving)?;
         let (contexts, queries): (Vec<Vec<f32>>, Vec<_>) = call
             .queries
             .into_iter()
@@ -40,17 +42,15 @@ impl RewardRouterService {
         let (mode, explain) = (call.mode, call.explain);
         let selector = router.clone();
         let selection = tokio::task::spawn_blocking(move || {
-            selector.lock().expect("router lock poisoned").select(
-                &contexts,
-                mode,
-                explain,
-                &reward_models,
-            )
+            selector
+                .lock()
+                .expect("router lock poisoned")
+                .select(&contexts, mode, explain, &serving)
         })
         .await
         .map_err(join_error)??;
 
-        // Score every query with its decision's RM, all at once.
+        // Score every query with its decision's RM(s), all at once.
         let mut query_decision = vec![0usize; queries.len()];
         for (decision_index, decision) in selection.decisions.iter().enumerate() {
             for &query in &decision.queries {
@@ -58,26 +58,26 @@ impl RewardRouterService {
             }
         }
         let mut jobs = JoinSet::new();
+        let mut per_query_scores: Vec<Vec<Vec<f32>>> = Vec::with_capacity(queries.len());
         for (query, (_, prompt, responses)) in queries.iter().enumerate() {
             let decision = &selection.decisions[query_decision[query]];
-            let reward_model = state.reward_models.get(&decision.reward_model)?;
-            let (prompt, responses) = (prompt.clone(), responses.clone());
-            jobs.spawn(
-                async move { (query, reward_model.score(prompt, responses).await) }
-                    .in_current_span(),
-            );
+            per_query_scores.push(vec![Vec::new(); decision.reward_models.len()]);
+            for (member, name) in decision.reward_models.iter().enumerate() {
+                let reward_model = state.reward_models.get(name)?;
+                let (prompt, responses) = (prompt.clone(), responses.clone());
+                jobs.spawn(
+                    async move { (query, member, reward_model.score(prompt, responses).await) }
+                        .in_current_span(),
+                );
+            }
         }
-        let mut scores: Vec<Vec<f32>> = vec![Vec::new(); queries.len()];
         while let Some(joined) = jobs.join_next().await {
-            let (query, result) = joined.map_err(join_error)?;
-            scores[query] = result?;
+            let (query, member, result) = joined.map_err(join_error)?;
+            per_query_scores[query][member] = result?;
         }
 
-        let now_unix_ms = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_millis() as i64)
-            .unwrap_or(0);
-        let chosen: Vec<(String, Vec<pb::ArmEstimate>)> = selection
+        let now_unix_ms = unix_ms();
+        let chosen: Vec<(String, Vec<pb::ArmEstimate>, bool)> = selection
             .decisions
             .iter()
             .map(|decision| {
@@ -91,29 +91,47 @@ impl RewardRouterService {
                         ucb: estimate.ucb,
                     })
                     .collect();
-                (decision.reward_model.clone(), arms)
+                let label = if decision.is_ensemble() {
+                    ENSEMBLE_LABEL.to_string()
+                } else {
+                    decision.reward_models[0].clone()
+                };
+                (label, arms, decision.is_ensemble())
             })
             .collect();
-        let (decision_ids, pending) = {
+        let members: Vec<Vec<String>> = selection
+            .decisions
+            .iter()
+            .map(|d| d.reward_models.clone())
+            .collect();
+        let (decision_ids, pending, evictions) = {
             let mut router = router.lock().expect("router lock poisoned");
             let ids = router.record(selection, now_unix_ms);
-            (ids, router.pending_decisions())
+            (ids, router.pending_decisions(), router.evictions())
         };
-        for (reward_model, _) in &chosen {
-            metrics::counter!(metric::SELECTIONS, "router" => call.router.clone(), "reward_model" => reward_model.clone())
-                .increment(1);
+        for names in &members {
+            for reward_model in names {
+                metrics::counter!(metric::SELECTIONS, "router" => call.router.clone(), "reward_model" => reward_model.clone())
+                    .increment(1);
+            }
         }
         metrics::gauge!(metric::PENDING_DECISIONS, "router" => call.router.clone())
             .set(pending as f64);
+        record_evictions(&call.router, evictions);
         tracing::debug!(decision_ids = ?decision_ids, "decisions recorded");
 
         let results = queries
             .into_iter()
-            .zip(scores)
+            .zip(per_query_scores)
             .enumerate()
-            .map(|(query, ((id, _, _), scores))| {
+            .map(|(query, ((id, _, _), mut scores))| {
                 let decision = query_decision[query];
-                let (reward_model, arms) = &chosen[decision];
+                let (reward_model, arms, ensemble) = &chosen[decision];
+                let scores = if *ensemble {
+                    ensemble::combine(&scores)
+                } else {
+                    scores.swap_remove(0)
+                };
                 pb::QueryResult {
                     id,
                     decision_id: decision_ids[decision].clone(),
@@ -129,16 +147,20 @@ impl RewardRouterService {
 
     async fn feedback(&self, call: FeedbackCall) -> Result<pb::FeedbackResponse, Status> {
         let router = self.state.routers.get(&call.router)?;
+        let serving = self.state.reward_models.names();
         let name = call.router.clone();
         let applier = router.clone();
         let result = tokio::task::spawn_blocking(move || {
-            applier
-                .lock()
-                .expect("router lock poisoned")
-                .apply_feedback(&call.decision_ids, call.signal)
+            let mut router = applier.lock().expect("router lock poisoned");
+            let outcome =
+                router.apply_feedback(&call.decision_ids, call.signal, &serving, unix_ms());
+            (outcome, router.pending_decisions(), router.evictions())
         })
         .await
         .map_err(join_error)?;
+        let (result, pending, evictions) = result;
+        metrics::gauge!(metric::PENDING_DECISIONS, "router" => name.clone()).set(pending as f64);
+        record_evictions(&name, evictions);
         let outcome = match result {
             Ok(outcome) => outcome,
             Err(error) => {
@@ -149,20 +171,37 @@ impl RewardRouterService {
                 return Err(error.into());
             }
         };
-        metrics::counter!(metric::FEEDBACK, "router" => name.clone(), "outcome" => "applied")
-            .increment(outcome.applied.len() as u64);
-        metrics::counter!(metric::FEEDBACK, "router" => name.clone(), "outcome" => "duplicate")
-            .increment(outcome.duplicate as u64);
-        let pending = router
-            .lock()
-            .expect("router lock poisoned")
-            .pending_decisions();
-        metrics::gauge!(metric::PENDING_DECISIONS, "router" => name).set(pending as f64);
-        tracing::debug!(applied = ?outcome.applied, duplicate = outcome.duplicate, "feedback applied");
+        for (outcome_label, count) in [
+            ("applied", outcome.applied.len()),
+            ("duplicate", outcome.duplicate),
+            ("arm_removed", outcome.not_applied.len()),
+        ] {
+            metrics::counter!(metric::FEEDBACK, "router" => name.clone(), "outcome" => outcome_label)
+                .increment(count as u64);
+        }
+        tracing::debug!(applied = ?outcome.applied, not_applied = ?outcome.not_applied, duplicate = outcome.duplicate, "feedback applied");
         Ok(pb::FeedbackResponse {
             applied: outcome.applied.len() as u32,
             duplicate: outcome.duplicate as u32,
+            not_applied: outcome.not_applied.len() as u32,
         })
+    }
+}
+
+/// `QueryResult.reward_model` of an ensemble decision.
+pub const ENSEMBLE_LABEL: &str = "ensemble";
+
+fn unix_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+fn record_evictions(router: &str, evictions: Evictions) {
+    for (reason, total) in [("capacity", evictions.capacity), ("ttl", evictions.ttl)] {
+        metrics::counter!(metric::DECISIONS_EVICTED, "router" => router.to_string(), "reason" => reason)
+            .absolute(total);
     }
 }
 

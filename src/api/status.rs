@@ -25,6 +25,8 @@ impl From<RouterError> for Status {
             RouterError::InvalidRouterName { .. } => Code::InvalidArgument,
             RouterError::ContextDimension { .. } => Code::InvalidArgument,
             RouterError::NoRewardModels { .. } => Code::FailedPrecondition,
+            RouterError::FixedRewardModelUnavailable { .. } => Code::FailedPrecondition,
+            RouterError::RewardOutOfRange { .. } => Code::InvalidArgument,
             RouterError::UnknownDecisions { .. } => Code::NotFound,
             RouterError::InvalidSettings { .. } => Code::InvalidArgument,
         };

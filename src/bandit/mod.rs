@@ -1,12 +1,19 @@
 //! Pure bandit math: no clocks, no I/O, no async; randomness is injected.
 //!
-//! - [`linucb`]: one LinUCB arm (ridge regression state) and its UCB estimate.
+//! - [`linucb`]: one LinUCB arm (a Cholesky factor of its ridge system) and batched UCB
+//!   estimates.
 //! - [`normalizer`]: LASeR's reward normalization against the reward history.
+//! - [`exp3`]: the non-contextual Exp3 baseline.
+//! - [`ensemble`]: the RM score ensemble baseline's score combination.
+//! - [`context`]: per-router context preprocessing (L2 normalization, random projection).
 //! - [`select_arm`]: argmax over arm estimates with seeded tie-breaking.
 //!
 //! Everything here is deterministic given its inputs, so routers can be replayed from a
 //! log of events and tested against naive oracles.
 
+pub mod context;
+pub mod ensemble;
+pub mod exp3;
 pub mod linucb;
 pub mod normalizer;
 

@@ -7,17 +7,27 @@
 //! linear between. When `lo == hi` (a history of equal values, which the reference code
 //! does not guard) the result is 0 below, 1 above and 0.5 at that value.
 //!
-//! Cost: the history is kept sorted; `observe` is O(n) for the insertion and O(1) for the
-//! percentiles. A sliding window (so old losses of a changing policy go stale) is a
-//! router setting still to come; the seam is [`Normalization`].
+//! With a `window`, only the last `window` raw rewards form the history (the policy LLM
+//! changes during training, so old losses go stale; LASeR keeps the whole history, which a
+//! later paper blames for LinUCB collapsing onto one arm).
+//!
+//! Cost: the history is kept sorted; `observe` is O(n) for the insertion (and removal of
+//! the oldest value with a window) and O(1) for the percentiles.
+
+use std::collections::VecDeque;
 
 /// How raw rewards are normalized.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Normalization {
     /// Use the raw reward.
     None,
-    /// LASeR's percentile normalization; `low`/`high` are percentiles in [0, 100].
-    Quantile { low: f64, high: f64 },
+    /// LASeR's percentile normalization; `low`/`high` are percentiles in [0, 100] with
+    /// `low < high`; `window` keeps only the most recent raw rewards.
+    Quantile {
+        low: f64,
+        high: f64,
+        window: Option<usize>,
+    },
 }
 
 impl Normalization {
@@ -25,6 +35,7 @@ impl Normalization {
     pub const LASER: Normalization = Normalization::Quantile {
         low: 20.0,
         high: 80.0,
+        window: None,
     };
 }
 
@@ -33,6 +44,8 @@ impl Normalization {
 pub struct RewardNormalizer {
     normalization: Normalization,
     sorted_history: Vec<f64>,
+    arrival_order: VecDeque<f64>,
+    observed: u64,
 }
 
 impl RewardNormalizer {
@@ -40,6 +53,8 @@ impl RewardNormalizer {
         Self {
             normalization,
             sorted_history: Vec::new(),
+            arrival_order: VecDeque::new(),
+            observed: 0,
         }
     }
 
@@ -47,19 +62,33 @@ impl RewardNormalizer {
         self.normalization
     }
 
-    /// Number of raw rewards observed.
-    pub fn observed(&self) -> usize {
+    /// Number of raw rewards observed (including those that left the window).
+    pub fn observed(&self) -> u64 {
+        self.observed
+    }
+
+    /// Raw rewards currently in the history.
+    pub fn history_len(&self) -> usize {
         self.sorted_history.len()
     }
 
     /// Record `raw` (finite) in the history, then return its normalized value.
     pub fn observe(&mut self, raw: f64) -> f64 {
         debug_assert!(raw.is_finite());
-        let position = self.sorted_history.partition_point(|&seen| seen < raw);
-        self.sorted_history.insert(position, raw);
+        self.observed += 1;
         match self.normalization {
             Normalization::None => raw,
-            Normalization::Quantile { low, high } => {
+            Normalization::Quantile { low, high, window } => {
+                let position = self.sorted_history.partition_point(|&seen| seen < raw);
+                self.sorted_history.insert(position, raw);
+                self.arrival_order.push_back(raw);
+                if let Some(window) = window
+                    && self.arrival_order.len() > window
+                    && let Some(oldest) = self.arrival_order.pop_front()
+                {
+                    let position = self.sorted_history.partition_point(|&seen| seen < oldest);
+                    self.sorted_history.remove(position);
+                }
                 if self.sorted_history.len() < 2 {
                     return raw;
                 }
@@ -113,6 +142,38 @@ mod tests {
         assert_eq!(normalizer.observe(-10.0), 0.0);
         assert_eq!(normalizer.observe(10.0), 1.0);
         assert_eq!(normalizer.observed(), 8);
+    }
+
+    #[test]
+    fn a_window_forgets_old_rewards() {
+        let window = Normalization::Quantile {
+            low: 20.0,
+            high: 80.0,
+            window: Some(3),
+        };
+        let mut normalizer = RewardNormalizer::new(window);
+        for raw in [10.0, 20.0, 0.0, 1.0, 2.0] {
+            normalizer.observe(raw);
+        }
+        assert_eq!(normalizer.history_len(), 3);
+        assert_eq!(normalizer.observed(), 5);
+        // Window [1, 2, 1.5]: p20 = 1.2, p80 = 1.8, so 1.5 maps to 0.5 (the whole history
+        // [0, 1, 1.5, 2, 10, 20] would give p20 = 1, p80 = 10 and 0.056).
+        let value = normalizer.observe(1.5);
+        assert!((value - 0.5).abs() < 1e-12, "{value}");
+    }
+
+    #[test]
+    fn custom_percentiles() {
+        let mut normalizer = RewardNormalizer::new(Normalization::Quantile {
+            low: 0.0,
+            high: 100.0,
+            window: None,
+        });
+        for raw in [0.0, 10.0] {
+            normalizer.observe(raw);
+        }
+        assert!((normalizer.observe(2.5) - 0.25).abs() < 1e-12);
     }
 
     #[test]

@@ -1,21 +1,26 @@
 //! Routers: named bandit instances, their decisions awaiting feedback, and applying
 //! feedback to them.
 //!
-//! - [`router`]: one router (settings, arms, pending decisions); select and feedback.
+//! - [`settings`]: a router's settings and policies (LinUCB and the paper's baselines).
+//! - [`router`]: one router (arms, pending decisions); select, record, feedback, reset.
 //! - [`registry`]: routers keyed by name, created explicitly or on first use.
 //!
-//! A router is mutated only through `Router::record` (decisions returned to a client) and
-//! `Router::apply_feedback`; the bandit math lives in [`crate::bandit`]. Router state is in
-//! memory in this version (durable state is the store's job, still to come).
+//! A router is mutated only through `Router::select` (RNG and round-robin cursor),
+//! `Router::record` (decisions returned to a client), `Router::apply_feedback` and
+//! `Router::reset`; the bandit math lives in [`crate::bandit`]. Router state is in memory
+//! in this version (durable state is the store's job, still to come).
 
 pub mod registry;
 pub mod router;
+pub mod settings;
+#[cfg(test)]
+mod tests;
 
 pub use registry::Routers;
 pub use router::{
-    ArmStatistics, Decision, FeedbackOutcome, FeedbackSignal, Policy, Router, RouterSettings,
-    Selection, SelectionMode,
+    ArmStatistics, Decision, Evictions, FeedbackOutcome, FeedbackSignal, Router, Selection,
 };
+pub use settings::{Policy, RouterSettings, SelectionMode};
 
 /// What went wrong in a router operation, from the caller's point of view.
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -35,11 +40,18 @@ pub enum RouterError {
     },
     #[error("router {router:?} has no reward model to route to")]
     NoRewardModels { router: String },
+    #[error("router {router:?} uses the fixed reward model {reward_model:?}, which is not serving")]
+    FixedRewardModelUnavailable {
+        router: String,
+        reward_model: String,
+    },
     #[error("decision_ids not found in router {router:?} (unknown or expired): {decision_ids:?}")]
     UnknownDecisions {
         router: String,
         decision_ids: Vec<String>,
     },
+    #[error("reward {reward} is outside [0, 1]; router {router:?} has reward_is_normalized set")]
+    RewardOutOfRange { router: String, reward: f64 },
     #[error("settings.{field}: {reason}")]
     InvalidSettings { field: &'static str, reason: String },
 }

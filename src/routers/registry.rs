@@ -55,9 +55,13 @@ impl Routers {
             })
     }
 
-    /// The named router, created with the default settings if it does not exist and the
-    /// server creates routers on first use.
-    pub fn get_or_create(&self, name: &str) -> Result<SharedRouter, RouterError> {
+    /// The named router, created with the default settings (and an arm per RM in
+    /// `serving`) if it does not exist and the server creates routers on first use.
+    pub fn get_or_create(
+        &self,
+        name: &str,
+        serving: &[String],
+    ) -> Result<SharedRouter, RouterError> {
         match self.get(name) {
             Err(RouterError::UnknownRouter { .. }) if self.create_on_first_use => {
                 validate_name(name)?;
@@ -69,6 +73,7 @@ impl Routers {
                         Arc::new(Mutex::new(Router::new(
                             name.to_string(),
                             self.defaults.clone(),
+                            serving,
                         )))
                     })
                     .clone())
@@ -77,10 +82,12 @@ impl Routers {
         }
     }
 
+    /// A new router with an arm for every RM in `serving` that `settings` accept.
     pub fn create(
         &self,
         name: &str,
         settings: RouterSettings,
+        serving: &[String],
     ) -> Result<SharedRouter, RouterError> {
         validate_name(name)?;
         let settings = settings.validate(self.max_context_dim)?;
@@ -90,7 +97,7 @@ impl Routers {
                 name: name.to_string(),
             });
         }
-        let router = Arc::new(Mutex::new(Router::new(name.to_string(), settings)));
+        let router = Arc::new(Mutex::new(Router::new(name.to_string(), settings, serving)));
         routers.insert(name.to_string(), router.clone());
         Ok(router)
     }
@@ -136,28 +143,17 @@ fn validate_name(name: &str) -> Result<(), RouterError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::bandit::Normalization;
-    use crate::routers::{Policy, SelectionMode};
+    use crate::routers::tests::settings;
 
     fn routers(create_on_first_use: bool) -> Routers {
-        let defaults = RouterSettings {
-            context_dim: 4,
-            policy: Policy::LinUcb,
-            alpha: 0.1,
-            l2_lambda: 1.0,
-            normalization: Normalization::LASER,
-            default_mode: SelectionMode::PerQuery,
-            seed: 0,
-            max_pending_decisions: 10,
-        };
-        Routers::new(defaults, create_on_first_use, 1024)
+        Routers::new(settings(4), create_on_first_use, 1024)
     }
 
     #[test]
     fn first_use_creates_only_when_allowed() {
-        assert!(routers(true).get_or_create("run-1").is_ok());
+        assert!(routers(true).get_or_create("run-1", &[]).is_ok());
         assert_eq!(
-            routers(false).get_or_create("run-1").err(),
+            routers(false).get_or_create("run-1", &[]).err(),
             Some(RouterError::UnknownRouter {
                 name: "run-1".into()
             })
@@ -168,11 +164,11 @@ mod tests {
     fn names_are_validated() {
         let routers = routers(true);
         assert!(matches!(
-            routers.get_or_create("bad name"),
+            routers.get_or_create("bad name", &[]),
             Err(RouterError::InvalidRouterName { .. })
         ));
         assert!(matches!(
-            routers.get_or_create(&"x".repeat(200)),
+            routers.get_or_create(&"x".repeat(200), &[]),
             Err(RouterError::InvalidRouterName { .. })
         ));
         assert!(routers.list().is_empty());
@@ -182,9 +178,9 @@ mod tests {
     fn create_get_delete() {
         let routers = routers(false);
         let settings = routers.defaults().clone();
-        routers.create("a", settings.clone()).unwrap();
+        routers.create("a", settings.clone(), &[]).unwrap();
         assert_eq!(
-            routers.create("a", settings.clone()).err(),
+            routers.create("a", settings.clone(), &[]).err(),
             Some(RouterError::RouterExists { name: "a".into() })
         );
         assert!(routers.get("a").is_ok());
@@ -196,7 +192,7 @@ mod tests {
             ..settings
         };
         assert!(matches!(
-            routers.create("b", bad),
+            routers.create("b", bad, &[]),
             Err(RouterError::InvalidSettings {
                 field: "context_dim",
                 ..

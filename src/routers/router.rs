@@ -1,94 +1,52 @@
-//! One router: settings, one LinUCB arm per reward model, decisions awaiting feedback.
+//! One router: settings, one arm per reward model, decisions awaiting feedback.
 //!
 //! Selection is two-phase so that a failed or abandoned Score records nothing:
-//! [`Router::select`] picks arms (it only advances the tie-breaking RNG) and
+//! [`Router::select`] picks arms (it only advances the RNG and the round-robin cursor) and
 //! [`Router::record`] stores the decisions once the scores are ready.
-//! [`Router::apply_feedback`] is all-or-nothing: every decision id is checked before any arm
-//! changes. Decisions that already had feedback are remembered (bounded, oldest forgotten
-//! first) so a repeated id is acknowledged as a duplicate and applied once.
+//! [`Router::apply_feedback`] is all-or-nothing: every decision id is checked before any
+//! arm changes. Answered ids are remembered (bounded like the pending set) so a repeated id
+//! is acknowledged as a duplicate and applied once.
 //!
-//! Cost: select is O(K·d²) per query (K arms, d context dimension), feedback O(d²) per
-//! decision; memory is one d×d matrix per arm plus O(d) per pending decision.
+//! Arms come and go with the server's RMs: an RM the router accepts becomes an arm
+//! (`A = λI`, `b = 0`) the first time it is serving; an RM that stops serving is skipped by
+//! selection, its pending decisions are acknowledged but not applied, and its statistics
+//! stay visible until the router is reset or deleted.
+//!
+//! Cost (LinUCB, K arms, B decisions, d arm dimension): select O(K·d²·B) reading each
+//! arm's factor once; feedback O(d²·r) per arm for r decisions of that arm (one rank-r
+//! update); memory one d×d matrix per arm plus O(d) per pending decision.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 
-use nalgebra::DVector;
-use rand::SeedableRng;
+use faer::Mat;
 use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
 
 use super::RouterError;
-use crate::bandit::{self, ArmEstimate, LinUcbArm, Normalization, RewardNormalizer};
+use super::settings::{Policy, RouterSettings, SelectionMode};
+use crate::bandit::context::ContextTransform;
+use crate::bandit::{self, ArmEstimate, LinUcbArm, RewardNormalizer, exp3};
 
-/// Bandit policy of a router.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Policy {
-    LinUcb,
-}
-
-/// One decision per query, or one for the whole request on the mean context.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum SelectionMode {
-    PerQuery,
-    PerBatch,
-}
-
-/// A router's settings; valid by construction through [`RouterSettings::validate`].
-#[derive(Clone, Debug, PartialEq)]
-pub struct RouterSettings {
-    pub context_dim: usize,
-    pub policy: Policy,
-    pub alpha: f64,
-    pub l2_lambda: f64,
-    pub normalization: Normalization,
-    pub default_mode: SelectionMode,
-    pub seed: u64,
-    /// Decisions kept awaiting feedback; the oldest is evicted beyond this.
-    pub max_pending_decisions: usize,
-}
-
-impl RouterSettings {
-    pub fn validate(self, max_context_dim: usize) -> Result<Self, RouterError> {
-        let invalid = |field, reason: String| RouterError::InvalidSettings { field, reason };
-        if self.context_dim == 0 || self.context_dim > max_context_dim {
-            return Err(invalid(
-                "context_dim",
-                format!(
-                    "{} is outside 1..={max_context_dim} (limits.max_context_dim)",
-                    self.context_dim
-                ),
-            ));
-        }
-        if !(self.alpha.is_finite() && self.alpha >= 0.0) {
-            return Err(invalid(
-                "alpha",
-                format!("{} must be finite and >= 0", self.alpha),
-            ));
-        }
-        if !(self.l2_lambda.is_finite() && self.l2_lambda > 0.0) {
-            return Err(invalid(
-                "l2_lambda",
-                format!("{} must be finite and > 0", self.l2_lambda),
-            ));
-        }
-        if self.max_pending_decisions == 0 {
-            return Err(invalid("max_pending_decisions", "must be > 0".to_string()));
-        }
-        Ok(self)
-    }
-}
-
-/// Per-arm counters shown by GetRouter.
+/// Per-arm statistics shown by GetRouter.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct ArmStatistics {
     pub reward_model: String,
-    /// Decisions that chose this arm.
+    /// Decisions that chose this arm (an ensemble decision counts for every member).
     pub selections: u64,
     /// Decisions of this arm whose feedback was applied.
     pub feedback_count: u64,
     /// Sum of applied normalized rewards.
     pub reward_sum: f64,
     pub last_selected_unix_ms: i64,
+    /// |θ| (LinUCB).
     pub theta_norm: f64,
+    /// θ·x̄ and α·sqrt(x̄ᵀA⁻¹x̄) at the mean of the router's selected contexts (LinUCB).
+    pub mean_at_context_mean: f64,
+    pub bonus_at_context_mean: f64,
+    /// Exp3 selection probability now (Exp3).
+    pub probability: f64,
+    /// The RM no longer serves (or the router no longer accepts it).
+    pub removed: bool,
 }
 
 impl ArmStatistics {
@@ -103,25 +61,50 @@ impl ArmStatistics {
 
 struct Arm {
     reward_model: String,
-    model: LinUcbArm,
+    /// LinUCB state (LinUCB routers only).
+    linucb: Option<LinUcbArm>,
+    /// Exp3 log-weight (Exp3 routers only).
+    log_weight: f64,
     statistics: ArmStatistics,
 }
 
-struct PendingDecision {
-    arm: usize,
-    context: DVector<f64>,
+/// What a decision chose.
+#[derive(Clone, Debug, PartialEq)]
+enum Choice {
+    Arm(usize),
+    /// Every listed arm scored (ensemble policy).
+    Ensemble(Vec<usize>),
 }
 
-/// A picked arm for one query (or for the whole request in per-batch mode).
+struct PendingDecision {
+    choice: Choice,
+    context: Vec<f64>,
+    /// Exp3: probability the arm was chosen with, and how many arms were available.
+    probability: f64,
+    arm_count: usize,
+    created_unix_ms: i64,
+}
+
+/// A choice for one query (or for the whole request in per-batch mode).
 #[derive(Clone, Debug)]
 pub struct Decision {
-    pub reward_model: String,
+    /// The RMs to score with: one, or every member for the ensemble policy.
+    pub reward_models: Vec<String>,
     /// Indices of the queries this decision covers.
     pub queries: Vec<usize>,
-    /// Every available arm's estimate, when asked for.
+    /// Every available arm's estimate, when asked for (LinUCB).
     pub estimates: Vec<(String, ArmEstimate)>,
-    arm: usize,
-    context: DVector<f64>,
+    choice: Choice,
+    context: Vec<f64>,
+    probability: f64,
+    arm_count: usize,
+}
+
+impl Decision {
+    /// Whether this decision combines several RMs (ensemble policy).
+    pub fn is_ensemble(&self) -> bool {
+        matches!(self.choice, Choice::Ensemble(_))
+    }
 }
 
 /// The outcome of [`Router::select`], to be passed to [`Router::record`].
@@ -139,26 +122,27 @@ pub enum FeedbackSignal {
     Reward(f64),
 }
 
-impl FeedbackSignal {
-    pub fn raw_reward(self) -> f64 {
-        match self {
-            FeedbackSignal::Loss(loss) => -loss,
-            FeedbackSignal::Reward(reward) => reward,
-        }
-    }
-}
-
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct FeedbackOutcome {
-    /// Decisions whose arm was updated.
+    /// (decision id, reward model) of each decision whose arm was updated.
     pub applied: Vec<(String, String)>,
     /// Decision ids that already had feedback.
     pub duplicate: usize,
+    /// Decisions acknowledged but not applied: their RM no longer serves.
+    pub not_applied: Vec<(String, String)>,
+}
+
+/// Decisions evicted before their feedback arrived.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Evictions {
+    pub capacity: u64,
+    pub ttl: u64,
 }
 
 pub struct Router {
     name: String,
     settings: RouterSettings,
+    transform: ContextTransform,
     arms: Vec<Arm>,
     arm_index: HashMap<String, usize>,
     pending: HashMap<String, PendingDecision>,
@@ -167,15 +151,26 @@ pub struct Router {
     answered_order: VecDeque<String>,
     normalizer: RewardNormalizer,
     rng: StdRng,
-    evicted: u64,
+    round_robin_next: usize,
+    context_sum: Vec<f64>,
+    contexts_seen: u64,
+    evictions: Evictions,
 }
 
 impl Router {
-    pub fn new(name: String, settings: RouterSettings) -> Self {
-        Self {
+    /// A fresh router with an arm for every RM in `serving` it accepts.
+    pub fn new(name: String, settings: RouterSettings, serving: &[String]) -> Self {
+        let mut router = Self {
             name,
+            transform: ContextTransform::new(
+                settings.context_dim,
+                settings.l2_normalize_context,
+                settings.projection_dim,
+                settings.seed,
+            ),
             normalizer: RewardNormalizer::new(settings.normalization),
             rng: StdRng::seed_from_u64(settings.seed),
+            context_sum: vec![0.0; settings.arm_dim()],
             settings,
             arms: Vec::new(),
             arm_index: HashMap::new(),
@@ -183,8 +178,22 @@ impl Router {
             pending_order: VecDeque::new(),
             answered: HashSet::new(),
             answered_order: VecDeque::new(),
-            evicted: 0,
+            round_robin_next: 0,
+            contexts_seen: 0,
+            evictions: Evictions::default(),
+        };
+        for reward_model in serving {
+            if router.settings.accepts(reward_model) {
+                router.add_arm(reward_model);
+            }
         }
+        router
+    }
+
+    /// Forget everything learned (arms, pending decisions, reward history, RNG) and start
+    /// over with the same settings, with an arm for every accepted RM in `serving`.
+    pub fn reset(&mut self, serving: &[String]) {
+        *self = Router::new(self.name.clone(), self.settings.clone(), serving);
     }
 
     pub fn name(&self) -> &str {
@@ -199,22 +208,59 @@ impl Router {
         self.pending.len()
     }
 
-    /// Decisions evicted (capacity) before their feedback arrived.
-    pub fn evicted_decisions(&self) -> u64 {
-        self.evicted
+    pub fn evictions(&self) -> Evictions {
+        self.evictions
     }
 
-    pub fn rewards_seen(&self) -> usize {
+    /// Raw rewards observed by the normalizer.
+    pub fn rewards_seen(&self) -> u64 {
         self.normalizer.observed()
     }
 
-    /// Statistics of every arm the router has had, in the order arms were added.
-    pub fn arm_statistics(&self) -> Vec<ArmStatistics> {
+    /// Bytes of bandit state held by the arms.
+    pub fn arm_state_bytes(&self) -> usize {
         self.arms
             .iter()
-            .map(|arm| ArmStatistics {
-                theta_norm: arm.model.theta().norm(),
-                ..arm.statistics.clone()
+            .filter_map(|arm| arm.linucb.as_ref().map(LinUcbArm::state_bytes))
+            .sum()
+    }
+
+    /// Statistics of every arm the router has had, in the order arms were added; arms
+    /// whose RM is not in `serving` are marked removed.
+    pub fn arm_statistics(&self, serving: &[String]) -> Vec<ArmStatistics> {
+        let mean_context: Option<Vec<f64>> = (self.contexts_seen > 0).then(|| {
+            self.context_sum
+                .iter()
+                .map(|v| v / self.contexts_seen as f64)
+                .collect()
+        });
+        let available = self.available_arms(serving);
+        let probabilities = match self.settings.policy {
+            Policy::Exp3 { gamma } if !available.is_empty() => {
+                let weights: Vec<f64> =
+                    available.iter().map(|&a| self.arms[a].log_weight).collect();
+                exp3::probabilities(&weights, gamma)
+            }
+            _ => Vec::new(),
+        };
+        self.arms
+            .iter()
+            .enumerate()
+            .map(|(index, arm)| {
+                let mut statistics = arm.statistics.clone();
+                statistics.removed = !available.contains(&index);
+                if let Some(linucb) = &arm.linucb {
+                    statistics.theta_norm = linucb.theta_norm();
+                    if let Some(x) = &mean_context {
+                        let estimate = linucb.estimate(x, self.settings.alpha);
+                        statistics.mean_at_context_mean = estimate.mean;
+                        statistics.bonus_at_context_mean = estimate.bonus;
+                    }
+                }
+                if let Some(position) = available.iter().position(|&a| a == index) {
+                    statistics.probability = probabilities.get(position).copied().unwrap_or(0.0);
+                }
+                statistics
             })
             .collect()
     }
@@ -233,93 +279,168 @@ impl Router {
         }
     }
 
-    /// Pick an arm among `reward_models` (the RMs serving now) for each context (or once
-    /// for their mean in per-batch mode). Arms are created for reward models the router has
-    /// not seen (`A = λI`, `b = 0`). Records nothing: pass the result to [`Router::record`].
+    /// Pick RMs among `serving` (the RMs loaded now) for each context, or once for their
+    /// mean in per-batch mode. Records nothing: pass the result to [`Router::record`].
     pub fn select(
         &mut self,
         contexts: &[Vec<f32>],
         mode: Option<SelectionMode>,
         explain: bool,
-        reward_models: &[String],
+        serving: &[String],
     ) -> Result<Selection, RouterError> {
         self.check_contexts(contexts)?;
-        for reward_model in reward_models {
-            self.ensure_arm(reward_model);
-        }
-        let available: Vec<usize> = reward_models
-            .iter()
-            .map(|name| self.arm_index[name])
-            .collect();
+        self.join_new_arms(serving);
+        let available = self.available_arms(serving);
         if available.is_empty() {
             return Err(RouterError::NoRewardModels {
                 router: self.name.clone(),
             });
         }
-        let to_vector = |c: &Vec<f32>| DVector::from_iterator(c.len(), c.iter().map(|&v| v as f64));
-        let groups: Vec<(Vec<usize>, DVector<f64>)> =
-            match mode.unwrap_or(self.settings.default_mode) {
-                SelectionMode::PerQuery => contexts
+        let fixed_arm = match &self.settings.policy {
+            Policy::Fixed { reward_model } => Some(
+                available
                     .iter()
-                    .enumerate()
-                    .map(|(index, c)| (vec![index], to_vector(c)))
-                    .collect(),
-                SelectionMode::PerBatch => {
-                    let mut mean = DVector::zeros(self.settings.context_dim);
-                    for c in contexts {
-                        mean += to_vector(c);
+                    .copied()
+                    .find(|&a| &self.arms[a].reward_model == reward_model)
+                    .ok_or_else(|| RouterError::FixedRewardModelUnavailable {
+                        router: self.name.clone(),
+                        reward_model: reward_model.clone(),
+                    })?,
+            ),
+            _ => None,
+        };
+
+        let processed: Vec<Vec<f64>> = contexts.iter().map(|c| self.transform.apply(c)).collect();
+        let groups: Vec<(Vec<usize>, Vec<f64>)> = match mode.unwrap_or(self.settings.default_mode) {
+            SelectionMode::PerQuery => processed
+                .into_iter()
+                .enumerate()
+                .map(|(i, x)| (vec![i], x))
+                .collect(),
+            SelectionMode::PerBatch => {
+                let dim = self.settings.arm_dim();
+                let mut mean = vec![0.0; dim];
+                for x in &processed {
+                    mean.iter_mut().zip(x).for_each(|(m, v)| *m += v);
+                }
+                let count = processed.len().max(1) as f64;
+                mean.iter_mut().for_each(|m| *m /= count);
+                vec![((0..processed.len()).collect(), mean)]
+            }
+        };
+
+        // LinUCB: one batched estimate per arm over all decisions of the request.
+        let estimates: Vec<Vec<ArmEstimate>> = match self.settings.policy {
+            Policy::LinUcb => {
+                let dim = self.settings.arm_dim();
+                let batch = Mat::from_fn(dim, groups.len(), |i, j| groups[j].1[i]);
+                available
+                    .iter()
+                    .map(|&a| {
+                        self.arms[a]
+                            .linucb
+                            .as_ref()
+                            .expect("LinUCB routers keep LinUCB arms")
+                            .estimate_batch(batch.as_ref(), self.settings.alpha)
+                    })
+                    .collect()
+            }
+            _ => Vec::new(),
+        };
+        let exp3_probabilities = match self.settings.policy {
+            Policy::Exp3 { gamma } => {
+                let weights: Vec<f64> =
+                    available.iter().map(|&a| self.arms[a].log_weight).collect();
+                exp3::probabilities(&weights, gamma)
+            }
+            _ => Vec::new(),
+        };
+
+        let mut decisions = Vec::with_capacity(groups.len());
+        for (group, (queries, context)) in groups.into_iter().enumerate() {
+            let mut probability = 1.0;
+            let mut explained = Vec::new();
+            let choice = match &self.settings.policy {
+                Policy::LinUcb => {
+                    let candidates: Vec<ArmEstimate> =
+                        estimates.iter().map(|per_arm| per_arm[group]).collect();
+                    if explain {
+                        explained = available
+                            .iter()
+                            .zip(&candidates)
+                            .map(|(&a, e)| (self.arms[a].reward_model.clone(), *e))
+                            .collect();
                     }
-                    mean /= contexts.len().max(1) as f64;
-                    vec![((0..contexts.len()).collect(), mean)]
+                    let best =
+                        bandit::select_arm(&candidates, &mut self.rng).expect("arms available");
+                    Choice::Arm(available[best])
+                }
+                Policy::Random => Choice::Arm(available[self.rng.random_range(0..available.len())]),
+                Policy::RoundRobin => {
+                    let arm = available[self.round_robin_next % available.len()];
+                    self.round_robin_next = self.round_robin_next.wrapping_add(1);
+                    Choice::Arm(arm)
+                }
+                Policy::Fixed { .. } => Choice::Arm(fixed_arm.expect("checked above")),
+                Policy::Ensemble => Choice::Ensemble(available.clone()),
+                Policy::Exp3 { .. } => {
+                    let index = exp3::sample(&exp3_probabilities, &mut self.rng);
+                    probability = exp3_probabilities[index];
+                    Choice::Arm(available[index])
                 }
             };
-        let decisions = groups
-            .into_iter()
-            .map(|(queries, context)| {
-                let estimates: Vec<ArmEstimate> = available
+            let reward_models = match &choice {
+                Choice::Arm(a) => vec![self.arms[*a].reward_model.clone()],
+                Choice::Ensemble(members) => members
                     .iter()
-                    .map(|&arm| self.arms[arm].model.estimate(&context, self.settings.alpha))
-                    .collect();
-                let chosen = bandit::select_arm(&estimates, &mut self.rng)
-                    .expect("available arms are not empty");
-                let arm = available[chosen];
-                Decision {
-                    reward_model: self.arms[arm].reward_model.clone(),
-                    queries,
-                    estimates: if explain {
-                        available
-                            .iter()
-                            .zip(&estimates)
-                            .map(|(&a, e)| (self.arms[a].reward_model.clone(), *e))
-                            .collect()
-                    } else {
-                        Vec::new()
-                    },
-                    arm,
-                    context,
-                }
-            })
-            .collect();
+                    .map(|&a| self.arms[a].reward_model.clone())
+                    .collect(),
+            };
+            decisions.push(Decision {
+                reward_models,
+                queries,
+                estimates: explained,
+                choice,
+                context,
+                probability,
+                arm_count: available.len(),
+            });
+        }
         Ok(Selection { decisions })
     }
 
     /// Store the decisions of a completed Score: each awaits feedback under the returned
-    /// decision id (same order as `selection.decisions`). The oldest pending decisions are
-    /// evicted beyond `max_pending_decisions`.
+    /// decision id (same order as `selection.decisions`). Expired decisions, then the oldest
+    /// beyond `max_pending_decisions`, are evicted.
     pub fn record(&mut self, selection: Selection, now_unix_ms: i64) -> Vec<String> {
+        self.expire(now_unix_ms);
         selection
             .decisions
             .into_iter()
             .map(|decision| {
                 let decision_id = uuid::Uuid::new_v4().simple().to_string();
-                let statistics = &mut self.arms[decision.arm].statistics;
-                statistics.selections += 1;
-                statistics.last_selected_unix_ms = now_unix_ms;
+                let members = match &decision.choice {
+                    Choice::Arm(a) => vec![*a],
+                    Choice::Ensemble(members) => members.clone(),
+                };
+                for arm in members {
+                    let statistics = &mut self.arms[arm].statistics;
+                    statistics.selections += 1;
+                    statistics.last_selected_unix_ms = now_unix_ms;
+                }
+                self.context_sum
+                    .iter_mut()
+                    .zip(&decision.context)
+                    .for_each(|(s, v)| *s += v);
+                self.contexts_seen += 1;
                 self.pending.insert(
                     decision_id.clone(),
                     PendingDecision {
-                        arm: decision.arm,
+                        choice: decision.choice,
                         context: decision.context,
+                        probability: decision.probability,
+                        arm_count: decision.arm_count,
+                        created_unix_ms: now_unix_ms,
                     },
                 );
                 self.pending_order.push_back(decision_id.clone());
@@ -331,13 +452,16 @@ impl Router {
 
     /// Apply `signal` to every decision in `decision_ids`, all or nothing: an id that is
     /// neither pending nor already answered rejects the request and changes nothing. The
-    /// raw reward enters the normalization history once per request that applies anything.
-    /// Returns (decision id, reward model) for each applied decision.
+    /// raw reward enters the normalization history once per request that answers a pending
+    /// decision; decisions of one arm are applied as one batched update.
     pub fn apply_feedback(
         &mut self,
         decision_ids: &[String],
         signal: FeedbackSignal,
+        serving: &[String],
+        now_unix_ms: i64,
     ) -> Result<FeedbackOutcome, RouterError> {
+        self.expire(now_unix_ms);
         let unknown: Vec<String> = decision_ids
             .iter()
             .filter(|id| !self.pending.contains_key(*id) && !self.answered.contains(*id))
@@ -349,41 +473,150 @@ impl Router {
                 decision_ids: unknown,
             });
         }
+        if let (FeedbackSignal::Reward(reward), true) = (signal, self.settings.reward_is_normalized)
+            && !(0.0..=1.0).contains(&reward)
+        {
+            return Err(RouterError::RewardOutOfRange {
+                router: self.name.clone(),
+                reward,
+            });
+        }
+
         let mut outcome = FeedbackOutcome::default();
-        let mut reward = None;
+        let mut answered = Vec::new();
+        let mut seen = HashSet::new();
         for decision_id in decision_ids {
-            let Some(decision) = self.pending.remove(decision_id) else {
+            if !seen.insert(decision_id) {
                 outcome.duplicate += 1;
                 continue;
+            }
+            match self.pending.remove(decision_id) {
+                Some(decision) => answered.push((decision_id.clone(), decision)),
+                None => outcome.duplicate += 1,
+            }
+        }
+        if answered.is_empty() {
+            return Ok(outcome);
+        }
+        let reward = match signal {
+            FeedbackSignal::Reward(reward) if self.settings.reward_is_normalized => reward,
+            FeedbackSignal::Reward(reward) => self.normalizer.observe(reward),
+            FeedbackSignal::Loss(loss) => self.normalizer.observe(-loss),
+        };
+        let available = self.available_arms(serving);
+
+        // Group LinUCB updates per arm: one rank-r update each.
+        let mut updates: HashMap<usize, Vec<Vec<f64>>> = HashMap::new();
+        for (decision_id, decision) in answered {
+            let members = match &decision.choice {
+                Choice::Arm(a) => vec![*a],
+                Choice::Ensemble(members) => members.clone(),
             };
-            let reward =
-                *reward.get_or_insert_with(|| self.normalizer.observe(signal.raw_reward()));
-            let arm = &mut self.arms[decision.arm];
-            arm.model.update(&decision.context, reward);
-            arm.statistics.feedback_count += 1;
-            arm.statistics.reward_sum += reward;
-            outcome
-                .applied
-                .push((decision_id.clone(), arm.reward_model.clone()));
-            self.remember_answered(decision_id.clone());
+            let label = members
+                .iter()
+                .map(|&a| self.arms[a].reward_model.as_str())
+                .collect::<Vec<_>>()
+                .join("+");
+            let serving_members: Vec<usize> = members
+                .iter()
+                .copied()
+                .filter(|a| available.contains(a))
+                .collect();
+            if serving_members.is_empty() {
+                outcome.not_applied.push((decision_id.clone(), label));
+                self.remember_answered(decision_id);
+                continue;
+            }
+            for &arm in &serving_members {
+                let statistics = &mut self.arms[arm].statistics;
+                statistics.feedback_count += 1;
+                statistics.reward_sum += reward;
+            }
+            if let Choice::Arm(arm) = decision.choice {
+                match self.settings.policy {
+                    Policy::LinUcb => updates.entry(arm).or_default().push(decision.context),
+                    Policy::Exp3 { gamma } => {
+                        self.arms[arm].log_weight += exp3::log_weight_increment(
+                            reward,
+                            decision.probability,
+                            decision.arm_count,
+                            gamma,
+                        );
+                    }
+                    _ => {}
+                }
+            }
+            outcome.applied.push((decision_id.clone(), label));
+            self.remember_answered(decision_id);
+        }
+        let dim = self.settings.arm_dim();
+        let mut arms: Vec<usize> = updates.keys().copied().collect();
+        arms.sort_unstable();
+        for arm in arms {
+            let contexts = &updates[&arm];
+            let batch = Mat::from_fn(dim, contexts.len(), |i, j| contexts[j][i]);
+            let rewards = vec![reward; contexts.len()];
+            self.arms[arm]
+                .linucb
+                .as_mut()
+                .expect("LinUCB routers keep LinUCB arms")
+                .update_batch(batch.as_ref(), &rewards);
         }
         Ok(outcome)
     }
 
-    fn ensure_arm(&mut self, reward_model: &str) {
-        if self.arm_index.contains_key(reward_model) {
-            return;
-        }
+    fn add_arm(&mut self, reward_model: &str) {
         self.arm_index
             .insert(reward_model.to_string(), self.arms.len());
         self.arms.push(Arm {
             reward_model: reward_model.to_string(),
-            model: LinUcbArm::new(self.settings.context_dim, self.settings.l2_lambda),
+            linucb: matches!(self.settings.policy, Policy::LinUcb)
+                .then(|| LinUcbArm::new(self.settings.arm_dim(), self.settings.l2_lambda)),
+            log_weight: 0.0,
             statistics: ArmStatistics {
                 reward_model: reward_model.to_string(),
                 ..ArmStatistics::default()
             },
         });
+    }
+
+    /// RMs that appeared since the router was created become arms when it accepts them.
+    fn join_new_arms(&mut self, serving: &[String]) {
+        for reward_model in serving {
+            if self.arm_index.contains_key(reward_model) || !self.settings.accepts(reward_model) {
+                continue;
+            }
+            if self.settings.reward_models.is_some() || self.settings.join_new_reward_models {
+                self.add_arm(reward_model);
+            }
+        }
+    }
+
+    /// Indices of the arms that may be selected now, in arm order.
+    fn available_arms(&self, serving: &[String]) -> Vec<usize> {
+        let mut available: Vec<usize> = serving
+            .iter()
+            .filter_map(|name| self.arm_index.get(name).copied())
+            .collect();
+        available.sort_unstable();
+        available
+    }
+
+    fn expire(&mut self, now_unix_ms: i64) {
+        let ttl_ms = self.settings.pending_ttl.as_millis() as i64;
+        while let Some(oldest) = self.pending_order.front() {
+            match self.pending.get(oldest) {
+                None => {
+                    self.pending_order.pop_front();
+                }
+                Some(decision) if now_unix_ms - decision.created_unix_ms >= ttl_ms => {
+                    let id = self.pending_order.pop_front().expect("front exists");
+                    self.pending.remove(&id);
+                    self.evictions.ttl += 1;
+                }
+                Some(_) => break,
+            }
+        }
     }
 
     fn evict_over_capacity(&mut self) {
@@ -392,7 +625,7 @@ impl Router {
                 break;
             };
             if self.pending.remove(&oldest).is_some() {
-                self.evicted += 1;
+                self.evictions.capacity += 1;
             }
         }
         // pending_order may hold ids already answered; keep it from growing without bound.
@@ -410,172 +643,5 @@ impl Router {
                 self.answered.remove(&oldest);
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn settings(context_dim: usize) -> RouterSettings {
-        RouterSettings {
-            context_dim,
-            policy: Policy::LinUcb,
-            alpha: 0.1,
-            l2_lambda: 1.0,
-            normalization: Normalization::None,
-            default_mode: SelectionMode::PerQuery,
-            seed: 1,
-            max_pending_decisions: 4,
-        }
-    }
-
-    fn rms(names: &[&str]) -> Vec<String> {
-        names.iter().map(|n| n.to_string()).collect()
-    }
-
-    #[test]
-    fn wrong_context_dimension_names_the_query_and_changes_nothing() {
-        let mut router = Router::new("r".into(), settings(3));
-        let err = router
-            .select(&[vec![0.0; 3], vec![0.0; 2]], None, false, &rms(&["a"]))
-            .unwrap_err();
-        assert_eq!(
-            err,
-            RouterError::ContextDimension {
-                router: "r".into(),
-                query: 1,
-                expected: 3,
-                got: 2
-            }
-        );
-        assert!(router.arm_statistics().is_empty());
-    }
-
-    #[test]
-    fn feedback_is_all_or_nothing_and_idempotent() {
-        let mut router = Router::new("r".into(), settings(2));
-        let selection = router
-            .select(
-                &[vec![1.0, 0.0], vec![0.0, 1.0]],
-                None,
-                false,
-                &rms(&["a", "b"]),
-            )
-            .unwrap();
-        let ids = router.record(selection, 5);
-        assert_eq!(router.pending_decisions(), 2);
-
-        let err = router
-            .apply_feedback(&[ids[0].clone(), "nope".into()], FeedbackSignal::Loss(0.5))
-            .unwrap_err();
-        assert!(
-            matches!(err, RouterError::UnknownDecisions { ref decision_ids, .. } if decision_ids == &["nope".to_string()])
-        );
-        assert_eq!(router.pending_decisions(), 2);
-        assert_eq!(router.rewards_seen(), 0);
-
-        let outcome = router
-            .apply_feedback(&ids, FeedbackSignal::Loss(0.5))
-            .unwrap();
-        assert_eq!(outcome.applied.len(), 2);
-        assert_eq!(router.pending_decisions(), 0);
-        let again = router
-            .apply_feedback(&ids, FeedbackSignal::Loss(0.5))
-            .unwrap();
-        assert_eq!(again.applied.len(), 0);
-        assert_eq!(again.duplicate, 2);
-        let applied: u64 = router
-            .arm_statistics()
-            .iter()
-            .map(|s| s.feedback_count)
-            .sum();
-        assert_eq!(applied, 2);
-        assert_eq!(router.rewards_seen(), 1);
-    }
-
-    #[test]
-    fn per_batch_mode_makes_one_decision_on_the_mean_context() {
-        let mut router = Router::new("r".into(), settings(2));
-        let selection = router
-            .select(
-                &[vec![1.0, 0.0], vec![0.0, 1.0], vec![1.0, 1.0]],
-                Some(SelectionMode::PerBatch),
-                true,
-                &rms(&["a", "b"]),
-            )
-            .unwrap();
-        assert_eq!(selection.decisions.len(), 1);
-        assert_eq!(selection.decisions[0].queries, vec![0, 1, 2]);
-        assert_eq!(selection.decisions[0].estimates.len(), 2);
-        let mean = &selection.decisions[0].context;
-        assert!((mean[0] - 2.0 / 3.0).abs() < 1e-12 && (mean[1] - 2.0 / 3.0).abs() < 1e-12);
-    }
-
-    #[test]
-    fn oldest_pending_decisions_are_evicted_beyond_capacity() {
-        let mut router = Router::new("r".into(), settings(1));
-        let mut ids = Vec::new();
-        for _ in 0..6 {
-            let selection = router
-                .select(&[vec![1.0]], None, false, &rms(&["a"]))
-                .unwrap();
-            ids.extend(router.record(selection, 0));
-        }
-        assert_eq!(router.pending_decisions(), 4);
-        assert_eq!(router.evicted_decisions(), 2);
-        assert!(matches!(
-            router.apply_feedback(&ids[..1], FeedbackSignal::Reward(1.0)),
-            Err(RouterError::UnknownDecisions { .. })
-        ));
-        assert!(
-            router
-                .apply_feedback(&ids[2..], FeedbackSignal::Reward(1.0))
-                .is_ok()
-        );
-    }
-
-    #[test]
-    fn learns_which_arm_is_right_per_context() {
-        let mut router = Router::new("r".into(), settings(2));
-        let arms = rms(&["left", "right"]);
-        let mut last_picks = Vec::new();
-        for round in 0..300 {
-            let context = if round % 2 == 0 {
-                vec![1.0, 0.1]
-            } else {
-                vec![0.1, 1.0]
-            };
-            let right = if round % 2 == 0 { "left" } else { "right" };
-            let selection = router.select(&[context], None, false, &arms).unwrap();
-            let picked = selection.decisions[0].reward_model.clone();
-            let ids = router.record(selection, round);
-            let reward = if picked == right { 1.0 } else { 0.0 };
-            router
-                .apply_feedback(&ids, FeedbackSignal::Reward(reward))
-                .unwrap();
-            if round >= 200 {
-                last_picks.push(picked == right);
-            }
-        }
-        let accuracy = last_picks.iter().filter(|&&ok| ok).count() as f64 / last_picks.len() as f64;
-        assert!(accuracy >= 0.95, "accuracy {accuracy}");
-    }
-
-    #[test]
-    fn a_new_reward_model_becomes_a_fresh_arm() {
-        let mut router = Router::new("r".into(), settings(1));
-        router
-            .select(&[vec![1.0]], None, false, &rms(&["a"]))
-            .unwrap();
-        router
-            .select(&[vec![1.0]], None, false, &rms(&["a", "b"]))
-            .unwrap();
-        let names: Vec<String> = router
-            .arm_statistics()
-            .into_iter()
-            .map(|s| s.reward_model)
-            .collect();
-        assert_eq!(names, rms(&["a", "b"]));
     }
 }
