@@ -1,7 +1,7 @@
 //! A real server process per test: config in a temp dir, bound to port 0, killed on drop.
 
-use std::io::{BufRead, BufReader, Read};
-use std::net::SocketAddr;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
@@ -132,4 +132,17 @@ impl Drop for Server {
             eprintln!("--- server stderr ---\n{}", self.stderr());
         }
     }
+}
+
+/// A plain HTTP/1.1 GET; returns the whole response (status line, headers, body).
+pub fn http_get(addr: SocketAddr, path: &str) -> String {
+    let mut stream = TcpStream::connect(addr).expect("connect");
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).expect("read response");
+    response
 }

@@ -1,15 +1,12 @@
 //! Process-level behaviour: health, reflection, metrics, per-batch mode, startup errors.
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
-
 use laser_router::api::pb;
 use laser_router::api::pb::feedback_request::Signal;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 
-use crate::common::{Server, config};
+use crate::common::{Server, config, http_get};
 
 #[tokio::test]
 async fn health_reports_serving_for_both_services() {
@@ -104,18 +101,6 @@ async fn per_batch_mode_shares_one_decision_and_metrics_show_it() {
         metrics.contains("laser_grpc_requests_total{method=\"Score\",code=\"Ok\"} 1"),
         "{metrics}"
     );
-}
-
-fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
-    let mut stream = TcpStream::connect(addr).expect("connect metrics");
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut body = String::new();
-    stream.read_to_string(&mut body).expect("read metrics");
-    body
 }
 
 #[test]

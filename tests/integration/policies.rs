@@ -1,0 +1,307 @@
+//! The paper's baselines through the same API: routers created with each policy.
+
+use laser_router::api::pb;
+use laser_router::api::pb::feedback_request::Signal;
+use tonic::Code;
+
+use crate::common::{Server, config, http_get};
+
+const RESPONSES: [&str; 3] = [
+    "It is 42, thanks for asking.",
+    "Forty-two.",
+    "Thank you, please note that six times seven is forty-two, glad to help.",
+];
+
+fn request(router: &str) -> pb::ScoreRequest {
+    pb::ScoreRequest {
+        router: router.into(),
+        queries: vec![pb::Query {
+            id: "q".into(),
+            context: vec![1.0, 0.0, 0.5, 0.0],
+            prompt: "What is 6 times 7?".into(),
+            responses: RESPONSES.iter().map(|r| r.to_string()).collect(),
+        }],
+        mode: 0,
+        explain: false,
+    }
+}
+
+async fn create(
+    admin: &mut pb::admin_client::AdminClient<tonic::transport::Channel>,
+    name: &str,
+    settings: pb::RouterSettings,
+) {
+    admin
+        .create_router(pb::CreateRouterRequest {
+            name: name.into(),
+            settings: Some(pb::RouterSettings {
+                context_dim: 4,
+                ..settings
+            }),
+        })
+        .await
+        .expect("create router");
+}
+
+fn rm_requests_total(metrics: &str) -> f64 {
+    metrics
+        .lines()
+        .filter(|line| line.starts_with("laser_rm_requests_total{"))
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// z-scores over the responses, averaged across RMs (written independently of the server).
+fn expected_ensemble(per_rm: &[Vec<f32>]) -> Vec<f32> {
+    let n = per_rm[0].len();
+    (0..n)
+        .map(|i| {
+            per_rm
+                .iter()
+                .map(|scores| {
+                    let mean = scores.iter().sum::<f32>() / n as f32;
+                    let std = (scores.iter().map(|s| (s - mean) * (s - mean)).sum::<f32>()
+                        / n as f32)
+                        .sqrt();
+                    if std > 0.0 {
+                        (scores[i] - mean) / std
+                    } else {
+                        0.0
+                    }
+                })
+                .sum::<f32>()
+                / per_rm.len() as f32
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn baselines_run_through_the_same_api() {
+    let server = Server::start(&config(4, &["length", "numeric", "polite"], ""));
+    let mut client = server.router_client().await;
+    let mut admin = server.admin_client().await;
+
+    // fixed: always its RM; one RM forward pass per query.
+    let mut per_rm = Vec::new();
+    for name in ["length", "numeric", "polite"] {
+        let router = format!("fixed-{name}");
+        create(
+            &mut admin,
+            &router,
+            pb::RouterSettings {
+                policy: pb::Policy::Fixed as i32,
+                fixed_reward_model: name.into(),
+                ..Default::default()
+            },
+        )
+        .await;
+        for _ in 0..3 {
+            let result = client
+                .score(request(&router))
+                .await
+                .expect("score")
+                .into_inner()
+                .results
+                .remove(0);
+            assert_eq!(result.reward_model, name);
+            if per_rm.len() < 3 && !per_rm.iter().any(|(n, _)| n == &name) {
+                per_rm.push((name, result.scores.clone()));
+            }
+        }
+    }
+
+    // ensemble: every RM scores; z-scored scores averaged; K forward passes per query.
+    create(
+        &mut admin,
+        "ensemble",
+        pb::RouterSettings {
+            policy: pb::Policy::Ensemble as i32,
+            ..Default::default()
+        },
+    )
+    .await;
+    let before = rm_requests_total(&http_get(server.metrics, "/metrics"));
+    let result = client
+        .score(request("ensemble"))
+        .await
+        .expect("score")
+        .into_inner()
+        .results
+        .remove(0);
+    let after = rm_requests_total(&http_get(server.metrics, "/metrics"));
+    assert_eq!(
+        after - before,
+        3.0,
+        "the ensemble costs K = 3 RM jobs per query"
+    );
+    assert_eq!(result.reward_model, "ensemble");
+    let scores: Vec<Vec<f32>> = per_rm.iter().map(|(_, s)| s.clone()).collect();
+    let expected = expected_ensemble(&scores);
+    for (got, want) in result.scores.iter().zip(&expected) {
+        assert!(
+            (got - want).abs() < 1e-5,
+            "{:?} vs {expected:?}",
+            result.scores
+        );
+    }
+    let feedback = client
+        .feedback(pb::FeedbackRequest {
+            router: "ensemble".into(),
+            decision_ids: vec![result.decision_id],
+            signal: Some(Signal::Loss(0.3)),
+        })
+        .await
+        .expect("feedback")
+        .into_inner();
+    assert_eq!(feedback.applied, 1);
+    let info = admin
+        .get_router(pb::GetRouterRequest {
+            name: "ensemble".into(),
+        })
+        .await
+        .expect("get")
+        .into_inner()
+        .router
+        .expect("router");
+    assert!(
+        info.arms
+            .iter()
+            .all(|arm| arm.selections == 1 && arm.feedback_count == 1)
+    );
+    assert_eq!(info.arm_state_bytes, 0);
+
+    // round_robin: the RMs in turn.
+    create(
+        &mut admin,
+        "sequential",
+        pb::RouterSettings {
+            policy: pb::Policy::RoundRobin as i32,
+            ..Default::default()
+        },
+    )
+    .await;
+    let mut order = Vec::new();
+    for _ in 0..6 {
+        order.push(
+            client
+                .score(request("sequential"))
+                .await
+                .expect("score")
+                .into_inner()
+                .results
+                .remove(0)
+                .reward_model,
+        );
+    }
+    assert_eq!(
+        order,
+        ["length", "numeric", "polite", "length", "numeric", "polite"]
+    );
+
+    // random and exp3 pick among the RMs; exp3 reports probabilities.
+    for (name, policy) in [("random", pb::Policy::Random), ("exp3", pb::Policy::Exp3)] {
+        create(
+            &mut admin,
+            name,
+            pb::RouterSettings {
+                policy: policy as i32,
+                ..Default::default()
+            },
+        )
+        .await;
+        for _ in 0..5 {
+            let result = client
+                .score(request(name))
+                .await
+                .expect("score")
+                .into_inner()
+                .results
+                .remove(0);
+            assert!(["length", "numeric", "polite"].contains(&result.reward_model.as_str()));
+        }
+    }
+    let exp3 = admin
+        .get_router(pb::GetRouterRequest {
+            name: "exp3".into(),
+        })
+        .await
+        .expect("get")
+        .into_inner()
+        .router
+        .expect("router");
+    let total: f64 = exp3.arms.iter().map(|arm| arm.probability).sum();
+    assert!((total - 1.0).abs() < 1e-9, "{total}");
+
+    // A fixed router whose RM does not serve: FAILED_PRECONDITION naming it.
+    create(
+        &mut admin,
+        "fixed-missing",
+        pb::RouterSettings {
+            policy: pb::Policy::Fixed as i32,
+            fixed_reward_model: "skywork".into(),
+            ..Default::default()
+        },
+    )
+    .await;
+    let status = client
+        .score(request("fixed-missing"))
+        .await
+        .expect_err("missing RM");
+    assert_eq!(status.code(), Code::FailedPrecondition);
+    assert!(status.message().contains("skywork"), "{}", status.message());
+}
+
+#[tokio::test]
+async fn reset_forgets_learned_state_and_keeps_settings() {
+    let server = Server::start(&config(4, &["length", "polite"], ""));
+    let mut client = server.router_client().await;
+    let mut admin = server.admin_client().await;
+    create(
+        &mut admin,
+        "run",
+        pb::RouterSettings {
+            alpha: Some(0.7),
+            ..Default::default()
+        },
+    )
+    .await;
+    let result = client
+        .score(request("run"))
+        .await
+        .expect("score")
+        .into_inner()
+        .results
+        .remove(0);
+    client
+        .feedback(pb::FeedbackRequest {
+            router: "run".into(),
+            decision_ids: vec![result.decision_id.clone()],
+            signal: Some(Signal::Reward(1.0)),
+        })
+        .await
+        .expect("feedback");
+    let reset = admin
+        .reset_router(pb::ResetRouterRequest { name: "run".into() })
+        .await
+        .expect("reset")
+        .into_inner()
+        .router
+        .expect("router");
+    assert_eq!(reset.settings.expect("settings").alpha, Some(0.7));
+    assert!(
+        reset
+            .arms
+            .iter()
+            .all(|arm| arm.selections == 0 && arm.feedback_count == 0)
+    );
+    assert_eq!((reset.pending_decisions, reset.rewards_seen), (0, 0));
+    let status = client
+        .feedback(pb::FeedbackRequest {
+            router: "run".into(),
+            decision_ids: vec![result.decision_id],
+            signal: Some(Signal::Reward(1.0)),
+        })
+        .await
+        .expect_err("forgotten decision");
+    assert_eq!(status.code(), Code::NotFound);
+}
