@@ -5,8 +5,9 @@
 //!   memory read bandwidth;
 //! - arithmetic floor: the minimal flops of the operation (select: d²·B per arm for
 //!   L⁻¹X; update: the same for a rank-B factor update) at the measured f64 matrix-multiply
-//!   rate (faer GEMM of the select's shape);
-//! and the headline: the 64-query select at d = 4096, K = 4 against the floor, and per
+//!   rate (faer GEMM of the select's shape).
+//!
+//! The headline: the 64-query select at d = 4096, K = 4 against the floor, and per
 //! decision against the paper's reference algorithm (`benches/reference_linucb.py`,
 //! NumPy `inv` per arm per selection) run side by side on the same stream.
 //!
@@ -52,7 +53,9 @@ fn time_it(runs: usize, mut f: impl FnMut()) -> Duration {
 
 fn measure_machine() -> Machine {
     // Read bandwidth: sum 1 GiB of f64 on every core.
-    let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let threads = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
     let buffer: Vec<f64> = (0..(1usize << 27)).map(|i| i as f64).collect();
     let read = time_it(5, || {
         let chunk = buffer.len().div_ceil(threads);
@@ -83,7 +86,14 @@ fn measure_machine() -> Machine {
     let rhs = Mat::<f64>::from_fn(k, n, |i, j| ((i + j) % 5) as f64 * 0.1);
     let mut dst = Mat::<f64>::zeros(m, n);
     let gemm = time_it(7, || {
-        faer::linalg::matmul::matmul(dst.as_mut(), faer::Accum::Replace, lhs.as_ref(), rhs.as_ref(), 1.0, Par::rayon(0));
+        faer::linalg::matmul::matmul(
+            dst.as_mut(),
+            faer::Accum::Replace,
+            lhs.as_ref(),
+            rhs.as_ref(),
+            1.0,
+            Par::rayon(0),
+        );
         black_box(&dst);
     });
     let gemm_flops = 2.0 * (m * k * n) as f64 / gemm.as_secs_f64();
@@ -100,7 +110,9 @@ fn measure_machine() -> Machine {
 
 /// The bench stream (same formula as benches/reference_linucb.py).
 fn context(t: usize, dim: usize) -> Vec<f32> {
-    (0..dim).map(|i| (0.001 * (t * dim + i) as f64).sin() as f32).collect()
+    (0..dim)
+        .map(|i| (0.001 * (t * dim + i) as f64).sin() as f32)
+        .collect()
 }
 
 fn router(dim: usize, arms: usize) -> (Router, Vec<String>) {
@@ -161,20 +173,29 @@ fn runs_for(dim: usize) -> usize {
 
 fn bench_select(c: &mut Criterion, machine: &Machine) {
     let mut group = c.benchmark_group("select");
-    group.sample_size(10).warm_up_time(Duration::from_millis(500)).measurement_time(Duration::from_secs(2));
+    group
+        .sample_size(10)
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(2));
     for dim in DIMS {
         for arms in ARMS {
-            let (mut router, serving) = router(dim, arms);
+            let (router, serving) = router(dim, arms);
             for batch in BATCHES {
                 let contexts: Vec<Vec<f32>> = (0..batch).map(|t| context(t, dim)).collect();
                 let id = format!("d{dim}_K{arms}_B{batch}");
                 group.bench_function(BenchmarkId::from_parameter(&id), |bencher| {
-                    bencher.iter(|| black_box(router.select(&contexts, None, false, &serving).unwrap()))
+                    bencher.iter(|| {
+                        black_box(router.select(&contexts, None, false, &serving).unwrap())
+                    })
                 });
                 let took = time_it(runs_for(dim), || {
                     black_box(router.select(&contexts, None, false, &serving).unwrap());
                 });
-                report(&format!("select {id}"), took, &Floor::of(machine, dim, arms, batch));
+                report(
+                    &format!("select {id}"),
+                    took,
+                    &Floor::of(machine, dim, arms, batch),
+                );
             }
         }
     }
@@ -183,7 +204,10 @@ fn bench_select(c: &mut Criterion, machine: &Machine) {
 
 fn bench_update(c: &mut Criterion, machine: &Machine) {
     let mut group = c.benchmark_group("update");
-    group.sample_size(10).warm_up_time(Duration::from_millis(500)).measurement_time(Duration::from_secs(2));
+    group
+        .sample_size(10)
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(2));
     for dim in DIMS {
         let mut arm = LinUcbArm::new(dim, 1.0);
         for batch in BATCHES {
@@ -193,8 +217,14 @@ fn bench_update(c: &mut Criterion, machine: &Machine) {
             group.bench_function(BenchmarkId::from_parameter(&id), |bencher| {
                 bencher.iter(|| arm.update_batch(contexts.as_ref(), &rewards))
             });
-            let took = time_it(runs_for(dim), || arm.update_batch(contexts.as_ref(), &rewards));
-            report(&format!("update {id} (one arm, {batch} decisions)"), took, &Floor::of(machine, dim, 1, batch));
+            let took = time_it(runs_for(dim), || {
+                arm.update_batch(contexts.as_ref(), &rewards)
+            });
+            report(
+                &format!("update {id} (one arm, {batch} decisions)"),
+                took,
+                &Floor::of(machine, dim, 1, batch),
+            );
         }
     }
     group.finish();
@@ -202,7 +232,7 @@ fn bench_update(c: &mut Criterion, machine: &Machine) {
 
 fn headline(machine: &Machine) {
     let (dim, arms, batch) = (4096, 4, 64);
-    let (mut router, serving) = router(dim, arms);
+    let (router, serving) = router(dim, arms);
     let contexts: Vec<Vec<f32>> = (0..batch).map(|t| context(t, dim)).collect();
     let select = time_it(7, || {
         black_box(router.select(&contexts, None, false, &serving).unwrap());
@@ -214,7 +244,9 @@ fn headline(machine: &Machine) {
     // update on one arm, the worst case).
     let mut arm = LinUcbArm::new(dim, 1.0);
     let update_contexts = Mat::<f64>::from_fn(dim, batch, |i, j| contexts[j][i] as f64);
-    let update = time_it(5, || arm.update_batch(update_contexts.as_ref(), &vec![0.5; batch]));
+    let update = time_it(5, || {
+        arm.update_batch(update_contexts.as_ref(), &vec![0.5; batch])
+    });
     let per_decision = (select + update).as_secs_f64() / batch as f64;
     let state_ratio = arm.state_bytes() as f64 / (dim * dim * 8) as f64;
     println!(
@@ -254,15 +286,26 @@ fn headline(machine: &Machine) {
         Ok(output) => println!(
             "headline reference: failed ({}): {}",
             output.status,
-            String::from_utf8_lossy(&output.stderr).lines().last().unwrap_or("")
+            String::from_utf8_lossy(&output.stderr)
+                .lines()
+                .last()
+                .unwrap_or("")
         ),
         Err(error) => println!("headline reference: python3 not runnable: {error}"),
     }
 }
 
 fn main() {
-    let filter: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with("--")).collect();
-    let wants = |name: &str| filter.is_empty() || filter.iter().any(|f| name.contains(f.as_str()) || f.contains(name));
+    let filter: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with("--"))
+        .collect();
+    let wants = |name: &str| {
+        filter.is_empty()
+            || filter
+                .iter()
+                .any(|f| name.contains(f.as_str()) || f.contains(name))
+    };
     let machine = measure_machine();
     let mut criterion = Criterion::default().configure_from_args();
     if wants("select") {

@@ -2,9 +2,11 @@
 //! Admin, health, reflection) and Prometheus metrics, stop on the shutdown signal.
 //!
 //! Startup order: ONNX Runtime -> reward models (loaded and probed on a blocking thread) ->
-//! listeners bound -> the ready line on stdout (`laser-router listening grpc=ADDR
-//! metrics=ADDR`, which tests and scripts wait for) -> serving. Shutdown: stop accepting,
-//! let in-flight requests finish, stop the metrics endpoint.
+//! state recovered from the data directory (snapshot + log replay) -> listeners bound ->
+//! the ready line on stdout (`laser-router listening grpc=ADDR metrics=ADDR`, which tests
+//! and scripts wait for) -> serving, with snapshots taken on the blocking pool when due.
+//! Shutdown: stop accepting, let in-flight requests finish, stop the metrics endpoint,
+//! write a final snapshot.
 
 use std::future::Future;
 use std::io::Write;
@@ -24,6 +26,7 @@ use crate::config::{Config, Limits, RouterDefaults};
 use crate::models::reward_model::PROVIDER_CPU;
 use crate::models::{ModelError, RewardModels};
 use crate::routers::Routers;
+use crate::store::{Store, StoreError, StoreOptions};
 use crate::telemetry::{self, metric};
 
 /// What every handler shares.
@@ -39,6 +42,8 @@ pub struct AppState {
 pub enum AppError {
     #[error(transparent)]
     Model(#[from] ModelError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
     #[error("cannot {action}: {source}")]
     Io {
         action: String,
@@ -60,6 +65,7 @@ fn io_error(action: impl Into<String>) -> impl FnOnce(std::io::Error) -> AppErro
 /// Load everything `config` names and serve until `shutdown` resolves.
 pub async fn run(
     config: Config,
+    recover_truncate: bool,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), AppError> {
     let metrics_handle = telemetry::install_metrics()?;
@@ -79,12 +85,9 @@ pub async fn run(
     if reward_models.names().is_empty() {
         tracing::warn!("no reward models configured: Score will answer FAILED_PRECONDITION");
     }
+    let routers = open_routers(&config, recover_truncate).await?;
     let state = Arc::new(AppState {
-        routers: Routers::new(
-            config.routers.settings(),
-            config.routers.create_on_first_use,
-            config.limits.max_context_dim,
-        ),
+        routers,
         reward_models,
         limits: config.limits.clone(),
         router_defaults: config.routers.clone(),
@@ -113,6 +116,7 @@ pub async fn run(
         metrics_handle,
         stop_rx.clone(),
     ));
+    let snapshot_task = tokio::spawn(snapshot_when_due(state.clone(), stop_rx.clone()));
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter
@@ -156,8 +160,88 @@ pub async fn run(
         })
         .await?;
     let _ = metrics_task.await;
+    let _ = snapshot_task.await;
+    // A final snapshot makes the next start fast; the log already holds everything.
+    let final_state = state.clone();
+    match tokio::task::spawn_blocking(move || final_state.routers.snapshot()).await {
+        Ok(Ok(Some((seq, bytes)))) => tracing::info!(seq, bytes, "final snapshot written"),
+        Ok(Ok(None)) => {}
+        Ok(Err(error)) => {
+            tracing::error!(%error, "final snapshot failed; the log still holds every change")
+        }
+        Err(error) => tracing::error!(%error, "final snapshot task failed"),
+    }
     tracing::info!("laser-router stopped");
     Ok(())
+}
+
+/// Open the store under the data directory and rebuild the routers from it.
+async fn open_routers(config: &Config, recover_truncate: bool) -> Result<Routers, AppError> {
+    let options = StoreOptions {
+        durable: config.store.durable,
+        fsync: config.store.fsync,
+        segment_bytes: config.store.segment_bytes,
+        recover_truncate,
+    };
+    let data_dir = config.server.data_dir.clone();
+    let defaults = config.routers.settings();
+    let (create_on_first_use, max_context_dim) = (
+        config.routers.create_on_first_use,
+        config.limits.max_context_dim,
+    );
+    let snapshot_every = config.store.snapshot_every_records;
+    tokio::task::spawn_blocking(move || -> Result<Routers, AppError> {
+        let started = std::time::Instant::now();
+        let (store, recovered) = Store::open(&data_dir, &options)?;
+        let routers = Routers::with_store(
+            defaults,
+            create_on_first_use,
+            max_context_dim,
+            store,
+            snapshot_every,
+        );
+        let from_snapshot = recovered.snapshot.as_ref().map(|(seq, _)| *seq);
+        let replayed = routers.recover(recovered)?;
+        if options.durable {
+            tracing::info!(
+                snapshot_seq = ?from_snapshot,
+                records_replayed = replayed,
+                routers = routers.list().len(),
+                seconds = started.elapsed().as_secs_f64(),
+                "state recovered"
+            );
+        } else {
+            tracing::warn!(
+                "store.durable = false: routers live in memory only and are lost on restart"
+            );
+        }
+        Ok(routers)
+    })
+    .await
+    .map_err(|e| io_error("recover state")(std::io::Error::other(e)))?
+}
+
+/// Take a snapshot on the blocking pool whenever enough records accumulated.
+async fn snapshot_when_due(state: Arc<AppState>, mut stop: watch::Receiver<bool>) {
+    let mut interval = tokio::time::interval(Duration::from_millis(500));
+    loop {
+        tokio::select! {
+            _ = interval.tick() => {}
+            _ = stop.wait_for(|stop| *stop) => return,
+        }
+        if !state.routers.snapshot_due() {
+            continue;
+        }
+        let snapshotter = state.clone();
+        match tokio::task::spawn_blocking(move || snapshotter.routers.snapshot()).await {
+            Ok(Ok(Some((seq, bytes)))) => tracing::info!(seq, bytes, "snapshot written"),
+            Ok(Ok(None)) => {}
+            Ok(Err(error)) => {
+                tracing::error!(%error, "snapshot failed; the log still holds every change")
+            }
+            Err(error) => tracing::error!(%error, "snapshot task failed"),
+        }
+    }
 }
 
 fn local_addr(listener: &TcpListener) -> Result<SocketAddr, AppError> {

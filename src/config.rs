@@ -38,7 +38,33 @@ pub struct Config {
     pub server: ServerConfig,
     pub routers: RouterDefaults,
     pub limits: Limits,
+    pub store: StoreConfig,
     pub reward_models: Vec<RewardModelSpec>,
+}
+
+/// Durable state under `<data_dir>/state` (see `src/store/mod.rs`).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    /// Log and snapshot state (default true); false keeps state in memory only.
+    pub durable: bool,
+    /// fsync each group of records before acknowledging (default true).
+    pub fsync: bool,
+    /// Records between snapshots (default 10000; 0: only at shutdown).
+    pub snapshot_every_records: u64,
+    /// Size at which a new log segment starts (default 64 MiB).
+    pub segment_bytes: u64,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self {
+            durable: true,
+            fsync: true,
+            snapshot_every_records: 10_000,
+            segment_bytes: 64 << 20,
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]

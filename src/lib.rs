@@ -21,4 +21,5 @@ pub mod bandit;
 pub mod config;
 pub mod models;
 pub mod routers;
+pub mod store;
 pub mod telemetry;

@@ -40,6 +40,10 @@ struct ServeArgs {
     /// Directory for local state (overrides server.data_dir).
     #[arg(long, env = "LASER_DATA_DIR")]
     data_dir: Option<PathBuf>,
+    /// Start even if the state log is damaged before its tail: truncate it at the damage
+    /// (everything after it is lost). Without it, such damage stops startup.
+    #[arg(long, env = "LASER_RECOVER_TRUNCATE")]
+    recover_truncate: bool,
 }
 
 fn main() -> ExitCode {
@@ -73,6 +77,10 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .enable_all()
         .thread_name("laser-async")
         .build()?;
-    runtime.block_on(app::run(config, app::shutdown_signal()))?;
+    runtime.block_on(app::run(
+        config,
+        args.recover_truncate,
+        app::shutdown_signal(),
+    ))?;
     Ok(())
 }

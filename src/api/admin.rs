@@ -7,6 +7,7 @@ use tonic::{Request, Response, Status};
 
 use super::convert::{router_settings, router_settings_to_pb};
 use super::pb;
+use super::status::store_status;
 use crate::app::AppState;
 use crate::models::RewardModel;
 use crate::models::reward_model::PROVIDER_CPU;
@@ -104,14 +105,20 @@ impl pb::admin_server::Admin for AdminService {
         let started = Instant::now();
         let request = request.into_inner();
         let routers = &self.state.routers;
-        let result = (|| -> Result<pb::CreateRouterResponse, Status> {
+        let serving = self.state.reward_models.names();
+        let created = (|| -> Result<_, Status> {
             let settings = router_settings(request.settings, &self.state.router_defaults)?;
-            let serving = self.state.reward_models.names();
-            let router = routers.create(&request.name, settings, &serving)?;
+            let (router, durable) = routers.create(&request.name, settings, &serving)?;
             let info = router_info(&router.lock().expect("router lock poisoned"), &serving);
-            tracing::info!(router = %request.name, "router created");
-            Ok(pb::CreateRouterResponse { router: Some(info) })
+            Ok((info, durable))
         })();
+        let result = match created {
+            Ok((info, durable)) => durable.wait().await.map_err(store_status).map(|()| {
+                tracing::info!(router = %request.name, "router created");
+                pb::CreateRouterResponse { router: Some(info) }
+            }),
+            Err(status) => Err(status),
+        };
         answer("CreateRouter", started, result)
     }
 
@@ -161,15 +168,13 @@ impl pb::admin_server::Admin for AdminService {
     ) -> Result<Response<pb::DeleteRouterResponse>, Status> {
         let started = Instant::now();
         let name = request.into_inner().name;
-        let result = self
-            .state
-            .routers
-            .delete(&name)
-            .map(|()| {
+        let result = match self.state.routers.delete(&name) {
+            Ok(durable) => durable.wait().await.map_err(store_status).map(|()| {
                 tracing::info!(router = %name, "router deleted");
                 pb::DeleteRouterResponse {}
-            })
-            .map_err(Status::from);
+            }),
+            Err(error) => Err(error.into()),
+        };
         answer("DeleteRouter", started, result)
     }
 
@@ -180,19 +185,16 @@ impl pb::admin_server::Admin for AdminService {
         let started = Instant::now();
         let name = request.into_inner().name;
         let serving = self.state.reward_models.names();
-        let result = self
-            .state
-            .routers
-            .get(&name)
-            .map(|router| {
-                let mut router = router.lock().expect("router lock poisoned");
-                router.reset(&serving);
-                tracing::info!(router = %name, "router reset");
-                pb::ResetRouterResponse {
-                    router: Some(router_info(&router, &serving)),
-                }
-            })
-            .map_err(Status::from);
+        let result = match self.state.routers.reset(&name, &serving) {
+            Ok((router, durable)) => {
+                let info = router_info(&router.lock().expect("router lock poisoned"), &serving);
+                durable.wait().await.map_err(store_status).map(|()| {
+                    tracing::info!(router = %name, "router reset");
+                    pb::ResetRouterResponse { router: Some(info) }
+                })
+            }
+            Err(error) => Err(error.into()),
+        };
         answer("ResetRouter", started, result)
     }
 }

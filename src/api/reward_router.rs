@@ -15,7 +15,7 @@ use tracing::Instrument;
 
 use super::convert::{FeedbackCall, ScoreCall, ranking};
 use super::pb;
-use super::status::join_error;
+use super::status::{join_error, store_status};
 use crate::app::AppState;
 use crate::bandit::ensemble;
 use crate::routers::{Evictions, RouterError};
@@ -33,7 +33,10 @@ impl RewardRouterService {
     async fn score(&self, call: ScoreCall) -> Result<pb::ScoreResponse, Status> {
         let state = &self.state;
         let serving = state.reward_models.names();
-        let router = state.routers.get_or_create(&call.router, &serving)?;
+        let (router, created) = state.routers.get_or_create(&call.router, &serving)?;
+        if let Some(created) = created {
+            created.wait().await.map_err(store_status)?;
+        }
         let (contexts, queries): (Vec<Vec<f32>>, Vec<_>) = call
             .queries
             .into_iter()
@@ -104,11 +107,20 @@ impl RewardRouterService {
             .iter()
             .map(|d| d.reward_models.clone())
             .collect();
-        let (decision_ids, pending, evictions) = {
-            let mut router = router.lock().expect("router lock poisoned");
-            let ids = router.record(selection, now_unix_ms);
-            (ids, router.pending_decisions(), router.evictions())
-        };
+        let decision_ids: Vec<String> = (0..selection.decisions.len())
+            .map(|_| uuid::Uuid::new_v4().simple().to_string())
+            .collect();
+        let recorder = self.state.clone();
+        let ids = decision_ids.clone();
+        let (durable, pending, evictions) = tokio::task::spawn_blocking(move || {
+            recorder
+                .routers
+                .record(&router, selection, ids, now_unix_ms)
+        })
+        .await
+        .map_err(join_error)??;
+        // Reply only once the decisions would survive a crash.
+        durable.wait().await.map_err(store_status)?;
         for names in &members {
             for reward_model in names {
                 metrics::counter!(metric::SELECTIONS, "router" => call.router.clone(), "reward_model" => reward_model.clone())
@@ -146,23 +158,22 @@ impl RewardRouterService {
     }
 
     async fn feedback(&self, call: FeedbackCall) -> Result<pb::FeedbackResponse, Status> {
-        let router = self.state.routers.get(&call.router)?;
         let serving = self.state.reward_models.names();
         let name = call.router.clone();
-        let applier = router.clone();
+        let state = self.state.clone();
         let result = tokio::task::spawn_blocking(move || {
-            let mut router = applier.lock().expect("router lock poisoned");
-            let outcome =
-                router.apply_feedback(&call.decision_ids, call.signal, &serving, unix_ms());
-            (outcome, router.pending_decisions(), router.evictions())
+            state.routers.feedback(
+                &call.router,
+                call.decision_ids,
+                call.signal,
+                serving,
+                unix_ms(),
+            )
         })
         .await
         .map_err(join_error)?;
-        let (result, pending, evictions) = result;
-        metrics::gauge!(metric::PENDING_DECISIONS, "router" => name.clone()).set(pending as f64);
-        record_evictions(&name, evictions);
-        let outcome = match result {
-            Ok(outcome) => outcome,
+        let applied = match result {
+            Ok(applied) => applied,
             Err(error) => {
                 if let RouterError::UnknownDecisions { decision_ids, .. } = &error {
                     metrics::counter!(metric::FEEDBACK, "router" => name.clone(), "outcome" => "unknown")
@@ -171,6 +182,12 @@ impl RewardRouterService {
                 return Err(error.into());
             }
         };
+        // Acknowledge only durable feedback.
+        applied.durable.wait().await.map_err(store_status)?;
+        let outcome = applied.outcome;
+        metrics::gauge!(metric::PENDING_DECISIONS, "router" => name.clone())
+            .set(applied.pending as f64);
+        record_evictions(&name, applied.evictions);
         for (outcome_label, count) in [
             ("applied", outcome.applied.len()),
             ("duplicate", outcome.duplicate),

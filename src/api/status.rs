@@ -6,6 +6,7 @@ use tonic::{Code, Status};
 use super::convert::RequestError;
 use crate::models::ModelError;
 use crate::routers::RouterError;
+use crate::store::StoreError;
 
 impl From<RequestError> for Status {
     fn from(error: RequestError) -> Self {
@@ -29,6 +30,8 @@ impl From<RouterError> for Status {
             RouterError::RewardOutOfRange { .. } => Code::InvalidArgument,
             RouterError::UnknownDecisions { .. } => Code::NotFound,
             RouterError::InvalidSettings { .. } => Code::InvalidArgument,
+            RouterError::InvalidState { .. } => Code::InvalidArgument,
+            RouterError::StateWrite { .. } => Code::Unavailable,
         };
         Status::new(code, error.to_string())
     }
@@ -51,6 +54,18 @@ impl From<ModelError> for Status {
         };
         Status::new(code, error.to_string())
     }
+}
+
+/// The store could not make a change durable: the change is not acknowledged.
+pub(crate) fn store_status(error: StoreError) -> Status {
+    let code = match &error {
+        StoreError::Io { .. } => Code::Unavailable,
+        StoreError::Locked { .. } => Code::Unavailable,
+        StoreError::Corrupt { .. } => Code::Internal,
+        StoreError::Decode { .. } => Code::Internal,
+        StoreError::WriterStopped { .. } => Code::Unavailable,
+    };
+    Status::new(code, format!("not acknowledged: {error}"))
 }
 
 /// A blocking task that panicked or was cancelled.

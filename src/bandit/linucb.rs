@@ -25,6 +25,7 @@ use faer::linalg::triangular_solve::{
     solve_lower_triangular_in_place, solve_upper_triangular_in_place,
 };
 use faer::{Col, Mat, MatRef, Par};
+use serde::{Deserialize, Serialize};
 
 /// Context dimension from which the kernels use the rayon pool.
 pub const PARALLEL_MIN_DIM: usize = 512;
@@ -46,6 +47,17 @@ pub struct ArmEstimate {
     pub bonus: f64,
     /// `mean + bonus`.
     pub ucb: f64,
+}
+
+/// [`LinUcbArm`] as plain data (snapshots, exports).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LinUcbArmData {
+    pub context_dim: usize,
+    /// The Cholesky factor's lower triangle, column by column.
+    pub lower: Vec<f64>,
+    pub b: Vec<f64>,
+    pub theta: Vec<f64>,
+    pub updates: u64,
 }
 
 /// Ridge-regression state of one arm. Invariant: `factor · factorᵀ = λI + Σ x xᵀ`
@@ -157,6 +169,45 @@ impl LinUcbArm {
         self.update_batch(column, &[reward]);
     }
 
+    /// The arm's state as plain data: the factor's lower triangle (column by column),
+    /// `b`, `θ`. Used by snapshots and exports; half the bytes of the full factor.
+    pub fn to_data(&self) -> LinUcbArmData {
+        let dim = self.context_dim();
+        let mut lower = Vec::with_capacity(dim * (dim + 1) / 2);
+        for j in 0..dim {
+            lower.extend(self.factor.col(j).iter().skip(j).copied());
+        }
+        LinUcbArmData {
+            context_dim: dim,
+            lower,
+            b: self.b.iter().copied().collect(),
+            theta: self.theta.iter().copied().collect(),
+            updates: self.updates,
+        }
+    }
+
+    /// Rebuild an arm from [`LinUcbArm::to_data`]; `None` when the sizes do not fit.
+    pub fn from_data(data: &LinUcbArmData) -> Option<Self> {
+        let dim = data.context_dim;
+        if data.lower.len() != dim * (dim + 1) / 2 || data.b.len() != dim || data.theta.len() != dim
+        {
+            return None;
+        }
+        let mut factor = Mat::<f64>::zeros(dim, dim);
+        let mut values = data.lower.iter();
+        for j in 0..dim {
+            for i in j..dim {
+                factor[(i, j)] = *values.next()?;
+            }
+        }
+        Some(Self {
+            factor,
+            b: Col::from_fn(dim, |i| data.b[i]),
+            theta: Col::from_fn(dim, |i| data.theta[i]),
+            updates: data.updates,
+        })
+    }
+
     fn refresh_theta(&mut self) {
         let par = parallelism(self.context_dim());
         let mut theta = self.b.as_mat().to_owned();
@@ -242,6 +293,26 @@ mod tests {
         // sqrt(|x|² / λ) = sqrt(9 / 2)
         assert!((estimate.bonus - 0.5 * 4.5f64.sqrt()).abs() < 1e-15);
         assert_eq!(arm.state_bytes(), (9 + 6) * 8);
+    }
+
+    #[test]
+    fn data_round_trip_is_exact() {
+        let mut arm = LinUcbArm::new(5, 2.0);
+        arm.update(&[1.0, 2.0, 0.5, -1.0, 3.0], 0.7);
+        arm.update(&[0.0, 1.0, 0.5, 1.0, -3.0], 0.1);
+        let data = arm.to_data();
+        assert_eq!(data.lower.len(), 15);
+        let back = LinUcbArm::from_data(&data).unwrap();
+        assert_eq!(back.to_data(), data);
+        let x = [0.3, -0.2, 1.0, 0.0, 0.5];
+        assert_eq!(back.estimate(&x, 0.1), arm.estimate(&x, 0.1));
+        assert!(
+            LinUcbArm::from_data(&LinUcbArmData {
+                context_dim: 6,
+                ..data
+            })
+            .is_none()
+        );
     }
 
     #[test]

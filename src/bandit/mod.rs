@@ -17,7 +17,7 @@ pub mod exp3;
 pub mod linucb;
 pub mod normalizer;
 
-pub use linucb::{ArmEstimate, LinUcbArm};
+pub use linucb::{ArmEstimate, LinUcbArm, LinUcbArmData};
 pub use normalizer::{Normalization, RewardNormalizer};
 
 use rand::Rng;

@@ -16,8 +16,10 @@
 
 use std::collections::VecDeque;
 
+use serde::{Deserialize, Serialize};
+
 /// How raw rewards are normalized.
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub enum Normalization {
     /// Use the raw reward.
     None,
@@ -40,7 +42,7 @@ impl Normalization {
 }
 
 /// Raw reward history and the normalization applied against it.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct RewardNormalizer {
     normalization: Normalization,
     sorted_history: Vec<f64>,

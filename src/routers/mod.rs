@@ -5,10 +5,9 @@
 //! - [`router`]: one router (arms, pending decisions); select, record, feedback, reset.
 //! - [`registry`]: routers keyed by name, created explicitly or on first use.
 //!
-//! A router is mutated only through `Router::select` (RNG and round-robin cursor),
-//! `Router::record` (decisions returned to a client), `Router::apply_feedback` and
-//! `Router::reset`; the bandit math lives in [`crate::bandit`]. Router state is in memory
-//! in this version (durable state is the store's job, still to come).
+//! A router changes only through `Router::apply` with a `RouterEvent`, and the registry
+//! logs every event to the store before applying it, so recovery replays exactly what was
+//! acknowledged; the bandit math lives in [`crate::bandit`].
 
 pub mod registry;
 pub mod router;
@@ -16,9 +15,10 @@ pub mod settings;
 #[cfg(test)]
 mod tests;
 
-pub use registry::Routers;
+pub use registry::{Routers, StateEvent};
 pub use router::{
-    ArmStatistics, Decision, Evictions, FeedbackOutcome, FeedbackSignal, Router, Selection,
+    ArmStatistics, Decision, Evictions, FeedbackOutcome, FeedbackSignal, Router, RouterEvent,
+    RouterState, Selection,
 };
 pub use settings::{Policy, RouterSettings, SelectionMode};
 
@@ -54,4 +54,8 @@ pub enum RouterError {
     RewardOutOfRange { router: String, reward: f64 },
     #[error("settings.{field}: {reason}")]
     InvalidSettings { field: &'static str, reason: String },
+    #[error("router {router:?}: state does not fit its settings: {reason}")]
+    InvalidState { router: String, reason: String },
+    #[error("cannot make the change durable: {reason}")]
+    StateWrite { reason: String },
 }

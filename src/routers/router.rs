@@ -1,16 +1,22 @@
 //! One router: settings, one arm per reward model, decisions awaiting feedback.
 //!
-//! Selection is two-phase so that a failed or abandoned Score records nothing:
-//! [`Router::select`] picks arms (it only advances the RNG and the round-robin cursor) and
-//! [`Router::record`] stores the decisions once the scores are ready.
-//! [`Router::apply_feedback`] is all-or-nothing: every decision id is checked before any
-//! arm changes. Answered ids are remembered (bounded like the pending set) so a repeated id
-//! is acknowledged as a duplicate and applied once.
+//! The router is an event-sourced state machine: [`Router::select`] only reads (its
+//! randomness is derived from the seed and the number of decisions recorded, so it needs no
+//! mutable RNG), and every change goes through [`Router::apply`] with a [`RouterEvent`]:
+//! `Recorded` (decisions returned to a client), `Feedback`, `Reset`. The live path checks,
+//! logs, then applies the event; recovery applies the same logged events in the same
+//! order, so a recovered router equals the one that acknowledged them.
+//!
+//! Selection is two-phase so that a failed or abandoned Score records nothing. Feedback is
+//! all-or-nothing: [`Router::check_feedback`] validates every id before the event is logged.
+//! Answered ids are remembered (bounded like the pending set) so a repeated id is
+//! acknowledged as a duplicate and applied once.
 //!
 //! Arms come and go with the server's RMs: an RM the router accepts becomes an arm
-//! (`A = λI`, `b = 0`) the first time it is serving; an RM that stops serving is skipped by
-//! selection, its pending decisions are acknowledged but not applied, and its statistics
-//! stay visible until the router is reset or deleted.
+//! (`A = λI`, `b = 0`) the first time a decision is recorded while it serves (selection
+//! already treats it as a fresh arm); an RM that stops serving is skipped by selection, its
+//! pending decisions are acknowledged but not applied, and its statistics stay visible
+//! until the router is reset or deleted.
 //!
 //! Cost (LinUCB, K arms, B decisions, d arm dimension): select O(K·d²·B) reading each
 //! arm's factor once; feedback O(d²·r) per arm for r decisions of that arm (one rank-r
@@ -21,14 +27,15 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use faer::Mat;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
+use serde::{Deserialize, Serialize};
 
 use super::RouterError;
 use super::settings::{Policy, RouterSettings, SelectionMode};
 use crate::bandit::context::ContextTransform;
-use crate::bandit::{self, ArmEstimate, LinUcbArm, RewardNormalizer, exp3};
+use crate::bandit::{self, ArmEstimate, LinUcbArm, LinUcbArmData, RewardNormalizer, exp3};
 
 /// Per-arm statistics shown by GetRouter.
-#[derive(Clone, Debug, Default, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct ArmStatistics {
     pub reward_model: String,
     /// Decisions that chose this arm (an ensemble decision counts for every member).
@@ -68,14 +75,15 @@ struct Arm {
     statistics: ArmStatistics,
 }
 
-/// What a decision chose.
-#[derive(Clone, Debug, PartialEq)]
+/// What a recorded decision chose, by arm index.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 enum Choice {
     Arm(usize),
     /// Every listed arm scored (ensemble policy).
     Ensemble(Vec<usize>),
 }
 
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 struct PendingDecision {
     choice: Choice,
     context: Vec<f64>,
@@ -94,7 +102,7 @@ pub struct Decision {
     pub queries: Vec<usize>,
     /// Every available arm's estimate, when asked for (LinUCB).
     pub estimates: Vec<(String, ArmEstimate)>,
-    choice: Choice,
+    ensemble: bool,
     context: Vec<f64>,
     probability: f64,
     arm_count: usize,
@@ -103,23 +111,85 @@ pub struct Decision {
 impl Decision {
     /// Whether this decision combines several RMs (ensemble policy).
     pub fn is_ensemble(&self) -> bool {
-        matches!(self.choice, Choice::Ensemble(_))
+        self.ensemble
     }
 }
 
-/// The outcome of [`Router::select`], to be passed to [`Router::record`].
+/// The outcome of [`Router::select`]; [`Selection::recorded`] turns it into the event
+/// that records it.
 #[derive(Debug)]
 pub struct Selection {
     pub decisions: Vec<Decision>,
+    serving: Vec<String>,
+}
+
+impl Selection {
+    /// The `Recorded` event for these decisions under `decision_ids` (one per decision).
+    pub fn recorded(self, decision_ids: Vec<String>, now_unix_ms: i64) -> RouterEvent {
+        assert_eq!(
+            decision_ids.len(),
+            self.decisions.len(),
+            "one id per decision"
+        );
+        RouterEvent::Recorded {
+            now_unix_ms,
+            serving: self.serving,
+            decisions: self
+                .decisions
+                .into_iter()
+                .zip(decision_ids)
+                .map(|(decision, decision_id)| RecordedDecision {
+                    decision_id,
+                    reward_models: decision.reward_models,
+                    ensemble: decision.ensemble,
+                    context: decision.context,
+                    probability: decision.probability,
+                    arm_count: decision.arm_count,
+                })
+                .collect(),
+        }
+    }
 }
 
 /// The signal a Feedback request carries.
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub enum FeedbackSignal {
     /// Training loss; reward = −loss.
     Loss(f64),
     /// Reward, higher is better.
     Reward(f64),
+}
+
+/// A decision as the log keeps it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RecordedDecision {
+    pub decision_id: String,
+    pub reward_models: Vec<String>,
+    pub ensemble: bool,
+    /// The preprocessed context (the arms' dimension).
+    pub context: Vec<f64>,
+    pub probability: f64,
+    pub arm_count: usize,
+}
+
+/// Every change of a router. Times and the serving RMs are part of the event, so applying
+/// it is deterministic.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum RouterEvent {
+    Recorded {
+        now_unix_ms: i64,
+        serving: Vec<String>,
+        decisions: Vec<RecordedDecision>,
+    },
+    Feedback {
+        now_unix_ms: i64,
+        serving: Vec<String>,
+        decision_ids: Vec<String>,
+        signal: FeedbackSignal,
+    },
+    Reset {
+        serving: Vec<String>,
+    },
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -133,10 +203,33 @@ pub struct FeedbackOutcome {
 }
 
 /// Decisions evicted before their feedback arrived.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Evictions {
     pub capacity: u64,
     pub ttl: u64,
+}
+
+/// A router's whole state as plain data (snapshots, exports).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RouterState {
+    pub name: String,
+    pub settings: RouterSettings,
+    arms: Vec<ArmState>,
+    pending: Vec<(String, PendingDecision)>,
+    answered: Vec<String>,
+    normalizer: RewardNormalizer,
+    decisions_recorded: u64,
+    context_sum: Vec<f64>,
+    contexts_seen: u64,
+    evictions: Evictions,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+struct ArmState {
+    reward_model: String,
+    linucb: Option<LinUcbArmData>,
+    log_weight: f64,
+    statistics: ArmStatistics,
 }
 
 pub struct Router {
@@ -150,11 +243,17 @@ pub struct Router {
     answered: HashSet<String>,
     answered_order: VecDeque<String>,
     normalizer: RewardNormalizer,
-    rng: StdRng,
-    round_robin_next: usize,
+    decisions_recorded: u64,
     context_sum: Vec<f64>,
     contexts_seen: u64,
     evictions: Evictions,
+}
+
+/// A selectable arm: an existing one, or an accepted serving RM that will join as a fresh
+/// arm when the decision is recorded.
+struct Candidate {
+    reward_model: String,
+    arm: Option<usize>,
 }
 
 impl Router {
@@ -169,7 +268,6 @@ impl Router {
                 settings.seed,
             ),
             normalizer: RewardNormalizer::new(settings.normalization),
-            rng: StdRng::seed_from_u64(settings.seed),
             context_sum: vec![0.0; settings.arm_dim()],
             settings,
             arms: Vec::new(),
@@ -178,7 +276,7 @@ impl Router {
             pending_order: VecDeque::new(),
             answered: HashSet::new(),
             answered_order: VecDeque::new(),
-            round_robin_next: 0,
+            decisions_recorded: 0,
             contexts_seen: 0,
             evictions: Evictions::default(),
         };
@@ -188,12 +286,6 @@ impl Router {
             }
         }
         router
-    }
-
-    /// Forget everything learned (arms, pending decisions, reward history, RNG) and start
-    /// over with the same settings, with an arm for every accepted RM in `serving`.
-    pub fn reset(&mut self, serving: &[String]) {
-        *self = Router::new(self.name.clone(), self.settings.clone(), serving);
     }
 
     pub fn name(&self) -> &str {
@@ -234,7 +326,11 @@ impl Router {
                 .map(|v| v / self.contexts_seen as f64)
                 .collect()
         });
-        let available = self.available_arms(serving);
+        let available: Vec<usize> = self
+            .candidates(serving)
+            .iter()
+            .filter_map(|c| c.arm)
+            .collect();
         let probabilities = match self.settings.policy {
             Policy::Exp3 { gamma } if !available.is_empty() => {
                 let weights: Vec<f64> =
@@ -280,28 +376,27 @@ impl Router {
     }
 
     /// Pick RMs among `serving` (the RMs loaded now) for each context, or once for their
-    /// mean in per-batch mode. Records nothing: pass the result to [`Router::record`].
+    /// mean in per-batch mode. Reads only: record the result with [`Selection::recorded`]
+    /// and [`Router::apply`].
     pub fn select(
-        &mut self,
+        &self,
         contexts: &[Vec<f32>],
         mode: Option<SelectionMode>,
         explain: bool,
         serving: &[String],
     ) -> Result<Selection, RouterError> {
         self.check_contexts(contexts)?;
-        self.join_new_arms(serving);
-        let available = self.available_arms(serving);
-        if available.is_empty() {
+        let candidates = self.candidates(serving);
+        if candidates.is_empty() {
             return Err(RouterError::NoRewardModels {
                 router: self.name.clone(),
             });
         }
-        let fixed_arm = match &self.settings.policy {
+        let fixed = match &self.settings.policy {
             Policy::Fixed { reward_model } => Some(
-                available
+                candidates
                     .iter()
-                    .copied()
-                    .find(|&a| &self.arms[a].reward_model == reward_model)
+                    .position(|c| &c.reward_model == reward_model)
                     .ok_or_else(|| RouterError::FixedRewardModelUnavailable {
                         router: self.name.clone(),
                         reward_model: reward_model.clone(),
@@ -318,8 +413,7 @@ impl Router {
                 .map(|(i, x)| (vec![i], x))
                 .collect(),
             SelectionMode::PerBatch => {
-                let dim = self.settings.arm_dim();
-                let mut mean = vec![0.0; dim];
+                let mut mean = vec![0.0; self.settings.arm_dim()];
                 for x in &processed {
                     mean.iter_mut().zip(x).for_each(|(m, v)| *m += v);
                 }
@@ -329,19 +423,33 @@ impl Router {
             }
         };
 
-        // LinUCB: one batched estimate per arm over all decisions of the request.
+        // LinUCB: one batched estimate per existing arm over all decisions of the request;
+        // an arm about to join is fresh (θ = 0, A = λI): mean 0, bonus α·|x|/√λ.
         let estimates: Vec<Vec<ArmEstimate>> = match self.settings.policy {
             Policy::LinUcb => {
-                let dim = self.settings.arm_dim();
-                let batch = Mat::from_fn(dim, groups.len(), |i, j| groups[j].1[i]);
-                available
+                let batch =
+                    Mat::from_fn(self.settings.arm_dim(), groups.len(), |i, j| groups[j].1[i]);
+                candidates
                     .iter()
-                    .map(|&a| {
-                        self.arms[a]
+                    .map(|candidate| match candidate.arm {
+                        Some(arm) => self.arms[arm]
                             .linucb
                             .as_ref()
                             .expect("LinUCB routers keep LinUCB arms")
-                            .estimate_batch(batch.as_ref(), self.settings.alpha)
+                            .estimate_batch(batch.as_ref(), self.settings.alpha),
+                        None => groups
+                            .iter()
+                            .map(|(_, x)| {
+                                let norm = x.iter().map(|v| v * v).sum::<f64>().sqrt();
+                                let bonus =
+                                    self.settings.alpha * norm / self.settings.l2_lambda.sqrt();
+                                ArmEstimate {
+                                    mean: 0.0,
+                                    bonus,
+                                    ucb: bonus,
+                                }
+                            })
+                            .collect(),
                     })
                     .collect()
             }
@@ -349,8 +457,10 @@ impl Router {
         };
         let exp3_probabilities = match self.settings.policy {
             Policy::Exp3 { gamma } => {
-                let weights: Vec<f64> =
-                    available.iter().map(|&a| self.arms[a].log_weight).collect();
+                let weights: Vec<f64> = candidates
+                    .iter()
+                    .map(|c| c.arm.map_or(0.0, |a| self.arms[a].log_weight))
+                    .collect();
                 exp3::probabilities(&weights, gamma)
             }
             _ => Vec::new(),
@@ -358,113 +468,73 @@ impl Router {
 
         let mut decisions = Vec::with_capacity(groups.len());
         for (group, (queries, context)) in groups.into_iter().enumerate() {
+            let mut rng = self.rng_for(group);
             let mut probability = 1.0;
             let mut explained = Vec::new();
-            let choice = match &self.settings.policy {
+            let chosen: Vec<usize> = match &self.settings.policy {
                 Policy::LinUcb => {
-                    let candidates: Vec<ArmEstimate> =
+                    let per_group: Vec<ArmEstimate> =
                         estimates.iter().map(|per_arm| per_arm[group]).collect();
                     if explain {
-                        explained = available
+                        explained = candidates
                             .iter()
-                            .zip(&candidates)
-                            .map(|(&a, e)| (self.arms[a].reward_model.clone(), *e))
+                            .zip(&per_group)
+                            .map(|(c, e)| (c.reward_model.clone(), *e))
                             .collect();
                     }
-                    let best =
-                        bandit::select_arm(&candidates, &mut self.rng).expect("arms available");
-                    Choice::Arm(available[best])
+                    vec![bandit::select_arm(&per_group, &mut rng).expect("candidates exist")]
                 }
-                Policy::Random => Choice::Arm(available[self.rng.random_range(0..available.len())]),
+                Policy::Random => vec![rng.random_range(0..candidates.len())],
                 Policy::RoundRobin => {
-                    let arm = available[self.round_robin_next % available.len()];
-                    self.round_robin_next = self.round_robin_next.wrapping_add(1);
-                    Choice::Arm(arm)
+                    vec![
+                        ((self.decisions_recorded as usize).wrapping_add(group)) % candidates.len(),
+                    ]
                 }
-                Policy::Fixed { .. } => Choice::Arm(fixed_arm.expect("checked above")),
-                Policy::Ensemble => Choice::Ensemble(available.clone()),
+                Policy::Fixed { .. } => vec![fixed.expect("checked above")],
+                Policy::Ensemble => (0..candidates.len()).collect(),
                 Policy::Exp3 { .. } => {
-                    let index = exp3::sample(&exp3_probabilities, &mut self.rng);
+                    let index = exp3::sample(&exp3_probabilities, &mut rng);
                     probability = exp3_probabilities[index];
-                    Choice::Arm(available[index])
+                    vec![index]
                 }
-            };
-            let reward_models = match &choice {
-                Choice::Arm(a) => vec![self.arms[*a].reward_model.clone()],
-                Choice::Ensemble(members) => members
-                    .iter()
-                    .map(|&a| self.arms[a].reward_model.clone())
-                    .collect(),
             };
             decisions.push(Decision {
-                reward_models,
+                reward_models: chosen
+                    .iter()
+                    .map(|&c| candidates[c].reward_model.clone())
+                    .collect(),
                 queries,
                 estimates: explained,
-                choice,
+                ensemble: matches!(self.settings.policy, Policy::Ensemble),
                 context,
                 probability,
-                arm_count: available.len(),
+                arm_count: candidates.len(),
             });
         }
-        Ok(Selection { decisions })
+        Ok(Selection {
+            decisions,
+            serving: serving.to_vec(),
+        })
     }
 
-    /// Store the decisions of a completed Score: each awaits feedback under the returned
-    /// decision id (same order as `selection.decisions`). Expired decisions, then the oldest
-    /// beyond `max_pending_decisions`, are evicted.
-    pub fn record(&mut self, selection: Selection, now_unix_ms: i64) -> Vec<String> {
-        self.expire(now_unix_ms);
-        selection
-            .decisions
-            .into_iter()
-            .map(|decision| {
-                let decision_id = uuid::Uuid::new_v4().simple().to_string();
-                let members = match &decision.choice {
-                    Choice::Arm(a) => vec![*a],
-                    Choice::Ensemble(members) => members.clone(),
-                };
-                for arm in members {
-                    let statistics = &mut self.arms[arm].statistics;
-                    statistics.selections += 1;
-                    statistics.last_selected_unix_ms = now_unix_ms;
-                }
-                self.context_sum
-                    .iter_mut()
-                    .zip(&decision.context)
-                    .for_each(|(s, v)| *s += v);
-                self.contexts_seen += 1;
-                self.pending.insert(
-                    decision_id.clone(),
-                    PendingDecision {
-                        choice: decision.choice,
-                        context: decision.context,
-                        probability: decision.probability,
-                        arm_count: decision.arm_count,
-                        created_unix_ms: now_unix_ms,
-                    },
-                );
-                self.pending_order.push_back(decision_id.clone());
-                self.evict_over_capacity();
-                decision_id
-            })
-            .collect()
-    }
-
-    /// Apply `signal` to every decision in `decision_ids`, all or nothing: an id that is
-    /// neither pending nor already answered rejects the request and changes nothing. The
-    /// raw reward enters the normalization history once per request that answers a pending
-    /// decision; decisions of one arm are applied as one batched update.
-    pub fn apply_feedback(
-        &mut self,
+    /// Check a Feedback before it is logged: every id must be pending (and not expired at
+    /// `now_unix_ms`) or already answered; a normalized reward must be in [0, 1].
+    pub fn check_feedback(
+        &self,
         decision_ids: &[String],
         signal: FeedbackSignal,
-        serving: &[String],
         now_unix_ms: i64,
-    ) -> Result<FeedbackOutcome, RouterError> {
-        self.expire(now_unix_ms);
+    ) -> Result<(), RouterError> {
+        let ttl_ms = self.settings.pending_ttl.as_millis() as i64;
         let unknown: Vec<String> = decision_ids
             .iter()
-            .filter(|id| !self.pending.contains_key(*id) && !self.answered.contains(*id))
+            .filter(|id| {
+                let live = self
+                    .pending
+                    .get(*id)
+                    .is_some_and(|d| now_unix_ms - d.created_unix_ms < ttl_ms);
+                !live && !self.answered.contains(*id)
+            })
             .cloned()
             .collect();
         if !unknown.is_empty() {
@@ -481,7 +551,197 @@ impl Router {
                 reward,
             });
         }
+        Ok(())
+    }
 
+    /// Apply one event. `Feedback` re-checks with [`Router::check_feedback`] and changes
+    /// nothing but expired decisions when it fails; the live path checks before logging, so
+    /// logged events always apply.
+    pub fn apply(&mut self, event: RouterEvent) -> Result<FeedbackOutcome, RouterError> {
+        match event {
+            RouterEvent::Recorded {
+                now_unix_ms,
+                serving,
+                decisions,
+            } => {
+                self.expire(now_unix_ms);
+                self.join_new_arms(&serving);
+                for decision in decisions {
+                    self.record_one(decision, now_unix_ms);
+                }
+                Ok(FeedbackOutcome::default())
+            }
+            RouterEvent::Feedback {
+                now_unix_ms,
+                serving,
+                decision_ids,
+                signal,
+            } => {
+                self.expire(now_unix_ms);
+                self.check_feedback(&decision_ids, signal, now_unix_ms)?;
+                Ok(self.apply_feedback(&decision_ids, signal, &serving))
+            }
+            RouterEvent::Reset { serving } => {
+                *self = Router::new(self.name.clone(), self.settings.clone(), &serving);
+                Ok(FeedbackOutcome::default())
+            }
+        }
+    }
+
+    /// The router's state as plain data. Copies every arm's factor (O(K·d²)).
+    pub fn to_state(&self) -> RouterState {
+        RouterState {
+            name: self.name.clone(),
+            settings: self.settings.clone(),
+            arms: self
+                .arms
+                .iter()
+                .map(|arm| ArmState {
+                    reward_model: arm.reward_model.clone(),
+                    linucb: arm.linucb.as_ref().map(LinUcbArm::to_data),
+                    log_weight: arm.log_weight,
+                    statistics: arm.statistics.clone(),
+                })
+                .collect(),
+            pending: self
+                .pending_order
+                .iter()
+                .filter_map(|id| self.pending.get(id).map(|d| (id.clone(), d.clone())))
+                .collect(),
+            answered: self.answered_order.iter().cloned().collect(),
+            normalizer: self.normalizer.clone(),
+            decisions_recorded: self.decisions_recorded,
+            context_sum: self.context_sum.clone(),
+            contexts_seen: self.contexts_seen,
+            evictions: self.evictions,
+        }
+    }
+
+    /// Rebuild a router from [`Router::to_state`], under `name`.
+    pub fn from_state(name: String, state: RouterState) -> Result<Self, RouterError> {
+        let invalid = |reason: String| RouterError::InvalidState {
+            router: name.clone(),
+            reason,
+        };
+        let mut router = Router::new(name.clone(), state.settings, &[]);
+        let arm_dim = router.settings.arm_dim();
+        if state.context_sum.len() != arm_dim {
+            return Err(invalid(format!(
+                "context sum has dimension {}",
+                state.context_sum.len()
+            )));
+        }
+        for arm in state.arms {
+            let linucb = match &arm.linucb {
+                Some(data) if data.context_dim == arm_dim => Some(
+                    LinUcbArm::from_data(data)
+                        .ok_or_else(|| invalid("arm factor has the wrong size".into()))?,
+                ),
+                Some(data) => {
+                    return Err(invalid(format!(
+                        "arm dimension {} != {arm_dim}",
+                        data.context_dim
+                    )));
+                }
+                None if matches!(router.settings.policy, Policy::LinUcb) => {
+                    return Err(invalid("a LinUCB router's arm has no LinUCB state".into()));
+                }
+                None => None,
+            };
+            router
+                .arm_index
+                .insert(arm.reward_model.clone(), router.arms.len());
+            router.arms.push(Arm {
+                reward_model: arm.reward_model,
+                linucb,
+                log_weight: arm.log_weight,
+                statistics: arm.statistics,
+            });
+        }
+        for (id, decision) in state.pending {
+            let arms_exist = match &decision.choice {
+                Choice::Arm(a) => *a < router.arms.len(),
+                Choice::Ensemble(members) => members.iter().all(|a| *a < router.arms.len()),
+            };
+            if !arms_exist || decision.context.len() != arm_dim {
+                return Err(invalid(format!(
+                    "pending decision {id} does not fit the arms"
+                )));
+            }
+            router.pending_order.push_back(id.clone());
+            router.pending.insert(id, decision);
+        }
+        for id in state.answered {
+            router.answered.insert(id.clone());
+            router.answered_order.push_back(id);
+        }
+        router.normalizer = state.normalizer;
+        router.decisions_recorded = state.decisions_recorded;
+        router.context_sum = state.context_sum;
+        router.contexts_seen = state.contexts_seen;
+        router.evictions = state.evictions;
+        Ok(router)
+    }
+
+    fn rng_for(&self, group: usize) -> StdRng {
+        // SplitMix64 of (decisions recorded + group), mixed with the seed: a fresh,
+        // reproducible stream per decision.
+        let mut z = (self.decisions_recorded.wrapping_add(group as u64))
+            .wrapping_add(0x9e37_79b9_7f4a_7c15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        StdRng::seed_from_u64(self.settings.seed ^ z ^ (z >> 31))
+    }
+
+    fn record_one(&mut self, decision: RecordedDecision, now_unix_ms: i64) {
+        let members: Vec<usize> = decision
+            .reward_models
+            .iter()
+            .filter_map(|name| self.arm_index.get(name).copied())
+            .collect();
+        debug_assert_eq!(
+            members.len(),
+            decision.reward_models.len(),
+            "chosen RMs are arms"
+        );
+        for &arm in &members {
+            let statistics = &mut self.arms[arm].statistics;
+            statistics.selections += 1;
+            statistics.last_selected_unix_ms = now_unix_ms;
+        }
+        let choice = if decision.ensemble {
+            Choice::Ensemble(members)
+        } else {
+            Choice::Arm(members[0])
+        };
+        self.context_sum
+            .iter_mut()
+            .zip(&decision.context)
+            .for_each(|(s, v)| *s += v);
+        self.contexts_seen += 1;
+        self.decisions_recorded += 1;
+        self.pending.insert(
+            decision.decision_id.clone(),
+            PendingDecision {
+                choice,
+                context: decision.context,
+                probability: decision.probability,
+                arm_count: decision.arm_count,
+                created_unix_ms: now_unix_ms,
+            },
+        );
+        self.pending_order.push_back(decision.decision_id);
+        self.evict_over_capacity();
+    }
+
+    /// Apply checked feedback: one raw reward per request, decisions of one arm as one
+    /// batched update.
+    fn apply_feedback(
+        &mut self,
+        decision_ids: &[String],
+        signal: FeedbackSignal,
+        serving: &[String],
+    ) -> FeedbackOutcome {
         let mut outcome = FeedbackOutcome::default();
         let mut answered = Vec::new();
         let mut seen = HashSet::new();
@@ -496,16 +756,19 @@ impl Router {
             }
         }
         if answered.is_empty() {
-            return Ok(outcome);
+            return outcome;
         }
         let reward = match signal {
             FeedbackSignal::Reward(reward) if self.settings.reward_is_normalized => reward,
             FeedbackSignal::Reward(reward) => self.normalizer.observe(reward),
             FeedbackSignal::Loss(loss) => self.normalizer.observe(-loss),
         };
-        let available = self.available_arms(serving);
+        let available: Vec<usize> = self
+            .candidates(serving)
+            .iter()
+            .filter_map(|c| c.arm)
+            .collect();
 
-        // Group LinUCB updates per arm: one rank-r update each.
         let mut updates: HashMap<usize, Vec<Vec<f64>>> = HashMap::new();
         for (decision_id, decision) in answered {
             let members = match &decision.choice {
@@ -562,7 +825,7 @@ impl Router {
                 .expect("LinUCB routers keep LinUCB arms")
                 .update_batch(batch.as_ref(), &rewards);
         }
-        Ok(outcome)
+        outcome
     }
 
     fn add_arm(&mut self, reward_model: &str) {
@@ -580,26 +843,48 @@ impl Router {
         });
     }
 
-    /// RMs that appeared since the router was created become arms when it accepts them.
+    /// Whether a serving RM that is not an arm yet becomes one.
+    fn would_join(&self, reward_model: &str) -> bool {
+        self.settings.accepts(reward_model)
+            && (self.settings.reward_models.is_some() || self.settings.join_new_reward_models)
+    }
+
     fn join_new_arms(&mut self, serving: &[String]) {
         for reward_model in serving {
-            if self.arm_index.contains_key(reward_model) || !self.settings.accepts(reward_model) {
-                continue;
-            }
-            if self.settings.reward_models.is_some() || self.settings.join_new_reward_models {
+            if !self.arm_index.contains_key(reward_model) && self.would_join(reward_model) {
                 self.add_arm(reward_model);
             }
         }
     }
 
-    /// Indices of the arms that may be selected now, in arm order.
-    fn available_arms(&self, serving: &[String]) -> Vec<usize> {
-        let mut available: Vec<usize> = serving
+    /// Arms that may be selected now: existing arms whose RM serves (arm order), then
+    /// serving RMs that would join (serving order).
+    fn candidates(&self, serving: &[String]) -> Vec<Candidate> {
+        let mut existing: Vec<usize> = serving
             .iter()
             .filter_map(|name| self.arm_index.get(name).copied())
             .collect();
-        available.sort_unstable();
-        available
+        existing.sort_unstable();
+        existing.dedup();
+        let mut candidates: Vec<Candidate> = existing
+            .into_iter()
+            .map(|arm| Candidate {
+                reward_model: self.arms[arm].reward_model.clone(),
+                arm: Some(arm),
+            })
+            .collect();
+        for name in serving {
+            if !self.arm_index.contains_key(name)
+                && self.would_join(name)
+                && !candidates.iter().any(|c| &c.reward_model == name)
+            {
+                candidates.push(Candidate {
+                    reward_model: name.clone(),
+                    arm: None,
+                });
+            }
+        }
+        candidates
     }
 
     fn expire(&mut self, now_unix_ms: i64) {

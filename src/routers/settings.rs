@@ -3,11 +3,13 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
+use serde::{Deserialize, Serialize};
+
 use super::RouterError;
 use crate::bandit::Normalization;
 
 /// Bandit policy of a router: LASeR's LinUCB and the paper's baselines.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum Policy {
     /// LinUCB on the (preprocessed) context: LASeR.
     LinUcb,
@@ -37,13 +39,13 @@ impl Policy {
 }
 
 /// One decision per query, or one for the whole request on the mean context.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum SelectionMode {
     PerQuery,
     PerBatch,
 }
 
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct RouterSettings {
     /// Dimension of the contexts clients send.
     pub context_dim: usize,

@@ -26,6 +26,29 @@ pub(crate) fn settings(context_dim: usize) -> RouterSettings {
     }
 }
 
+fn record(router: &mut Router, selection: Selection, now: i64) -> Vec<String> {
+    let ids: Vec<String> = (0..selection.decisions.len())
+        .map(|_| uuid::Uuid::new_v4().simple().to_string())
+        .collect();
+    router.apply(selection.recorded(ids.clone(), now)).unwrap();
+    ids
+}
+
+fn apply_feedback(
+    router: &mut Router,
+    ids: &[String],
+    signal: FeedbackSignal,
+    serving: &[String],
+    now: i64,
+) -> Result<FeedbackOutcome, RouterError> {
+    router.apply(RouterEvent::Feedback {
+        now_unix_ms: now,
+        serving: serving.to_vec(),
+        decision_ids: ids.to_vec(),
+        signal,
+    })
+}
+
 fn rms(names: &[&str]) -> Vec<String> {
     names.iter().map(|n| n.to_string()).collect()
 }
@@ -49,25 +72,25 @@ fn pick(
         .select(&[context.to_vec()], None, false, serving)
         .unwrap();
     let chosen = selection.decisions[0].reward_models.clone();
-    let ids = router.record(selection, now);
+    let ids = record(router, selection, now);
     (ids[0].clone(), chosen)
 }
 
 fn feedback(router: &mut Router, id: &str, reward: f64, serving: &[String]) -> FeedbackOutcome {
-    router
-        .apply_feedback(
-            &[id.to_string()],
-            FeedbackSignal::Reward(reward),
-            serving,
-            0,
-        )
-        .unwrap()
+    apply_feedback(
+        router,
+        &[id.to_string()],
+        FeedbackSignal::Reward(reward),
+        serving,
+        0,
+    )
+    .unwrap()
 }
 
 #[test]
 fn wrong_context_dimension_names_the_query_and_changes_nothing() {
     let serving = rms(&["a"]);
-    let mut router = Router::new("r".into(), settings(3), &serving);
+    let router = Router::new("r".into(), settings(3), &serving);
     let err = router
         .select(&[vec![0.0; 3], vec![0.0; 2]], None, false, &serving)
         .unwrap_err();
@@ -90,37 +113,39 @@ fn feedback_is_all_or_nothing_and_idempotent() {
     let selection = router
         .select(&[vec![1.0, 0.0], vec![0.0, 1.0]], None, false, &serving)
         .unwrap();
-    let ids = router.record(selection, 5);
+    let ids = record(&mut router, selection, 5);
     assert_eq!(router.pending_decisions(), 2);
 
-    let err = router
-        .apply_feedback(
-            &[ids[0].clone(), "nope".into()],
-            FeedbackSignal::Loss(0.5),
-            &serving,
-            6,
-        )
-        .unwrap_err();
+    let err = apply_feedback(
+        &mut router,
+        &[ids[0].clone(), "nope".into()],
+        FeedbackSignal::Loss(0.5),
+        &serving,
+        6,
+    )
+    .unwrap_err();
     assert!(
         matches!(err, RouterError::UnknownDecisions { ref decision_ids, .. } if decision_ids == &["nope".to_string()])
     );
     assert_eq!(router.pending_decisions(), 2);
     assert_eq!(router.rewards_seen(), 0);
 
-    let outcome = router
-        .apply_feedback(&ids, FeedbackSignal::Loss(0.5), &serving, 7)
-        .unwrap();
+    let outcome =
+        apply_feedback(&mut router, &ids, FeedbackSignal::Loss(0.5), &serving, 7).unwrap();
     assert_eq!(outcome.applied.len(), 2);
     assert_eq!(router.pending_decisions(), 0);
-    let again = router
-        .apply_feedback(&ids, FeedbackSignal::Loss(0.5), &serving, 8)
-        .unwrap();
+    let again = apply_feedback(&mut router, &ids, FeedbackSignal::Loss(0.5), &serving, 8).unwrap();
     assert_eq!((again.applied.len(), again.duplicate), (0, 2));
     // The same id twice in one request is applied once.
     let (id, _) = pick(&mut router, &[1.0, 1.0], &serving, 9);
-    let twice = router
-        .apply_feedback(&[id.clone(), id], FeedbackSignal::Loss(0.1), &serving, 10)
-        .unwrap();
+    let twice = apply_feedback(
+        &mut router,
+        &[id.clone(), id],
+        FeedbackSignal::Loss(0.1),
+        &serving,
+        10,
+    )
+    .unwrap();
     assert_eq!((twice.applied.len(), twice.duplicate), (1, 1));
     let applied: u64 = router
         .arm_statistics(&serving)
@@ -134,7 +159,7 @@ fn feedback_is_all_or_nothing_and_idempotent() {
 #[test]
 fn per_batch_mode_makes_one_decision_on_the_mean_context() {
     let serving = rms(&["a", "b"]);
-    let mut router = Router::new("r".into(), settings(2), &serving);
+    let router = Router::new("r".into(), settings(2), &serving);
     let selection = router
         .select(
             &[vec![1.0, 0.0], vec![0.0, 1.0], vec![1.0, 1.0]],
@@ -170,21 +195,36 @@ fn decisions_expire_after_the_ttl_and_beyond_capacity() {
             ttl: 0
         }
     );
-    let evicted = router
-        .apply_feedback(&ids[..1], FeedbackSignal::Reward(1.0), &serving, 10)
-        .unwrap_err();
+    let evicted = apply_feedback(
+        &mut router,
+        &ids[..1],
+        FeedbackSignal::Reward(1.0),
+        &serving,
+        10,
+    )
+    .unwrap_err();
     assert!(matches!(evicted, RouterError::UnknownDecisions { .. }));
     // At t = 60 004 ms the decisions made at t <= 4 ms are 60 s old: expired.
-    let late = router
-        .apply_feedback(&ids[3..4], FeedbackSignal::Reward(1.0), &serving, 60_004)
-        .unwrap_err();
+    let late = apply_feedback(
+        &mut router,
+        &ids[3..4],
+        FeedbackSignal::Reward(1.0),
+        &serving,
+        60_004,
+    )
+    .unwrap_err();
     assert!(matches!(late, RouterError::UnknownDecisions { .. }));
     assert_eq!(router.evictions().ttl, 3);
     assert_eq!(router.pending_decisions(), 1);
     assert!(
-        router
-            .apply_feedback(&ids[5..], FeedbackSignal::Reward(1.0), &serving, 60_004)
-            .is_ok()
+        apply_feedback(
+            &mut router,
+            &ids[5..],
+            FeedbackSignal::Reward(1.0),
+            &serving,
+            60_004
+        )
+        .is_ok()
     );
 }
 
@@ -222,12 +262,7 @@ fn fresh_arms_tie_and_the_seeded_rng_breaks_ties() {
             &serving,
         );
         (0..30)
-            .map(|_| {
-                let selection = router
-                    .select(&[vec![1.0, 0.0]], None, false, &serving)
-                    .unwrap();
-                selection.decisions[0].reward_models[0].clone()
-            })
+            .map(|step| pick(&mut router, &[1.0, 0.0], &serving, step).1[0].clone())
             .collect::<Vec<_>>()
     };
     let first = picks(4);
@@ -303,7 +338,7 @@ fn ensemble_policy_uses_every_rm_and_credits_each() {
         .unwrap();
     assert!(selection.decisions[0].is_ensemble());
     assert_eq!(selection.decisions[0].reward_models, serving);
-    let id = router.record(selection, 1).remove(0);
+    let id = record(&mut router, selection, 1).remove(0);
     let outcome = feedback(&mut router, &id, 0.5, &serving);
     assert_eq!(outcome.applied, vec![(id, "a+b+c".to_string())]);
     for statistics in router.arm_statistics(&serving) {
@@ -418,7 +453,11 @@ fn a_removed_rm_is_not_selected_and_its_feedback_is_acknowledged_not_applied() {
         statistics[0].selections, 1,
         "a removed arm's statistics stay visible"
     );
-    router.reset(&only_b);
+    router
+        .apply(RouterEvent::Reset {
+            serving: only_b.clone(),
+        })
+        .unwrap();
     assert_eq!(
         router.arm_statistics(&only_b).len(),
         1,
@@ -436,14 +475,14 @@ fn normalized_rewards_must_be_in_range() {
     };
     let mut router = Router::new("r".into(), normalized, &serving);
     let (id, _) = pick(&mut router, &[1.0], &serving, 0);
-    let err = router
-        .apply_feedback(
-            std::slice::from_ref(&id),
-            FeedbackSignal::Reward(1.5),
-            &serving,
-            0,
-        )
-        .unwrap_err();
+    let err = apply_feedback(
+        &mut router,
+        std::slice::from_ref(&id),
+        FeedbackSignal::Reward(1.5),
+        &serving,
+        0,
+    )
+    .unwrap_err();
     assert!(matches!(err, RouterError::RewardOutOfRange { .. }));
     assert_eq!(router.pending_decisions(), 1);
     feedback(&mut router, &id, 0.25, &serving);
@@ -533,4 +572,85 @@ fn settings_are_validated_by_field() {
         "quantile_low"
     );
     assert!(settings(4).validate(1024).is_ok());
+}
+
+#[test]
+fn select_only_reads_the_router() {
+    let serving = rms(&["a", "b"]);
+    let router = Router::new("r".into(), with_policy(Policy::Random, 2), &serving);
+    let first = router
+        .select(&[vec![1.0, 0.0]], None, false, &serving)
+        .unwrap();
+    let again = router
+        .select(&[vec![1.0, 0.0]], None, false, &serving)
+        .unwrap();
+    assert_eq!(
+        first.decisions[0].reward_models,
+        again.decisions[0].reward_models
+    );
+    assert_eq!(router.pending_decisions(), 0);
+}
+
+/// A router rebuilt from its events, or from its state, equals the original.
+#[test]
+fn replaying_events_and_restoring_state_reproduce_the_router() {
+    let serving = rms(&["a", "b", "c"]);
+    for policy in [
+        Policy::LinUcb,
+        Policy::Exp3 { gamma: 0.2 },
+        Policy::RoundRobin,
+        Policy::Ensemble,
+    ] {
+        let settings = RouterSettings {
+            normalization: Normalization::LASER,
+            ..with_policy(policy.clone(), 3)
+        };
+        let mut live = Router::new("r".into(), settings.clone(), &serving);
+        let mut events = Vec::new();
+        for step in 0..40i64 {
+            let context = vec![(step % 3) as f32, 1.0, (step % 5) as f32 * 0.1];
+            let selection = live
+                .select(&[context.clone(), context], None, false, &serving)
+                .unwrap();
+            let ids: Vec<String> = (0..selection.decisions.len())
+                .map(|i| format!("{step}-{i}"))
+                .collect();
+            let event = selection.recorded(ids.clone(), step);
+            events.push(event.clone());
+            live.apply(event).unwrap();
+            if step % 3 != 0 {
+                let feedback = RouterEvent::Feedback {
+                    now_unix_ms: step,
+                    serving: serving.clone(),
+                    decision_ids: ids,
+                    signal: FeedbackSignal::Loss((step % 7) as f64 * 0.1),
+                };
+                events.push(feedback.clone());
+                live.apply(feedback).unwrap();
+            }
+        }
+        let mut replayed = Router::new("r".into(), settings, &serving);
+        for event in events {
+            replayed.apply(event).unwrap();
+        }
+        assert_eq!(replayed.to_state(), live.to_state(), "{policy:?}: replay");
+        let restored = Router::from_state("r".into(), live.to_state()).unwrap();
+        assert_eq!(
+            restored.to_state(),
+            live.to_state(),
+            "{policy:?}: state round trip"
+        );
+        let next = [vec![0.5, 1.0, 0.2]];
+        assert_eq!(
+            restored
+                .select(&next, None, true, &serving)
+                .unwrap()
+                .decisions[0]
+                .reward_models,
+            live.select(&next, None, true, &serving).unwrap().decisions[0].reward_models
+        );
+        let bytes = postcard::to_stdvec(&live.to_state()).unwrap();
+        let decoded: RouterState = postcard::from_bytes(&bytes).unwrap();
+        assert_eq!(decoded, live.to_state(), "{policy:?}: encoding round trip");
+    }
 }
