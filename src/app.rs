@@ -149,7 +149,7 @@ pub async fn run(
     }
 
     let mut grpc_stop = stop_rx.clone();
-    Server::builder()
+    let server = Server::builder()
         .add_service(health_service)
         .add_service(reflection)
         .add_service(reward_router)
@@ -157,8 +157,18 @@ pub async fn run(
         .serve_with_incoming_shutdown(TcpListenerStream::new(grpc_listener), async move {
             let _ = grpc_stop.wait_for(|stop| *stop).await;
             tracing::info!("shutting down: no new connections, finishing in-flight requests");
-        })
-        .await?;
+        });
+    // Idle client connections can hold a graceful shutdown open forever: bound it.
+    let grace = Duration::from_secs_f64(config.server.shutdown_grace_seconds.max(0.0));
+    let mut grace_stop = stop_rx.clone();
+    let grace_over = async move {
+        let _ = grace_stop.wait_for(|stop| *stop).await;
+        tokio::time::sleep(grace).await;
+    };
+    tokio::select! {
+        served = server => served?,
+        () = grace_over => tracing::warn!(grace_seconds = grace.as_secs_f64(), "grace period over; closing the remaining connections"),
+    }
     let _ = metrics_task.await;
     let _ = snapshot_task.await;
     // A final snapshot makes the next start fast; the log already holds everything.

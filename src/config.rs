@@ -85,6 +85,9 @@ pub struct ServerConfig {
     pub data_dir: PathBuf,
     /// `text` (default) or `json` logs on stderr.
     pub log_format: LogFormat,
+    /// On SIGTERM/SIGINT, how long in-flight requests may take before the remaining
+    /// connections are closed (default 10 s).
+    pub shutdown_grace_seconds: f64,
 }
 
 impl Default for ServerConfig {
@@ -94,6 +97,7 @@ impl Default for ServerConfig {
             metrics_listen: SocketAddr::from(([127, 0, 0, 1], 9464)),
             data_dir: PathBuf::from("data"),
             log_format: LogFormat::Text,
+            shutdown_grace_seconds: 10.0,
         }
     }
 }

@@ -51,8 +51,33 @@ pub struct Server {
 }
 
 impl Server {
+    /// A server on a fresh data directory.
     pub fn start(config_toml: &str) -> Server {
         let dir = tempfile::tempdir().expect("temp dir");
+        let data_dir = dir.path().join("data");
+        Self::start_in(dir, config_toml, &data_dir, &[]).expect("server starts")
+    }
+
+    /// A server on `data_dir` (kept across restarts), with extra `serve` arguments.
+    pub fn start_on(
+        config_toml: &str,
+        data_dir: &Path,
+        extra_args: &[&str],
+    ) -> Result<Server, String> {
+        Self::start_in(
+            tempfile::tempdir().expect("temp dir"),
+            config_toml,
+            data_dir,
+            extra_args,
+        )
+    }
+
+    fn start_in(
+        dir: tempfile::TempDir,
+        config_toml: &str,
+        data_dir: &Path,
+        extra_args: &[&str],
+    ) -> Result<Server, String> {
         let config_path = dir.path().join("config.toml");
         std::fs::write(&config_path, config_toml).expect("write config");
         let stderr_path = dir.path().join("stderr.log");
@@ -63,7 +88,8 @@ impl Server {
             .arg(&config_path)
             .args(["--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"])
             .arg("--data-dir")
-            .arg(dir.path().join("data"))
+            .arg(data_dir)
+            .args(extra_args)
             .env("LASER_LOG", "info")
             .stdout(Stdio::piped())
             .stderr(stderr)
@@ -82,9 +108,10 @@ impl Server {
             Ok(ready) => ready,
             Err(_) => {
                 let _ = child.kill();
+                let _ = child.wait();
                 let mut log = String::new();
                 let _ = std::fs::File::open(&stderr_path).map(|mut f| f.read_to_string(&mut log));
-                panic!("server did not become ready; stderr:\n{log}");
+                return Err(log);
             }
         };
         let field = |key: &str| -> SocketAddr {
@@ -94,13 +121,31 @@ impl Server {
                 .and_then(|v| v.parse().ok())
                 .unwrap_or_else(|| panic!("no {key} in ready line {ready:?}"))
         };
-        Server {
+        Ok(Server {
             grpc: field("grpc="),
             metrics: field("metrics="),
             child,
             _dir: dir,
             stderr_path,
-        }
+        })
+    }
+
+    /// SIGKILL: no shutdown, no final snapshot.
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM, then wait for a clean exit; returns whether it exited 0.
+    pub fn terminate(mut self) -> bool {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
+        self.child
+            .wait()
+            .map(|status| status.success())
+            .unwrap_or(false)
     }
 
     pub async fn router_client(&self) -> RewardRouterClient<Channel> {

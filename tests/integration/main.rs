@@ -2,6 +2,7 @@
 //! to it over gRPC with the generated tonic clients.
 
 mod common;
+mod durability;
 mod policies;
 mod reward_models;
 mod server;

@@ -1,0 +1,438 @@
+//! State survives restarts and SIGKILL: routers, pending decisions, applied feedback,
+//! exactly once. The crash test kills the real server binary at random points.
+
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use laser_router::api::pb;
+use laser_router::api::pb::feedback_request::Signal;
+use nalgebra::{DMatrix, DVector};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use tonic::Code;
+
+use crate::common::{Server, config};
+
+const DIM: usize = 8;
+const ROUTER: &str = "crash";
+
+fn durable_config(snapshot_every: u64) -> String {
+    format!(
+        "[server]\nshutdown_grace_seconds = 0.5\n{}\n[store]\nsnapshot_every_records = {snapshot_every}\n",
+        config(DIM, &["length", "polite"], "")
+    )
+}
+
+async fn create_router(server: &Server) {
+    server
+        .admin_client()
+        .await
+        .create_router(pb::CreateRouterRequest {
+            name: ROUTER.into(),
+            settings: Some(pb::RouterSettings {
+                context_dim: DIM as u32,
+                normalization: pb::Normalization::None as i32,
+                ..Default::default()
+            }),
+        })
+        .await
+        .expect("create router");
+}
+
+async fn get_router(server: &Server) -> pb::RouterInfo {
+    server
+        .admin_client()
+        .await
+        .get_router(pb::GetRouterRequest {
+            name: ROUTER.into(),
+        })
+        .await
+        .expect("router survives")
+        .into_inner()
+        .router
+        .expect("router info")
+}
+
+fn query(id: String, context: Vec<f32>) -> pb::Query {
+    pb::Query {
+        id,
+        context,
+        prompt: "Pick a number".into(),
+        responses: vec!["seven".into(), "Thank you, seven".into()],
+    }
+}
+
+fn reward_for(decision_id: &str) -> f64 {
+    // Deterministic per decision, in [0, 1).
+    let hash = decision_id
+        .bytes()
+        .fold(17u64, |h, b| h.wrapping_mul(31).wrapping_add(b as u64));
+    (hash % 1000) as f64 / 1000.0
+}
+
+fn feedback_request(decision_id: &str) -> pb::FeedbackRequest {
+    pb::FeedbackRequest {
+        router: ROUTER.into(),
+        decision_ids: vec![decision_id.to_string()],
+        signal: Some(Signal::Reward(reward_for(decision_id))),
+    }
+}
+
+#[tokio::test]
+async fn a_clean_restart_and_a_kill_keep_routers_decisions_and_feedback() {
+    let data = tempfile::tempdir().unwrap();
+    let config = durable_config(10_000);
+    let server = Server::start_on(&config, data.path(), &[]).unwrap();
+    create_router(&server).await;
+    let mut client = server.router_client().await;
+    let results = client
+        .score(pb::ScoreRequest {
+            router: ROUTER.into(),
+            queries: (0..3)
+                .map(|i| query(format!("q{i}"), vec![i as f32; DIM]))
+                .collect(),
+            mode: 0,
+            explain: false,
+        })
+        .await
+        .expect("score")
+        .into_inner()
+        .results;
+    client
+        .feedback(feedback_request(&results[0].decision_id))
+        .await
+        .expect("feedback");
+    let before = get_router(&server).await;
+    assert!(server.terminate(), "SIGTERM exits 0");
+
+    // Clean restart (final snapshot): same router, decisions still pending.
+    let server = Server::start_on(&config, data.path(), &[]).unwrap();
+    assert_eq!(get_router(&server).await, before);
+    let mut client = server.router_client().await;
+    let again = client
+        .feedback(feedback_request(&results[0].decision_id))
+        .await
+        .expect("repeat")
+        .into_inner();
+    assert_eq!(
+        (again.applied, again.duplicate),
+        (0, 1),
+        "applied once, across a restart"
+    );
+    client
+        .feedback(feedback_request(&results[1].decision_id))
+        .await
+        .expect("pending decision survives");
+    let before_kill = get_router(&server).await;
+    server.kill();
+
+    // SIGKILL (no snapshot): the log alone brings everything back.
+    let server = Server::start_on(&config, data.path(), &[]).unwrap();
+    assert_eq!(get_router(&server).await, before_kill);
+    let mut client = server.router_client().await;
+    client
+        .feedback(feedback_request(&results[2].decision_id))
+        .await
+        .expect("pending decision survives a kill");
+    assert_eq!(get_router(&server).await.pending_decisions, 0);
+}
+
+#[derive(Default)]
+struct Ledger {
+    /// decision id -> (reward model, context)
+    decisions: HashMap<String, (String, Vec<f32>)>,
+    /// Feedback that got an OK reply.
+    acked: HashSet<String>,
+    /// Feedback sent without a reply (the server died): applied or not.
+    uncertain: HashSet<String>,
+    /// Decisions returned to the client that it has not answered yet.
+    unanswered: Vec<String>,
+}
+
+async fn settle(server: &Server, ledger: &Mutex<Ledger>) {
+    let mut client = server.router_client().await;
+    let (uncertain, unanswered): (Vec<String>, Vec<String>) = {
+        let mut ledger = ledger.lock().unwrap();
+        (
+            ledger.uncertain.drain().collect(),
+            std::mem::take(&mut ledger.unanswered),
+        )
+    };
+    // A retried feedback is applied at most once: OK either way, never NOT_FOUND.
+    for id in uncertain.iter().chain(&unanswered) {
+        let reply = client.feedback(feedback_request(id)).await;
+        match reply {
+            Ok(_) => {
+                ledger.lock().unwrap().acked.insert(id.clone());
+            }
+            Err(status) => panic!("decision {id} lost across a crash: {status:?}"),
+        }
+    }
+}
+
+async fn trainer(addr: String, ledger: Arc<Mutex<Ledger>>, seed: u64) {
+    let Ok(channel) = tonic::transport::Endpoint::from_shared(addr)
+        .unwrap()
+        .connect_timeout(Duration::from_secs(2))
+        .timeout(Duration::from_secs(5))
+        .connect()
+        .await
+    else {
+        return;
+    };
+    let mut client = pb::reward_router_client::RewardRouterClient::new(channel);
+    let mut rng = StdRng::seed_from_u64(seed);
+    loop {
+        let contexts: Vec<Vec<f32>> = (0..2)
+            .map(|_| (0..DIM).map(|_| rng.random_range(-1.0..1.0)).collect())
+            .collect();
+        let request = pb::ScoreRequest {
+            router: ROUTER.into(),
+            queries: contexts
+                .iter()
+                .enumerate()
+                .map(|(i, c)| query(format!("{seed}-{i}"), c.clone()))
+                .collect(),
+            mode: 0,
+            explain: false,
+        };
+        let Ok(reply) = client.score(request).await else {
+            return;
+        };
+        let results = reply.into_inner().results;
+        let mut to_answer = Vec::new();
+        {
+            let mut ledger = ledger.lock().unwrap();
+            for (result, context) in results.iter().zip(contexts) {
+                ledger.decisions.insert(
+                    result.decision_id.clone(),
+                    (result.reward_model.clone(), context),
+                );
+                if rng.random_bool(0.85) {
+                    to_answer.push(result.decision_id.clone());
+                } else {
+                    ledger.unanswered.push(result.decision_id.clone());
+                }
+            }
+        }
+        for id in to_answer {
+            ledger.lock().unwrap().uncertain.insert(id.clone());
+            match client.feedback(feedback_request(&id)).await {
+                Ok(_) => {
+                    let mut ledger = ledger.lock().unwrap();
+                    ledger.uncertain.remove(&id);
+                    ledger.acked.insert(id);
+                }
+                Err(_) => return,
+            }
+        }
+    }
+}
+
+/// θ = (I + Σ x xᵀ)⁻¹ Σ r x over one arm's acknowledged feedback (λ = 1, no normalization).
+fn expected_theta_norm(samples: &[(Vec<f32>, f64)]) -> f64 {
+    let mut a = DMatrix::<f64>::identity(DIM, DIM);
+    let mut b = DVector::<f64>::zeros(DIM);
+    for (context, reward) in samples {
+        let x = DVector::from_iterator(DIM, context.iter().map(|&v| v as f64));
+        a += &x * x.transpose();
+        b += &x * *reward;
+    }
+    a.cholesky().expect("positive definite").solve(&b).norm()
+}
+
+#[tokio::test]
+async fn sigkill_at_random_points_loses_no_acknowledged_feedback() {
+    const KILLS: usize = 22;
+    let data = tempfile::tempdir().unwrap();
+    // Frequent snapshots, so kills also land during snapshot writes and log truncation.
+    let config = durable_config(40);
+    let ledger = Arc::new(Mutex::new(Ledger::default()));
+    let mut rng = StdRng::seed_from_u64(2026);
+    for kill in 0..KILLS {
+        let server = Server::start_on(&config, data.path(), &[])
+            .unwrap_or_else(|log| panic!("restart {kill} failed:\n{log}"));
+        if kill == 0 {
+            create_router(&server).await;
+        } else {
+            let info = get_router(&server).await;
+            let acked = ledger.lock().unwrap().acked.len() as u64;
+            let applied: u64 = info.arms.iter().map(|a| a.feedback_count).sum();
+            assert!(
+                applied >= acked,
+                "restart {kill}: {applied} applied < {acked} acknowledged"
+            );
+        }
+        settle(&server, &ledger).await;
+        let trainers: Vec<_> = (0..4)
+            .map(|t| {
+                tokio::spawn(trainer(
+                    server.channel_uri(),
+                    ledger.clone(),
+                    (kill * 10 + t) as u64,
+                ))
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_millis(rng.random_range(100..500))).await;
+        server.kill();
+        for trainer in trainers {
+            let _ = tokio::time::timeout(Duration::from_secs(15), trainer)
+                .await
+                .expect("trainer stops after the kill");
+        }
+    }
+
+    let server = Server::start_on(&config, data.path(), &[]).unwrap();
+    settle(&server, &ledger).await;
+    let info = get_router(&server).await;
+    let ledger = ledger.lock().unwrap();
+    assert!(
+        ledger.acked.len() > 100,
+        "the test drove too little traffic: {}",
+        ledger.acked.len()
+    );
+    let mut per_arm: HashMap<&str, Vec<(Vec<f32>, f64)>> = HashMap::new();
+    for id in &ledger.acked {
+        let (reward_model, context) = &ledger.decisions[id];
+        per_arm
+            .entry(reward_model)
+            .or_default()
+            .push((context.clone(), reward_for(id)));
+    }
+    for arm in &info.arms {
+        let samples = per_arm
+            .remove(arm.reward_model.as_str())
+            .unwrap_or_default();
+        assert_eq!(
+            arm.feedback_count,
+            samples.len() as u64,
+            "{}: applied exactly once",
+            arm.reward_model
+        );
+        if samples.is_empty() {
+            continue;
+        }
+        let mean = samples.iter().map(|(_, r)| r).sum::<f64>() / samples.len() as f64;
+        assert!(
+            (arm.mean_reward - mean).abs() < 1e-9,
+            "{}: mean reward {} vs {mean}",
+            arm.reward_model,
+            arm.mean_reward
+        );
+        let theta = expected_theta_norm(&samples);
+        assert!(
+            (arm.theta_norm - theta).abs() <= 1e-6 * theta.max(1.0),
+            "{}: |θ| {} vs replay of the acknowledged stream {theta}",
+            arm.reward_model,
+            arm.theta_norm
+        );
+    }
+    assert!(
+        per_arm.is_empty(),
+        "feedback for arms the router lost: {:?}",
+        per_arm.keys()
+    );
+    // Decisions recorded durably whose Score reply died with the server are pending (the
+    // client never saw their ids): at most the queries in flight at each kill.
+    assert!(
+        info.pending_decisions <= (KILLS * 4 * 2) as u64,
+        "{}",
+        info.pending_decisions
+    );
+
+    // Acknowledged feedback is never applied twice.
+    let mut client = server.router_client().await;
+    for id in ledger.acked.iter().take(10) {
+        let reply = client
+            .feedback(feedback_request(id))
+            .await
+            .expect("repeat")
+            .into_inner();
+        assert_eq!((reply.applied, reply.duplicate), (0, 1));
+    }
+}
+
+fn state_file(data: &Path, prefix: &str) -> std::path::PathBuf {
+    let mut files: Vec<_> = std::fs::read_dir(data.join("state"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.file_name().unwrap().to_string_lossy().starts_with(prefix))
+        .filter(|p| std::fs::metadata(p).unwrap().len() > 0)
+        .collect();
+    files.sort();
+    files.pop().expect("a non-empty state file")
+}
+
+#[tokio::test]
+async fn a_torn_tail_is_reported_and_mid_log_damage_stops_startup() {
+    let data = tempfile::tempdir().unwrap();
+    let config = durable_config(0);
+    let server = Server::start_on(&config, data.path(), &[]).unwrap();
+    create_router(&server).await;
+    let mut client = server.router_client().await;
+    for i in 0..3 {
+        let results = client
+            .score(pb::ScoreRequest {
+                router: ROUTER.into(),
+                queries: vec![query(format!("q{i}"), vec![1.0; DIM])],
+                mode: 0,
+                explain: false,
+            })
+            .await
+            .expect("score")
+            .into_inner()
+            .results;
+        client
+            .feedback(feedback_request(&results[0].decision_id))
+            .await
+            .expect("feedback");
+    }
+    let info = get_router(&server).await;
+    server.kill();
+    let log = state_file(data.path(), "wal-");
+    let good = std::fs::read(&log).unwrap();
+
+    // A torn tail: half a record appended, as a crash mid-write leaves it.
+    let mut torn = good.clone();
+    torn.extend_from_slice(&good[..good.len().min(40) / 2]);
+    std::fs::write(&log, &torn).unwrap();
+    let server = Server::start_on(&config, data.path(), &[])
+        .expect("starts with everything before the tail");
+    assert_eq!(get_router(&server).await, info);
+    let stderr = server.stderr();
+    assert!(
+        stderr.contains(&format!("torn tail at byte {}", good.len())),
+        "{stderr}"
+    );
+    server.kill();
+
+    // Damage in the middle: refuse to start, naming the file.
+    let mut damaged = std::fs::read(&log).unwrap();
+    damaged[30] ^= 0xff;
+    std::fs::write(&log, &damaged).unwrap();
+    let refused = Server::start_on(&config, data.path(), &[])
+        .err()
+        .expect("refuses to start");
+    assert!(
+        refused.contains(&log.display().to_string()) && refused.contains("--recover-truncate"),
+        "{refused}"
+    );
+    // With the explicit flag it starts, without the records from the damage on.
+    let server = Server::start_on(&config, data.path(), &["--recover-truncate"])
+        .expect("starts when told to truncate");
+    let status = server
+        .admin_client()
+        .await
+        .get_router(pb::GetRouterRequest {
+            name: ROUTER.into(),
+        })
+        .await;
+    assert_eq!(
+        status
+            .expect_err("the router's creation was after the damage")
+            .code(),
+        Code::NotFound
+    );
+}
