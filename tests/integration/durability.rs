@@ -287,7 +287,7 @@ async fn sigkill_at_random_points_loses_no_acknowledged_feedback() {
     let server = Server::start_on(&config, data.path(), &[]).unwrap();
     settle(&server, &ledger).await;
     let info = get_router(&server).await;
-    let ledger = ledger.lock().unwrap();
+    let ledger = std::mem::take(&mut *ledger.lock().unwrap());
     assert!(
         ledger.acked.len() > 100,
         "the test drove too little traffic: {}",
