@@ -3,7 +3,7 @@
 //! chosen ONNX reward model, and learns from the trainer's loss.
 //!
 //! Map of the crate (data flows one way: api -> routers (select) -> models (score) -> api;
-//! feedback: api -> routers -> bandit):
+//! feedback: api -> routers -> store (log) -> bandit):
 //!
 //! | module | owns |
 //! |---|---|
@@ -13,6 +13,8 @@
 //! | [`routers`] | named routers, decisions awaiting feedback, applying feedback |
 //! | [`bandit`] | pure math: LinUCB arms, reward normalization, arm selection |
 //! | [`models`] | reward model specs, ONNX Runtime sessions on worker threads, tokenization |
+//! | [`store`] | durable state: CRC-framed log with group commit, snapshots, recovery |
+//! | [`state_cli`] | `laser-router state export/import/inspect` |
 //! | [`telemetry`] | tracing setup, every metric name |
 
 pub mod api;
@@ -21,5 +23,6 @@ pub mod bandit;
 pub mod config;
 pub mod models;
 pub mod routers;
+pub mod state_cli;
 pub mod store;
 pub mod telemetry;

@@ -1,5 +1,6 @@
 //! Command line: `laser-router serve [--config FILE] [--listen ADDR] [--metrics-listen ADDR]
-//! [--data-dir DIR]`; every flag is also an environment variable.
+//! [--data-dir DIR] [--recover-truncate]` and `laser-router state export|import|inspect`;
+//! every flag is also an environment variable.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -7,7 +8,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use laser_router::config::Config;
-use laser_router::{app, models, telemetry};
+use laser_router::{app, models, state_cli, telemetry};
 
 #[derive(Parser)]
 #[command(
@@ -24,6 +25,30 @@ struct Cli {
 enum Command {
     /// Serve the RewardRouter and Admin gRPC services and Prometheus metrics.
     Serve(ServeArgs),
+    /// Export, import or inspect router state in a data directory (server stopped).
+    State(StateArgs),
+}
+
+#[derive(clap::Args)]
+struct StateArgs {
+    #[command(subcommand)]
+    action: StateAction,
+    /// TOML config file (for the data directory and router defaults).
+    #[arg(long, env = "LASER_CONFIG", global = true)]
+    config: Option<PathBuf>,
+    /// Data directory (overrides server.data_dir).
+    #[arg(long, env = "LASER_DATA_DIR", global = true)]
+    data_dir: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum StateAction {
+    /// Write a router's state (arms, pending decisions, reward history) to FILE.
+    Export { router: String, file: PathBuf },
+    /// Make FILE's state the router ROUTER (replacing one of that name), durably.
+    Import { router: String, file: PathBuf },
+    /// Print what the data directory holds.
+    Inspect,
 }
 
 #[derive(clap::Args)]
@@ -47,16 +72,31 @@ struct ServeArgs {
 }
 
 fn main() -> ExitCode {
-    let Cli {
-        command: Command::Serve(args),
-    } = Cli::parse();
-    match serve(args) {
+    let result = match Cli::parse().command {
+        Command::Serve(args) => serve(args),
+        Command::State(args) => state(args),
+    };
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("laser-router: {error:#}");
             ExitCode::FAILURE
         }
     }
+}
+
+fn state(args: StateArgs) -> anyhow::Result<()> {
+    let mut config = Config::load(args.config.as_deref())?;
+    if let Some(data_dir) = args.data_dir {
+        config.server.data_dir = data_dir;
+    }
+    let line = match args.action {
+        StateAction::Export { router, file } => state_cli::export(&config, &router, &file)?,
+        StateAction::Import { router, file } => state_cli::import(&config, &router, &file)?,
+        StateAction::Inspect => state_cli::inspect(&config)?,
+    };
+    println!("{line}");
+    Ok(())
 }
 
 fn serve(args: ServeArgs) -> anyhow::Result<()> {

@@ -224,6 +224,16 @@ pub struct RouterState {
     evictions: Evictions,
 }
 
+impl RouterState {
+    pub fn arm_count(&self) -> usize {
+        self.arms.len()
+    }
+
+    pub fn pending_count(&self) -> usize {
+        self.pending.len()
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 struct ArmState {
     reward_model: String,

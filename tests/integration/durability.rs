@@ -436,3 +436,95 @@ async fn a_torn_tail_is_reported_and_mid_log_damage_stops_startup() {
         Code::NotFound
     );
 }
+
+fn state_command(args: &[&str], data: &Path) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_laser-router"))
+        .arg("state")
+        .args(args)
+        .arg("--data-dir")
+        .arg(data)
+        .output()
+        .expect("run laser-router state")
+}
+
+#[tokio::test]
+async fn a_router_moves_between_servers_by_export_and_import() {
+    let first = tempfile::tempdir().unwrap();
+    let config = durable_config(10_000);
+    let server = Server::start_on(&config, first.path(), &[]).unwrap();
+    create_router(&server).await;
+    let mut client = server.router_client().await;
+    let mut pending = None;
+    for i in 0..6 {
+        let results = client
+            .score(pb::ScoreRequest {
+                router: ROUTER.into(),
+                queries: vec![query(format!("q{i}"), vec![i as f32 * 0.3; DIM])],
+                mode: 0,
+                explain: false,
+            })
+            .await
+            .expect("score")
+            .into_inner()
+            .results;
+        if i == 5 {
+            pending = Some(results[0].decision_id.clone());
+        } else {
+            client
+                .feedback(feedback_request(&results[0].decision_id))
+                .await
+                .expect("feedback");
+        }
+    }
+    let original = get_router(&server).await;
+
+    // The data directory is locked while its server runs.
+    let busy = state_command(&["export", ROUTER, "/tmp/unused.lrs"], first.path());
+    assert!(!busy.status.success());
+    assert!(
+        String::from_utf8_lossy(&busy.stderr).contains("in use"),
+        "{busy:?}"
+    );
+    assert!(server.terminate());
+
+    let file = first.path().join("crash.router");
+    let export = state_command(&["export", ROUTER, file.to_str().unwrap()], first.path());
+    assert!(export.status.success(), "{export:?}");
+    let inspect = state_command(&["inspect"], first.path());
+    assert!(
+        String::from_utf8_lossy(&inspect.stdout).contains("2 arms, 1 pending decisions"),
+        "{inspect:?}"
+    );
+
+    let second = tempfile::tempdir().unwrap();
+    let import = state_command(&["import", "moved", file.to_str().unwrap()], second.path());
+    assert!(import.status.success(), "{import:?}");
+    let server = Server::start_on(&config, second.path(), &[]).unwrap();
+    let moved = server
+        .admin_client()
+        .await
+        .get_router(pb::GetRouterRequest {
+            name: "moved".into(),
+        })
+        .await
+        .expect("imported router")
+        .into_inner()
+        .router
+        .expect("router");
+    assert_eq!(moved.arms, original.arms);
+    assert_eq!(moved.settings, original.settings);
+    assert_eq!(moved.pending_decisions, 1);
+    // The pending decision travelled too.
+    let mut client = server.router_client().await;
+    let mut request = feedback_request(&pending.unwrap());
+    request.router = "moved".into();
+    assert_eq!(
+        client
+            .feedback(request)
+            .await
+            .expect("feedback after the move")
+            .into_inner()
+            .applied,
+        1
+    );
+}

@@ -1,0 +1,127 @@
+//! `laser-router state export|import|inspect`: move a router's state between servers or
+//! archive it with a training run, and look at a data directory. These commands open the
+//! data directory themselves, so the server using it must be stopped (the directory's
+//! lock says so otherwise).
+//!
+//! Export file: `LASERRTR`, a u32 format version, then one CRC-framed record (see
+//! `store::frame`) holding the router's state (settings, arm factors, pending decisions,
+//! reward history) in postcard encoding.
+
+use std::path::Path;
+
+use crate::config::Config;
+use crate::routers::{RouterError, RouterState, Routers};
+use crate::store::{Store, StoreError, StoreOptions, frame};
+
+const EXPORT_MAGIC: &[u8; 8] = b"LASERRTR";
+const EXPORT_VERSION: u32 = 1;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StateCliError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Router(#[from] RouterError),
+    #[error("{path}: {reason}")]
+    File { path: String, reason: String },
+}
+
+fn file_error(path: &Path) -> impl FnOnce(String) -> StateCliError + '_ {
+    move |reason| StateCliError::File {
+        path: path.display().to_string(),
+        reason,
+    }
+}
+
+/// Open the data directory and rebuild its routers (as the server does at startup).
+fn open(config: &Config) -> Result<Routers, StateCliError> {
+    let options = StoreOptions {
+        durable: true,
+        fsync: config.store.fsync,
+        segment_bytes: config.store.segment_bytes,
+        recover_truncate: false,
+    };
+    let (store, recovered) = Store::open(&config.server.data_dir, &options)?;
+    let routers = Routers::with_store(
+        config.routers.settings(),
+        config.routers.create_on_first_use,
+        config.limits.max_context_dim,
+        store,
+        0,
+    );
+    routers.recover(recovered)?;
+    Ok(routers)
+}
+
+/// Write router `name`'s state to `file`. Returns a one-line summary.
+pub fn export(config: &Config, name: &str, file: &Path) -> Result<String, StateCliError> {
+    let routers = open(config)?;
+    let state = routers.export(name)?;
+    let payload = postcard::to_stdvec(&state).map_err(|e| file_error(file)(e.to_string()))?;
+    let mut bytes = Vec::with_capacity(payload.len() + 32);
+    bytes.extend_from_slice(EXPORT_MAGIC);
+    bytes.extend_from_slice(&EXPORT_VERSION.to_le_bytes());
+    frame::write_record(&mut bytes, 0, &payload).map_err(|e| file_error(file)(e.to_string()))?;
+    std::fs::write(file, &bytes).map_err(|e| file_error(file)(e.to_string()))?;
+    Ok(format!(
+        "exported router {name:?} ({}) to {} ({} bytes)",
+        summary(&state),
+        file.display(),
+        bytes.len()
+    ))
+}
+
+/// Read an export and make it router `name` (replacing any router of that name), durably.
+pub fn import(config: &Config, name: &str, file: &Path) -> Result<String, StateCliError> {
+    let bytes = std::fs::read(file).map_err(|e| file_error(file)(e.to_string()))?;
+    if bytes.len() < 12 || &bytes[..8] != EXPORT_MAGIC {
+        return Err(file_error(file)("not a laser-router router export".into()));
+    }
+    let version = u32::from_le_bytes(bytes[8..12].try_into().expect("4 bytes"));
+    if version != EXPORT_VERSION {
+        return Err(file_error(file)(format!(
+            "unsupported export version {version}"
+        )));
+    }
+    let (_, payload, _) =
+        frame::read_record(&bytes[12..]).map_err(|e| file_error(file)(e.to_string()))?;
+    let state: RouterState =
+        postcard::from_bytes(payload).map_err(|e| file_error(file)(e.to_string()))?;
+    let line = format!(
+        "imported router {name:?} ({}) from {}",
+        summary(&state),
+        file.display()
+    );
+    let routers = open(config)?;
+    routers.import(name, state)?.wait_blocking()?;
+    Ok(line)
+}
+
+/// Describe the data directory: what recovery finds, router by router.
+pub fn inspect(config: &Config) -> Result<String, StateCliError> {
+    let routers = open(config)?;
+    let mut lines = vec![format!(
+        "{}: last sequence number {}",
+        routers.store().dir().display(),
+        routers.store().last_seq()
+    )];
+    for name in routers
+        .list()
+        .iter()
+        .map(|r| r.lock().expect("router lock poisoned").name().to_string())
+    {
+        let state = routers.export(&name)?;
+        lines.push(format!("router {name:?}: {}", summary(&state)));
+    }
+    Ok(lines.join("\n"))
+}
+
+fn summary(state: &RouterState) -> String {
+    format!(
+        "policy {}, context_dim {}, {} arms, {} pending decisions",
+        state.settings.policy.name(),
+        state.settings.context_dim,
+        state.arm_count(),
+        state.pending_count()
+    )
+}
