@@ -3,8 +3,8 @@
 //! data directory themselves, so the server using it must be stopped (the directory's
 //! lock says so otherwise).
 //!
-//! Export file: `LASERRTR`, a u32 format version, then one CRC-framed record (see
-//! `store::frame`) holding the router's state (settings, arm factors, pending decisions,
+//! Export file: `LASERRTR`, a u32 format version, then one CRC-framed blob (see
+//! `store::frame::write_blob`) holding the router's state (settings, arm factors, pending decisions,
 //! reward history) in postcard encoding.
 
 use std::path::Path;
@@ -61,7 +61,7 @@ pub fn export(config: &Config, name: &str, file: &Path) -> Result<String, StateC
     let mut bytes = Vec::with_capacity(payload.len() + 32);
     bytes.extend_from_slice(EXPORT_MAGIC);
     bytes.extend_from_slice(&EXPORT_VERSION.to_le_bytes());
-    frame::write_record(&mut bytes, 0, &payload).map_err(|e| file_error(file)(e.to_string()))?;
+    frame::write_blob(&mut bytes, 0, &payload).map_err(|e| file_error(file)(e.to_string()))?;
     std::fs::write(file, &bytes).map_err(|e| file_error(file)(e.to_string()))?;
     Ok(format!(
         "exported router {name:?} ({}) to {} ({} bytes)",
@@ -83,8 +83,8 @@ pub fn import(config: &Config, name: &str, file: &Path) -> Result<String, StateC
             "unsupported export version {version}"
         )));
     }
-    let (_, payload, _) =
-        frame::read_record(&bytes[12..]).map_err(|e| file_error(file)(e.to_string()))?;
+    let (_, payload) =
+        frame::read_blob(&bytes[12..]).map_err(|e| file_error(file)(e.to_string()))?;
     let state: RouterState =
         postcard::from_bytes(payload).map_err(|e| file_error(file)(e.to_string()))?;
     let line = format!(

@@ -78,6 +78,41 @@ pub fn read_record(bytes: &[u8]) -> Result<(u64, &[u8], usize), FrameError> {
     Ok((seq, payload, total))
 }
 
+/// Write one large blob (snapshots, exports): `[len: u64 LE][crc32: u32 LE][seq: u64 LE]
+/// [payload]`. No size limit beyond the disk's.
+pub fn write_blob(out: &mut impl Write, seq: u64, payload: &[u8]) -> io::Result<()> {
+    out.write_all(&(payload.len() as u64).to_le_bytes())?;
+    out.write_all(&checksum(seq, payload).to_le_bytes())?;
+    out.write_all(&seq.to_le_bytes())?;
+    out.write_all(payload)
+}
+
+/// Parse a blob written by [`write_blob`] that fills `bytes`: (seq, payload).
+pub fn read_blob(bytes: &[u8]) -> Result<(u64, &[u8]), FrameError> {
+    const BLOB_HEADER: usize = 20;
+    if bytes.len() < BLOB_HEADER {
+        return Err(FrameError::Truncated {
+            needed: BLOB_HEADER,
+            available: bytes.len(),
+        });
+    }
+    let len = u64::from_le_bytes(bytes[0..8].try_into().expect("8 bytes")) as usize;
+    let crc = u32::from_le_bytes(bytes[8..12].try_into().expect("4 bytes"));
+    let seq = u64::from_le_bytes(bytes[12..20].try_into().expect("8 bytes"));
+    let available = bytes.len() - BLOB_HEADER;
+    if len != available {
+        return Err(FrameError::Truncated {
+            needed: len.saturating_add(BLOB_HEADER),
+            available: bytes.len(),
+        });
+    }
+    let payload = &bytes[BLOB_HEADER..];
+    if checksum(seq, payload) != crc {
+        return Err(FrameError::BadChecksum);
+    }
+    Ok((seq, payload))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

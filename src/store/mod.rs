@@ -13,8 +13,9 @@
 //! - `LOCK`: held (`flock`) by the one process using the directory.
 //! - `wal-<first seq>.log`: log segments, records framed as in [`frame`]; a new segment is
 //!   started at startup and when the current one exceeds `segment_bytes`.
-//! - `snapshot-<seq>.snap`: the whole state after applying every record up to `seq`,
-//!   written to a temp file, fsynced, renamed, and the directory fsynced. Once a snapshot is
+//! - `snapshot-<seq>.snap`: `LASERSNP`, a u32 version, then one blob (u64 length, CRC,
+//!   seq; [`frame::write_blob`]) holding the whole state after applying every record up
+//!   to `seq`, written to a temp file, fsynced, renamed, and the directory fsynced. Once a snapshot is
 //!   durable, older snapshots and segments holding only records ≤ `seq` are deleted.
 //!
 //! Durability: [`Store::append`] hands the framed record to the writer thread and returns a
@@ -261,7 +262,7 @@ impl Store {
         let mut bytes = Vec::with_capacity(payload.len() + 32);
         bytes.extend_from_slice(SNAPSHOT_MAGIC);
         bytes.extend_from_slice(&SNAPSHOT_VERSION.to_le_bytes());
-        frame::write_record(&mut bytes, seq, payload).map_err(io_error(&temp))?;
+        frame::write_blob(&mut bytes, seq, payload).map_err(io_error(&temp))?;
         {
             let mut file = File::create(&temp).map_err(io_error(&temp))?;
             file.write_all(&bytes).map_err(io_error(&temp))?;
@@ -401,8 +402,7 @@ pub fn read_snapshot(path: &Path) -> Result<(u64, Vec<u8>), StoreError> {
             format!("unsupported snapshot version {version}"),
         ));
     }
-    let (seq, payload, _) =
-        frame::read_record(&bytes[12..]).map_err(|e| corrupt(12, e.to_string()))?;
+    let (seq, payload) = frame::read_blob(&bytes[12..]).map_err(|e| corrupt(12, e.to_string()))?;
     Ok((seq, payload.to_vec()))
 }
 
