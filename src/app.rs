@@ -1,8 +1,9 @@
 //! Wiring and lifecycle: load reward models, bind the listeners, serve gRPC (RewardRouter,
 //! Admin, health, reflection) and Prometheus metrics, stop on the shutdown signal.
 //!
-//! Startup order: ONNX Runtime -> reward models (loaded and probed on a blocking thread) ->
-//! state recovered from the data directory (snapshot + log replay) -> listeners bound ->
+//! Startup order: state recovered from the data directory (snapshot + log replay) ->
+//! reward models (the config's, less those removed through Admin, plus those added through
+//! Admin; loaded and probed on a blocking thread) -> listeners bound ->
 //! the ready line on stdout (`laser-router listening grpc=ADDR metrics=ADDR`, which tests
 //! and scripts wait for) -> serving, with snapshots taken on the blocking pool when due.
 //! Shutdown: stop accepting, let in-flight requests finish, stop the metrics endpoint,
@@ -24,7 +25,7 @@ use crate::api::pb;
 use crate::api::reward_router::RewardRouterService;
 use crate::config::{Config, Limits, RouterDefaults};
 use crate::models::reward_model::PROVIDER_CPU;
-use crate::models::{ModelError, RewardModels};
+use crate::models::{ModelError, ModelSource, RewardModelSpec, RewardModels};
 use crate::routers::Routers;
 use crate::store::{Store, StoreError, StoreOptions};
 use crate::telemetry::{self, metric};
@@ -36,6 +37,8 @@ pub struct AppState {
     pub limits: Limits,
     /// Defaults for router settings a CreateRouter leaves unset.
     pub router_defaults: RouterDefaults,
+    /// Serializes AddRewardModel / RemoveRewardModel (load, log, publish as one step).
+    pub reward_model_admin: tokio::sync::Mutex<()>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -74,7 +77,21 @@ pub async fn run(
         config.server.data_dir.display()
     )))?;
 
-    let specs = config.reward_models.clone();
+    let routers = open_routers(&config, recover_truncate).await?;
+    // The config's RMs, less those removed through Admin, then those added through Admin.
+    let changes = routers.reward_model_changes();
+    let specs: Vec<(RewardModelSpec, ModelSource)> = config
+        .reward_models
+        .iter()
+        .filter(|spec| !changes.removed.contains(&spec.name))
+        .map(|spec| (spec.clone(), ModelSource::Config))
+        .chain(
+            changes
+                .added
+                .into_values()
+                .map(|spec| (spec, ModelSource::Admin)),
+        )
+        .collect();
     let reward_models = tokio::task::spawn_blocking(move || RewardModels::load_all(specs))
         .await
         .map_err(|e| io_error("load reward models")(std::io::Error::other(e)))??;
@@ -85,12 +102,12 @@ pub async fn run(
     if reward_models.names().is_empty() {
         tracing::warn!("no reward models configured: Score will answer FAILED_PRECONDITION");
     }
-    let routers = open_routers(&config, recover_truncate).await?;
     let state = Arc::new(AppState {
         routers,
         reward_models,
         limits: config.limits.clone(),
         router_defaults: config.routers.clone(),
+        reward_model_admin: tokio::sync::Mutex::new(()),
     });
 
     let grpc_listener = TcpListener::bind(config.server.listen)

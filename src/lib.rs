@@ -16,11 +16,13 @@
 //! | [`store`] | durable state: CRC-framed log with group commit, snapshots, recovery |
 //! | [`state_cli`] | `laser-router state export/import/inspect` |
 //! | [`telemetry`] | tracing setup, every metric name |
+//! | [`memory`] | malloc arena cap and trimming (no RSS creep across RM add/remove) |
 
 pub mod api;
 pub mod app;
 pub mod bandit;
 pub mod config;
+pub mod memory;
 pub mod models;
 pub mod routers;
 pub mod state_cli;

@@ -72,6 +72,7 @@ struct ServeArgs {
 }
 
 fn main() -> ExitCode {
+    laser_router::memory::limit_malloc_arenas();
     let result = match Cli::parse().command {
         Command::Serve(args) => serve(args),
         Command::State(args) => state(args),

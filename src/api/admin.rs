@@ -5,13 +5,16 @@ use std::time::Instant;
 
 use tonic::{Request, Response, Status};
 
+use super::convert::reward_model_spec;
 use super::convert::{router_settings, router_settings_to_pb};
 use super::pb;
-use super::status::store_status;
+use super::status::{join_error, store_status};
 use crate::app::AppState;
 use crate::models::RewardModel;
 use crate::models::reward_model::PROVIDER_CPU;
+use crate::models::{ModelError, ModelSource};
 use crate::routers::Router;
+use crate::telemetry::metric;
 
 pub struct AdminService {
     state: Arc<AppState>,
@@ -35,6 +38,10 @@ fn reward_model_info(model: &RewardModel) -> pb::RewardModelInfo {
         output_index: spec.output_index as u32,
         input_names: model.input_names().to_vec(),
         provider: PROVIDER_CPU.to_string(),
+        source: model.source().as_str().to_string(),
+        queue_depth: model.queue_depth() as u32,
+        queue_capacity: spec.queue_capacity as u32,
+        template: spec.template.clone().unwrap_or_default(),
     }
 }
 
@@ -79,6 +86,61 @@ fn answer<T>(
 
 #[tonic::async_trait]
 impl pb::admin_server::Admin for AdminService {
+    async fn add_reward_model(
+        &self,
+        request: Request<pb::AddRewardModelRequest>,
+    ) -> Result<Response<pb::AddRewardModelResponse>, Status> {
+        let started = Instant::now();
+        let result = async {
+            let spec = reward_model_spec(request.into_inner().spec)?;
+            let state = &self.state;
+            let _admin = state.reward_model_admin.lock().await;
+            if state.reward_models.contains(&spec.name) {
+                return Err(ModelError::RewardModelExists { name: spec.name }.into());
+            }
+            // Load and probe before anything changes; a spec that fails changes nothing.
+            let loading = spec.clone();
+            let model = tokio::task::spawn_blocking(move || RewardModel::load(loading, ModelSource::Admin))
+                .await
+                .map_err(join_error)??;
+            let info = reward_model_info(&model);
+            let durable = state.routers.reward_model_added(spec)?;
+            state.reward_models.insert(model)?;
+            metrics::gauge!(metric::RM_LOADED, "reward_model" => info.name.clone(), "provider" => PROVIDER_CPU).set(1.0);
+            durable.wait().await.map_err(store_status)?;
+            tracing::info!(reward_model = %info.name, "reward model added");
+            Ok(pb::AddRewardModelResponse {
+                reward_model: Some(info),
+            })
+        }
+        .await;
+        answer("AddRewardModel", started, result)
+    }
+
+    async fn remove_reward_model(
+        &self,
+        request: Request<pb::RemoveRewardModelRequest>,
+    ) -> Result<Response<pb::RemoveRewardModelResponse>, Status> {
+        let started = Instant::now();
+        let name = request.into_inner().name;
+        let result = async {
+            let state = &self.state;
+            let _admin = state.reward_model_admin.lock().await;
+            if !state.reward_models.contains(&name) {
+                return Err(ModelError::UnknownRewardModel { name }.into());
+            }
+            let durable = state.routers.reward_model_removed(&name)?;
+            // Requests holding the model finish; its worker stops when the last drops it.
+            state.reward_models.remove(&name)?;
+            metrics::gauge!(metric::RM_LOADED, "reward_model" => name.clone(), "provider" => PROVIDER_CPU).set(0.0);
+            durable.wait().await.map_err(store_status)?;
+            tracing::info!(reward_model = %name, "reward model removed");
+            Ok(pb::RemoveRewardModelResponse {})
+        }
+        .await;
+        answer("RemoveRewardModel", started, result)
+    }
+
     async fn list_reward_models(
         &self,
         _request: Request<pb::ListRewardModelsRequest>,

@@ -8,6 +8,8 @@ use std::time::Duration;
 use super::pb;
 use crate::bandit::Normalization;
 use crate::config::{Limits, NormalizationSetting, PolicySetting, RouterDefaults};
+use crate::models::spec::{DEFAULT_MAX_LENGTH, DEFAULT_QUEUE_CAPACITY};
+use crate::models::{InputFormat, RewardModelSpec};
 use crate::routers::{FeedbackSignal, Policy, RouterSettings, SelectionMode};
 
 /// A request the server refuses on its face. Messages name the field and the limit.
@@ -353,6 +355,51 @@ pub fn router_settings_to_pb(settings: &RouterSettings) -> pb::RouterSettings {
         max_pending_decisions: settings.max_pending_decisions as u32,
         pending_ttl_seconds: settings.pending_ttl.as_secs() as u32,
     }
+}
+
+/// An RM spec from AddRewardModel, defaults filled in, checked by `RewardModelSpec::validate`.
+pub fn reward_model_spec(
+    spec: Option<pb::RewardModelSpec>,
+) -> Result<RewardModelSpec, RequestError> {
+    let Some(spec) = spec else {
+        return Err(invalid("spec", "is missing"));
+    };
+    let input_format = match spec.input_format.as_str() {
+        "pair" => InputFormat::Pair,
+        "template" => InputFormat::Template,
+        other => {
+            return Err(invalid(
+                "spec.input_format",
+                format!("{other:?} is not one of \"pair\", \"template\""),
+            ));
+        }
+    };
+    if spec.model_path.is_empty() {
+        return Err(invalid("spec.model_path", "is empty"));
+    }
+    if spec.tokenizer_path.is_empty() {
+        return Err(invalid("spec.tokenizer_path", "is empty"));
+    }
+    let spec = RewardModelSpec {
+        name: spec.name,
+        model: spec.model_path.into(),
+        tokenizer: spec.tokenizer_path.into(),
+        input_format,
+        template: (!spec.template.is_empty()).then_some(spec.template),
+        max_length: match spec.max_length {
+            0 => DEFAULT_MAX_LENGTH,
+            n => n as usize,
+        },
+        output: (!spec.output_name.is_empty()).then_some(spec.output_name),
+        output_index: spec.output_index as usize,
+        queue_capacity: match spec.queue_capacity {
+            0 => DEFAULT_QUEUE_CAPACITY,
+            n => n as usize,
+        },
+    };
+    spec.validate()
+        .map_err(|e| invalid("spec", e.to_string()))?;
+    Ok(spec)
 }
 
 /// Response indices ordered best (highest score) first; NaN scores last; ties keep

@@ -16,7 +16,7 @@ pub mod runtime;
 pub mod spec;
 
 pub use registry::RewardModels;
-pub use reward_model::RewardModel;
+pub use reward_model::{ModelSource, RewardModel};
 pub use spec::{InputFormat, RewardModelSpec};
 
 /// What went wrong loading or running a reward model.

@@ -1,10 +1,11 @@
 //! Loaded reward models by name. Readers take a snapshot of the names or an `Arc` of one
-//! model; a model stays alive while a request holds it.
+//! model; a model stays alive while a request holds it, so removing one lets in-flight
+//! requests finish before its session is freed.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
 
-use super::{ModelError, RewardModel, RewardModelSpec};
+use super::{ModelError, ModelSource, RewardModel, RewardModelSpec};
 
 #[derive(Default)]
 pub struct RewardModels {
@@ -14,10 +15,10 @@ pub struct RewardModels {
 impl RewardModels {
     /// Load every spec (blocking: sessions are created and probed). Fails on the first
     /// model that does not load, or on a repeated name.
-    pub fn load_all(specs: Vec<RewardModelSpec>) -> Result<Self, ModelError> {
+    pub fn load_all(specs: Vec<(RewardModelSpec, ModelSource)>) -> Result<Self, ModelError> {
         let registry = Self::default();
-        for spec in specs {
-            registry.insert(RewardModel::load(spec)?)?;
+        for (spec, source) in specs {
+            registry.insert(RewardModel::load(spec, source)?)?;
         }
         Ok(registry)
     }
@@ -32,6 +33,25 @@ impl RewardModels {
         }
         models.insert(model.name().to_string(), Arc::new(model));
         Ok(())
+    }
+
+    /// Unpublish a model: new requests no longer see it; requests holding it finish, and
+    /// its worker stops (freeing the session) when the last of them drops it.
+    pub fn remove(&self, name: &str) -> Result<Arc<RewardModel>, ModelError> {
+        self.models
+            .write()
+            .expect("reward model lock poisoned")
+            .remove(name)
+            .ok_or_else(|| ModelError::UnknownRewardModel {
+                name: name.to_string(),
+            })
+    }
+
+    pub fn contains(&self, name: &str) -> bool {
+        self.models
+            .read()
+            .expect("reward model lock poisoned")
+            .contains_key(name)
     }
 
     /// Names of the models serving now, sorted.

@@ -55,9 +55,28 @@ struct ScoreJob {
     enqueued: Instant,
 }
 
+/// Where a loaded reward model came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ModelSource {
+    /// The config file's `[[reward_models]]`.
+    Config,
+    /// `Admin.AddRewardModel` (durable: loaded again after a restart).
+    Admin,
+}
+
+impl ModelSource {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ModelSource::Config => "config",
+            ModelSource::Admin => "admin",
+        }
+    }
+}
+
 /// A reward model ready to score. Dropping it stops its worker once queued jobs finish.
 pub struct RewardModel {
     spec: RewardModelSpec,
+    source: ModelSource,
     input_names: Vec<String>,
     output_name: String,
     jobs: SyncSender<ScoreJob>,
@@ -67,7 +86,7 @@ pub struct RewardModel {
 impl RewardModel {
     /// Load, validate and probe the model, then start its worker. Blocking (file I/O,
     /// session creation, a probe inference): call it off the async runtime.
-    pub fn load(spec: RewardModelSpec) -> Result<Self, ModelError> {
+    pub fn load(spec: RewardModelSpec, source: ModelSource) -> Result<Self, ModelError> {
         spec.validate()?;
         let scorer = Scorer::new(spec.clone())?;
         let input_names = scorer.inputs.iter().map(|i| i.name.clone()).collect();
@@ -85,6 +104,7 @@ impl RewardModel {
         tracing::info!(reward_model = %spec.name, model = %spec.model.display(), "reward model loaded");
         Ok(Self {
             spec,
+            source,
             input_names,
             output_name,
             jobs,
@@ -98,6 +118,10 @@ impl RewardModel {
 
     pub fn spec(&self) -> &RewardModelSpec {
         &self.spec
+    }
+
+    pub fn source(&self) -> ModelSource {
+        self.source
     }
 
     /// Model inputs as ONNX Runtime reports them.
@@ -171,6 +195,8 @@ fn run_worker(mut scorer: Scorer, queue: Receiver<ScoreJob>, depth: Arc<AtomicUs
         // The requester may have gone away (deadline, disconnect); nothing to do then.
         let _ = job.reply.send(result);
     }
+    drop(scorer);
+    crate::memory::release_freed_memory();
     tracing::info!(reward_model = %name, "reward model worker stopped");
 }
 

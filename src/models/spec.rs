@@ -18,12 +18,17 @@ use serde::{Deserialize, Serialize};
 
 use super::ModelError;
 
+/// `max_length` when a spec leaves it out.
+pub const DEFAULT_MAX_LENGTH: usize = 512;
+/// `queue_capacity` when a spec leaves it out.
+pub const DEFAULT_QUEUE_CAPACITY: usize = 256;
+
 fn default_max_length() -> usize {
-    512
+    DEFAULT_MAX_LENGTH
 }
 
 fn default_queue_capacity() -> usize {
-    256
+    DEFAULT_QUEUE_CAPACITY
 }
 
 /// How the model's input text is built from a prompt and one response.

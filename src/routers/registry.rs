@@ -1,4 +1,5 @@
-//! Routers keyed by name, and the one place their changes are logged and applied.
+//! Routers keyed by name, and the one place durable state changes are logged and applied:
+//! the routers' events and the changes to the RM set made through Admin.
 //!
 //! Every change is a [`StateEvent`]: checked, appended to the store's log, then applied
 //! with [`Routers::apply`], under the router's lock, so each router's log order is its
@@ -11,7 +12,7 @@
 //! none after); the map's `RwLock` is taken only to find, add or remove a router; each
 //! router has its own `Mutex`, so routers never wait on each other.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
@@ -19,6 +20,7 @@ use serde::{Deserialize, Serialize};
 
 use super::router::{FeedbackOutcome, FeedbackSignal, RouterEvent, RouterState};
 use super::{Router, RouterError, RouterSettings, Selection};
+use crate::models::RewardModelSpec;
 use crate::store::{Durable, Recovered, Store, StoreError};
 
 /// Longest router name accepted.
@@ -46,12 +48,30 @@ pub enum StateEvent {
         name: String,
         state: Box<RouterState>,
     },
+    /// An RM published through Admin.AddRewardModel.
+    RewardModelAdded {
+        spec: RewardModelSpec,
+    },
+    /// An RM unpublished through Admin.RemoveRewardModel (config RMs included).
+    RewardModelRemoved {
+        name: String,
+    },
+}
+
+/// Changes to the server's RM set made through Admin, to redo at startup.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct RewardModelChanges {
+    /// Added RMs, by name (loaded after the config's).
+    pub added: BTreeMap<String, RewardModelSpec>,
+    /// Removed RMs (config RMs of these names are not loaded).
+    pub removed: BTreeSet<String>,
 }
 
 /// The payload of a snapshot.
 #[derive(Serialize, Deserialize)]
 struct Snapshot {
     routers: Vec<RouterState>,
+    reward_models: RewardModelChanges,
 }
 
 /// The outcome of a logged Feedback.
@@ -67,6 +87,7 @@ pub struct Routers {
     create_on_first_use: bool,
     max_context_dim: usize,
     routers: RwLock<BTreeMap<String, SharedRouter>>,
+    reward_model_changes: Mutex<RewardModelChanges>,
     store: Store,
     gate: RwLock<()>,
     snapshot_every_records: u64,
@@ -109,6 +130,7 @@ impl Routers {
             create_on_first_use,
             max_context_dim,
             routers: RwLock::new(BTreeMap::new()),
+            reward_model_changes: Mutex::new(RewardModelChanges::default()),
             store,
             gate: RwLock::new(()),
             snapshot_every_records,
@@ -319,8 +341,58 @@ impl Routers {
         Ok(durable)
     }
 
+    /// Log that `spec` was published (the caller loaded and probed it, and publishes it
+    /// after this returns; Admin changes to the RM set are serialized by the caller).
+    pub fn reward_model_added(&self, spec: RewardModelSpec) -> Result<Durable, RouterError> {
+        let _gate = self.gate.read().expect("gate poisoned");
+        let event = StateEvent::RewardModelAdded { spec };
+        let durable = self.log(&event)?;
+        self.apply(event)?;
+        Ok(durable)
+    }
+
+    /// Log that the RM `name` was unpublished.
+    pub fn reward_model_removed(&self, name: &str) -> Result<Durable, RouterError> {
+        let _gate = self.gate.read().expect("gate poisoned");
+        let event = StateEvent::RewardModelRemoved {
+            name: name.to_string(),
+        };
+        let durable = self.log(&event)?;
+        self.apply(event)?;
+        Ok(durable)
+    }
+
+    /// The RM set changes made through Admin so far (recovered ones included).
+    pub fn reward_model_changes(&self) -> RewardModelChanges {
+        self.reward_model_changes
+            .lock()
+            .expect("RM changes lock poisoned")
+            .clone()
+    }
+
     /// Apply a logged event (recovery). The live path goes through the methods above.
     pub fn apply(&self, event: StateEvent) -> Result<(), RouterError> {
+        match event {
+            StateEvent::RewardModelAdded { spec } => {
+                let mut changes = self
+                    .reward_model_changes
+                    .lock()
+                    .expect("RM changes lock poisoned");
+                changes.removed.remove(&spec.name);
+                changes.added.insert(spec.name.clone(), spec);
+                return Ok(());
+            }
+            StateEvent::RewardModelRemoved { name } => {
+                let mut changes = self
+                    .reward_model_changes
+                    .lock()
+                    .expect("RM changes lock poisoned");
+                changes.added.remove(&name);
+                changes.removed.insert(name);
+                return Ok(());
+            }
+            _ => {}
+        }
         let mut routers = self.routers.write().expect("router map lock poisoned");
         match event {
             StateEvent::RouterCreated {
@@ -344,6 +416,9 @@ impl Routers {
                 let router = Router::from_state(name.clone(), *state)?;
                 routers.insert(name, Arc::new(Mutex::new(router)));
             }
+            StateEvent::RewardModelAdded { .. } | StateEvent::RewardModelRemoved { .. } => {
+                unreachable!("handled above")
+            }
         }
         Ok(())
     }
@@ -357,6 +432,10 @@ impl Routers {
                     seq,
                     reason: format!("snapshot: {e}"),
                 })?;
+            *self
+                .reward_model_changes
+                .lock()
+                .expect("RM changes lock poisoned") = snapshot.reward_models;
             let mut routers = self.routers.write().expect("router map lock poisoned");
             for state in snapshot.routers {
                 let name = state.name.clone();
@@ -401,22 +480,27 @@ impl Routers {
             return Ok(None);
         }
         let result = (|| {
-            let (seq, states) = {
+            let (seq, snapshot) = {
                 let _gate = self.gate.write().expect("gate poisoned");
                 let seq = self.store.last_seq();
-                let states: Vec<RouterState> = self
+                let routers: Vec<RouterState> = self
                     .list()
                     .iter()
                     .map(|router| router.lock().expect("router lock poisoned").to_state())
                     .collect();
                 self.records_since_snapshot.store(0, Ordering::Relaxed);
-                (seq, states)
-            };
-            let payload = postcard::to_stdvec(&Snapshot { routers: states }).map_err(|e| {
-                StoreError::Decode {
+                let reward_models = self.reward_model_changes();
+                (
                     seq,
-                    reason: format!("cannot encode snapshot: {e}"),
-                }
+                    Snapshot {
+                        routers,
+                        reward_models,
+                    },
+                )
+            };
+            let payload = postcard::to_stdvec(&snapshot).map_err(|e| StoreError::Decode {
+                seq,
+                reason: format!("cannot encode snapshot: {e}"),
             })?;
             let bytes = self.store.write_snapshot(seq, &payload)?;
             Ok(Some((seq, bytes)))

@@ -3,6 +3,7 @@
 
 mod common;
 mod durability;
+mod hot_models;
 mod policies;
 mod reward_models;
 mod server;
