@@ -19,10 +19,48 @@ const DIM: usize = 8;
 const ROUTER: &str = "crash";
 
 fn durable_config(snapshot_every: u64) -> String {
+    durable_config_with(snapshot_every, &["length", "polite"])
+}
+
+fn durable_config_with(snapshot_every: u64, reward_models: &[&str]) -> String {
     format!(
         "[server]\nshutdown_grace_seconds = 0.5\n{}\n[store]\nsnapshot_every_records = {snapshot_every}\n",
-        config(DIM, &["length", "polite"], "")
+        config(DIM, reward_models, "")
     )
+}
+
+/// Hot-add the fixture RM "polite" through Admin.
+async fn add_polite(server: &Server) {
+    let dir = crate::common::fixtures_dir();
+    server
+        .admin_client()
+        .await
+        .add_reward_model(pb::AddRewardModelRequest {
+            spec: Some(pb::RewardModelSpec {
+                name: "polite".into(),
+                model_path: dir.join("polite/model.onnx").display().to_string(),
+                tokenizer_path: dir.join("tokenizer.json").display().to_string(),
+                input_format: "pair".into(),
+                output_name: "logits".into(),
+                ..Default::default()
+            }),
+        })
+        .await
+        .expect("add RM");
+}
+
+async fn reward_model_names(server: &Server) -> Vec<String> {
+    server
+        .admin_client()
+        .await
+        .list_reward_models(pb::ListRewardModelsRequest {})
+        .await
+        .expect("list")
+        .into_inner()
+        .reward_models
+        .into_iter()
+        .map(|m| m.name)
+        .collect()
 }
 
 async fn create_router(server: &Server) {
@@ -248,7 +286,8 @@ async fn sigkill_at_random_points_loses_no_acknowledged_feedback() {
     const KILLS: usize = 22;
     let data = tempfile::tempdir().unwrap();
     // Frequent snapshots, so kills also land during snapshot writes and log truncation.
-    let config = durable_config(40);
+    // "polite" is hot-added through Admin at the start and must come back every time.
+    let config = durable_config_with(40, &["length"]);
     let ledger = Arc::new(Mutex::new(Ledger::default()));
     let mut rng = StdRng::seed_from_u64(2026);
     for kill in 0..KILLS {
@@ -256,7 +295,13 @@ async fn sigkill_at_random_points_loses_no_acknowledged_feedback() {
             .unwrap_or_else(|log| panic!("restart {kill} failed:\n{log}"));
         if kill == 0 {
             create_router(&server).await;
+            add_polite(&server).await;
         } else {
+            assert_eq!(
+                reward_model_names(&server).await,
+                ["length", "polite"],
+                "restart {kill}"
+            );
             let info = get_router(&server).await;
             let acked = ledger.lock().unwrap().acked.len() as u64;
             let applied: u64 = info.arms.iter().map(|a| a.feedback_count).sum();
@@ -285,6 +330,7 @@ async fn sigkill_at_random_points_loses_no_acknowledged_feedback() {
     }
 
     let server = Server::start_on(&config, data.path(), &[]).unwrap();
+    assert_eq!(reward_model_names(&server).await, ["length", "polite"]);
     settle(&server, &ledger).await;
     let info = get_router(&server).await;
     let ledger = std::mem::take(&mut *ledger.lock().unwrap());
