@@ -1,7 +1,15 @@
 #!/usr/bin/env bash
-# The whole test suite: fetch ONNX Runtime if missing, then unit + integration tests
-# (integration tests start the real server binary on 127.0.0.1:0).
+# The whole test suite: fetch ONNX Runtime and install Prometheus if missing, then unit +
+# integration tests (integration tests start the real server binary on 127.0.0.1:0; the
+# dashboard test runs a real Prometheus against it).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 bash scripts/fetch-onnxruntime.sh
+if ! command -v prometheus >/dev/null 2>&1 || ! command -v promtool >/dev/null 2>&1; then
+  echo "installing Prometheus (Debian package) for the dashboard and alert tests"
+  SUDO=""
+  [[ "$(id -u)" -eq 0 ]] || SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+fi
 cargo test --locked "$@"

@@ -24,11 +24,10 @@ use crate::api::admin::AdminService;
 use crate::api::pb;
 use crate::api::reward_router::RewardRouterService;
 use crate::config::{Config, Limits, RouterDefaults};
-use crate::models::reward_model::PROVIDER_CPU;
 use crate::models::{ModelError, ModelSource, RewardModelSpec, RewardModels};
 use crate::routers::Routers;
 use crate::store::{Store, StoreError, StoreOptions};
-use crate::telemetry::{self, metric};
+use crate::telemetry;
 
 /// What every handler shares.
 pub struct AppState {
@@ -72,6 +71,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), AppError> {
     let metrics_handle = telemetry::install_metrics()?;
+    telemetry::record_start_time();
     std::fs::create_dir_all(&config.server.data_dir).map_err(io_error(format!(
         "create data directory {}",
         config.server.data_dir.display()
@@ -96,8 +96,7 @@ pub async fn run(
         .await
         .map_err(|e| io_error("load reward models")(std::io::Error::other(e)))??;
     for model in reward_models.list() {
-        metrics::gauge!(metric::RM_LOADED, "reward_model" => model.name().to_string(), "provider" => PROVIDER_CPU)
-            .set(1.0);
+        telemetry::record_reward_model_loaded(&model);
     }
     if reward_models.names().is_empty() {
         tracing::warn!("no reward models configured: Score will answer FAILED_PRECONDITION");
@@ -295,7 +294,10 @@ async fn serve_metrics(
         "/metrics",
         axum::routing::get(move || {
             let handle = handle.clone();
-            async move { handle.render() }
+            async move {
+                telemetry::record_process_metrics();
+                handle.render()
+            }
         }),
     );
     let served = axum::serve(listener, app)

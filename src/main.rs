@@ -27,6 +27,19 @@ enum Command {
     Serve(ServeArgs),
     /// Export, import or inspect router state in a data directory (server stopped).
     State(StateArgs),
+    /// Ask a running server's grpc.health.v1 service; exit 0 when SERVING (container
+    /// health checks).
+    Health(HealthArgs),
+}
+
+#[derive(clap::Args)]
+struct HealthArgs {
+    /// The server's gRPC address.
+    #[arg(long, env = "LASER_HEALTH_ADDR", default_value = "127.0.0.1:50051")]
+    addr: SocketAddr,
+    /// Service to ask about (empty: the whole server).
+    #[arg(long, default_value = "")]
+    service: String,
 }
 
 #[derive(clap::Args)]
@@ -76,6 +89,7 @@ fn main() -> ExitCode {
     let result = match Cli::parse().command {
         Command::Serve(args) => serve(args),
         Command::State(args) => state(args),
+        Command::Health(args) => health(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -83,6 +97,34 @@ fn main() -> ExitCode {
             eprintln!("laser-router: {error:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+fn health(args: HealthArgs) -> anyhow::Result<()> {
+    use tonic_health::pb::HealthCheckRequest;
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::health_client::HealthClient;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let status = runtime.block_on(async {
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", args.addr))?
+            .connect_timeout(std::time::Duration::from_secs(2))
+            .timeout(std::time::Duration::from_secs(2))
+            .connect()
+            .await?;
+        let reply = HealthClient::new(channel)
+            .check(HealthCheckRequest {
+                service: args.service,
+            })
+            .await?;
+        anyhow::Ok(reply.into_inner().status)
+    })?;
+    if status == ServingStatus::Serving as i32 {
+        println!("SERVING");
+        Ok(())
+    } else {
+        anyhow::bail!("not serving (status {status})")
     }
 }
 

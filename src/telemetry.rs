@@ -20,6 +20,12 @@ pub mod metric {
     pub const FEEDBACK: &str = "laser_feedback_total";
     /// Counter {router, reason = capacity | ttl}: decisions evicted before feedback.
     pub const DECISIONS_EVICTED: &str = "laser_decisions_evicted_total";
+    /// Histogram {router, reward_model}: normalized reward applied to the arm.
+    pub const REWARD: &str = "laser_reward_normalized";
+    /// Gauge {router, reward_model}: the arm's running mean normalized reward.
+    pub const ARM_MEAN_REWARD: &str = "laser_arm_mean_reward";
+    /// Histogram {router}: seconds from a decision to its feedback.
+    pub const FEEDBACK_LAG_SECONDS: &str = "laser_feedback_lag_seconds";
     /// Gauge {router}: decisions awaiting feedback.
     pub const PENDING_DECISIONS: &str = "laser_pending_decisions";
     /// Counter {reward_model, status = ok | error}: score jobs (one per query).
@@ -32,8 +38,14 @@ pub mod metric {
     pub const RM_INFERENCE_SECONDS: &str = "laser_rm_inference_seconds";
     /// Histogram {reward_model}: sequences per inference.
     pub const RM_BATCH_SIZE: &str = "laser_rm_batch_size";
+    /// Histogram {reward_model}: tokens per inference including padding (batch × longest).
+    pub const RM_PADDED_TOKENS: &str = "laser_rm_padded_tokens";
+    /// Histogram {reward_model}: real tokens per inference (padding ratio = padded / real).
+    pub const RM_TOKENS: &str = "laser_rm_tokens";
     /// Gauge {reward_model}: jobs waiting for the RM's worker.
     pub const RM_QUEUE_DEPTH: &str = "laser_rm_queue_depth";
+    /// Gauge {reward_model}: most jobs that may wait (a full queue refuses work).
+    pub const RM_QUEUE_CAPACITY: &str = "laser_rm_queue_capacity";
     /// Gauge {reward_model, provider}: 1 while the RM is loaded.
     pub const RM_LOADED: &str = "laser_rm_loaded";
     /// Counter {method, code}: gRPC requests answered by the API handlers.
@@ -61,9 +73,20 @@ pub fn install_metrics() -> Result<PrometheusHandle, metrics_exporter_prometheus
         0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
     ];
     const BATCH_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0];
+    const TOKEN_BUCKETS: &[f64] = &[
+        16.0, 64.0, 256.0, 1024.0, 4096.0, 16384.0, 65536.0, 262144.0,
+    ];
+    const REWARD_BUCKETS: &[f64] = &[0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0];
+    const LAG_BUCKETS: &[f64] = &[0.1, 0.5, 1.0, 5.0, 15.0, 60.0, 300.0, 900.0, 3600.0];
     let handle = PrometheusBuilder::new()
+        .set_buckets_for_metric(
+            Matcher::Full(metric::FEEDBACK_LAG_SECONDS.into()),
+            LAG_BUCKETS,
+        )?
         .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)?
         .set_buckets_for_metric(Matcher::Full(metric::RM_BATCH_SIZE.into()), BATCH_BUCKETS)?
+        .set_buckets_for_metric(Matcher::Suffix("_tokens".into()), TOKEN_BUCKETS)?
+        .set_buckets_for_metric(Matcher::Full(metric::REWARD.into()), REWARD_BUCKETS)?
         .install_recorder()?;
     describe();
     Ok(handle)
@@ -115,4 +138,57 @@ fn describe() {
         "gRPC requests by method and status code."
     );
     describe_histogram!(metric::GRPC_SECONDS, Unit::Seconds, "gRPC handler latency.");
+}
+
+/// Standard process metrics (`process_*`, as Prometheus client libraries export them),
+/// read from /proc on Linux at each scrape.
+pub fn record_process_metrics() {
+    #[cfg(target_os = "linux")]
+    {
+        let page_size = 4096.0;
+        let ticks_per_second = 100.0;
+        if let Ok(stat) = std::fs::read_to_string("/proc/self/stat") {
+            // Fields after the command name (which is in parentheses and may hold spaces).
+            let fields: Vec<&str> = stat
+                .rsplit_once(')')
+                .map(|(_, rest)| rest.split_whitespace().collect())
+                .unwrap_or_default();
+            let field = |n: usize| fields.get(n).and_then(|v| v.parse::<f64>().ok());
+            if let (Some(utime), Some(stime)) = (field(11), field(12)) {
+                metrics::counter!("process_cpu_seconds_total")
+                    .absolute(((utime + stime) / ticks_per_second) as u64);
+            }
+            if let Some(threads) = field(17) {
+                metrics::gauge!("process_threads").set(threads);
+            }
+            if let Some(vsize) = field(20) {
+                metrics::gauge!("process_virtual_memory_bytes").set(vsize);
+            }
+            if let Some(rss_pages) = field(21) {
+                metrics::gauge!("process_resident_memory_bytes").set(rss_pages * page_size);
+            }
+        }
+        if let Ok(entries) = std::fs::read_dir("/proc/self/fd") {
+            metrics::gauge!("process_open_fds").set(entries.count() as f64);
+        }
+    }
+}
+
+/// Seconds since the Unix epoch at which the process started (set once at startup).
+pub fn record_start_time() {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0);
+    metrics::gauge!("process_start_time_seconds").set(now);
+}
+
+/// Gauges of a freshly published RM.
+pub fn record_reward_model_loaded(model: &crate::models::RewardModel) {
+    let name = model.name().to_string();
+    metrics::gauge!(metric::RM_LOADED, "reward_model" => name.clone(), "provider" => crate::models::reward_model::PROVIDER_CPU)
+        .set(1.0);
+    metrics::gauge!(metric::RM_QUEUE_CAPACITY, "reward_model" => name.clone())
+        .set(model.spec().queue_capacity as f64);
+    metrics::gauge!(metric::RM_QUEUE_DEPTH, "reward_model" => name).set(0.0);
 }

@@ -100,13 +100,14 @@ impl pb::admin_server::Admin for AdminService {
             }
             // Load and probe before anything changes; a spec that fails changes nothing.
             let loading = spec.clone();
-            let model = tokio::task::spawn_blocking(move || RewardModel::load(loading, ModelSource::Admin))
-                .await
-                .map_err(join_error)??;
+            let model =
+                tokio::task::spawn_blocking(move || RewardModel::load(loading, ModelSource::Admin))
+                    .await
+                    .map_err(join_error)??;
             let info = reward_model_info(&model);
             let durable = state.routers.reward_model_added(spec)?;
+            crate::telemetry::record_reward_model_loaded(&model);
             state.reward_models.insert(model)?;
-            metrics::gauge!(metric::RM_LOADED, "reward_model" => info.name.clone(), "provider" => PROVIDER_CPU).set(1.0);
             durable.wait().await.map_err(store_status)?;
             tracing::info!(reward_model = %info.name, "reward model added");
             Ok(pb::AddRewardModelResponse {

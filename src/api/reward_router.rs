@@ -196,6 +196,22 @@ impl RewardRouterService {
             metrics::counter!(metric::FEEDBACK, "router" => name.clone(), "outcome" => outcome_label)
                 .increment(count as u64);
         }
+        if let Some(reward) = outcome.reward {
+            for (_, label) in &outcome.applied {
+                for reward_model in label.split('+') {
+                    metrics::histogram!(metric::REWARD, "router" => name.clone(), "reward_model" => reward_model.to_string())
+                        .record(reward);
+                }
+            }
+        }
+        for (reward_model, mean) in &outcome.arm_mean_rewards {
+            metrics::gauge!(metric::ARM_MEAN_REWARD, "router" => name.clone(), "reward_model" => reward_model.clone())
+                .set(*mean);
+        }
+        for lag_ms in &outcome.lags_ms {
+            metrics::histogram!(metric::FEEDBACK_LAG_SECONDS, "router" => name.clone())
+                .record(*lag_ms as f64 / 1000.0);
+        }
         tracing::debug!(applied = ?outcome.applied, not_applied = ?outcome.not_applied, duplicate = outcome.duplicate, "feedback applied");
         Ok(pb::FeedbackResponse {
             applied: outcome.applied.len() as u32,

@@ -353,6 +353,10 @@ impl Scorer {
             .record(started.elapsed().as_secs_f64());
         metrics::histogram!(metric::RM_BATCH_SIZE, "reward_model" => name.clone())
             .record(batch as f64);
+        metrics::histogram!(metric::RM_PADDED_TOKENS, "reward_model" => name.clone())
+            .record((batch * sequence) as f64);
+        metrics::histogram!(metric::RM_TOKENS, "reward_model" => name.clone())
+            .record(encodings.iter().map(|e| e.len()).sum::<usize>() as f64);
         let output = outputs
             .get(&self.output_name)
             .ok_or_else(|| inference_error(format!("no output {:?}", self.output_name)))?;

@@ -192,7 +192,7 @@ pub enum RouterEvent {
     },
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct FeedbackOutcome {
     /// (decision id, reward model) of each decision whose arm was updated.
     pub applied: Vec<(String, String)>,
@@ -200,6 +200,12 @@ pub struct FeedbackOutcome {
     pub duplicate: usize,
     /// Decisions acknowledged but not applied: their RM no longer serves.
     pub not_applied: Vec<(String, String)>,
+    /// The normalized reward applied (when anything was applied).
+    pub reward: Option<f64>,
+    /// Milliseconds from each applied decision's recording to this feedback.
+    pub lags_ms: Vec<i64>,
+    /// Mean normalized reward, after this feedback, of each arm it updated.
+    pub arm_mean_rewards: Vec<(String, f64)>,
 }
 
 /// Decisions evicted before their feedback arrived.
@@ -589,7 +595,7 @@ impl Router {
             } => {
                 self.expire(now_unix_ms);
                 self.check_feedback(&decision_ids, signal, now_unix_ms)?;
-                Ok(self.apply_feedback(&decision_ids, signal, &serving))
+                Ok(self.apply_feedback(&decision_ids, signal, &serving, now_unix_ms))
             }
             RouterEvent::Reset { serving } => {
                 *self = Router::new(self.name.clone(), self.settings.clone(), &serving);
@@ -751,6 +757,7 @@ impl Router {
         decision_ids: &[String],
         signal: FeedbackSignal,
         serving: &[String],
+        now_unix_ms: i64,
     ) -> FeedbackOutcome {
         let mut outcome = FeedbackOutcome::default();
         let mut answered = Vec::new();
@@ -773,6 +780,7 @@ impl Router {
             FeedbackSignal::Reward(reward) => self.normalizer.observe(reward),
             FeedbackSignal::Loss(loss) => self.normalizer.observe(-loss),
         };
+        outcome.reward = Some(reward);
         let available: Vec<usize> = self
             .candidates(serving)
             .iter()
@@ -817,6 +825,19 @@ impl Router {
                         );
                     }
                     _ => {}
+                }
+            }
+            outcome.lags_ms.push(now_unix_ms - decision.created_unix_ms);
+            for &arm in &serving_members {
+                let statistics = &self.arms[arm].statistics;
+                let mean = (statistics.reward_model.clone(), statistics.mean_reward());
+                match outcome
+                    .arm_mean_rewards
+                    .iter_mut()
+                    .find(|(name, _)| *name == mean.0)
+                {
+                    Some(entry) => *entry = mean,
+                    None => outcome.arm_mean_rewards.push(mean),
                 }
             }
             outcome.applied.push((decision_id.clone(), label));

@@ -2,8 +2,10 @@
 //! to it over gRPC with the generated tonic clients.
 
 mod common;
+mod deploy_files;
 mod durability;
 mod hot_models;
+mod observability;
 mod policies;
 mod reward_models;
 mod server;

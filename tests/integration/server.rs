@@ -28,6 +28,18 @@ async fn health_reports_serving_for_both_services() {
             .status;
         assert_eq!(status, ServingStatus::Serving as i32, "{service}");
     }
+    // The container health check command agrees.
+    let probe = std::process::Command::new(env!("CARGO_BIN_EXE_laser-router"))
+        .args(["health", "--addr", &server.grpc.to_string()])
+        .output()
+        .unwrap();
+    assert!(probe.status.success(), "{probe:?}");
+    assert_eq!(String::from_utf8_lossy(&probe.stdout).trim(), "SERVING");
+    let nobody = std::process::Command::new(env!("CARGO_BIN_EXE_laser-router"))
+        .args(["health", "--addr", "127.0.0.1:1"])
+        .output()
+        .unwrap();
+    assert!(!nobody.status.success());
 }
 
 #[tokio::test]

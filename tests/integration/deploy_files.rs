@@ -1,0 +1,198 @@
+//! Static checks of what docker-compose, the Dockerfiles, Kubernetes and Grafana are given
+//! (no Docker engine runs here): they parse, every path they copy or mount exists, and the
+//! names that tie them together agree.
+
+use std::path::{Path, PathBuf};
+
+use serde_yaml::Value;
+
+fn repo(path: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
+}
+
+fn yaml(path: &str) -> Value {
+    let text = std::fs::read_to_string(repo(path)).unwrap_or_else(|e| panic!("{path}: {e}"));
+    serde_yaml::from_str(&text).unwrap_or_else(|e| panic!("{path}: {e}"))
+}
+
+fn yaml_documents(path: &str) -> Vec<Value> {
+    let text = std::fs::read_to_string(repo(path)).unwrap();
+    serde_yaml::Deserializer::from_str(&text)
+        .map(|doc| serde::Deserialize::deserialize(doc).unwrap_or_else(|e| panic!("{path}: {e}")))
+        .collect()
+}
+
+#[test]
+fn compose_files_name_existing_dockerfiles_and_mounts() {
+    let compose = yaml("docker-compose.yml");
+    let services = compose["services"].as_mapping().expect("services");
+    for name in ["laser-router", "prometheus", "grafana"] {
+        assert!(services.contains_key(name), "service {name} missing");
+    }
+    for (name, service) in services {
+        if let Some(build) = service.get("build") {
+            let context = build["context"].as_str().expect("build.context");
+            let dockerfile = build["dockerfile"].as_str().expect("build.dockerfile");
+            assert!(
+                repo(context).join(dockerfile).is_file(),
+                "{name:?}: {dockerfile} missing"
+            );
+        }
+        for volume in service
+            .get("volumes")
+            .and_then(Value::as_sequence)
+            .into_iter()
+            .flatten()
+        {
+            let volume = volume.as_str().expect("short volume syntax");
+            if let Some(source) = volume.split(':').next().filter(|s| s.starts_with("./")) {
+                assert!(
+                    repo(source).exists(),
+                    "{name:?}: mount source {source} missing"
+                );
+            }
+        }
+    }
+    let grafana_env = &services[&Value::from("grafana")]["environment"];
+    let home = grafana_env["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"]
+        .as_str()
+        .unwrap();
+    assert!(
+        home.ends_with("laser-router.json")
+            && repo("deploy/grafana/dashboards/laser-router.json").is_file()
+    );
+
+    let gpu = yaml("docker-compose.gpu.yml");
+    let build = &gpu["services"]["laser-router"]["build"];
+    assert!(
+        repo(build["context"].as_str().unwrap())
+            .join(build["dockerfile"].as_str().unwrap())
+            .is_file()
+    );
+    let devices =
+        &gpu["services"]["laser-router"]["deploy"]["resources"]["reservations"]["devices"][0];
+    assert_eq!(devices["driver"].as_str(), Some("nvidia"));
+}
+
+#[test]
+fn dockerfiles_copy_only_what_exists_and_run_as_non_root_with_a_healthcheck() {
+    for dockerfile in ["deploy/Dockerfile", "deploy/Dockerfile.cuda"] {
+        let text = std::fs::read_to_string(repo(dockerfile)).unwrap();
+        let mut stages = 0;
+        for line in text.lines().map(str::trim) {
+            if line.starts_with("FROM ") {
+                stages += 1;
+            }
+            let Some(rest) = line.strip_prefix("COPY ") else {
+                continue;
+            };
+            if rest.starts_with("--from=") {
+                continue;
+            }
+            let parts: Vec<&str> = rest.split_whitespace().collect();
+            for source in &parts[..parts.len() - 1] {
+                assert!(
+                    repo(source).exists(),
+                    "{dockerfile}: COPY source {source} missing"
+                );
+            }
+        }
+        assert!(stages >= 2, "{dockerfile}: multi-stage");
+        assert!(text.contains("\nUSER laser"), "{dockerfile}: non-root user");
+        assert!(
+            text.contains("HEALTHCHECK") && text.contains("\"laser-router\", \"health\""),
+            "{dockerfile}: healthcheck"
+        );
+        assert!(
+            text.contains("fetch-onnxruntime.sh") || text.contains("onnxruntime-gpu==1.31.1"),
+            "{dockerfile}: ONNX Runtime"
+        );
+    }
+    // The healthcheck's command exists.
+    let help = std::process::Command::new(env!("CARGO_BIN_EXE_laser-router"))
+        .args(["health", "--help"])
+        .output()
+        .unwrap();
+    assert!(help.status.success());
+}
+
+#[test]
+fn kubernetes_manifests_agree_on_names_and_ports() {
+    let deployment = yaml("deploy/k8s/deployment.yaml");
+    let service = yaml("deploy/k8s/service.yaml");
+    let configmap = yaml("deploy/k8s/configmap.yaml");
+    let pvc = yaml_documents("deploy/k8s/pvc.yaml").remove(0);
+    assert_eq!(deployment["kind"].as_str(), Some("Deployment"));
+    assert_eq!(
+        deployment["spec"]["strategy"]["type"].as_str(),
+        Some("Recreate"),
+        "one writer per state dir"
+    );
+    let pod = &deployment["spec"]["template"]["spec"];
+    let volumes = pod["volumes"].as_sequence().unwrap();
+    let claim = volumes
+        .iter()
+        .find_map(|v| v["persistentVolumeClaim"]["claimName"].as_str())
+        .unwrap();
+    assert_eq!(Some(claim), pvc["metadata"]["name"].as_str());
+    let config = volumes
+        .iter()
+        .find_map(|v| v["configMap"]["name"].as_str())
+        .unwrap();
+    assert_eq!(Some(config), configmap["metadata"]["name"].as_str());
+    let container = &pod["containers"][0];
+    assert!(container["readinessProbe"]["grpc"]["port"].as_i64() == Some(50051));
+    let port_names: Vec<&str> = container["ports"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .filter_map(|p| p["name"].as_str())
+        .collect();
+    for port in service["spec"]["ports"].as_sequence().unwrap() {
+        let target = port["targetPort"].as_str().unwrap();
+        assert!(
+            port_names.contains(&target),
+            "service targets unknown port {target}"
+        );
+    }
+    // The ConfigMap's config is a valid laser-router config.
+    let toml = configmap["data"]["config.toml"].as_str().unwrap();
+    laser_router::config::Config::parse(toml, "configmap", Path::new("/")).expect("valid config");
+}
+
+#[test]
+fn grafana_provisioning_points_at_the_dashboard_and_datasource() {
+    let datasource = yaml("deploy/grafana/provisioning/datasources/prometheus.yml");
+    let uid = datasource["datasources"][0]["uid"].as_str().unwrap();
+    let dashboard: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(repo("deploy/grafana/dashboards/laser-router.json")).unwrap(),
+    )
+    .unwrap();
+    for panel in dashboard["panels"].as_array().unwrap() {
+        assert_eq!(
+            panel["datasource"]["uid"].as_str(),
+            Some(uid),
+            "{}",
+            panel["title"]
+        );
+    }
+    assert_eq!(
+        dashboard["templating"]["list"][0]["name"].as_str(),
+        Some("router")
+    );
+    let provider = yaml("deploy/grafana/provisioning/dashboards/laser-router.yml");
+    assert_eq!(
+        provider["providers"][0]["options"]["path"].as_str(),
+        Some("/var/lib/grafana/dashboards")
+    );
+    let rules = std::process::Command::new("promtool")
+        .args(["check", "rules"])
+        .arg(repo("deploy/prometheus/alerts.yml"))
+        .output()
+        .expect("promtool (Debian's prometheus package; .ci/run installs it)");
+    assert!(
+        rules.status.success(),
+        "{}",
+        String::from_utf8_lossy(&rules.stdout)
+    );
+}
