@@ -21,6 +21,7 @@ use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::Server;
 
 use crate::api::admin::AdminService;
+use crate::api::auth::AdminAccess;
 use crate::api::pb;
 use crate::api::reward_router::RewardRouterService;
 use crate::config::{Config, Limits, RouterDefaults};
@@ -38,6 +39,36 @@ pub struct AppState {
     pub router_defaults: RouterDefaults,
     /// Serializes AddRewardModel / RemoveRewardModel (load, log, publish as one step).
     pub reward_model_admin: tokio::sync::Mutex<()>,
+    /// Requests handled at once by RewardRouter and by Admin (load shedding).
+    pub reward_router_slots: RequestSlots,
+    pub admin_slots: RequestSlots,
+}
+
+/// A bound on requests in progress; past it a request is refused at once
+/// (RESOURCE_EXHAUSTED) instead of queueing without bound.
+pub struct RequestSlots {
+    semaphore: tokio::sync::Semaphore,
+    limit: usize,
+}
+
+impl RequestSlots {
+    pub fn new(limit: usize) -> Self {
+        Self {
+            semaphore: tokio::sync::Semaphore::new(limit),
+            limit,
+        }
+    }
+
+    /// A slot held for the request's lifetime, or RESOURCE_EXHAUSTED.
+    pub fn try_acquire(&self) -> Result<tokio::sync::SemaphorePermit<'_>, tonic::Status> {
+        self.semaphore.try_acquire().map_err(|_| {
+            metrics::counter!(crate::telemetry::metric::REQUESTS_SHED).increment(1);
+            tonic::Status::resource_exhausted(format!(
+                "the server is at its limit of {} concurrent requests (limits.max_concurrent_requests); retry with backoff",
+                self.limit
+            ))
+        })
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -107,6 +138,8 @@ pub async fn run(
         limits: config.limits.clone(),
         router_defaults: config.routers.clone(),
         reward_model_admin: tokio::sync::Mutex::new(()),
+        reward_router_slots: RequestSlots::new(config.limits.max_concurrent_requests),
+        admin_slots: RequestSlots::new(config.limits.max_concurrent_requests),
     });
 
     let grpc_listener = TcpListener::bind(config.server.listen)
@@ -122,8 +155,18 @@ pub async fn run(
     let metrics_addr = local_addr(&metrics_listener)?;
 
     let (stop_tx, stop_rx) = watch::channel(false);
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    let shutdown_reporter = health_reporter.clone();
     tokio::spawn(async move {
         shutdown.await;
+        // Tell orchestrators first, then stop accepting.
+        shutdown_reporter
+            .set_not_serving::<pb::reward_router_server::RewardRouterServer<RewardRouterService>>()
+            .await;
+        shutdown_reporter
+            .set_not_serving::<pb::admin_server::AdminServer<AdminService>>()
+            .await;
+        shutdown_reporter.set_service_status("", tonic_health::ServingStatus::NotServing).await;
         let _ = stop_tx.send(true);
     });
 
@@ -134,7 +177,6 @@ pub async fn run(
     ));
     let snapshot_task = tokio::spawn(snapshot_when_due(state.clone(), stop_rx.clone()));
 
-    let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter
         .set_serving::<pb::reward_router_server::RewardRouterServer<RewardRouterService>>()
         .await;
@@ -150,9 +192,22 @@ pub async fn run(
         pb::reward_router_server::RewardRouterServer::new(RewardRouterService::new(state.clone()))
             .max_decoding_message_size(max_message)
             .max_encoding_message_size(max_message);
-    let admin = pb::admin_server::AdminServer::new(AdminService::new(state.clone()))
-        .max_decoding_message_size(max_message)
-        .max_encoding_message_size(max_message);
+    let access = AdminAccess::new(config.server.admin_token.clone(), config.server.listen.ip().is_loopback());
+    match &access {
+        AdminAccess::Token(_) => tracing::info!("admin RPCs require the bearer token"),
+        AdminAccess::LoopbackOnly => tracing::warn!(
+            "no admin token configured: admin RPCs are open to every local process (listening on loopback only); set LASER_ADMIN_TOKEN"
+        ),
+        AdminAccess::Refused => tracing::warn!(
+            "no admin token configured and listening beyond loopback: admin RPCs are refused; set LASER_ADMIN_TOKEN"
+        ),
+    }
+    let admin = tonic::service::interceptor::InterceptedService::new(
+        pb::admin_server::AdminServer::new(AdminService::new(state.clone()))
+            .max_decoding_message_size(max_message)
+            .max_encoding_message_size(max_message),
+        move |request| access.check(request),
+    );
 
     tracing::info!(grpc = %grpc_addr, metrics = %metrics_addr, reward_models = ?state.reward_models.names(), "laser-router ready");
     {

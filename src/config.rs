@@ -88,6 +88,9 @@ pub struct ServerConfig {
     /// On SIGTERM/SIGINT, how long in-flight requests may take before the remaining
     /// connections are closed (default 10 s).
     pub shutdown_grace_seconds: f64,
+    /// Bearer token for Admin RPCs (better set by `LASER_ADMIN_TOKEN`). Without one, Admin
+    /// is served only when `listen` is a loopback address.
+    pub admin_token: Option<String>,
 }
 
 impl Default for ServerConfig {
@@ -98,6 +101,7 @@ impl Default for ServerConfig {
             data_dir: PathBuf::from("data"),
             log_format: LogFormat::Text,
             shutdown_grace_seconds: 10.0,
+            admin_token: None,
         }
     }
 }
@@ -279,6 +283,13 @@ pub struct Limits {
     pub max_decision_ids_per_feedback: usize,
     /// Largest router context dimension (default 16384).
     pub max_context_dim: usize,
+    /// Routers per server (default 1000).
+    pub max_routers: usize,
+    /// Reward models per server (default 64).
+    pub max_reward_models: usize,
+    /// Requests handled at once per service (RewardRouter, Admin); beyond it requests are
+    /// refused at once with RESOURCE_EXHAUSTED (default 256).
+    pub max_concurrent_requests: usize,
 }
 
 impl Default for Limits {
@@ -290,6 +301,9 @@ impl Default for Limits {
             max_text_bytes: 64 * 1024,
             max_decision_ids_per_feedback: 4096,
             max_context_dim: 16384,
+            max_routers: 1000,
+            max_reward_models: 64,
+            max_concurrent_requests: 256,
         }
     }
 }
@@ -360,6 +374,9 @@ impl Config {
                 self.limits.max_decision_ids_per_feedback,
             ),
             ("limits.max_context_dim", self.limits.max_context_dim),
+            ("limits.max_routers", self.limits.max_routers),
+            ("limits.max_reward_models", self.limits.max_reward_models),
+            ("limits.max_concurrent_requests", self.limits.max_concurrent_requests),
         ];
         for (field, value) in limits {
             if value == 0 {

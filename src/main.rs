@@ -78,6 +78,9 @@ struct ServeArgs {
     /// Directory for local state (overrides server.data_dir).
     #[arg(long, env = "LASER_DATA_DIR")]
     data_dir: Option<PathBuf>,
+    /// Bearer token required by Admin RPCs (overrides server.admin_token).
+    #[arg(long, env = "LASER_ADMIN_TOKEN", hide_env_values = true)]
+    admin_token: Option<String>,
     /// Start even if the state log is damaged before its tail: truncate it at the damage
     /// (everything after it is lost). Without it, such damage stops startup.
     #[arg(long, env = "LASER_RECOVER_TRUNCATE")]
@@ -152,6 +155,9 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     }
     if let Some(data_dir) = args.data_dir {
         config.server.data_dir = data_dir;
+    }
+    if let Some(token) = args.admin_token {
+        config.server.admin_token = Some(token);
     }
     // Fail with one line before anything else when ONNX Runtime is missing.
     models::runtime::environment()?;

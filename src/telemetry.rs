@@ -50,6 +50,8 @@ pub mod metric {
     pub const RM_LOADED: &str = "laser_rm_loaded";
     /// Counter {method, code}: gRPC requests answered by the API handlers.
     pub const GRPC_REQUESTS: &str = "laser_grpc_requests_total";
+    /// Counter: requests refused at once because the concurrency limit was reached.
+    pub const REQUESTS_SHED: &str = "laser_requests_shed_total";
     /// Histogram {method}: handler latency.
     pub const GRPC_SECONDS: &str = "laser_grpc_request_seconds";
 }
@@ -138,6 +140,7 @@ fn describe() {
         "gRPC requests by method and status code."
     );
     describe_histogram!(metric::GRPC_SECONDS, Unit::Seconds, "gRPC handler latency.");
+    describe_counter!(metric::REQUESTS_SHED, "Requests refused at the concurrency limit.");
 }
 
 /// Standard process metrics (`process_*`, as Prometheus client libraries export them),

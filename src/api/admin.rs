@@ -91,12 +91,17 @@ impl pb::admin_server::Admin for AdminService {
         request: Request<pb::AddRewardModelRequest>,
     ) -> Result<Response<pb::AddRewardModelResponse>, Status> {
         let started = Instant::now();
+        let _slot = self.state.admin_slots.try_acquire()?;
         let result = async {
             let spec = reward_model_spec(request.into_inner().spec)?;
             let state = &self.state;
             let _admin = state.reward_model_admin.lock().await;
             if state.reward_models.contains(&spec.name) {
                 return Err(ModelError::RewardModelExists { name: spec.name }.into());
+            }
+            let max = state.limits.max_reward_models;
+            if state.reward_models.names().len() >= max {
+                return Err(ModelError::TooManyRewardModels { max }.into());
             }
             // Load and probe before anything changes; a spec that fails changes nothing.
             let loading = spec.clone();
@@ -123,6 +128,7 @@ impl pb::admin_server::Admin for AdminService {
         request: Request<pb::RemoveRewardModelRequest>,
     ) -> Result<Response<pb::RemoveRewardModelResponse>, Status> {
         let started = Instant::now();
+        let _slot = self.state.admin_slots.try_acquire()?;
         let name = request.into_inner().name;
         let result = async {
             let state = &self.state;
@@ -147,6 +153,7 @@ impl pb::admin_server::Admin for AdminService {
         _request: Request<pb::ListRewardModelsRequest>,
     ) -> Result<Response<pb::ListRewardModelsResponse>, Status> {
         let started = Instant::now();
+        let _slot = self.state.admin_slots.try_acquire()?;
         let reward_models = self
             .state
             .reward_models
@@ -166,6 +173,7 @@ impl pb::admin_server::Admin for AdminService {
         request: Request<pb::CreateRouterRequest>,
     ) -> Result<Response<pb::CreateRouterResponse>, Status> {
         let started = Instant::now();
+        let _slot = self.state.admin_slots.try_acquire()?;
         let request = request.into_inner();
         let routers = &self.state.routers;
         let serving = self.state.reward_models.names();
@@ -190,6 +198,7 @@ impl pb::admin_server::Admin for AdminService {
         request: Request<pb::GetRouterRequest>,
     ) -> Result<Response<pb::GetRouterResponse>, Status> {
         let started = Instant::now();
+        let _slot = self.state.admin_slots.try_acquire()?;
         let serving = self.state.reward_models.names();
         let result = self
             .state
@@ -210,6 +219,7 @@ impl pb::admin_server::Admin for AdminService {
         _request: Request<pb::ListRoutersRequest>,
     ) -> Result<Response<pb::ListRoutersResponse>, Status> {
         let started = Instant::now();
+        let _slot = self.state.admin_slots.try_acquire()?;
         let serving = self.state.reward_models.names();
         let routers = self
             .state
@@ -230,6 +240,7 @@ impl pb::admin_server::Admin for AdminService {
         request: Request<pb::DeleteRouterRequest>,
     ) -> Result<Response<pb::DeleteRouterResponse>, Status> {
         let started = Instant::now();
+        let _slot = self.state.admin_slots.try_acquire()?;
         let name = request.into_inner().name;
         let result = match self.state.routers.delete(&name) {
             Ok(durable) => durable.wait().await.map_err(store_status).map(|()| {
@@ -246,6 +257,7 @@ impl pb::admin_server::Admin for AdminService {
         request: Request<pb::ResetRouterRequest>,
     ) -> Result<Response<pb::ResetRouterResponse>, Status> {
         let started = Instant::now();
+        let _slot = self.state.admin_slots.try_acquire()?;
         let name = request.into_inner().name;
         let serving = self.state.reward_models.names();
         let result = match self.state.routers.reset(&name, &serving) {

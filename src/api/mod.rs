@@ -5,9 +5,11 @@
 //! - [`convert`]: `pb` requests into domain calls that are valid by construction.
 //! - [`status`]: every error enum of the crate mapped to a gRPC status, exhaustively.
 //! - [`reward_router`]: `laser.v1.RewardRouter` (Score, Feedback).
-//! - [`admin`]: `laser.v1.Admin` (reward models and routers).
+//! - [`admin`]: `laser.v1.Admin` (reward models and routers), behind [`auth`].
+//! - [`auth`]: the admin bearer token.
 
 pub mod admin;
+pub mod auth;
 pub mod convert;
 pub mod reward_router;
 pub mod status;

@@ -7,7 +7,7 @@
 //! Feedback: validate -> apply to the router all-or-nothing (blocking pool) -> reply.
 
 use std::sync::Arc;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tokio::task::JoinSet;
 use tonic::{Request, Response, Status};
@@ -30,7 +30,7 @@ impl RewardRouterService {
         Self { state }
     }
 
-    async fn score(&self, call: ScoreCall) -> Result<pb::ScoreResponse, Status> {
+    async fn score(&self, call: ScoreCall, deadline: Option<Instant>) -> Result<pb::ScoreResponse, Status> {
         let state = &self.state;
         let serving = state.reward_models.names();
         let (router, created) = state.routers.get_or_create(&call.router, &serving)?;
@@ -69,7 +69,7 @@ impl RewardRouterService {
                 let reward_model = state.reward_models.get(name)?;
                 let (prompt, responses) = (prompt.clone(), responses.clone());
                 jobs.spawn(
-                    async move { (query, member, reward_model.score(prompt, responses).await) }
+                    async move { (query, member, reward_model.score(prompt, responses, deadline).await) }
                         .in_current_span(),
                 );
             }
@@ -79,6 +79,11 @@ impl RewardRouterService {
             per_query_scores[query][member] = result?;
         }
 
+        if deadline.is_some_and(|deadline| Instant::now() >= deadline) {
+            return Err(Status::deadline_exceeded(
+                "the request's deadline passed while scoring; no decision was recorded",
+            ));
+        }
         let now_unix_ms = unix_ms();
         let chosen: Vec<(String, Vec<pb::ArmEstimate>, bool)> = selection
             .decisions
@@ -224,6 +229,23 @@ impl RewardRouterService {
 /// `QueryResult.reward_model` of an ensemble decision.
 pub const ENSEMBLE_LABEL: &str = "ensemble";
 
+/// The client's deadline from the `grpc-timeout` header (e.g. `500m`, `2S`).
+fn request_deadline<T>(request: &Request<T>, received: Instant) -> Option<Instant> {
+    let value = request.metadata().get("grpc-timeout")?.to_str().ok()?;
+    let (amount, unit) = value.split_at(value.len().checked_sub(1)?);
+    let amount: u64 = amount.parse().ok()?;
+    let timeout = match unit {
+        "H" => Duration::from_secs(amount.saturating_mul(3600)),
+        "M" => Duration::from_secs(amount.saturating_mul(60)),
+        "S" => Duration::from_secs(amount),
+        "m" => Duration::from_millis(amount),
+        "u" => Duration::from_micros(amount),
+        "n" => Duration::from_nanos(amount),
+        _ => return None,
+    };
+    received.checked_add(timeout)
+}
+
 fn unix_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -245,12 +267,14 @@ impl pb::reward_router_server::RewardRouter for RewardRouterService {
         request: Request<pb::ScoreRequest>,
     ) -> Result<Response<pb::ScoreResponse>, Status> {
         let started = Instant::now();
+        let deadline = request_deadline(&request, started);
         let request = request.into_inner();
         let span =
             tracing::info_span!("score", router = %request.router, queries = request.queries.len());
         let result = async {
+            let _slot = self.state.reward_router_slots.try_acquire()?;
             let call = ScoreCall::from_request(request, &self.state.limits)?;
-            self.score(call).await
+            self.score(call, deadline).await
         }
         .instrument(span.clone())
         .await;
@@ -269,6 +293,7 @@ impl pb::reward_router_server::RewardRouter for RewardRouterService {
         let request = request.into_inner();
         let span = tracing::info_span!("feedback", router = %request.router, decisions = request.decision_ids.len());
         let result = async {
+            let _slot = self.state.reward_router_slots.try_acquire()?;
             let call = FeedbackCall::from_request(request, &self.state.limits)?;
             self.feedback(call).await
         }

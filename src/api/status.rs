@@ -2,24 +2,37 @@
 //! so a new error variant cannot ship without a deliberate status code.
 
 use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, StatusExt};
 
 use super::convert::RequestError;
 use crate::models::ModelError;
 use crate::routers::RouterError;
 use crate::store::StoreError;
 
+/// A status carrying a `google.rpc.BadRequest` field violation for `field`.
+fn field_violation(code: Code, field: &str, message: String) -> Status {
+    Status::with_error_details(
+        code,
+        message.clone(),
+        ErrorDetails::with_bad_request_violation(field, message),
+    )
+}
+
 impl From<RequestError> for Status {
     fn from(error: RequestError) -> Self {
-        let code = match &error {
-            RequestError::Invalid { .. } => Code::InvalidArgument,
-            RequestError::OverLimit { .. } => Code::ResourceExhausted,
-        };
-        Status::new(code, error.to_string())
+        let message = error.to_string();
+        match &error {
+            RequestError::Invalid { field, .. } => field_violation(Code::InvalidArgument, field, message),
+            RequestError::OverLimit { field, .. } => field_violation(Code::ResourceExhausted, field, message),
+        }
     }
 }
 
 impl From<RouterError> for Status {
     fn from(error: RouterError) -> Self {
+        if let RouterError::ContextDimension { query, .. } = &error {
+            return field_violation(Code::InvalidArgument, &format!("queries[{query}].context"), error.to_string());
+        }
         let code = match &error {
             RouterError::UnknownRouter { .. } => Code::NotFound,
             RouterError::RouterExists { .. } => Code::AlreadyExists,
@@ -32,6 +45,7 @@ impl From<RouterError> for Status {
             RouterError::InvalidSettings { .. } => Code::InvalidArgument,
             RouterError::InvalidState { .. } => Code::InvalidArgument,
             RouterError::StateWrite { .. } => Code::Unavailable,
+            RouterError::TooManyRouters { .. } => Code::ResourceExhausted,
         };
         Status::new(code, error.to_string())
     }
@@ -51,6 +65,8 @@ impl From<ModelError> for Status {
             ModelError::UnknownRewardModel { .. } => Code::NotFound,
             ModelError::RewardModelExists { .. } => Code::AlreadyExists,
             ModelError::WorkerStopped { .. } => Code::Unavailable,
+            ModelError::DeadlineExceeded { .. } => Code::DeadlineExceeded,
+            ModelError::TooManyRewardModels { .. } => Code::ResourceExhausted,
         };
         Status::new(code, error.to_string())
     }

@@ -50,6 +50,8 @@ struct ModelInput {
 struct ScoreJob {
     prompt: String,
     responses: Vec<String>,
+    /// The client's deadline: a job still queued past it is dropped unscored.
+    deadline: Option<Instant>,
     reply: oneshot::Sender<Result<Vec<f32>, ModelError>>,
     span: tracing::Span,
     enqueued: Instant,
@@ -138,16 +140,19 @@ impl RewardModel {
         self.queue_depth.load(Ordering::Relaxed)
     }
 
-    /// Score every (prompt, response) pair; one score per response, in order.
+    /// Score every (prompt, response) pair; one score per response, in order. A job still
+    /// waiting in the queue when `deadline` passes is dropped without inference.
     pub async fn score(
         &self,
         prompt: String,
         responses: Vec<String>,
+        deadline: Option<Instant>,
     ) -> Result<Vec<f32>, ModelError> {
         let (reply, answer) = oneshot::channel();
         let job = ScoreJob {
             prompt,
             responses,
+            deadline,
             reply,
             span: tracing::Span::current(),
             enqueued: Instant::now(),
@@ -182,6 +187,12 @@ fn run_worker(mut scorer: Scorer, queue: Receiver<ScoreJob>, depth: Arc<AtomicUs
             .set(remaining as f64);
         metrics::histogram!(metric::RM_QUEUE_SECONDS, "reward_model" => name.clone())
             .record(job.enqueued.elapsed().as_secs_f64());
+        if job.deadline.is_some_and(|deadline| Instant::now() >= deadline) || job.reply.is_closed() {
+            // Nobody waits for this any more (deadline passed, client gone): skip the work.
+            let _ = job.reply.send(Err(ModelError::DeadlineExceeded { name: name.clone() }));
+            metrics::counter!(metric::RM_REQUESTS, "reward_model" => name.clone(), "status" => "dropped").increment(1);
+            continue;
+        }
         let result = job
             .span
             .in_scope(|| scorer.score(&job.prompt, &job.responses));

@@ -58,4 +58,6 @@ pub enum RouterError {
     InvalidState { router: String, reason: String },
     #[error("cannot make the change durable: {reason}")]
     StateWrite { reason: String },
+    #[error("the server already has {max} routers (limits.max_routers = {max})")]
+    TooManyRouters { max: usize },
 }

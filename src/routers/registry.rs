@@ -91,6 +91,7 @@ pub struct Routers {
     store: Store,
     gate: RwLock<()>,
     snapshot_every_records: u64,
+    max_routers: usize,
     records_since_snapshot: AtomicU64,
     snapshot_running: AtomicBool,
 }
@@ -134,9 +135,16 @@ impl Routers {
             store,
             gate: RwLock::new(()),
             snapshot_every_records,
+            max_routers: usize::MAX,
             records_since_snapshot: AtomicU64::new(0),
             snapshot_running: AtomicBool::new(false),
         }
+    }
+
+    /// Refuse to create routers beyond `max_routers`.
+    pub fn with_max_routers(mut self, max_routers: usize) -> Self {
+        self.max_routers = max_routers;
+        self
     }
 
     /// The settings a router gets when a field is left unset.
@@ -224,6 +232,11 @@ impl Routers {
         if routers.contains_key(name) {
             return Err(RouterError::RouterExists {
                 name: name.to_string(),
+            });
+        }
+        if routers.len() >= self.max_routers {
+            return Err(RouterError::TooManyRouters {
+                max: self.max_routers,
             });
         }
         let event = StateEvent::RouterCreated {
