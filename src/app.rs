@@ -166,7 +166,9 @@ pub async fn run(
         shutdown_reporter
             .set_not_serving::<pb::admin_server::AdminServer<AdminService>>()
             .await;
-        shutdown_reporter.set_service_status("", tonic_health::ServingStatus::NotServing).await;
+        shutdown_reporter
+            .set_service_status("", tonic_health::ServingStatus::NotServing)
+            .await;
         let _ = stop_tx.send(true);
     });
 
@@ -192,7 +194,10 @@ pub async fn run(
         pb::reward_router_server::RewardRouterServer::new(RewardRouterService::new(state.clone()))
             .max_decoding_message_size(max_message)
             .max_encoding_message_size(max_message);
-    let access = AdminAccess::new(config.server.admin_token.clone(), config.server.listen.ip().is_loopback());
+    let access = AdminAccess::new(
+        config.server.admin_token.clone(),
+        config.server.listen.ip().is_loopback(),
+    );
     match &access {
         AdminAccess::Token(_) => tracing::info!("admin RPCs require the bearer token"),
         AdminAccess::LoopbackOnly => tracing::warn!(
@@ -271,6 +276,7 @@ async fn open_routers(config: &Config, recover_truncate: bool) -> Result<Routers
         config.limits.max_context_dim,
     );
     let snapshot_every = config.store.snapshot_every_records;
+    let max_routers = config.limits.max_routers;
     tokio::task::spawn_blocking(move || -> Result<Routers, AppError> {
         let started = std::time::Instant::now();
         let (store, recovered) = Store::open(&data_dir, &options)?;
@@ -280,7 +286,8 @@ async fn open_routers(config: &Config, recover_truncate: bool) -> Result<Routers
             max_context_dim,
             store,
             snapshot_every,
-        );
+        )
+        .with_max_routers(max_routers);
         let from_snapshot = recovered.snapshot.as_ref().map(|(seq, _)| *seq);
         let replayed = routers.recover(recovered)?;
         if options.durable {

@@ -376,7 +376,10 @@ impl Config {
             ("limits.max_context_dim", self.limits.max_context_dim),
             ("limits.max_routers", self.limits.max_routers),
             ("limits.max_reward_models", self.limits.max_reward_models),
-            ("limits.max_concurrent_requests", self.limits.max_concurrent_requests),
+            (
+                "limits.max_concurrent_requests",
+                self.limits.max_concurrent_requests,
+            ),
         ];
         for (field, value) in limits {
             if value == 0 {

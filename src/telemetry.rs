@@ -140,7 +140,10 @@ fn describe() {
         "gRPC requests by method and status code."
     );
     describe_histogram!(metric::GRPC_SECONDS, Unit::Seconds, "gRPC handler latency.");
-    describe_counter!(metric::REQUESTS_SHED, "Requests refused at the concurrency limit.");
+    describe_counter!(
+        metric::REQUESTS_SHED,
+        "Requests refused at the concurrency limit."
+    );
 }
 
 /// Standard process metrics (`process_*`, as Prometheus client libraries export them),

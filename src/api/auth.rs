@@ -43,7 +43,9 @@ impl AdminAccess {
                     None => Err(Status::unauthenticated(
                         "admin RPCs need the metadata `authorization: Bearer <token>`",
                     )),
-                    Some(token) if constant_time_eq(token.as_bytes(), expected.as_bytes()) => Ok(request),
+                    Some(token) if constant_time_eq(token.as_bytes(), expected.as_bytes()) => {
+                        Ok(request)
+                    }
                     Some(_) => Err(Status::unauthenticated("the admin token is wrong")),
                 }
             }
@@ -67,7 +69,9 @@ mod tests {
     fn with_header(value: Option<&str>) -> Request<()> {
         let mut request = Request::new(());
         if let Some(value) = value {
-            request.metadata_mut().insert("authorization", value.parse().unwrap());
+            request
+                .metadata_mut()
+                .insert("authorization", value.parse().unwrap());
         }
         request
     }
@@ -76,15 +80,42 @@ mod tests {
     fn token_checks() {
         let access = AdminAccess::new(Some("s3cret".into()), false);
         assert!(access.check(with_header(Some("Bearer s3cret"))).is_ok());
-        assert_eq!(access.check(with_header(Some("Bearer nope"))).unwrap_err().code(), tonic::Code::Unauthenticated);
-        assert_eq!(access.check(with_header(None)).unwrap_err().code(), tonic::Code::Unauthenticated);
-        assert_eq!(access.check(with_header(Some("s3cret"))).unwrap_err().code(), tonic::Code::Unauthenticated);
+        assert_eq!(
+            access
+                .check(with_header(Some("Bearer nope")))
+                .unwrap_err()
+                .code(),
+            tonic::Code::Unauthenticated
+        );
+        assert_eq!(
+            access.check(with_header(None)).unwrap_err().code(),
+            tonic::Code::Unauthenticated
+        );
+        assert_eq!(
+            access
+                .check(with_header(Some("s3cret")))
+                .unwrap_err()
+                .code(),
+            tonic::Code::Unauthenticated
+        );
     }
 
     #[test]
     fn no_token_means_loopback_only() {
-        assert!(AdminAccess::new(None, true).check(with_header(None)).is_ok());
-        assert!(AdminAccess::new(Some(String::new()), false).check(with_header(None)).is_err());
-        assert!(constant_time_eq(b"abc", b"abc") && !constant_time_eq(b"abc", b"abd") && !constant_time_eq(b"ab", b"abc"));
+        assert!(
+            AdminAccess::new(None, true)
+                .check(with_header(None))
+                .is_ok()
+        );
+        assert!(
+            AdminAccess::new(Some(String::new()), false)
+                .check(with_header(None))
+                .is_err()
+        );
+        assert!(
+            constant_time_eq(b"abc", b"abc")
+                && !constant_time_eq(b"abc", b"abd")
+                && !constant_time_eq(b"ab", b"abc")
+        );
     }
 }

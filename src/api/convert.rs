@@ -547,6 +547,107 @@ mod tests {
         assert!(bad.unwrap_err().to_string().starts_with("settings.policy"));
     }
 
+    mod fuzz {
+        use super::*;
+        use proptest::collection::vec;
+        use proptest::prelude::*;
+
+        fn small_limits() -> Limits {
+            Limits {
+                max_queries_per_score: 3,
+                max_responses_per_query: 2,
+                max_text_bytes: 12,
+                max_decision_ids_per_feedback: 3,
+                max_context_dim: 4,
+                ..Limits::default()
+            }
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(512))]
+
+            /// Arbitrary Score requests (NaN/Inf floats, unknown enums, long strings) never
+            /// panic, and what is accepted satisfies every limit.
+            #[test]
+            fn score_requests(
+                router in ".{0,6}",
+                mode in any::<i32>(),
+                queries in vec((vec(any::<f32>(), 0..6), ".{0,16}", vec(".{0,16}", 0..4)), 0..5),
+            ) {
+                let limits = small_limits();
+                let request = pb::ScoreRequest {
+                    router,
+                    queries: queries
+                        .into_iter()
+                        .map(|(context, prompt, responses)| pb::Query { id: String::new(), context, prompt, responses })
+                        .collect(),
+                    mode,
+                    explain: false,
+                };
+                if let Ok(call) = ScoreCall::from_request(request, &limits) {
+                    prop_assert!(!call.router.is_empty());
+                    prop_assert!((1..=limits.max_queries_per_score).contains(&call.queries.len()));
+                    for query in &call.queries {
+                        prop_assert!(!query.context.is_empty() && query.context.len() <= limits.max_context_dim);
+                        prop_assert!(query.context.iter().all(|v| v.is_finite()));
+                        prop_assert!((1..=limits.max_responses_per_query).contains(&query.responses.len()));
+                        prop_assert!(query.prompt.len() <= limits.max_text_bytes);
+                        prop_assert!(query.responses.iter().all(|r| r.len() <= limits.max_text_bytes));
+                    }
+                }
+            }
+
+            #[test]
+            fn feedback_requests(
+                router in ".{0,6}",
+                ids in vec(".{0,8}", 0..5),
+                signal in proptest::option::of(prop_oneof![
+                    any::<f64>().prop_map(pb::feedback_request::Signal::Loss),
+                    any::<f64>().prop_map(pb::feedback_request::Signal::Reward),
+                ]),
+            ) {
+                let limits = small_limits();
+                let request = pb::FeedbackRequest { router, decision_ids: ids, signal };
+                if let Ok(call) = FeedbackCall::from_request(request, &limits) {
+                    prop_assert!((1..=limits.max_decision_ids_per_feedback).contains(&call.decision_ids.len()));
+                    prop_assert!(call.decision_ids.iter().all(|id| !id.is_empty()));
+                    let value = match call.signal { FeedbackSignal::Loss(v) | FeedbackSignal::Reward(v) => v };
+                    prop_assert!(value.is_finite());
+                }
+            }
+
+            /// Arbitrary CreateRouter settings convert or fail with a field name; what
+            /// converts and validates is usable.
+            #[test]
+            fn router_settings_requests(
+                context_dim in any::<u32>(),
+                policy in any::<i32>(),
+                alpha in proptest::option::of(any::<f64>()),
+                l2_lambda in proptest::option::of(any::<f64>()),
+                normalization in any::<i32>(),
+                quantile_low in proptest::option::of(any::<f64>()),
+                reward_window in any::<u32>(),
+                projection_dim in 0u32..64,
+                exp3_gamma in proptest::option::of(any::<f64>()),
+            ) {
+                let defaults = RouterDefaults::default();
+                let settings = pb::RouterSettings {
+                    context_dim, policy, alpha, l2_lambda, normalization, quantile_low, reward_window,
+                    projection_dim, exp3_gamma, ..Default::default()
+                };
+                match router_settings(Some(settings), &defaults) {
+                    Ok(settings) => {
+                        if let Ok(valid) = settings.validate(64) {
+                            prop_assert!(valid.context_dim >= 1 && valid.context_dim <= 64);
+                            prop_assert!(valid.alpha.is_finite() && valid.l2_lambda > 0.0);
+                        }
+                    }
+                    Err(error) => prop_assert!(error.to_string().starts_with("settings.")),
+                }
+            }
+        }
+    }
+
     #[test]
     fn ranking_is_best_first_with_nan_last() {
         assert_eq!(ranking(&[0.1, f32::NAN, 0.9, 0.5]), vec![2, 3, 0, 1]);

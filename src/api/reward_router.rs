@@ -30,7 +30,11 @@ impl RewardRouterService {
         Self { state }
     }
 
-    async fn score(&self, call: ScoreCall, deadline: Option<Instant>) -> Result<pb::ScoreResponse, Status> {
+    async fn score(
+        &self,
+        call: ScoreCall,
+        deadline: Option<Instant>,
+    ) -> Result<pb::ScoreResponse, Status> {
         let state = &self.state;
         let serving = state.reward_models.names();
         let (router, created) = state.routers.get_or_create(&call.router, &serving)?;
@@ -69,8 +73,14 @@ impl RewardRouterService {
                 let reward_model = state.reward_models.get(name)?;
                 let (prompt, responses) = (prompt.clone(), responses.clone());
                 jobs.spawn(
-                    async move { (query, member, reward_model.score(prompt, responses, deadline).await) }
-                        .in_current_span(),
+                    async move {
+                        (
+                            query,
+                            member,
+                            reward_model.score(prompt, responses, deadline).await,
+                        )
+                    }
+                    .in_current_span(),
                 );
             }
         }

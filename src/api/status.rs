@@ -22,8 +22,12 @@ impl From<RequestError> for Status {
     fn from(error: RequestError) -> Self {
         let message = error.to_string();
         match &error {
-            RequestError::Invalid { field, .. } => field_violation(Code::InvalidArgument, field, message),
-            RequestError::OverLimit { field, .. } => field_violation(Code::ResourceExhausted, field, message),
+            RequestError::Invalid { field, .. } => {
+                field_violation(Code::InvalidArgument, field, message)
+            }
+            RequestError::OverLimit { field, .. } => {
+                field_violation(Code::ResourceExhausted, field, message)
+            }
         }
     }
 }
@@ -31,7 +35,11 @@ impl From<RequestError> for Status {
 impl From<RouterError> for Status {
     fn from(error: RouterError) -> Self {
         if let RouterError::ContextDimension { query, .. } = &error {
-            return field_violation(Code::InvalidArgument, &format!("queries[{query}].context"), error.to_string());
+            return field_violation(
+                Code::InvalidArgument,
+                &format!("queries[{query}].context"),
+                error.to_string(),
+            );
         }
         let code = match &error {
             RouterError::UnknownRouter { .. } => Code::NotFound,

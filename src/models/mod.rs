@@ -50,7 +50,9 @@ pub enum ModelError {
     RewardModelExists { name: String },
     #[error("reward model {name:?} stopped before answering")]
     WorkerStopped { name: String },
-    #[error("reward model {name:?}: the request's deadline passed before scoring; nothing was recorded")]
+    #[error(
+        "reward model {name:?}: the request's deadline passed before scoring; nothing was recorded"
+    )]
     DeadlineExceeded { name: String },
     #[error("the server already serves {max} reward models (limits.max_reward_models = {max})")]
     TooManyRewardModels { max: usize },

@@ -187,9 +187,15 @@ fn run_worker(mut scorer: Scorer, queue: Receiver<ScoreJob>, depth: Arc<AtomicUs
             .set(remaining as f64);
         metrics::histogram!(metric::RM_QUEUE_SECONDS, "reward_model" => name.clone())
             .record(job.enqueued.elapsed().as_secs_f64());
-        if job.deadline.is_some_and(|deadline| Instant::now() >= deadline) || job.reply.is_closed() {
+        if job
+            .deadline
+            .is_some_and(|deadline| Instant::now() >= deadline)
+            || job.reply.is_closed()
+        {
             // Nobody waits for this any more (deadline passed, client gone): skip the work.
-            let _ = job.reply.send(Err(ModelError::DeadlineExceeded { name: name.clone() }));
+            let _ = job
+                .reply
+                .send(Err(ModelError::DeadlineExceeded { name: name.clone() }));
             metrics::counter!(metric::RM_REQUESTS, "reward_model" => name.clone(), "status" => "dropped").increment(1);
             continue;
         }

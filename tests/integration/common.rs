@@ -86,7 +86,11 @@ impl Server {
             .arg("serve")
             .arg("--config")
             .arg(&config_path)
-            .args(["--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"])
+            .args(if extra_args.contains(&"--listen") {
+                vec!["--metrics-listen", "127.0.0.1:0"]
+            } else {
+                vec!["--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"]
+            })
             .arg("--data-dir")
             .arg(data_dir)
             .args(extra_args)
@@ -115,11 +119,16 @@ impl Server {
             }
         };
         let field = |key: &str| -> SocketAddr {
-            ready
+            let mut addr: SocketAddr = ready
                 .split_whitespace()
                 .find_map(|kv| kv.strip_prefix(key))
                 .and_then(|v| v.parse().ok())
-                .unwrap_or_else(|| panic!("no {key} in ready line {ready:?}"))
+                .unwrap_or_else(|| panic!("no {key} in ready line {ready:?}"));
+            // A server bound to every interface is reached over loopback.
+            if addr.ip().is_unspecified() {
+                addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+            }
+            addr
         };
         Ok(Server {
             grpc: field("grpc="),

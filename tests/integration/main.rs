@@ -7,6 +7,7 @@ mod durability;
 mod hot_models;
 mod observability;
 mod policies;
+mod production;
 mod reward_models;
 mod server;
 mod trainer;
