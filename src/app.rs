@@ -18,13 +18,13 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_stream::wrappers::TcpListenerStream;
-use tonic::transport::Server;
+use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 
 use crate::api::admin::AdminService;
 use crate::api::auth::AdminAccess;
 use crate::api::pb;
 use crate::api::reward_router::RewardRouterService;
-use crate::config::{Config, Limits, RouterDefaults};
+use crate::config::{Config, Limits, RouterDefaults, TlsConfig};
 use crate::models::{ModelError, ModelSource, RewardModelSpec, RewardModels};
 use crate::routers::Routers;
 use crate::store::{Store, StoreError, StoreOptions};
@@ -224,8 +224,16 @@ pub async fn run(
         let _ = stdout.flush();
     }
 
+    let mut builder = Server::builder();
+    if let Some(tls) = &config.server.tls {
+        builder = builder.tls_config(server_tls(tls)?)?;
+        tracing::info!(
+            client_certificates = tls.client_ca_path.is_some(),
+            "TLS on the gRPC port"
+        );
+    }
     let mut grpc_stop = stop_rx.clone();
-    let server = Server::builder()
+    let server = builder
         .add_service(health_service)
         .add_service(reflection)
         .add_service(reward_router)
@@ -330,6 +338,21 @@ async fn snapshot_when_due(state: Arc<AppState>, mut stop: watch::Receiver<bool>
             Err(error) => tracing::error!(%error, "snapshot task failed"),
         }
     }
+}
+
+/// rustls server config from PEM files; a client CA makes client certificates mandatory.
+fn server_tls(tls: &TlsConfig) -> Result<ServerTlsConfig, AppError> {
+    let read = |path: &std::path::Path| {
+        std::fs::read(path).map_err(io_error(format!("read TLS file {}", path.display())))
+    };
+    let identity = Identity::from_pem(read(&tls.cert_path)?, read(&tls.key_path)?);
+    let mut config = ServerTlsConfig::new().identity(identity);
+    if let Some(ca) = &tls.client_ca_path {
+        config = config
+            .client_ca_root(Certificate::from_pem(read(ca)?))
+            .client_auth_optional(false);
+    }
+    Ok(config)
 }
 
 fn local_addr(listener: &TcpListener) -> Result<SocketAddr, AppError> {

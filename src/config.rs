@@ -91,6 +91,18 @@ pub struct ServerConfig {
     /// Bearer token for Admin RPCs (better set by `LASER_ADMIN_TOKEN`). Without one, Admin
     /// is served only when `listen` is a loopback address.
     pub admin_token: Option<String>,
+    /// TLS for the gRPC port (both services); off when unset.
+    pub tls: Option<TlsConfig>,
+}
+
+/// TLS (rustls) for the gRPC port. Paths are PEM files, relative to the config file.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    pub cert_path: PathBuf,
+    pub key_path: PathBuf,
+    /// When set, clients must present a certificate signed by this CA.
+    pub client_ca_path: Option<PathBuf>,
 }
 
 impl Default for ServerConfig {
@@ -102,6 +114,7 @@ impl Default for ServerConfig {
             log_format: LogFormat::Text,
             shutdown_grace_seconds: 10.0,
             admin_token: None,
+            tls: None,
         }
     }
 }
@@ -340,6 +353,20 @@ impl Config {
             .into_iter()
             .map(|spec| spec.resolve_paths(base))
             .collect();
+        if let Some(tls) = &mut config.server.tls {
+            for path in [
+                Some(&mut tls.cert_path),
+                Some(&mut tls.key_path),
+                tls.client_ca_path.as_mut(),
+            ]
+            .into_iter()
+            .flatten()
+            {
+                if path.is_relative() {
+                    *path = base.join(&*path);
+                }
+            }
+        }
         config.validate()?;
         Ok(config)
     }

@@ -10,5 +10,6 @@ mod policies;
 mod production;
 mod reward_models;
 mod server;
+mod tls;
 mod trainer;
 mod validation;
