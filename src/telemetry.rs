@@ -192,7 +192,7 @@ pub fn record_start_time() {
 /// Gauges of a freshly published RM.
 pub fn record_reward_model_loaded(model: &crate::models::RewardModel) {
     let name = model.name().to_string();
-    metrics::gauge!(metric::RM_LOADED, "reward_model" => name.clone(), "provider" => crate::models::reward_model::PROVIDER_CPU)
+    metrics::gauge!(metric::RM_LOADED, "reward_model" => name.clone(), "provider" => model.provider().to_string())
         .set(1.0);
     metrics::gauge!(metric::RM_QUEUE_CAPACITY, "reward_model" => name.clone())
         .set(model.spec().queue_capacity as f64);

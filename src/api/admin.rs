@@ -11,7 +11,6 @@ use super::pb;
 use super::status::{join_error, store_status};
 use crate::app::AppState;
 use crate::models::RewardModel;
-use crate::models::reward_model::PROVIDER_CPU;
 use crate::models::{ModelError, ModelSource};
 use crate::routers::Router;
 use crate::telemetry::metric;
@@ -37,7 +36,7 @@ fn reward_model_info(model: &RewardModel) -> pb::RewardModelInfo {
         output_name: model.output_name().to_string(),
         output_index: spec.output_index as u32,
         input_names: model.input_names().to_vec(),
-        provider: PROVIDER_CPU.to_string(),
+        provider: model.provider().to_string(),
         source: model.source().as_str().to_string(),
         queue_depth: model.queue_depth() as u32,
         queue_capacity: spec.queue_capacity as u32,
@@ -138,8 +137,9 @@ impl pb::admin_server::Admin for AdminService {
             }
             let durable = state.routers.reward_model_removed(&name)?;
             // Requests holding the model finish; its worker stops when the last drops it.
-            state.reward_models.remove(&name)?;
-            metrics::gauge!(metric::RM_LOADED, "reward_model" => name.clone(), "provider" => PROVIDER_CPU).set(0.0);
+            let removed = state.reward_models.remove(&name)?;
+            metrics::gauge!(metric::RM_LOADED, "reward_model" => name.clone(), "provider" => removed.provider().to_string()).set(0.0);
+            drop(removed);
             durable.wait().await.map_err(store_status)?;
             tracing::info!(reward_model = %name, "reward model removed");
             Ok(pb::RemoveRewardModelResponse {})

@@ -8,7 +8,7 @@ use std::time::Duration;
 use super::pb;
 use crate::bandit::Normalization;
 use crate::config::{Limits, NormalizationSetting, PolicySetting, RouterDefaults};
-use crate::models::spec::{DEFAULT_MAX_LENGTH, DEFAULT_QUEUE_CAPACITY};
+use crate::models::spec::Provider;
 use crate::models::{InputFormat, RewardModelSpec};
 use crate::routers::{FeedbackSignal, Policy, RouterSettings, SelectionMode};
 
@@ -380,23 +380,39 @@ pub fn reward_model_spec(
     if spec.tokenizer_path.is_empty() {
         return Err(invalid("spec.tokenizer_path", "is empty"));
     }
-    let spec = RewardModelSpec {
-        name: spec.name,
-        model: spec.model_path.into(),
-        tokenizer: spec.tokenizer_path.into(),
+    let mut converted = RewardModelSpec::new(
+        spec.name,
+        spec.model_path.into(),
+        spec.tokenizer_path.into(),
         input_format,
-        template: (!spec.template.is_empty()).then_some(spec.template),
-        max_length: match spec.max_length {
-            0 => DEFAULT_MAX_LENGTH,
-            n => n as usize,
-        },
-        output: (!spec.output_name.is_empty()).then_some(spec.output_name),
-        output_index: spec.output_index as usize,
-        queue_capacity: match spec.queue_capacity {
-            0 => DEFAULT_QUEUE_CAPACITY,
-            n => n as usize,
-        },
+    );
+    converted.template = (!spec.template.is_empty()).then_some(spec.template);
+    if spec.max_length > 0 {
+        converted.max_length = spec.max_length as usize;
+    }
+    converted.output = (!spec.output_name.is_empty()).then_some(spec.output_name);
+    converted.output_index = spec.output_index as usize;
+    if spec.queue_capacity > 0 {
+        converted.queue_capacity = spec.queue_capacity as usize;
+    }
+    converted.provider = match spec.provider.as_str() {
+        "" | "cpu" => Provider::Cpu,
+        "cuda" => Provider::Cuda,
+        "tensorrt" => Provider::Tensorrt,
+        other => {
+            return Err(invalid(
+                "spec.provider",
+                format!("{other:?} is not one of \"cpu\", \"cuda\", \"tensorrt\""),
+            ));
+        }
     };
+    converted.device_id = spec.device_id;
+    converted.fallback_to_cpu = spec.fallback_to_cpu;
+    converted.intra_threads = spec.intra_threads as usize;
+    if spec.workers > 0 {
+        converted.workers = spec.workers as usize;
+    }
+    let spec = converted;
     spec.validate()
         .map_err(|e| invalid("spec", e.to_string()))?;
     Ok(spec)

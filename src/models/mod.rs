@@ -20,7 +20,7 @@ pub use reward_model::{ModelSource, RewardModel};
 pub use spec::{InputFormat, RewardModelSpec};
 
 /// What went wrong loading or running a reward model.
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 pub enum ModelError {
     #[error(
         "ONNX Runtime library not found at {path}: run scripts/fetch-onnxruntime.sh (or set ORT_DYLIB_PATH)"

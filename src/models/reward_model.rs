@@ -1,37 +1,44 @@
-//! One loaded reward model: an ONNX Runtime session and a tokenizer owned by a worker
-//! thread, fed score jobs through a bounded queue.
+//! One loaded reward model: `workers` ONNX Runtime sessions (each with its tokenizer, each
+//! owned by a worker thread) sharing one bounded queue of score jobs (one job = one query's
+//! responses).
 //!
-//! Loading validates before anything is published: the spec, the files, the session's
-//! inputs (`input_ids` required; `attention_mask`, `token_type_ids` fed when the model
-//! declares them; int64 or int32 as declared), the score output, and a probe run on a
-//! short input that checks the output's shape against `output_index`.
+//! Loading validates before anything is published: the spec, the files, the execution
+//! provider (ONNX Runtime's own reason when it is unavailable, or a CPU fallback with a
+//! warning when the spec allows it), the session's inputs (`input_ids` required;
+//! `attention_mask`, `token_type_ids`, `position_ids` fed when the model declares them;
+//! int64 or int32 as declared), the score output, and a probe run that checks the output's
+//! shape against the spec.
 //!
-//! Cost per job (one query): tokenization of `n` (prompt, response) pairs and one
-//! inference over a `[n, longest]` batch padded with the tokenizer's pad id (masked out by
-//! `attention_mask`). Cross-query batching is still to come.
+//! Batching across requests: a worker takes the first queued job, then more for up to
+//! `max_batch_delay_ms` or until `max_batch_sequences`; jobs whose deadline passed (or whose
+//! client left) are dropped unscored; every (prompt, response) pair is tokenized; sequences
+//! are sorted by length and cut into inferences of at most `max_batch_sequences` sequences
+//! and `max_batch_tokens` padded tokens (so similar lengths share a batch and padding
+//! stays low); scores go back to each job.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
-use std::time::Instant;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use ort::session::{Session, SessionInputValue};
 use ort::value::{Tensor, TensorElementType, ValueType};
-use tokenizers::{Encoding, Tokenizer, TruncationParams, TruncationStrategy};
+use tokenizers::{
+    EncodeInput, Encoding, Tokenizer, TruncationDirection, TruncationParams, TruncationStrategy,
+};
 use tokio::sync::oneshot;
 use tracing::Instrument;
 
+use super::spec::{Provider, ScoreRead, TruncationSide};
 use super::{InputFormat, ModelError, RewardModelSpec, runtime};
 use crate::telemetry::metric;
-
-/// Execution provider of this version's sessions.
-pub const PROVIDER_CPU: &str = "cpu";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum InputKind {
     InputIds,
     AttentionMask,
     TokenTypeIds,
+    PositionIds,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -79,6 +86,7 @@ impl ModelSource {
 pub struct RewardModel {
     spec: RewardModelSpec,
     source: ModelSource,
+    provider: String,
     input_names: Vec<String>,
     output_name: String,
     jobs: SyncSender<ScoreJob>,
@@ -90,28 +98,41 @@ impl RewardModel {
     /// session creation, a probe inference): call it off the async runtime.
     pub fn load(spec: RewardModelSpec, source: ModelSource) -> Result<Self, ModelError> {
         spec.validate()?;
-        let scorer = Scorer::new(spec.clone())?;
-        let input_names = scorer.inputs.iter().map(|i| i.name.clone()).collect();
-        let output_name = scorer.output_name.clone();
+        let mut scorers = vec![Scorer::new(spec.clone())?];
+        for _ in 1..spec.workers {
+            scorers.push(Scorer::new(spec.clone())?);
+        }
+        let provider = scorers[0].provider.clone();
+        let input_names = scorers[0].inputs.iter().map(|i| i.name.clone()).collect();
+        let output_name = scorers[0].output_name.clone();
         let (jobs, queue) = sync_channel(spec.queue_capacity);
+        let queue = Arc::new(Mutex::new(queue));
         let queue_depth = Arc::new(AtomicUsize::new(0));
-        let depth = queue_depth.clone();
-        std::thread::Builder::new()
-            .name(format!("rm-{}", spec.name))
-            .spawn(move || run_worker(scorer, queue, depth))
-            .map_err(|e| ModelError::Load {
-                name: spec.name.clone(),
-                reason: format!("cannot start worker thread: {e}"),
-            })?;
-        tracing::info!(reward_model = %spec.name, model = %spec.model.display(), "reward model loaded");
+        for (index, scorer) in scorers.into_iter().enumerate() {
+            let (queue, depth) = (queue.clone(), queue_depth.clone());
+            std::thread::Builder::new()
+                .name(format!("rm-{}-{index}", spec.name))
+                .spawn(move || run_worker(scorer, queue, depth))
+                .map_err(|e| ModelError::Load {
+                    name: spec.name.clone(),
+                    reason: format!("cannot start worker thread: {e}"),
+                })?;
+        }
+        tracing::info!(reward_model = %spec.name, model = %spec.model.display(), %provider, workers = spec.workers, "reward model loaded");
         Ok(Self {
             spec,
             source,
+            provider,
             input_names,
             output_name,
             jobs,
             queue_depth,
         })
+    }
+
+    /// The execution provider the sessions run on (`cpu`, `cuda:0`, ...).
+    pub fn provider(&self) -> &str {
+        &self.provider
     }
 
     pub fn name(&self) -> &str {
@@ -179,47 +200,55 @@ impl RewardModel {
     }
 }
 
-fn run_worker(mut scorer: Scorer, queue: Receiver<ScoreJob>, depth: Arc<AtomicUsize>) {
+fn run_worker(mut scorer: Scorer, queue: Arc<Mutex<Receiver<ScoreJob>>>, depth: Arc<AtomicUsize>) {
     let name = scorer.spec.name.clone();
-    while let Ok(job) = queue.recv() {
-        let remaining = depth.fetch_sub(1, Ordering::Relaxed).saturating_sub(1);
+    loop {
+        let jobs = {
+            let receiver = queue.lock().expect("queue lock poisoned");
+            gather(&receiver, &scorer.spec)
+        };
+        let Some(jobs) = jobs else { break };
+        let remaining = depth
+            .fetch_sub(jobs.len(), Ordering::Relaxed)
+            .saturating_sub(jobs.len());
         metrics::gauge!(metric::RM_QUEUE_DEPTH, "reward_model" => name.clone())
             .set(remaining as f64);
-        metrics::histogram!(metric::RM_QUEUE_SECONDS, "reward_model" => name.clone())
-            .record(job.enqueued.elapsed().as_secs_f64());
-        if job
-            .deadline
-            .is_some_and(|deadline| Instant::now() >= deadline)
-            || job.reply.is_closed()
-        {
-            // Nobody waits for this any more (deadline passed, client gone): skip the work.
-            let _ = job
-                .reply
-                .send(Err(ModelError::DeadlineExceeded { name: name.clone() }));
-            metrics::counter!(metric::RM_REQUESTS, "reward_model" => name.clone(), "status" => "dropped").increment(1);
-            continue;
-        }
-        let result = job
-            .span
-            .in_scope(|| scorer.score(&job.prompt, &job.responses));
-        let status = if result.is_ok() { "ok" } else { "error" };
-        if let Err(error) = &result {
-            job.span
-                .in_scope(|| tracing::warn!(%error, "scoring failed"));
-        }
-        metrics::counter!(metric::RM_REQUESTS, "reward_model" => name.clone(), "status" => status)
-            .increment(1);
-        // The requester may have gone away (deadline, disconnect); nothing to do then.
-        let _ = job.reply.send(result);
+        scorer.process(jobs);
     }
     drop(scorer);
     crate::memory::release_freed_memory();
     tracing::info!(reward_model = %name, "reward model worker stopped");
 }
 
+/// The first queued job, then more for up to `max_batch_delay_ms` or until
+/// `max_batch_sequences`. `None` once the model is removed and the queue is drained.
+fn gather(receiver: &Receiver<ScoreJob>, spec: &RewardModelSpec) -> Option<Vec<ScoreJob>> {
+    let first = receiver.recv().ok()?;
+    let mut sequences = first.responses.len();
+    let mut jobs = vec![first];
+    let wait_until = Instant::now() + Duration::from_millis(spec.max_batch_delay_ms);
+    while sequences < spec.max_batch_sequences {
+        let remaining = wait_until.saturating_duration_since(Instant::now());
+        let next = if remaining.is_zero() {
+            receiver.try_recv().ok()
+        } else {
+            receiver.recv_timeout(remaining).ok()
+        };
+        match next {
+            Some(job) => {
+                sequences += job.responses.len();
+                jobs.push(job);
+            }
+            None => break,
+        }
+    }
+    Some(jobs)
+}
+
 /// Session, tokenizer and input layout of one model; lives on its worker thread.
 struct Scorer {
     spec: RewardModelSpec,
+    provider: String,
     session: Session,
     tokenizer: Tokenizer,
     pad_id: u32,
@@ -247,10 +276,7 @@ impl Scorer {
             name: name.clone(),
             reason,
         };
-        let session = Session::builder(environment)
-            .map_err(|e| load_error(e.to_string()))?
-            .commit_from_file(&spec.model)
-            .map_err(|e| load_error(e.to_string()))?;
+        let (session, provider) = build_session(&spec, environment)?;
         let inputs = session
             .inputs()
             .iter()
@@ -281,6 +307,7 @@ impl Scorer {
         };
         let mut scorer = Self {
             spec,
+            provider,
             session,
             tokenizer,
             pad_id,
@@ -299,25 +326,125 @@ impl Scorer {
         Ok(scorer)
     }
 
+    /// Score one query's responses (the probe).
     fn score(&mut self, prompt: &str, responses: &[String]) -> Result<Vec<f32>, ModelError> {
-        let name = &self.spec.name;
-        let started = Instant::now();
-        let encodings = responses
+        let encodings = self.tokenize(prompt, responses)?;
+        let refs: Vec<&Encoding> = encodings.iter().collect();
+        self.infer(&refs)
+    }
+
+    fn tokenize(&self, prompt: &str, responses: &[String]) -> Result<Vec<Encoding>, ModelError> {
+        let inputs: Vec<EncodeInput> = responses
             .iter()
             .map(|response| match self.spec.input_format {
-                InputFormat::Pair => self.tokenizer.encode((prompt, response.as_str()), true),
-                InputFormat::Template => self
-                    .tokenizer
-                    .encode(self.spec.render(prompt, response), true),
+                InputFormat::Pair => (prompt.to_string(), response.clone()).into(),
+                InputFormat::Template => self.spec.render(prompt, response).into(),
             })
-            .collect::<Result<Vec<Encoding>, _>>()
+            .collect();
+        self.tokenizer
+            .encode_batch(inputs, true)
             .map_err(|e| ModelError::Tokenizer {
-                name: name.clone(),
+                name: self.spec.name.clone(),
                 reason: e.to_string(),
-            })?;
+            })
+    }
+
+    /// Score a batch of jobs: tokenize, cut length-sorted sequences into inferences under
+    /// the batch limits, reply to each job.
+    fn process(&mut self, jobs: Vec<ScoreJob>) {
+        let name = self.spec.name.clone();
+        let now = Instant::now();
+        let mut live = Vec::with_capacity(jobs.len());
+        for job in jobs {
+            metrics::histogram!(metric::RM_QUEUE_SECONDS, "reward_model" => name.clone())
+                .record(job.enqueued.elapsed().as_secs_f64());
+            if job.deadline.is_some_and(|deadline| now >= deadline) || job.reply.is_closed() {
+                // Nobody waits for this any more (deadline passed, client gone): skip it.
+                let _ = job
+                    .reply
+                    .send(Err(ModelError::DeadlineExceeded { name: name.clone() }));
+                metrics::counter!(metric::RM_REQUESTS, "reward_model" => name.clone(), "status" => "dropped").increment(1);
+            } else {
+                live.push(job);
+            }
+        }
+
+        let started = Instant::now();
+        let mut outcomes: Vec<Result<Vec<f32>, ModelError>> = Vec::with_capacity(live.len());
+        let mut encodings: Vec<Vec<Encoding>> = Vec::with_capacity(live.len());
+        for job in &live {
+            match self.tokenize(&job.prompt, &job.responses) {
+                Ok(encoded) => {
+                    outcomes.push(Ok(vec![f32::NAN; encoded.len()]));
+                    encodings.push(encoded);
+                }
+                Err(error) => {
+                    outcomes.push(Err(error));
+                    encodings.push(Vec::new());
+                }
+            }
+        }
         metrics::histogram!(metric::RM_TOKENIZE_SECONDS, "reward_model" => name.clone())
             .record(started.elapsed().as_secs_f64());
 
+        // (job, response, length), shortest first.
+        let mut order: Vec<(usize, usize, usize)> = encodings
+            .iter()
+            .enumerate()
+            .flat_map(|(job, encoded)| {
+                encoded
+                    .iter()
+                    .enumerate()
+                    .map(move |(r, e)| (job, r, e.len()))
+            })
+            .collect();
+        order.sort_by_key(|&(_, _, len)| len);
+        let mut start = 0;
+        while start < order.len() {
+            let mut end = start + 1;
+            while end < order.len()
+                && end - start < self.spec.max_batch_sequences
+                && (end - start + 1) * order[end].2.max(1) <= self.spec.max_batch_tokens
+            {
+                end += 1;
+            }
+            let chunk = &order[start..end];
+            let refs: Vec<&Encoding> = chunk
+                .iter()
+                .map(|&(job, r, _)| &encodings[job][r])
+                .collect();
+            match self.infer(&refs) {
+                Ok(scores) => {
+                    for (&(job, r, _), score) in chunk.iter().zip(scores) {
+                        if let Ok(job_scores) = &mut outcomes[job] {
+                            job_scores[r] = score;
+                        }
+                    }
+                }
+                Err(error) => {
+                    for &(job, _, _) in chunk {
+                        outcomes[job] = Err(error.clone());
+                    }
+                }
+            }
+            start = end;
+        }
+
+        for (job, outcome) in live.into_iter().zip(outcomes) {
+            let status = if outcome.is_ok() { "ok" } else { "error" };
+            if let Err(error) = &outcome {
+                job.span
+                    .in_scope(|| tracing::warn!(%error, "scoring failed"));
+            }
+            metrics::counter!(metric::RM_REQUESTS, "reward_model" => name.clone(), "status" => status).increment(1);
+            // The requester may have gone away; nothing to do then.
+            let _ = job.reply.send(outcome);
+        }
+    }
+
+    /// One inference over `encodings`, padded to the longest.
+    fn infer(&mut self, encodings: &[&Encoding]) -> Result<Vec<f32>, ModelError> {
+        let name = &self.spec.name;
         let batch = encodings.len();
         let sequence = encodings.iter().map(|e| e.len()).max().unwrap_or(0).max(1);
         let inference_error = |reason: String| ModelError::Inference {
@@ -329,21 +456,29 @@ impl Scorer {
         for input in &self.inputs {
             let mut values = vec![0i64; batch * sequence];
             for (row, encoding) in encodings.iter().enumerate() {
-                let source: Vec<i64> = match input.kind {
-                    InputKind::InputIds => encoding.get_ids().iter().map(|&v| v as i64).collect(),
-                    InputKind::AttentionMask => encoding
-                        .get_attention_mask()
-                        .iter()
-                        .map(|&v| v as i64)
-                        .collect(),
-                    InputKind::TokenTypeIds => {
-                        encoding.get_type_ids().iter().map(|&v| v as i64).collect()
-                    }
-                };
                 let start = row * sequence;
-                values[start..start + source.len()].copy_from_slice(&source);
+                let len = encoding.len();
+                let target = &mut values[start..start + len];
+                match input.kind {
+                    InputKind::InputIds => target
+                        .iter_mut()
+                        .zip(encoding.get_ids())
+                        .for_each(|(t, &v)| *t = v as i64),
+                    InputKind::AttentionMask => target
+                        .iter_mut()
+                        .zip(encoding.get_attention_mask())
+                        .for_each(|(t, &v)| *t = v as i64),
+                    InputKind::TokenTypeIds => target
+                        .iter_mut()
+                        .zip(encoding.get_type_ids())
+                        .for_each(|(t, &v)| *t = v as i64),
+                    InputKind::PositionIds => target
+                        .iter_mut()
+                        .enumerate()
+                        .for_each(|(i, t)| *t = i as i64),
+                }
                 if input.kind == InputKind::InputIds {
-                    values[start + source.len()..start + sequence].fill(self.pad_id as i64);
+                    values[start + len..start + sequence].fill(self.pad_id as i64);
                 }
             }
             let shape = [batch as i64, sequence as i64];
@@ -394,17 +529,96 @@ impl Scorer {
                 )));
             }
         };
-        let index = self.spec.output_index;
-        if index >= width {
+        let (index, other) = (self.spec.output_index, self.spec.output_other_index);
+        let needed = match self.spec.score {
+            ScoreRead::Difference => index.max(other),
+            ScoreRead::Index | ScoreRead::Softmax => index,
+        };
+        if needed >= width {
             return Err(ModelError::InvalidSpec {
                 name: name.clone(),
                 reason: format!(
-                    "output_index {index} is out of range for output {:?} of shape {dims:?}",
+                    "output index {needed} is out of range for output {:?} of shape {dims:?}",
                     self.output_name
                 ),
             });
         }
-        Ok((0..batch).map(|row| data[row * width + index]).collect())
+        Ok((0..batch)
+            .map(|row| {
+                let values = &data[row * width..(row + 1) * width];
+                match self.spec.score {
+                    ScoreRead::Index => values[index],
+                    ScoreRead::Difference => values[index] - values[other],
+                    ScoreRead::Softmax => {
+                        let max = values.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                        let total: f32 = values.iter().map(|v| (v - max).exp()).sum();
+                        (values[index] - max).exp() / total
+                    }
+                }
+            })
+            .collect())
+    }
+}
+
+/// A session on the spec's execution provider: (session, provider label). An unavailable
+/// provider fails with ONNX Runtime's reason, or falls back to CPU with a warning when the
+/// spec allows it.
+fn build_session(
+    spec: &RewardModelSpec,
+    environment: &ort::environment::Environment,
+) -> Result<(Session, String), ModelError> {
+    let load_error = |reason: String| ModelError::Load {
+        name: spec.name.clone(),
+        reason,
+    };
+    let cpu = || -> Result<Session, ModelError> {
+        let mut builder = Session::builder(environment).map_err(|e| load_error(e.to_string()))?;
+        if spec.intra_threads > 0 {
+            builder = builder
+                .with_intra_threads(spec.intra_threads)
+                .map_err(|e| load_error(e.to_string()))?;
+        }
+        builder
+            .commit_from_file(&spec.model)
+            .map_err(|e| load_error(e.to_string()))
+    };
+    let (dispatch, label) = match spec.provider {
+        Provider::Cpu => return Ok((cpu()?, "cpu".to_string())),
+        Provider::Cuda => (
+            ort::ep::CUDA::default()
+                .with_device_id(spec.device_id)
+                .build()
+                .error_on_failure(),
+            format!("cuda:{}", spec.device_id),
+        ),
+        Provider::Tensorrt => (
+            ort::ep::TensorRT::default()
+                .with_device_id(spec.device_id)
+                .build()
+                .error_on_failure(),
+            format!("tensorrt:{}", spec.device_id),
+        ),
+    };
+    let accelerated = (|| -> Result<Session, String> {
+        let mut builder = Session::builder(environment).map_err(|e| e.to_string())?;
+        if spec.intra_threads > 0 {
+            builder = builder
+                .with_intra_threads(spec.intra_threads)
+                .map_err(|e| e.to_string())?;
+        }
+        builder
+            .with_execution_providers([dispatch])
+            .map_err(|e| e.to_string())?
+            .commit_from_file(&spec.model)
+            .map_err(|e| e.to_string())
+    })();
+    match accelerated {
+        Ok(session) => Ok((session, label)),
+        Err(reason) if spec.fallback_to_cpu => {
+            tracing::warn!(reward_model = %spec.name, provider = %label, %reason, "execution provider unavailable; running on CPU (fallback_to_cpu)");
+            Ok((cpu()?, format!("cpu (fallback from {label})")))
+        }
+        Err(reason) => Err(load_error(format!("execution provider {label}: {reason}"))),
     }
 }
 
@@ -420,6 +634,10 @@ fn load_tokenizer(spec: &RewardModelSpec) -> Result<Tokenizer, ModelError> {
         .with_truncation(Some(TruncationParams {
             max_length: spec.max_length,
             strategy: TruncationStrategy::LongestFirst,
+            direction: match spec.truncation_side {
+                TruncationSide::Left => TruncationDirection::Left,
+                TruncationSide::Right => TruncationDirection::Right,
+            },
             ..TruncationParams::default()
         }))
         .map_err(|e| error(e.to_string()))?;
@@ -431,11 +649,12 @@ fn model_input(model: &str, name: &str, dtype: &ValueType) -> Result<ModelInput,
         "input_ids" => InputKind::InputIds,
         "attention_mask" => InputKind::AttentionMask,
         "token_type_ids" => InputKind::TokenTypeIds,
+        "position_ids" => InputKind::PositionIds,
         other => {
             return Err(ModelError::Load {
                 name: model.to_string(),
                 reason: format!(
-                    "unsupported model input {other:?}; supported: input_ids, attention_mask, token_type_ids"
+                    "unsupported model input {other:?}; supported: input_ids, attention_mask, token_type_ids, position_ids"
                 ),
             });
         }

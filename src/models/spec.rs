@@ -10,6 +10,13 @@
 //! max_length = 512
 //! output = "logits"                          # default: the model's first output
 //! output_index = 0                           # index in the output's last dimension
+//! score = "index"                            # or "difference", "softmax"
+//! truncation_side = "left"                   # keep the end of the response
+//! provider = "cpu"                           # or "cuda", "tensorrt" (device_id = 0)
+//! workers = 1                                # sessions sharing the queue
+//! max_batch_sequences = 64                   # batching across requests
+//! max_batch_tokens = 16384                   # padded tokens per inference
+//! max_batch_delay_ms = 2
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -29,6 +36,55 @@ fn default_max_length() -> usize {
 
 fn default_queue_capacity() -> usize {
     DEFAULT_QUEUE_CAPACITY
+}
+
+fn default_workers() -> usize {
+    1
+}
+
+fn default_max_batch_sequences() -> usize {
+    64
+}
+
+fn default_max_batch_tokens() -> usize {
+    16384
+}
+
+fn default_max_batch_delay_ms() -> u64 {
+    2
+}
+
+/// Where ONNX Runtime runs the model.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Provider {
+    #[default]
+    Cpu,
+    Cuda,
+    Tensorrt,
+}
+
+/// How the score is read from the output's last dimension.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ScoreRead {
+    /// `output[output_index]`.
+    #[default]
+    Index,
+    /// `output[output_index] - output[output_other_index]`.
+    Difference,
+    /// softmax over the last dimension, at `output_index`.
+    Softmax,
+}
+
+/// Which end of a too-long input is cut.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TruncationSide {
+    /// Cut the start, keep the end of the response (the default).
+    #[default]
+    Left,
+    Right,
 }
 
 /// How the model's input text is built from a prompt and one response.
@@ -74,15 +130,79 @@ pub struct RewardModelSpec {
     /// `[batch, 1]`.
     #[serde(default)]
     pub output_index: usize,
-    /// Score jobs allowed to wait for this RM's worker; a full queue answers
+    /// Score jobs allowed to wait for this RM's workers; a full queue answers
     /// RESOURCE_EXHAUSTED.
     #[serde(default = "default_queue_capacity")]
     pub queue_capacity: usize,
+    /// How the score is read: `index` (default), `difference`, `softmax`.
+    #[serde(default)]
+    pub score: ScoreRead,
+    /// The subtracted index for `score = "difference"`.
+    #[serde(default)]
+    pub output_other_index: usize,
+    /// `left` (default: keep the end of the response) or `right`.
+    #[serde(default)]
+    pub truncation_side: TruncationSide,
+    /// `cpu` (default), `cuda` or `tensorrt`.
+    #[serde(default)]
+    pub provider: Provider,
+    /// GPU ordinal for `cuda` / `tensorrt`.
+    #[serde(default)]
+    pub device_id: i32,
+    /// When the provider is unavailable, load on CPU with a warning instead of failing.
+    #[serde(default)]
+    pub fallback_to_cpu: bool,
+    /// ONNX Runtime intra-op threads per session (0: ONNX Runtime's default).
+    #[serde(default)]
+    pub intra_threads: usize,
+    /// Sessions (each on its own worker thread) sharing the queue.
+    #[serde(default = "default_workers")]
+    pub workers: usize,
+    /// Batching across requests: at most this many sequences per inference...
+    #[serde(default = "default_max_batch_sequences")]
+    pub max_batch_sequences: usize,
+    /// ...and this many padded tokens (sequences × longest) per inference...
+    #[serde(default = "default_max_batch_tokens")]
+    pub max_batch_tokens: usize,
+    /// ...waiting at most this long for more work once a job arrives.
+    #[serde(default = "default_max_batch_delay_ms")]
+    pub max_batch_delay_ms: u64,
 }
 
 impl RewardModelSpec {
     /// Longest reward model name accepted.
     pub const MAX_NAME_LEN: usize = 64;
+
+    /// A spec with every optional field at its default.
+    pub fn new(
+        name: String,
+        model: PathBuf,
+        tokenizer: PathBuf,
+        input_format: InputFormat,
+    ) -> Self {
+        Self {
+            name,
+            model,
+            tokenizer,
+            input_format,
+            template: None,
+            max_length: DEFAULT_MAX_LENGTH,
+            output: None,
+            output_index: 0,
+            queue_capacity: DEFAULT_QUEUE_CAPACITY,
+            score: ScoreRead::Index,
+            output_other_index: 0,
+            truncation_side: TruncationSide::Left,
+            provider: Provider::Cpu,
+            device_id: 0,
+            fallback_to_cpu: false,
+            intra_threads: 0,
+            workers: default_workers(),
+            max_batch_sequences: default_max_batch_sequences(),
+            max_batch_tokens: default_max_batch_tokens(),
+            max_batch_delay_ms: default_max_batch_delay_ms(),
+        }
+    }
 
     /// Resolve relative file paths against `base` (the config file's directory).
     pub fn resolve_paths(mut self, base: &Path) -> Self {
@@ -138,6 +258,28 @@ impl RewardModelSpec {
         }
         if self.queue_capacity == 0 {
             return Err(invalid("queue_capacity must be > 0".into()));
+        }
+        if !(1..=64).contains(&self.workers) {
+            return Err(invalid(format!(
+                "workers {} is outside 1..=64",
+                self.workers
+            )));
+        }
+        if self.max_batch_sequences == 0 || self.max_batch_tokens == 0 {
+            return Err(invalid(
+                "max_batch_sequences and max_batch_tokens must be > 0".into(),
+            ));
+        }
+        if self.max_batch_delay_ms > 1000 {
+            return Err(invalid(format!(
+                "max_batch_delay_ms {} exceeds 1000",
+                self.max_batch_delay_ms
+            )));
+        }
+        if self.score == ScoreRead::Difference && self.output_other_index == self.output_index {
+            return Err(invalid(
+                "score = \"difference\" needs output_other_index != output_index".into(),
+            ));
         }
         Ok(())
     }

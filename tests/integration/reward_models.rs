@@ -191,3 +191,179 @@ fn a_wrong_output_name_fails_startup_with_the_models_outputs() {
         "{stderr}"
     );
 }
+
+fn numeric_variant(name: &str, extra: &str) -> String {
+    let dir = fixtures_dir();
+    format!(
+        "[[reward_models]]\nname = \"{name}\"\nmodel = \"{}\"\ntokenizer = \"{}\"\ninput_format = \"template\"\ntemplate = \"Question: {{prompt}}\\nAnswer: {{response}}\"\noutput = \"scores\"\noutput_index = 1\n{extra}\n",
+        dir.join("numeric/model.onnx").display(),
+        dir.join("tokenizer.json").display()
+    )
+}
+
+async fn fixed_scores(server: &Server, reward_model: &str, responses: &[&str]) -> Vec<f32> {
+    let mut admin = server.admin_client().await;
+    let router = format!("fixed-{reward_model}");
+    admin
+        .create_router(pb::CreateRouterRequest {
+            name: router.clone(),
+            settings: Some(pb::RouterSettings {
+                context_dim: 4,
+                policy: pb::Policy::Fixed as i32,
+                fixed_reward_model: reward_model.into(),
+                ..Default::default()
+            }),
+        })
+        .await
+        .expect("create");
+    server
+        .router_client()
+        .await
+        .score(pb::ScoreRequest {
+            router,
+            queries: vec![pb::Query {
+                id: "q".into(),
+                context: vec![1.0; 4],
+                prompt: "How much?".into(),
+                responses: responses.iter().map(|r| r.to_string()).collect(),
+            }],
+            mode: 0,
+            explain: false,
+        })
+        .await
+        .expect("score")
+        .into_inner()
+        .results
+        .remove(0)
+        .scores
+}
+
+#[tokio::test]
+async fn scores_can_be_read_as_index_difference_or_softmax() {
+    let mut toml = "[routers]\ncontext_dim = 4\n".to_string();
+    toml.push_str(&numeric_variant("index", ""));
+    toml.push_str(&numeric_variant(
+        "difference",
+        "score = \"difference\"\noutput_other_index = 0",
+    ));
+    toml.push_str(&numeric_variant("softmax", "score = \"softmax\""));
+    let server = Server::start(&toml);
+    let responses = ["No.", "7 and 8", "1 2 3"];
+    let index = fixed_scores(&server, "index", &responses).await;
+    let difference = fixed_scores(&server, "difference", &responses).await;
+    let softmax = fixed_scores(&server, "softmax", &responses).await;
+    for i in 0..responses.len() {
+        // The fixture's output is [-n, n].
+        assert!(
+            (difference[i] - 2.0 * index[i]).abs() < 1e-5,
+            "{difference:?} vs {index:?}"
+        );
+        let expected = 1.0 / (1.0 + (-2.0 * index[i]).exp());
+        assert!(
+            (softmax[i] - expected).abs() < 1e-5,
+            "{softmax:?} vs {expected}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn concurrent_requests_share_inferences() {
+    let mut toml = config(4, &["length"], "");
+    toml = toml.replace(
+        "max_length = 128",
+        "max_length = 128\nmax_batch_delay_ms = 20",
+    );
+    let server = Server::start(&toml);
+    let channel = tonic::transport::Endpoint::from_shared(server.channel_uri())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let tasks: Vec<_> = (0..16)
+        .map(|i| {
+            let mut client = pb::reward_router_client::RewardRouterClient::new(channel.clone());
+            tokio::spawn(async move {
+                client
+                    .score(pb::ScoreRequest {
+                        router: "batched".into(),
+                        queries: vec![pb::Query {
+                            id: format!("q{i}"),
+                            context: vec![1.0; 4],
+                            prompt: "Say something".into(),
+                            responses: vec![
+                                "short".into(),
+                                format!("a somewhat longer answer number {i}"),
+                            ],
+                        }],
+                        mode: 0,
+                        explain: false,
+                    })
+                    .await
+                    .expect("score")
+                    .into_inner()
+                    .results
+                    .remove(0)
+            })
+        })
+        .collect();
+    for task in tasks {
+        let result = task.await.unwrap();
+        // The length RM: 0.1 per response token, whatever batch it shared.
+        assert!(result.scores[1] > result.scores[0], "{:?}", result.scores);
+    }
+    let metrics = crate::common::http_get(server.metrics, "/metrics");
+    let value = |name: &str| -> f64 {
+        metrics
+            .lines()
+            .find(|l| l.starts_with(&format!("{name}{{reward_model=\"length\"}}")))
+            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+            .unwrap_or_else(|| panic!("{name} missing"))
+    };
+    let (sequences, inferences) = (
+        value("laser_rm_batch_size_sum"),
+        value("laser_rm_batch_size_count"),
+    );
+    // 16 requests × 2 responses (+1 probe): batching needs fewer inferences than requests.
+    assert_eq!(sequences, 33.0);
+    assert!(inferences < 16.0, "{inferences} inferences for 16 requests");
+}
+
+#[tokio::test]
+async fn an_unavailable_provider_fails_with_onnx_runtimes_reason_or_falls_back() {
+    let server = Server::start(&config(4, &["length"], ""));
+    let mut admin = server.admin_client().await;
+    let spec = |name: &str, fallback: bool| pb::RewardModelSpec {
+        name: name.into(),
+        model_path: fixtures_dir()
+            .join("polite/model.onnx")
+            .display()
+            .to_string(),
+        tokenizer_path: fixtures_dir().join("tokenizer.json").display().to_string(),
+        input_format: "pair".into(),
+        provider: "cuda".into(),
+        fallback_to_cpu: fallback,
+        ..Default::default()
+    };
+    let status = admin
+        .add_reward_model(pb::AddRewardModelRequest {
+            spec: Some(spec("gpu", false)),
+        })
+        .await
+        .expect_err("the CPU build of ONNX Runtime has no CUDA provider");
+    assert_eq!(status.code(), tonic::Code::InvalidArgument);
+    assert!(
+        status.message().contains("cuda:0") && status.message().to_lowercase().contains("cuda"),
+        "{}",
+        status.message()
+    );
+    let added = admin
+        .add_reward_model(pb::AddRewardModelRequest {
+            spec: Some(spec("gpu-or-cpu", true)),
+        })
+        .await
+        .expect("falls back to CPU")
+        .into_inner()
+        .reward_model
+        .unwrap();
+    assert_eq!(added.provider, "cpu (fallback from cuda:0)");
+}
