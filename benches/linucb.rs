@@ -20,7 +20,8 @@ use std::time::{Duration, Instant};
 use criterion::{BenchmarkId, Criterion};
 use faer::{Mat, Par};
 use laser_router::bandit::{LinUcbArm, Normalization};
-use laser_router::routers::{Policy, Router, RouterSettings, SelectionMode};
+use laser_router::config::RouterDefaults;
+use laser_router::routers::{Router, RouterSettings};
 
 const DIMS: [usize; 3] = [64, 768, 4096];
 const ARMS: [usize; 3] = [2, 4, 8];
@@ -117,20 +118,14 @@ fn context(t: usize, dim: usize) -> Vec<f32> {
 
 fn router(dim: usize, arms: usize) -> (Router, Vec<String>) {
     let settings = RouterSettings {
-        context_dim: dim,
-        policy: Policy::LinUcb,
-        alpha: 0.1,
-        l2_lambda: 1.0,
         normalization: Normalization::None,
-        reward_is_normalized: false,
-        default_mode: SelectionMode::PerQuery,
-        seed: 0,
-        reward_models: None,
-        join_new_reward_models: true,
-        l2_normalize_context: false,
-        projection_dim: 0,
         max_pending_decisions: 1 << 20,
         pending_ttl: Duration::from_secs(3600),
+        ..RouterDefaults {
+            context_dim: dim,
+            ..RouterDefaults::default()
+        }
+        .settings()
     };
     let serving: Vec<String> = (0..arms).map(|k| format!("rm{k}")).collect();
     (Router::new("bench".into(), settings, &serving), serving)

@@ -13,27 +13,22 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use laser_router::bandit::Normalization;
-use laser_router::routers::{FeedbackSignal, Policy, RouterSettings, Routers, SelectionMode};
+use laser_router::config::RouterDefaults;
+use laser_router::routers::{FeedbackSignal, RouterSettings, Routers};
 use laser_router::store::{Store, StoreOptions};
 
 const ROUTER: &str = "bench";
 
 fn settings(dim: usize) -> RouterSettings {
     RouterSettings {
-        context_dim: dim,
-        policy: Policy::LinUcb,
-        alpha: 0.1,
-        l2_lambda: 1.0,
         normalization: Normalization::LASER,
-        reward_is_normalized: false,
-        default_mode: SelectionMode::PerQuery,
-        seed: 0,
-        reward_models: None,
-        join_new_reward_models: true,
-        l2_normalize_context: false,
-        projection_dim: 0,
         max_pending_decisions: 1 << 22,
         pending_ttl: Duration::from_secs(1 << 30),
+        ..RouterDefaults {
+            context_dim: dim,
+            ..RouterDefaults::default()
+        }
+        .settings()
     }
 }
 

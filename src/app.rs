@@ -256,15 +256,7 @@ pub async fn run(
     let _ = metrics_task.await;
     let _ = snapshot_task.await;
     // A final snapshot makes the next start fast; the log already holds everything.
-    let final_state = state.clone();
-    match tokio::task::spawn_blocking(move || final_state.routers.snapshot()).await {
-        Ok(Ok(Some((seq, bytes)))) => tracing::info!(seq, bytes, "final snapshot written"),
-        Ok(Ok(None)) => {}
-        Ok(Err(error)) => {
-            tracing::error!(%error, "final snapshot failed; the log still holds every change")
-        }
-        Err(error) => tracing::error!(%error, "final snapshot task failed"),
-    }
+    take_snapshot(state.clone(), "final").await;
     tracing::info!("laser-router stopped");
     Ok(())
 }
@@ -328,15 +320,20 @@ async fn snapshot_when_due(state: Arc<AppState>, mut stop: watch::Receiver<bool>
         if !state.routers.snapshot_due() {
             continue;
         }
-        let snapshotter = state.clone();
-        match tokio::task::spawn_blocking(move || snapshotter.routers.snapshot()).await {
-            Ok(Ok(Some((seq, bytes)))) => tracing::info!(seq, bytes, "snapshot written"),
-            Ok(Ok(None)) => {}
-            Ok(Err(error)) => {
-                tracing::error!(%error, "snapshot failed; the log still holds every change")
-            }
-            Err(error) => tracing::error!(%error, "snapshot task failed"),
+        take_snapshot(state.clone(), "periodic").await;
+    }
+}
+
+/// Write a snapshot on the blocking pool and log the outcome. A failed snapshot loses
+/// nothing: the log still holds every change.
+async fn take_snapshot(state: Arc<AppState>, kind: &'static str) {
+    match tokio::task::spawn_blocking(move || state.routers.snapshot()).await {
+        Ok(Ok(Some((seq, bytes)))) => tracing::info!(kind, seq, bytes, "snapshot written"),
+        Ok(Ok(None)) => {}
+        Ok(Err(error)) => {
+            tracing::error!(kind, %error, "snapshot failed; the log still holds every change")
         }
+        Err(error) => tracing::error!(kind, %error, "snapshot task failed"),
     }
 }
 

@@ -1,0 +1,255 @@
+//! Scoring throughput, printed side by side with its baselines, on the real demo RM
+//! (`python3 scripts/make_demo_models.py` builds it; the bench says so when it is missing):
+//! 1. the server's scoring path (queue, batcher, tokenization, ONNX Runtime) for one client
+//!    sending one query (8 responses) at a time, vs ONNX Runtime alone from Python on the
+//!    same model and the same batches (`benches/ort_alone.py`): target ≥ 0.9×;
+//! 2. a concurrency sweep, 1 → 64 clients each sending small queries: throughput, p50/p99
+//!    latency, achieved batch sizes and padding, against the one-at-a-time baseline.
+//!
+//! `cargo bench --bench scoring`.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use laser_router::models::{InputFormat, ModelSource, RewardModel, RewardModelSpec};
+
+const RESPONSES_PER_QUERY: usize = 8;
+
+fn repo(path: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
+}
+
+/// Deterministic review-like texts of varied length.
+fn batches(count: usize) -> Vec<(String, Vec<String>)> {
+    const WORDS: &[&str] = &[
+        "the",
+        "medicine",
+        "helped",
+        "my",
+        "pain",
+        "but",
+        "I",
+        "had",
+        "side",
+        "effects",
+        "like",
+        "nausea",
+        "and",
+        "headaches",
+        "doctor",
+        "said",
+        "to",
+        "keep",
+        "taking",
+        "it",
+        "after",
+        "two",
+        "weeks",
+        "felt",
+        "much",
+        "better",
+        "sleep",
+        "improved",
+        "would",
+        "recommend",
+        "careful",
+        "with",
+        "dosage",
+    ];
+    let mut state = 12345u64;
+    let mut next = move || {
+        state = state
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (state >> 33) as usize
+    };
+    (0..count)
+        .map(|i| {
+            let responses = (0..RESPONSES_PER_QUERY)
+                .map(|_| {
+                    let len = 8 + next() % 90;
+                    (0..len)
+                        .map(|_| WORDS[next() % WORDS.len()])
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                })
+                .collect();
+            (format!("How did treatment {i} work for you?"), responses)
+        })
+        .collect()
+}
+
+fn spec(max_batch_delay_ms: u64) -> RewardModelSpec {
+    let mut spec = RewardModelSpec::new(
+        "satisfaction".into(),
+        repo("models/demo/model.onnx"),
+        repo("models/demo/tokenizer.json"),
+        InputFormat::Pair,
+    );
+    spec.max_length = 256;
+    spec.output = Some("logits".into());
+    spec.queue_capacity = 4096;
+    spec.max_batch_delay_ms = max_batch_delay_ms;
+    if let Some(tokens) = std::env::var("LASER_BENCH_MAX_BATCH_TOKENS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        spec.max_batch_tokens = tokens;
+    }
+    spec
+}
+
+fn percentile(sorted: &[Duration], q: f64) -> Duration {
+    sorted[((sorted.len() - 1) as f64 * q).round() as usize]
+}
+
+fn main() {
+    if std::env::args().any(|a| a == "--list") {
+        return;
+    }
+    if !repo("models/demo/model.onnx").is_file() {
+        println!(
+            "scoring bench: models/demo/model.onnx is missing; run python3 scripts/make_demo_models.py"
+        );
+        return;
+    }
+    let metrics = laser_router::telemetry::install_metrics().unwrap();
+    // (sequences, inferences, padded tokens, real tokens) recorded so far.
+    let totals = || {
+        let text = metrics.render();
+        let value = |name: &str| -> f64 {
+            text.lines()
+                .filter(|l| l.starts_with(name))
+                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                .sum()
+        };
+        [
+            value("laser_rm_batch_size_sum"),
+            value("laser_rm_batch_size_count"),
+            value("laser_rm_padded_tokens_sum"),
+            value("laser_rm_tokens_sum"),
+        ]
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let work = batches(120);
+    let pairs = (work.len() * RESPONSES_PER_QUERY) as f64;
+
+    // 1. One client, one query at a time, vs ONNX Runtime alone on the same batches.
+    let model = Arc::new(RewardModel::load(spec(0), ModelSource::Config).unwrap());
+    let started = Instant::now();
+    runtime.block_on(async {
+        for (prompt, responses) in &work {
+            model
+                .score(prompt.clone(), responses.clone(), None)
+                .await
+                .unwrap();
+        }
+    });
+    let server = pairs / started.elapsed().as_secs_f64();
+    let file = std::env::temp_dir().join("laser-router-scoring-batches.json");
+    let json: Vec<String> = work
+        .iter()
+        .map(|(p, rs)| {
+            format!(
+                "[{:?}, [{}]]",
+                p,
+                rs.iter()
+                    .map(|r| format!("{r:?}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        })
+        .collect();
+    std::fs::write(&file, format!("[{}]", json.join(", "))).unwrap();
+    let output = std::process::Command::new("python3")
+        .arg(repo("benches/ort_alone.py"))
+        .arg(repo("models/demo/model.onnx"))
+        .arg(repo("models/demo/tokenizer.json"))
+        .arg(&file)
+        .output();
+    let alone = match output {
+        Ok(output) if output.status.success() => {
+            let text = String::from_utf8_lossy(&output.stdout).to_string();
+            print!("{text}");
+            text.lines()
+                .filter_map(|l| l.strip_prefix("pairs_per_second="))
+                .next_back()
+                .and_then(|v| v.parse::<f64>().ok())
+        }
+        Ok(output) => {
+            println!(
+                "ort_alone.py failed: {}",
+                String::from_utf8_lossy(&output.stderr)
+                    .lines()
+                    .last()
+                    .unwrap_or("")
+            );
+            None
+        }
+        Err(error) => {
+            println!("python3 not runnable: {error}");
+            None
+        }
+    };
+    println!(
+        "server scoring path, 1 client, one query of {RESPONSES_PER_QUERY} responses at a time: {server:.1} pairs/s"
+    );
+    if let Some(alone) = alone {
+        println!(
+            "ratio server / ONNX Runtime alone (same model, same batches): {:.2}",
+            server / alone
+        );
+    }
+    drop(model);
+
+    // 2. Concurrency sweep with the batcher on (2 ms delay), each client sending queries.
+    let model = Arc::new(RewardModel::load(spec(2), ModelSource::Config).unwrap());
+    println!(
+        "concurrency sweep (batching across requests, max_batch_delay_ms = 2, max_batch_tokens = {}):",
+        model.spec().max_batch_tokens
+    );
+    for clients in [1usize, 4, 16, 64] {
+        let before = totals();
+        let started = Instant::now();
+        let latencies = runtime.block_on(async {
+            let tasks: Vec<_> = (0..clients)
+                .map(|c| {
+                    let model = model.clone();
+                    let mine: Vec<(String, Vec<String>)> =
+                        work.iter().skip(c).step_by(clients).cloned().collect();
+                    tokio::spawn(async move {
+                        let mut latencies = Vec::new();
+                        for (prompt, responses) in mine {
+                            let sent = Instant::now();
+                            model.score(prompt, responses, None).await.unwrap();
+                            latencies.push(sent.elapsed());
+                        }
+                        latencies
+                    })
+                })
+                .collect();
+            let mut all = Vec::new();
+            for task in tasks {
+                all.extend(task.await.unwrap());
+            }
+            all
+        });
+        let throughput = pairs / started.elapsed().as_secs_f64();
+        let after = totals();
+        let delta: Vec<f64> = after.iter().zip(&before).map(|(a, b)| a - b).collect();
+        let mut sorted = latencies;
+        sorted.sort();
+        println!(
+            "  {clients:>2} clients: {throughput:.1} pairs/s ({:.2}x one-at-a-time), p50 {:.0} ms, p99 {:.0} ms, mean batch {:.1} sequences, padding ratio {:.2}",
+            throughput / server,
+            percentile(&sorted, 0.5).as_secs_f64() * 1e3,
+            percentile(&sorted, 0.99).as_secs_f64() * 1e3,
+            delta[0] / delta[1].max(1.0),
+            delta[2] / delta[3].max(1.0)
+        );
+    }
+}
