@@ -155,7 +155,16 @@ impl RewardRouterService {
                 let decision = query_decision[query];
                 let (reward_model, arms, ensemble) = &chosen[decision];
                 let scores = if *ensemble {
-                    ensemble::combine(&scores)
+                    let normalized: Vec<Vec<f32>> = members[decision]
+                        .iter()
+                        .zip(&scores)
+                        .map(|(name, scores)| match state.reward_models.get(name) {
+                            Ok(model) => model.normalize(scores),
+                            // Removed meanwhile: fall back to per-query standardization.
+                            Err(_) => ensemble::standardize(scores),
+                        })
+                        .collect();
+                    ensemble::mean(&normalized)
                 } else {
                     scores.swap_remove(0)
                 };

@@ -1,32 +1,58 @@
 //! The paper's "RM score ensemble" baseline: every RM scores the query's responses; each
-//! RM's scores are standardized over the query's responses (z-scores, so RMs on different
-//! scales weigh the same; an RM that scores all responses equally contributes 0), then
-//! averaged across RMs. Cost: O(K·n) per query.
+//! RM's scores are normalized — by the RM's own `score_normalization` when its spec sets
+//! one (affine, or its running mean/std), else standardized over the query's responses
+//! (z-scores, so RMs on different scales weigh the same; an RM that scores all responses
+//! equally contributes 0) — then averaged across RMs. Cost: O(K·n) per query.
 
-/// Combine per-RM score vectors (each of the same length n) into one.
+/// Combine per-RM score vectors (each of the same length n) into one: z-scores over the
+/// query's responses, averaged.
 pub fn combine(scores_per_reward_model: &[Vec<f32>]) -> Vec<f32> {
-    let Some(first) = scores_per_reward_model.first() else {
+    let standardized: Vec<Vec<f32>> = scores_per_reward_model
+        .iter()
+        .map(|s| standardize(s))
+        .collect();
+    mean(&standardized)
+}
+
+/// z-scores of one RM's scores over the query's responses (all 0 when they are equal).
+pub fn standardize(scores: &[f32]) -> Vec<f32> {
+    let n = scores.len().max(1) as f64;
+    let mean = scores.iter().map(|&s| s as f64).sum::<f64>() / n;
+    let std = (scores
+        .iter()
+        .map(|&s| (s as f64 - mean).powi(2))
+        .sum::<f64>()
+        / n)
+        .sqrt();
+    scores
+        .iter()
+        .map(|&s| {
+            if std > 0.0 {
+                ((s as f64 - mean) / std) as f32
+            } else {
+                0.0
+            }
+        })
+        .collect()
+}
+
+/// Element-wise mean of already normalized score vectors (each of the same length).
+pub fn mean(normalized: &[Vec<f32>]) -> Vec<f32> {
+    let Some(first) = normalized.first() else {
         return Vec::new();
     };
-    let n = first.len();
-    let mut combined = vec![0f64; n];
-    for scores in scores_per_reward_model {
-        assert_eq!(scores.len(), n, "every RM scores every response");
-        let mean = scores.iter().map(|&s| s as f64).sum::<f64>() / n as f64;
-        let variance = scores
-            .iter()
-            .map(|&s| (s as f64 - mean).powi(2))
-            .sum::<f64>()
-            / n as f64;
-        let std = variance.sqrt();
-        for (total, &score) in combined.iter_mut().zip(scores) {
-            if std > 0.0 {
-                *total += (score as f64 - mean) / std;
-            }
-        }
+    let mut total = vec![0f64; first.len()];
+    for scores in normalized {
+        assert_eq!(scores.len(), total.len(), "every RM scores every response");
+        total
+            .iter_mut()
+            .zip(scores)
+            .for_each(|(t, &s)| *t += s as f64);
     }
-    let count = scores_per_reward_model.len() as f64;
-    combined.into_iter().map(|v| (v / count) as f32).collect()
+    total
+        .into_iter()
+        .map(|t| (t / normalized.len() as f64) as f32)
+        .collect()
 }
 
 #[cfg(test)]
@@ -41,6 +67,12 @@ mod tests {
         assert!((combined[0] - 0.0).abs() < 1e-6);
         assert!(combined[1] > combined[2]);
         assert!((combined[1] - 0.6124).abs() < 1e-3, "{combined:?}");
+    }
+
+    #[test]
+    fn mean_of_already_normalized_scores() {
+        assert_eq!(mean(&[vec![1.0, 3.0], vec![3.0, 5.0]]), vec![2.0, 4.0]);
+        assert!(mean(&[]).is_empty());
     }
 
     #[test]

@@ -29,7 +29,7 @@ use tokenizers::{
 use tokio::sync::oneshot;
 use tracing::Instrument;
 
-use super::spec::{Provider, ScoreRead, TruncationSide};
+use super::spec::{Provider, ScoreNormalization, ScoreRead, TruncationSide};
 use super::{InputFormat, ModelError, RewardModelSpec, runtime};
 use crate::telemetry::metric;
 
@@ -87,6 +87,8 @@ pub struct RewardModel {
     spec: RewardModelSpec,
     source: ModelSource,
     provider: String,
+    /// Welford running (count, mean, M2) of every score this RM returned.
+    running: Mutex<(u64, f64, f64)>,
     input_names: Vec<String>,
     output_name: String,
     jobs: SyncSender<ScoreJob>,
@@ -123,11 +125,52 @@ impl RewardModel {
             spec,
             source,
             provider,
+            running: Mutex::new((0, 0.0, 0.0)),
             input_names,
             output_name,
             jobs,
             queue_depth,
         })
+    }
+
+    /// `scores` on the ensemble's common scale, per the spec's `score_normalization`.
+    pub fn normalize(&self, scores: &[f32]) -> Vec<f32> {
+        match self.spec.score_normalization {
+            ScoreNormalization::PerQuery => crate::bandit::ensemble::standardize(scores),
+            ScoreNormalization::Affine { scale, shift } => scores
+                .iter()
+                .map(|&s| (scale * s as f64 + shift) as f32)
+                .collect(),
+            ScoreNormalization::Running => {
+                let (count, mean, m2) = *self.running.lock().expect("running stats lock poisoned");
+                let std = if count > 1 {
+                    (m2 / (count - 1) as f64).sqrt()
+                } else {
+                    0.0
+                };
+                scores
+                    .iter()
+                    .map(|&s| {
+                        if std > 0.0 {
+                            ((s as f64 - mean) / std) as f32
+                        } else {
+                            0.0
+                        }
+                    })
+                    .collect()
+            }
+        }
+    }
+
+    fn observe_scores(&self, scores: &[f32]) {
+        let mut running = self.running.lock().expect("running stats lock poisoned");
+        for &score in scores.iter().filter(|s| s.is_finite()) {
+            let (count, mean, m2) = &mut *running;
+            *count += 1;
+            let delta = score as f64 - *mean;
+            *mean += delta / *count as f64;
+            *m2 += delta * (score as f64 - *mean);
+        }
     }
 
     /// The execution provider the sessions run on (`cpu`, `cuda:0`, ...).
@@ -193,10 +236,12 @@ impl RewardModel {
         metrics::gauge!(metric::RM_QUEUE_DEPTH, "reward_model" => self.spec.name.clone())
             .set(self.queue_depth() as f64);
         let name = self.spec.name.clone();
-        answer
+        let scores = answer
             .instrument(tracing::debug_span!("await_scores"))
             .await
-            .unwrap_or(Err(ModelError::WorkerStopped { name }))
+            .unwrap_or(Err(ModelError::WorkerStopped { name }))?;
+        self.observe_scores(&scores);
+        Ok(scores)
     }
 }
 

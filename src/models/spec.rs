@@ -11,6 +11,7 @@
 //! output = "logits"                          # default: the model's first output
 //! output_index = 0                           # index in the output's last dimension
 //! score = "index"                            # or "difference", "softmax"
+//! score_normalization = { kind = "running" }  # ensemble scale: per_query | affine | running
 //! truncation_side = "left"                   # keep the end of the response
 //! provider = "cpu"                           # or "cuda", "tensorrt" (device_id = 0)
 //! workers = 1                                # sessions sharing the queue
@@ -79,6 +80,19 @@ pub enum ScoreRead {
     Softmax,
 }
 
+/// How an RM's scores are put on a common scale for the ensemble policy.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "kind")]
+pub enum ScoreNormalization {
+    /// Standardize over each query's responses (the ensemble's default).
+    #[default]
+    PerQuery,
+    /// `scale · score + shift`.
+    Affine { scale: f64, shift: f64 },
+    /// `(score − mean) / std` with the RM's running mean and std over every score it made.
+    Running,
+}
+
 /// Which end of a too-long input is cut.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -136,6 +150,10 @@ pub struct RewardModelSpec {
     /// RESOURCE_EXHAUSTED.
     #[serde(default = "default_queue_capacity")]
     pub queue_capacity: usize,
+    /// Normalization for the ensemble policy: `{ kind = "per_query" }` (default),
+    /// `{ kind = "affine", scale = .., shift = .. }` or `{ kind = "running" }`.
+    #[serde(default)]
+    pub score_normalization: ScoreNormalization,
     /// How the score is read: `index` (default), `difference`, `softmax`.
     #[serde(default)]
     pub score: ScoreRead,
@@ -192,6 +210,7 @@ impl RewardModelSpec {
             output: None,
             output_index: 0,
             queue_capacity: DEFAULT_QUEUE_CAPACITY,
+            score_normalization: ScoreNormalization::PerQuery,
             score: ScoreRead::Index,
             output_other_index: 0,
             truncation_side: TruncationSide::Left,
@@ -277,6 +296,14 @@ impl RewardModelSpec {
                 "max_batch_delay_ms {} exceeds 1000",
                 self.max_batch_delay_ms
             )));
+        }
+        if let ScoreNormalization::Affine { scale, shift } = self.score_normalization
+            && !(scale.is_finite() && scale != 0.0 && shift.is_finite())
+        {
+            return Err(invalid(
+                "score_normalization: affine needs a finite, non-zero scale and a finite shift"
+                    .into(),
+            ));
         }
         if self.score == ScoreRead::Difference && self.output_other_index == self.output_index {
             return Err(invalid(

@@ -367,3 +367,71 @@ async fn an_unavailable_provider_fails_with_onnx_runtimes_reason_or_falls_back()
         .unwrap();
     assert_eq!(added.provider, "cpu (fallback from cuda:0)");
 }
+
+#[tokio::test]
+async fn the_ensemble_uses_each_rms_own_score_normalization() {
+    let mut toml = config(4, &["length", "polite"], "");
+    toml = toml.replacen(
+        "output = \"logits\"",
+        "output = \"logits\"\nscore_normalization = { kind = \"affine\", scale = 10.0, shift = 1.0 }",
+        1,
+    );
+    toml = toml.replacen(
+        "name = \"polite\"",
+        "name = \"polite\"\nscore_normalization = { kind = \"running\" }",
+        1,
+    );
+    let server = Server::start(&toml);
+    let responses = [
+        "Thanks, please and thank you!",
+        "no",
+        "Sorry, I am glad to help.",
+    ];
+    let length = fixed_scores(&server, "length", &responses).await;
+    let polite = fixed_scores(&server, "polite", &responses).await;
+    let mut admin = server.admin_client().await;
+    admin
+        .create_router(pb::CreateRouterRequest {
+            name: "ensemble".into(),
+            settings: Some(pb::RouterSettings {
+                context_dim: 4,
+                policy: pb::Policy::Ensemble as i32,
+                ..Default::default()
+            }),
+        })
+        .await
+        .expect("create");
+    let combined = server
+        .router_client()
+        .await
+        .score(pb::ScoreRequest {
+            router: "ensemble".into(),
+            queries: vec![pb::Query {
+                id: "q".into(),
+                context: vec![1.0; 4],
+                prompt: "How much?".into(),
+                responses: responses.iter().map(|r| r.to_string()).collect(),
+            }],
+            mode: 0,
+            explain: false,
+        })
+        .await
+        .expect("score")
+        .into_inner()
+        .results
+        .remove(0)
+        .scores;
+    // polite's running statistics: its scores observed twice (fixed router, ensemble).
+    let observed: Vec<f64> = polite.iter().chain(&polite).map(|&s| s as f64).collect();
+    let mean = observed.iter().sum::<f64>() / observed.len() as f64;
+    let std = (observed.iter().map(|s| (s - mean).powi(2)).sum::<f64>()
+        / (observed.len() - 1) as f64)
+        .sqrt();
+    for i in 0..responses.len() {
+        let expected = ((10.0 * length[i] as f64 + 1.0) + (polite[i] as f64 - mean) / std) / 2.0;
+        assert!(
+            (combined[i] as f64 - expected).abs() < 1e-4,
+            "{combined:?} vs {expected} at {i}"
+        );
+    }
+}
