@@ -367,10 +367,11 @@ pub fn reward_model_spec(
     let input_format = match spec.input_format.as_str() {
         "pair" => InputFormat::Pair,
         "template" => InputFormat::Template,
+        "chat" => InputFormat::Chat,
         other => {
             return Err(invalid(
                 "spec.input_format",
-                format!("{other:?} is not one of \"pair\", \"template\""),
+                format!("{other:?} is not one of \"pair\", \"template\", \"chat\""),
             ));
         }
     };

@@ -2,6 +2,7 @@
 //! registry of loaded models.
 //!
 //! - [`spec`]: what an RM is (files, how its input text is built, where its score is read).
+//! - [`chat`]: chat-template input (HF `chat_template` rendered with minijinja).
 //! - [`runtime`]: loading ONNX Runtime's shared library once per process.
 //! - [`reward_model`]: one loaded RM: a worker thread that owns the session and tokenizer
 //!   and serves score jobs from a bounded queue.
@@ -10,6 +11,7 @@
 //! Async ends at a channel: the Score handler sends a job and awaits a oneshot reply;
 //! tokenization and inference never run on the tokio runtime.
 
+pub mod chat;
 pub mod registry;
 pub mod reward_model;
 pub mod runtime;

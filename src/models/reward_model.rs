@@ -29,6 +29,7 @@ use tokenizers::{
 use tokio::sync::oneshot;
 use tracing::Instrument;
 
+use super::chat::ChatTemplate;
 use super::spec::{Provider, ScoreNormalization, ScoreRead, TruncationSide};
 use super::{InputFormat, ModelError, RewardModelSpec, runtime};
 use crate::telemetry::metric;
@@ -294,6 +295,7 @@ fn gather(receiver: &Receiver<ScoreJob>, spec: &RewardModelSpec) -> Option<Vec<S
 struct Scorer {
     spec: RewardModelSpec,
     provider: String,
+    chat: Option<ChatTemplate>,
     session: Session,
     tokenizer: Tokenizer,
     pad_id: u32,
@@ -322,6 +324,10 @@ impl Scorer {
             reason,
         };
         let (session, provider) = build_session(&spec, environment)?;
+        let chat = match spec.input_format {
+            InputFormat::Chat => Some(ChatTemplate::load(&spec.tokenizer_config_path(), &name)?),
+            InputFormat::Pair | InputFormat::Template => None,
+        };
         let inputs = session
             .inputs()
             .iter()
@@ -353,6 +359,7 @@ impl Scorer {
         let mut scorer = Self {
             spec,
             provider,
+            chat,
             session,
             tokenizer,
             pad_id,
@@ -379,19 +386,31 @@ impl Scorer {
     }
 
     fn tokenize(&self, prompt: &str, responses: &[String]) -> Result<Vec<Encoding>, ModelError> {
+        let error = |reason: String| ModelError::Tokenizer {
+            name: self.spec.name.clone(),
+            reason,
+        };
         let inputs: Vec<EncodeInput> = responses
             .iter()
-            .map(|response| match self.spec.input_format {
-                InputFormat::Pair => (prompt.to_string(), response.clone()).into(),
-                InputFormat::Template => self.spec.render(prompt, response).into(),
+            .map(|response| -> Result<EncodeInput, ModelError> {
+                Ok(match (&self.spec.input_format, &self.chat) {
+                    (InputFormat::Pair, _) => (prompt.to_string(), response.clone()).into(),
+                    (InputFormat::Template, _) => self.spec.render(prompt, response).into(),
+                    (InputFormat::Chat, Some(chat)) => chat
+                        .render(prompt, response)
+                        .map_err(|e| error(format!("chat template: {e}")))?
+                        .into(),
+                    (InputFormat::Chat, None) => {
+                        return Err(error("no chat template loaded".into()));
+                    }
+                })
             })
-            .collect();
+            .collect::<Result<_, _>>()?;
+        // A chat template writes its own special tokens.
+        let add_special_tokens = self.spec.input_format != InputFormat::Chat;
         self.tokenizer
-            .encode_batch(inputs, true)
-            .map_err(|e| ModelError::Tokenizer {
-                name: self.spec.name.clone(),
-                reason: e.to_string(),
-            })
+            .encode_batch(inputs, add_special_tokens)
+            .map_err(|e| error(e.to_string()))
     }
 
     /// Score a batch of jobs: tokenize, cut length-sorted sequences into inferences under

@@ -111,6 +111,9 @@ pub enum InputFormat {
     Pair,
     /// One text from `template`, with `{prompt}` and `{response}` replaced.
     Template,
+    /// The HF `chat_template` of `tokenizer_config` over [user: prompt, assistant:
+    /// response] (LLM-based RMs such as Skywork-Reward or ArmoRM).
+    Chat,
 }
 
 impl InputFormat {
@@ -118,6 +121,7 @@ impl InputFormat {
         match self {
             InputFormat::Pair => "pair",
             InputFormat::Template => "template",
+            InputFormat::Chat => "chat",
         }
     }
 }
@@ -133,6 +137,10 @@ pub struct RewardModelSpec {
     /// are ignored: `max_length` decides.
     pub tokenizer: PathBuf,
     pub input_format: InputFormat,
+    /// `tokenizer_config.json` holding the chat template (`input_format = "chat"`); by
+    /// default the one next to `tokenizer`.
+    #[serde(default)]
+    pub tokenizer_config: Option<PathBuf>,
     /// Required with `input_format = "template"`.
     #[serde(default)]
     pub template: Option<String>,
@@ -205,6 +213,7 @@ impl RewardModelSpec {
             model,
             tokenizer,
             input_format,
+            tokenizer_config: None,
             template: None,
             max_length: DEFAULT_MAX_LENGTH,
             output: None,
@@ -232,6 +241,11 @@ impl RewardModelSpec {
         }
         if self.tokenizer.is_relative() {
             self.tokenizer = base.join(&self.tokenizer);
+        }
+        if let Some(config) = &self.tokenizer_config
+            && config.is_relative()
+        {
+            self.tokenizer_config = Some(base.join(config));
         }
         self
     }
@@ -264,7 +278,7 @@ impl RewardModelSpec {
             (InputFormat::Template, Some(t)) if !t.contains("{response}") => {
                 return Err(invalid("template must contain {response}".into()));
             }
-            (InputFormat::Pair, Some(_)) => {
+            (InputFormat::Pair | InputFormat::Chat, Some(_)) => {
                 return Err(invalid(
                     "template is only used with input_format = \"template\"".into(),
                 ));
@@ -311,6 +325,16 @@ impl RewardModelSpec {
             ));
         }
         Ok(())
+    }
+
+    /// The `tokenizer_config.json` a `chat` model's template comes from.
+    pub fn tokenizer_config_path(&self) -> PathBuf {
+        self.tokenizer_config.clone().unwrap_or_else(|| {
+            self.tokenizer
+                .parent()
+                .unwrap_or(Path::new("."))
+                .join("tokenizer_config.json")
+        })
     }
 
     /// The text fed to a `template` model.

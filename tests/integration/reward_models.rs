@@ -202,40 +202,7 @@ fn numeric_variant(name: &str, extra: &str) -> String {
 }
 
 async fn fixed_scores(server: &Server, reward_model: &str, responses: &[&str]) -> Vec<f32> {
-    let mut admin = server.admin_client().await;
-    let router = format!("fixed-{reward_model}");
-    admin
-        .create_router(pb::CreateRouterRequest {
-            name: router.clone(),
-            settings: Some(pb::RouterSettings {
-                context_dim: 4,
-                policy: pb::Policy::Fixed as i32,
-                fixed_reward_model: reward_model.into(),
-                ..Default::default()
-            }),
-        })
-        .await
-        .expect("create");
-    server
-        .router_client()
-        .await
-        .score(pb::ScoreRequest {
-            router,
-            queries: vec![pb::Query {
-                id: "q".into(),
-                context: vec![1.0; 4],
-                prompt: "How much?".into(),
-                responses: responses.iter().map(|r| r.to_string()).collect(),
-            }],
-            mode: 0,
-            explain: false,
-        })
-        .await
-        .expect("score")
-        .into_inner()
-        .results
-        .remove(0)
-        .scores
+    fixed_scores_with_prompt(server, reward_model, "How much?", responses).await
 }
 
 #[tokio::test]
@@ -434,4 +401,115 @@ async fn the_ensemble_uses_each_rms_own_score_normalization() {
             "{combined:?} vs {expected} at {i}"
         );
     }
+}
+
+/// Direct ONNX Runtime on given texts, tokenized without special tokens (as a chat template
+/// writes its own), one at a time.
+fn direct_text_scores(name: &str, texts: &[String]) -> Vec<f32> {
+    let dir = fixtures_dir();
+    let mut tokenizer = Tokenizer::from_file(dir.join("tokenizer.json")).expect("tokenizer");
+    tokenizer.with_padding(None);
+    tokenizer.with_truncation(None).expect("no truncation");
+    let mut session = Session::builder(environment())
+        .expect("builder")
+        .commit_from_file(dir.join(name).join("model.onnx"))
+        .expect("session");
+    texts
+        .iter()
+        .map(|text| {
+            let encoding = tokenizer.encode(text.as_str(), false).expect("encode");
+            let len = encoding.len() as i64;
+            let ids: Vec<i64> = encoding.get_ids().iter().map(|&v| v as i64).collect();
+            let mask: Vec<i64> = encoding
+                .get_attention_mask()
+                .iter()
+                .map(|&v| v as i64)
+                .collect();
+            let feed: Vec<(String, SessionInputValue<'static>)> = vec![
+                (
+                    "input_ids".into(),
+                    Tensor::from_array(([1i64, len], ids)).unwrap().into(),
+                ),
+                (
+                    "attention_mask".into(),
+                    Tensor::from_array(([1i64, len], mask)).unwrap().into(),
+                ),
+            ];
+            let outputs = session.run(feed).expect("run");
+            let (_, data) = outputs[0].try_extract_tensor::<f32>().expect("f32 output");
+            data[1]
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn chat_template_rms_score_the_rendered_conversation() {
+    let dir = fixtures_dir();
+    let toml = format!(
+        "[routers]\ncontext_dim = 4\n[[reward_models]]\nname = \"chat\"\nmodel = \"{}\"\ntokenizer = \"{}\"\ninput_format = \"chat\"\noutput = \"scores\"\noutput_index = 1\n",
+        dir.join("numeric/model.onnx").display(),
+        dir.join("tokenizer.json").display()
+    );
+    let server = Server::start(&toml);
+    let prompt = "  What is 6 times 7? ";
+    let responses = ["42", "forty two", "6 * 7 = 42"];
+    let served = fixed_scores_with_prompt(&server, "chat", prompt, &responses).await;
+    let rendered: Vec<String> = responses
+        .iter()
+        .map(|r| {
+            format!(
+                "[CLS]<|user|> {} [SEP]<|assistant|> {} [SEP]",
+                prompt.trim(),
+                r
+            )
+        })
+        .collect();
+    let direct = direct_text_scores("numeric", &rendered);
+    assert_eq!(served.len(), direct.len());
+    for (s, d) in served.iter().zip(&direct) {
+        assert!((s - d).abs() <= TOLERANCE, "{served:?} vs {direct:?}");
+    }
+    assert!(served[2] > served[1], "{served:?}");
+}
+
+async fn fixed_scores_with_prompt(
+    server: &Server,
+    reward_model: &str,
+    prompt: &str,
+    responses: &[&str],
+) -> Vec<f32> {
+    let mut admin = server.admin_client().await;
+    let router = format!("fixed-{reward_model}");
+    admin
+        .create_router(pb::CreateRouterRequest {
+            name: router.clone(),
+            settings: Some(pb::RouterSettings {
+                context_dim: 4,
+                policy: pb::Policy::Fixed as i32,
+                fixed_reward_model: reward_model.into(),
+                ..Default::default()
+            }),
+        })
+        .await
+        .expect("create");
+    server
+        .router_client()
+        .await
+        .score(pb::ScoreRequest {
+            router,
+            queries: vec![pb::Query {
+                id: "q".into(),
+                context: vec![1.0; 4],
+                prompt: prompt.into(),
+                responses: responses.iter().map(|r| r.to_string()).collect(),
+            }],
+            mode: 0,
+            explain: false,
+        })
+        .await
+        .expect("score")
+        .into_inner()
+        .results
+        .remove(0)
+        .scores
 }
