@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite: fetch ONNX Runtime and install Prometheus if missing, then unit +
 # integration tests (integration tests start the real server binary on 127.0.0.1:0; the
-# dashboard test runs a real Prometheus against it).
+# dashboard test runs a real Prometheus against it), then the Python client's tests.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 bash scripts/fetch-onnxruntime.sh
@@ -13,3 +13,6 @@ if ! command -v prometheus >/dev/null 2>&1 || ! command -v promtool >/dev/null 2
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends prometheus >/dev/null
 fi
 cargo test --locked "$@"
+# The Python client against the server binary cargo just built.
+python3 -m pip install --quiet ./clients/python pytest grpcio-tools
+python3 -m pytest -q clients/python/tests

@@ -1,0 +1,180 @@
+"""A typed wrapper over the laser.v1 gRPC services, with retries on UNAVAILABLE."""
+
+import random
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, List, Optional, Sequence
+
+import grpc
+import numpy as np
+
+from laser_router_client._pb.laser.v1 import admin_pb2, admin_pb2_grpc, common_pb2
+from laser_router_client._pb.laser.v1 import reward_router_pb2 as rr_pb2
+from laser_router_client._pb.laser.v1 import reward_router_pb2_grpc as rr_grpc
+
+POLICIES = {
+    "linucb": common_pb2.POLICY_LINUCB,
+    "random": common_pb2.POLICY_RANDOM,
+    "round_robin": common_pb2.POLICY_ROUND_ROBIN,
+    "fixed": common_pb2.POLICY_FIXED,
+    "ensemble": common_pb2.POLICY_ENSEMBLE,
+    "exp3": common_pb2.POLICY_EXP3,
+}
+NORMALIZATIONS = {"none": common_pb2.NORMALIZATION_NONE, "quantile": common_pb2.NORMALIZATION_QUANTILE}
+MODES = {"per_query": common_pb2.SELECTION_MODE_PER_QUERY, "per_batch": common_pb2.SELECTION_MODE_PER_BATCH}
+
+
+class LaserRouterError(Exception):
+    """A refused or failed call: `code` is the grpc.StatusCode, `message` the server's words."""
+
+    def __init__(self, code: grpc.StatusCode, message: str):
+        super().__init__(f"{code.name}: {message}")
+        self.code = code
+        self.message = message
+
+
+@dataclass
+class Query:
+    id: str
+    context: Any  # sequence of floats, numpy array or torch tensor ([dim])
+    prompt: str
+    responses: Sequence[str]
+
+
+@dataclass
+class ArmEstimate:
+    reward_model: str
+    mean: float
+    bonus: float
+    ucb: float
+
+
+@dataclass
+class QueryResult:
+    id: str
+    decision_id: str
+    reward_model: str
+    scores: List[float]
+    ranking: List[int]
+    arms: List[ArmEstimate] = field(default_factory=list)
+
+
+def _floats(context: Any) -> List[float]:
+    if hasattr(context, "detach"):
+        context = context.detach().to("cpu").float().numpy()
+    return np.asarray(context, dtype=np.float32).reshape(-1).tolist()
+
+
+class LaserRouterClient:
+    """Score queries and post feedback; admin calls when a token (or loopback) allows.
+
+    Calls that fail with UNAVAILABLE (server restarting, connection dropped) are retried with
+    exponential backoff and jitter, `retries` times. Feedback is safe to retry: the server
+    applies each decision id once.
+    """
+
+    def __init__(
+        self,
+        address: str = "127.0.0.1:50051",
+        admin_token: Optional[str] = None,
+        timeout: float = 30.0,
+        retries: int = 4,
+        backoff: float = 0.1,
+        channel: Optional[grpc.Channel] = None,
+    ):
+        self._channel = channel or grpc.insecure_channel(address)
+        self._router = rr_grpc.RewardRouterStub(self._channel)
+        self._admin = admin_pb2_grpc.AdminStub(self._channel)
+        self._metadata = [("authorization", f"Bearer {admin_token}")] if admin_token else []
+        self.timeout = timeout
+        self.retries = retries
+        self.backoff = backoff
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def __enter__(self) -> "LaserRouterClient":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def _call(self, method: Callable, request: Any, admin: bool = False) -> Any:
+        delay = self.backoff
+        for attempt in range(self.retries + 1):
+            try:
+                return method(request, timeout=self.timeout, metadata=self._metadata if admin else None)
+            except grpc.RpcError as error:
+                code = error.code()
+                if code == grpc.StatusCode.UNAVAILABLE and attempt < self.retries:
+                    time.sleep(delay * (1 + random.random()))
+                    delay *= 2
+                    continue
+                raise LaserRouterError(code, error.details() or "") from None
+        raise AssertionError("unreachable")
+
+    # RewardRouter
+    def score(self, router: str, queries: Sequence[Query], mode: Optional[str] = None, explain: bool = False) -> List[QueryResult]:
+        request = rr_pb2.ScoreRequest(
+            router=router,
+            queries=[
+                rr_pb2.Query(id=q.id, context=_floats(q.context), prompt=q.prompt, responses=list(q.responses))
+                for q in queries
+            ],
+            mode=MODES[mode] if mode else common_pb2.SELECTION_MODE_UNSPECIFIED,
+            explain=explain,
+        )
+        reply = self._call(self._router.Score, request)
+        return [
+            QueryResult(
+                id=r.id,
+                decision_id=r.decision_id,
+                reward_model=r.reward_model,
+                scores=list(r.scores),
+                ranking=list(r.ranking),
+                arms=[ArmEstimate(a.reward_model, a.mean, a.bonus, a.ucb) for a in r.arms],
+            )
+            for r in reply.results
+        ]
+
+    def feedback(self, router: str, decision_ids: Sequence[str], loss: Optional[float] = None, reward: Optional[float] = None) -> dict:
+        if (loss is None) == (reward is None):
+            raise ValueError("pass exactly one of loss= or reward=")
+        request = rr_pb2.FeedbackRequest(router=router, decision_ids=list(decision_ids))
+        if loss is not None:
+            request.loss = float(loss)
+        else:
+            request.reward = float(reward)
+        reply = self._call(self._router.Feedback, request)
+        return {"applied": reply.applied, "duplicate": reply.duplicate, "not_applied": reply.not_applied}
+
+    # Admin
+    def create_router(self, name: str, context_dim: int = 0, policy: Optional[str] = None, normalization: Optional[str] = None, **settings: Any) -> Any:
+        message = admin_pb2.RouterSettings(context_dim=context_dim, **settings)
+        if policy:
+            message.policy = POLICIES[policy]
+        if normalization:
+            message.normalization = NORMALIZATIONS[normalization]
+        return self._call(self._admin.CreateRouter, admin_pb2.CreateRouterRequest(name=name, settings=message), admin=True).router
+
+    def get_router(self, name: str) -> Any:
+        return self._call(self._admin.GetRouter, admin_pb2.GetRouterRequest(name=name), admin=True).router
+
+    def list_routers(self) -> List[Any]:
+        return list(self._call(self._admin.ListRouters, admin_pb2.ListRoutersRequest(), admin=True).routers)
+
+    def reset_router(self, name: str) -> Any:
+        return self._call(self._admin.ResetRouter, admin_pb2.ResetRouterRequest(name=name), admin=True).router
+
+    def delete_router(self, name: str) -> None:
+        self._call(self._admin.DeleteRouter, admin_pb2.DeleteRouterRequest(name=name), admin=True)
+
+    def list_reward_models(self) -> List[Any]:
+        return list(self._call(self._admin.ListRewardModels, admin_pb2.ListRewardModelsRequest(), admin=True).reward_models)
+
+    def add_reward_model(self, **spec: Any) -> Any:
+        request = admin_pb2.AddRewardModelRequest(spec=admin_pb2.RewardModelSpec(**spec))
+        return self._call(self._admin.AddRewardModel, request, admin=True).reward_model
+
+    def remove_reward_model(self, name: str) -> None:
+        self._call(self._admin.RemoveRewardModel, admin_pb2.RemoveRewardModelRequest(name=name), admin=True)

@@ -1,0 +1,82 @@
+"""A real laser-router server (the binary cargo built) on 127.0.0.1 for the client tests."""
+
+import os
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[3]
+FIXTURES = ROOT / "tests" / "fixtures" / "reward_models"
+
+
+def binary() -> Path:
+    path = Path(os.environ.get("LASER_ROUTER_BIN", ROOT / "target" / "debug" / "laser-router"))
+    if not path.exists():
+        raise RuntimeError(f"{path} is missing: build it with `cargo build` (scripts/test.sh does)")
+    return path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+CONFIG = f"""
+[server]
+shutdown_grace_seconds = 0.5
+[routers]
+context_dim = 4
+[[reward_models]]
+name = "length"
+model = "{FIXTURES / 'length' / 'model.onnx'}"
+tokenizer = "{FIXTURES / 'tokenizer.json'}"
+input_format = "pair"
+output = "logits"
+[[reward_models]]
+name = "polite"
+model = "{FIXTURES / 'polite' / 'model.onnx'}"
+tokenizer = "{FIXTURES / 'tokenizer.json'}"
+input_format = "pair"
+output = "logits"
+"""
+
+
+class Server:
+    def __init__(self, port: int):
+        self.dir = tempfile.TemporaryDirectory()
+        config = Path(self.dir.name) / "config.toml"
+        config.write_text(CONFIG)
+        env = dict(os.environ, ORT_DYLIB_PATH=str(ROOT / ".ort" / "lib" / "libonnxruntime.so"))
+        self.address = f"127.0.0.1:{port}"
+        self.process = subprocess.Popen(
+            [str(binary()), "serve", "--config", str(config), "--listen", self.address,
+             "--metrics-listen", "127.0.0.1:0", "--data-dir", str(Path(self.dir.name) / "data")],
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env,
+        )
+
+    def wait_ready(self, timeout: float = 60.0) -> "Server":
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            line = self.process.stdout.readline()
+            if line.startswith("laser-router listening"):
+                return self
+            if self.process.poll() is not None:
+                break
+        raise RuntimeError("laser-router did not start")
+
+    def stop(self) -> None:
+        self.process.kill()
+        self.process.wait()
+        self.dir.cleanup()
+
+
+@pytest.fixture
+def server():
+    running = Server(free_port()).wait_ready()
+    yield running
+    running.stop()

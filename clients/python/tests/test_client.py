@@ -1,0 +1,108 @@
+import threading
+import time
+
+import grpc
+import numpy as np
+import pytest
+
+from conftest import Server, free_port
+from laser_router_client import LaserRouterClient, LaserRouterError, Query, prompt_context
+
+
+def queries(n, dim=4):
+    return [
+        Query(id=f"q{i}", context=np.eye(dim)[i % dim], prompt="How are you?",
+              responses=["Fine.", "Very well, thank you for asking!"])
+        for i in range(n)
+    ]
+
+
+def test_score_then_feedback(server):
+    with LaserRouterClient(server.address) as client:
+        results = client.score("run", queries(3), explain=True)
+        assert [r.id for r in results] == ["q0", "q1", "q2"]
+        for result in results:
+            assert result.reward_model in ("length", "polite")
+            assert len(result.scores) == 2 and sorted(result.ranking) == [0, 1]
+            assert len(result.arms) == 2
+        ack = client.feedback("run", [r.decision_id for r in results], loss=0.4)
+        assert ack == {"applied": 3, "duplicate": 0, "not_applied": 0}
+        again = client.feedback("run", [results[0].decision_id], loss=0.4)
+        assert again["duplicate"] == 1 and again["applied"] == 0
+        info = client.get_router("run")
+        assert sum(arm.feedback_count for arm in info.arms) == 3
+
+
+def test_errors_name_the_field(server):
+    with LaserRouterClient(server.address) as client:
+        with pytest.raises(LaserRouterError) as refused:
+            client.score("run", [Query(id="q", context=[1.0, 2.0], prompt="p", responses=["r"])])
+        assert refused.value.code == grpc.StatusCode.INVALID_ARGUMENT
+        assert "expects 4" in refused.value.message
+        with pytest.raises(LaserRouterError) as unknown:
+            client.feedback("run", ["no-such-decision"], reward=1.0)
+        assert unknown.value.code == grpc.StatusCode.NOT_FOUND
+        with pytest.raises(ValueError):
+            client.feedback("run", ["x"])
+
+
+def test_admin_calls(server):
+    with LaserRouterClient(server.address) as client:
+        created = client.create_router("sequential", context_dim=4, policy="round_robin", normalization="none")
+        assert created.name == "sequential"
+        picks = [client.score("sequential", queries(1))[0].reward_model for _ in range(4)]
+        assert picks == ["length", "polite", "length", "polite"]
+        assert [m.name for m in client.list_reward_models()] == ["length", "polite"]
+        assert [r.name for r in client.list_routers()] == ["sequential"]
+        client.delete_router("sequential")
+        assert client.list_routers() == []
+
+
+def test_retries_until_the_server_is_up():
+    port = free_port()
+    started = {}
+
+    def start_later():
+        time.sleep(0.5)
+        started["server"] = Server(port).wait_ready()
+
+    thread = threading.Thread(target=start_later)
+    thread.start()
+    try:
+        with LaserRouterClient(f"127.0.0.1:{port}", retries=10, backoff=0.2) as client:
+            results = client.score("late", queries(1))
+            assert results[0].decision_id
+    finally:
+        thread.join()
+        if "server" in started:
+            started["server"].stop()
+
+
+def test_gives_up_with_unavailable_after_its_retries():
+    port = free_port()
+    with LaserRouterClient(f"127.0.0.1:{port}", retries=2, backoff=0.05, timeout=2) as client:
+        started = time.time()
+        with pytest.raises(LaserRouterError) as error:
+            client.score("nobody", queries(1))
+        assert error.value.code == grpc.StatusCode.UNAVAILABLE
+        assert time.time() - started >= 0.05 + 0.1  # two backoffs
+
+
+def test_prompt_context_is_the_masked_mean():
+    hidden = np.arange(2 * 3 * 2, dtype=np.float32).reshape(2, 3, 2)
+    mask = np.array([[1, 1, 0], [1, 0, 0]])
+    context = prompt_context(hidden, mask)
+    np.testing.assert_allclose(context, [[1.0, 2.0], [6.0, 7.0]])
+    assert context.dtype == np.float32
+    unit = prompt_context(hidden, mask, normalize=True)
+    np.testing.assert_allclose(np.linalg.norm(unit, axis=1), [1.0, 1.0], rtol=1e-6)
+    np.testing.assert_allclose(prompt_context(hidden[0], mask[0]), [1.0, 2.0])
+    with pytest.raises(ValueError):
+        prompt_context(hidden, mask[:, :2])
+
+
+def test_prompt_context_accepts_torch_tensors():
+    torch = pytest.importorskip("torch")
+    hidden = torch.ones(1, 2, 3)
+    mask = torch.tensor([[1, 0]])
+    np.testing.assert_allclose(prompt_context(hidden, mask), [[1.0, 1.0, 1.0]])
