@@ -15,7 +15,7 @@ What it builds (into models/demo/, ignored by git; about 23 MB):
   tokenizer.json  the MiniLM WordPiece tokenizer
   heads.json      the heads' training summary (examples, accuracy / correlation)
 
-deploy/config/demo-minilm.toml serves the three heads as three RMs (one session each,
+deploy/config/default.toml serves the three heads as three RMs (one session each,
 `output_index` 0/1/2). Deterministic for a given package set (fixed seed, fixed sample).
 
 Usage: python3 scripts/make_demo_models.py [--examples N]   (needs numpy, onnx, onnxruntime)
