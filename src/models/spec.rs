@@ -11,7 +11,8 @@
 //! output = "logits"                          # default: the model's first output
 //! output_index = 0                           # index in the output's last dimension
 //! score = "index"                            # or "difference", "softmax"
-//! score_normalization = { kind = "running" }  # ensemble scale: per_query | affine | running
+//! score_normalization = "running"            # ensemble scale: "per_query" | "running" |
+//!                                            #   { affine = { scale = 2.0, shift = 0.0 } }
 //! truncation_side = "left"                   # keep the end of the response
 //! provider = "cpu"                           # or "cuda", "tensorrt" (device_id = 0)
 //! workers = 1                                # sessions sharing the queue
@@ -80,9 +81,11 @@ pub enum ScoreRead {
     Softmax,
 }
 
-/// How an RM's scores are put on a common scale for the ensemble policy.
+/// How an RM's scores are put on a common scale for the ensemble policy. Externally tagged
+/// (the state log's postcard encoding cannot read internally tagged enums):
+/// `"per_query"`, `"running"` or `{ affine = { scale = .., shift = .. } }`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case", tag = "kind")]
+#[serde(rename_all = "snake_case")]
 pub enum ScoreNormalization {
     /// Standardize over each query's responses (the ensemble's default).
     #[default]
@@ -158,8 +161,8 @@ pub struct RewardModelSpec {
     /// RESOURCE_EXHAUSTED.
     #[serde(default = "default_queue_capacity")]
     pub queue_capacity: usize,
-    /// Normalization for the ensemble policy: `{ kind = "per_query" }` (default),
-    /// `{ kind = "affine", scale = .., shift = .. }` or `{ kind = "running" }`.
+    /// Normalization for the ensemble policy: `"per_query"` (default),
+    /// `{ affine = { scale = .., shift = .. } }` or `"running"`.
     #[serde(default)]
     pub score_normalization: ScoreNormalization,
     /// How the score is read: `index` (default), `difference`, `softmax`.
@@ -373,6 +376,32 @@ mod tests {
         assert_eq!(spec.output, None);
         assert!(spec.validate().is_ok());
         assert_eq!(spec.render("2+2?", "4"), "Q: 2+2? A: 4");
+    }
+
+    /// The state log stores specs of hot-added RMs with postcard: every field must survive.
+    #[test]
+    fn specs_round_trip_through_the_state_log_encoding() {
+        let mut full = spec();
+        full.score_normalization = ScoreNormalization::Affine { scale: 2.0, shift: -1.0 };
+        full.tokenizer_config = Some(PathBuf::from("/x/tokenizer_config.json"));
+        full.provider = Provider::Cuda;
+        for normalization in [
+            ScoreNormalization::PerQuery,
+            ScoreNormalization::Running,
+            full.score_normalization,
+        ] {
+            let spec = RewardModelSpec {
+                score_normalization: normalization,
+                ..full.clone()
+            };
+            let bytes = postcard::to_stdvec(&spec).unwrap();
+            assert_eq!(postcard::from_bytes::<RewardModelSpec>(&bytes).unwrap(), spec);
+        }
+        let parsed: RewardModelSpec = toml::from_str(
+            "name = \"a\"\nmodel = \"m\"\ntokenizer = \"t\"\ninput_format = \"pair\"\nscore_normalization = { affine = { scale = 2.0, shift = -1.0 } }",
+        )
+        .unwrap();
+        assert_eq!(parsed.score_normalization, full.score_normalization);
     }
 
     #[test]

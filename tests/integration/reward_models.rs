@@ -340,12 +340,12 @@ async fn the_ensemble_uses_each_rms_own_score_normalization() {
     let mut toml = config(4, &["length", "polite"], "");
     toml = toml.replacen(
         "output = \"logits\"",
-        "output = \"logits\"\nscore_normalization = { kind = \"affine\", scale = 10.0, shift = 1.0 }",
+        "output = \"logits\"\nscore_normalization = { affine = { scale = 10.0, shift = 1.0 } }",
         1,
     );
     toml = toml.replacen(
         "name = \"polite\"",
-        "name = \"polite\"\nscore_normalization = { kind = \"running\" }",
+        "name = \"polite\"\nscore_normalization = \"running\"",
         1,
     );
     let server = Server::start(&toml);
