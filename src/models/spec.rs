@@ -382,7 +382,10 @@ mod tests {
     #[test]
     fn specs_round_trip_through_the_state_log_encoding() {
         let mut full = spec();
-        full.score_normalization = ScoreNormalization::Affine { scale: 2.0, shift: -1.0 };
+        full.score_normalization = ScoreNormalization::Affine {
+            scale: 2.0,
+            shift: -1.0,
+        };
         full.tokenizer_config = Some(PathBuf::from("/x/tokenizer_config.json"));
         full.provider = Provider::Cuda;
         for normalization in [
@@ -395,7 +398,10 @@ mod tests {
                 ..full.clone()
             };
             let bytes = postcard::to_stdvec(&spec).unwrap();
-            assert_eq!(postcard::from_bytes::<RewardModelSpec>(&bytes).unwrap(), spec);
+            assert_eq!(
+                postcard::from_bytes::<RewardModelSpec>(&bytes).unwrap(),
+                spec
+            );
         }
         let parsed: RewardModelSpec = toml::from_str(
             "name = \"a\"\nmodel = \"m\"\ntokenizer = \"t\"\ninput_format = \"pair\"\nscore_normalization = { affine = { scale = 2.0, shift = -1.0 } }",
