@@ -4,7 +4,9 @@
 //!    sending one query (8 responses) at a time, vs ONNX Runtime alone from Python on the
 //!    same model and the same batches (`benches/ort_alone.py`): target ≥ 0.9×;
 //! 2. a concurrency sweep, 1 → 64 clients each sending small queries: throughput, p50/p99
-//!    latency, achieved batch sizes and padding, against the one-at-a-time baseline.
+//!    latency, achieved batch sizes and padding, against the one-at-a-time baseline;
+//! 3. LASeR (one RM per query, the demo's three heads in turn) vs the RM score ensemble (all
+//!    K = 3 per query) on the same queries: queries per second, expected ≈ K×.
 //!
 //! `cargo bench --bench scoring`.
 
@@ -81,14 +83,19 @@ fn batches(count: usize) -> Vec<(String, Vec<String>)> {
 }
 
 fn spec(max_batch_delay_ms: u64) -> RewardModelSpec {
+    head_spec("satisfaction", 0, max_batch_delay_ms)
+}
+
+fn head_spec(name: &str, output_index: usize, max_batch_delay_ms: u64) -> RewardModelSpec {
     let mut spec = RewardModelSpec::new(
-        "satisfaction".into(),
+        name.into(),
         repo("models/demo/model.onnx"),
         repo("models/demo/tokenizer.json"),
         InputFormat::Pair,
     );
     spec.max_length = 256;
     spec.output = Some("logits".into());
+    spec.output_index = output_index;
     spec.queue_capacity = 4096;
     spec.max_batch_delay_ms = max_batch_delay_ms;
     if let Some(tokens) = std::env::var("LASER_BENCH_MAX_BATCH_TOKENS")
@@ -252,4 +259,68 @@ fn main() {
             delta[2] / delta[3].max(1.0)
         );
     }
+    drop(model);
+
+    // 3. LASeR vs ensemble at K = 3, 8 concurrent clients, same queries.
+    let heads: Vec<Arc<RewardModel>> = ["satisfaction", "caution", "detail"]
+        .iter()
+        .enumerate()
+        .map(|(i, name)| {
+            Arc::new(RewardModel::load(head_spec(name, i, 2), ModelSource::Config).unwrap())
+        })
+        .collect();
+    let queries_per_second = |ensemble: bool| {
+        let started = Instant::now();
+        runtime.block_on(async {
+            let tasks: Vec<_> = (0..8usize)
+                .map(|c| {
+                    let heads = heads.clone();
+                    let mine: Vec<(usize, (String, Vec<String>))> = work
+                        .iter()
+                        .cloned()
+                        .enumerate()
+                        .skip(c)
+                        .step_by(8)
+                        .collect();
+                    tokio::spawn(async move {
+                        for (i, (prompt, responses)) in mine {
+                            if ensemble {
+                                let jobs: Vec<_> = heads
+                                    .iter()
+                                    .map(|head| {
+                                        let (head, prompt, responses) =
+                                            (head.clone(), prompt.clone(), responses.clone());
+                                        tokio::spawn(async move {
+                                            head.score(prompt, responses, None).await.unwrap()
+                                        })
+                                    })
+                                    .collect();
+                                for job in jobs {
+                                    job.await.unwrap();
+                                }
+                            } else {
+                                heads[i % heads.len()]
+                                    .score(prompt, responses, None)
+                                    .await
+                                    .unwrap();
+                            }
+                        }
+                    })
+                })
+                .collect();
+            for task in tasks {
+                task.await.unwrap();
+            }
+        });
+        work.len() as f64 / started.elapsed().as_secs_f64()
+    };
+    let laser = queries_per_second(false);
+    let ensemble = queries_per_second(true);
+    println!(
+        "LASeR (one RM per query): {laser:.2} queries/s; ensemble (all K = 3 RMs): {ensemble:.2} queries/s"
+    );
+    println!(
+        "ratio LASeR / ensemble at K = 3 (expected ≈ 3): {:.2}",
+        laser / ensemble
+    );
 }

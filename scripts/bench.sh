@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# The benchmark suite in one invocation, each part printing its ratios against the baseline it
+# runs side by side (results and their machine/date go to docs/benchmarks.md):
+#   1. server scoring throughput vs ONNX Runtime alone (scoring)
+#   2. LASeR (one RM per query) vs the RM score ensemble at K = 3 (scoring)
+#   3. concurrency sweep 1 -> 64 clients: throughput, p50/p99, batch sizes, padding (scoring)
+#   4. routing cost per decision at d = 4096 vs the paper's reference algorithm (linucb)
+#   and durable state: feedback throughput with durability on/off, recovery (store).
+# Needs the demo RMs (scripts/demo-models.sh) and NumPy for the reference algorithm.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+bash scripts/fetch-onnxruntime.sh
+bash scripts/demo-models.sh
+echo "== scoring (1, 2, 3)"
+cargo bench --bench scoring
+echo "== routing cost (4)"
+cargo bench --bench linucb -- headline
+echo "== durable state"
+cargo bench --bench store
