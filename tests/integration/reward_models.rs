@@ -33,16 +33,22 @@ fn environment() -> &'static Environment {
     })
 }
 
-/// Run the fixture model directly, one response at a time (no batching, no padding).
-fn direct_scores(name: &str, prompt: &str, responses: &[&str]) -> Vec<f32> {
-    let dir = fixtures_dir();
+/// The fixture tokenizer (no padding or truncation) and a plain session on `name`'s model.
+fn direct_model(dir: &std::path::Path, name: &str) -> (Tokenizer, Session) {
     let mut tokenizer = Tokenizer::from_file(dir.join("tokenizer.json")).expect("tokenizer");
     tokenizer.with_padding(None);
     tokenizer.with_truncation(None).expect("no truncation");
-    let mut session = Session::builder(environment())
+    let session = Session::builder(environment())
         .expect("builder")
         .commit_from_file(dir.join(name).join("model.onnx"))
         .expect("session");
+    (tokenizer, session)
+}
+
+/// Run the fixture model directly, one response at a time (no batching, no padding).
+fn direct_scores(name: &str, prompt: &str, responses: &[&str]) -> Vec<f32> {
+    let dir = fixtures_dir();
+    let (tokenizer, mut session) = direct_model(&dir, name);
     let input_names: Vec<String> = session
         .inputs()
         .iter()
@@ -407,13 +413,7 @@ async fn the_ensemble_uses_each_rms_own_score_normalization() {
 /// writes its own), one at a time.
 fn direct_text_scores(name: &str, texts: &[String]) -> Vec<f32> {
     let dir = fixtures_dir();
-    let mut tokenizer = Tokenizer::from_file(dir.join("tokenizer.json")).expect("tokenizer");
-    tokenizer.with_padding(None);
-    tokenizer.with_truncation(None).expect("no truncation");
-    let mut session = Session::builder(environment())
-        .expect("builder")
-        .commit_from_file(dir.join(name).join("model.onnx"))
-        .expect("session");
+    let (tokenizer, mut session) = direct_model(&dir, name);
     texts
         .iter()
         .map(|text| {
