@@ -20,7 +20,6 @@ use std::time::{Duration, Instant};
 use criterion::{BenchmarkId, Criterion};
 use faer::{Mat, Par};
 use laser_router::bandit::{LinUcbArm, Normalization};
-use laser_router::config::RouterDefaults;
 use laser_router::routers::{Router, RouterSettings};
 
 const DIMS: [usize; 3] = [64, 768, 4096];
@@ -121,11 +120,8 @@ fn router(dim: usize, arms: usize) -> (Router, Vec<String>) {
         normalization: Normalization::None,
         max_pending_decisions: 1 << 20,
         pending_ttl: Duration::from_secs(3600),
-        ..RouterDefaults {
-            context_dim: dim,
-            ..RouterDefaults::default()
-        }
-        .settings()
+        context_dim: dim,
+        ..RouterSettings::default()
     };
     let serving: Vec<String> = (0..arms).map(|k| format!("rm{k}")).collect();
     (Router::new("bench".into(), settings, &serving), serving)

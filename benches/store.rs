@@ -13,8 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use laser_router::bandit::Normalization;
-use laser_router::config::RouterDefaults;
-use laser_router::routers::{FeedbackSignal, RouterSettings, Routers};
+use laser_router::routers::{FeedbackSignal, RouterSettings, Routers, RoutersOptions};
 use laser_router::store::{Store, StoreOptions};
 
 const ROUTER: &str = "bench";
@@ -24,11 +23,16 @@ fn settings(dim: usize) -> RouterSettings {
         normalization: Normalization::LASER,
         max_pending_decisions: 1 << 22,
         pending_ttl: Duration::from_secs(1 << 30),
-        ..RouterDefaults {
-            context_dim: dim,
-            ..RouterDefaults::default()
-        }
-        .settings()
+        context_dim: dim,
+        ..RouterSettings::default()
+    }
+}
+
+fn routers_options(dim: usize) -> RoutersOptions {
+    RoutersOptions {
+        defaults: (&settings(dim)).into(),
+        max_context_dim: 1 << 16,
+        ..RoutersOptions::default()
     }
 }
 
@@ -55,13 +59,13 @@ fn open(dir: Option<&Path>, dim: usize, fsync: bool) -> Routers {
                 recover_truncate: false,
             };
             let (store, recovered) = Store::open(dir, &options).unwrap();
-            let routers = Routers::with_store(settings(dim), true, 1 << 16, store, 0);
+            let routers = Routers::with_store(routers_options(dim), store);
             routers.recover(recovered).unwrap();
             return routers;
         }
         None => Store::in_memory(),
     };
-    Routers::with_store(settings(dim), true, 1 << 16, store, 0)
+    Routers::with_store(routers_options(dim), store)
 }
 
 fn context(t: usize, dim: usize) -> Vec<f32> {

@@ -1,5 +1,6 @@
-//! Wiring and lifecycle: load reward models, bind the listeners, serve gRPC (RewardRouter,
-//! Admin, health, reflection) and Prometheus metrics, stop on the shutdown signal.
+//! Wiring and lifecycle: recover state, load reward models, build the [`Service`], bind
+//! the listeners, serve gRPC (RewardRouter, Admin, health, reflection) and Prometheus
+//! metrics, stop on the shutdown signal. The only module that sees every layer.
 //!
 //! Startup order: state recovered from the data directory (snapshot + log replay) ->
 //! reward models (the config's, less those removed through Admin, plus those added through
@@ -24,52 +25,12 @@ use crate::api::admin::AdminService;
 use crate::api::auth::AdminAccess;
 use crate::api::pb;
 use crate::api::reward_router::RewardRouterService;
-use crate::config::{Config, Limits, RouterDefaults, TlsConfig};
+use crate::config::{Config, TlsConfig};
 use crate::models::{ModelError, ModelSource, RewardModelSpec, RewardModels};
-use crate::routers::Routers;
+use crate::routers::{RouterError, Routers, RoutersHandle};
+use crate::service::Service;
 use crate::store::{Store, StoreError, StoreOptions};
 use crate::telemetry;
-
-/// What every handler shares.
-pub struct AppState {
-    pub routers: Routers,
-    pub reward_models: RewardModels,
-    pub limits: Limits,
-    /// Defaults for router settings a CreateRouter leaves unset.
-    pub router_defaults: RouterDefaults,
-    /// Serializes AddRewardModel / RemoveRewardModel (load, log, publish as one step).
-    pub reward_model_admin: tokio::sync::Mutex<()>,
-    /// Requests handled at once by RewardRouter and by Admin (load shedding).
-    pub reward_router_slots: RequestSlots,
-    pub admin_slots: RequestSlots,
-}
-
-/// A bound on requests in progress; past it a request is refused at once
-/// (RESOURCE_EXHAUSTED) instead of queueing without bound.
-pub struct RequestSlots {
-    semaphore: tokio::sync::Semaphore,
-    limit: usize,
-}
-
-impl RequestSlots {
-    pub fn new(limit: usize) -> Self {
-        Self {
-            semaphore: tokio::sync::Semaphore::new(limit),
-            limit,
-        }
-    }
-
-    /// A slot held for the request's lifetime, or RESOURCE_EXHAUSTED.
-    pub fn try_acquire(&self) -> Result<tokio::sync::SemaphorePermit<'_>, tonic::Status> {
-        self.semaphore.try_acquire().map_err(|_| {
-            metrics::counter!(crate::telemetry::metric::REQUESTS_SHED).increment(1);
-            tonic::Status::resource_exhausted(format!(
-                "the server is at its limit of {} concurrent requests (limits.max_concurrent_requests); retry with backoff",
-                self.limit
-            ))
-        })
-    }
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
@@ -77,6 +38,8 @@ pub enum AppError {
     Model(#[from] ModelError),
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    State(#[from] RouterError),
     #[error("cannot {action}: {source}")]
     Io {
         action: String,
@@ -123,24 +86,18 @@ pub async fn run(
                 .map(|spec| (spec, ModelSource::Admin)),
         )
         .collect();
-    let reward_models = tokio::task::spawn_blocking(move || RewardModels::load_all(specs))
-        .await
-        .map_err(|e| io_error("load reward models")(std::io::Error::other(e)))??;
+    let reward_models = RewardModels::open(specs).await?;
     for model in reward_models.list() {
         telemetry::record_reward_model_loaded(&model);
     }
     if reward_models.names().is_empty() {
         tracing::warn!("no reward models configured: Score will answer FAILED_PRECONDITION");
     }
-    let state = Arc::new(AppState {
-        routers,
+    let service = Arc::new(Service::new(
+        routers.clone(),
         reward_models,
-        limits: config.limits.clone(),
-        router_defaults: config.routers.clone(),
-        reward_model_admin: tokio::sync::Mutex::new(()),
-        reward_router_slots: RequestSlots::new(config.limits.max_concurrent_requests),
-        admin_slots: RequestSlots::new(config.limits.max_concurrent_requests),
-    });
+        config.limits.clone(),
+    ));
 
     let grpc_listener = TcpListener::bind(config.server.listen)
         .await
@@ -177,7 +134,7 @@ pub async fn run(
         metrics_handle,
         stop_rx.clone(),
     ));
-    let snapshot_task = tokio::spawn(snapshot_when_due(state.clone(), stop_rx.clone()));
+    let snapshot_task = tokio::spawn(snapshot_when_due(routers.clone(), stop_rx.clone()));
 
     health_reporter
         .set_serving::<pb::reward_router_server::RewardRouterServer<RewardRouterService>>()
@@ -190,10 +147,11 @@ pub async fn run(
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()?;
     let max_message = config.limits.max_message_bytes;
-    let reward_router =
-        pb::reward_router_server::RewardRouterServer::new(RewardRouterService::new(state.clone()))
-            .max_decoding_message_size(max_message)
-            .max_encoding_message_size(max_message);
+    let reward_router = pb::reward_router_server::RewardRouterServer::new(
+        RewardRouterService::new(service.clone()),
+    )
+    .max_decoding_message_size(max_message)
+    .max_encoding_message_size(max_message);
     let access = AdminAccess::new(
         config.server.admin_token.clone(),
         config.server.listen.ip().is_loopback(),
@@ -208,13 +166,13 @@ pub async fn run(
         ),
     }
     let admin = tonic::service::interceptor::InterceptedService::new(
-        pb::admin_server::AdminServer::new(AdminService::new(state.clone()))
+        pb::admin_server::AdminServer::new(AdminService::new(service.clone()))
             .max_decoding_message_size(max_message)
             .max_encoding_message_size(max_message),
         move |request| access.check(request),
     );
 
-    tracing::info!(grpc = %grpc_addr, metrics = %metrics_addr, reward_models = ?state.reward_models.names(), "laser-router ready");
+    tracing::info!(grpc = %grpc_addr, metrics = %metrics_addr, reward_models = ?service.reward_models().names(), "laser-router ready");
     {
         let mut stdout = std::io::stdout().lock();
         let _ = writeln!(
@@ -256,13 +214,13 @@ pub async fn run(
     let _ = metrics_task.await;
     let _ = snapshot_task.await;
     // A final snapshot makes the next start fast; the log already holds everything.
-    take_snapshot(state.clone(), "final").await;
+    take_snapshot(&routers, "final").await;
     tracing::info!("laser-router stopped");
     Ok(())
 }
 
 /// Open the store under the data directory and rebuild the routers from it.
-async fn open_routers(config: &Config, recover_truncate: bool) -> Result<Routers, AppError> {
+async fn open_routers(config: &Config, recover_truncate: bool) -> Result<RoutersHandle, AppError> {
     let options = StoreOptions {
         durable: config.store.durable,
         fsync: config.store.fsync,
@@ -270,24 +228,11 @@ async fn open_routers(config: &Config, recover_truncate: bool) -> Result<Routers
         recover_truncate,
     };
     let data_dir = config.server.data_dir.clone();
-    let defaults = config.routers.settings();
-    let (create_on_first_use, max_context_dim) = (
-        config.routers.create_on_first_use,
-        config.limits.max_context_dim,
-    );
-    let snapshot_every = config.store.snapshot_every_records;
-    let max_routers = config.limits.max_routers;
-    tokio::task::spawn_blocking(move || -> Result<Routers, AppError> {
+    let routers_options = config.routers_options();
+    let routers = tokio::task::spawn_blocking(move || -> Result<Routers, AppError> {
         let started = std::time::Instant::now();
         let (store, recovered) = Store::open(&data_dir, &options)?;
-        let routers = Routers::with_store(
-            defaults,
-            create_on_first_use,
-            max_context_dim,
-            store,
-            snapshot_every,
-        )
-        .with_max_routers(max_routers);
+        let routers = Routers::with_store(routers_options, store);
         let from_snapshot = recovered.snapshot.as_ref().map(|(seq, _)| *seq);
         let replayed = routers.recover(recovered)?;
         if options.durable {
@@ -306,34 +251,34 @@ async fn open_routers(config: &Config, recover_truncate: bool) -> Result<Routers
         Ok(routers)
     })
     .await
-    .map_err(|e| io_error("recover state")(std::io::Error::other(e)))?
+    .map_err(|e| io_error("recover state")(std::io::Error::other(e)))??;
+    Ok(RoutersHandle::new(routers))
 }
 
-/// Take a snapshot on the blocking pool whenever enough records accumulated.
-async fn snapshot_when_due(state: Arc<AppState>, mut stop: watch::Receiver<bool>) {
+/// Take a snapshot whenever enough records accumulated.
+async fn snapshot_when_due(routers: RoutersHandle, mut stop: watch::Receiver<bool>) {
     let mut interval = tokio::time::interval(Duration::from_millis(500));
     loop {
         tokio::select! {
             _ = interval.tick() => {}
             _ = stop.wait_for(|stop| *stop) => return,
         }
-        if !state.routers.snapshot_due() {
+        if !routers.snapshot_due() {
             continue;
         }
-        take_snapshot(state.clone(), "periodic").await;
+        take_snapshot(&routers, "periodic").await;
     }
 }
 
-/// Write a snapshot on the blocking pool and log the outcome. A failed snapshot loses
+/// Write a snapshot (on the blocking pool) and log the outcome. A failed snapshot loses
 /// nothing: the log still holds every change.
-async fn take_snapshot(state: Arc<AppState>, kind: &'static str) {
-    match tokio::task::spawn_blocking(move || state.routers.snapshot()).await {
-        Ok(Ok(Some((seq, bytes)))) => tracing::info!(kind, seq, bytes, "snapshot written"),
-        Ok(Ok(None)) => {}
-        Ok(Err(error)) => {
+async fn take_snapshot(routers: &RoutersHandle, kind: &'static str) {
+    match routers.snapshot().await {
+        Ok(Some((seq, bytes))) => tracing::info!(kind, seq, bytes, "snapshot written"),
+        Ok(None) => {}
+        Err(error) => {
             tracing::error!(kind, %error, "snapshot failed; the log still holds every change")
         }
-        Err(error) => tracing::error!(kind, %error, "snapshot task failed"),
     }
 }
 

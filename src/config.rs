@@ -9,13 +9,11 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::bandit::Normalization;
 use crate::models::RewardModelSpec;
-use crate::routers::{Policy, RouterError, RouterSettings, SelectionMode};
+use crate::routers::{RouterError, RouterSettings, RouterSettingsPatch, RoutersOptions};
 
 /// The config used when no `--config` is given.
 pub const DEFAULT_CONFIG: &str = include_str!("../deploy/config/default.toml");
@@ -36,7 +34,7 @@ pub enum ConfigError {
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub server: ServerConfig,
-    pub routers: RouterDefaults,
+    pub routers: RoutersConfig,
     pub limits: Limits,
     pub store: StoreConfig,
     pub reward_models: Vec<RewardModelSpec>,
@@ -119,164 +117,56 @@ impl Default for ServerConfig {
     }
 }
 
-#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "snake_case")]
-pub enum NormalizationSetting {
-    None,
-    Quantile,
-}
-
-#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "snake_case")]
-pub enum PolicySetting {
-    Linucb,
-    Random,
-    RoundRobin,
-    Fixed,
-    Ensemble,
-    Exp3,
-}
-
-#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "snake_case")]
-pub enum ModeSetting {
-    PerQuery,
-    PerBatch,
-}
-
-/// Settings a router gets unless CreateRouter says otherwise; defaults follow LASeR's
-/// reference code (LinUCB, α = 0.1, λ = 1, 20th/80th percentile normalization over the
-/// whole reward history, per-query selection, raw contexts).
-#[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct RouterDefaults {
-    /// Context dimension (LASeR: the policy LLM's hidden size; default 4096).
-    pub context_dim: usize,
-    /// `linucb` (default), `random`, `round_robin`, `fixed`, `ensemble` or `exp3`.
-    pub policy: PolicySetting,
-    /// The RM of the `fixed` policy.
-    pub fixed_reward_model: Option<String>,
-    /// Exploration rate of the `exp3` policy (default 0.1).
-    pub exp3_gamma: f64,
-    pub alpha: f64,
-    pub l2_lambda: f64,
-    /// `quantile` (default) or `none`.
-    pub normalization: NormalizationSetting,
-    pub quantile_low: f64,
-    pub quantile_high: f64,
-    /// Last raw rewards kept as the normalization history (0: all, as LASeR).
-    pub reward_window: usize,
-    /// Feedback.reward is already in [0, 1] and used as is (default false).
-    pub reward_is_normalized: bool,
-    /// `per_query` (default) or `per_batch`.
-    pub default_mode: ModeSetting,
-    /// Seed of each router's RNG (tie-breaking, sampling, projection).
-    pub seed: u64,
-    /// RMs added to the server later become arms of existing routers (default true).
-    pub join_new_reward_models: bool,
-    /// Divide contexts by their L2 norm (default false).
-    pub l2_normalize_context: bool,
-    /// Random projection dimension (0, the default: off).
-    pub projection_dim: usize,
-    /// Create a router with these defaults the first time Score names it.
+/// The `[routers]` table: router settings every new router starts from (a
+/// [`RouterSettingsPatch`]: its keys, each optional, LASeR's reference values by default:
+/// LinUCB, α = 0.1, λ = 1, 20th/80th percentile normalization over the whole reward
+/// history, per-query selection, raw contexts, d = 4096), plus `create_on_first_use`.
+#[derive(Clone, Debug)]
+pub struct RoutersConfig {
+    /// Create a router with these defaults the first time Score names it (default true).
     pub create_on_first_use: bool,
-    /// Decisions kept awaiting feedback per router (oldest evicted beyond; default 100000).
-    pub max_pending_decisions: usize,
-    /// Seconds a decision waits for feedback before it is evicted (default 3600).
-    pub pending_ttl_seconds: u64,
+    /// Defaults for every field a CreateRouter request leaves unset.
+    pub defaults: RouterSettingsPatch,
 }
 
-impl Default for RouterDefaults {
+impl Default for RoutersConfig {
     fn default() -> Self {
         Self {
-            context_dim: 4096,
-            policy: PolicySetting::Linucb,
-            fixed_reward_model: None,
-            exp3_gamma: 0.1,
-            alpha: 0.1,
-            l2_lambda: 1.0,
-            normalization: NormalizationSetting::Quantile,
-            quantile_low: 20.0,
-            quantile_high: 80.0,
-            reward_window: 0,
-            reward_is_normalized: false,
-            default_mode: ModeSetting::PerQuery,
-            seed: 0,
-            join_new_reward_models: true,
-            l2_normalize_context: false,
-            projection_dim: 0,
             create_on_first_use: true,
-            max_pending_decisions: 100_000,
-            pending_ttl_seconds: 3600,
+            defaults: RouterSettingsPatch::default(),
         }
     }
 }
 
-impl RouterDefaults {
-    /// The policy named by `setting`, with this config's parameters.
-    pub fn policy(
-        &self,
-        setting: PolicySetting,
-        fixed_reward_model: Option<String>,
-        exp3_gamma: Option<f64>,
-    ) -> Policy {
-        match setting {
-            PolicySetting::Linucb => Policy::LinUcb,
-            PolicySetting::Random => Policy::Random,
-            PolicySetting::RoundRobin => Policy::RoundRobin,
-            PolicySetting::Fixed => Policy::Fixed {
-                reward_model: fixed_reward_model
-                    .or_else(|| self.fixed_reward_model.clone())
-                    .unwrap_or_default(),
-            },
-            PolicySetting::Ensemble => Policy::Ensemble,
-            PolicySetting::Exp3 => Policy::Exp3 {
-                gamma: exp3_gamma.unwrap_or(self.exp3_gamma),
-            },
-        }
-    }
-
-    /// The normalization named by `setting`, with the given or default percentiles.
-    pub fn normalization(
-        &self,
-        setting: NormalizationSetting,
-        low: Option<f64>,
-        high: Option<f64>,
-        window: Option<usize>,
-    ) -> Normalization {
-        match setting {
-            NormalizationSetting::None => Normalization::None,
-            NormalizationSetting::Quantile => Normalization::Quantile {
-                low: low.unwrap_or(self.quantile_low),
-                high: high.unwrap_or(self.quantile_high),
-                window: match window.unwrap_or(self.reward_window) {
-                    0 => None,
-                    window => Some(window),
-                },
-            },
-        }
-    }
-
+impl RoutersConfig {
+    /// The settings of a router created with nothing set.
     pub fn settings(&self) -> RouterSettings {
-        RouterSettings {
-            context_dim: self.context_dim,
-            policy: self.policy(self.policy, None, None),
-            alpha: self.alpha,
-            l2_lambda: self.l2_lambda,
-            normalization: self.normalization(self.normalization, None, None, None),
-            reward_is_normalized: self.reward_is_normalized,
-            default_mode: match self.default_mode {
-                ModeSetting::PerQuery => SelectionMode::PerQuery,
-                ModeSetting::PerBatch => SelectionMode::PerBatch,
-            },
-            seed: self.seed,
-            reward_models: None,
-            join_new_reward_models: self.join_new_reward_models,
-            l2_normalize_context: self.l2_normalize_context,
-            projection_dim: self.projection_dim,
-            max_pending_decisions: self.max_pending_decisions,
-            pending_ttl: Duration::from_secs(self.pending_ttl_seconds),
-        }
+        self.defaults.resolve()
+    }
+}
+
+impl<'de> Deserialize<'de> for RoutersConfig {
+    /// One table: `create_on_first_use` and the patch's keys side by side (serde's
+    /// `flatten` cannot refuse unknown keys, so the table is split by hand).
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        let mut table = toml::Table::deserialize(deserializer)?;
+        let create_on_first_use = match table.remove("create_on_first_use") {
+            None => true,
+            Some(toml::Value::Boolean(value)) => value,
+            Some(other) => {
+                return Err(D::Error::custom(format!(
+                    "create_on_first_use: expected a boolean, found {}",
+                    other.type_str()
+                )));
+            }
+        };
+        let defaults = RouterSettingsPatch::deserialize(toml::Value::Table(table))
+            .map_err(|e| D::Error::custom(e.to_string()))?;
+        Ok(Self {
+            create_on_first_use,
+            defaults,
+        })
     }
 }
 
@@ -371,6 +261,17 @@ impl Config {
         Ok(config)
     }
 
+    /// How the routers are built from this config.
+    pub fn routers_options(&self) -> RoutersOptions {
+        RoutersOptions {
+            defaults: self.routers.defaults.clone(),
+            create_on_first_use: self.routers.create_on_first_use,
+            max_context_dim: self.limits.max_context_dim,
+            max_routers: self.limits.max_routers,
+            snapshot_every_records: self.store.snapshot_every_records,
+        }
+    }
+
     pub fn validate(&self) -> Result<(), ConfigError> {
         let invalid = |field: &str, reason: String| ConfigError::Invalid {
             field: field.to_string(),
@@ -451,9 +352,11 @@ mod tests {
         let config = Config::parse("", "test.toml", Path::new("/etc/laser")).unwrap();
         assert_eq!(config.server.listen.to_string(), "127.0.0.1:50051");
         assert_eq!(config.server.metrics_listen.to_string(), "127.0.0.1:9464");
-        assert_eq!(config.routers.context_dim, 4096);
-        assert_eq!(config.routers.alpha, 0.1);
-        assert_eq!(config.routers.l2_lambda, 1.0);
+        let routers = config.routers.settings();
+        assert_eq!(routers.context_dim, 4096);
+        assert_eq!(routers.alpha, 0.1);
+        assert_eq!(routers.l2_lambda, 1.0);
+        assert!(config.routers.create_on_first_use);
         assert_eq!(config.server.data_dir, PathBuf::from("data"));
     }
 

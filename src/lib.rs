@@ -2,21 +2,23 @@
 //! LinUCB contextual bandit (LASeR, Nguyen et al. 2024), scores the responses with the
 //! chosen ONNX reward model, and learns from the trainer's loss.
 //!
-//! Map of the crate (data flows one way: api -> routers (select) -> models (score) -> api;
-//! feedback: api -> routers -> store (log) -> bandit):
+//! Map of the crate, top to bottom; a module imports only modules below it (`config`,
+//! `telemetry` and `memory` are used by all). `docs/architecture.md` walks a Score and a
+//! Feedback through it.
 //!
-//! | module | owns |
-//! |---|---|
-//! | [`app`] | wiring, startup (load RMs, bind, serve), shutdown |
-//! | [`config`] | typed settings from TOML + env + flags, validated, defaults documented |
-//! | [`api`] | gRPC handlers, request validation/conversion, error -> status mapping (the only place that sees prost types) |
-//! | [`routers`] | named routers, decisions awaiting feedback, applying feedback |
-//! | [`bandit`] | pure math: LinUCB arms, reward normalization, arm selection |
-//! | [`models`] | reward model specs, ONNX Runtime sessions on worker threads, tokenization |
-//! | [`store`] | durable state: CRC-framed log with group commit, snapshots, recovery |
-//! | [`state_cli`] | `laser-router state export/import/inspect` |
-//! | [`telemetry`] | tracing setup, every metric name |
-//! | [`memory`] | malloc arena cap and trimming (no RSS creep across RM add/remove) |
+//! | layer | module | owns |
+//! |---|---|---|
+//! | wiring | [`app`] | startup (recover state, load RMs, bind, serve), ordered shutdown |
+//! | wire | [`api`] | gRPC handlers (admit -> convert -> call -> convert), the one error -> status mapping; the only place that sees prost types |
+//! | domain | [`service`] | running Score and Feedback end to end (selection, RM fan-out, deadline, ids, ensemble, ranking, durability, metrics), admin operations, load shedding |
+//! | components | [`routers`] | named routers, pending decisions, feedback, the ledger (log, replay, snapshots), and the async front that owns their blocking threads |
+//! | | [`models`] | reward models: specs, ONNX Runtime sessions on worker threads, batching, tokenization |
+//! | foundations | [`bandit`] | pure math: LinUCB arms, reward normalization, arm selection |
+//! | | [`store`] | durable bytes: CRC-framed log with group commit, snapshots, recovery |
+//! | tools | [`config`] | typed settings from TOML + env + flags, validated, defaults documented |
+//! | | [`state_cli`] | `laser-router state export/import/inspect` |
+//! | | [`telemetry`] | tracing setup, every metric name |
+//! | | [`memory`] | malloc arena cap and trimming (no RSS creep across RM add/remove) |
 
 pub mod api;
 pub mod app;
@@ -25,6 +27,7 @@ pub mod config;
 pub mod memory;
 pub mod models;
 pub mod routers;
+pub mod service;
 pub mod state_cli;
 pub mod store;
 pub mod telemetry;

@@ -10,7 +10,7 @@
 use std::path::Path;
 
 use crate::config::Config;
-use crate::routers::{RouterError, RouterState, Routers};
+use crate::routers::{RouterError, RouterState, Routers, RoutersOptions};
 use crate::store::{Store, StoreError, StoreOptions, frame};
 
 const EXPORT_MAGIC: &[u8; 8] = b"LASERRTR";
@@ -42,13 +42,12 @@ fn open(config: &Config) -> Result<Routers, StateCliError> {
         recover_truncate: false,
     };
     let (store, recovered) = Store::open(&config.server.data_dir, &options)?;
-    let routers = Routers::with_store(
-        config.routers.settings(),
-        config.routers.create_on_first_use,
-        config.limits.max_context_dim,
-        store,
-        0,
-    );
+    let options = RoutersOptions {
+        snapshot_every_records: 0,
+        max_routers: usize::MAX,
+        ..config.routers_options()
+    };
+    let routers = Routers::with_store(options, store);
     routers.recover(recovered)?;
     Ok(routers)
 }

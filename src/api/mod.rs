@@ -1,8 +1,9 @@
 //! The only place that sees prost types: gRPC handlers, request validation and
 //! conversion, and the one mapping from domain errors to `tonic::Status`.
 //!
-//! Handlers are validate -> convert -> call -> `?`:
-//! - [`convert`]: `pb` requests into domain calls that are valid by construction.
+//! Handlers are admit -> convert -> call the [`Service`](crate::service::Service) -> convert:
+//! - [`convert`]: `pb` requests into domain calls that are valid by construction, and
+//!   domain results back into `pb` replies (one file per RPC family).
 //! - [`status`]: every error enum of the crate mapped to a gRPC status, exhaustively.
 //! - [`reward_router`]: `laser.v1.RewardRouter` (Score, Feedback).
 //! - [`admin`]: `laser.v1.Admin` (reward models and routers), behind [`auth`].
@@ -28,13 +29,14 @@ use std::time::Instant;
 
 use crate::telemetry::metric;
 
-/// Count and time one handled RPC.
-pub(crate) fn observe<T>(
+/// Count and time one handled RPC, and wrap its reply.
+pub(crate) fn observe<T, E: Into<tonic::Status>>(
     method: &'static str,
     started: Instant,
-    result: &Result<T, tonic::Status>,
-) {
-    let code = match result {
+    result: Result<T, E>,
+) -> Result<tonic::Response<T>, tonic::Status> {
+    let result = result.map_err(Into::into);
+    let code = match &result {
         Ok(_) => tonic::Code::Ok,
         Err(status) => status.code(),
     };
@@ -42,4 +44,18 @@ pub(crate) fn observe<T>(
         .increment(1);
     metrics::histogram!(metric::GRPC_SECONDS, "method" => method)
         .record(started.elapsed().as_secs_f64());
+    result.map(tonic::Response::new)
+}
+
+/// [`observe`], logging a refusal in the request's span (RewardRouter's calls).
+pub(crate) fn answer<T>(
+    method: &'static str,
+    started: Instant,
+    span: &tracing::Span,
+    result: Result<T, tonic::Status>,
+) -> Result<tonic::Response<T>, tonic::Status> {
+    if let Err(status) = &result {
+        span.in_scope(|| tracing::info!(method, code = ?status.code(), message = status.message(), "request refused"));
+    }
+    observe(method, started, result)
 }

@@ -1,13 +1,14 @@
 //! Domain errors to gRPC status: one exhaustive mapping per error enum, no catch-all arm,
-//! so a new error variant cannot ship without a deliberate status code.
+//! so a new error variant cannot ship without a deliberate status code. This is also
+//! where a domain error gets its wire field name (`queries[3].context`).
 
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
 use super::convert::RequestError;
 use crate::models::ModelError;
-use crate::routers::RouterError;
-use crate::store::StoreError;
+use crate::routers::{RouterError, StoreError};
+use crate::service::ServiceError;
 
 /// A status carrying a `google.rpc.BadRequest` field violation for `field`.
 fn field_violation(code: Code, field: &str, message: String) -> Status {
@@ -32,30 +33,63 @@ impl From<RequestError> for Status {
     }
 }
 
+impl From<ServiceError> for Status {
+    fn from(error: ServiceError) -> Self {
+        match error {
+            ServiceError::Router(error) => error.into(),
+            ServiceError::Model(error) => error.into(),
+            ServiceError::Overloaded { .. } => Status::resource_exhausted(error.to_string()),
+            ServiceError::DeadlineExceeded => Status::deadline_exceeded(error.to_string()),
+            ServiceError::TaskFailed(_) => Status::internal(error.to_string()),
+        }
+    }
+}
+
 impl From<RouterError> for Status {
     fn from(error: RouterError) -> Self {
-        if let RouterError::ContextDimension { query, .. } = &error {
-            return field_violation(
-                Code::InvalidArgument,
-                &format!("queries[{query}].context"),
-                error.to_string(),
-            );
-        }
         let code = match &error {
+            RouterError::ContextDimension {
+                router,
+                query,
+                expected,
+                got,
+            } => {
+                let field = format!("queries[{query}].context");
+                return field_violation(
+                    Code::InvalidArgument,
+                    &field,
+                    format!("{field} has dimension {got}; router {router:?} expects {expected}"),
+                );
+            }
             RouterError::UnknownRouter { .. } => Code::NotFound,
             RouterError::RouterExists { .. } => Code::AlreadyExists,
             RouterError::InvalidRouterName { .. } => Code::InvalidArgument,
-            RouterError::ContextDimension { .. } => Code::InvalidArgument,
             RouterError::NoRewardModels { .. } => Code::FailedPrecondition,
             RouterError::FixedRewardModelUnavailable { .. } => Code::FailedPrecondition,
             RouterError::RewardOutOfRange { .. } => Code::InvalidArgument,
             RouterError::UnknownDecisions { .. } => Code::NotFound,
             RouterError::InvalidSettings { .. } => Code::InvalidArgument,
             RouterError::InvalidState { .. } => Code::InvalidArgument,
-            RouterError::StateWrite { .. } => Code::Unavailable,
             RouterError::TooManyRouters { .. } => Code::ResourceExhausted,
+            RouterError::StateWrite(_) => Code::Unavailable,
+            RouterError::NotAcknowledged(store) | RouterError::Store(store) => store_code(store),
+            RouterError::Encode { .. } => Code::Internal,
+            RouterError::Decode { .. } => Code::Internal,
+            RouterError::Replay { .. } => Code::Internal,
+            RouterError::TaskFailed(_) => Code::Internal,
         };
         Status::new(code, error.to_string())
+    }
+}
+
+/// The store could not make a change durable: the change is not acknowledged.
+fn store_code(error: &StoreError) -> Code {
+    match error {
+        StoreError::Io { .. } => Code::Unavailable,
+        StoreError::Locked { .. } => Code::Unavailable,
+        StoreError::Corrupt { .. } => Code::Internal,
+        StoreError::Decode { .. } => Code::Internal,
+        StoreError::WriterStopped { .. } => Code::Unavailable,
     }
 }
 
@@ -75,24 +109,8 @@ impl From<ModelError> for Status {
             ModelError::WorkerStopped { .. } => Code::Unavailable,
             ModelError::DeadlineExceeded { .. } => Code::DeadlineExceeded,
             ModelError::TooManyRewardModels { .. } => Code::ResourceExhausted,
+            ModelError::LoaderFailed { .. } => Code::Internal,
         };
         Status::new(code, error.to_string())
     }
-}
-
-/// The store could not make a change durable: the change is not acknowledged.
-pub(crate) fn store_status(error: StoreError) -> Status {
-    let code = match &error {
-        StoreError::Io { .. } => Code::Unavailable,
-        StoreError::Locked { .. } => Code::Unavailable,
-        StoreError::Corrupt { .. } => Code::Internal,
-        StoreError::Decode { .. } => Code::Internal,
-        StoreError::WriterStopped { .. } => Code::Unavailable,
-    };
-    Status::new(code, format!("not acknowledged: {error}"))
-}
-
-/// A blocking task that panicked or was cancelled.
-pub(crate) fn join_error(error: tokio::task::JoinError) -> Status {
-    Status::internal(format!("internal task failed: {error}"))
 }

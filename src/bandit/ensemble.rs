@@ -24,6 +24,11 @@ pub fn standardize(scores: &[f32]) -> Vec<f32> {
         .sum::<f64>()
         / n)
         .sqrt();
+    z_scores(scores, mean, std)
+}
+
+/// `(s - mean) / std` for each score; all 0 when `std` is 0 (nothing to tell apart).
+pub fn z_scores(scores: &[f32], mean: f64, std: f64) -> Vec<f32> {
     scores
         .iter()
         .map(|&s| {

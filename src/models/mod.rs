@@ -4,18 +4,26 @@
 //! - [`spec`]: what an RM is (files, how its input text is built, where its score is read).
 //! - [`chat`]: chat-template input (HF `chat_template` rendered with minijinja).
 //! - [`runtime`]: loading ONNX Runtime's shared library once per process.
-//! - [`reward_model`]: one loaded RM: a worker thread that owns the session and tokenizer
-//!   and serves score jobs from a bounded queue.
+//! - [`reward_model`]: one loaded RM: its job queue, the async `score` call, its metadata.
+//! - [`worker`]: the worker threads and the batcher that cuts queued jobs into inferences.
+//! - [`session`]: one ONNX Runtime session: provider, inputs, output, probe, inference.
+//! - [`tokenize`]: text to tokens (tokenizer, template or chat template, pad id).
+//! - [`score_normalization`]: an RM's scores on the ensemble's common scale.
 //! - [`registry`]: loaded RMs by name.
 //!
-//! Async ends at a channel: the Score handler sends a job and awaits a oneshot reply;
-//! tokenization and inference never run on the tokio runtime.
+//! Async ends at a channel: the service sends a job and awaits a oneshot reply;
+//! tokenization and inference never run on the tokio runtime, and loading runs on a
+//! blocking thread ([`RewardModel::load_off_runtime`], [`RewardModels::open`]).
 
 pub mod chat;
 pub mod registry;
 pub mod reward_model;
 pub mod runtime;
+pub mod score_normalization;
+mod session;
 pub mod spec;
+mod tokenize;
+mod worker;
 
 pub use registry::RewardModels;
 pub use reward_model::{ModelSource, RewardModel};
@@ -58,4 +66,7 @@ pub enum ModelError {
     DeadlineExceeded { name: String },
     #[error("the server already serves {max} reward models (limits.max_reward_models = {max})")]
     TooManyRewardModels { max: usize },
+    /// The blocking task loading the model panicked or was cancelled.
+    #[error("reward model {name:?}: internal task failed: {reason}")]
+    LoaderFailed { name: String, reason: String },
 }

@@ -23,16 +23,27 @@ impl RewardModels {
         Ok(registry)
     }
 
+    /// [`RewardModels::load_all`] on a blocking thread, off the async runtime.
+    pub async fn open(specs: Vec<(RewardModelSpec, ModelSource)>) -> Result<Self, ModelError> {
+        tokio::task::spawn_blocking(move || Self::load_all(specs))
+            .await
+            .map_err(|e| ModelError::LoaderFailed {
+                name: "*".to_string(),
+                reason: e.to_string(),
+            })?
+    }
+
     /// Publish a loaded model.
-    pub fn insert(&self, model: RewardModel) -> Result<(), ModelError> {
+    pub fn insert(&self, model: RewardModel) -> Result<Arc<RewardModel>, ModelError> {
         let mut models = self.models.write().expect("reward model lock poisoned");
         if models.contains_key(model.name()) {
             return Err(ModelError::RewardModelExists {
                 name: model.name().to_string(),
             });
         }
-        models.insert(model.name().to_string(), Arc::new(model));
-        Ok(())
+        let model = Arc::new(model);
+        models.insert(model.name().to_string(), model.clone());
+        Ok(model)
     }
 
     /// Unpublish a model: new requests no longer see it; requests holding it finish, and

@@ -1,29 +1,51 @@
 //! Routers: named bandit instances, their decisions awaiting feedback, and applying
 //! feedback to them.
 //!
-//! - [`settings`]: a router's settings and policies (LinUCB and the paper's baselines).
-//! - [`router`]: one router (arms, pending decisions); select, record, feedback, reset.
-//! - [`registry`]: routers keyed by name, created explicitly or on first use.
+//! - [`settings`]: a router's settings, the settings patch that fills unset fields, policies.
+//! - [`router`]: one router (arms, selection, applying events).
+//! - [`events`]: selections, the events that change a router, feedback outcomes.
+//! - [`pending`]: the pending-decision book (TTL, capacity, answered ids).
+//! - [`policy`]: the one place a router dispatches on its policy.
+//! - [`state`]: a router as plain data (snapshots, exports).
+//! - [`registry`]: routers keyed by name; every change checked, logged, applied.
+//! - [`ledger`]: the log, replay and snapshots of the registry's changes.
+//! - [`handle`]: the async front: runs the registry's work on blocking threads and waits
+//!   for durability, so callers only `.await`.
 //!
 //! A router changes only through `Router::apply` with a `RouterEvent`, and the registry
 //! logs every event to the store before applying it, so recovery replays exactly what was
 //! acknowledged; the bandit math lives in [`crate::bandit`].
 
+pub mod events;
+pub mod handle;
+pub mod ledger;
+mod pending;
+mod policy;
 pub mod registry;
 pub mod router;
 pub mod settings;
+pub mod state;
 #[cfg(test)]
 mod tests;
 
-pub use registry::{Routers, StateEvent};
-pub use router::{
-    ArmStatistics, Decision, Evictions, FeedbackOutcome, FeedbackSignal, Router, RouterEvent,
-    RouterState, Selection,
+/// The store's error, which [`RouterError::StateWrite`] and [`RouterError::NotAcknowledged`]
+/// carry.
+pub use crate::store::StoreError;
+pub use events::{
+    AnsweredDecision, Decision, Evictions, FeedbackOutcome, FeedbackSignal, RouterEvent, Selection,
 };
-pub use settings::{Policy, RouterSettings, SelectionMode};
+pub use handle::{FeedbackReport, RecordReport, RouterInfo, RoutersHandle, SelectedFor, Ticket};
+pub use ledger::{RewardModelChanges, StateEvent};
+pub use registry::{Routers, RoutersOptions};
+pub use router::{ArmStatistics, Router};
+pub use settings::{
+    Normalization, NormalizationKind, Policy, PolicyKind, RouterSettings, RouterSettingsPatch,
+    SelectionMode,
+};
+pub use state::RouterState;
 
 /// What went wrong in a router operation, from the caller's point of view.
-#[derive(Debug, thiserror::Error, PartialEq)]
+#[derive(Debug, thiserror::Error)]
 pub enum RouterError {
     #[error("router {name:?} not found")]
     UnknownRouter { name: String },
@@ -31,7 +53,7 @@ pub enum RouterError {
     RouterExists { name: String },
     #[error("router name {name:?} is invalid: use 1 to {max} characters from [A-Za-z0-9._-]")]
     InvalidRouterName { name: String, max: usize },
-    #[error("queries[{query}].context has dimension {got}; router {router:?} expects {expected}")]
+    #[error("context of query {query} has dimension {got}; router {router:?} expects {expected}")]
     ContextDimension {
         router: String,
         query: usize,
@@ -56,8 +78,39 @@ pub enum RouterError {
     InvalidSettings { field: &'static str, reason: String },
     #[error("router {router:?}: state does not fit its settings: {reason}")]
     InvalidState { router: String, reason: String },
-    #[error("cannot make the change durable: {reason}")]
-    StateWrite { reason: String },
     #[error("the server already has {max} routers (limits.max_routers = {max})")]
     TooManyRouters { max: usize },
+    /// The store refused the change: nothing was applied.
+    #[error("cannot make the change durable: {0}")]
+    StateWrite(#[source] StoreError),
+    /// The change was applied but the store could not make it durable: not acknowledged.
+    #[error("not acknowledged: {0}")]
+    NotAcknowledged(#[source] StoreError),
+    /// A change or snapshot could not be encoded for the log.
+    #[error("cannot encode {what}: {source}")]
+    Encode {
+        what: &'static str,
+        #[source]
+        source: postcard::Error,
+    },
+    /// A logged record or snapshot cannot be read back.
+    #[error("record {seq} cannot be decoded: {source}")]
+    Decode {
+        seq: u64,
+        #[source]
+        source: postcard::Error,
+    },
+    /// A logged record does not apply to the recovered state.
+    #[error("record {seq} does not apply: {source}")]
+    Replay {
+        seq: u64,
+        #[source]
+        source: Box<RouterError>,
+    },
+    /// Recovery or a snapshot failed in the store.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A blocking task of the routers' front panicked or was cancelled.
+    #[error("internal task failed: {0}")]
+    TaskFailed(#[source] tokio::task::JoinError),
 }

@@ -1,163 +1,106 @@
-//! Routers keyed by name, and the one place durable state changes are logged and applied:
-//! the routers' events and the changes to the RM set made through Admin.
+//! Routers keyed by name, and every live change to them: checked, logged through the
+//! [`ledger`](super::ledger), then applied under the router's lock, so each router's log
+//! order is its apply order. Callers reply to clients only after the returned [`Durable`]
+//! completes ([`super::RoutersHandle`] does that for async callers).
 //!
-//! Every change is a [`StateEvent`]: checked, appended to the store's log, then applied
-//! with [`Routers::apply`], under the router's lock, so each router's log order is its
-//! apply order. Callers reply to clients only after the returned [`Durable`] completes.
-//! Recovery ([`Routers::recover`]) loads the newest snapshot and applies every later
-//! record through the same `apply`.
-//!
-//! Locking: `gate` is read-locked by every change and write-locked by a snapshot, which so
-//! sees a consistent cut (every record up to the store's last sequence number applied,
-//! none after); the map's `RwLock` is taken only to find, add or remove a router; each
-//! router has its own `Mutex`, so routers never wait on each other.
+//! Locking: the ledger's gate is read-locked by every change (a snapshot write-locks it);
+//! the map's `RwLock` is taken only to find, add or remove a router; each router has its
+//! own `Mutex`, so routers never wait on each other. Everything here blocks (locks, the
+//! bandit math): call it from a blocking thread.
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, RwLock, RwLockWriteGuard};
 
-use serde::{Deserialize, Serialize};
-
-use super::router::{FeedbackOutcome, FeedbackSignal, RouterEvent, RouterState};
-use super::{Router, RouterError, RouterSettings, Selection};
+use super::events::{Evictions, FeedbackOutcome, FeedbackSignal, RouterEvent, Selection};
+use super::ledger::{Ledger, RewardModelChanges, StateEvent};
+use super::settings::{RouterSettings, RouterSettingsPatch};
+use super::state::RouterState;
+use super::{Router, RouterError};
 use crate::models::RewardModelSpec;
-use crate::store::{Durable, Recovered, Store, StoreError};
+use crate::store::{Durable, Store};
 
 /// Longest router name accepted.
 pub const MAX_ROUTER_NAME_LEN: usize = 128;
 
 pub type SharedRouter = Arc<Mutex<Router>>;
 
-/// One logged change of the routers' state.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub enum StateEvent {
-    RouterCreated {
-        name: String,
-        settings: RouterSettings,
-        serving: Vec<String>,
-    },
-    RouterDeleted {
-        name: String,
-    },
-    Router {
-        name: String,
-        event: RouterEvent,
-    },
-    /// A whole router state (import), replacing any router of that name.
-    RouterImported {
-        name: String,
-        state: Box<RouterState>,
-    },
-    /// An RM published through Admin.AddRewardModel.
-    RewardModelAdded {
-        spec: RewardModelSpec,
-    },
-    /// An RM unpublished through Admin.RemoveRewardModel (config RMs included).
-    RewardModelRemoved {
-        name: String,
-    },
+/// How the routers behave; one struct for every way they are built.
+#[derive(Clone, Debug)]
+pub struct RoutersOptions {
+    /// Settings for fields a new router leaves unset (the config's `[routers]`).
+    pub defaults: RouterSettingsPatch,
+    /// Create a router with the defaults the first time Score names it.
+    pub create_on_first_use: bool,
+    /// Largest context dimension a router may have (limits.max_context_dim).
+    pub max_context_dim: usize,
+    /// Routers per server (limits.max_routers).
+    pub max_routers: usize,
+    /// Records between snapshots (0: only when asked).
+    pub snapshot_every_records: u64,
 }
 
-/// Changes to the server's RM set made through Admin, to redo at startup.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-pub struct RewardModelChanges {
-    /// Added RMs, by name (loaded after the config's).
-    pub added: BTreeMap<String, RewardModelSpec>,
-    /// Removed RMs (config RMs of these names are not loaded).
-    pub removed: BTreeSet<String>,
-}
-
-/// The payload of a snapshot.
-#[derive(Serialize, Deserialize)]
-struct Snapshot {
-    routers: Vec<RouterState>,
-    reward_models: RewardModelChanges,
+impl Default for RoutersOptions {
+    fn default() -> Self {
+        Self {
+            defaults: RouterSettingsPatch::default(),
+            create_on_first_use: true,
+            max_context_dim: 16384,
+            max_routers: usize::MAX,
+            snapshot_every_records: 0,
+        }
+    }
 }
 
 /// The outcome of a logged Feedback.
 pub struct FeedbackApplied {
     pub outcome: FeedbackOutcome,
     pub pending: usize,
-    pub evictions: super::Evictions,
+    pub evictions: Evictions,
     pub durable: Durable,
 }
 
 pub struct Routers {
-    defaults: RouterSettings,
-    create_on_first_use: bool,
-    max_context_dim: usize,
+    options: RoutersOptions,
+    /// `options.defaults` resolved: what a router created on first use gets.
+    default_settings: RouterSettings,
     routers: RwLock<BTreeMap<String, SharedRouter>>,
-    reward_model_changes: Mutex<RewardModelChanges>,
-    store: Store,
-    gate: RwLock<()>,
-    snapshot_every_records: u64,
-    max_routers: usize,
-    records_since_snapshot: AtomicU64,
-    snapshot_running: AtomicBool,
-}
-
-fn state_write(error: StoreError) -> RouterError {
-    RouterError::StateWrite {
-        reason: error.to_string(),
-    }
+    pub(super) reward_model_changes: Mutex<RewardModelChanges>,
+    pub(super) ledger: Ledger,
 }
 
 impl Routers {
-    pub fn new(
-        defaults: RouterSettings,
-        create_on_first_use: bool,
-        max_context_dim: usize,
-    ) -> Self {
-        Self::with_store(
-            defaults,
-            create_on_first_use,
-            max_context_dim,
-            Store::in_memory(),
-            0,
-        )
+    /// Routers whose state lives in memory only.
+    pub fn new(options: RoutersOptions) -> Self {
+        Self::with_store(options, Store::in_memory())
     }
 
-    /// Routers whose changes are logged to `store`; a snapshot becomes due every
-    /// `snapshot_every_records` records (0: never).
-    pub fn with_store(
-        defaults: RouterSettings,
-        create_on_first_use: bool,
-        max_context_dim: usize,
-        store: Store,
-        snapshot_every_records: u64,
-    ) -> Self {
+    /// Routers whose changes are logged to `store`.
+    pub fn with_store(options: RoutersOptions, store: Store) -> Self {
         Self {
-            defaults,
-            create_on_first_use,
-            max_context_dim,
+            default_settings: options.defaults.resolve(),
+            ledger: Ledger::new(store, options.snapshot_every_records),
+            options,
             routers: RwLock::new(BTreeMap::new()),
             reward_model_changes: Mutex::new(RewardModelChanges::default()),
-            store,
-            gate: RwLock::new(()),
-            snapshot_every_records,
-            max_routers: usize::MAX,
-            records_since_snapshot: AtomicU64::new(0),
-            snapshot_running: AtomicBool::new(false),
         }
     }
 
-    /// Refuse to create routers beyond `max_routers`.
-    pub fn with_max_routers(mut self, max_routers: usize) -> Self {
-        self.max_routers = max_routers;
-        self
+    /// The settings a router gets when every field is left unset.
+    pub fn defaults(&self) -> &RouterSettings {
+        &self.default_settings
     }
 
-    /// The settings a router gets when a field is left unset.
-    pub fn defaults(&self) -> &RouterSettings {
-        &self.defaults
+    /// The settings `patch` names, unset fields from the defaults.
+    pub fn settings_for(&self, patch: &RouterSettingsPatch) -> RouterSettings {
+        patch.apply(&self.options.defaults)
     }
 
     pub fn max_context_dim(&self) -> usize {
-        self.max_context_dim
+        self.options.max_context_dim
     }
 
     pub fn store(&self) -> &Store {
-        &self.store
+        self.ledger.store()
     }
 
     pub fn get(&self, name: &str) -> Result<SharedRouter, RouterError> {
@@ -181,16 +124,8 @@ impl Routers {
             .collect()
     }
 
-    /// Log `event` (the caller holds the gate and the locks that order it).
-    fn log(&self, event: &StateEvent) -> Result<Durable, RouterError> {
-        if !self.store.is_durable() {
-            return self.store.append(Vec::new()).map_err(state_write);
-        }
-        let payload = postcard::to_stdvec(event).map_err(|e| RouterError::StateWrite {
-            reason: format!("cannot encode event: {e}"),
-        })?;
-        self.records_since_snapshot.fetch_add(1, Ordering::Relaxed);
-        self.store.append(payload).map_err(state_write)
+    pub(super) fn map_mut(&self) -> RwLockWriteGuard<'_, BTreeMap<String, SharedRouter>> {
+        self.routers.write().expect("router map lock poisoned")
     }
 
     /// The named router, created with the default settings (and an arm per RM in
@@ -203,8 +138,8 @@ impl Routers {
     ) -> Result<(SharedRouter, Option<Durable>), RouterError> {
         match self.get(name) {
             Ok(router) => Ok((router, None)),
-            Err(RouterError::UnknownRouter { .. }) if self.create_on_first_use => {
-                match self.create(name, self.defaults.clone(), serving) {
+            Err(RouterError::UnknownRouter { .. }) if self.options.create_on_first_use => {
+                match self.create(name, self.default_settings.clone(), serving) {
                     Ok((router, durable)) => {
                         tracing::info!(router = name, "router created on first use");
                         Ok((router, Some(durable)))
@@ -226,17 +161,17 @@ impl Routers {
         serving: &[String],
     ) -> Result<(SharedRouter, Durable), RouterError> {
         validate_name(name)?;
-        let settings = settings.validate(self.max_context_dim)?;
-        let _gate = self.gate.read().expect("gate poisoned");
-        let mut routers = self.routers.write().expect("router map lock poisoned");
+        let settings = settings.validate(self.options.max_context_dim)?;
+        let _gate = self.ledger.change();
+        let mut routers = self.map_mut();
         if routers.contains_key(name) {
             return Err(RouterError::RouterExists {
                 name: name.to_string(),
             });
         }
-        if routers.len() >= self.max_routers {
+        if routers.len() >= self.options.max_routers {
             return Err(RouterError::TooManyRouters {
-                max: self.max_routers,
+                max: self.options.max_routers,
             });
         }
         let event = StateEvent::RouterCreated {
@@ -244,21 +179,21 @@ impl Routers {
             settings: settings.clone(),
             serving: serving.to_vec(),
         };
-        let durable = self.log(&event)?;
+        let durable = self.ledger.log(&event)?;
         let router = Arc::new(Mutex::new(Router::new(name.to_string(), settings, serving)));
         routers.insert(name.to_string(), router.clone());
         Ok((router, durable))
     }
 
     pub fn delete(&self, name: &str) -> Result<Durable, RouterError> {
-        let _gate = self.gate.read().expect("gate poisoned");
-        let mut routers = self.routers.write().expect("router map lock poisoned");
+        let _gate = self.ledger.change();
+        let mut routers = self.map_mut();
         if !routers.contains_key(name) {
             return Err(RouterError::UnknownRouter {
                 name: name.to_string(),
             });
         }
-        let durable = self.log(&StateEvent::RouterDeleted {
+        let durable = self.ledger.log(&StateEvent::RouterDeleted {
             name: name.to_string(),
         })?;
         routers.remove(name);
@@ -272,12 +207,12 @@ impl Routers {
         serving: &[String],
     ) -> Result<(SharedRouter, Durable), RouterError> {
         let router = self.get(name)?;
-        let _gate = self.gate.read().expect("gate poisoned");
+        let _gate = self.ledger.change();
         let mut locked = router.lock().expect("router lock poisoned");
         let event = RouterEvent::Reset {
             serving: serving.to_vec(),
         };
-        let durable = self.log(&StateEvent::Router {
+        let durable = self.ledger.log(&StateEvent::Router {
             name: name.to_string(),
             event: event.clone(),
         })?;
@@ -294,11 +229,11 @@ impl Routers {
         selection: Selection,
         decision_ids: Vec<String>,
         now_unix_ms: i64,
-    ) -> Result<(Durable, usize, super::Evictions), RouterError> {
-        let _gate = self.gate.read().expect("gate poisoned");
+    ) -> Result<(Durable, usize, Evictions), RouterError> {
+        let _gate = self.ledger.change();
         let mut locked = router.lock().expect("router lock poisoned");
         let event = selection.recorded(decision_ids, now_unix_ms);
-        let durable = self.log(&StateEvent::Router {
+        let durable = self.ledger.log(&StateEvent::Router {
             name: locked.name().to_string(),
             event: event.clone(),
         })?;
@@ -316,7 +251,7 @@ impl Routers {
         now_unix_ms: i64,
     ) -> Result<FeedbackApplied, RouterError> {
         let router = self.get(name)?;
-        let _gate = self.gate.read().expect("gate poisoned");
+        let _gate = self.ledger.change();
         let mut locked = router.lock().expect("router lock poisoned");
         locked.check_feedback(&decision_ids, signal, now_unix_ms)?;
         let event = RouterEvent::Feedback {
@@ -325,7 +260,7 @@ impl Routers {
             decision_ids,
             signal,
         };
-        let durable = self.log(&StateEvent::Router {
+        let durable = self.ledger.log(&StateEvent::Router {
             name: name.to_string(),
             event: event.clone(),
         })?;
@@ -342,11 +277,14 @@ impl Routers {
     pub fn import(&self, name: &str, mut state: RouterState) -> Result<Durable, RouterError> {
         validate_name(name)?;
         state.name = name.to_string();
-        state.settings = state.settings.clone().validate(self.max_context_dim)?;
+        state.settings = state
+            .settings
+            .clone()
+            .validate(self.options.max_context_dim)?;
         let router = Router::from_state(name.to_string(), state.clone())?;
-        let _gate = self.gate.read().expect("gate poisoned");
-        let mut routers = self.routers.write().expect("router map lock poisoned");
-        let durable = self.log(&StateEvent::RouterImported {
+        let _gate = self.ledger.change();
+        let mut routers = self.map_mut();
+        let durable = self.ledger.log(&StateEvent::RouterImported {
             name: name.to_string(),
             state: Box::new(state),
         })?;
@@ -357,20 +295,20 @@ impl Routers {
     /// Log that `spec` was published (the caller loaded and probed it, and publishes it
     /// after this returns; Admin changes to the RM set are serialized by the caller).
     pub fn reward_model_added(&self, spec: RewardModelSpec) -> Result<Durable, RouterError> {
-        let _gate = self.gate.read().expect("gate poisoned");
+        let _gate = self.ledger.change();
         let event = StateEvent::RewardModelAdded { spec };
-        let durable = self.log(&event)?;
+        let durable = self.ledger.log(&event)?;
         self.apply(event)?;
         Ok(durable)
     }
 
     /// Log that the RM `name` was unpublished.
     pub fn reward_model_removed(&self, name: &str) -> Result<Durable, RouterError> {
-        let _gate = self.gate.read().expect("gate poisoned");
+        let _gate = self.ledger.change();
         let event = StateEvent::RewardModelRemoved {
             name: name.to_string(),
         };
-        let durable = self.log(&event)?;
+        let durable = self.ledger.log(&event)?;
         self.apply(event)?;
         Ok(durable)
     }
@@ -381,145 +319,6 @@ impl Routers {
             .lock()
             .expect("RM changes lock poisoned")
             .clone()
-    }
-
-    /// Apply a logged event (recovery). The live path goes through the methods above.
-    pub fn apply(&self, event: StateEvent) -> Result<(), RouterError> {
-        match event {
-            StateEvent::RewardModelAdded { spec } => {
-                let mut changes = self
-                    .reward_model_changes
-                    .lock()
-                    .expect("RM changes lock poisoned");
-                changes.removed.remove(&spec.name);
-                changes.added.insert(spec.name.clone(), spec);
-                return Ok(());
-            }
-            StateEvent::RewardModelRemoved { name } => {
-                let mut changes = self
-                    .reward_model_changes
-                    .lock()
-                    .expect("RM changes lock poisoned");
-                changes.added.remove(&name);
-                changes.removed.insert(name);
-                return Ok(());
-            }
-            _ => {}
-        }
-        let mut routers = self.routers.write().expect("router map lock poisoned");
-        match event {
-            StateEvent::RouterCreated {
-                name,
-                settings,
-                serving,
-            } => {
-                let router = Router::new(name.clone(), settings, &serving);
-                routers.insert(name, Arc::new(Mutex::new(router)));
-            }
-            StateEvent::RouterDeleted { name } => {
-                routers.remove(&name);
-            }
-            StateEvent::Router { name, event } => {
-                let router = routers
-                    .get(&name)
-                    .ok_or_else(|| RouterError::UnknownRouter { name: name.clone() })?;
-                router.lock().expect("router lock poisoned").apply(event)?;
-            }
-            StateEvent::RouterImported { name, state } => {
-                let router = Router::from_state(name.clone(), *state)?;
-                routers.insert(name, Arc::new(Mutex::new(router)));
-            }
-            StateEvent::RewardModelAdded { .. } | StateEvent::RewardModelRemoved { .. } => {
-                unreachable!("handled above")
-            }
-        }
-        Ok(())
-    }
-
-    /// Rebuild the routers from what the store recovered: the snapshot, then every later
-    /// record through [`Routers::apply`]. Returns the number of records replayed.
-    pub fn recover(&self, recovered: Recovered) -> Result<usize, StoreError> {
-        if let Some((seq, payload)) = recovered.snapshot {
-            let snapshot: Snapshot =
-                postcard::from_bytes(&payload).map_err(|e| StoreError::Decode {
-                    seq,
-                    reason: format!("snapshot: {e}"),
-                })?;
-            *self
-                .reward_model_changes
-                .lock()
-                .expect("RM changes lock poisoned") = snapshot.reward_models;
-            let mut routers = self.routers.write().expect("router map lock poisoned");
-            for state in snapshot.routers {
-                let name = state.name.clone();
-                let router =
-                    Router::from_state(name.clone(), state).map_err(|e| StoreError::Decode {
-                        seq,
-                        reason: e.to_string(),
-                    })?;
-                routers.insert(name, Arc::new(Mutex::new(router)));
-            }
-        }
-        let count = recovered.records.len();
-        for (seq, payload) in recovered.records {
-            let event: StateEvent =
-                postcard::from_bytes(&payload).map_err(|e| StoreError::Decode {
-                    seq,
-                    reason: e.to_string(),
-                })?;
-            self.apply(event).map_err(|e| StoreError::Decode {
-                seq,
-                reason: format!("does not apply: {e}"),
-            })?;
-        }
-        self.records_since_snapshot
-            .store(count as u64, Ordering::Relaxed);
-        Ok(count)
-    }
-
-    /// Whether enough records were logged since the last snapshot to take another.
-    pub fn snapshot_due(&self) -> bool {
-        self.store.is_durable()
-            && self.snapshot_every_records > 0
-            && self.records_since_snapshot.load(Ordering::Relaxed) >= self.snapshot_every_records
-            && !self.snapshot_running.load(Ordering::Relaxed)
-    }
-
-    /// Write a snapshot of every router. Changes wait only while the state is copied;
-    /// encoding and writing happen after. Blocking: run it off the async runtime.
-    /// Returns (sequence number, bytes written), or `None` without a durable store.
-    pub fn snapshot(&self) -> Result<Option<(u64, u64)>, StoreError> {
-        if !self.store.is_durable() || self.snapshot_running.swap(true, Ordering::AcqRel) {
-            return Ok(None);
-        }
-        let result = (|| {
-            let (seq, snapshot) = {
-                let _gate = self.gate.write().expect("gate poisoned");
-                let seq = self.store.last_seq();
-                let routers: Vec<RouterState> = self
-                    .list()
-                    .iter()
-                    .map(|router| router.lock().expect("router lock poisoned").to_state())
-                    .collect();
-                self.records_since_snapshot.store(0, Ordering::Relaxed);
-                let reward_models = self.reward_model_changes();
-                (
-                    seq,
-                    Snapshot {
-                        routers,
-                        reward_models,
-                    },
-                )
-            };
-            let payload = postcard::to_stdvec(&snapshot).map_err(|e| StoreError::Decode {
-                seq,
-                reason: format!("cannot encode snapshot: {e}"),
-            })?;
-            let bytes = self.store.write_snapshot(seq, &payload)?;
-            Ok(Some((seq, bytes)))
-        })();
-        self.snapshot_running.store(false, Ordering::Release);
-        result
     }
 
     /// The exportable state of one router.
@@ -554,18 +353,21 @@ mod tests {
     use crate::routers::tests::settings;
 
     fn routers(create_on_first_use: bool) -> Routers {
-        Routers::new(settings(4), create_on_first_use, 1024)
+        Routers::new(RoutersOptions {
+            defaults: (&settings(4)).into(),
+            create_on_first_use,
+            max_context_dim: 1024,
+            ..RoutersOptions::default()
+        })
     }
 
     #[test]
     fn first_use_creates_only_when_allowed() {
         assert!(routers(true).get_or_create("run-1", &[]).is_ok());
-        assert_eq!(
+        assert!(matches!(
             routers(false).get_or_create("run-1", &[]).err(),
-            Some(RouterError::UnknownRouter {
-                name: "run-1".into()
-            })
-        );
+            Some(RouterError::UnknownRouter { name }) if name == "run-1"
+        ));
     }
 
     #[test]
@@ -606,5 +408,13 @@ mod tests {
                 ..
             })
         ));
+    }
+
+    #[test]
+    fn a_full_patch_gives_its_settings_back() {
+        let settings = settings(4);
+        let patch = RouterSettingsPatch::from(&settings);
+        assert_eq!(patch.resolve(), settings);
+        assert_eq!(routers(true).defaults(), &settings);
     }
 }

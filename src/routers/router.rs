@@ -2,15 +2,16 @@
 //!
 //! The router is an event-sourced state machine: [`Router::select`] only reads (its
 //! randomness is derived from the seed and the number of decisions recorded, so it needs no
-//! mutable RNG), and every change goes through [`Router::apply`] with a [`RouterEvent`]:
-//! `Recorded` (decisions returned to a client), `Feedback`, `Reset`. The live path checks,
-//! logs, then applies the event; recovery applies the same logged events in the same
-//! order, so a recovered router equals the one that acknowledged them.
+//! mutable RNG), and every change goes through [`Router::apply`] with a
+//! [`RouterEvent`](super::RouterEvent): `Recorded` (decisions returned to a client),
+//! `Feedback`, `Reset`. The live path checks, logs, then applies the event; recovery
+//! applies the same logged events in the same order, so a recovered router equals the one
+//! that acknowledged them.
 //!
 //! Selection is two-phase so that a failed or abandoned Score records nothing. Feedback is
 //! all-or-nothing: [`Router::check_feedback`] validates every id before the event is logged.
-//! Answered ids are remembered (bounded like the pending set) so a repeated id is
-//! acknowledged as a duplicate and applied once.
+//! The pending decisions and answered ids live in [`super::pending`]; what the policy does
+//! in [`super::policy`]; the plain-data form in [`super::state`].
 //!
 //! Arms come and go with the server's RMs: an RM the router accepts becomes an arm
 //! (`A = λI`, `b = 0`) the first time a decision is recorded while it serves (selection
@@ -22,17 +23,22 @@
 //! arm's factor once; feedback O(d²·r) per arm for r decisions of that arm (one rank-r
 //! update); memory one d×d matrix per arm plus O(d) per pending decision.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, HashSet};
 
-use faer::Mat;
+use rand::SeedableRng;
 use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
 use super::RouterError;
-use super::settings::{Policy, RouterSettings, SelectionMode};
+use super::events::{
+    AnsweredDecision, Decision, Evictions, FeedbackOutcome, FeedbackSignal, RecordedDecision,
+    RouterEvent, Selection,
+};
+use super::pending::{Choice, PendingBook, PendingDecision};
+use super::policy::{self, Plan, Updates};
+use super::settings::{RouterSettings, SelectionMode};
 use crate::bandit::context::ContextTransform;
-use crate::bandit::{self, ArmEstimate, LinUcbArm, LinUcbArmData, RewardNormalizer, exp3};
+use crate::bandit::{LinUcbArm, RewardNormalizer};
 
 /// Per-arm statistics shown by GetRouter.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -66,210 +72,33 @@ impl ArmStatistics {
     }
 }
 
-struct Arm {
-    reward_model: String,
+pub(super) struct Arm {
+    pub(super) reward_model: String,
     /// LinUCB state (LinUCB routers only).
-    linucb: Option<LinUcbArm>,
+    pub(super) linucb: Option<LinUcbArm>,
     /// Exp3 log-weight (Exp3 routers only).
-    log_weight: f64,
-    statistics: ArmStatistics,
-}
-
-/// What a recorded decision chose, by arm index.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-enum Choice {
-    Arm(usize),
-    /// Every listed arm scored (ensemble policy).
-    Ensemble(Vec<usize>),
-}
-
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-struct PendingDecision {
-    choice: Choice,
-    context: Vec<f64>,
-    /// Exp3: probability the arm was chosen with, and how many arms were available.
-    probability: f64,
-    arm_count: usize,
-    created_unix_ms: i64,
-}
-
-/// A choice for one query (or for the whole request in per-batch mode).
-#[derive(Clone, Debug)]
-pub struct Decision {
-    /// The RMs to score with: one, or every member for the ensemble policy.
-    pub reward_models: Vec<String>,
-    /// Indices of the queries this decision covers.
-    pub queries: Vec<usize>,
-    /// Every available arm's estimate, when asked for (LinUCB).
-    pub estimates: Vec<(String, ArmEstimate)>,
-    ensemble: bool,
-    context: Vec<f64>,
-    probability: f64,
-    arm_count: usize,
-}
-
-impl Decision {
-    /// Whether this decision combines several RMs (ensemble policy).
-    pub fn is_ensemble(&self) -> bool {
-        self.ensemble
-    }
-}
-
-/// The outcome of [`Router::select`]; [`Selection::recorded`] turns it into the event
-/// that records it.
-#[derive(Debug)]
-pub struct Selection {
-    pub decisions: Vec<Decision>,
-    serving: Vec<String>,
-}
-
-impl Selection {
-    /// The `Recorded` event for these decisions under `decision_ids` (one per decision).
-    pub fn recorded(self, decision_ids: Vec<String>, now_unix_ms: i64) -> RouterEvent {
-        assert_eq!(
-            decision_ids.len(),
-            self.decisions.len(),
-            "one id per decision"
-        );
-        RouterEvent::Recorded {
-            now_unix_ms,
-            serving: self.serving,
-            decisions: self
-                .decisions
-                .into_iter()
-                .zip(decision_ids)
-                .map(|(decision, decision_id)| RecordedDecision {
-                    decision_id,
-                    reward_models: decision.reward_models,
-                    ensemble: decision.ensemble,
-                    context: decision.context,
-                    probability: decision.probability,
-                    arm_count: decision.arm_count,
-                })
-                .collect(),
-        }
-    }
-}
-
-/// The signal a Feedback request carries.
-#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
-pub enum FeedbackSignal {
-    /// Training loss; reward = −loss.
-    Loss(f64),
-    /// Reward, higher is better.
-    Reward(f64),
-}
-
-/// A decision as the log keeps it.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct RecordedDecision {
-    pub decision_id: String,
-    pub reward_models: Vec<String>,
-    pub ensemble: bool,
-    /// The preprocessed context (the arms' dimension).
-    pub context: Vec<f64>,
-    pub probability: f64,
-    pub arm_count: usize,
-}
-
-/// Every change of a router. Times and the serving RMs are part of the event, so applying
-/// it is deterministic.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub enum RouterEvent {
-    Recorded {
-        now_unix_ms: i64,
-        serving: Vec<String>,
-        decisions: Vec<RecordedDecision>,
-    },
-    Feedback {
-        now_unix_ms: i64,
-        serving: Vec<String>,
-        decision_ids: Vec<String>,
-        signal: FeedbackSignal,
-    },
-    Reset {
-        serving: Vec<String>,
-    },
-}
-
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct FeedbackOutcome {
-    /// (decision id, reward model) of each decision whose arm was updated.
-    pub applied: Vec<(String, String)>,
-    /// Decision ids that already had feedback.
-    pub duplicate: usize,
-    /// Decisions acknowledged but not applied: their RM no longer serves.
-    pub not_applied: Vec<(String, String)>,
-    /// The normalized reward applied (when anything was applied).
-    pub reward: Option<f64>,
-    /// Milliseconds from each applied decision's recording to this feedback.
-    pub lags_ms: Vec<i64>,
-    /// Mean normalized reward, after this feedback, of each arm it updated.
-    pub arm_mean_rewards: Vec<(String, f64)>,
-}
-
-/// Decisions evicted before their feedback arrived.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Evictions {
-    pub capacity: u64,
-    pub ttl: u64,
-}
-
-/// A router's whole state as plain data (snapshots, exports).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct RouterState {
-    pub name: String,
-    pub settings: RouterSettings,
-    arms: Vec<ArmState>,
-    pending: Vec<(String, PendingDecision)>,
-    answered: Vec<String>,
-    normalizer: RewardNormalizer,
-    decisions_recorded: u64,
-    context_sum: Vec<f64>,
-    contexts_seen: u64,
-    evictions: Evictions,
-}
-
-impl RouterState {
-    pub fn arm_count(&self) -> usize {
-        self.arms.len()
-    }
-
-    pub fn pending_count(&self) -> usize {
-        self.pending.len()
-    }
-}
-
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-struct ArmState {
-    reward_model: String,
-    linucb: Option<LinUcbArmData>,
-    log_weight: f64,
-    statistics: ArmStatistics,
-}
-
-pub struct Router {
-    name: String,
-    settings: RouterSettings,
-    transform: ContextTransform,
-    arms: Vec<Arm>,
-    arm_index: HashMap<String, usize>,
-    pending: HashMap<String, PendingDecision>,
-    pending_order: VecDeque<String>,
-    answered: HashSet<String>,
-    answered_order: VecDeque<String>,
-    normalizer: RewardNormalizer,
-    decisions_recorded: u64,
-    context_sum: Vec<f64>,
-    contexts_seen: u64,
-    evictions: Evictions,
+    pub(super) log_weight: f64,
+    pub(super) statistics: ArmStatistics,
 }
 
 /// A selectable arm: an existing one, or an accepted serving RM that will join as a fresh
 /// arm when the decision is recorded.
-struct Candidate {
-    reward_model: String,
-    arm: Option<usize>,
+pub(super) struct Candidate {
+    pub(super) reward_model: String,
+    pub(super) arm: Option<usize>,
+}
+
+pub struct Router {
+    pub(super) name: String,
+    pub(super) settings: RouterSettings,
+    pub(super) transform: ContextTransform,
+    pub(super) arms: Vec<Arm>,
+    pub(super) arm_index: HashMap<String, usize>,
+    pub(super) book: PendingBook,
+    pub(super) normalizer: RewardNormalizer,
+    pub(super) decisions_recorded: u64,
+    pub(super) context_sum: Vec<f64>,
+    pub(super) contexts_seen: u64,
 }
 
 impl Router {
@@ -288,13 +117,9 @@ impl Router {
             settings,
             arms: Vec::new(),
             arm_index: HashMap::new(),
-            pending: HashMap::new(),
-            pending_order: VecDeque::new(),
-            answered: HashSet::new(),
-            answered_order: VecDeque::new(),
+            book: PendingBook::default(),
             decisions_recorded: 0,
             contexts_seen: 0,
-            evictions: Evictions::default(),
         };
         for reward_model in serving {
             if router.settings.accepts(reward_model) {
@@ -313,11 +138,11 @@ impl Router {
     }
 
     pub fn pending_decisions(&self) -> usize {
-        self.pending.len()
+        self.book.len()
     }
 
     pub fn evictions(&self) -> Evictions {
-        self.evictions
+        self.book.evictions()
     }
 
     /// Raw rewards observed by the normalizer.
@@ -342,19 +167,8 @@ impl Router {
                 .map(|v| v / self.contexts_seen as f64)
                 .collect()
         });
-        let available: Vec<usize> = self
-            .candidates(serving)
-            .iter()
-            .filter_map(|c| c.arm)
-            .collect();
-        let probabilities = match self.settings.policy {
-            Policy::Exp3 { gamma } if !available.is_empty() => {
-                let weights: Vec<f64> =
-                    available.iter().map(|&a| self.arms[a].log_weight).collect();
-                exp3::probabilities(&weights, gamma)
-            }
-            _ => Vec::new(),
-        };
+        let available = self.available(serving);
+        let probabilities = policy::probabilities(&self.settings, &self.arms, &available);
         self.arms
             .iter()
             .enumerate()
@@ -408,19 +222,6 @@ impl Router {
                 router: self.name.clone(),
             });
         }
-        let fixed = match &self.settings.policy {
-            Policy::Fixed { reward_model } => Some(
-                candidates
-                    .iter()
-                    .position(|c| &c.reward_model == reward_model)
-                    .ok_or_else(|| RouterError::FixedRewardModelUnavailable {
-                        router: self.name.clone(),
-                        reward_model: reward_model.clone(),
-                    })?,
-            ),
-            _ => None,
-        };
-
         let processed: Vec<Vec<f64>> = contexts.iter().map(|c| self.transform.apply(c)).collect();
         let groups: Vec<(Vec<usize>, Vec<f64>)> = match mode.unwrap_or(self.settings.default_mode) {
             SelectionMode::PerQuery => processed
@@ -438,95 +239,36 @@ impl Router {
                 vec![((0..processed.len()).collect(), mean)]
             }
         };
-
-        // LinUCB: one batched estimate per existing arm over all decisions of the request;
-        // an arm about to join is fresh (θ = 0, A = λI): mean 0, bonus α·|x|/√λ.
-        let estimates: Vec<Vec<ArmEstimate>> = match self.settings.policy {
-            Policy::LinUcb => {
-                let batch =
-                    Mat::from_fn(self.settings.arm_dim(), groups.len(), |i, j| groups[j].1[i]);
-                candidates
-                    .iter()
-                    .map(|candidate| match candidate.arm {
-                        Some(arm) => self.arms[arm]
-                            .linucb
-                            .as_ref()
-                            .expect("LinUCB routers keep LinUCB arms")
-                            .estimate_batch(batch.as_ref(), self.settings.alpha),
-                        None => groups
-                            .iter()
-                            .map(|(_, x)| {
-                                let norm = x.iter().map(|v| v * v).sum::<f64>().sqrt();
-                                let bonus =
-                                    self.settings.alpha * norm / self.settings.l2_lambda.sqrt();
-                                ArmEstimate {
-                                    mean: 0.0,
-                                    bonus,
-                                    ucb: bonus,
-                                }
-                            })
-                            .collect(),
-                    })
-                    .collect()
-            }
-            _ => Vec::new(),
-        };
-        let exp3_probabilities = match self.settings.policy {
-            Policy::Exp3 { gamma } => {
-                let weights: Vec<f64> = candidates
-                    .iter()
-                    .map(|c| c.arm.map_or(0.0, |a| self.arms[a].log_weight))
-                    .collect();
-                exp3::probabilities(&weights, gamma)
-            }
-            _ => Vec::new(),
-        };
-
-        let mut decisions = Vec::with_capacity(groups.len());
-        for (group, (queries, context)) in groups.into_iter().enumerate() {
-            let mut rng = self.rng_for(group);
-            let mut probability = 1.0;
-            let mut explained = Vec::new();
-            let chosen: Vec<usize> = match &self.settings.policy {
-                Policy::LinUcb => {
-                    let per_group: Vec<ArmEstimate> =
-                        estimates.iter().map(|per_arm| per_arm[group]).collect();
-                    if explain {
-                        explained = candidates
-                            .iter()
-                            .zip(&per_group)
-                            .map(|(c, e)| (c.reward_model.clone(), *e))
-                            .collect();
-                    }
-                    vec![bandit::select_arm(&per_group, &mut rng).expect("candidates exist")]
+        let group_contexts: Vec<Vec<f64>> = groups.iter().map(|(_, x)| x.clone()).collect();
+        let plan = Plan::new(
+            &self.name,
+            &self.settings,
+            &self.arms,
+            &candidates,
+            &group_contexts,
+            self.decisions_recorded,
+        )?;
+        let ensemble = policy::is_ensemble(&self.settings.policy);
+        let decisions = groups
+            .into_iter()
+            .enumerate()
+            .map(|(group, (queries, context))| {
+                let chosen = plan.choose(group, &candidates, &mut self.rng_for(group), explain);
+                Decision {
+                    reward_models: chosen
+                        .candidates
+                        .iter()
+                        .map(|&c| candidates[c].reward_model.clone())
+                        .collect(),
+                    queries,
+                    estimates: chosen.explained,
+                    ensemble,
+                    context,
+                    probability: chosen.probability,
+                    arm_count: candidates.len(),
                 }
-                Policy::Random => vec![rng.random_range(0..candidates.len())],
-                Policy::RoundRobin => {
-                    vec![
-                        ((self.decisions_recorded as usize).wrapping_add(group)) % candidates.len(),
-                    ]
-                }
-                Policy::Fixed { .. } => vec![fixed.expect("checked above")],
-                Policy::Ensemble => (0..candidates.len()).collect(),
-                Policy::Exp3 { .. } => {
-                    let index = exp3::sample(&exp3_probabilities, &mut rng);
-                    probability = exp3_probabilities[index];
-                    vec![index]
-                }
-            };
-            decisions.push(Decision {
-                reward_models: chosen
-                    .iter()
-                    .map(|&c| candidates[c].reward_model.clone())
-                    .collect(),
-                queries,
-                estimates: explained,
-                ensemble: matches!(self.settings.policy, Policy::Ensemble),
-                context,
-                probability,
-                arm_count: candidates.len(),
-            });
-        }
+            })
+            .collect();
         Ok(Selection {
             decisions,
             serving: serving.to_vec(),
@@ -541,18 +283,7 @@ impl Router {
         signal: FeedbackSignal,
         now_unix_ms: i64,
     ) -> Result<(), RouterError> {
-        let ttl_ms = self.settings.pending_ttl.as_millis() as i64;
-        let unknown: Vec<String> = decision_ids
-            .iter()
-            .filter(|id| {
-                let live = self
-                    .pending
-                    .get(*id)
-                    .is_some_and(|d| now_unix_ms - d.created_unix_ms < ttl_ms);
-                !live && !self.answered.contains(*id)
-            })
-            .cloned()
-            .collect();
+        let unknown = self.book.unknown(decision_ids, now_unix_ms, self.ttl_ms());
         if !unknown.is_empty() {
             return Err(RouterError::UnknownDecisions {
                 router: self.name.clone(),
@@ -580,7 +311,7 @@ impl Router {
                 serving,
                 decisions,
             } => {
-                self.expire(now_unix_ms);
+                self.book.expire(now_unix_ms, self.ttl_ms());
                 self.join_new_arms(&serving);
                 for decision in decisions {
                     self.record_one(decision, now_unix_ms);
@@ -593,7 +324,7 @@ impl Router {
                 decision_ids,
                 signal,
             } => {
-                self.expire(now_unix_ms);
+                self.book.expire(now_unix_ms, self.ttl_ms());
                 self.check_feedback(&decision_ids, signal, now_unix_ms)?;
                 Ok(self.apply_feedback(&decision_ids, signal, &serving, now_unix_ms))
             }
@@ -604,99 +335,8 @@ impl Router {
         }
     }
 
-    /// The router's state as plain data. Copies every arm's factor (O(K·d²)).
-    pub fn to_state(&self) -> RouterState {
-        RouterState {
-            name: self.name.clone(),
-            settings: self.settings.clone(),
-            arms: self
-                .arms
-                .iter()
-                .map(|arm| ArmState {
-                    reward_model: arm.reward_model.clone(),
-                    linucb: arm.linucb.as_ref().map(LinUcbArm::to_data),
-                    log_weight: arm.log_weight,
-                    statistics: arm.statistics.clone(),
-                })
-                .collect(),
-            pending: self
-                .pending_order
-                .iter()
-                .filter_map(|id| self.pending.get(id).map(|d| (id.clone(), d.clone())))
-                .collect(),
-            answered: self.answered_order.iter().cloned().collect(),
-            normalizer: self.normalizer.clone(),
-            decisions_recorded: self.decisions_recorded,
-            context_sum: self.context_sum.clone(),
-            contexts_seen: self.contexts_seen,
-            evictions: self.evictions,
-        }
-    }
-
-    /// Rebuild a router from [`Router::to_state`], under `name`.
-    pub fn from_state(name: String, state: RouterState) -> Result<Self, RouterError> {
-        let invalid = |reason: String| RouterError::InvalidState {
-            router: name.clone(),
-            reason,
-        };
-        let mut router = Router::new(name.clone(), state.settings, &[]);
-        let arm_dim = router.settings.arm_dim();
-        if state.context_sum.len() != arm_dim {
-            return Err(invalid(format!(
-                "context sum has dimension {}",
-                state.context_sum.len()
-            )));
-        }
-        for arm in state.arms {
-            let linucb = match &arm.linucb {
-                Some(data) if data.context_dim == arm_dim => Some(
-                    LinUcbArm::from_data(data)
-                        .ok_or_else(|| invalid("arm factor has the wrong size".into()))?,
-                ),
-                Some(data) => {
-                    return Err(invalid(format!(
-                        "arm dimension {} != {arm_dim}",
-                        data.context_dim
-                    )));
-                }
-                None if matches!(router.settings.policy, Policy::LinUcb) => {
-                    return Err(invalid("a LinUCB router's arm has no LinUCB state".into()));
-                }
-                None => None,
-            };
-            router
-                .arm_index
-                .insert(arm.reward_model.clone(), router.arms.len());
-            router.arms.push(Arm {
-                reward_model: arm.reward_model,
-                linucb,
-                log_weight: arm.log_weight,
-                statistics: arm.statistics,
-            });
-        }
-        for (id, decision) in state.pending {
-            let arms_exist = match &decision.choice {
-                Choice::Arm(a) => *a < router.arms.len(),
-                Choice::Ensemble(members) => members.iter().all(|a| *a < router.arms.len()),
-            };
-            if !arms_exist || decision.context.len() != arm_dim {
-                return Err(invalid(format!(
-                    "pending decision {id} does not fit the arms"
-                )));
-            }
-            router.pending_order.push_back(id.clone());
-            router.pending.insert(id, decision);
-        }
-        for id in state.answered {
-            router.answered.insert(id.clone());
-            router.answered_order.push_back(id);
-        }
-        router.normalizer = state.normalizer;
-        router.decisions_recorded = state.decisions_recorded;
-        router.context_sum = state.context_sum;
-        router.contexts_seen = state.contexts_seen;
-        router.evictions = state.evictions;
-        Ok(router)
+    fn ttl_ms(&self) -> i64 {
+        self.settings.pending_ttl.as_millis() as i64
     }
 
     fn rng_for(&self, group: usize) -> StdRng {
@@ -736,8 +376,8 @@ impl Router {
             .for_each(|(s, v)| *s += v);
         self.contexts_seen += 1;
         self.decisions_recorded += 1;
-        self.pending.insert(
-            decision.decision_id.clone(),
+        self.book.insert(
+            decision.decision_id,
             PendingDecision {
                 choice,
                 context: decision.context,
@@ -745,9 +385,8 @@ impl Router {
                 arm_count: decision.arm_count,
                 created_unix_ms: now_unix_ms,
             },
+            self.settings.max_pending_decisions,
         );
-        self.pending_order.push_back(decision.decision_id);
-        self.evict_over_capacity();
     }
 
     /// Apply checked feedback: one raw reward per request, decisions of one arm as one
@@ -767,7 +406,7 @@ impl Router {
                 outcome.duplicate += 1;
                 continue;
             }
-            match self.pending.remove(decision_id) {
+            match self.book.take(decision_id) {
                 Some(decision) => answered.push((decision_id.clone(), decision)),
                 None => outcome.duplicate += 1,
             }
@@ -781,31 +420,27 @@ impl Router {
             FeedbackSignal::Loss(loss) => self.normalizer.observe(-loss),
         };
         outcome.reward = Some(reward);
-        let available: Vec<usize> = self
-            .candidates(serving)
-            .iter()
-            .filter_map(|c| c.arm)
-            .collect();
+        let available = self.available(serving);
+        let capacity = self.settings.max_pending_decisions;
 
-        let mut updates: HashMap<usize, Vec<Vec<f64>>> = HashMap::new();
+        let mut updates = Updates::default();
         for (decision_id, decision) in answered {
-            let members = match &decision.choice {
-                Choice::Arm(a) => vec![*a],
-                Choice::Ensemble(members) => members.clone(),
+            let members = decision.choice.arms();
+            let answered = AnsweredDecision {
+                decision_id: decision_id.clone(),
+                reward_models: members
+                    .iter()
+                    .map(|&a| self.arms[a].reward_model.clone())
+                    .collect(),
             };
-            let label = members
-                .iter()
-                .map(|&a| self.arms[a].reward_model.as_str())
-                .collect::<Vec<_>>()
-                .join("+");
             let serving_members: Vec<usize> = members
                 .iter()
                 .copied()
                 .filter(|a| available.contains(a))
                 .collect();
             if serving_members.is_empty() {
-                outcome.not_applied.push((decision_id.clone(), label));
-                self.remember_answered(decision_id);
+                outcome.not_applied.push(answered);
+                self.book.remember_answered(decision_id, capacity);
                 continue;
             }
             for &arm in &serving_members {
@@ -814,18 +449,14 @@ impl Router {
                 statistics.reward_sum += reward;
             }
             if let Choice::Arm(arm) = decision.choice {
-                match self.settings.policy {
-                    Policy::LinUcb => updates.entry(arm).or_default().push(decision.context),
-                    Policy::Exp3 { gamma } => {
-                        self.arms[arm].log_weight += exp3::log_weight_increment(
-                            reward,
-                            decision.probability,
-                            decision.arm_count,
-                            gamma,
-                        );
-                    }
-                    _ => {}
-                }
+                updates.credit(
+                    &self.settings,
+                    &mut self.arms,
+                    arm,
+                    decision.context,
+                    (decision.probability, decision.arm_count),
+                    reward,
+                );
             }
             outcome.lags_ms.push(now_unix_ms - decision.created_unix_ms);
             for &arm in &serving_members {
@@ -840,32 +471,19 @@ impl Router {
                     None => outcome.arm_mean_rewards.push(mean),
                 }
             }
-            outcome.applied.push((decision_id.clone(), label));
-            self.remember_answered(decision_id);
+            outcome.applied.push(answered);
+            self.book.remember_answered(decision_id, capacity);
         }
-        let dim = self.settings.arm_dim();
-        let mut arms: Vec<usize> = updates.keys().copied().collect();
-        arms.sort_unstable();
-        for arm in arms {
-            let contexts = &updates[&arm];
-            let batch = Mat::from_fn(dim, contexts.len(), |i, j| contexts[j][i]);
-            let rewards = vec![reward; contexts.len()];
-            self.arms[arm]
-                .linucb
-                .as_mut()
-                .expect("LinUCB routers keep LinUCB arms")
-                .update_batch(batch.as_ref(), &rewards);
-        }
+        updates.apply(&self.settings, &mut self.arms, reward);
         outcome
     }
 
-    fn add_arm(&mut self, reward_model: &str) {
+    pub(super) fn add_arm(&mut self, reward_model: &str) {
         self.arm_index
             .insert(reward_model.to_string(), self.arms.len());
         self.arms.push(Arm {
             reward_model: reward_model.to_string(),
-            linucb: matches!(self.settings.policy, Policy::LinUcb)
-                .then(|| LinUcbArm::new(self.settings.arm_dim(), self.settings.l2_lambda)),
+            linucb: policy::new_arm_model(&self.settings),
             log_weight: 0.0,
             statistics: ArmStatistics {
                 reward_model: reward_model.to_string(),
@@ -886,6 +504,14 @@ impl Router {
                 self.add_arm(reward_model);
             }
         }
+    }
+
+    /// Indices of the existing arms whose RM serves.
+    fn available(&self, serving: &[String]) -> Vec<usize> {
+        self.candidates(serving)
+            .iter()
+            .filter_map(|c| c.arm)
+            .collect()
     }
 
     /// Arms that may be selected now: existing arms whose RM serves (arm order), then
@@ -916,48 +542,5 @@ impl Router {
             }
         }
         candidates
-    }
-
-    fn expire(&mut self, now_unix_ms: i64) {
-        let ttl_ms = self.settings.pending_ttl.as_millis() as i64;
-        while let Some(oldest) = self.pending_order.front() {
-            match self.pending.get(oldest) {
-                None => {
-                    self.pending_order.pop_front();
-                }
-                Some(decision) if now_unix_ms - decision.created_unix_ms >= ttl_ms => {
-                    let id = self.pending_order.pop_front().expect("front exists");
-                    self.pending.remove(&id);
-                    self.evictions.ttl += 1;
-                }
-                Some(_) => break,
-            }
-        }
-    }
-
-    fn evict_over_capacity(&mut self) {
-        while self.pending.len() > self.settings.max_pending_decisions {
-            let Some(oldest) = self.pending_order.pop_front() else {
-                break;
-            };
-            if self.pending.remove(&oldest).is_some() {
-                self.evictions.capacity += 1;
-            }
-        }
-        // pending_order may hold ids already answered; keep it from growing without bound.
-        if self.pending_order.len() > 2 * self.settings.max_pending_decisions {
-            let pending = &self.pending;
-            self.pending_order.retain(|id| pending.contains_key(id));
-        }
-    }
-
-    fn remember_answered(&mut self, decision_id: String) {
-        self.answered.insert(decision_id.clone());
-        self.answered_order.push_back(decision_id);
-        while self.answered_order.len() > self.settings.max_pending_decisions {
-            if let Some(oldest) = self.answered_order.pop_front() {
-                self.answered.remove(&oldest);
-            }
-        }
     }
 }

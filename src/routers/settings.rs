@@ -1,4 +1,10 @@
-//! A router's settings, valid by construction through [`RouterSettings::validate`].
+//! A router's settings, valid by construction through [`RouterSettings::validate`], and
+//! the one way unset fields are filled: a [`RouterSettingsPatch`] (the config file's
+//! `[routers]` table and a CreateRouter request are both patches) applied over the
+//! config's patch, then over LASeR's reference defaults ([`RouterSettings::default`]).
+//!
+//! `RouterSettings` is part of the log and snapshot format (postcard, field order):
+//! add fields only at the end.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -6,7 +12,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::RouterError;
-use crate::bandit::Normalization;
+pub use crate::bandit::Normalization;
 
 /// Bandit policy of a router: LASeR's LinUCB and the paper's baselines.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -25,21 +31,55 @@ pub enum Policy {
     Exp3 { gamma: f64 },
 }
 
+/// Which policy, without its parameters: how the config file and the API name a policy
+/// (`policy = "exp3"`, with `exp3_gamma` beside it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PolicyKind {
+    Linucb,
+    Random,
+    RoundRobin,
+    Fixed,
+    Ensemble,
+    Exp3,
+}
+
 impl Policy {
-    pub fn name(&self) -> &'static str {
+    pub fn kind(&self) -> PolicyKind {
         match self {
-            Policy::LinUcb => "linucb",
-            Policy::Random => "random",
-            Policy::RoundRobin => "round_robin",
-            Policy::Fixed { .. } => "fixed",
-            Policy::Ensemble => "ensemble",
-            Policy::Exp3 { .. } => "exp3",
+            Policy::LinUcb => PolicyKind::Linucb,
+            Policy::Random => PolicyKind::Random,
+            Policy::RoundRobin => PolicyKind::RoundRobin,
+            Policy::Fixed { .. } => PolicyKind::Fixed,
+            Policy::Ensemble => PolicyKind::Ensemble,
+            Policy::Exp3 { .. } => PolicyKind::Exp3,
+        }
+    }
+
+    pub fn name(&self) -> &'static str {
+        match self.kind() {
+            PolicyKind::Linucb => "linucb",
+            PolicyKind::Random => "random",
+            PolicyKind::RoundRobin => "round_robin",
+            PolicyKind::Fixed => "fixed",
+            PolicyKind::Ensemble => "ensemble",
+            PolicyKind::Exp3 => "exp3",
         }
     }
 }
 
+/// Which reward normalization, without its parameters (`normalization = "quantile"`, with
+/// `quantile_low`, `quantile_high`, `reward_window` beside it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NormalizationKind {
+    None,
+    Quantile,
+}
+
 /// One decision per query, or one for the whole request on the mean context.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum SelectionMode {
     PerQuery,
     PerBatch,
@@ -159,6 +199,186 @@ impl RouterSettings {
             self.projection_dim
         } else {
             self.context_dim
+        }
+    }
+}
+
+impl Default for RouterSettings {
+    /// LASeR's reference code: LinUCB, α = 0.1, λ = 1, 20th/80th percentile normalization
+    /// over the whole reward history, per-query selection, raw contexts; d = 4096.
+    fn default() -> Self {
+        Self {
+            context_dim: 4096,
+            policy: Policy::LinUcb,
+            alpha: 0.1,
+            l2_lambda: 1.0,
+            normalization: Normalization::LASER,
+            reward_is_normalized: false,
+            default_mode: SelectionMode::PerQuery,
+            seed: 0,
+            reward_models: None,
+            join_new_reward_models: true,
+            l2_normalize_context: false,
+            projection_dim: 0,
+            max_pending_decisions: 100_000,
+            pending_ttl: Duration::from_secs(3600),
+        }
+    }
+}
+
+/// Router settings with every field optional: the config file's `[routers]` table (these
+/// names are its keys) and a CreateRouter request. [`RouterSettingsPatch::apply`] fills
+/// what is unset.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RouterSettingsPatch {
+    /// Context dimension (LASeR: the policy LLM's hidden size; default 4096).
+    pub context_dim: Option<usize>,
+    /// `linucb` (default), `random`, `round_robin`, `fixed`, `ensemble` or `exp3`.
+    pub policy: Option<PolicyKind>,
+    /// The RM of the `fixed` policy.
+    pub fixed_reward_model: Option<String>,
+    /// Exploration rate of the `exp3` policy (default 0.1).
+    pub exp3_gamma: Option<f64>,
+    /// LinUCB exploration weight α (default 0.1).
+    pub alpha: Option<f64>,
+    /// LinUCB ridge λ (default 1).
+    pub l2_lambda: Option<f64>,
+    /// `quantile` (default) or `none`.
+    pub normalization: Option<NormalizationKind>,
+    /// Percentiles of the quantile normalization (default 20 and 80).
+    pub quantile_low: Option<f64>,
+    pub quantile_high: Option<f64>,
+    /// Last raw rewards kept as the normalization history (0: all, as LASeR; the default).
+    pub reward_window: Option<usize>,
+    /// Feedback.reward is already in [0, 1] and used as is (default false).
+    pub reward_is_normalized: Option<bool>,
+    /// `per_query` (default) or `per_batch`.
+    pub default_mode: Option<SelectionMode>,
+    /// Seed of each router's RNG (tie-breaking, sampling, projection; default 0).
+    pub seed: Option<u64>,
+    /// RMs the router may use (default: every RM the server serves).
+    pub reward_models: Option<BTreeSet<String>>,
+    /// RMs added to the server later become arms of existing routers (default true).
+    pub join_new_reward_models: Option<bool>,
+    /// Divide contexts by their L2 norm (default false).
+    pub l2_normalize_context: Option<bool>,
+    /// Random projection dimension (0, the default: off).
+    pub projection_dim: Option<usize>,
+    /// Decisions kept awaiting feedback per router (oldest evicted beyond; default 100000).
+    pub max_pending_decisions: Option<usize>,
+    /// Seconds a decision waits for feedback before it is evicted (default 3600).
+    pub pending_ttl_seconds: Option<u64>,
+}
+
+impl RouterSettingsPatch {
+    /// The settings this patch names: each field from this patch, else from `defaults`,
+    /// else LASeR's default. Policy and normalization parameters are filled the same way
+    /// whichever patch names the policy. Ranges are checked by [`RouterSettings::validate`].
+    pub fn apply(&self, defaults: &RouterSettingsPatch) -> RouterSettings {
+        let laser = RouterSettings::default();
+        macro_rules! pick {
+            ($field:ident) => {
+                self.$field.clone().or_else(|| defaults.$field.clone())
+            };
+        }
+        let policy = match pick!(policy).unwrap_or(laser.policy.kind()) {
+            PolicyKind::Linucb => Policy::LinUcb,
+            PolicyKind::Random => Policy::Random,
+            PolicyKind::RoundRobin => Policy::RoundRobin,
+            PolicyKind::Fixed => Policy::Fixed {
+                reward_model: pick!(fixed_reward_model).unwrap_or_default(),
+            },
+            PolicyKind::Ensemble => Policy::Ensemble,
+            PolicyKind::Exp3 => Policy::Exp3 {
+                gamma: pick!(exp3_gamma).unwrap_or(DEFAULT_EXP3_GAMMA),
+            },
+        };
+        let normalization = match pick!(normalization).unwrap_or(NormalizationKind::Quantile) {
+            NormalizationKind::None => Normalization::None,
+            NormalizationKind::Quantile => {
+                let Normalization::Quantile { low, high, .. } = Normalization::LASER else {
+                    unreachable!("LASeR normalizes by quantiles")
+                };
+                Normalization::Quantile {
+                    low: pick!(quantile_low).unwrap_or(low),
+                    high: pick!(quantile_high).unwrap_or(high),
+                    window: match pick!(reward_window).unwrap_or(0) {
+                        0 => None,
+                        window => Some(window),
+                    },
+                }
+            }
+        };
+        RouterSettings {
+            context_dim: pick!(context_dim).unwrap_or(laser.context_dim),
+            policy,
+            alpha: pick!(alpha).unwrap_or(laser.alpha),
+            l2_lambda: pick!(l2_lambda).unwrap_or(laser.l2_lambda),
+            normalization,
+            reward_is_normalized: pick!(reward_is_normalized).unwrap_or(laser.reward_is_normalized),
+            default_mode: pick!(default_mode).unwrap_or(laser.default_mode),
+            seed: pick!(seed).unwrap_or(laser.seed),
+            reward_models: pick!(reward_models),
+            join_new_reward_models: pick!(join_new_reward_models)
+                .unwrap_or(laser.join_new_reward_models),
+            l2_normalize_context: pick!(l2_normalize_context).unwrap_or(laser.l2_normalize_context),
+            projection_dim: pick!(projection_dim).unwrap_or(laser.projection_dim),
+            max_pending_decisions: pick!(max_pending_decisions)
+                .unwrap_or(laser.max_pending_decisions),
+            pending_ttl: pick!(pending_ttl_seconds)
+                .map(Duration::from_secs)
+                .unwrap_or(laser.pending_ttl),
+        }
+    }
+
+    /// The settings with nothing but `defaults` and LASeR's defaults.
+    pub fn resolve(&self) -> RouterSettings {
+        self.apply(&RouterSettingsPatch::default())
+    }
+}
+
+/// Exploration rate of the `exp3` policy when none is given.
+pub const DEFAULT_EXP3_GAMMA: f64 = 0.1;
+
+impl From<&RouterSettings> for RouterSettingsPatch {
+    /// A patch that sets every field to `settings` (`apply` gives `settings` back).
+    fn from(settings: &RouterSettings) -> Self {
+        let (fixed_reward_model, exp3_gamma) = match &settings.policy {
+            Policy::Fixed { reward_model } => (Some(reward_model.clone()), None),
+            Policy::Exp3 { gamma } => (None, Some(*gamma)),
+            _ => (None, None),
+        };
+        let (normalization, quantile_low, quantile_high, reward_window) =
+            match settings.normalization {
+                Normalization::None => (NormalizationKind::None, None, None, None),
+                Normalization::Quantile { low, high, window } => (
+                    NormalizationKind::Quantile,
+                    Some(low),
+                    Some(high),
+                    Some(window.unwrap_or(0)),
+                ),
+            };
+        Self {
+            context_dim: Some(settings.context_dim),
+            policy: Some(settings.policy.kind()),
+            fixed_reward_model,
+            exp3_gamma,
+            alpha: Some(settings.alpha),
+            l2_lambda: Some(settings.l2_lambda),
+            normalization: Some(normalization),
+            quantile_low,
+            quantile_high,
+            reward_window,
+            reward_is_normalized: Some(settings.reward_is_normalized),
+            default_mode: Some(settings.default_mode),
+            seed: Some(settings.seed),
+            reward_models: settings.reward_models.clone(),
+            join_new_reward_models: Some(settings.join_new_reward_models),
+            l2_normalize_context: Some(settings.l2_normalize_context),
+            projection_dim: Some(settings.projection_dim),
+            max_pending_decisions: Some(settings.max_pending_decisions),
+            pending_ttl_seconds: Some(settings.pending_ttl.as_secs()),
         }
     }
 }

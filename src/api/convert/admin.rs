@@ -1,0 +1,250 @@
+//! The Admin family: CreateRouter's settings (a [`RouterSettingsPatch`]: unset fields are
+//! filled by the routers from the config's defaults), the effective settings back to `pb`,
+//! AddRewardModel's spec, and the info messages of routers and reward models.
+
+use std::collections::BTreeSet;
+
+use super::{RequestError, invalid, selection_mode};
+use crate::api::pb;
+use crate::models::spec::Provider;
+use crate::models::{InputFormat, RewardModel, RewardModelSpec};
+use crate::routers::{
+    Normalization, NormalizationKind, Policy, PolicyKind, RouterInfo, RouterSettings,
+    RouterSettingsPatch, SelectionMode,
+};
+
+/// CreateRouter's settings as a patch: a field left at its proto default is unset.
+/// `reward_is_normalized`, `l2_normalize_context` and `projection_dim` have no unset
+/// value in the proto and are always set. Ranges are checked by `RouterSettings::validate`.
+pub fn router_settings_patch(
+    settings: Option<pb::RouterSettings>,
+) -> Result<RouterSettingsPatch, RequestError> {
+    let Some(settings) = settings else {
+        return Ok(RouterSettingsPatch::default());
+    };
+    let policy = match pb::Policy::try_from(settings.policy) {
+        Ok(pb::Policy::Unspecified) => None,
+        Ok(pb::Policy::Linucb) => Some(PolicyKind::Linucb),
+        Ok(pb::Policy::Random) => Some(PolicyKind::Random),
+        Ok(pb::Policy::RoundRobin) => Some(PolicyKind::RoundRobin),
+        Ok(pb::Policy::Fixed) => Some(PolicyKind::Fixed),
+        Ok(pb::Policy::Ensemble) => Some(PolicyKind::Ensemble),
+        Ok(pb::Policy::Exp3) => Some(PolicyKind::Exp3),
+        Err(_) => {
+            return Err(invalid(
+                "settings.policy",
+                format!("unknown Policy value {}", settings.policy),
+            ));
+        }
+    };
+    let normalization = match pb::Normalization::try_from(settings.normalization) {
+        Ok(pb::Normalization::Unspecified) => None,
+        Ok(pb::Normalization::None) => Some(NormalizationKind::None),
+        Ok(pb::Normalization::Quantile) => Some(NormalizationKind::Quantile),
+        Err(_) => {
+            return Err(invalid(
+                "settings.normalization",
+                format!("unknown Normalization value {}", settings.normalization),
+            ));
+        }
+    };
+    let default_mode = selection_mode(settings.default_mode, "settings.default_mode")?;
+    if let Some(position) = settings
+        .reward_models
+        .iter()
+        .position(|name| name.is_empty())
+    {
+        return Err(invalid(
+            format!("settings.reward_models[{position}]"),
+            "is empty",
+        ));
+    }
+    let set = |value: u32| (value > 0).then_some(value as usize);
+    Ok(RouterSettingsPatch {
+        context_dim: set(settings.context_dim),
+        policy,
+        fixed_reward_model: (!settings.fixed_reward_model.is_empty())
+            .then_some(settings.fixed_reward_model),
+        exp3_gamma: settings.exp3_gamma,
+        alpha: settings.alpha,
+        l2_lambda: settings.l2_lambda,
+        normalization,
+        quantile_low: settings.quantile_low,
+        quantile_high: settings.quantile_high,
+        reward_window: set(settings.reward_window),
+        reward_is_normalized: Some(settings.reward_is_normalized),
+        default_mode,
+        seed: settings.seed,
+        reward_models: (!settings.reward_models.is_empty()).then(|| {
+            settings
+                .reward_models
+                .into_iter()
+                .collect::<BTreeSet<String>>()
+        }),
+        join_new_reward_models: settings.join_new_reward_models,
+        l2_normalize_context: Some(settings.l2_normalize_context),
+        projection_dim: Some(settings.projection_dim as usize),
+        max_pending_decisions: set(settings.max_pending_decisions),
+        pending_ttl_seconds: (settings.pending_ttl_seconds > 0)
+            .then_some(settings.pending_ttl_seconds as u64),
+    })
+}
+
+/// The pb form of a router's effective settings.
+pub fn router_settings_to_pb(settings: &RouterSettings) -> pb::RouterSettings {
+    let (policy, fixed_reward_model, exp3_gamma) = match &settings.policy {
+        Policy::LinUcb => (pb::Policy::Linucb, String::new(), None),
+        Policy::Random => (pb::Policy::Random, String::new(), None),
+        Policy::RoundRobin => (pb::Policy::RoundRobin, String::new(), None),
+        Policy::Fixed { reward_model } => (pb::Policy::Fixed, reward_model.clone(), None),
+        Policy::Ensemble => (pb::Policy::Ensemble, String::new(), None),
+        Policy::Exp3 { gamma } => (pb::Policy::Exp3, String::new(), Some(*gamma)),
+    };
+    let (normalization, quantile_low, quantile_high, reward_window) = match settings.normalization {
+        Normalization::None => (pb::Normalization::None, None, None, 0),
+        Normalization::Quantile { low, high, window } => (
+            pb::Normalization::Quantile,
+            Some(low),
+            Some(high),
+            window.unwrap_or(0) as u32,
+        ),
+    };
+    pb::RouterSettings {
+        context_dim: settings.context_dim as u32,
+        policy: policy as i32,
+        alpha: Some(settings.alpha),
+        l2_lambda: Some(settings.l2_lambda),
+        normalization: normalization as i32,
+        default_mode: match settings.default_mode {
+            SelectionMode::PerQuery => pb::SelectionMode::PerQuery,
+            SelectionMode::PerBatch => pb::SelectionMode::PerBatch,
+        } as i32,
+        seed: Some(settings.seed),
+        fixed_reward_model,
+        exp3_gamma,
+        reward_models: settings
+            .reward_models
+            .as_ref()
+            .map(|set| set.iter().cloned().collect())
+            .unwrap_or_default(),
+        join_new_reward_models: Some(settings.join_new_reward_models),
+        quantile_low,
+        quantile_high,
+        reward_window,
+        reward_is_normalized: settings.reward_is_normalized,
+        l2_normalize_context: settings.l2_normalize_context,
+        projection_dim: settings.projection_dim as u32,
+        max_pending_decisions: settings.max_pending_decisions as u32,
+        pending_ttl_seconds: settings.pending_ttl.as_secs() as u32,
+    }
+}
+/// An RM spec from AddRewardModel, defaults filled in, checked by `RewardModelSpec::validate`.
+pub fn reward_model_spec(
+    spec: Option<pb::RewardModelSpec>,
+) -> Result<RewardModelSpec, RequestError> {
+    let Some(spec) = spec else {
+        return Err(invalid("spec", "is missing"));
+    };
+    let input_format = match spec.input_format.as_str() {
+        "pair" => InputFormat::Pair,
+        "template" => InputFormat::Template,
+        "chat" => InputFormat::Chat,
+        other => {
+            return Err(invalid(
+                "spec.input_format",
+                format!("{other:?} is not one of \"pair\", \"template\", \"chat\""),
+            ));
+        }
+    };
+    if spec.model_path.is_empty() {
+        return Err(invalid("spec.model_path", "is empty"));
+    }
+    if spec.tokenizer_path.is_empty() {
+        return Err(invalid("spec.tokenizer_path", "is empty"));
+    }
+    let mut converted = RewardModelSpec::new(
+        spec.name,
+        spec.model_path.into(),
+        spec.tokenizer_path.into(),
+        input_format,
+    );
+    converted.template = (!spec.template.is_empty()).then_some(spec.template);
+    if spec.max_length > 0 {
+        converted.max_length = spec.max_length as usize;
+    }
+    converted.output = (!spec.output_name.is_empty()).then_some(spec.output_name);
+    converted.output_index = spec.output_index as usize;
+    if spec.queue_capacity > 0 {
+        converted.queue_capacity = spec.queue_capacity as usize;
+    }
+    converted.provider = match spec.provider.as_str() {
+        "" | "cpu" => Provider::Cpu,
+        "cuda" => Provider::Cuda,
+        "tensorrt" => Provider::Tensorrt,
+        other => {
+            return Err(invalid(
+                "spec.provider",
+                format!("{other:?} is not one of \"cpu\", \"cuda\", \"tensorrt\""),
+            ));
+        }
+    };
+    converted.device_id = spec.device_id;
+    converted.fallback_to_cpu = spec.fallback_to_cpu;
+    converted.intra_threads = spec.intra_threads as usize;
+    if spec.workers > 0 {
+        converted.workers = spec.workers as usize;
+    }
+    let spec = converted;
+    spec.validate()
+        .map_err(|e| invalid("spec", e.to_string()))?;
+    Ok(spec)
+}
+
+/// A loaded reward model as ListRewardModels shows it.
+pub fn reward_model_info(model: &RewardModel) -> pb::RewardModelInfo {
+    let spec = model.spec();
+    pb::RewardModelInfo {
+        name: spec.name.clone(),
+        model_path: spec.model.display().to_string(),
+        tokenizer_path: spec.tokenizer.display().to_string(),
+        input_format: spec.input_format.as_str().to_string(),
+        max_length: spec.max_length as u32,
+        output_name: model.output_name().to_string(),
+        output_index: spec.output_index as u32,
+        input_names: model.input_names().to_vec(),
+        provider: model.provider().to_string(),
+        source: model.source().as_str().to_string(),
+        queue_depth: model.queue_depth() as u32,
+        queue_capacity: spec.queue_capacity as u32,
+        template: spec.template.clone().unwrap_or_default(),
+    }
+}
+
+/// A router's settings and per-arm statistics as GetRouter shows them.
+pub fn router_info(router: RouterInfo) -> pb::RouterInfo {
+    pb::RouterInfo {
+        name: router.name,
+        settings: Some(router_settings_to_pb(&router.settings)),
+        arms: router
+            .arms
+            .into_iter()
+            .map(|arm| pb::ArmStatistics {
+                mean_reward: arm.mean_reward(),
+                reward_model: arm.reward_model,
+                selections: arm.selections,
+                feedback_count: arm.feedback_count,
+                last_selected_unix_ms: arm.last_selected_unix_ms,
+                theta_norm: arm.theta_norm,
+                mean_at_context_mean: arm.mean_at_context_mean,
+                bonus_at_context_mean: arm.bonus_at_context_mean,
+                probability: arm.probability,
+                removed: arm.removed,
+            })
+            .collect(),
+        pending_decisions: router.pending_decisions as u64,
+        rewards_seen: router.rewards_seen,
+        evicted_by_capacity: router.evictions.capacity,
+        evicted_by_ttl: router.evictions.ttl,
+        arm_state_bytes: router.arm_state_bytes as u64,
+    }
+}

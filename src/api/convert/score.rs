@@ -1,0 +1,117 @@
+//! ScoreRequest -> [`ScoreCall`] (every limit checked, NaN/Inf refused, fields named) and
+//! the service's results -> ScoreResponse.
+
+use super::{RequestError, at_most, invalid, selection_mode};
+use crate::api::pb;
+use crate::config::Limits;
+use crate::service::{QueryInput, ScoreCall, ScoredQuery};
+
+/// A Score request checked against `limits`.
+pub fn score_call(request: pb::ScoreRequest, limits: &Limits) -> Result<ScoreCall, RequestError> {
+    if request.router.is_empty() {
+        return Err(invalid("router", "is empty"));
+    }
+    if request.queries.is_empty() {
+        return Err(invalid("queries", "is empty; send at least one query"));
+    }
+    at_most(
+        "queries",
+        request.queries.len(),
+        "limits.max_queries_per_score",
+        limits.max_queries_per_score,
+    )?;
+    let mode = selection_mode(request.mode, "mode")?;
+    let queries = request
+        .queries
+        .into_iter()
+        .enumerate()
+        .map(|(index, query)| query_input(index, query, limits))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(ScoreCall {
+        router: request.router,
+        queries,
+        mode,
+        explain: request.explain,
+    })
+}
+
+fn query_input(
+    index: usize,
+    query: pb::Query,
+    limits: &Limits,
+) -> Result<QueryInput, RequestError> {
+    let field = |name: &str| format!("queries[{index}].{name}");
+    if query.context.is_empty() {
+        return Err(invalid(field("context"), "is empty"));
+    }
+    at_most(
+        field("context"),
+        query.context.len(),
+        "limits.max_context_dim",
+        limits.max_context_dim,
+    )?;
+    if let Some(position) = query.context.iter().position(|v| !v.is_finite()) {
+        return Err(invalid(
+            format!("queries[{index}].context[{position}]"),
+            format!("is {}; every value must be finite", query.context[position]),
+        ));
+    }
+    at_most(
+        field("prompt"),
+        query.prompt.len(),
+        "limits.max_text_bytes",
+        limits.max_text_bytes,
+    )?;
+    if query.responses.is_empty() {
+        return Err(invalid(
+            field("responses"),
+            "is empty; send at least one response",
+        ));
+    }
+    at_most(
+        field("responses"),
+        query.responses.len(),
+        "limits.max_responses_per_query",
+        limits.max_responses_per_query,
+    )?;
+    for (position, response) in query.responses.iter().enumerate() {
+        at_most(
+            format!("queries[{index}].responses[{position}]"),
+            response.len(),
+            "limits.max_text_bytes",
+            limits.max_text_bytes,
+        )?;
+    }
+    Ok(QueryInput {
+        id: query.id,
+        context: query.context,
+        prompt: query.prompt,
+        responses: query.responses,
+    })
+}
+
+/// The reply for the service's results.
+pub fn score_response(results: Vec<ScoredQuery>) -> pb::ScoreResponse {
+    pb::ScoreResponse {
+        results: results
+            .into_iter()
+            .map(|result| pb::QueryResult {
+                id: result.id,
+                decision_id: result.decision_id,
+                reward_model: result.reward_model,
+                scores: result.scores,
+                ranking: result.ranking,
+                arms: result
+                    .arms
+                    .into_iter()
+                    .map(|arm| pb::ArmEstimate {
+                        reward_model: arm.reward_model,
+                        mean: arm.mean,
+                        bonus: arm.bonus,
+                        ucb: arm.ucb,
+                    })
+                    .collect(),
+            })
+            .collect(),
+    }
+}

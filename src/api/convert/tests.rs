@@ -1,0 +1,232 @@
+//! Conversion and validation of requests: fields named, limits enforced, enums checked,
+//! settings round-tripped; arbitrary requests never panic (proptest).
+
+use std::time::Duration;
+
+use super::RequestError;
+use super::admin::{router_settings_patch, router_settings_to_pb};
+use super::feedback::feedback_call;
+use super::score::score_call;
+use crate::api::pb;
+use crate::config::Limits;
+use crate::routers::{FeedbackSignal, Normalization, Policy};
+
+fn query(context: Vec<f32>, responses: &[&str]) -> pb::Query {
+    pb::Query {
+        id: "q".into(),
+        context,
+        prompt: "p".into(),
+        responses: responses.iter().map(|r| r.to_string()).collect(),
+    }
+}
+
+fn score(queries: Vec<pb::Query>) -> Result<crate::service::ScoreCall, RequestError> {
+    score_call(
+        pb::ScoreRequest {
+            router: "r".into(),
+            queries,
+            mode: 0,
+            explain: false,
+        },
+        &Limits::default(),
+    )
+}
+
+#[test]
+fn bad_queries_name_the_field() {
+    let nan = score(vec![query(vec![0.0, f32::NAN], &["a"])]).unwrap_err();
+    assert!(
+        nan.to_string().starts_with("queries[0].context[1]: is NaN"),
+        "{nan}"
+    );
+    let empty = score(vec![query(vec![1.0], &["a"]), query(vec![1.0], &[])]).unwrap_err();
+    assert!(
+        empty.to_string().starts_with("queries[1].responses"),
+        "{empty}"
+    );
+    let none = score(vec![]).unwrap_err();
+    assert!(none.to_string().starts_with("queries"), "{none}");
+    let long = "x".repeat(Limits::default().max_text_bytes + 1);
+    let over = score(vec![query(vec![1.0], &[long.as_str()])]).unwrap_err();
+    assert!(matches!(
+        over,
+        RequestError::OverLimit {
+            limit: "limits.max_text_bytes",
+            ..
+        }
+    ));
+}
+
+#[test]
+fn unknown_enum_values_are_refused() {
+    let err = score_call(
+        pb::ScoreRequest {
+            router: "r".into(),
+            queries: vec![query(vec![1.0], &["a"])],
+            mode: 42,
+            explain: false,
+        },
+        &Limits::default(),
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("mode"));
+}
+
+#[test]
+fn feedback_needs_a_finite_signal() {
+    let request = |signal| pb::FeedbackRequest {
+        router: "r".into(),
+        decision_ids: vec!["d".into()],
+        signal,
+    };
+    let limits = Limits::default();
+    assert!(feedback_call(request(None), &limits).is_err());
+    let nan = Some(pb::feedback_request::Signal::Loss(f64::NAN));
+    assert!(
+        feedback_call(request(nan), &limits)
+            .unwrap_err()
+            .to_string()
+            .starts_with("loss")
+    );
+    let ok = Some(pb::feedback_request::Signal::Loss(0.5));
+    assert_eq!(
+        feedback_call(request(ok), &limits).unwrap().signal,
+        FeedbackSignal::Loss(0.5)
+    );
+}
+
+#[test]
+fn create_router_settings_fill_defaults_and_round_trip() {
+    let settings = router_settings_patch(Some(pb::RouterSettings {
+        context_dim: 32,
+        policy: pb::Policy::Exp3 as i32,
+        quantile_high: Some(90.0),
+        reward_window: 500,
+        reward_models: vec!["a".into(), "b".into()],
+        ..Default::default()
+    }))
+    .unwrap()
+    .resolve();
+    assert_eq!(settings.context_dim, 32);
+    assert_eq!(settings.policy, Policy::Exp3 { gamma: 0.1 });
+    assert_eq!(
+        settings.normalization,
+        Normalization::Quantile {
+            low: 20.0,
+            high: 90.0,
+            window: Some(500)
+        }
+    );
+    assert_eq!(settings.alpha, 0.1);
+    assert_eq!(settings.pending_ttl, Duration::from_secs(3600));
+    let again = router_settings_patch(Some(router_settings_to_pb(&settings)))
+        .unwrap()
+        .resolve();
+    assert_eq!(again, settings);
+    let bad = router_settings_patch(Some(pb::RouterSettings {
+        policy: 99,
+        ..Default::default()
+    }));
+    assert!(bad.unwrap_err().to_string().starts_with("settings.policy"));
+}
+
+mod fuzz {
+    use super::*;
+    use proptest::collection::vec;
+    use proptest::prelude::*;
+
+    fn small_limits() -> Limits {
+        Limits {
+            max_queries_per_score: 3,
+            max_responses_per_query: 2,
+            max_text_bytes: 12,
+            max_decision_ids_per_feedback: 3,
+            max_context_dim: 4,
+            ..Limits::default()
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        /// Arbitrary Score requests (NaN/Inf floats, unknown enums, long strings) never
+        /// panic, and what is accepted satisfies every limit.
+        #[test]
+        fn score_requests(
+            router in ".{0,6}",
+            mode in any::<i32>(),
+            queries in vec((vec(any::<f32>(), 0..6), ".{0,16}", vec(".{0,16}", 0..4)), 0..5),
+        ) {
+            let limits = small_limits();
+            let request = pb::ScoreRequest {
+                router,
+                queries: queries
+                    .into_iter()
+                    .map(|(context, prompt, responses)| pb::Query { id: String::new(), context, prompt, responses })
+                    .collect(),
+                mode,
+                explain: false,
+            };
+            if let Ok(call) = score_call(request, &limits) {
+                prop_assert!(!call.router.is_empty());
+                prop_assert!((1..=limits.max_queries_per_score).contains(&call.queries.len()));
+                for query in &call.queries {
+                    prop_assert!(!query.context.is_empty() && query.context.len() <= limits.max_context_dim);
+                    prop_assert!(query.context.iter().all(|v| v.is_finite()));
+                    prop_assert!((1..=limits.max_responses_per_query).contains(&query.responses.len()));
+                    prop_assert!(query.prompt.len() <= limits.max_text_bytes);
+                    prop_assert!(query.responses.iter().all(|r| r.len() <= limits.max_text_bytes));
+                }
+            }
+        }
+
+        #[test]
+        fn feedback_requests(
+            router in ".{0,6}",
+            ids in vec(".{0,8}", 0..5),
+            signal in proptest::option::of(prop_oneof![
+                any::<f64>().prop_map(pb::feedback_request::Signal::Loss),
+                any::<f64>().prop_map(pb::feedback_request::Signal::Reward),
+            ]),
+        ) {
+            let limits = small_limits();
+            let request = pb::FeedbackRequest { router, decision_ids: ids, signal };
+            if let Ok(call) = feedback_call(request, &limits) {
+                prop_assert!((1..=limits.max_decision_ids_per_feedback).contains(&call.decision_ids.len()));
+                prop_assert!(call.decision_ids.iter().all(|id| !id.is_empty()));
+                let value = match call.signal { FeedbackSignal::Loss(v) | FeedbackSignal::Reward(v) => v };
+                prop_assert!(value.is_finite());
+            }
+        }
+
+        /// Arbitrary CreateRouter settings convert or fail with a field name; what
+        /// converts and validates is usable.
+        #[test]
+        fn router_settings_requests(
+            context_dim in any::<u32>(),
+            policy in any::<i32>(),
+            alpha in proptest::option::of(any::<f64>()),
+            l2_lambda in proptest::option::of(any::<f64>()),
+            normalization in any::<i32>(),
+            quantile_low in proptest::option::of(any::<f64>()),
+            reward_window in any::<u32>(),
+            projection_dim in 0u32..64,
+            exp3_gamma in proptest::option::of(any::<f64>()),
+        ) {
+            let settings = pb::RouterSettings {
+                context_dim, policy, alpha, l2_lambda, normalization, quantile_low, reward_window,
+                projection_dim, exp3_gamma, ..Default::default()
+            };
+            match router_settings_patch(Some(settings)) {
+                Ok(patch) => {
+                    let settings = patch.resolve();
+                    if let Ok(valid) = settings.validate(64) {
+                        prop_assert!(valid.context_dim >= 1 && valid.context_dim <= 64);
+                        prop_assert!(valid.alpha.is_finite() && valid.l2_lambda > 0.0);
+                    }
+                }
+                Err(error) => prop_assert!(error.to_string().starts_with("settings.")),
+            }
+        }
+    }
+}

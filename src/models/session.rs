@@ -1,0 +1,339 @@
+//! One ONNX Runtime session of a reward model and what it takes to run it: the execution
+//! provider (ONNX Runtime's own reason when it is unavailable, or a CPU fallback with a
+//! warning when the spec allows it), the session's inputs (`input_ids` required;
+//! `attention_mask`, `token_type_ids`, `position_ids` fed when the model declares them;
+//! int64 or int32 as declared), the score output, a probe run at load that checks the
+//! output's shape against the spec, and one padded inference per batch.
+//!
+//! Cost: one inference per call, over batch × longest-sequence padded tokens.
+
+use std::time::Instant;
+
+use ort::session::{Session, SessionInputValue};
+use ort::value::{Tensor, TensorElementType, ValueType};
+use tokenizers::Encoding;
+
+use super::chat::ChatTemplate;
+use super::spec::{Provider, ScoreRead};
+use super::tokenize::{TextEncoder, load_tokenizer};
+use super::{InputFormat, ModelError, RewardModelSpec, runtime};
+use crate::telemetry::metric;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum InputKind {
+    InputIds,
+    AttentionMask,
+    TokenTypeIds,
+    PositionIds,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum IntegerType {
+    I64,
+    I32,
+}
+
+#[derive(Clone, Debug)]
+pub(super) struct ModelInput {
+    pub(super) name: String,
+    kind: InputKind,
+    integer_type: IntegerType,
+}
+
+/// Session, tokenizer and input layout of one model; lives on its worker thread.
+pub(super) struct Scorer {
+    pub(super) spec: RewardModelSpec,
+    pub(super) provider: String,
+    pub(super) encoder: TextEncoder,
+    session: Session,
+    pub(super) inputs: Vec<ModelInput>,
+    pub(super) output_name: String,
+}
+
+impl Scorer {
+    pub(super) fn new(spec: RewardModelSpec) -> Result<Self, ModelError> {
+        let name = spec.name.clone();
+        for path in [&spec.model, &spec.tokenizer] {
+            std::fs::metadata(path).map_err(|e| ModelError::MissingFile {
+                name: name.clone(),
+                path: path.display().to_string(),
+                reason: e.to_string(),
+            })?;
+        }
+        let tokenizer = load_tokenizer(&spec)?;
+        let environment = runtime::environment()?;
+        let load_error = |reason: String| ModelError::Load {
+            name: name.clone(),
+            reason,
+        };
+        let (session, provider) = build_session(&spec, environment)?;
+        let chat = match spec.input_format {
+            InputFormat::Chat => Some(ChatTemplate::load(&spec.tokenizer_config_path(), &name)?),
+            InputFormat::Pair | InputFormat::Template => None,
+        };
+        let inputs = session
+            .inputs()
+            .iter()
+            .map(|outlet| model_input(&name, outlet.name(), outlet.dtype()))
+            .collect::<Result<Vec<_>, _>>()?;
+        if !inputs.iter().any(|i| i.kind == InputKind::InputIds) {
+            return Err(load_error("the model has no input named input_ids".into()));
+        }
+        let outputs: Vec<String> = session
+            .outputs()
+            .iter()
+            .map(|o| o.name().to_string())
+            .collect();
+        let output_name = match &spec.output {
+            Some(wanted) if outputs.contains(wanted) => wanted.clone(),
+            Some(wanted) => {
+                return Err(ModelError::InvalidSpec {
+                    name,
+                    reason: format!(
+                        "output {wanted:?} is not an output of the model; the model's outputs are {outputs:?}"
+                    ),
+                });
+            }
+            None => outputs
+                .first()
+                .cloned()
+                .ok_or_else(|| load_error("the model has no outputs".into()))?,
+        };
+        let mut scorer = Self {
+            encoder: TextEncoder::new(spec.clone(), tokenizer, chat),
+            spec,
+            provider,
+            session,
+            inputs,
+            output_name,
+        };
+        scorer
+            .score("probe", &["probe".to_string()])
+            .map_err(|e| match e {
+                ModelError::Inference { name, reason } => ModelError::Load {
+                    name,
+                    reason: format!("probe run failed: {reason}"),
+                },
+                other => other,
+            })?;
+        Ok(scorer)
+    }
+
+    /// Score one query's responses (the probe).
+    fn score(&mut self, prompt: &str, responses: &[String]) -> Result<Vec<f32>, ModelError> {
+        let encodings = self.encoder.encode(prompt, responses)?;
+        let refs: Vec<&Encoding> = encodings.iter().collect();
+        self.infer(&refs)
+    }
+
+    /// One inference over `encodings`, padded to the longest.
+    pub(super) fn infer(&mut self, encodings: &[&Encoding]) -> Result<Vec<f32>, ModelError> {
+        let name = &self.spec.name;
+        let batch = encodings.len();
+        let sequence = encodings.iter().map(|e| e.len()).max().unwrap_or(0).max(1);
+        let inference_error = |reason: String| ModelError::Inference {
+            name: name.clone(),
+            reason,
+        };
+        let mut feed: Vec<(String, SessionInputValue<'static>)> =
+            Vec::with_capacity(self.inputs.len());
+        for input in &self.inputs {
+            let mut values = vec![0i64; batch * sequence];
+            for (row, encoding) in encodings.iter().enumerate() {
+                let start = row * sequence;
+                let len = encoding.len();
+                let target = &mut values[start..start + len];
+                match input.kind {
+                    InputKind::InputIds => target
+                        .iter_mut()
+                        .zip(encoding.get_ids())
+                        .for_each(|(t, &v)| *t = v as i64),
+                    InputKind::AttentionMask => target
+                        .iter_mut()
+                        .zip(encoding.get_attention_mask())
+                        .for_each(|(t, &v)| *t = v as i64),
+                    InputKind::TokenTypeIds => target
+                        .iter_mut()
+                        .zip(encoding.get_type_ids())
+                        .for_each(|(t, &v)| *t = v as i64),
+                    InputKind::PositionIds => target
+                        .iter_mut()
+                        .enumerate()
+                        .for_each(|(i, t)| *t = i as i64),
+                }
+                if input.kind == InputKind::InputIds {
+                    values[start + len..start + sequence].fill(self.encoder.pad_id() as i64);
+                }
+            }
+            let shape = [batch as i64, sequence as i64];
+            let value: SessionInputValue<'static> = match input.integer_type {
+                IntegerType::I64 => Tensor::from_array((shape, values))
+                    .map_err(|e| inference_error(e.to_string()))?
+                    .into(),
+                IntegerType::I32 => {
+                    let narrowed: Vec<i32> = values.into_iter().map(|v| v as i32).collect();
+                    Tensor::from_array((shape, narrowed))
+                        .map_err(|e| inference_error(e.to_string()))?
+                        .into()
+                }
+            };
+            feed.push((input.name.clone(), value));
+        }
+
+        let started = Instant::now();
+        let outputs = self
+            .session
+            .run(feed)
+            .map_err(|e| inference_error(e.to_string()))?;
+        metrics::histogram!(metric::RM_INFERENCE_SECONDS, "reward_model" => name.clone())
+            .record(started.elapsed().as_secs_f64());
+        metrics::histogram!(metric::RM_BATCH_SIZE, "reward_model" => name.clone())
+            .record(batch as f64);
+        metrics::histogram!(metric::RM_PADDED_TOKENS, "reward_model" => name.clone())
+            .record((batch * sequence) as f64);
+        metrics::histogram!(metric::RM_TOKENS, "reward_model" => name.clone())
+            .record(encodings.iter().map(|e| e.len()).sum::<usize>() as f64);
+        let output = outputs
+            .get(&self.output_name)
+            .ok_or_else(|| inference_error(format!("no output {:?}", self.output_name)))?;
+        let (shape, data) = output.try_extract_tensor::<f32>().map_err(|e| {
+            inference_error(format!(
+                "output {:?}: {e} (expected float32)",
+                self.output_name
+            ))
+        })?;
+        let dims: Vec<i64> = shape.iter().copied().collect();
+        let width = match dims.as_slice() {
+            [rows] if *rows as usize == batch => 1,
+            [rows, width] if *rows as usize == batch => *width as usize,
+            _ => {
+                return Err(inference_error(format!(
+                    "output {:?} has shape {dims:?}; expected [{batch}] or [{batch}, n]",
+                    self.output_name
+                )));
+            }
+        };
+        let (index, other) = (self.spec.output_index, self.spec.output_other_index);
+        let needed = match self.spec.score {
+            ScoreRead::Difference => index.max(other),
+            ScoreRead::Index | ScoreRead::Softmax => index,
+        };
+        if needed >= width {
+            return Err(ModelError::InvalidSpec {
+                name: name.clone(),
+                reason: format!(
+                    "output index {needed} is out of range for output {:?} of shape {dims:?}",
+                    self.output_name
+                ),
+            });
+        }
+        Ok((0..batch)
+            .map(|row| {
+                let values = &data[row * width..(row + 1) * width];
+                match self.spec.score {
+                    ScoreRead::Index => values[index],
+                    ScoreRead::Difference => values[index] - values[other],
+                    ScoreRead::Softmax => {
+                        let max = values.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                        let total: f32 = values.iter().map(|v| (v - max).exp()).sum();
+                        (values[index] - max).exp() / total
+                    }
+                }
+            })
+            .collect())
+    }
+}
+
+/// A session on the spec's execution provider: (session, provider label). An unavailable
+/// provider fails with ONNX Runtime's reason, or falls back to CPU with a warning when the
+/// spec allows it.
+fn build_session(
+    spec: &RewardModelSpec,
+    environment: &ort::environment::Environment,
+) -> Result<(Session, String), ModelError> {
+    let load_error = |reason: String| ModelError::Load {
+        name: spec.name.clone(),
+        reason,
+    };
+    let cpu = || -> Result<Session, ModelError> {
+        let mut builder = Session::builder(environment).map_err(|e| load_error(e.to_string()))?;
+        if spec.intra_threads > 0 {
+            builder = builder
+                .with_intra_threads(spec.intra_threads)
+                .map_err(|e| load_error(e.to_string()))?;
+        }
+        builder
+            .commit_from_file(&spec.model)
+            .map_err(|e| load_error(e.to_string()))
+    };
+    let (dispatch, label) = match spec.provider {
+        Provider::Cpu => return Ok((cpu()?, "cpu".to_string())),
+        Provider::Cuda => (
+            ort::ep::CUDA::default()
+                .with_device_id(spec.device_id)
+                .build()
+                .error_on_failure(),
+            format!("cuda:{}", spec.device_id),
+        ),
+        Provider::Tensorrt => (
+            ort::ep::TensorRT::default()
+                .with_device_id(spec.device_id)
+                .build()
+                .error_on_failure(),
+            format!("tensorrt:{}", spec.device_id),
+        ),
+    };
+    let accelerated = (|| -> Result<Session, String> {
+        let mut builder = Session::builder(environment).map_err(|e| e.to_string())?;
+        if spec.intra_threads > 0 {
+            builder = builder
+                .with_intra_threads(spec.intra_threads)
+                .map_err(|e| e.to_string())?;
+        }
+        builder
+            .with_execution_providers([dispatch])
+            .map_err(|e| e.to_string())?
+            .commit_from_file(&spec.model)
+            .map_err(|e| e.to_string())
+    })();
+    match accelerated {
+        Ok(session) => Ok((session, label)),
+        Err(reason) if spec.fallback_to_cpu => {
+            tracing::warn!(reward_model = %spec.name, provider = %label, %reason, "execution provider unavailable; running on CPU (fallback_to_cpu)");
+            Ok((cpu()?, format!("cpu (fallback from {label})")))
+        }
+        Err(reason) => Err(load_error(format!("execution provider {label}: {reason}"))),
+    }
+}
+
+fn model_input(model: &str, name: &str, dtype: &ValueType) -> Result<ModelInput, ModelError> {
+    let kind = match name {
+        "input_ids" => InputKind::InputIds,
+        "attention_mask" => InputKind::AttentionMask,
+        "token_type_ids" => InputKind::TokenTypeIds,
+        "position_ids" => InputKind::PositionIds,
+        other => {
+            return Err(ModelError::Load {
+                name: model.to_string(),
+                reason: format!(
+                    "unsupported model input {other:?}; supported: input_ids, attention_mask, token_type_ids, position_ids"
+                ),
+            });
+        }
+    };
+    let integer_type = match dtype.tensor_type() {
+        Some(TensorElementType::Int64) => IntegerType::I64,
+        Some(TensorElementType::Int32) => IntegerType::I32,
+        other => {
+            return Err(ModelError::Load {
+                name: model.to_string(),
+                reason: format!("input {name:?} has type {other:?}; expected int64 or int32"),
+            });
+        }
+    };
+    Ok(ModelInput {
+        name: name.to_string(),
+        kind,
+        integer_type,
+    })
+}

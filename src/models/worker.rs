@@ -1,0 +1,177 @@
+//! The worker threads of one reward model and their batcher. Each worker owns a
+//! [`Scorer`] (session + tokenizer) and takes jobs from the model's bounded queue.
+//!
+//! Batching across requests: a worker takes the first queued job, then more for up to
+//! `max_batch_delay_ms` or until `max_batch_sequences`; jobs whose deadline passed (or whose
+//! client left) are dropped unscored; every (prompt, response) pair is tokenized; sequences
+//! are sorted by length and cut into inferences of at most `max_batch_sequences` sequences
+//! and `max_batch_tokens` padded tokens (so similar lengths share a batch and padding
+//! stays low); scores go back to each job. Cost per batch: tokenization O(text), sorting
+//! O(n log n) for n sequences, then the inferences.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::Receiver;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokenizers::Encoding;
+use tokio::sync::oneshot;
+
+use super::session::Scorer;
+use super::{ModelError, RewardModelSpec};
+use crate::telemetry::metric;
+
+/// One query's responses to score.
+pub(super) struct ScoreJob {
+    pub(super) prompt: String,
+    pub(super) responses: Vec<String>,
+    /// The client's deadline: a job still queued past it is dropped unscored.
+    pub(super) deadline: Option<Instant>,
+    pub(super) reply: oneshot::Sender<Result<Vec<f32>, ModelError>>,
+    pub(super) span: tracing::Span,
+    pub(super) enqueued: Instant,
+}
+
+pub(super) fn run_worker(
+    mut scorer: Scorer,
+    queue: Arc<Mutex<Receiver<ScoreJob>>>,
+    depth: Arc<AtomicUsize>,
+) {
+    let name = scorer.spec.name.clone();
+    loop {
+        let jobs = {
+            let receiver = queue.lock().expect("queue lock poisoned");
+            gather(&receiver, &scorer.spec)
+        };
+        let Some(jobs) = jobs else { break };
+        let remaining = depth
+            .fetch_sub(jobs.len(), Ordering::Relaxed)
+            .saturating_sub(jobs.len());
+        metrics::gauge!(metric::RM_QUEUE_DEPTH, "reward_model" => name.clone())
+            .set(remaining as f64);
+        scorer.process(jobs);
+    }
+    drop(scorer);
+    crate::memory::release_freed_memory();
+    tracing::info!(reward_model = %name, "reward model worker stopped");
+}
+
+/// The first queued job, then more for up to `max_batch_delay_ms` or until
+/// `max_batch_sequences`. `None` once the model is removed and the queue is drained.
+fn gather(receiver: &Receiver<ScoreJob>, spec: &RewardModelSpec) -> Option<Vec<ScoreJob>> {
+    let first = receiver.recv().ok()?;
+    let mut sequences = first.responses.len();
+    let mut jobs = vec![first];
+    let wait_until = Instant::now() + Duration::from_millis(spec.max_batch_delay_ms);
+    while sequences < spec.max_batch_sequences {
+        let remaining = wait_until.saturating_duration_since(Instant::now());
+        let next = if remaining.is_zero() {
+            receiver.try_recv().ok()
+        } else {
+            receiver.recv_timeout(remaining).ok()
+        };
+        match next {
+            Some(job) => {
+                sequences += job.responses.len();
+                jobs.push(job);
+            }
+            None => break,
+        }
+    }
+    Some(jobs)
+}
+
+impl Scorer {
+    /// Score a batch of jobs: tokenize, cut length-sorted sequences into inferences under
+    /// the batch limits, reply to each job.
+    fn process(&mut self, jobs: Vec<ScoreJob>) {
+        let name = self.spec.name.clone();
+        let now = Instant::now();
+        let mut live = Vec::with_capacity(jobs.len());
+        for job in jobs {
+            metrics::histogram!(metric::RM_QUEUE_SECONDS, "reward_model" => name.clone())
+                .record(job.enqueued.elapsed().as_secs_f64());
+            if job.deadline.is_some_and(|deadline| now >= deadline) || job.reply.is_closed() {
+                // Nobody waits for this any more (deadline passed, client gone): skip it.
+                let _ = job
+                    .reply
+                    .send(Err(ModelError::DeadlineExceeded { name: name.clone() }));
+                metrics::counter!(metric::RM_REQUESTS, "reward_model" => name.clone(), "status" => "dropped").increment(1);
+            } else {
+                live.push(job);
+            }
+        }
+
+        let started = Instant::now();
+        let mut outcomes: Vec<Result<Vec<f32>, ModelError>> = Vec::with_capacity(live.len());
+        let mut encodings: Vec<Vec<Encoding>> = Vec::with_capacity(live.len());
+        for job in &live {
+            match self.encoder.encode(&job.prompt, &job.responses) {
+                Ok(encoded) => {
+                    outcomes.push(Ok(vec![f32::NAN; encoded.len()]));
+                    encodings.push(encoded);
+                }
+                Err(error) => {
+                    outcomes.push(Err(error));
+                    encodings.push(Vec::new());
+                }
+            }
+        }
+        metrics::histogram!(metric::RM_TOKENIZE_SECONDS, "reward_model" => name.clone())
+            .record(started.elapsed().as_secs_f64());
+
+        // (job, response, length), shortest first.
+        let mut order: Vec<(usize, usize, usize)> = encodings
+            .iter()
+            .enumerate()
+            .flat_map(|(job, encoded)| {
+                encoded
+                    .iter()
+                    .enumerate()
+                    .map(move |(r, e)| (job, r, e.len()))
+            })
+            .collect();
+        order.sort_by_key(|&(_, _, len)| len);
+        let mut start = 0;
+        while start < order.len() {
+            let mut end = start + 1;
+            while end < order.len()
+                && end - start < self.spec.max_batch_sequences
+                && (end - start + 1) * order[end].2.max(1) <= self.spec.max_batch_tokens
+            {
+                end += 1;
+            }
+            let chunk = &order[start..end];
+            let refs: Vec<&Encoding> = chunk
+                .iter()
+                .map(|&(job, r, _)| &encodings[job][r])
+                .collect();
+            match self.infer(&refs) {
+                Ok(scores) => {
+                    for (&(job, r, _), score) in chunk.iter().zip(scores) {
+                        if let Ok(job_scores) = &mut outcomes[job] {
+                            job_scores[r] = score;
+                        }
+                    }
+                }
+                Err(error) => {
+                    for &(job, _, _) in chunk {
+                        outcomes[job] = Err(error.clone());
+                    }
+                }
+            }
+            start = end;
+        }
+
+        for (job, outcome) in live.into_iter().zip(outcomes) {
+            let status = if outcome.is_ok() { "ok" } else { "error" };
+            if let Err(error) = &outcome {
+                job.span
+                    .in_scope(|| tracing::warn!(%error, "scoring failed"));
+            }
+            metrics::counter!(metric::RM_REQUESTS, "reward_model" => name.clone(), "status" => status).increment(1);
+            // The requester may have gone away; nothing to do then.
+            let _ = job.reply.send(outcome);
+        }
+    }
+}

@@ -1,0 +1,245 @@
+//! The ledger of the routers' durable state: every change as a [`StateEvent`] appended to
+//! the store's log, recovery (newest snapshot, then every later record through the same
+//! [`Routers::apply`] the live path uses), and snapshots of a consistent cut.
+//!
+//! Locking: the `gate` is read-locked by every change (log + apply) and write-locked by a
+//! snapshot, which so sees every record up to the store's last sequence number applied
+//! and none after. Cost: one encode + append per change; a snapshot copies every router
+//! under the gate (O(K·d²) per LinUCB router), then encodes and writes outside it.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
+
+use serde::{Deserialize, Serialize};
+
+use super::router::Router;
+use super::settings::RouterSettings;
+use super::state::RouterState;
+use super::{RouterError, RouterEvent, Routers};
+use crate::models::RewardModelSpec;
+use crate::store::{Durable, Recovered, Store};
+
+/// One logged change of the routers' state.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum StateEvent {
+    RouterCreated {
+        name: String,
+        settings: RouterSettings,
+        serving: Vec<String>,
+    },
+    RouterDeleted {
+        name: String,
+    },
+    Router {
+        name: String,
+        event: RouterEvent,
+    },
+    /// A whole router state (import), replacing any router of that name.
+    RouterImported {
+        name: String,
+        state: Box<RouterState>,
+    },
+    /// An RM published through Admin.AddRewardModel.
+    RewardModelAdded {
+        spec: RewardModelSpec,
+    },
+    /// An RM unpublished through Admin.RemoveRewardModel (config RMs included).
+    RewardModelRemoved {
+        name: String,
+    },
+}
+
+/// Changes to the server's RM set made through Admin, to redo at startup.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct RewardModelChanges {
+    /// Added RMs, by name (loaded after the config's).
+    pub added: BTreeMap<String, RewardModelSpec>,
+    /// Removed RMs (config RMs of these names are not loaded).
+    pub removed: BTreeSet<String>,
+}
+
+/// The payload of a snapshot.
+#[derive(Serialize, Deserialize)]
+struct Snapshot {
+    routers: Vec<RouterState>,
+    reward_models: RewardModelChanges,
+}
+
+/// The store and the bookkeeping around it.
+pub(super) struct Ledger {
+    store: Store,
+    gate: RwLock<()>,
+    snapshot_every_records: u64,
+    records_since_snapshot: AtomicU64,
+    snapshot_running: AtomicBool,
+}
+
+impl Ledger {
+    pub(super) fn new(store: Store, snapshot_every_records: u64) -> Self {
+        Self {
+            store,
+            gate: RwLock::new(()),
+            snapshot_every_records,
+            records_since_snapshot: AtomicU64::new(0),
+            snapshot_running: AtomicBool::new(false),
+        }
+    }
+
+    pub(super) fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Held by every change while it is logged and applied.
+    pub(super) fn change(&self) -> RwLockReadGuard<'_, ()> {
+        self.gate.read().expect("gate poisoned")
+    }
+
+    /// Append `event` (the caller holds [`Ledger::change`] and the locks that order it).
+    pub(super) fn log(&self, event: &StateEvent) -> Result<Durable, RouterError> {
+        if !self.store.is_durable() {
+            return self
+                .store
+                .append(Vec::new())
+                .map_err(RouterError::StateWrite);
+        }
+        let payload = postcard::to_stdvec(event).map_err(|source| RouterError::Encode {
+            what: "event",
+            source,
+        })?;
+        self.records_since_snapshot.fetch_add(1, Ordering::Relaxed);
+        self.store.append(payload).map_err(RouterError::StateWrite)
+    }
+}
+
+impl Routers {
+    /// Apply a logged event (recovery). The live path goes through the registry's methods,
+    /// which log then apply the same events.
+    pub fn apply(&self, event: StateEvent) -> Result<(), RouterError> {
+        match event {
+            StateEvent::RewardModelAdded { spec } => {
+                let mut changes = self
+                    .reward_model_changes
+                    .lock()
+                    .expect("RM changes lock poisoned");
+                changes.removed.remove(&spec.name);
+                changes.added.insert(spec.name.clone(), spec);
+            }
+            StateEvent::RewardModelRemoved { name } => {
+                let mut changes = self
+                    .reward_model_changes
+                    .lock()
+                    .expect("RM changes lock poisoned");
+                changes.added.remove(&name);
+                changes.removed.insert(name);
+            }
+            StateEvent::RouterCreated {
+                name,
+                settings,
+                serving,
+            } => {
+                let router = Router::new(name.clone(), settings, &serving);
+                self.map_mut().insert(name, Arc::new(Mutex::new(router)));
+            }
+            StateEvent::RouterDeleted { name } => {
+                self.map_mut().remove(&name);
+            }
+            StateEvent::Router { name, event } => {
+                self.get(&name)?
+                    .lock()
+                    .expect("router lock poisoned")
+                    .apply(event)?;
+            }
+            StateEvent::RouterImported { name, state } => {
+                let router = Router::from_state(name.clone(), *state)?;
+                self.map_mut().insert(name, Arc::new(Mutex::new(router)));
+            }
+        }
+        Ok(())
+    }
+
+    /// Rebuild the routers from what the store recovered: the snapshot, then every later
+    /// record through [`Routers::apply`]. Returns the number of records replayed.
+    pub fn recover(&self, recovered: Recovered) -> Result<usize, RouterError> {
+        if let Some((seq, payload)) = recovered.snapshot {
+            let snapshot: Snapshot = postcard::from_bytes(&payload)
+                .map_err(|source| RouterError::Decode { seq, source })?;
+            *self
+                .reward_model_changes
+                .lock()
+                .expect("RM changes lock poisoned") = snapshot.reward_models;
+            let mut routers = self.map_mut();
+            for state in snapshot.routers {
+                let name = state.name.clone();
+                let router = Router::from_state(name.clone(), state).map_err(|source| {
+                    RouterError::Replay {
+                        seq,
+                        source: Box::new(source),
+                    }
+                })?;
+                routers.insert(name, Arc::new(Mutex::new(router)));
+            }
+        }
+        let count = recovered.records.len();
+        for (seq, payload) in recovered.records {
+            let event: StateEvent = postcard::from_bytes(&payload)
+                .map_err(|source| RouterError::Decode { seq, source })?;
+            self.apply(event).map_err(|source| RouterError::Replay {
+                seq,
+                source: Box::new(source),
+            })?;
+        }
+        self.ledger
+            .records_since_snapshot
+            .store(count as u64, Ordering::Relaxed);
+        Ok(count)
+    }
+
+    /// Whether enough records were logged since the last snapshot to take another.
+    pub fn snapshot_due(&self) -> bool {
+        let ledger = &self.ledger;
+        ledger.store.is_durable()
+            && ledger.snapshot_every_records > 0
+            && ledger.records_since_snapshot.load(Ordering::Relaxed)
+                >= ledger.snapshot_every_records
+            && !ledger.snapshot_running.load(Ordering::Relaxed)
+    }
+
+    /// Write a snapshot of every router. Changes wait only while the state is copied;
+    /// encoding and writing happen after. Blocking: run it off the async runtime.
+    /// Returns (sequence number, bytes written), or `None` without a durable store.
+    pub fn snapshot(&self) -> Result<Option<(u64, u64)>, RouterError> {
+        let ledger = &self.ledger;
+        if !ledger.store.is_durable() || ledger.snapshot_running.swap(true, Ordering::AcqRel) {
+            return Ok(None);
+        }
+        let result = (|| {
+            let (seq, snapshot) = {
+                let _gate = ledger.gate.write().expect("gate poisoned");
+                let seq = ledger.store.last_seq();
+                let routers: Vec<RouterState> = self
+                    .list()
+                    .iter()
+                    .map(|router| router.lock().expect("router lock poisoned").to_state())
+                    .collect();
+                ledger.records_since_snapshot.store(0, Ordering::Relaxed);
+                let reward_models = self.reward_model_changes();
+                (
+                    seq,
+                    Snapshot {
+                        routers,
+                        reward_models,
+                    },
+                )
+            };
+            let payload = postcard::to_stdvec(&snapshot).map_err(|source| RouterError::Encode {
+                what: "snapshot",
+                source,
+            })?;
+            let bytes = ledger.store.write_snapshot(seq, &payload)?;
+            Ok(Some((seq, bytes)))
+        })();
+        ledger.snapshot_running.store(false, Ordering::Release);
+        result
+    }
+}

@@ -1,0 +1,177 @@
+//! The pending-decision book of one router: decisions awaiting feedback (bounded by count
+//! and by age), the ids already answered (bounded the same way, so a repeated id is a
+//! duplicate, not an unknown), and how many decisions were evicted unanswered.
+//!
+//! Every method is driven by the router's events (times come from the event, never from a
+//! clock), so a replayed book equals the live one. Cost: O(1) per insert and take,
+//! amortized O(1) per expiry; memory O(d) per pending decision plus one id per answered one.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+
+use serde::{Deserialize, Serialize};
+
+use super::events::Evictions;
+
+/// What a recorded decision chose, by arm index.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub(super) enum Choice {
+    Arm(usize),
+    /// Every listed arm scored (ensemble policy).
+    Ensemble(Vec<usize>),
+}
+
+impl Choice {
+    /// Every arm this choice scored with.
+    pub(super) fn arms(&self) -> Vec<usize> {
+        match self {
+            Choice::Arm(arm) => vec![*arm],
+            Choice::Ensemble(members) => members.clone(),
+        }
+    }
+}
+
+/// A decision awaiting feedback. The field order is the snapshot format: append only.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub(super) struct PendingDecision {
+    pub(super) choice: Choice,
+    pub(super) context: Vec<f64>,
+    /// Exp3: probability the arm was chosen with, and how many arms were available.
+    pub(super) probability: f64,
+    pub(super) arm_count: usize,
+    pub(super) created_unix_ms: i64,
+}
+
+#[derive(Default)]
+pub(super) struct PendingBook {
+    pending: HashMap<String, PendingDecision>,
+    /// Insertion order of pending ids; may hold ids answered since (skipped, compacted).
+    order: VecDeque<String>,
+    answered: HashSet<String>,
+    answered_order: VecDeque<String>,
+    evictions: Evictions,
+}
+
+impl PendingBook {
+    pub(super) fn len(&self) -> usize {
+        self.pending.len()
+    }
+
+    pub(super) fn evictions(&self) -> Evictions {
+        self.evictions
+    }
+
+    /// Keep `decision` under `decision_id`; beyond `capacity` the oldest is evicted.
+    pub(super) fn insert(
+        &mut self,
+        decision_id: String,
+        decision: PendingDecision,
+        capacity: usize,
+    ) {
+        self.pending.insert(decision_id.clone(), decision);
+        self.order.push_back(decision_id);
+        while self.pending.len() > capacity {
+            let Some(oldest) = self.order.pop_front() else {
+                break;
+            };
+            if self.pending.remove(&oldest).is_some() {
+                self.evictions.capacity += 1;
+            }
+        }
+        // `order` may hold ids already answered; keep it from growing without bound.
+        if self.order.len() > 2 * capacity {
+            let pending = &self.pending;
+            self.order.retain(|id| pending.contains_key(id));
+        }
+    }
+
+    /// Evict every decision at least `ttl_ms` old at `now_unix_ms`.
+    pub(super) fn expire(&mut self, now_unix_ms: i64, ttl_ms: i64) {
+        while let Some(oldest) = self.order.front() {
+            match self.pending.get(oldest) {
+                None => {
+                    self.order.pop_front();
+                }
+                Some(decision) if now_unix_ms - decision.created_unix_ms >= ttl_ms => {
+                    let id = self.order.pop_front().expect("front exists");
+                    self.pending.remove(&id);
+                    self.evictions.ttl += 1;
+                }
+                Some(_) => break,
+            }
+        }
+    }
+
+    /// The ids that are neither pending (and younger than `ttl_ms` at `now_unix_ms`) nor
+    /// already answered, in request order.
+    pub(super) fn unknown(
+        &self,
+        decision_ids: &[String],
+        now_unix_ms: i64,
+        ttl_ms: i64,
+    ) -> Vec<String> {
+        decision_ids
+            .iter()
+            .filter(|id| {
+                let live = self
+                    .pending
+                    .get(*id)
+                    .is_some_and(|d| now_unix_ms - d.created_unix_ms < ttl_ms);
+                !live && !self.answered.contains(*id)
+            })
+            .cloned()
+            .collect()
+    }
+
+    /// Remove a pending decision to answer it.
+    pub(super) fn take(&mut self, decision_id: &str) -> Option<PendingDecision> {
+        self.pending.remove(decision_id)
+    }
+
+    /// Remember an answered id, keeping at most `capacity` of them.
+    pub(super) fn remember_answered(&mut self, decision_id: String, capacity: usize) {
+        self.answered.insert(decision_id.clone());
+        self.answered_order.push_back(decision_id);
+        while self.answered_order.len() > capacity {
+            if let Some(oldest) = self.answered_order.pop_front() {
+                self.answered.remove(&oldest);
+            }
+        }
+    }
+
+    /// Pending decisions in insertion order, answered ids in answer order, evictions.
+    pub(super) fn to_parts(&self) -> PendingParts {
+        PendingParts {
+            pending: self
+                .order
+                .iter()
+                .filter_map(|id| self.pending.get(id).map(|d| (id.clone(), d.clone())))
+                .collect(),
+            answered: self.answered_order.iter().cloned().collect(),
+            evictions: self.evictions,
+        }
+    }
+
+    /// The book [`PendingBook::to_parts`] describes (the caller checked the decisions).
+    pub(super) fn from_parts(parts: PendingParts) -> Self {
+        let mut book = Self {
+            evictions: parts.evictions,
+            ..Self::default()
+        };
+        for (id, decision) in parts.pending {
+            book.order.push_back(id.clone());
+            book.pending.insert(id, decision);
+        }
+        for id in parts.answered {
+            book.answered.insert(id.clone());
+            book.answered_order.push_back(id);
+        }
+        book
+    }
+}
+
+/// A book as plain data.
+pub(super) struct PendingParts {
+    pub(super) pending: Vec<(String, PendingDecision)>,
+    pub(super) answered: Vec<String>,
+    pub(super) evictions: Evictions,
+}

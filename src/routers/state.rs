@@ -1,0 +1,140 @@
+//! A router's whole state as plain data ([`RouterState`]) for snapshots and exports, and
+//! the way back, checked against the router's settings.
+//!
+//! The field order of these structs is the snapshot and export format (postcard): add
+//! fields only at the end. Cost: copies every arm's factor, O(K·d²).
+
+use serde::{Deserialize, Serialize};
+
+use super::RouterError;
+use super::events::Evictions;
+use super::pending::{Choice, PendingBook, PendingDecision, PendingParts};
+use super::policy;
+use super::router::{Arm, ArmStatistics, Router};
+use super::settings::RouterSettings;
+use crate::bandit::{LinUcbArm, LinUcbArmData, RewardNormalizer};
+
+/// A router's whole state as plain data (snapshots, exports).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RouterState {
+    pub name: String,
+    pub settings: RouterSettings,
+    arms: Vec<ArmState>,
+    pending: Vec<(String, PendingDecision)>,
+    answered: Vec<String>,
+    normalizer: RewardNormalizer,
+    decisions_recorded: u64,
+    context_sum: Vec<f64>,
+    contexts_seen: u64,
+    evictions: Evictions,
+}
+
+impl RouterState {
+    pub fn arm_count(&self) -> usize {
+        self.arms.len()
+    }
+
+    pub fn pending_count(&self) -> usize {
+        self.pending.len()
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+struct ArmState {
+    reward_model: String,
+    linucb: Option<LinUcbArmData>,
+    log_weight: f64,
+    statistics: ArmStatistics,
+}
+
+impl Router {
+    /// The router's state as plain data. Copies every arm's factor (O(K·d²)).
+    pub fn to_state(&self) -> RouterState {
+        let book = self.book.to_parts();
+        RouterState {
+            name: self.name.clone(),
+            settings: self.settings.clone(),
+            arms: self
+                .arms
+                .iter()
+                .map(|arm| ArmState {
+                    reward_model: arm.reward_model.clone(),
+                    linucb: arm.linucb.as_ref().map(LinUcbArm::to_data),
+                    log_weight: arm.log_weight,
+                    statistics: arm.statistics.clone(),
+                })
+                .collect(),
+            pending: book.pending,
+            answered: book.answered,
+            normalizer: self.normalizer.clone(),
+            decisions_recorded: self.decisions_recorded,
+            context_sum: self.context_sum.clone(),
+            contexts_seen: self.contexts_seen,
+            evictions: book.evictions,
+        }
+    }
+
+    /// Rebuild a router from [`Router::to_state`], under `name`.
+    pub fn from_state(name: String, state: RouterState) -> Result<Self, RouterError> {
+        let invalid = |reason: String| RouterError::InvalidState {
+            router: name.clone(),
+            reason,
+        };
+        let mut router = Router::new(name.clone(), state.settings, &[]);
+        let arm_dim = router.settings.arm_dim();
+        if state.context_sum.len() != arm_dim {
+            return Err(invalid(format!(
+                "context sum has dimension {}",
+                state.context_sum.len()
+            )));
+        }
+        for arm in state.arms {
+            let linucb = match &arm.linucb {
+                Some(data) if data.context_dim == arm_dim => Some(
+                    LinUcbArm::from_data(data)
+                        .ok_or_else(|| invalid("arm factor has the wrong size".into()))?,
+                ),
+                Some(data) => {
+                    return Err(invalid(format!(
+                        "arm dimension {} != {arm_dim}",
+                        data.context_dim
+                    )));
+                }
+                None => None,
+            };
+            if !policy::arm_model_fits(&router.settings, linucb.as_ref()) {
+                return Err(invalid("a LinUCB router's arm has no LinUCB state".into()));
+            }
+            router
+                .arm_index
+                .insert(arm.reward_model.clone(), router.arms.len());
+            router.arms.push(Arm {
+                reward_model: arm.reward_model,
+                linucb,
+                log_weight: arm.log_weight,
+                statistics: arm.statistics,
+            });
+        }
+        for (id, decision) in &state.pending {
+            let arms_exist = match &decision.choice {
+                Choice::Arm(a) => *a < router.arms.len(),
+                Choice::Ensemble(members) => members.iter().all(|a| *a < router.arms.len()),
+            };
+            if !arms_exist || decision.context.len() != arm_dim {
+                return Err(invalid(format!(
+                    "pending decision {id} does not fit the arms"
+                )));
+            }
+        }
+        router.book = PendingBook::from_parts(PendingParts {
+            pending: state.pending,
+            answered: state.answered,
+            evictions: state.evictions,
+        });
+        router.normalizer = state.normalizer;
+        router.decisions_recorded = state.decisions_recorded;
+        router.context_sum = state.context_sum;
+        router.contexts_seen = state.contexts_seen;
+        Ok(router)
+    }
+}

@@ -1,0 +1,84 @@
+//! Feedback: apply the signal to the router's decisions, all or nothing (routers' front,
+//! blocking pool: O(d²·r) per arm for its r decisions), wait until it is durable, then
+//! record the feedback metrics. Acknowledged feedback is durable and applied once.
+
+use super::{Service, ServiceError, record_evictions, unix_ms};
+use crate::routers::{FeedbackSignal, RouterError};
+use crate::telemetry::metric;
+
+/// A Feedback call, valid on its face.
+#[derive(Debug)]
+pub struct FeedbackCall {
+    pub router: String,
+    pub decision_ids: Vec<String>,
+    pub signal: FeedbackSignal,
+}
+
+/// What a Feedback did, counted.
+#[derive(Debug, PartialEq, Eq)]
+pub struct FeedbackSummary {
+    pub applied: usize,
+    pub duplicate: usize,
+    pub not_applied: usize,
+}
+
+impl Service {
+    pub async fn feedback(&self, call: FeedbackCall) -> Result<FeedbackSummary, ServiceError> {
+        let serving = self.reward_models.names();
+        let name = call.router.clone();
+        let report = match self
+            .routers
+            .feedback(
+                call.router,
+                call.decision_ids,
+                call.signal,
+                serving,
+                unix_ms(),
+            )
+            .await
+        {
+            Ok(report) => report,
+            Err(error) => {
+                if let RouterError::UnknownDecisions { decision_ids, .. } = &error {
+                    metrics::counter!(metric::FEEDBACK, "router" => name.clone(), "outcome" => "unknown")
+                        .increment(decision_ids.len() as u64);
+                }
+                return Err(error.into());
+            }
+        };
+        let outcome = report.outcome;
+        metrics::gauge!(metric::PENDING_DECISIONS, "router" => name.clone())
+            .set(report.pending as f64);
+        record_evictions(&name, report.evictions);
+        for (outcome_label, count) in [
+            ("applied", outcome.applied.len()),
+            ("duplicate", outcome.duplicate),
+            ("arm_removed", outcome.not_applied.len()),
+        ] {
+            metrics::counter!(metric::FEEDBACK, "router" => name.clone(), "outcome" => outcome_label)
+                .increment(count as u64);
+        }
+        if let Some(reward) = outcome.reward {
+            for decision in &outcome.applied {
+                for reward_model in &decision.reward_models {
+                    metrics::histogram!(metric::REWARD, "router" => name.clone(), "reward_model" => reward_model.clone())
+                        .record(reward);
+                }
+            }
+        }
+        for (reward_model, mean) in &outcome.arm_mean_rewards {
+            metrics::gauge!(metric::ARM_MEAN_REWARD, "router" => name.clone(), "reward_model" => reward_model.clone())
+                .set(*mean);
+        }
+        for lag_ms in &outcome.lags_ms {
+            metrics::histogram!(metric::FEEDBACK_LAG_SECONDS, "router" => name.clone())
+                .record(*lag_ms as f64 / 1000.0);
+        }
+        tracing::debug!(applied = ?outcome.applied, not_applied = ?outcome.not_applied, duplicate = outcome.duplicate, "feedback applied");
+        Ok(FeedbackSummary {
+            applied: outcome.applied.len(),
+            duplicate: outcome.duplicate,
+            not_applied: outcome.not_applied.len(),
+        })
+    }
+}

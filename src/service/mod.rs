@@ -1,0 +1,113 @@
+//! The domain service between the gRPC handlers and the components: it runs each request
+//! from start to finish, as text-embeddings-inference's `infer.rs` does.
+//!
+//! - [`score`]: Score — selection, fan-out to reward models, deadline check, decision ids,
+//!   ensemble combination, ranking, recording, waiting for durability, metrics.
+//! - [`feedback`]: Feedback — applying the signal, durability, metrics.
+//! - [`admin`]: reward models added and removed (load, probe, log, publish) and routers
+//!   created, inspected, reset, deleted.
+//! - [`slots`]: the bound on requests in progress (load shedding).
+//!
+//! The service only `.await`s: the routers' front ([`RoutersHandle`]) and the reward
+//! models' workers own their threads. Its inputs are domain calls the api layer built from
+//! requests; its errors are [`ServiceError`], which the api maps to statuses in one place.
+
+pub mod admin;
+pub mod feedback;
+pub mod score;
+pub mod slots;
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+pub use feedback::{FeedbackCall, FeedbackSummary};
+pub use score::{ArmScore, QueryInput, ScoreCall, ScoredQuery, ranking};
+pub use slots::RequestSlots;
+
+use crate::config::Limits;
+use crate::models::{ModelError, RewardModels};
+use crate::routers::{Evictions, RouterError, RoutersHandle};
+use crate::telemetry::metric;
+
+/// What went wrong running a request, from the caller's point of view.
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    #[error(transparent)]
+    Router(#[from] RouterError),
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    /// Too many requests in progress; the request was refused at once.
+    #[error(
+        "the server is at its limit of {limit} concurrent requests (limits.max_concurrent_requests); retry with backoff"
+    )]
+    Overloaded { limit: usize },
+    #[error("the request's deadline passed while scoring; no decision was recorded")]
+    DeadlineExceeded,
+    /// A scoring task panicked or was cancelled.
+    #[error("internal task failed: {0}")]
+    TaskFailed(#[source] tokio::task::JoinError),
+}
+
+/// Which service a request belongs to (each has its own bound on requests in progress).
+#[derive(Clone, Copy, Debug)]
+pub enum Api {
+    RewardRouter,
+    Admin,
+}
+
+/// Everything a request needs, shared by every handler.
+pub struct Service {
+    routers: RoutersHandle,
+    reward_models: RewardModels,
+    limits: Limits,
+    /// Serializes AddRewardModel / RemoveRewardModel (load, log, publish as one step).
+    reward_model_admin: tokio::sync::Mutex<()>,
+    reward_router_slots: RequestSlots,
+    admin_slots: RequestSlots,
+}
+
+impl Service {
+    pub fn new(routers: RoutersHandle, reward_models: RewardModels, limits: Limits) -> Self {
+        Self {
+            routers,
+            reward_models,
+            reward_router_slots: RequestSlots::new(limits.max_concurrent_requests),
+            admin_slots: RequestSlots::new(limits.max_concurrent_requests),
+            limits,
+            reward_model_admin: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// A slot for one request of `api`, held until the permit drops, or `Overloaded`.
+    pub fn admit(&self, api: Api) -> Result<tokio::sync::SemaphorePermit<'_>, ServiceError> {
+        match api {
+            Api::RewardRouter => self.reward_router_slots.try_acquire(),
+            Api::Admin => self.admin_slots.try_acquire(),
+        }
+    }
+
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    pub fn routers(&self) -> &RoutersHandle {
+        &self.routers
+    }
+
+    pub fn reward_models(&self) -> &RewardModels {
+        &self.reward_models
+    }
+}
+
+fn unix_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+fn record_evictions(router: &str, evictions: Evictions) {
+    for (reason, total) in [("capacity", evictions.capacity), ("ttl", evictions.ttl)] {
+        metrics::counter!(metric::DECISIONS_EVICTED, "router" => router.to_string(), "reason" => reason)
+            .absolute(total);
+    }
+}

@@ -1,0 +1,234 @@
+//! Score: select arms (routers' front, blocking pool: O(K·d²) per query) -> score every
+//! query with its RM, or every RM for the ensemble policy (reward-model workers,
+//! concurrently) -> check the deadline -> record the decisions under fresh ids and wait
+//! until they are durable -> combine ensemble scores, rank, reply. Nothing is recorded
+//! when scoring fails or the deadline passes.
+
+use std::time::Instant;
+
+use tokio::task::JoinSet;
+use tracing::Instrument;
+
+use super::{Service, ServiceError, record_evictions, unix_ms};
+use crate::bandit::ensemble;
+use crate::routers::SelectionMode;
+use crate::telemetry::metric;
+
+/// `ScoredQuery.reward_model` of an ensemble decision.
+pub const ENSEMBLE_LABEL: &str = "ensemble";
+
+/// One query of a Score call.
+#[derive(Debug)]
+pub struct QueryInput {
+    pub id: String,
+    pub context: Vec<f32>,
+    pub prompt: String,
+    pub responses: Vec<String>,
+}
+
+/// A Score call, valid on its face (the api layer checked every limit).
+#[derive(Debug)]
+pub struct ScoreCall {
+    pub router: String,
+    pub queries: Vec<QueryInput>,
+    pub mode: Option<SelectionMode>,
+    pub explain: bool,
+}
+
+/// One arm's LinUCB estimate for a query (`explain`).
+#[derive(Clone, Debug)]
+pub struct ArmScore {
+    pub reward_model: String,
+    pub mean: f64,
+    pub bonus: f64,
+    pub ucb: f64,
+}
+
+/// The result for one query.
+#[derive(Debug)]
+pub struct ScoredQuery {
+    pub id: String,
+    pub decision_id: String,
+    /// The RM that scored, or [`ENSEMBLE_LABEL`].
+    pub reward_model: String,
+    pub scores: Vec<f32>,
+    /// Response indices, best first.
+    pub ranking: Vec<u32>,
+    pub arms: Vec<ArmScore>,
+}
+
+impl Service {
+    /// Run a Score call; `deadline` is the client's.
+    pub async fn score(
+        &self,
+        call: ScoreCall,
+        deadline: Option<Instant>,
+    ) -> Result<Vec<ScoredQuery>, ServiceError> {
+        let serving = self.reward_models.names();
+        let (contexts, queries): (Vec<Vec<f32>>, Vec<_>) = call
+            .queries
+            .into_iter()
+            .map(|q| (q.context, (q.id, q.prompt, q.responses)))
+            .unzip();
+        let selected = self
+            .routers
+            .select(
+                call.router.clone(),
+                contexts,
+                call.mode,
+                call.explain,
+                serving,
+            )
+            .await?;
+        let decisions = &selected.selection.decisions;
+
+        // Score every query with its decision's RM(s), all at once.
+        let mut query_decision = vec![0usize; queries.len()];
+        for (decision_index, decision) in decisions.iter().enumerate() {
+            for &query in &decision.queries {
+                query_decision[query] = decision_index;
+            }
+        }
+        let mut jobs = JoinSet::new();
+        let mut per_query_scores: Vec<Vec<Vec<f32>>> = Vec::with_capacity(queries.len());
+        for (query, (_, prompt, responses)) in queries.iter().enumerate() {
+            let decision = &decisions[query_decision[query]];
+            per_query_scores.push(vec![Vec::new(); decision.reward_models.len()]);
+            for (member, name) in decision.reward_models.iter().enumerate() {
+                let reward_model = self.reward_models.get(name)?;
+                let (prompt, responses) = (prompt.clone(), responses.clone());
+                jobs.spawn(
+                    async move {
+                        (
+                            query,
+                            member,
+                            reward_model.score(prompt, responses, deadline).await,
+                        )
+                    }
+                    .in_current_span(),
+                );
+            }
+        }
+        while let Some(joined) = jobs.join_next().await {
+            let (query, member, result) = joined.map_err(ServiceError::TaskFailed)?;
+            per_query_scores[query][member] = result?;
+        }
+        if deadline.is_some_and(|deadline| Instant::now() >= deadline) {
+            return Err(ServiceError::DeadlineExceeded);
+        }
+
+        let chosen: Vec<Chosen> = decisions
+            .iter()
+            .map(|decision| Chosen {
+                label: if decision.is_ensemble() {
+                    ENSEMBLE_LABEL.to_string()
+                } else {
+                    decision.reward_models[0].clone()
+                },
+                members: decision.reward_models.clone(),
+                ensemble: decision.is_ensemble(),
+                arms: decision
+                    .estimates
+                    .iter()
+                    .map(|(reward_model, estimate)| ArmScore {
+                        reward_model: reward_model.clone(),
+                        mean: estimate.mean,
+                        bonus: estimate.bonus,
+                        ucb: estimate.ucb,
+                    })
+                    .collect(),
+            })
+            .collect();
+        let decision_ids: Vec<String> = (0..chosen.len())
+            .map(|_| uuid::Uuid::new_v4().simple().to_string())
+            .collect();
+        // Reply only once the decisions would survive a crash.
+        let recorded = self
+            .routers
+            .record(selected, decision_ids.clone(), unix_ms())
+            .await?;
+        for decision in &chosen {
+            for reward_model in &decision.members {
+                metrics::counter!(metric::SELECTIONS, "router" => call.router.clone(), "reward_model" => reward_model.clone())
+                    .increment(1);
+            }
+        }
+        metrics::gauge!(metric::PENDING_DECISIONS, "router" => call.router.clone())
+            .set(recorded.pending as f64);
+        record_evictions(&call.router, recorded.evictions);
+        tracing::debug!(decision_ids = ?decision_ids, "decisions recorded");
+
+        Ok(queries
+            .into_iter()
+            .zip(per_query_scores)
+            .enumerate()
+            .map(|(query, ((id, _, _), scores))| {
+                let decision = query_decision[query];
+                let chosen = &chosen[decision];
+                let scores = self.combine(chosen, scores);
+                ScoredQuery {
+                    id,
+                    decision_id: decision_ids[decision].clone(),
+                    reward_model: chosen.label.clone(),
+                    ranking: ranking(&scores),
+                    scores,
+                    arms: chosen.arms.clone(),
+                }
+            })
+            .collect())
+    }
+
+    /// One score per response: the RM's own, or for an ensemble decision the mean of each
+    /// member's normalized scores.
+    fn combine(&self, chosen: &Chosen, mut scores: Vec<Vec<f32>>) -> Vec<f32> {
+        if !chosen.ensemble {
+            return scores.swap_remove(0);
+        }
+        let normalized: Vec<Vec<f32>> = chosen
+            .members
+            .iter()
+            .zip(&scores)
+            .map(|(name, scores)| match self.reward_models.get(name) {
+                Ok(model) => model.normalize(scores),
+                // Removed meanwhile: fall back to per-query standardization.
+                Err(_) => ensemble::standardize(scores),
+            })
+            .collect();
+        ensemble::mean(&normalized)
+    }
+}
+
+/// What one decision chose, as the reply shows it.
+struct Chosen {
+    label: String,
+    members: Vec<String>,
+    ensemble: bool,
+    arms: Vec<ArmScore>,
+}
+
+/// Response indices ordered best (highest score) first; NaN scores last; ties keep
+/// request order.
+pub fn ranking(scores: &[f32]) -> Vec<u32> {
+    let key = |i: u32| {
+        let score = scores[i as usize];
+        if score.is_nan() {
+            f32::NEG_INFINITY
+        } else {
+            score
+        }
+    };
+    let mut order: Vec<u32> = (0..scores.len() as u32).collect();
+    order.sort_by(|&a, &b| key(b).total_cmp(&key(a)));
+    order
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranking_is_best_first_with_nan_last() {
+        assert_eq!(ranking(&[0.1, f32::NAN, 0.9, 0.5]), vec![2, 3, 0, 1]);
+        assert_eq!(ranking(&[1.0, 1.0]), vec![0, 1]);
+    }
+}
