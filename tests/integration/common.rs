@@ -1,4 +1,5 @@
-//! A real server process per test: config in a temp dir, bound to port 0, killed on drop.
+//! What every integration test shares: a real server process per test (config in a temp
+//! dir, bound to port 0, killed on drop) and the request builders.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -7,9 +8,63 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
+use laser_router::api::pb;
 use laser_router::api::pb::admin_client::AdminClient;
+use laser_router::api::pb::feedback_request::Signal;
 use laser_router::api::pb::reward_router_client::RewardRouterClient;
 use tonic::transport::Channel;
+
+/// A path in the repository.
+pub fn repo(path: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
+}
+
+/// One query of a Score request.
+pub fn query(
+    id: impl Into<String>,
+    context: Vec<f32>,
+    prompt: impl Into<String>,
+    responses: impl IntoIterator<Item = impl ToString>,
+) -> pb::Query {
+    pb::Query {
+        id: id.into(),
+        context,
+        prompt: prompt.into(),
+        responses: responses.into_iter().map(|r| r.to_string()).collect(),
+    }
+}
+
+/// Query "q" asking "What is 2 + 2?" (the validation and production tests' query).
+pub fn sum_query(
+    context: Vec<f32>,
+    responses: impl IntoIterator<Item = impl ToString>,
+) -> pb::Query {
+    query("q", context, "What is 2 + 2?", responses)
+}
+
+/// A Score request in the router's default mode, without arm estimates; set `mode` or
+/// `explain` with `pb::ScoreRequest { explain: true, ..score_request(..) }`.
+pub fn score_request(router: impl Into<String>, queries: Vec<pb::Query>) -> pb::ScoreRequest {
+    pb::ScoreRequest {
+        router: router.into(),
+        queries,
+        mode: 0,
+        explain: false,
+    }
+}
+
+/// A Feedback request for `decision_ids`.
+pub fn feedback(
+    router: impl Into<String>,
+    decision_ids: impl IntoIterator<Item = impl ToString>,
+    signal: Signal,
+) -> pb::FeedbackRequest {
+    pb::FeedbackRequest {
+        router: router.into(),
+        decision_ids: decision_ids.into_iter().map(|id| id.to_string()).collect(),
+        signal: Some(signal),
+    }
+}
 
 pub fn fixtures_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/reward_models")

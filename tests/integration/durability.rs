@@ -13,7 +13,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tonic::Code;
 
-use crate::common::{Server, config};
+use crate::common::{Server, config, feedback, query, score_request};
 
 const DIM: usize = 8;
 const ROUTER: &str = "crash";
@@ -93,13 +93,8 @@ async fn get_router(server: &Server) -> pb::RouterInfo {
         .expect("router info")
 }
 
-fn query(id: String, context: Vec<f32>) -> pb::Query {
-    pb::Query {
-        id,
-        context,
-        prompt: "Pick a number".into(),
-        responses: vec!["seven".into(), "Thank you, seven".into()],
-    }
+fn pick_query(id: String, context: Vec<f32>) -> pb::Query {
+    query(id, context, "Pick a number", ["seven", "Thank you, seven"])
 }
 
 fn reward_for(decision_id: &str) -> f64 {
@@ -111,11 +106,11 @@ fn reward_for(decision_id: &str) -> f64 {
 }
 
 fn feedback_request(decision_id: &str) -> pb::FeedbackRequest {
-    pb::FeedbackRequest {
-        router: ROUTER.into(),
-        decision_ids: vec![decision_id.to_string()],
-        signal: Some(Signal::Reward(reward_for(decision_id))),
-    }
+    feedback(
+        ROUTER,
+        [decision_id],
+        Signal::Reward(reward_for(decision_id)),
+    )
 }
 
 #[tokio::test]
@@ -126,14 +121,12 @@ async fn a_clean_restart_and_a_kill_keep_routers_decisions_and_feedback() {
     create_router(&server).await;
     let mut client = server.router_client().await;
     let results = client
-        .score(pb::ScoreRequest {
-            router: ROUTER.into(),
-            queries: (0..3)
-                .map(|i| query(format!("q{i}"), vec![i as f32; DIM]))
+        .score(score_request(
+            ROUTER,
+            (0..3)
+                .map(|i| pick_query(format!("q{i}"), vec![i as f32; DIM]))
                 .collect(),
-            mode: 0,
-            explain: false,
-        })
+        ))
         .await
         .expect("score")
         .into_inner()
@@ -226,16 +219,14 @@ async fn trainer(addr: String, ledger: Arc<Mutex<Ledger>>, seed: u64) {
         let contexts: Vec<Vec<f32>> = (0..2)
             .map(|_| (0..DIM).map(|_| rng.random_range(-1.0..1.0)).collect())
             .collect();
-        let request = pb::ScoreRequest {
-            router: ROUTER.into(),
-            queries: contexts
+        let request = score_request(
+            ROUTER,
+            contexts
                 .iter()
                 .enumerate()
-                .map(|(i, c)| query(format!("{seed}-{i}"), c.clone()))
+                .map(|(i, c)| pick_query(format!("{seed}-{i}"), c.clone()))
                 .collect(),
-            mode: 0,
-            explain: false,
-        };
+        );
         let Ok(reply) = client.score(request).await else {
             return;
         };
@@ -420,12 +411,10 @@ async fn a_torn_tail_is_reported_and_mid_log_damage_stops_startup() {
     let mut client = server.router_client().await;
     for i in 0..3 {
         let results = client
-            .score(pb::ScoreRequest {
-                router: ROUTER.into(),
-                queries: vec![query(format!("q{i}"), vec![1.0; DIM])],
-                mode: 0,
-                explain: false,
-            })
+            .score(score_request(
+                ROUTER,
+                vec![pick_query(format!("q{i}"), vec![1.0; DIM])],
+            ))
             .await
             .expect("score")
             .into_inner()
@@ -503,12 +492,10 @@ async fn a_router_moves_between_servers_by_export_and_import() {
     let mut pending = None;
     for i in 0..6 {
         let results = client
-            .score(pb::ScoreRequest {
-                router: ROUTER.into(),
-                queries: vec![query(format!("q{i}"), vec![i as f32 * 0.3; DIM])],
-                mode: 0,
-                explain: false,
-            })
+            .score(score_request(
+                ROUTER,
+                vec![pick_query(format!("q{i}"), vec![i as f32 * 0.3; DIM])],
+            ))
             .await
             .expect("score")
             .into_inner()

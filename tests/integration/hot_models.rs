@@ -5,7 +5,7 @@ use laser_router::api::pb;
 use laser_router::api::pb::feedback_request::Signal;
 use tonic::Code;
 
-use crate::common::{Server, config, fixtures_dir};
+use crate::common::{Server, config, feedback, fixtures_dir, query, score_request};
 
 fn spec(name: &str, model: &str) -> pb::RewardModelSpec {
     let dir = fixtures_dir();
@@ -19,21 +19,12 @@ fn spec(name: &str, model: &str) -> pb::RewardModelSpec {
     }
 }
 
-fn score_request(router: &str) -> pb::ScoreRequest {
-    pb::ScoreRequest {
-        router: router.into(),
-        queries: vec![pb::Query {
-            id: "q".into(),
-            context: vec![1.0, 0.0, 0.0, 0.5],
-            prompt: "Hello?".into(),
-            responses: vec![
-                "Hi, thanks!".into(),
-                "Hello there, how are you today?".into(),
-            ],
-        }],
-        mode: 0,
-        explain: false,
-    }
+fn hello_request(router: &str) -> pb::ScoreRequest {
+    let responses = ["Hi, thanks!", "Hello there, how are you today?"];
+    score_request(
+        router,
+        vec![query("q", vec![1.0, 0.0, 0.0, 0.5], "Hello?", responses)],
+    )
 }
 
 async fn names(server: &Server) -> Vec<(String, String)> {
@@ -75,7 +66,7 @@ async fn added_rms_become_arms_survive_restarts_and_removed_rms_stop_being_used(
         .await
         .expect("create");
     let first = client
-        .score(score_request("rr"))
+        .score(hello_request("rr"))
         .await
         .expect("score")
         .into_inner()
@@ -159,7 +150,7 @@ async fn added_rms_become_arms_survive_restarts_and_removed_rms_stop_being_used(
     let mut client = server.router_client().await;
     let pending_length = loop {
         let result = client
-            .score(score_request("rr"))
+            .score(hello_request("rr"))
             .await
             .expect("score")
             .into_inner()
@@ -178,11 +169,7 @@ async fn added_rms_become_arms_survive_restarts_and_removed_rms_stop_being_used(
     let picks: Vec<String> = futures_lite_collect(&mut client, "rr", 4).await;
     assert!(picks.iter().all(|p| p == "polite"), "{picks:?}");
     let reply = client
-        .feedback(pb::FeedbackRequest {
-            router: "rr".into(),
-            decision_ids: vec![pending_length],
-            signal: Some(Signal::Reward(1.0)),
-        })
+        .feedback(feedback("rr", vec![pending_length], Signal::Reward(1.0)))
         .await
         .expect("acknowledged")
         .into_inner();
@@ -226,7 +213,7 @@ async fn futures_lite_collect(
     for _ in 0..count {
         picks.push(
             client
-                .score(score_request(router))
+                .score(hello_request(router))
                 .await
                 .expect("score")
                 .into_inner()
@@ -263,7 +250,7 @@ async fn a_hundred_add_remove_cycles_do_not_grow_memory() {
     // Warm up allocator pools and ONNX Runtime's caches first.
     for _ in 0..10 {
         cycle(&mut admin).await;
-        client.score(score_request("mem")).await.expect("score");
+        client.score(hello_request("mem")).await.expect("score");
     }
     let threads = || {
         let status = std::fs::read_to_string(format!("/proc/{}/status", server.pid())).unwrap();
@@ -288,7 +275,7 @@ async fn a_hundred_add_remove_cycles_do_not_grow_memory() {
     let before = settled_rss().await;
     for i in 0..100 {
         cycle(&mut admin).await;
-        client.score(score_request("mem")).await.expect("score");
+        client.score(hello_request("mem")).await.expect("score");
         if std::env::var("LASER_DEBUG_RSS").is_ok() && i % 20 == 0 {
             let threads =
                 std::fs::read_to_string(format!("/proc/{}/status", server.pid())).unwrap();

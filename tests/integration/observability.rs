@@ -4,20 +4,14 @@
 //! deploy/prometheus/alerts.yml is evaluated against it.
 
 use std::net::{SocketAddr, TcpListener};
-use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use laser_router::api::pb;
 use laser_router::api::pb::feedback_request::Signal;
 
-use crate::common::{Server, config, http_get};
+use crate::common::{Server, config, feedback, http_get, query, repo, score_request};
 
 const ROUTER: &str = "dash";
-
-fn repo(path: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
-}
 
 struct Prometheus {
     child: Child,
@@ -91,7 +85,7 @@ fn percent_encode(text: &str) -> String {
 }
 
 /// Evaluate `query` now: (status, number of result series).
-fn query(prometheus: &Prometheus, query: &str) -> (String, usize, String) {
+fn prometheus_query(prometheus: &Prometheus, query: &str) -> (String, usize, String) {
     let response = http_get_retry(
         prometheus.addr,
         &format!("/api/v1/query?query={}", percent_encode(query)),
@@ -127,32 +121,29 @@ async fn drive_traffic(server: &Server, rounds: usize) {
     let mut client = server.router_client().await;
     for round in 0..rounds {
         let results = client
-            .score(pb::ScoreRequest {
-                router: ROUTER.into(),
-                queries: (0..2)
-                    .map(|i| pb::Query {
-                        id: format!("{round}-{i}"),
-                        context: vec![1.0, i as f32, 0.5, (round % 3) as f32],
-                        prompt: "How are you?".into(),
-                        responses: vec![
-                            "Fine, thanks.".into(),
-                            "I am well, thank you for asking!".into(),
-                        ],
+            .score(score_request(
+                ROUTER,
+                (0..2)
+                    .map(|i| {
+                        query(
+                            format!("{round}-{i}"),
+                            vec![1.0, i as f32, 0.5, (round % 3) as f32],
+                            "How are you?",
+                            ["Fine, thanks.", "I am well, thank you for asking!"],
+                        )
                     })
                     .collect(),
-                mode: 0,
-                explain: false,
-            })
+            ))
             .await
             .expect("score")
             .into_inner()
             .results;
         for result in results {
-            let request = pb::FeedbackRequest {
-                router: ROUTER.into(),
-                decision_ids: vec![result.decision_id],
-                signal: Some(Signal::Loss((round % 5) as f64 * 0.2)),
-            };
+            let request = feedback(
+                ROUTER,
+                vec![result.decision_id],
+                Signal::Loss((round % 5) as f64 * 0.2),
+            );
             client.feedback(request.clone()).await.expect("feedback");
             if round % 4 == 0 {
                 client.feedback(request).await.expect("duplicate feedback");
@@ -225,7 +216,7 @@ async fn every_dashboard_panel_and_alert_expression_works_against_a_real_prometh
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         drive_traffic(&server, 10).await;
-        let (_, series, _) = query(
+        let (_, series, _) = prometheus_query(
             &prometheus,
             "count_over_time(laser_grpc_requests_total{method=\"Score\"}[1m]) >= 4",
         );
@@ -237,7 +228,7 @@ async fn every_dashboard_panel_and_alert_expression_works_against_a_real_prometh
             "Prometheus did not collect 4 scrapes in 60 s"
         );
     }
-    let (status, up, _) = query(&prometheus, "up{job=\"laser-router\"} == 1");
+    let (status, up, _) = prometheus_query(&prometheus, "up{job=\"laser-router\"} == 1");
     assert_eq!(
         (status.as_str(), up),
         ("success", 1),
@@ -249,7 +240,7 @@ async fn every_dashboard_panel_and_alert_expression_works_against_a_real_prometh
         let concrete = expression
             .replace("$router", ROUTER)
             .replace("$__rate_interval", "30s");
-        let (status, series, error) = query(&prometheus, &concrete);
+        let (status, series, error) = prometheus_query(&prometheus, &concrete);
         if status != "success" || series == 0 {
             failures.push(format!(
                 "panel {title:?}: {concrete} -> {status} {series} series {error}"
@@ -257,13 +248,13 @@ async fn every_dashboard_panel_and_alert_expression_works_against_a_real_prometh
         }
     }
     for (alert, expression) in alert_expressions() {
-        let (status, _, error) = query(&prometheus, &expression);
+        let (status, _, error) = prometheus_query(&prometheus, &expression);
         if status != "success" {
             failures.push(format!("alert {alert}: {expression} -> {status} {error}"));
         }
         // Not firing is fine; what each alert reads must exist.
         for name in metric_names(&expression) {
-            let (status, series, error) = query(&prometheus, &format!("count({name})"));
+            let (status, series, error) = prometheus_query(&prometheus, &format!("count({name})"));
             if status != "success" || series == 0 {
                 failures.push(format!("alert {alert}: metric {name} has no data {error}"));
             }

@@ -4,7 +4,7 @@ use laser_router::api::pb;
 use laser_router::api::pb::feedback_request::Signal;
 use tonic::Code;
 
-use crate::common::{Server, config, http_get};
+use crate::common::{Server, config, feedback, http_get, query, score_request};
 
 const RESPONSES: [&str; 3] = [
     "It is 42, thanks for asking.",
@@ -13,17 +13,11 @@ const RESPONSES: [&str; 3] = [
 ];
 
 fn request(router: &str) -> pb::ScoreRequest {
-    pb::ScoreRequest {
-        router: router.into(),
-        queries: vec![pb::Query {
-            id: "q".into(),
-            context: vec![1.0, 0.0, 0.5, 0.0],
-            prompt: "What is 6 times 7?".into(),
-            responses: RESPONSES.iter().map(|r| r.to_string()).collect(),
-        }],
-        mode: 0,
-        explain: false,
-    }
+    let context = vec![1.0, 0.0, 0.5, 0.0];
+    score_request(
+        router,
+        vec![query("q", context, "What is 6 times 7?", RESPONSES)],
+    )
 }
 
 async fn create(
@@ -145,11 +139,11 @@ async fn baselines_run_through_the_same_api() {
         );
     }
     let feedback = client
-        .feedback(pb::FeedbackRequest {
-            router: "ensemble".into(),
-            decision_ids: vec![result.decision_id],
-            signal: Some(Signal::Loss(0.3)),
-        })
+        .feedback(feedback(
+            "ensemble",
+            vec![result.decision_id],
+            Signal::Loss(0.3),
+        ))
         .await
         .expect("feedback")
         .into_inner();
@@ -273,11 +267,11 @@ async fn reset_forgets_learned_state_and_keeps_settings() {
         .results
         .remove(0);
     client
-        .feedback(pb::FeedbackRequest {
-            router: "run".into(),
-            decision_ids: vec![result.decision_id.clone()],
-            signal: Some(Signal::Reward(1.0)),
-        })
+        .feedback(feedback(
+            "run",
+            vec![result.decision_id.clone()],
+            Signal::Reward(1.0),
+        ))
         .await
         .expect("feedback");
     let reset = admin
@@ -296,11 +290,11 @@ async fn reset_forgets_learned_state_and_keeps_settings() {
     );
     assert_eq!((reset.pending_decisions, reset.rewards_seen), (0, 0));
     let status = client
-        .feedback(pb::FeedbackRequest {
-            router: "run".into(),
-            decision_ids: vec![result.decision_id],
-            signal: Some(Signal::Reward(1.0)),
-        })
+        .feedback(feedback(
+            "run",
+            vec![result.decision_id],
+            Signal::Reward(1.0),
+        ))
         .await
         .expect_err("forgotten decision");
     assert_eq!(status.code(), Code::NotFound);

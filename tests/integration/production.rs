@@ -13,25 +13,7 @@ use tonic::Code;
 use tonic::metadata::MetadataValue;
 use tonic_types::StatusExt;
 
-use crate::common::{Server, config, fixtures_dir};
-
-fn query(context: Vec<f32>, responses: Vec<String>) -> pb::Query {
-    pb::Query {
-        id: "q".into(),
-        context,
-        prompt: "What is 2 + 2?".into(),
-        responses,
-    }
-}
-
-fn score(router: &str, queries: Vec<pb::Query>) -> pb::ScoreRequest {
-    pb::ScoreRequest {
-        router: router.into(),
-        queries,
-        mode: 0,
-        explain: false,
-    }
-}
+use crate::common::{Server, config, feedback, fixtures_dir, score_request, sum_query};
 
 fn with_token<T>(message: T, token: &str) -> tonic::Request<T> {
     let mut request = tonic::Request::new(message);
@@ -74,7 +56,7 @@ async fn admin_needs_the_token_when_one_is_configured() {
     server
         .router_client()
         .await
-        .score(score("run", vec![query(vec![1.0; 4], vec!["4".into()])]))
+        .score(score_request("run", vec![sum_query(vec![1.0; 4], ["4"])]))
         .await
         .expect("score without a token");
 }
@@ -126,41 +108,35 @@ async fn every_limit_is_enforced_with_its_name_and_value() {
     let server = Server::start(&limited_config());
     let mut client = server.router_client().await;
     let mut admin = server.admin_client().await;
-    let ok_query = || query(vec![1.0; 4], vec!["4".into()]);
+    let ok_query = || sum_query(vec![1.0; 4], ["4"]);
 
     let cases: Vec<(pb::ScoreRequest, Code, &str, &str)> = vec![
         (
-            score("a", vec![ok_query(); 4]),
+            score_request("a", vec![ok_query(); 4]),
             Code::ResourceExhausted,
             "queries",
             "limits.max_queries_per_score = 3",
         ),
         (
-            score(
-                "a",
-                vec![query(
-                    vec![1.0; 4],
-                    vec!["a".into(), "b".into(), "c".into()],
-                )],
-            ),
+            score_request("a", vec![sum_query(vec![1.0; 4], ["a", "b", "c"])]),
             Code::ResourceExhausted,
             "queries[0].responses",
             "limits.max_responses_per_query = 2",
         ),
         (
-            score("a", vec![query(vec![1.0; 4], vec!["x".repeat(101)])]),
+            score_request("a", vec![sum_query(vec![1.0; 4], vec!["x".repeat(101)])]),
             Code::ResourceExhausted,
             "queries[0].responses[0]",
             "limits.max_text_bytes = 100",
         ),
         (
-            score("a", vec![query(vec![1.0; 9], vec!["4".into()])]),
+            score_request("a", vec![sum_query(vec![1.0; 9], ["4"])]),
             Code::ResourceExhausted,
             "queries[0].context",
             "limits.max_context_dim = 8",
         ),
         (
-            score("a", vec![query(vec![1.0; 5], vec!["4".into()])]),
+            score_request("a", vec![sum_query(vec![1.0; 5], ["4"])]),
             Code::InvalidArgument,
             "queries[0].context",
             "expects 4",
@@ -182,9 +158,9 @@ async fn every_limit_is_enforced_with_its_name_and_value() {
     }
     // The message size limit (tonic refuses the frame before decoding).
     let status = client
-        .score(score(
+        .score(score_request(
             "a",
-            vec![query(vec![1.0; 4], vec!["y".repeat(70_000)])],
+            vec![sum_query(vec![1.0; 4], vec!["y".repeat(70_000)])],
         ))
         .await
         .expect_err("message too large");
@@ -195,17 +171,17 @@ async fn every_limit_is_enforced_with_its_name_and_value() {
     assert!(status.message().contains("65536"), "{}", status.message());
 
     let results = client
-        .score(score("a", vec![ok_query()]))
+        .score(score_request("a", vec![ok_query()]))
         .await
         .expect("valid")
         .into_inner()
         .results;
     let status = client
-        .feedback(pb::FeedbackRequest {
-            router: "a".into(),
-            decision_ids: vec![results[0].decision_id.clone(); 3],
-            signal: Some(Signal::Loss(0.1)),
-        })
+        .feedback(feedback(
+            "a",
+            vec![results[0].decision_id.clone(); 3],
+            Signal::Loss(0.1),
+        ))
         .await
         .expect_err("too many ids");
     assert_eq!(status.code(), Code::ResourceExhausted);
@@ -219,11 +195,11 @@ async fn every_limit_is_enforced_with_its_name_and_value() {
 
     // Routers per server: "a" exists; "b" fits; "c" does not.
     client
-        .score(score("b", vec![ok_query()]))
+        .score(score_request("b", vec![ok_query()]))
         .await
         .expect("second router");
     let status = client
-        .score(score("c", vec![ok_query()]))
+        .score(score_request("c", vec![ok_query()]))
         .await
         .expect_err("third router");
     assert_eq!(status.code(), Code::ResourceExhausted);
@@ -284,7 +260,10 @@ fn heavy_score(router: &str) -> pb::ScoreRequest {
     let responses: Vec<String> = (0..200)
         .map(|i| format!("response number {i} ").repeat(20))
         .collect();
-    score(router, vec![query(vec![1.0, 0.5, 0.25, 0.0], responses)])
+    score_request(
+        router,
+        vec![sum_query(vec![1.0, 0.5, 0.25, 0.0], responses)],
+    )
 }
 
 #[tokio::test]
@@ -385,23 +364,20 @@ async fn valid_round(
 ) {
     let context = vec![(round % 3) as f32, 1.0, (round % 5) as f32 * 0.2, 0.5];
     let results = client
-        .score(score(
+        .score(score_request(
             "steady",
-            vec![query(
-                context,
-                vec!["Four.".into(), "It is 4, thanks!".into()],
-            )],
+            vec![sum_query(context, ["Four.", "It is 4, thanks!"])],
         ))
         .await
         .expect("valid traffic is served")
         .into_inner()
         .results;
     client
-        .feedback(pb::FeedbackRequest {
-            router: "steady".into(),
-            decision_ids: vec![results[0].decision_id.clone()],
-            signal: Some(Signal::Loss((round % 7) as f64 * 0.1)),
-        })
+        .feedback(feedback(
+            "steady",
+            vec![results[0].decision_id.clone()],
+            Signal::Loss((round % 7) as f64 * 0.1),
+        ))
         .await
         .expect("valid feedback");
 }
@@ -453,32 +429,32 @@ async fn garbage_from_misbehaving_clients_changes_nothing_valid_traffic_would_no
         }
         // Malformed requests through a real client.
         let bad = match round % 6 {
-            0 => score(
+            0 => score_request(
                 "steady",
-                vec![query(vec![f32::NAN, 1.0, 0.0, 0.0], vec!["a".into()])],
+                vec![sum_query(vec![f32::NAN, 1.0, 0.0, 0.0], ["a"])],
             ),
-            1 => score(
+            1 => score_request(
                 "steady",
-                vec![query(vec![1.0; 4], vec!["z".repeat(200_000)])],
+                vec![sum_query(vec![1.0; 4], vec!["z".repeat(200_000)])],
             ),
             2 => pb::ScoreRequest {
                 mode: 77,
-                ..score("steady", vec![query(vec![1.0; 4], vec!["a".into()])])
+                ..score_request("steady", vec![sum_query(vec![1.0; 4], ["a"])])
             },
-            3 => score("steady", vec![query(vec![1.0; 3], vec!["a".into()])]),
-            4 => score("st eady", vec![query(vec![1.0; 4], vec!["a".into()])]),
-            _ => score("steady", vec![query(vec![1.0; 4], vec![])]),
+            3 => score_request("steady", vec![sum_query(vec![1.0; 3], ["a"])]),
+            4 => score_request("st eady", vec![sum_query(vec![1.0; 4], ["a"])]),
+            _ => score_request("steady", vec![sum_query(vec![1.0; 4], [""; 0])]),
         };
         assert!(client.score(bad).await.is_err());
-        let bad_feedback = pb::FeedbackRequest {
-            router: "steady".into(),
-            decision_ids: vec![format!("forged-{round}")],
-            signal: Some(Signal::Reward(f64::INFINITY)),
-        };
-        assert!(client.feedback(bad_feedback).await.is_err());
-        let oversized = score(
+        let bad_feedback = feedback(
             "steady",
-            vec![query(vec![1.0; 4], vec!["w".repeat(17 << 20)])],
+            vec![format!("forged-{round}")],
+            Signal::Reward(f64::INFINITY),
+        );
+        assert!(client.feedback(bad_feedback).await.is_err());
+        let oversized = score_request(
+            "steady",
+            vec![sum_query(vec![1.0; 4], vec!["w".repeat(17 << 20)])],
         );
         if round % 20 == 0 {
             assert!(client.score(oversized).await.is_err());

@@ -10,7 +10,7 @@ use ort::session::{Session, SessionInputValue};
 use ort::value::Tensor;
 use tokenizers::Tokenizer;
 
-use crate::common::{Server, config, fixtures_dir};
+use crate::common::{Server, config, fixtures_dir, query, score_request};
 
 /// Absolute tolerance between server and direct scores. The fixture graphs count tokens
 /// in float32, so both sides should agree exactly; padding in the server's batches is the
@@ -105,15 +105,8 @@ async fn server_scores_equal_direct_onnx_runtime_and_each_rm_prefers_its_propert
         let mut client = server.router_client().await;
         let result = client
             .score(pb::ScoreRequest {
-                router: "check".into(),
-                queries: vec![pb::Query {
-                    id: "q".into(),
-                    context: vec![0.5; 4],
-                    prompt: prompt.into(),
-                    responses: responses.iter().map(|r| r.to_string()).collect(),
-                }],
-                mode: 0,
                 explain: true,
+                ..score_request("check", vec![query("q", vec![0.5; 4], prompt, responses)])
             })
             .await
             .expect("score")
@@ -257,20 +250,18 @@ async fn concurrent_requests_share_inferences() {
             let mut client = pb::reward_router_client::RewardRouterClient::new(channel.clone());
             tokio::spawn(async move {
                 client
-                    .score(pb::ScoreRequest {
-                        router: "batched".into(),
-                        queries: vec![pb::Query {
-                            id: format!("q{i}"),
-                            context: vec![1.0; 4],
-                            prompt: "Say something".into(),
-                            responses: vec![
-                                "short".into(),
+                    .score(score_request(
+                        "batched",
+                        vec![query(
+                            format!("q{i}"),
+                            vec![1.0; 4],
+                            "Say something",
+                            vec![
+                                "short".to_string(),
                                 format!("a somewhat longer answer number {i}"),
                             ],
-                        }],
-                        mode: 0,
-                        explain: false,
-                    })
+                        )],
+                    ))
                     .await
                     .expect("score")
                     .into_inner()
@@ -377,17 +368,10 @@ async fn the_ensemble_uses_each_rms_own_score_normalization() {
     let combined = server
         .router_client()
         .await
-        .score(pb::ScoreRequest {
-            router: "ensemble".into(),
-            queries: vec![pb::Query {
-                id: "q".into(),
-                context: vec![1.0; 4],
-                prompt: "How much?".into(),
-                responses: responses.iter().map(|r| r.to_string()).collect(),
-            }],
-            mode: 0,
-            explain: false,
-        })
+        .score(score_request(
+            "ensemble",
+            vec![query("q", vec![1.0; 4], "How much?", responses)],
+        ))
         .await
         .expect("score")
         .into_inner()
@@ -495,17 +479,10 @@ async fn fixed_scores_with_prompt(
     server
         .router_client()
         .await
-        .score(pb::ScoreRequest {
+        .score(score_request(
             router,
-            queries: vec![pb::Query {
-                id: "q".into(),
-                context: vec![1.0; 4],
-                prompt: prompt.into(),
-                responses: responses.iter().map(|r| r.to_string()).collect(),
-            }],
-            mode: 0,
-            explain: false,
-        })
+            vec![query("q", vec![1.0; 4], prompt, responses)],
+        ))
         .await
         .expect("score")
         .into_inner()

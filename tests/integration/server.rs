@@ -6,7 +6,7 @@ use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 
-use crate::common::{Server, config, http_get};
+use crate::common::{Server, config, feedback, http_get, query, score_request};
 
 #[tokio::test]
 async fn health_reports_serving_for_both_services() {
@@ -47,19 +47,20 @@ async fn per_batch_mode_shares_one_decision_and_metrics_show_it() {
     let server = Server::start(&config(4, &["length", "polite"], ""));
     let mut client = server.router_client().await;
     let queries = (0..3)
-        .map(|i| pb::Query {
-            id: format!("q{i}"),
-            context: vec![i as f32, 1.0, 0.0, 0.5],
-            prompt: "Say hi".into(),
-            responses: vec!["hi".into(), "hello there, thanks".into()],
+        .map(|i| {
+            query(
+                format!("q{i}"),
+                vec![i as f32, 1.0, 0.0, 0.5],
+                "Say hi",
+                vec!["hi".to_string(), "hello there, thanks".into()],
+            )
         })
         .collect();
     let results = client
         .score(pb::ScoreRequest {
-            router: "batch".into(),
-            queries,
             mode: pb::SelectionMode::PerBatch as i32,
             explain: true,
+            ..score_request("batch", queries)
         })
         .await
         .expect("score")
@@ -81,11 +82,11 @@ async fn per_batch_mode_shares_one_decision_and_metrics_show_it() {
         assert!((arm.ucb - (arm.mean + arm.bonus)).abs() < 1e-12);
     }
     let feedback = client
-        .feedback(pb::FeedbackRequest {
-            router: "batch".into(),
-            decision_ids: vec![results[0].decision_id.clone()],
-            signal: Some(Signal::Reward(1.0)),
-        })
+        .feedback(feedback(
+            "batch",
+            vec![results[0].decision_id.clone()],
+            Signal::Reward(1.0),
+        ))
         .await
         .expect("feedback")
         .into_inner();

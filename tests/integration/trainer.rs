@@ -6,7 +6,7 @@ use laser_router::api::pb::feedback_request::Signal;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use crate::common::{Server, config};
+use crate::common::{Server, config, feedback, query, score_request};
 
 const CONTEXT_DIM: usize = 8;
 
@@ -28,19 +28,23 @@ async fn linucb_learns_the_right_reward_model_for_each_cluster() {
     let mut correct: [Vec<bool>; 2] = Default::default();
     for round in 0..300 {
         let queries = (0..2)
-            .map(|cluster| pb::Query {
-                id: format!("{round}-{cluster}"),
-                context: cluster_context(cluster, &mut rng),
-                prompt: "How many apples are left?".into(),
-                responses: vec!["Three, thank you.".into(), "3".into(), "None.".into()],
+            .map(|cluster| {
+                query(
+                    format!("{round}-{cluster}"),
+                    cluster_context(cluster, &mut rng),
+                    "How many apples are left?",
+                    vec![
+                        "Three, thank you.".into(),
+                        "3".to_string(),
+                        "None.".to_string(),
+                    ],
+                )
             })
             .collect();
         let response = client
             .score(pb::ScoreRequest {
-                router: "trainer".into(),
-                queries,
                 mode: pb::SelectionMode::PerQuery as i32,
-                explain: false,
+                ..score_request("trainer", queries)
             })
             .await
             .expect("score")
@@ -55,11 +59,11 @@ async fn linucb_learns_the_right_reward_model_for_each_cluster() {
             // The trainer's loss is low when the right RM ranked its responses.
             let loss = if was_right { 0.2 } else { 1.0 } + rng.random_range(-0.05..0.05);
             let feedback = client
-                .feedback(pb::FeedbackRequest {
-                    router: "trainer".into(),
-                    decision_ids: vec![result.decision_id.clone()],
-                    signal: Some(Signal::Loss(loss)),
-                })
+                .feedback(feedback(
+                    "trainer",
+                    vec![result.decision_id.clone()],
+                    Signal::Loss(loss),
+                ))
                 .await
                 .expect("feedback")
                 .into_inner();

@@ -4,32 +4,10 @@ use laser_router::api::pb;
 use laser_router::api::pb::feedback_request::Signal;
 use tonic::Code;
 
-use crate::common::{Server, config};
-
-fn query(context: Vec<f32>, responses: &[&str]) -> pb::Query {
-    pb::Query {
-        id: "q".into(),
-        context,
-        prompt: "What is 2 + 2?".into(),
-        responses: responses.iter().map(|r| r.to_string()).collect(),
-    }
-}
-
-fn score_request(router: &str, queries: Vec<pb::Query>) -> pb::ScoreRequest {
-    pb::ScoreRequest {
-        router: router.into(),
-        queries,
-        mode: 0,
-        explain: false,
-    }
-}
+use crate::common::{Server, config, feedback, score_request, sum_query};
 
 fn loss(router: &str, ids: &[&str], value: f64) -> pb::FeedbackRequest {
-    pb::FeedbackRequest {
-        router: router.into(),
-        decision_ids: ids.iter().map(|id| id.to_string()).collect(),
-        signal: Some(Signal::Loss(value)),
-    }
+    feedback(router, ids, Signal::Loss(value))
 }
 
 #[tokio::test]
@@ -51,7 +29,7 @@ async fn bad_requests_are_refused_and_change_nothing() {
     let first = client
         .score(score_request(
             "run",
-            vec![query(vec![1.0, 0.0, 0.0, 0.0], &["4", "four"])],
+            vec![sum_query(vec![1.0, 0.0, 0.0, 0.0], ["4", "four"])],
         ))
         .await
         .expect("valid score")
@@ -75,19 +53,19 @@ async fn bad_requests_are_refused_and_change_nothing() {
 
     let refusals: Vec<(pb::ScoreRequest, Code, &[&str])> = vec![
         (
-            score_request("run", vec![query(vec![1.0, 0.0, 0.0], &["4"])]),
+            score_request("run", vec![sum_query(vec![1.0, 0.0, 0.0], ["4"])]),
             Code::InvalidArgument,
             &["queries[0].context", "expects 4", "dimension 3"],
         ),
         (
-            score_request("run", vec![query(vec![1.0, f32::NAN, 0.0, 0.0], &["4"])]),
+            score_request("run", vec![sum_query(vec![1.0, f32::NAN, 0.0, 0.0], ["4"])]),
             Code::InvalidArgument,
             &["queries[0].context[1]", "NaN"],
         ),
         (
             score_request(
                 "run",
-                vec![query(vec![1.0, 0.0, f32::INFINITY, 0.0], &["4"])],
+                vec![sum_query(vec![1.0, 0.0, f32::INFINITY, 0.0], ["4"])],
             ),
             Code::InvalidArgument,
             &["queries[0].context[2]", "finite"],
@@ -96,8 +74,8 @@ async fn bad_requests_are_refused_and_change_nothing() {
             score_request(
                 "run",
                 vec![
-                    query(vec![1.0, 0.0, 0.0, 0.0], &["4"]),
-                    query(vec![1.0, 0.0, 0.0, 0.0], &[]),
+                    sum_query(vec![1.0, 0.0, 0.0, 0.0], ["4"]),
+                    sum_query(vec![1.0, 0.0, 0.0, 0.0], [""; 0]),
                 ],
             ),
             Code::InvalidArgument,
@@ -109,14 +87,14 @@ async fn bad_requests_are_refused_and_change_nothing() {
             &["queries", "empty"],
         ),
         (
-            score_request("bad name!", vec![query(vec![1.0; 4], &["4"])]),
+            score_request("bad name!", vec![sum_query(vec![1.0; 4], ["4"])]),
             Code::InvalidArgument,
             &["router name"],
         ),
         (
             score_request(
                 "run",
-                vec![query(vec![1.0; 4], &["x".repeat(70_000).as_str()])],
+                vec![sum_query(vec![1.0; 4], ["x".repeat(70_000).as_str()])],
             ),
             Code::ResourceExhausted,
             &["queries[0].responses[0]", "limits.max_text_bytes = 65536"],
@@ -157,11 +135,11 @@ async fn bad_requests_are_refused_and_change_nothing() {
     assert_eq!(status.code(), Code::NotFound);
     assert!(status.message().contains("no-such-router"));
     let status = client
-        .feedback(pb::FeedbackRequest {
-            router: "run".into(),
-            decision_ids: vec![pending_id.clone()],
-            signal: Some(Signal::Loss(f64::NAN)),
-        })
+        .feedback(feedback(
+            "run",
+            vec![pending_id.clone()],
+            Signal::Loss(f64::NAN),
+        ))
         .await
         .expect_err("NaN loss");
     assert_eq!(status.code(), Code::InvalidArgument);
@@ -274,7 +252,7 @@ async fn routers_are_not_created_on_first_use_when_the_server_forbids_it() {
     let status = client
         .score(score_request(
             "typo-router",
-            vec![query(vec![1.0; 4], &["a"])],
+            vec![sum_query(vec![1.0; 4], ["a"])],
         ))
         .await
         .expect_err("unknown router");
