@@ -361,6 +361,39 @@ mod tests {
     }
 
     #[test]
+    fn the_routers_table_is_a_settings_patch_beside_create_on_first_use() {
+        use crate::routers::{Policy, PolicyKind, SelectionMode};
+        let text = "[routers]\ncreate_on_first_use = false\npolicy = \"exp3\"\nexp3_gamma = 0.3\nfixed_reward_model = \"b\"\ndefault_mode = \"per_batch\"\n";
+        let config = Config::parse(text, "t.toml", Path::new(".")).unwrap();
+        assert!(!config.routers.create_on_first_use);
+        let settings = config.routers.settings();
+        assert_eq!(settings.policy, Policy::Exp3 { gamma: 0.3 });
+        assert_eq!(settings.default_mode, SelectionMode::PerBatch);
+        // A request that names `fixed` without its RM gets the config's.
+        let request = RouterSettingsPatch {
+            policy: Some(PolicyKind::Fixed),
+            ..RouterSettingsPatch::default()
+        };
+        assert_eq!(
+            request.apply(&config.routers.defaults).policy,
+            Policy::Fixed {
+                reward_model: "b".into()
+            }
+        );
+        let wrong_type = Config::parse(
+            "[routers]\ncreate_on_first_use = 1\n",
+            "t.toml",
+            Path::new("."),
+        );
+        assert!(
+            wrong_type
+                .unwrap_err()
+                .to_string()
+                .contains("create_on_first_use")
+        );
+    }
+
+    #[test]
     fn unknown_and_invalid_fields_are_refused() {
         let unknown = Config::parse("[routers]\nalpah = 1.0\n", "t.toml", Path::new("."));
         assert!(unknown.unwrap_err().to_string().contains("alpah"));

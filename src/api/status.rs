@@ -67,8 +67,22 @@ impl From<RouterError> for Status {
             RouterError::NoRewardModels { .. } => Code::FailedPrecondition,
             RouterError::FixedRewardModelUnavailable { .. } => Code::FailedPrecondition,
             RouterError::RewardOutOfRange { .. } => Code::InvalidArgument,
-            RouterError::UnknownDecisions { .. } => Code::NotFound,
-            RouterError::InvalidSettings { .. } => Code::InvalidArgument,
+            RouterError::UnknownDecisions {
+                router,
+                decision_ids,
+            } => {
+                return Status::not_found(format!(
+                    "decision_ids not found in router {router:?} (unknown or expired): {decision_ids:?}"
+                ));
+            }
+            RouterError::InvalidSettings { field, reason } => {
+                let field = format!("settings.{field}");
+                return field_violation(
+                    Code::InvalidArgument,
+                    &field,
+                    format!("{field}: {reason}"),
+                );
+            }
             RouterError::InvalidState { .. } => Code::InvalidArgument,
             RouterError::TooManyRouters { .. } => Code::ResourceExhausted,
             RouterError::StateWrite(_) => Code::Unavailable,
@@ -88,7 +102,6 @@ fn store_code(error: &StoreError) -> Code {
         StoreError::Io { .. } => Code::Unavailable,
         StoreError::Locked { .. } => Code::Unavailable,
         StoreError::Corrupt { .. } => Code::Internal,
-        StoreError::Decode { .. } => Code::Internal,
         StoreError::WriterStopped { .. } => Code::Unavailable,
     }
 }

@@ -7,6 +7,7 @@
 //! - [`pending`]: the pending-decision book (TTL, capacity, answered ids).
 //! - [`policy`]: the one place a router dispatches on its policy.
 //! - [`state`]: a router as plain data (snapshots, exports).
+//! - [`statistics`]: per-arm statistics for GetRouter.
 //! - [`registry`]: routers keyed by name; every change checked, logged, applied.
 //! - [`ledger`]: the log, replay and snapshots of the registry's changes.
 //! - [`handle`]: the async front: runs the registry's work on blocking threads and waits
@@ -25,6 +26,7 @@ pub mod registry;
 pub mod router;
 pub mod settings;
 pub mod state;
+pub mod statistics;
 #[cfg(test)]
 mod tests;
 
@@ -37,12 +39,13 @@ pub use events::{
 pub use handle::{FeedbackReport, RecordReport, RouterInfo, RoutersHandle, SelectedFor, Ticket};
 pub use ledger::{RewardModelChanges, StateEvent};
 pub use registry::{Routers, RoutersOptions};
-pub use router::{ArmStatistics, Router};
+pub use router::Router;
 pub use settings::{
     Normalization, NormalizationKind, Policy, PolicyKind, RouterSettings, RouterSettingsPatch,
     SelectionMode,
 };
 pub use state::RouterState;
+pub use statistics::ArmStatistics;
 
 /// What went wrong in a router operation, from the caller's point of view.
 #[derive(Debug, thiserror::Error)]
@@ -67,14 +70,15 @@ pub enum RouterError {
         router: String,
         reward_model: String,
     },
-    #[error("decision_ids not found in router {router:?} (unknown or expired): {decision_ids:?}")]
+    #[error("decisions not found in router {router:?} (unknown or expired): {decision_ids:?}")]
     UnknownDecisions {
         router: String,
         decision_ids: Vec<String>,
     },
     #[error("reward {reward} is outside [0, 1]; router {router:?} has reward_is_normalized set")]
     RewardOutOfRange { router: String, reward: f64 },
-    #[error("settings.{field}: {reason}")]
+    /// `field` is the settings key (config `[routers]`, CreateRouter's `settings`).
+    #[error("{field}: {reason}")]
     InvalidSettings { field: &'static str, reason: String },
     #[error("router {router:?}: state does not fit its settings: {reason}")]
     InvalidState { router: String, reason: String },

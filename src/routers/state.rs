@@ -10,8 +10,9 @@ use super::RouterError;
 use super::events::Evictions;
 use super::pending::{Choice, PendingBook, PendingDecision, PendingParts};
 use super::policy;
-use super::router::{Arm, ArmStatistics, Router};
+use super::router::{Arm, Router};
 use super::settings::RouterSettings;
+use super::statistics::ArmStatistics;
 use crate::bandit::{LinUcbArm, LinUcbArmData, RewardNormalizer};
 
 /// A router's whole state as plain data (snapshots, exports).

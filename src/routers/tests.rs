@@ -1,5 +1,8 @@
 //! Router behaviour: each policy's defining behaviour, arms coming and going, pending
 //! decisions (TTL, capacity, idempotence, all-or-nothing).
+//!
+//! Longer than the ~500-line guide on purpose: it is a flat list of independent cases
+//! over a few shared helpers at the top, read by test name, not in one pass.
 
 use std::collections::BTreeSet;
 use std::time::Duration;

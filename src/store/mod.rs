@@ -74,8 +74,6 @@ pub enum StoreError {
         offset: u64,
         reason: String,
     },
-    #[error("record {seq} cannot be decoded: {reason}")]
-    Decode { seq: u64, reason: String },
     #[error("the state log writer stopped: {reason}")]
     WriterStopped { reason: String },
 }
