@@ -89,10 +89,6 @@ impl Service {
         &self.limits
     }
 
-    pub fn routers(&self) -> &RoutersHandle {
-        &self.routers
-    }
-
     pub fn reward_models(&self) -> &RewardModels {
         &self.reward_models
     }
