@@ -63,6 +63,7 @@ impl From<RouterError> for Status {
             }
             RouterError::UnknownRouter { .. } => Code::NotFound,
             RouterError::RouterExists { .. } => Code::AlreadyExists,
+            RouterError::SettingsDiffer { .. } => Code::FailedPrecondition,
             RouterError::InvalidRouterName { .. } => Code::InvalidArgument,
             RouterError::NoRewardModels { .. } => Code::FailedPrecondition,
             RouterError::FixedRewardModelUnavailable { .. } => Code::FailedPrecondition,

@@ -167,7 +167,8 @@ impl RoutersHandle {
         })
     }
 
-    /// Create the router `name` with `patch` over the defaults.
+    /// Create the router `name` with `patch` over the defaults (or confirm it, when it
+    /// exists with equal settings).
     pub async fn create(
         &self,
         name: String,
@@ -177,7 +178,7 @@ impl RoutersHandle {
         let (info, durable) = self
             .blocking(move |routers| {
                 let settings = routers.settings_for(&patch);
-                let (router, durable) = routers.create(&name, settings, &serving)?;
+                let (router, durable) = routers.create_or_confirm(&name, settings, &serving)?;
                 Ok((RouterInfo::of(&router, &serving), durable))
             })
             .await?;

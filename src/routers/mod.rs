@@ -54,6 +54,14 @@ pub enum RouterError {
     UnknownRouter { name: String },
     #[error("router {name:?} already exists")]
     RouterExists { name: String },
+    /// CreateRouter for an existing router with other settings.
+    #[error(
+        "router {name:?} already exists with other settings: {fields:?} differ; delete it first or create it with its settings"
+    )]
+    SettingsDiffer {
+        name: String,
+        fields: Vec<&'static str>,
+    },
     #[error("router name {name:?} is invalid: use 1 to {max} characters from [A-Za-z0-9._-]")]
     InvalidRouterName { name: String, max: usize },
     #[error("context of query {query} has dimension {got}; router {router:?} expects {expected}")]

@@ -153,6 +153,37 @@ impl Routers {
         }
     }
 
+    /// The router `name` with `settings`: created (an arm for every RM in `serving` that
+    /// `settings` accept), or the existing one when its settings are equal (a resumed
+    /// training run creating its router again); `SettingsDiffer` names the fields otherwise.
+    pub fn create_or_confirm(
+        &self,
+        name: &str,
+        settings: RouterSettings,
+        serving: &[String],
+    ) -> Result<(SharedRouter, Durable), RouterError> {
+        match self.create(name, settings.clone(), serving) {
+            Err(RouterError::RouterExists { .. }) => {
+                let settings = settings.validate(self.options.max_context_dim)?;
+                let router = self.get(name)?;
+                let fields = router
+                    .lock()
+                    .expect("router lock poisoned")
+                    .settings()
+                    .differences(&settings);
+                if fields.is_empty() {
+                    Ok((router, Durable::done()))
+                } else {
+                    Err(RouterError::SettingsDiffer {
+                        name: name.to_string(),
+                        fields,
+                    })
+                }
+            }
+            other => other,
+        }
+    }
+
     /// A new router with an arm for every RM in `serving` that `settings` accept.
     pub fn create(
         &self,
@@ -408,6 +439,30 @@ mod tests {
                 ..
             })
         ));
+    }
+
+    #[test]
+    fn creating_again_with_equal_settings_confirms_and_other_settings_are_named() {
+        let routers = routers(false);
+        let settings = routers.defaults().clone();
+        routers
+            .create_or_confirm("a", settings.clone(), &[])
+            .unwrap();
+        routers
+            .create_or_confirm("a", settings.clone(), &[])
+            .unwrap();
+        assert_eq!(routers.list().len(), 1);
+        let other = RouterSettings {
+            alpha: 2.0,
+            seed: 9,
+            ..settings
+        };
+        match routers.create_or_confirm("a", other, &[]) {
+            Err(RouterError::SettingsDiffer { fields, .. }) => {
+                assert_eq!(fields, vec!["alpha", "seed"])
+            }
+            other => panic!("{:?}", other.map(|_| ())),
+        }
     }
 
     #[test]

@@ -341,6 +341,46 @@ impl RouterSettingsPatch {
 /// Exploration rate of the `exp3` policy when none is given.
 pub const DEFAULT_EXP3_GAMMA: f64 = 0.1;
 
+impl RouterSettings {
+    /// The settings keys whose values differ between `self` and `other`, in key order.
+    pub fn differences(&self, other: &RouterSettings) -> Vec<&'static str> {
+        let (a, b) = (
+            RouterSettingsPatch::from(self),
+            RouterSettingsPatch::from(other),
+        );
+        let mut differ = Vec::new();
+        macro_rules! compare {
+            ($($field:ident),*) => {
+                $(if a.$field != b.$field {
+                    differ.push(stringify!($field));
+                })*
+            };
+        }
+        compare!(
+            context_dim,
+            policy,
+            fixed_reward_model,
+            exp3_gamma,
+            alpha,
+            l2_lambda,
+            normalization,
+            quantile_low,
+            quantile_high,
+            reward_window,
+            reward_is_normalized,
+            default_mode,
+            seed,
+            reward_models,
+            join_new_reward_models,
+            l2_normalize_context,
+            projection_dim,
+            max_pending_decisions,
+            pending_ttl_seconds
+        );
+        differ
+    }
+}
+
 impl From<&RouterSettings> for RouterSettingsPatch {
     /// A patch that sets every field to `settings` (`apply` gives `settings` back).
     fn from(settings: &RouterSettings) -> Self {

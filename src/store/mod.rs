@@ -91,7 +91,8 @@ pub struct Durable {
 }
 
 impl Durable {
-    fn done() -> Self {
+    /// A ticket for nothing new to make durable: complete at once.
+    pub fn done() -> Self {
         Self { receiver: None }
     }
 

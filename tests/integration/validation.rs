@@ -180,15 +180,16 @@ async fn bad_requests_are_refused_and_change_nothing() {
 async fn routers_are_created_once_and_can_be_deleted() {
     let server = Server::start(&config(4, &["length"], ""));
     let mut admin = server.admin_client().await;
+    let request = pb::CreateRouterRequest {
+        name: "a".into(),
+        settings: Some(pb::RouterSettings {
+            context_dim: 16,
+            normalization: pb::Normalization::None as i32,
+            ..Default::default()
+        }),
+    };
     let created = admin
-        .create_router(pb::CreateRouterRequest {
-            name: "a".into(),
-            settings: Some(pb::RouterSettings {
-                context_dim: 16,
-                normalization: pb::Normalization::None as i32,
-                ..Default::default()
-            }),
-        })
+        .create_router(request.clone())
         .await
         .expect("create")
         .into_inner()
@@ -200,14 +201,27 @@ async fn routers_are_created_once_and_can_be_deleted() {
     assert_eq!(settings.l2_lambda, Some(1.0));
     assert_eq!(settings.normalization, pb::Normalization::None as i32);
 
+    // A resumed run creating its router again with the same settings gets it back...
     let again = admin
+        .create_router(request)
+        .await
+        .expect("same settings: the existing router")
+        .into_inner()
+        .router
+        .expect("router");
+    assert_eq!(again.settings, Some(settings));
+    // ...other settings are refused, naming the fields that differ.
+    let differ = admin
         .create_router(pb::CreateRouterRequest {
             name: "a".into(),
             settings: None,
         })
         .await
-        .expect_err("exists");
-    assert_eq!(again.code(), Code::AlreadyExists);
+        .expect_err("other settings");
+    assert_eq!(differ.code(), Code::FailedPrecondition);
+    for field in ["context_dim", "normalization"] {
+        assert!(differ.message().contains(field), "{}", differ.message());
+    }
     let bad = admin
         .create_router(pb::CreateRouterRequest {
             name: "b".into(),
