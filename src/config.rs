@@ -180,8 +180,15 @@ pub struct Limits {
     pub max_queries_per_score: usize,
     /// Responses per query (default 256).
     pub max_responses_per_query: usize,
-    /// Bytes per prompt and per response (default 64 KiB).
+    /// Bytes per prompt and per response beyond which a Score is refused (default 1 MiB).
     pub max_text_bytes: usize,
+    /// Cut longer prompts and responses to `kept_text_bytes` instead of refusing the Score
+    /// (default true): RMs read only their first or last `max_length` tokens, and one long
+    /// completion should not fail a training step.
+    pub truncate_long_texts: bool,
+    /// Bytes kept of a longer text: its first and last halves, joined by " … ", so an RM
+    /// that reads either end sees what it would have read (default 64 KiB).
+    pub kept_text_bytes: usize,
     /// Decision ids per Feedback request (default 4096).
     pub max_decision_ids_per_feedback: usize,
     /// Largest router context dimension (default 16384).
@@ -201,7 +208,9 @@ impl Default for Limits {
             max_message_bytes: 16 * 1024 * 1024,
             max_queries_per_score: 1024,
             max_responses_per_query: 256,
-            max_text_bytes: 64 * 1024,
+            max_text_bytes: 1024 * 1024,
+            truncate_long_texts: true,
+            kept_text_bytes: 64 * 1024,
             max_decision_ids_per_feedback: 4096,
             max_context_dim: 16384,
             max_routers: 1000,
@@ -297,6 +306,7 @@ impl Config {
                 self.limits.max_responses_per_query,
             ),
             ("limits.max_text_bytes", self.limits.max_text_bytes),
+            ("limits.kept_text_bytes", self.limits.kept_text_bytes),
             (
                 "limits.max_decision_ids_per_feedback",
                 self.limits.max_decision_ids_per_feedback,

@@ -50,6 +50,8 @@ pub mod metric {
     pub const RM_LOADED: &str = "laser_rm_loaded";
     /// Counter {method, code}: gRPC requests answered by the API handlers.
     pub const GRPC_REQUESTS: &str = "laser_grpc_requests_total";
+    /// Counter {field}: prompts and responses cut to `limits.kept_text_bytes`.
+    pub const TEXTS_TRUNCATED: &str = "laser_texts_truncated_total";
     /// Counter: requests refused at once because the concurrency limit was reached.
     pub const REQUESTS_SHED: &str = "laser_requests_shed_total";
     /// Histogram {method}: handler latency.
@@ -140,6 +142,10 @@ fn describe() {
         "gRPC requests by method and status code."
     );
     describe_histogram!(metric::GRPC_SECONDS, Unit::Seconds, "gRPC handler latency.");
+    describe_counter!(
+        metric::TEXTS_TRUNCATED,
+        "Prompts and responses cut to limits.kept_text_bytes, by field (prompt, response)."
+    );
     describe_counter!(
         metric::REQUESTS_SHED,
         "Requests refused at the concurrency limit."

@@ -4,7 +4,7 @@ use laser_router::api::pb;
 use laser_router::api::pb::feedback_request::Signal;
 use tonic::Code;
 
-use crate::common::{Server, config, feedback, score_request, sum_query};
+use crate::common::{Server, config, feedback, http_get, score_request, sum_query};
 
 fn loss(router: &str, ids: &[&str], value: f64) -> pb::FeedbackRequest {
     feedback(router, ids, Signal::Loss(value))
@@ -94,10 +94,10 @@ async fn bad_requests_are_refused_and_change_nothing() {
         (
             score_request(
                 "run",
-                vec![sum_query(vec![1.0; 4], ["x".repeat(70_000).as_str()])],
+                vec![sum_query(vec![1.0; 4], ["x".repeat(1_100_000).as_str()])],
             ),
             Code::ResourceExhausted,
-            &["queries[0].responses[0]", "limits.max_text_bytes = 65536"],
+            &["queries[0].responses[0]", "limits.max_text_bytes = 1048576"],
         ),
     ];
     for (request, code, words) in refusals {
@@ -272,4 +272,29 @@ async fn routers_are_not_created_on_first_use_when_the_server_forbids_it() {
         .expect_err("unknown router");
     assert_eq!(status.code(), Code::NotFound);
     assert!(status.message().contains("typo-router"));
+}
+
+#[tokio::test]
+async fn an_overlong_completion_is_cut_to_what_rms_read_not_refused() {
+    let server = Server::start(&config(4, &["length"], ""));
+    let mut client = server.router_client().await;
+    // 200 KB: over limits.kept_text_bytes (64 KiB), under limits.max_text_bytes (1 MiB).
+    let long = format!("{} the end", "word ".repeat(40_000));
+    let results = client
+        .score(score_request(
+            "run",
+            vec![sum_query(vec![1.0; 4], [long.as_str(), "4"])],
+        ))
+        .await
+        .expect("a long completion is scored, not refused")
+        .into_inner()
+        .results;
+    assert_eq!(results[0].scores.len(), 2);
+    assert!(results[0].scores.iter().all(|s| s.is_finite()));
+    let metrics = http_get(server.metrics, "/metrics");
+    let truncated = metrics
+        .lines()
+        .find(|l| l.starts_with("laser_texts_truncated_total{field=\"response\"}"))
+        .unwrap_or_else(|| panic!("no truncation counted:\n{metrics}"));
+    assert!(truncated.ends_with(" 1"), "{truncated}");
 }

@@ -5,6 +5,7 @@ use super::{RequestError, at_most, invalid, selection_mode};
 use crate::api::pb;
 use crate::config::Limits;
 use crate::service::{QueryInput, ScoreCall, ScoredQuery};
+use crate::telemetry::metric;
 
 /// A Score request checked against `limits`.
 pub fn score_call(request: pb::ScoreRequest, limits: &Limits) -> Result<ScoreCall, RequestError> {
@@ -62,6 +63,8 @@ fn query_input(
         "limits.max_text_bytes",
         limits.max_text_bytes,
     )?;
+    let mut prompt = query.prompt;
+    keep_readable(&mut prompt, "prompt", limits);
     if query.responses.is_empty() {
         return Err(invalid(
             field("responses"),
@@ -82,12 +85,33 @@ fn query_input(
             limits.max_text_bytes,
         )?;
     }
+    let mut responses = query.responses;
+    for response in &mut responses {
+        keep_readable(response, "response", limits);
+    }
     Ok(QueryInput {
         id: query.id,
         context: query.context,
-        prompt: query.prompt,
-        responses: query.responses,
+        prompt,
+        responses,
     })
+}
+
+/// What joins the kept halves of a cut text.
+const ELISION: &str = " … ";
+
+/// Cut `text` to `limits.kept_text_bytes` when it is longer and truncation is on: its
+/// first and last halves (at character boundaries) joined by [`ELISION`].
+fn keep_readable(text: &mut String, field: &'static str, limits: &Limits) {
+    let kept = limits.kept_text_bytes;
+    if !limits.truncate_long_texts || text.len() <= kept || kept <= ELISION.len() {
+        return;
+    }
+    let room = kept - ELISION.len();
+    let head = text.floor_char_boundary(room / 2);
+    let tail = text.ceil_char_boundary(text.len() - (room - head));
+    *text = format!("{}{ELISION}{}", &text[..head], &text[tail..]);
+    metrics::counter!(metric::TEXTS_TRUNCATED, "field" => field).increment(1);
 }
 
 /// The reply for the service's results.

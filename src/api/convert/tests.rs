@@ -20,7 +20,20 @@ fn query(context: Vec<f32>, responses: &[&str]) -> pb::Query {
     }
 }
 
-fn score(queries: Vec<pb::Query>) -> Result<crate::service::ScoreCall, RequestError> {
+fn score(queries: Vec<pb::Query>, limits: &Limits) -> crate::service::ScoreCall {
+    score_call(
+        pb::ScoreRequest {
+            router: "r".into(),
+            queries,
+            mode: 0,
+            explain: false,
+        },
+        limits,
+    )
+    .unwrap()
+}
+
+fn score_default(queries: Vec<pb::Query>) -> Result<crate::service::ScoreCall, RequestError> {
     score_call(
         pb::ScoreRequest {
             router: "r".into(),
@@ -34,20 +47,20 @@ fn score(queries: Vec<pb::Query>) -> Result<crate::service::ScoreCall, RequestEr
 
 #[test]
 fn bad_queries_name_the_field() {
-    let nan = score(vec![query(vec![0.0, f32::NAN], &["a"])]).unwrap_err();
+    let nan = score_default(vec![query(vec![0.0, f32::NAN], &["a"])]).unwrap_err();
     assert!(
         nan.to_string().starts_with("queries[0].context[1]: is NaN"),
         "{nan}"
     );
-    let empty = score(vec![query(vec![1.0], &["a"]), query(vec![1.0], &[])]).unwrap_err();
+    let empty = score_default(vec![query(vec![1.0], &["a"]), query(vec![1.0], &[])]).unwrap_err();
     assert!(
         empty.to_string().starts_with("queries[1].responses"),
         "{empty}"
     );
-    let none = score(vec![]).unwrap_err();
+    let none = score_default(vec![]).unwrap_err();
     assert!(none.to_string().starts_with("queries"), "{none}");
     let long = "x".repeat(Limits::default().max_text_bytes + 1);
-    let over = score(vec![query(vec![1.0], &[long.as_str()])]).unwrap_err();
+    let over = score_default(vec![query(vec![1.0], &[long.as_str()])]).unwrap_err();
     assert!(matches!(
         over,
         RequestError::OverLimit {
@@ -55,6 +68,49 @@ fn bad_queries_name_the_field() {
             ..
         }
     ));
+}
+
+#[test]
+fn long_texts_keep_both_ends_within_the_kept_bytes() {
+    let limits = Limits {
+        kept_text_bytes: 20,
+        ..Limits::default()
+    };
+    let long = format!("héllo{}wörld", "x".repeat(100));
+    let call = score_call(
+        pb::ScoreRequest {
+            router: "r".into(),
+            queries: vec![pb::Query {
+                prompt: long.clone(),
+                ..query(vec![1.0], &[long.as_str(), "short"])
+            }],
+            mode: 0,
+            explain: false,
+        },
+        &limits,
+    )
+    .unwrap();
+    let query = &call.queries[0];
+    for text in [&query.prompt, &query.responses[0]] {
+        assert!(text.len() <= 20, "{text:?}");
+        assert!(
+            text.starts_with("héllo") && text.ends_with("wörld"),
+            "{text:?}"
+        );
+        assert!(text.contains(" … "), "{text:?}");
+    }
+    assert_eq!(query.responses[1], "short");
+    // Off: kept whole up to the hard limit.
+    let whole = Limits {
+        truncate_long_texts: false,
+        ..limits
+    };
+    let call = score(vec![query_with(&long)], &whole);
+    assert_eq!(call.queries[0].responses[0], long);
+}
+
+fn query_with(response: &str) -> pb::Query {
+    query(vec![1.0], &[response])
 }
 
 #[test]
