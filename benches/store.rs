@@ -13,7 +13,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use laser_router::bandit::Normalization;
-use laser_router::routers::{FeedbackSignal, RouterSettings, Routers, RoutersOptions};
+use laser_router::routers::{
+    FeedbackForm, FeedbackSignal, RouterSettings, Routers, RoutersOptions,
+};
 use laser_router::store::{Store, StoreOptions};
 
 const ROUTER: &str = "bench";
@@ -91,7 +93,7 @@ fn record(
     let mut ids = Vec::with_capacity(count);
     for first in (start..start + count).step_by(batch) {
         let contexts: Vec<Vec<f32>> = (first..first + batch).map(|t| context(t, dim)).collect();
-        let selection = router
+        let mut selection = router
             .lock()
             .unwrap()
             .select(&contexts, None, false, &serving)
@@ -99,9 +101,9 @@ fn record(
         let batch_ids: Vec<String> = (0..selection.decisions.len())
             .map(|i| format!("d{}", first + i))
             .collect();
-        let (durable, _, _) = routers
-            .record(&router, selection, batch_ids.clone(), 0)
-            .unwrap();
+        let mut next = batch_ids.iter().cloned();
+        selection.assign_ids(|| next.next().expect("one id per decision"));
+        let (durable, _, _) = routers.record(&router, &selection, 0).unwrap();
         durable.wait_blocking().unwrap();
         ids.extend(batch_ids);
     }
@@ -112,9 +114,13 @@ fn feedback(routers: &Routers, ids: Vec<String>, arms: usize, reward: f64) {
     let applied = routers
         .feedback(
             ROUTER,
-            ids,
-            FeedbackSignal::Reward(reward),
+            FeedbackForm::Decisions {
+                decision_ids: ids,
+                signal: FeedbackSignal::Reward(reward),
+            },
+            None,
             serving(arms),
+            0,
             0,
         )
         .unwrap();

@@ -10,11 +10,13 @@
 use std::path::Path;
 
 use crate::config::Config;
+use crate::routers::state::RouterStateV1;
 use crate::routers::{RouterError, RouterState, Routers, RoutersOptions};
 use crate::store::{Store, StoreError, StoreOptions, frame};
 
 const EXPORT_MAGIC: &[u8; 8] = b"LASERRTR";
-const EXPORT_VERSION: u32 = 1;
+/// Version 2: routers with decision groups and idempotency keys; version 1 is still read.
+const EXPORT_VERSION: u32 = 2;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StateCliError {
@@ -77,15 +79,19 @@ pub fn import(config: &Config, name: &str, file: &Path) -> Result<String, StateC
         return Err(file_error(file)("not a laser-router router export".into()));
     }
     let version = u32::from_le_bytes(bytes[8..12].try_into().expect("4 bytes"));
-    if version != EXPORT_VERSION {
+    if !(1..=EXPORT_VERSION).contains(&version) {
         return Err(file_error(file)(format!(
             "unsupported export version {version}"
         )));
     }
     let (_, payload) =
         frame::read_blob(&bytes[12..]).map_err(|e| file_error(file)(e.to_string()))?;
-    let state: RouterState =
-        postcard::from_bytes(payload).map_err(|e| file_error(file)(e.to_string()))?;
+    let state: RouterState = if version == 1 {
+        postcard::from_bytes::<RouterStateV1>(payload).map(RouterState::from)
+    } else {
+        postcard::from_bytes(payload)
+    }
+    .map_err(|e| file_error(file)(e.to_string()))?;
     let line = format!(
         "imported router {name:?} ({}) from {}",
         summary(&state),

@@ -68,6 +68,7 @@ impl From<RouterError> for Status {
             RouterError::NoRewardModels { .. } => Code::FailedPrecondition,
             RouterError::FixedRewardModelUnavailable { .. } => Code::FailedPrecondition,
             RouterError::RewardOutOfRange { .. } => Code::InvalidArgument,
+            RouterError::IdempotencyKeyReused { .. } => Code::FailedPrecondition,
             RouterError::UnknownDecisions {
                 router,
                 decision_ids,

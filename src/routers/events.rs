@@ -1,7 +1,11 @@
 //! What a router emits and what its log keeps: the outcome of a selection
-//! ([`Selection`], one [`Decision`] per query or per batch), the events that change a
-//! router ([`RouterEvent`]: decisions recorded, feedback, reset), and what applying
+//! ([`Selection`], one [`Decision`] per query, per group or per batch), the events that
+//! change a router ([`RouterEvent`]: decisions recorded, feedback, reset), and what applying
 //! feedback did ([`FeedbackOutcome`]).
+//!
+//! The log format grows by appending: `Recorded` and `Feedback` are the first format's
+//! events (still applied when replayed); the live path writes `RecordedInGroups` and
+//! `FeedbackKeyed`.
 //!
 //! Events carry their time and the serving RMs, so applying one is deterministic: the
 //! live path and recovery apply the same bytes to the same result. Plain data, no cost
@@ -11,15 +15,32 @@ use serde::{Deserialize, Serialize};
 
 use crate::bandit::ArmEstimate;
 
-/// A choice for one query (or for the whole request in per-batch mode).
+/// Where a selection's decision comes from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum DecisionSource {
+    /// Made by this selection: recorded when its Score succeeds.
+    Fresh,
+    /// Made for a group by a Score still in flight (or one that failed): recorded by
+    /// whichever Score using it succeeds first.
+    Reserved,
+    /// A recorded decision of the query's group, awaiting feedback: nothing to record.
+    Pending,
+}
+
+/// A choice for one query (or for a group, or for the whole request in per-batch mode).
 #[derive(Clone, Debug)]
 pub struct Decision {
+    /// The decision's id (empty until [`Selection::assign_ids`] for a fresh decision).
+    pub decision_id: String,
     /// The RMs to score with: one, or every member for the ensemble policy.
     pub reward_models: Vec<String>,
     /// Indices of the queries this decision covers.
     pub queries: Vec<usize>,
-    /// Every available arm's estimate, when asked for (LinUCB).
+    /// Every available arm's estimate, when asked for (LinUCB; fresh decisions only).
     pub estimates: Vec<(String, ArmEstimate)>,
+    pub(super) source: DecisionSource,
+    /// The groups that share this decision.
+    pub(super) groups: Vec<String>,
     pub(super) ensemble: bool,
     pub(super) context: Vec<f64>,
     pub(super) probability: f64,
@@ -30,6 +51,23 @@ impl Decision {
     /// Whether this decision combines several RMs (ensemble policy).
     pub fn is_ensemble(&self) -> bool {
         self.ensemble
+    }
+
+    /// Whether this Score made the decision (a group's earlier decision is not counted
+    /// again).
+    pub fn is_new(&self) -> bool {
+        self.source == DecisionSource::Fresh
+    }
+
+    pub(super) fn recorded(&self) -> RecordedDecision {
+        RecordedDecision {
+            decision_id: self.decision_id.clone(),
+            reward_models: self.reward_models.clone(),
+            ensemble: self.ensemble,
+            context: self.context.clone(),
+            probability: self.probability,
+            arm_count: self.arm_count,
+        }
     }
 }
 
@@ -42,29 +80,33 @@ pub struct Selection {
 }
 
 impl Selection {
-    /// The `Recorded` event for these decisions under `decision_ids` (one per decision).
-    pub fn recorded(self, decision_ids: Vec<String>, now_unix_ms: i64) -> RouterEvent {
-        assert_eq!(
-            decision_ids.len(),
-            self.decisions.len(),
-            "one id per decision"
-        );
-        RouterEvent::Recorded {
+    /// Give each fresh decision an id from `new_id`, in decision order.
+    pub fn assign_ids(&mut self, mut new_id: impl FnMut() -> String) {
+        for decision in &mut self.decisions {
+            if decision.source == DecisionSource::Fresh {
+                decision.decision_id = new_id();
+            }
+        }
+    }
+
+    /// The event recording these decisions, fresh ones under `decision_ids` (one per fresh
+    /// decision, in order), without looking at what the router recorded meanwhile (tests
+    /// and benches; the live path uses `Router::recording`).
+    pub fn recorded(mut self, decision_ids: Vec<String>, now_unix_ms: i64) -> RouterEvent {
+        let fresh = self.decisions.iter().filter(|d| d.is_new()).count();
+        assert_eq!(decision_ids.len(), fresh, "one id per fresh decision");
+        let mut ids = decision_ids.into_iter();
+        self.assign_ids(|| ids.next().expect("counted"));
+        let decisions: Vec<&Decision> = self
+            .decisions
+            .iter()
+            .filter(|d| d.source != DecisionSource::Pending)
+            .collect();
+        RouterEvent::RecordedInGroups {
             now_unix_ms,
-            serving: self.serving,
-            decisions: self
-                .decisions
-                .into_iter()
-                .zip(decision_ids)
-                .map(|(decision, decision_id)| RecordedDecision {
-                    decision_id,
-                    reward_models: decision.reward_models,
-                    ensemble: decision.ensemble,
-                    context: decision.context,
-                    probability: decision.probability,
-                    arm_count: decision.arm_count,
-                })
-                .collect(),
+            serving: self.serving.clone(),
+            decisions: decisions.iter().map(|d| d.recorded()).collect(),
+            groups: decisions.iter().map(|d| d.groups.clone()).collect(),
         }
     }
 }
@@ -108,13 +150,103 @@ pub enum RouterEvent {
     Reset {
         serving: Vec<String>,
     },
+    /// Decisions recorded; `groups[i]` are the groups that share `decisions[i]`.
+    RecordedInGroups {
+        now_unix_ms: i64,
+        serving: Vec<String>,
+        decisions: Vec<RecordedDecision>,
+        groups: Vec<Vec<String>>,
+    },
+    /// Feedback in any of its forms, with the request's idempotency key when it had one.
+    FeedbackKeyed {
+        now_unix_ms: i64,
+        serving: Vec<String>,
+        signals: FeedbackSignals,
+        key: Option<IdempotencyKey>,
+    },
 }
 
-/// One answered decision and the RMs it chose (several for an ensemble decision).
+/// Which decisions a Feedback names, with which signals.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum FeedbackSignals {
+    /// One signal for every listed decision (one reward enters the normalization).
+    Shared {
+        decision_ids: Vec<String>,
+        signal: FeedbackSignal,
+    },
+    /// A signal per decision (each reward enters the normalization, in order).
+    PerDecision(Vec<(String, FeedbackSignal)>),
+}
+
+impl FeedbackSignals {
+    /// The decision ids named, in request order.
+    pub fn decision_ids(&self) -> Vec<&str> {
+        match self {
+            FeedbackSignals::Shared { decision_ids, .. } => {
+                decision_ids.iter().map(String::as_str).collect()
+            }
+            FeedbackSignals::PerDecision(signals) => {
+                signals.iter().map(|(id, _)| id.as_str()).collect()
+            }
+        }
+    }
+
+    /// Every signal carried.
+    pub fn signals(&self) -> Vec<FeedbackSignal> {
+        match self {
+            FeedbackSignals::Shared { signal, .. } => vec![*signal],
+            FeedbackSignals::PerDecision(signals) => signals.iter().map(|(_, s)| *s).collect(),
+        }
+    }
+}
+
+/// What a Feedback request asks, before the router resolves it into [`FeedbackSignals`].
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum FeedbackForm {
+    /// One signal for the listed decisions.
+    Decisions {
+        decision_ids: Vec<String>,
+        signal: FeedbackSignal,
+    },
+    /// A signal per decision.
+    PerDecision(Vec<(String, FeedbackSignal)>),
+    /// One signal for every decision awaiting feedback made before the request arrived.
+    AllPending { signal: FeedbackSignal },
+}
+
+impl FeedbackForm {
+    /// A stable 64-bit fingerprint of the request (FNV-1a over its encoding), so a retry
+    /// under the same idempotency key is recognized across restarts.
+    pub fn fingerprint(&self) -> u64 {
+        let bytes = postcard::to_stdvec(self).expect("plain data encodes");
+        bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |hash, &byte| {
+            (hash ^ byte as u64).wrapping_mul(0x0000_0100_0000_01b3)
+        })
+    }
+}
+
+/// A Feedback's idempotency key and the fingerprint of the request it came with.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IdempotencyKey {
+    pub key: String,
+    pub fingerprint: u64,
+}
+
+/// The counts a Feedback answered, kept per idempotency key to answer a retry.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FeedbackCounts {
+    pub applied: u32,
+    pub duplicate: u32,
+    pub not_applied: u32,
+}
+
+/// One answered decision, the RMs it chose (several for an ensemble decision) and the
+/// normalized reward it got.
 #[derive(Clone, Debug, PartialEq)]
 pub struct AnsweredDecision {
     pub decision_id: String,
     pub reward_models: Vec<String>,
+    pub reward: f64,
 }
 
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -125,12 +257,22 @@ pub struct FeedbackOutcome {
     pub duplicate: usize,
     /// Decisions acknowledged but not applied: their RM no longer serves.
     pub not_applied: Vec<AnsweredDecision>,
-    /// The normalized reward applied (when anything was applied).
-    pub reward: Option<f64>,
+    /// The answer first given for this request's idempotency key: nothing was applied now.
+    pub replayed: Option<FeedbackCounts>,
     /// Milliseconds from each applied decision's recording to this feedback.
     pub lags_ms: Vec<i64>,
     /// Mean normalized reward, after this feedback, of each arm it updated.
     pub arm_mean_rewards: Vec<(String, f64)>,
+}
+
+impl FeedbackOutcome {
+    pub fn counts(&self) -> FeedbackCounts {
+        self.replayed.unwrap_or(FeedbackCounts {
+            applied: self.applied.len() as u32,
+            duplicate: self.duplicate as u32,
+            not_applied: self.not_applied.len() as u32,
+        })
+    }
 }
 
 /// Decisions evicted before their feedback arrived.

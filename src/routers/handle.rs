@@ -9,7 +9,7 @@
 
 use std::sync::Arc;
 
-use super::events::{Evictions, FeedbackOutcome, FeedbackSignal, Selection};
+use super::events::{Evictions, FeedbackForm, FeedbackOutcome, Selection};
 use super::ledger::RewardModelChanges;
 use super::registry::SharedRouter;
 use super::router::Router;
@@ -29,6 +29,22 @@ pub struct RoutersHandle {
 pub struct SelectedFor {
     router: SharedRouter,
     pub selection: Selection,
+}
+
+/// What a Score asks of the router: a context and optional group per query.
+pub struct SelectionInput {
+    pub contexts: Vec<Vec<f32>>,
+    pub groups: Vec<Option<String>>,
+    pub mode: Option<SelectionMode>,
+    pub explain: bool,
+}
+
+/// Milliseconds since the Unix epoch (the clock events are stamped with).
+pub fn unix_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
 }
 
 /// After decisions are recorded (and durable).
@@ -103,21 +119,35 @@ impl RoutersHandle {
 
     /// Pick RMs among `serving` for each context on the router `name` (created on first
     /// use when the server does that; the creation is durable before this returns).
+    /// Queries of a group share its decision (see `Router::select_grouped`); fresh
+    /// decisions get their ids here.
     pub async fn select(
         &self,
         name: String,
-        contexts: Vec<Vec<f32>>,
-        mode: Option<SelectionMode>,
-        explain: bool,
+        queries: SelectionInput,
         serving: Vec<String>,
+        now_unix_ms: i64,
     ) -> Result<SelectedFor, RouterError> {
         let (router, created, selection) = self
             .blocking(move |routers| {
                 let (router, created) = routers.get_or_create(&name, &serving)?;
-                let selection = router
-                    .lock()
-                    .expect("router lock poisoned")
-                    .select(&contexts, mode, explain, &serving);
+                let selection = {
+                    let mut locked = router.lock().expect("router lock poisoned");
+                    locked
+                        .select_grouped(
+                            &queries.contexts,
+                            &queries.groups,
+                            queries.mode,
+                            queries.explain,
+                            &serving,
+                            now_unix_ms,
+                        )
+                        .map(|mut selection| {
+                            let new_id = || uuid::Uuid::new_v4().simple().to_string();
+                            locked.reserve(&mut selection, new_id, now_unix_ms);
+                            selection
+                        })
+                };
                 Ok((router, created, selection))
             })
             .await?;
@@ -130,16 +160,15 @@ impl RoutersHandle {
         })
     }
 
-    /// Record a selection's decisions under `decision_ids`; returns once they are durable.
+    /// Record a selection's new decisions; returns once they are durable.
     pub async fn record(
         &self,
         selected: SelectedFor,
-        decision_ids: Vec<String>,
         now_unix_ms: i64,
     ) -> Result<RecordReport, RouterError> {
         let SelectedFor { router, selection } = selected;
         let (durable, pending, evictions) = self
-            .blocking(move |routers| routers.record(&router, selection, decision_ids, now_unix_ms))
+            .blocking(move |routers| routers.record(&router, &selection, now_unix_ms))
             .await?;
         Ticket(durable).acknowledged().await?;
         Ok(RecordReport { pending, evictions })
@@ -149,14 +178,22 @@ impl RoutersHandle {
     pub async fn feedback(
         &self,
         name: String,
-        decision_ids: Vec<String>,
-        signal: FeedbackSignal,
+        form: FeedbackForm,
+        idempotency_key: Option<String>,
         serving: Vec<String>,
-        now_unix_ms: i64,
+        arrived_unix_ms: i64,
     ) -> Result<FeedbackReport, RouterError> {
         let applied = self
             .blocking(move |routers| {
-                routers.feedback(&name, decision_ids, signal, serving, now_unix_ms)
+                let now_unix_ms = arrived_unix_ms.max(crate::routers::handle::unix_ms());
+                routers.feedback(
+                    &name,
+                    form,
+                    idempotency_key,
+                    serving,
+                    arrived_unix_ms,
+                    now_unix_ms,
+                )
             })
             .await?;
         Ticket(applied.durable).acknowledged().await?;

@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use super::router::Router;
 use super::settings::RouterSettings;
-use super::state::RouterState;
+use super::state::{RouterState, RouterStateV1};
 use super::{RouterError, RouterEvent, Routers};
 use crate::models::RewardModelSpec;
 use crate::store::{Durable, Recovered, Store};
@@ -35,10 +35,10 @@ pub enum StateEvent {
         name: String,
         event: RouterEvent,
     },
-    /// A whole router state (import), replacing any router of that name.
-    RouterImported {
+    /// A whole router state in format 1 (imports logged before format 2).
+    RouterImportedV1 {
         name: String,
-        state: Box<RouterState>,
+        state: Box<RouterStateV1>,
     },
     /// An RM published through Admin.AddRewardModel.
     RewardModelAdded {
@@ -47,6 +47,11 @@ pub enum StateEvent {
     /// An RM unpublished through Admin.RemoveRewardModel (config RMs included).
     RewardModelRemoved {
         name: String,
+    },
+    /// A whole router state (import), replacing any router of that name.
+    RouterImported {
+        name: String,
+        state: Box<RouterState>,
     },
 }
 
@@ -64,6 +69,27 @@ pub struct RewardModelChanges {
 struct Snapshot {
     routers: Vec<RouterState>,
     reward_models: RewardModelChanges,
+}
+
+/// The payload of a version 1 snapshot.
+#[derive(Deserialize)]
+struct SnapshotV1 {
+    routers: Vec<RouterStateV1>,
+    reward_models: RewardModelChanges,
+}
+
+impl Snapshot {
+    /// Decode a snapshot payload written with store snapshot `version`.
+    fn decode(version: u32, payload: &[u8]) -> Result<Self, postcard::Error> {
+        if version == 1 {
+            let old: SnapshotV1 = postcard::from_bytes(payload)?;
+            return Ok(Snapshot {
+                routers: old.routers.into_iter().map(RouterState::from).collect(),
+                reward_models: old.reward_models,
+            });
+        }
+        postcard::from_bytes(payload)
+    }
 }
 
 /// The store and the bookkeeping around it.
@@ -154,6 +180,10 @@ impl Routers {
                 let router = Router::from_state(name.clone(), *state)?;
                 self.map_mut().insert(name, Arc::new(Mutex::new(router)));
             }
+            StateEvent::RouterImportedV1 { name, state } => {
+                let router = Router::from_state(name.clone(), RouterState::from(*state))?;
+                self.map_mut().insert(name, Arc::new(Mutex::new(router)));
+            }
         }
         Ok(())
     }
@@ -162,7 +192,7 @@ impl Routers {
     /// record through [`Routers::apply`]. Returns the number of records replayed.
     pub fn recover(&self, recovered: Recovered) -> Result<usize, RouterError> {
         if let Some((seq, payload)) = recovered.snapshot {
-            let snapshot: Snapshot = postcard::from_bytes(&payload)
+            let snapshot = Snapshot::decode(recovered.snapshot_version, &payload)
                 .map_err(|source| RouterError::Decode { seq, source })?;
             *self
                 .reward_model_changes

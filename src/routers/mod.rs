@@ -34,9 +34,13 @@ mod tests;
 /// carry.
 pub use crate::store::StoreError;
 pub use events::{
-    AnsweredDecision, Decision, Evictions, FeedbackOutcome, FeedbackSignal, RouterEvent, Selection,
+    AnsweredDecision, Decision, Evictions, FeedbackCounts, FeedbackForm, FeedbackOutcome,
+    FeedbackSignal, FeedbackSignals, IdempotencyKey, RouterEvent, Selection,
 };
-pub use handle::{FeedbackReport, RecordReport, RouterInfo, RoutersHandle, SelectedFor, Ticket};
+pub use handle::{
+    FeedbackReport, RecordReport, RouterInfo, RoutersHandle, SelectedFor, SelectionInput, Ticket,
+    unix_ms,
+};
 pub use ledger::{RewardModelChanges, StateEvent};
 pub use registry::{Routers, RoutersOptions};
 pub use router::Router;
@@ -83,6 +87,11 @@ pub enum RouterError {
         router: String,
         decision_ids: Vec<String>,
     },
+    /// A Feedback idempotency key already answered a different request.
+    #[error(
+        "idempotency key {key:?} of router {router:?} was used for a different Feedback; use a new key per request"
+    )]
+    IdempotencyKeyReused { router: String, key: String },
     #[error("reward {reward} is outside [0, 1]; router {router:?} has reward_is_normalized set")]
     RewardOutOfRange { router: String, reward: f64 },
     /// `field` is the settings key (config `[routers]`, CreateRouter's `settings`).

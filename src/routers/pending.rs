@@ -1,6 +1,8 @@
 //! The pending-decision book of one router: decisions awaiting feedback (bounded by count
 //! and by age), the ids already answered (bounded the same way, so a repeated id is a
-//! duplicate, not an unknown), and how many decisions were evicted unanswered.
+//! duplicate, not an unknown), how many decisions were evicted unanswered, which group's
+//! decision each pending decision is, and the answers given per Feedback idempotency key
+//! (bounded the same way).
 //!
 //! Every method is driven by the router's events (times come from the event, never from a
 //! clock), so a replayed book equals the live one. Cost: O(1) per insert and take,
@@ -10,7 +12,7 @@ use std::collections::{HashMap, HashSet, VecDeque};
 
 use serde::{Deserialize, Serialize};
 
-use super::events::Evictions;
+use super::events::{Evictions, FeedbackCounts};
 
 /// What a recorded decision chose, by arm index.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -49,9 +51,97 @@ pub(super) struct PendingBook {
     answered: HashSet<String>,
     answered_order: VecDeque<String>,
     evictions: Evictions,
+    /// Group -> its decision (entries whose decision is no longer pending are stale and
+    /// ignored; compacted as the map grows).
+    groups: HashMap<String, String>,
+    /// Idempotency key -> (request fingerprint, the answer given).
+    keys: HashMap<String, (u64, FeedbackCounts)>,
+    key_order: VecDeque<String>,
 }
 
 impl PendingBook {
+    /// The pending decision `decision_id`, if it is younger than `ttl_ms` at `now_unix_ms`.
+    pub(super) fn live(
+        &self,
+        decision_id: &str,
+        now_unix_ms: i64,
+        ttl_ms: i64,
+    ) -> Option<&PendingDecision> {
+        self.pending
+            .get(decision_id)
+            .filter(|d| now_unix_ms - d.created_unix_ms < ttl_ms)
+    }
+
+    /// Whether `decision_id` is pending or was answered.
+    pub(super) fn knows(&self, decision_id: &str) -> bool {
+        self.pending.contains_key(decision_id) || self.answered.contains(decision_id)
+    }
+
+    /// The live decision of `group`: (its id, the decision).
+    pub(super) fn group_decision(
+        &self,
+        group: &str,
+        now_unix_ms: i64,
+        ttl_ms: i64,
+    ) -> Option<(&str, &PendingDecision)> {
+        let id = self.groups.get(group)?;
+        self.live(id, now_unix_ms, ttl_ms).map(|d| (id.as_str(), d))
+    }
+
+    /// Make `decision_id` the decision of `group`.
+    pub(super) fn bind_group(&mut self, group: String, decision_id: String, capacity: usize) {
+        self.groups.insert(group, decision_id);
+        if self.groups.len() > 2 * capacity {
+            let pending = &self.pending;
+            self.groups.retain(|_, id| pending.contains_key(id));
+        }
+    }
+
+    /// Decisions pending at `now_unix_ms` that were made at or before `before_unix_ms`, in
+    /// the order they were made.
+    pub(super) fn made_before(
+        &self,
+        before_unix_ms: i64,
+        now_unix_ms: i64,
+        ttl_ms: i64,
+    ) -> Vec<String> {
+        self.order
+            .iter()
+            .filter(|id| {
+                self.live(id, now_unix_ms, ttl_ms)
+                    .is_some_and(|d| d.created_unix_ms <= before_unix_ms)
+            })
+            .cloned()
+            .collect()
+    }
+
+    /// The answer given for idempotency key `key`: (request fingerprint, counts).
+    pub(super) fn key(&self, key: &str) -> Option<(u64, FeedbackCounts)> {
+        self.keys.get(key).copied()
+    }
+
+    /// Remember the answer for `key`, keeping at most `capacity` keys.
+    pub(super) fn remember_key(
+        &mut self,
+        key: String,
+        fingerprint: u64,
+        counts: FeedbackCounts,
+        capacity: usize,
+    ) {
+        if self
+            .keys
+            .insert(key.clone(), (fingerprint, counts))
+            .is_none()
+        {
+            self.key_order.push_back(key);
+        }
+        while self.key_order.len() > capacity {
+            if let Some(oldest) = self.key_order.pop_front() {
+                self.keys.remove(&oldest);
+            }
+        }
+    }
+
     pub(super) fn len(&self) -> usize {
         self.pending.len()
     }
@@ -148,6 +238,25 @@ impl PendingBook {
                 .collect(),
             answered: self.answered_order.iter().cloned().collect(),
             evictions: self.evictions,
+            groups: {
+                let mut groups: Vec<(String, String)> = self
+                    .groups
+                    .iter()
+                    .filter(|(_, id)| self.pending.contains_key(*id))
+                    .map(|(group, id)| (group.clone(), id.clone()))
+                    .collect();
+                groups.sort();
+                groups
+            },
+            keys: self
+                .key_order
+                .iter()
+                .filter_map(|key| {
+                    self.keys
+                        .get(key)
+                        .map(|&(fingerprint, counts)| (key.clone(), fingerprint, counts))
+                })
+                .collect(),
         }
     }
 
@@ -165,6 +274,11 @@ impl PendingBook {
             book.answered.insert(id.clone());
             book.answered_order.push_back(id);
         }
+        book.groups = parts.groups.into_iter().collect();
+        for (key, fingerprint, counts) in parts.keys {
+            book.keys.insert(key.clone(), (fingerprint, counts));
+            book.key_order.push_back(key);
+        }
         book
     }
 }
@@ -174,4 +288,8 @@ pub(super) struct PendingParts {
     pub(super) pending: Vec<(String, PendingDecision)>,
     pub(super) answered: Vec<String>,
     pub(super) evictions: Evictions,
+    /// (group, its pending decision), sorted by group.
+    pub(super) groups: Vec<(String, String)>,
+    /// (key, request fingerprint, answer), oldest first.
+    pub(super) keys: Vec<(String, u64, FeedbackCounts)>,
 }

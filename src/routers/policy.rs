@@ -182,8 +182,9 @@ pub(super) fn arm_model_fits(settings: &RouterSettings, linucb: Option<&LinUcbAr
 /// Feedback gathered over one request's decisions, applied by [`Updates::apply`].
 #[derive(Default)]
 pub(super) struct Updates {
-    /// LinUCB: the contexts credited to each arm, applied as one rank-r update per arm.
-    contexts: BTreeMap<usize, Vec<Vec<f64>>>,
+    /// LinUCB: the (context, reward) pairs credited to each arm, applied as one rank-r
+    /// update per arm.
+    contexts: BTreeMap<usize, Vec<(Vec<f64>, f64)>>,
 }
 
 impl Updates {
@@ -199,7 +200,11 @@ impl Updates {
         reward: f64,
     ) {
         match settings.policy {
-            Policy::LinUcb => self.contexts.entry(arm).or_default().push(context),
+            Policy::LinUcb => self
+                .contexts
+                .entry(arm)
+                .or_default()
+                .push((context, reward)),
             Policy::Exp3 { gamma } => {
                 arms[arm].log_weight +=
                     exp3::log_weight_increment(reward, probability, arm_count, gamma);
@@ -209,11 +214,11 @@ impl Updates {
     }
 
     /// Apply the gathered LinUCB updates, arm by arm in index order.
-    pub(super) fn apply(self, settings: &RouterSettings, arms: &mut [Arm], reward: f64) {
+    pub(super) fn apply(self, settings: &RouterSettings, arms: &mut [Arm]) {
         let dim = settings.arm_dim();
-        for (arm, contexts) in self.contexts {
-            let batch = Mat::from_fn(dim, contexts.len(), |i, j| contexts[j][i]);
-            let rewards = vec![reward; contexts.len()];
+        for (arm, credited) in self.contexts {
+            let batch = Mat::from_fn(dim, credited.len(), |i, j| credited[j].0[i]);
+            let rewards: Vec<f64> = credited.iter().map(|(_, reward)| *reward).collect();
             arms[arm]
                 .linucb
                 .as_mut()

@@ -11,7 +11,10 @@
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, RwLock, RwLockWriteGuard};
 
-use super::events::{Evictions, FeedbackOutcome, FeedbackSignal, RouterEvent, Selection};
+use super::events::{
+    Evictions, FeedbackForm, FeedbackOutcome, FeedbackSignals, IdempotencyKey, RouterEvent,
+    Selection,
+};
 use super::ledger::{Ledger, RewardModelChanges, StateEvent};
 use super::settings::{RouterSettings, RouterSettingsPatch};
 use super::state::RouterState;
@@ -252,44 +255,99 @@ impl Routers {
         Ok((router, durable))
     }
 
-    /// Record the decisions of a completed Score under `decision_ids`. Returns the
-    /// router's pending count and evictions after recording.
+    /// Record the decisions of a completed Score (its fresh decisions, and reserved ones
+    /// no other Score recorded meanwhile). Returns the router's pending count and evictions
+    /// after recording.
     pub fn record(
         &self,
         router: &SharedRouter,
-        selection: Selection,
-        decision_ids: Vec<String>,
+        selection: &Selection,
         now_unix_ms: i64,
     ) -> Result<(Durable, usize, Evictions), RouterError> {
         let _gate = self.ledger.change();
         let mut locked = router.lock().expect("router lock poisoned");
-        let event = selection.recorded(decision_ids, now_unix_ms);
-        let durable = self.ledger.log(&StateEvent::Router {
-            name: locked.name().to_string(),
-            event: event.clone(),
-        })?;
-        locked.apply(event)?;
+        let durable = match locked.recording(selection, now_unix_ms) {
+            Some(event) => {
+                let durable = self.ledger.log(&StateEvent::Router {
+                    name: locked.name().to_string(),
+                    event: event.clone(),
+                })?;
+                locked.apply(event)?;
+                durable
+            }
+            None => Durable::done(),
+        };
         Ok((durable, locked.pending_decisions(), locked.evictions()))
     }
 
-    /// Check, log and apply a Feedback, all or nothing.
+    /// Check, log and apply a Feedback, all or nothing. `arrived_unix_ms` is when the
+    /// request arrived (the cut of [`FeedbackForm::AllPending`]). With an idempotency key
+    /// already answered for the same request, the first answer comes back and nothing is
+    /// logged; for another request, `IdempotencyKeyReused`.
     pub fn feedback(
         &self,
         name: &str,
-        decision_ids: Vec<String>,
-        signal: FeedbackSignal,
+        form: FeedbackForm,
+        idempotency_key: Option<String>,
         serving: Vec<String>,
+        arrived_unix_ms: i64,
         now_unix_ms: i64,
     ) -> Result<FeedbackApplied, RouterError> {
         let router = self.get(name)?;
         let _gate = self.ledger.change();
         let mut locked = router.lock().expect("router lock poisoned");
-        locked.check_feedback(&decision_ids, signal, now_unix_ms)?;
-        let event = RouterEvent::Feedback {
+        let key = idempotency_key.map(|key| IdempotencyKey {
+            key,
+            fingerprint: form.fingerprint(),
+        });
+        if let Some(key) = &key
+            && let Some((fingerprint, counts)) = locked.answered_key(&key.key)
+        {
+            if fingerprint != key.fingerprint {
+                return Err(RouterError::IdempotencyKeyReused {
+                    router: name.to_string(),
+                    key: key.key.clone(),
+                });
+            }
+            return Ok(FeedbackApplied {
+                outcome: FeedbackOutcome {
+                    replayed: Some(counts),
+                    ..FeedbackOutcome::default()
+                },
+                pending: locked.pending_decisions(),
+                evictions: locked.evictions(),
+                durable: Durable::done(),
+            });
+        }
+        let signals = match form {
+            FeedbackForm::Decisions {
+                decision_ids,
+                signal,
+            } => FeedbackSignals::Shared {
+                decision_ids,
+                signal,
+            },
+            FeedbackForm::PerDecision(signals) => FeedbackSignals::PerDecision(signals),
+            FeedbackForm::AllPending { signal } => FeedbackSignals::Shared {
+                decision_ids: locked.pending_made_before(arrived_unix_ms, now_unix_ms),
+                signal,
+            },
+        };
+        locked.check_feedback(&signals, now_unix_ms)?;
+        if signals.decision_ids().is_empty() && key.is_none() {
+            // Nothing awaited feedback: nothing to log.
+            return Ok(FeedbackApplied {
+                outcome: FeedbackOutcome::default(),
+                pending: locked.pending_decisions(),
+                evictions: locked.evictions(),
+                durable: Durable::done(),
+            });
+        }
+        let event = RouterEvent::FeedbackKeyed {
             now_unix_ms,
             serving,
-            decision_ids,
-            signal,
+            signals,
+            key,
         };
         let durable = self.ledger.log(&StateEvent::Router {
             name: name.to_string(),

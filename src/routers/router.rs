@@ -30,8 +30,8 @@ use rand::rngs::StdRng;
 
 use super::RouterError;
 use super::events::{
-    AnsweredDecision, Decision, Evictions, FeedbackOutcome, FeedbackSignal, RecordedDecision,
-    RouterEvent, Selection,
+    AnsweredDecision, Decision, DecisionSource, Evictions, FeedbackOutcome, FeedbackSignal,
+    FeedbackSignals, IdempotencyKey, RecordedDecision, RouterEvent, Selection,
 };
 use super::pending::{Choice, PendingBook, PendingDecision};
 use super::policy::{self, Plan, Updates};
@@ -67,6 +67,9 @@ pub struct Router {
     pub(super) decisions_recorded: u64,
     pub(super) context_sum: Vec<f64>,
     pub(super) contexts_seen: u64,
+    /// Group -> (a decision made for it by a Score not recorded yet, when it was made).
+    /// In memory only: it lets concurrent Scores of one group share one decision.
+    pub(super) reserved: HashMap<String, (Decision, i64)>,
 }
 
 impl Router {
@@ -88,6 +91,7 @@ impl Router {
             book: PendingBook::default(),
             decisions_recorded: 0,
             contexts_seen: 0,
+            reserved: HashMap::new(),
         };
         for reward_model in serving {
             if router.settings.accepts(reward_model) {
@@ -150,6 +154,24 @@ impl Router {
         explain: bool,
         serving: &[String],
     ) -> Result<Selection, RouterError> {
+        let groups = vec![None; contexts.len()];
+        self.select_grouped(contexts, &groups, mode, explain, serving, 0)
+    }
+
+    /// [`Router::select`] where `groups[i]` is query i's group: a query whose group has a
+    /// decision awaiting feedback (recorded, or reserved by a Score in flight, younger than
+    /// the TTL at `now_unix_ms`, its RMs still serving) reuses it; new groups get one
+    /// decision each (on the context of their first query; in per-batch mode, the batch's).
+    pub fn select_grouped(
+        &self,
+        contexts: &[Vec<f32>],
+        groups: &[Option<String>],
+        mode: Option<SelectionMode>,
+        explain: bool,
+        serving: &[String],
+        now_unix_ms: i64,
+    ) -> Result<Selection, RouterError> {
+        assert_eq!(groups.len(), contexts.len(), "one group slot per query");
         self.check_contexts(contexts)?;
         let candidates = self.candidates(serving);
         if candidates.is_empty() {
@@ -157,81 +179,234 @@ impl Router {
                 router: self.name.clone(),
             });
         }
-        let processed: Vec<Vec<f64>> = contexts.iter().map(|c| self.transform.apply(c)).collect();
-        let groups: Vec<(Vec<usize>, Vec<f64>)> = match mode.unwrap_or(self.settings.default_mode) {
-            SelectionMode::PerQuery => processed
-                .into_iter()
-                .enumerate()
-                .map(|(i, x)| (vec![i], x))
-                .collect(),
+
+        // Queries of a group that already has a decision reuse it.
+        let mut decisions: Vec<Decision> = Vec::new();
+        let mut reused: HashMap<&str, usize> = HashMap::new();
+        let mut fresh: Vec<usize> = Vec::new();
+        for (query, group) in groups.iter().enumerate() {
+            let Some(group) = group else {
+                fresh.push(query);
+                continue;
+            };
+            if let Some(&index) = reused.get(group.as_str()) {
+                decisions[index].queries.push(query);
+                continue;
+            }
+            match self.existing_decision(group, serving, now_unix_ms) {
+                Some(mut decision) => {
+                    decision.queries = vec![query];
+                    reused.insert(group, decisions.len());
+                    decisions.push(decision);
+                }
+                None => fresh.push(query),
+            }
+        }
+        if fresh.is_empty() {
+            return Ok(Selection {
+                decisions,
+                serving: serving.to_vec(),
+            });
+        }
+
+        // The rest: one decision per query, per new group, or for the batch.
+        let mut units: Vec<(Vec<usize>, Vec<String>, Vec<f64>)> = Vec::new();
+        match mode.unwrap_or(self.settings.default_mode) {
+            SelectionMode::PerQuery => {
+                let mut unit_of_group: HashMap<&str, usize> = HashMap::new();
+                for &query in &fresh {
+                    match &groups[query] {
+                        Some(group) if unit_of_group.contains_key(group.as_str()) => {
+                            units[unit_of_group[group.as_str()]].0.push(query);
+                        }
+                        group => {
+                            if let Some(group) = group {
+                                unit_of_group.insert(group, units.len());
+                            }
+                            let context = self.transform.apply(&contexts[query]);
+                            units.push((vec![query], group.iter().cloned().collect(), context));
+                        }
+                    }
+                }
+            }
             SelectionMode::PerBatch => {
                 let mut mean = vec![0.0; self.settings.arm_dim()];
-                for x in &processed {
-                    mean.iter_mut().zip(x).for_each(|(m, v)| *m += v);
+                for &query in &fresh {
+                    let x = self.transform.apply(&contexts[query]);
+                    mean.iter_mut().zip(&x).for_each(|(m, v)| *m += v);
                 }
-                let count = processed.len().max(1) as f64;
+                let count = fresh.len() as f64;
                 mean.iter_mut().for_each(|m| *m /= count);
-                vec![((0..processed.len()).collect(), mean)]
+                let mut unit_groups: Vec<String> = Vec::new();
+                for group in fresh.iter().filter_map(|&q| groups[q].as_ref()) {
+                    if !unit_groups.contains(group) {
+                        unit_groups.push(group.clone());
+                    }
+                }
+                units.push((fresh.clone(), unit_groups, mean));
             }
-        };
-        let group_contexts: Vec<Vec<f64>> = groups.iter().map(|(_, x)| x.clone()).collect();
+        }
+        let unit_contexts: Vec<Vec<f64>> = units.iter().map(|(_, _, x)| x.clone()).collect();
         let plan = Plan::new(
             &self.name,
             &self.settings,
             &self.arms,
             &candidates,
-            &group_contexts,
+            &unit_contexts,
             self.decisions_recorded,
         )?;
         let ensemble = policy::is_ensemble(&self.settings.policy);
-        let decisions = groups
-            .into_iter()
-            .enumerate()
-            .map(|(group, (queries, context))| {
-                let chosen = plan.choose(group, &candidates, &mut self.rng_for(group), explain);
-                Decision {
-                    reward_models: chosen
-                        .candidates
-                        .iter()
-                        .map(|&c| candidates[c].reward_model.clone())
-                        .collect(),
-                    queries,
-                    estimates: chosen.explained,
-                    ensemble,
-                    context,
-                    probability: chosen.probability,
-                    arm_count: candidates.len(),
-                }
-            })
-            .collect();
+        for (unit, (queries, unit_groups, context)) in units.into_iter().enumerate() {
+            let chosen = plan.choose(unit, &candidates, &mut self.rng_for(unit), explain);
+            decisions.push(Decision {
+                decision_id: String::new(),
+                reward_models: chosen
+                    .candidates
+                    .iter()
+                    .map(|&c| candidates[c].reward_model.clone())
+                    .collect(),
+                queries,
+                estimates: chosen.explained,
+                source: DecisionSource::Fresh,
+                groups: unit_groups,
+                ensemble,
+                context,
+                probability: chosen.probability,
+                arm_count: candidates.len(),
+            });
+        }
         Ok(Selection {
             decisions,
             serving: serving.to_vec(),
         })
     }
 
+    /// The decision `group` already has, if any is live and its RMs serve.
+    fn existing_decision(
+        &self,
+        group: &str,
+        serving: &[String],
+        now_unix_ms: i64,
+    ) -> Option<Decision> {
+        let ttl = self.ttl_ms();
+        if let Some((decision_id, pending)) = self.book.group_decision(group, now_unix_ms, ttl) {
+            let available = self.available(serving);
+            let members = pending.choice.arms();
+            if !members.iter().all(|arm| available.contains(arm)) {
+                return None;
+            }
+            return Some(Decision {
+                decision_id: decision_id.to_string(),
+                reward_models: members
+                    .iter()
+                    .map(|&arm| self.arms[arm].reward_model.clone())
+                    .collect(),
+                queries: Vec::new(),
+                estimates: Vec::new(),
+                source: DecisionSource::Pending,
+                groups: vec![group.to_string()],
+                ensemble: matches!(pending.choice, Choice::Ensemble(_)),
+                context: Vec::new(),
+                probability: pending.probability,
+                arm_count: pending.arm_count,
+            });
+        }
+        let (decision, made_unix_ms) = self.reserved.get(group)?;
+        let live = now_unix_ms - made_unix_ms < ttl
+            && !self.book.knows(&decision.decision_id)
+            && decision.reward_models.iter().all(|rm| serving.contains(rm));
+        live.then(|| Decision {
+            source: DecisionSource::Reserved,
+            estimates: Vec::new(),
+            ..decision.clone()
+        })
+    }
+
+    /// Give the selection's fresh decisions their ids (from `new_id`) and reserve each new
+    /// group's decision, so that Scores of the same group arriving before this one is
+    /// recorded share it. In memory only; the recorded decisions are what the log keeps.
+    pub fn reserve(
+        &mut self,
+        selection: &mut Selection,
+        new_id: impl FnMut() -> String,
+        now_unix_ms: i64,
+    ) {
+        selection.assign_ids(new_id);
+        for decision in selection.decisions.iter().filter(|d| d.is_new()) {
+            for group in &decision.groups {
+                let kept = Decision {
+                    queries: Vec::new(),
+                    estimates: Vec::new(),
+                    ..decision.clone()
+                };
+                self.reserved.insert(group.clone(), (kept, now_unix_ms));
+            }
+        }
+        if self.reserved.len() > 2 * self.settings.max_pending_decisions {
+            let ttl = self.ttl_ms();
+            self.reserved
+                .retain(|_, (_, made_unix_ms)| now_unix_ms - *made_unix_ms < ttl);
+        }
+    }
+
+    /// The event that records a completed Score's decisions: its fresh ones, and reserved
+    /// ones no other Score recorded meanwhile. `None` when there is nothing to record.
+    pub fn recording(&self, selection: &Selection, now_unix_ms: i64) -> Option<RouterEvent> {
+        let decisions: Vec<&Decision> = selection
+            .decisions
+            .iter()
+            .filter(|d| d.source != DecisionSource::Pending && !self.book.knows(&d.decision_id))
+            .collect();
+        (!decisions.is_empty()).then(|| RouterEvent::RecordedInGroups {
+            now_unix_ms,
+            serving: selection.serving.clone(),
+            decisions: decisions.iter().map(|d| d.recorded()).collect(),
+            groups: decisions.iter().map(|d| d.groups.clone()).collect(),
+        })
+    }
+
+    /// The pending decisions made at or before `before_unix_ms` and still live at
+    /// `now_unix_ms` (Feedback for "everything awaiting feedback").
+    pub fn pending_made_before(&self, before_unix_ms: i64, now_unix_ms: i64) -> Vec<String> {
+        self.book
+            .made_before(before_unix_ms, now_unix_ms, self.ttl_ms())
+    }
+
+    /// The answer already given for idempotency key `key`: (fingerprint, counts).
+    pub fn answered_key(&self, key: &str) -> Option<(u64, super::events::FeedbackCounts)> {
+        self.book.key(key)
+    }
+
     /// Check a Feedback before it is logged: every id must be pending (and not expired at
     /// `now_unix_ms`) or already answered; a normalized reward must be in [0, 1].
     pub fn check_feedback(
         &self,
-        decision_ids: &[String],
-        signal: FeedbackSignal,
+        signals: &FeedbackSignals,
         now_unix_ms: i64,
     ) -> Result<(), RouterError> {
-        let unknown = self.book.unknown(decision_ids, now_unix_ms, self.ttl_ms());
+        let ids: Vec<String> = signals
+            .decision_ids()
+            .iter()
+            .map(|id| id.to_string())
+            .collect();
+        let unknown = self.book.unknown(&ids, now_unix_ms, self.ttl_ms());
         if !unknown.is_empty() {
             return Err(RouterError::UnknownDecisions {
                 router: self.name.clone(),
                 decision_ids: unknown,
             });
         }
-        if let (FeedbackSignal::Reward(reward), true) = (signal, self.settings.reward_is_normalized)
-            && !(0.0..=1.0).contains(&reward)
-        {
-            return Err(RouterError::RewardOutOfRange {
-                router: self.name.clone(),
-                reward,
-            });
+        if self.settings.reward_is_normalized {
+            for signal in signals.signals() {
+                if let FeedbackSignal::Reward(reward) = signal
+                    && !(0.0..=1.0).contains(&reward)
+                {
+                    return Err(RouterError::RewardOutOfRange {
+                        router: self.name.clone(),
+                        reward,
+                    });
+                }
+            }
         }
         Ok(())
     }
@@ -246,11 +421,17 @@ impl Router {
                 serving,
                 decisions,
             } => {
-                self.book.expire(now_unix_ms, self.ttl_ms());
-                self.join_new_arms(&serving);
-                for decision in decisions {
-                    self.record_one(decision, now_unix_ms);
-                }
+                let groups = vec![Vec::new(); decisions.len()];
+                self.apply_recorded(now_unix_ms, &serving, decisions, groups);
+                Ok(FeedbackOutcome::default())
+            }
+            RouterEvent::RecordedInGroups {
+                now_unix_ms,
+                serving,
+                decisions,
+                groups,
+            } => {
+                self.apply_recorded(now_unix_ms, &serving, decisions, groups);
                 Ok(FeedbackOutcome::default())
             }
             RouterEvent::Feedback {
@@ -259,15 +440,83 @@ impl Router {
                 decision_ids,
                 signal,
             } => {
-                self.book.expire(now_unix_ms, self.ttl_ms());
-                self.check_feedback(&decision_ids, signal, now_unix_ms)?;
-                Ok(self.apply_feedback(&decision_ids, signal, &serving, now_unix_ms))
+                let signals = FeedbackSignals::Shared {
+                    decision_ids,
+                    signal,
+                };
+                self.apply_feedback_event(now_unix_ms, &serving, signals, None)
             }
+            RouterEvent::FeedbackKeyed {
+                now_unix_ms,
+                serving,
+                signals,
+                key,
+            } => self.apply_feedback_event(now_unix_ms, &serving, signals, key),
             RouterEvent::Reset { serving } => {
                 *self = Router::new(self.name.clone(), self.settings.clone(), &serving);
                 Ok(FeedbackOutcome::default())
             }
         }
+    }
+
+    fn apply_recorded(
+        &mut self,
+        now_unix_ms: i64,
+        serving: &[String],
+        decisions: Vec<RecordedDecision>,
+        groups: Vec<Vec<String>>,
+    ) {
+        self.book.expire(now_unix_ms, self.ttl_ms());
+        self.join_new_arms(serving);
+        let capacity = self.settings.max_pending_decisions;
+        for (decision, decision_groups) in decisions.into_iter().zip(groups) {
+            let decision_id = decision.decision_id.clone();
+            if !self.record_one(decision, now_unix_ms) {
+                continue;
+            }
+            for group in decision_groups {
+                if self
+                    .reserved
+                    .get(&group)
+                    .is_some_and(|(reserved, _)| reserved.decision_id == decision_id)
+                {
+                    self.reserved.remove(&group);
+                }
+                self.book.bind_group(group, decision_id.clone(), capacity);
+            }
+        }
+    }
+
+    fn apply_feedback_event(
+        &mut self,
+        now_unix_ms: i64,
+        serving: &[String],
+        signals: FeedbackSignals,
+        key: Option<IdempotencyKey>,
+    ) -> Result<FeedbackOutcome, RouterError> {
+        self.book.expire(now_unix_ms, self.ttl_ms());
+        if let Some(key) = &key
+            && let Some((fingerprint, counts)) = self.book.key(&key.key)
+        {
+            if fingerprint != key.fingerprint {
+                return Err(RouterError::IdempotencyKeyReused {
+                    router: self.name.clone(),
+                    key: key.key.clone(),
+                });
+            }
+            return Ok(FeedbackOutcome {
+                replayed: Some(counts),
+                ..FeedbackOutcome::default()
+            });
+        }
+        self.check_feedback(&signals, now_unix_ms)?;
+        let outcome = self.apply_feedback(&signals, serving, now_unix_ms);
+        if let Some(key) = key {
+            let capacity = self.settings.max_pending_decisions;
+            self.book
+                .remember_key(key.key, key.fingerprint, outcome.counts(), capacity);
+        }
+        Ok(outcome)
     }
 
     fn ttl_ms(&self) -> i64 {
@@ -284,7 +533,11 @@ impl Router {
         StdRng::seed_from_u64(self.settings.seed ^ z ^ (z >> 31))
     }
 
-    fn record_one(&mut self, decision: RecordedDecision, now_unix_ms: i64) {
+    /// Record one decision; `false` (nothing changes) when its id is already known.
+    fn record_one(&mut self, decision: RecordedDecision, now_unix_ms: i64) -> bool {
+        if self.book.knows(&decision.decision_id) {
+            return false;
+        }
         let members: Vec<usize> = decision
             .reward_models
             .iter()
@@ -322,44 +575,55 @@ impl Router {
             },
             self.settings.max_pending_decisions,
         );
+        true
     }
 
-    /// Apply checked feedback: one raw reward per request, decisions of one arm as one
-    /// batched update.
+    /// Apply checked feedback: a shared signal enters the normalization once, per-decision
+    /// signals each; decisions of one arm are one batched update.
     fn apply_feedback(
         &mut self,
-        decision_ids: &[String],
-        signal: FeedbackSignal,
+        signals: &FeedbackSignals,
         serving: &[String],
         now_unix_ms: i64,
     ) -> FeedbackOutcome {
+        let entries: Vec<(&str, FeedbackSignal)> = match signals {
+            FeedbackSignals::Shared {
+                decision_ids,
+                signal,
+            } => decision_ids
+                .iter()
+                .map(|id| (id.as_str(), *signal))
+                .collect(),
+            FeedbackSignals::PerDecision(signals) => {
+                signals.iter().map(|(id, s)| (id.as_str(), *s)).collect()
+            }
+        };
         let mut outcome = FeedbackOutcome::default();
         let mut answered = Vec::new();
         let mut seen = HashSet::new();
-        for decision_id in decision_ids {
+        for (decision_id, signal) in entries {
             if !seen.insert(decision_id) {
                 outcome.duplicate += 1;
                 continue;
             }
             match self.book.take(decision_id) {
-                Some(decision) => answered.push((decision_id.clone(), decision)),
+                Some(decision) => answered.push((decision_id.to_string(), decision, signal)),
                 None => outcome.duplicate += 1,
             }
         }
         if answered.is_empty() {
             return outcome;
         }
-        let reward = match signal {
-            FeedbackSignal::Reward(reward) if self.settings.reward_is_normalized => reward,
-            FeedbackSignal::Reward(reward) => self.normalizer.observe(reward),
-            FeedbackSignal::Loss(loss) => self.normalizer.observe(-loss),
+        let shared = match signals {
+            FeedbackSignals::Shared { signal, .. } => Some(self.normalize(*signal)),
+            FeedbackSignals::PerDecision(_) => None,
         };
-        outcome.reward = Some(reward);
         let available = self.available(serving);
         let capacity = self.settings.max_pending_decisions;
 
         let mut updates = Updates::default();
-        for (decision_id, decision) in answered {
+        for (decision_id, decision, signal) in answered {
+            let reward = shared.unwrap_or_else(|| self.normalize(signal));
             let members = decision.choice.arms();
             let answered = AnsweredDecision {
                 decision_id: decision_id.clone(),
@@ -367,6 +631,7 @@ impl Router {
                     .iter()
                     .map(|&a| self.arms[a].reward_model.clone())
                     .collect(),
+                reward,
             };
             let serving_members: Vec<usize> = members
                 .iter()
@@ -409,8 +674,18 @@ impl Router {
             outcome.applied.push(answered);
             self.book.remember_answered(decision_id, capacity);
         }
-        updates.apply(&self.settings, &mut self.arms, reward);
+        updates.apply(&self.settings, &mut self.arms);
         outcome
+    }
+
+    /// The normalized reward of one signal (observed by the normalizer unless the router
+    /// takes rewards as already normalized).
+    fn normalize(&mut self, signal: FeedbackSignal) -> f64 {
+        match signal {
+            FeedbackSignal::Reward(reward) if self.settings.reward_is_normalized => reward,
+            FeedbackSignal::Reward(reward) => self.normalizer.observe(reward),
+            FeedbackSignal::Loss(loss) => self.normalizer.observe(-loss),
+        }
     }
 
     pub(super) fn add_arm(&mut self, reward_model: &str) {

@@ -1,13 +1,15 @@
 //! A router's whole state as plain data ([`RouterState`]) for snapshots and exports, and
 //! the way back, checked against the router's settings.
 //!
-//! The field order of these structs is the snapshot and export format (postcard): add
-//! fields only at the end. Cost: copies every arm's factor, O(K·d²).
+//! The field order of these structs is the snapshot and export format (postcard, not
+//! self-describing): a new format appends fields and keeps a reader for the old one
+//! ([`RouterStateV1`], written before decision groups and idempotency keys).
+//! Cost: copies every arm's factor, O(K·d²).
 
 use serde::{Deserialize, Serialize};
 
 use super::RouterError;
-use super::events::Evictions;
+use super::events::{Evictions, FeedbackCounts};
 use super::pending::{Choice, PendingBook, PendingDecision, PendingParts};
 use super::policy;
 use super::router::{Arm, Router};
@@ -28,6 +30,48 @@ pub struct RouterState {
     context_sum: Vec<f64>,
     contexts_seen: u64,
     evictions: Evictions,
+    /// Added in format 2.
+    groups_and_keys: GroupsAndKeys,
+}
+
+/// Format 2's addition: each group's pending decision and the answers per idempotency key.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+struct GroupsAndKeys {
+    groups: Vec<(String, String)>,
+    keys: Vec<(String, u64, FeedbackCounts)>,
+}
+
+/// [`RouterState`] as format 1 wrote it (read from older snapshots, exports and logs).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RouterStateV1 {
+    name: String,
+    settings: RouterSettings,
+    arms: Vec<ArmState>,
+    pending: Vec<(String, PendingDecision)>,
+    answered: Vec<String>,
+    normalizer: RewardNormalizer,
+    decisions_recorded: u64,
+    context_sum: Vec<f64>,
+    contexts_seen: u64,
+    evictions: Evictions,
+}
+
+impl From<RouterStateV1> for RouterState {
+    fn from(old: RouterStateV1) -> Self {
+        Self {
+            name: old.name,
+            settings: old.settings,
+            arms: old.arms,
+            pending: old.pending,
+            answered: old.answered,
+            normalizer: old.normalizer,
+            decisions_recorded: old.decisions_recorded,
+            context_sum: old.context_sum,
+            contexts_seen: old.contexts_seen,
+            evictions: old.evictions,
+            groups_and_keys: GroupsAndKeys::default(),
+        }
+    }
 }
 
 impl RouterState {
@@ -72,6 +116,10 @@ impl Router {
             context_sum: self.context_sum.clone(),
             contexts_seen: self.contexts_seen,
             evictions: book.evictions,
+            groups_and_keys: GroupsAndKeys {
+                groups: book.groups,
+                keys: book.keys,
+            },
         }
     }
 
@@ -131,6 +179,8 @@ impl Router {
             pending: state.pending,
             answered: state.answered,
             evictions: state.evictions,
+            groups: state.groups_and_keys.groups,
+            keys: state.groups_and_keys.keys,
         });
         router.normalizer = state.normalizer;
         router.decisions_recorded = state.decisions_recorded;

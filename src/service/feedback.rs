@@ -1,17 +1,20 @@
-//! Feedback: apply the signal to the router's decisions, all or nothing (routers' front,
-//! blocking pool: O(d²·r) per arm for its r decisions), wait until it is durable, then
-//! record the feedback metrics. Acknowledged feedback is durable and applied once.
+//! Feedback: apply the signal(s) to the router's decisions — listed ones, a signal per
+//! decision, or everything awaiting feedback before the request arrived — all or nothing
+//! (routers' front, blocking pool: O(d²·r) per arm for its r decisions), wait until it is
+//! durable, then record the feedback metrics. Acknowledged feedback is durable and applied
+//! once; with an idempotency key a retry gets the first answer, across restarts.
 
 use super::{Service, ServiceError, record_evictions, unix_ms};
-use crate::routers::{FeedbackSignal, RouterError};
+use crate::routers::{FeedbackForm, RouterError};
 use crate::telemetry::metric;
 
 /// A Feedback call, valid on its face.
 #[derive(Debug)]
 pub struct FeedbackCall {
     pub router: String,
-    pub decision_ids: Vec<String>,
-    pub signal: FeedbackSignal,
+    pub form: FeedbackForm,
+    /// A retry with the same key gets the first answer and applies nothing.
+    pub idempotency_key: Option<String>,
 }
 
 /// What a Feedback did, counted.
@@ -20,20 +23,23 @@ pub struct FeedbackSummary {
     pub applied: usize,
     pub duplicate: usize,
     pub not_applied: usize,
+    /// The answer first given for the call's idempotency key (nothing applied now).
+    pub replayed: bool,
 }
 
 impl Service {
     pub async fn feedback(&self, call: FeedbackCall) -> Result<FeedbackSummary, ServiceError> {
+        let arrived_unix_ms = unix_ms();
         let serving = self.reward_models.names();
         let name = call.router.clone();
         let report = match self
             .routers
             .feedback(
                 call.router,
-                call.decision_ids,
-                call.signal,
+                call.form,
+                call.idempotency_key,
                 serving,
-                unix_ms(),
+                arrived_unix_ms,
             )
             .await
         {
@@ -47,6 +53,16 @@ impl Service {
             }
         };
         let outcome = report.outcome;
+        if let Some(counts) = outcome.replayed {
+            metrics::counter!(metric::FEEDBACK, "router" => name.clone(), "outcome" => "replayed")
+                .increment(1);
+            return Ok(FeedbackSummary {
+                applied: counts.applied as usize,
+                duplicate: counts.duplicate as usize,
+                not_applied: counts.not_applied as usize,
+                replayed: true,
+            });
+        }
         metrics::gauge!(metric::PENDING_DECISIONS, "router" => name.clone())
             .set(report.pending as f64);
         record_evictions(&name, report.evictions);
@@ -58,12 +74,10 @@ impl Service {
             metrics::counter!(metric::FEEDBACK, "router" => name.clone(), "outcome" => outcome_label)
                 .increment(count as u64);
         }
-        if let Some(reward) = outcome.reward {
-            for decision in &outcome.applied {
-                for reward_model in &decision.reward_models {
-                    metrics::histogram!(metric::REWARD, "router" => name.clone(), "reward_model" => reward_model.clone())
-                        .record(reward);
-                }
+        for decision in &outcome.applied {
+            for reward_model in &decision.reward_models {
+                metrics::histogram!(metric::REWARD, "router" => name.clone(), "reward_model" => reward_model.clone())
+                    .record(decision.reward);
             }
         }
         for (reward_model, mean) in &outcome.arm_mean_rewards {
@@ -79,6 +93,7 @@ impl Service {
             applied: outcome.applied.len(),
             duplicate: outcome.duplicate,
             not_applied: outcome.not_applied.len(),
+            replayed: false,
         })
     }
 }

@@ -17,15 +17,13 @@ pub mod feedback;
 pub mod score;
 pub mod slots;
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 pub use feedback::{FeedbackCall, FeedbackSummary};
 pub use score::{ArmScore, QueryInput, ScoreCall, ScoredQuery, ranking};
 pub use slots::RequestSlots;
 
 use crate::config::Limits;
 use crate::models::{ModelError, RewardModels};
-use crate::routers::{Evictions, RouterError, RoutersHandle};
+use crate::routers::{Evictions, RouterError, RoutersHandle, unix_ms};
 use crate::telemetry::metric;
 
 /// What went wrong running a request, from the caller's point of view.
@@ -92,13 +90,6 @@ impl Service {
     pub fn reward_models(&self) -> &RewardModels {
         &self.reward_models
     }
-}
-
-fn unix_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }
 
 fn record_evictions(router: &str, evictions: Evictions) {

@@ -1,8 +1,8 @@
-//! Score: select arms (routers' front, blocking pool: O(K·d²) per query) -> score every
-//! query with its RM, or every RM for the ensemble policy (reward-model workers,
-//! concurrently) -> check the deadline -> record the decisions under fresh ids and wait
-//! until they are durable -> combine ensemble scores, rank, reply. Nothing is recorded
-//! when scoring fails or the deadline passes.
+//! Score: select arms (routers' front, blocking pool: O(K·d²) per query; queries of a group
+//! that has a decision reuse it) -> score every query with its RM, or every RM for the
+//! ensemble policy (reward-model workers, concurrently) -> check the deadline -> record the
+//! new decisions and wait until they are durable -> combine ensemble scores, rank, reply.
+//! Nothing is recorded when scoring fails or the deadline passes.
 
 use std::time::Instant;
 
@@ -11,7 +11,7 @@ use tracing::Instrument;
 
 use super::{Service, ServiceError, record_evictions, unix_ms};
 use crate::bandit::ensemble;
-use crate::routers::SelectionMode;
+use crate::routers::{SelectionInput, SelectionMode};
 use crate::telemetry::metric;
 
 /// `ScoredQuery.reward_model` of an ensemble decision.
@@ -24,6 +24,8 @@ pub struct QueryInput {
     pub context: Vec<f32>,
     pub prompt: String,
     pub responses: Vec<String>,
+    /// Queries of one group share one decision across Score requests.
+    pub group: Option<String>,
 }
 
 /// A Score call, valid on its face (the api layer checked every limit).
@@ -65,20 +67,23 @@ impl Service {
         deadline: Option<Instant>,
     ) -> Result<Vec<ScoredQuery>, ServiceError> {
         let serving = self.reward_models.names();
-        let (contexts, queries): (Vec<Vec<f32>>, Vec<_>) = call
-            .queries
-            .into_iter()
-            .map(|q| (q.context, (q.id, q.prompt, q.responses)))
-            .unzip();
+        let mut contexts = Vec::with_capacity(call.queries.len());
+        let mut groups = Vec::with_capacity(call.queries.len());
+        let mut queries = Vec::with_capacity(call.queries.len());
+        for query in call.queries {
+            contexts.push(query.context);
+            groups.push(query.group);
+            queries.push((query.id, query.prompt, query.responses));
+        }
+        let input = SelectionInput {
+            contexts,
+            groups,
+            mode: call.mode,
+            explain: call.explain,
+        };
         let selected = self
             .routers
-            .select(
-                call.router.clone(),
-                contexts,
-                call.mode,
-                call.explain,
-                serving,
-            )
+            .select(call.router.clone(), input, serving, unix_ms())
             .await?;
         let decisions = &selected.selection.decisions;
 
@@ -120,6 +125,8 @@ impl Service {
         let chosen: Vec<Chosen> = decisions
             .iter()
             .map(|decision| Chosen {
+                decision_id: decision.decision_id.clone(),
+                new: decision.is_new(),
                 label: if decision.is_ensemble() {
                     ENSEMBLE_LABEL.to_string()
                 } else {
@@ -139,15 +146,9 @@ impl Service {
                     .collect(),
             })
             .collect();
-        let decision_ids: Vec<String> = (0..chosen.len())
-            .map(|_| uuid::Uuid::new_v4().simple().to_string())
-            .collect();
         // Reply only once the decisions would survive a crash.
-        let recorded = self
-            .routers
-            .record(selected, decision_ids.clone(), unix_ms())
-            .await?;
-        for decision in &chosen {
+        let recorded = self.routers.record(selected, unix_ms()).await?;
+        for decision in chosen.iter().filter(|decision| decision.new) {
             for reward_model in &decision.members {
                 metrics::counter!(metric::SELECTIONS, "router" => call.router.clone(), "reward_model" => reward_model.clone())
                     .increment(1);
@@ -156,7 +157,7 @@ impl Service {
         metrics::gauge!(metric::PENDING_DECISIONS, "router" => call.router.clone())
             .set(recorded.pending as f64);
         record_evictions(&call.router, recorded.evictions);
-        tracing::debug!(decision_ids = ?decision_ids, "decisions recorded");
+        tracing::debug!(decision_ids = ?chosen.iter().map(|c| &c.decision_id).collect::<Vec<_>>(), "decisions recorded");
 
         Ok(queries
             .into_iter()
@@ -168,7 +169,7 @@ impl Service {
                 let scores = self.combine(chosen, scores);
                 ScoredQuery {
                     id,
-                    decision_id: decision_ids[decision].clone(),
+                    decision_id: chosen.decision_id.clone(),
                     reward_model: chosen.label.clone(),
                     ranking: ranking(&scores),
                     scores,
@@ -200,6 +201,9 @@ impl Service {
 
 /// What one decision chose, as the reply shows it.
 struct Chosen {
+    decision_id: String,
+    /// Made by this Score (a group's earlier decision is not counted again).
+    new: bool,
     label: String,
     members: Vec<String>,
     ensemble: bool,

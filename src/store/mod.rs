@@ -45,7 +45,13 @@ use std::sync::mpsc::{self, Receiver, Sender};
 use tokio::sync::oneshot;
 
 const SNAPSHOT_MAGIC: &[u8; 8] = b"LASERSNP";
-const SNAPSHOT_VERSION: u32 = 1;
+/// Written into new snapshots; the payload's format is versioned with the file. Version 1
+/// files (routers before decision groups and idempotency keys) are still read: recovery
+/// reports the version in [`Recovered::snapshot_version`] and the payload's reader decodes
+/// the older form.
+pub const SNAPSHOT_VERSION: u32 = 2;
+/// Oldest snapshot version read.
+const OLDEST_SNAPSHOT_VERSION: u32 = 1;
 
 /// How the store keeps state.
 #[derive(Clone, Debug)]
@@ -135,6 +141,8 @@ struct Writer {
 pub struct Recovered {
     /// (sequence number, payload) of the newest snapshot.
     pub snapshot: Option<(u64, Vec<u8>)>,
+    /// The version the snapshot was written with ([`SNAPSHOT_VERSION`] for new ones).
+    pub snapshot_version: u32,
     /// Log records after the snapshot, in order.
     pub records: Vec<(u64, Vec<u8>)>,
     /// Human-readable notes (torn tails, truncations) already logged.
@@ -162,6 +170,7 @@ impl Store {
         if !options.durable {
             let recovered = Recovered {
                 snapshot: None,
+                snapshot_version: SNAPSHOT_VERSION,
                 records: Vec::new(),
                 notes: Vec::new(),
             };
@@ -380,8 +389,8 @@ fn list_state_files(dir: &Path) -> Result<StateFiles, StoreError> {
     Ok((snapshots, segments))
 }
 
-/// Read the newest snapshot file: (seq, payload).
-pub fn read_snapshot(path: &Path) -> Result<(u64, Vec<u8>), StoreError> {
+/// Read a snapshot file: (seq, payload, version).
+pub fn read_snapshot(path: &Path) -> Result<(u64, Vec<u8>, u32), StoreError> {
     let mut bytes = Vec::new();
     File::open(path)
         .and_then(|mut f| f.read_to_end(&mut bytes))
@@ -395,22 +404,25 @@ pub fn read_snapshot(path: &Path) -> Result<(u64, Vec<u8>), StoreError> {
         return Err(corrupt(0, "not a laser-router snapshot".into()));
     }
     let version = u32::from_le_bytes(bytes[8..12].try_into().expect("4 bytes"));
-    if version != SNAPSHOT_VERSION {
+    if !(OLDEST_SNAPSHOT_VERSION..=SNAPSHOT_VERSION).contains(&version) {
         return Err(corrupt(
             8,
             format!("unsupported snapshot version {version}"),
         ));
     }
     let (seq, payload) = frame::read_blob(&bytes[12..]).map_err(|e| corrupt(12, e.to_string()))?;
-    Ok((seq, payload.to_vec()))
+    Ok((seq, payload.to_vec(), version))
 }
 
 fn recover(dir: &Path, recover_truncate: bool) -> Result<Recovered, StoreError> {
     let mut notes = Vec::new();
     let (snapshots, segments) = list_state_files(dir)?;
-    let snapshot = match snapshots.last() {
-        Some((_, path)) => Some(read_snapshot(path)?),
-        None => None,
+    let (snapshot, snapshot_version) = match snapshots.last() {
+        Some((_, path)) => {
+            let (seq, payload, version) = read_snapshot(path)?;
+            (Some((seq, payload)), version)
+        }
+        None => (None, SNAPSHOT_VERSION),
     };
     let snapshot_seq = snapshot.as_ref().map(|(seq, _)| *seq).unwrap_or(0);
     let mut records = Vec::new();
@@ -482,6 +494,7 @@ fn recover(dir: &Path, recover_truncate: bool) -> Result<Recovered, StoreError> 
     }
     Ok(Recovered {
         snapshot,
+        snapshot_version,
         records,
         notes,
     })

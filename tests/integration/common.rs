@@ -31,6 +31,7 @@ pub fn query(
         context,
         prompt: prompt.into(),
         responses: responses.into_iter().map(|r| r.to_string()).collect(),
+        group: String::new(),
     }
 }
 
@@ -63,6 +64,7 @@ pub fn feedback(
         router: router.into(),
         decision_ids: decision_ids.into_iter().map(|id| id.to_string()).collect(),
         signal: Some(signal),
+        ..Default::default()
     }
 }
 

@@ -435,7 +435,7 @@ async fn garbage_from_misbehaving_clients_changes_nothing_valid_traffic_would_no
             ),
             1 => score_request(
                 "steady",
-                vec![sum_query(vec![1.0; 4], vec!["z".repeat(200_000)])],
+                vec![sum_query(vec![1.0; 4], vec!["z".repeat(1_100_000)])],
             ),
             2 => pb::ScoreRequest {
                 mode: 77,

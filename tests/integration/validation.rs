@@ -149,6 +149,7 @@ async fn bad_requests_are_refused_and_change_nothing() {
             router: "run".into(),
             decision_ids: vec![pending_id.clone()],
             signal: None,
+            ..Default::default()
         })
         .await
         .expect_err("no signal");

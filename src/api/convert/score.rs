@@ -85,6 +85,12 @@ fn query_input(
             limits.max_text_bytes,
         )?;
     }
+    if query.group.len() > MAX_GROUP_BYTES {
+        return Err(invalid(
+            field("group"),
+            format!("is {} bytes; at most {MAX_GROUP_BYTES}", query.group.len()),
+        ));
+    }
     let mut responses = query.responses;
     for response in &mut responses {
         keep_readable(response, "response", limits);
@@ -94,8 +100,12 @@ fn query_input(
         context: query.context,
         prompt,
         responses,
+        group: (!query.group.is_empty()).then_some(query.group),
     })
 }
+
+/// Longest `Query.group` accepted.
+pub const MAX_GROUP_BYTES: usize = 256;
 
 /// What joins the kept halves of a cut text.
 const ELISION: &str = " … ";

@@ -9,7 +9,7 @@ use super::feedback::feedback_call;
 use super::score::score_call;
 use crate::api::pb;
 use crate::config::Limits;
-use crate::routers::{FeedbackSignal, Normalization, Policy};
+use crate::routers::{FeedbackForm, FeedbackSignal, Normalization, Policy};
 
 fn query(context: Vec<f32>, responses: &[&str]) -> pb::Query {
     pb::Query {
@@ -17,6 +17,7 @@ fn query(context: Vec<f32>, responses: &[&str]) -> pb::Query {
         context,
         prompt: "p".into(),
         responses: responses.iter().map(|r| r.to_string()).collect(),
+        group: String::new(),
     }
 }
 
@@ -134,6 +135,7 @@ fn feedback_needs_a_finite_signal() {
         router: "r".into(),
         decision_ids: vec!["d".into()],
         signal,
+        ..Default::default()
     };
     let limits = Limits::default();
     assert!(feedback_call(request(None), &limits).is_err());
@@ -146,8 +148,109 @@ fn feedback_needs_a_finite_signal() {
     );
     let ok = Some(pb::feedback_request::Signal::Loss(0.5));
     assert_eq!(
-        feedback_call(request(ok), &limits).unwrap().signal,
-        FeedbackSignal::Loss(0.5)
+        feedback_call(request(ok), &limits).unwrap().form,
+        FeedbackForm::Decisions {
+            decision_ids: vec!["d".into()],
+            signal: FeedbackSignal::Loss(0.5)
+        }
+    );
+}
+
+#[test]
+fn feedback_forms_are_exclusive_and_name_their_fields() {
+    let limits = Limits::default();
+    let loss = Some(pb::feedback_request::Signal::Loss(0.5));
+    let per_decision = |id: &str, loss: f64| pb::DecisionSignal {
+        decision_id: id.into(),
+        signal: Some(pb::decision_signal::Signal::Loss(loss)),
+    };
+    let refused =
+        |request: pb::FeedbackRequest| feedback_call(request, &limits).unwrap_err().to_string();
+    let base = pb::FeedbackRequest {
+        router: "r".into(),
+        ..Default::default()
+    };
+    // Per-decision signals, with a key.
+    let call = feedback_call(
+        pb::FeedbackRequest {
+            signals: vec![per_decision("a", 0.1), per_decision("b", 0.2)],
+            idempotency_key: "step-7".into(),
+            ..base.clone()
+        },
+        &limits,
+    )
+    .unwrap();
+    assert_eq!(
+        call.form,
+        FeedbackForm::PerDecision(vec![
+            ("a".into(), FeedbackSignal::Loss(0.1)),
+            ("b".into(), FeedbackSignal::Loss(0.2))
+        ])
+    );
+    assert_eq!(call.idempotency_key.as_deref(), Some("step-7"));
+    // Everything pending.
+    let call = feedback_call(
+        pb::FeedbackRequest {
+            all_pending: true,
+            signal: loss,
+            ..base.clone()
+        },
+        &limits,
+    )
+    .unwrap();
+    assert_eq!(
+        call.form,
+        FeedbackForm::AllPending {
+            signal: FeedbackSignal::Loss(0.5)
+        }
+    );
+    // Mixed forms and bad parts are refused by field.
+    assert!(
+        refused(pb::FeedbackRequest {
+            signals: vec![per_decision("a", 0.1)],
+            decision_ids: vec!["b".into()],
+            ..base.clone()
+        })
+        .starts_with("signals")
+    );
+    assert!(
+        refused(pb::FeedbackRequest {
+            all_pending: true,
+            decision_ids: vec!["b".into()],
+            signal: loss,
+            ..base.clone()
+        })
+        .starts_with("decision_ids")
+    );
+    assert!(
+        refused(pb::FeedbackRequest {
+            all_pending: true,
+            ..base.clone()
+        })
+        .starts_with("signal")
+    );
+    assert!(
+        refused(pb::FeedbackRequest {
+            signals: vec![per_decision("a", f64::NAN)],
+            ..base.clone()
+        })
+        .starts_with("signals[0].loss")
+    );
+    assert!(
+        refused(pb::FeedbackRequest {
+            signals: vec![per_decision("", 0.1)],
+            ..base.clone()
+        })
+        .starts_with("signals[0].decision_id")
+    );
+    assert!(
+        refused(pb::FeedbackRequest {
+            all_pending: true,
+            signal: loss,
+            idempotency_key: "k".repeat(300),
+            ..base
+        })
+        .starts_with("idempotency_key")
     );
 }
 
@@ -218,7 +321,7 @@ mod fuzz {
                 router,
                 queries: queries
                     .into_iter()
-                    .map(|(context, prompt, responses)| pb::Query { id: String::new(), context, prompt, responses })
+                    .map(|(context, prompt, responses)| pb::Query { id: String::new(), context, prompt, responses, group: String::new() })
                     .collect(),
                 mode,
                 explain: false,
@@ -244,14 +347,40 @@ mod fuzz {
                 any::<f64>().prop_map(pb::feedback_request::Signal::Loss),
                 any::<f64>().prop_map(pb::feedback_request::Signal::Reward),
             ]),
+            per_decision in vec((".{0,8}", proptest::option::of(any::<f64>())), 0..5),
+            all_pending in any::<bool>(),
+            key in ".{0,300}",
         ) {
             let limits = small_limits();
-            let request = pb::FeedbackRequest { router, decision_ids: ids, signal };
+            let per_decision: Vec<pb::DecisionSignal> = per_decision
+                .into_iter()
+                .map(|(decision_id, loss)| pb::DecisionSignal {
+                    decision_id,
+                    signal: loss.map(pb::decision_signal::Signal::Loss),
+                })
+                .collect();
+            let request = pb::FeedbackRequest {
+                router, decision_ids: ids, signal, signals: per_decision, all_pending, idempotency_key: key,
+            };
             if let Ok(call) = feedback_call(request, &limits) {
-                prop_assert!((1..=limits.max_decision_ids_per_feedback).contains(&call.decision_ids.len()));
-                prop_assert!(call.decision_ids.iter().all(|id| !id.is_empty()));
-                let value = match call.signal { FeedbackSignal::Loss(v) | FeedbackSignal::Reward(v) => v };
-                prop_assert!(value.is_finite());
+                prop_assert!(call.idempotency_key.as_ref().is_none_or(|k| !k.is_empty() && k.len() <= 256));
+                let (ids, values): (Vec<String>, Vec<f64>) = match call.form {
+                    FeedbackForm::Decisions { decision_ids, signal } => {
+                        let value = match signal { FeedbackSignal::Loss(v) | FeedbackSignal::Reward(v) => v };
+                        (decision_ids, vec![value])
+                    }
+                    FeedbackForm::PerDecision(signals) => signals
+                        .into_iter()
+                        .map(|(id, s)| (id, match s { FeedbackSignal::Loss(v) | FeedbackSignal::Reward(v) => v }))
+                        .unzip(),
+                    FeedbackForm::AllPending { signal } => {
+                        let value = match signal { FeedbackSignal::Loss(v) | FeedbackSignal::Reward(v) => v };
+                        (vec!["*".into()], vec![value])
+                    }
+                };
+                prop_assert!((1..=limits.max_decision_ids_per_feedback).contains(&ids.len()));
+                prop_assert!(ids.iter().all(|id| !id.is_empty()));
+                prop_assert!(values.iter().all(|v| v.is_finite()));
             }
         }
 
