@@ -561,3 +561,122 @@ async fn a_router_moves_between_servers_by_export_and_import() {
         1
     );
 }
+
+/// Feedback of every form, each with an idempotency key, then SIGKILL: after the restart
+/// every retry gets its first answer back and applies nothing again.
+#[tokio::test]
+async fn keyed_feedback_of_every_form_applies_once_across_a_kill() {
+    let data = tempfile::tempdir().unwrap();
+    let config = durable_config(10_000);
+    let server = Server::start_on(&config, data.path(), &[]).unwrap();
+    create_router(&server).await;
+    let mut client = server.router_client().await;
+    let grouped = |id: &str, value: f32| pb::Query {
+        group: "prompt-7".into(),
+        ..pick_query(id.into(), vec![value; DIM])
+    };
+    let results = client
+        .score(score_request(
+            ROUTER,
+            vec![
+                grouped("g0", 0.5),
+                grouped("g1", 0.5),
+                pick_query("q2".into(), vec![0.2; DIM]),
+                pick_query("q3".into(), vec![0.3; DIM]),
+                pick_query("q4".into(), vec![0.4; DIM]),
+                pick_query("q5".into(), vec![0.6; DIM]),
+            ],
+        ))
+        .await
+        .expect("score")
+        .into_inner()
+        .results;
+    let id = |i: usize| results[i].decision_id.clone();
+    assert_eq!(id(0), id(1), "one decision per group");
+    assert_eq!(get_router(&server).await.pending_decisions, 5);
+
+    let by_ids = pb::FeedbackRequest {
+        idempotency_key: "run/step-1/ids".into(),
+        ..feedback(ROUTER, [id(2)], Signal::Loss(0.4))
+    };
+    let per_decision = pb::FeedbackRequest {
+        router: ROUTER.into(),
+        signals: [(3, 0.1), (4, 0.9)]
+            .into_iter()
+            .map(|(i, reward)| pb::DecisionSignal {
+                decision_id: id(i),
+                signal: Some(pb::decision_signal::Signal::Reward(reward)),
+            })
+            .collect(),
+        idempotency_key: "run/step-1/signals".into(),
+        ..Default::default()
+    };
+    let all_pending = pb::FeedbackRequest {
+        router: ROUTER.into(),
+        all_pending: true,
+        signal: Some(Signal::Loss(0.25)),
+        idempotency_key: "run/step-1/all".into(),
+        ..Default::default()
+    };
+    let mut first = Vec::new();
+    for request in [&by_ids, &per_decision, &all_pending] {
+        let reply = client
+            .feedback(request.clone())
+            .await
+            .expect("feedback")
+            .into_inner();
+        assert!(!reply.replayed);
+        first.push(reply);
+    }
+    assert_eq!(
+        first.iter().map(|r| r.applied).collect::<Vec<_>>(),
+        vec![1, 2, 2],
+        "the last one takes the group's decision and q5"
+    );
+    let before = get_router(&server).await;
+    assert_eq!((before.pending_decisions, before.rewards_seen), (0, 4));
+    server.kill();
+
+    let server = Server::start_on(&config, data.path(), &[]).unwrap();
+    assert_eq!(get_router(&server).await, before);
+    let mut client = server.router_client().await;
+    for (request, answer) in [&by_ids, &per_decision, &all_pending]
+        .into_iter()
+        .zip(&first)
+    {
+        let retry = client
+            .feedback(request.clone())
+            .await
+            .expect("retry")
+            .into_inner();
+        assert!(retry.replayed, "{retry:?}");
+        assert_eq!(
+            (retry.applied, retry.duplicate, retry.not_applied),
+            (answer.applied, answer.duplicate, answer.not_applied)
+        );
+    }
+    assert_eq!(get_router(&server).await, before, "retries applied nothing");
+    // The same key with another request is refused and changes nothing.
+    let reused = client
+        .feedback(pb::FeedbackRequest {
+            signal: Some(Signal::Loss(0.9)),
+            ..all_pending
+        })
+        .await
+        .expect_err("key reused with another body");
+    assert_eq!(reused.code(), tonic::Code::FailedPrecondition);
+    assert!(
+        reused.message().contains("run/step-1/all"),
+        "{}",
+        reused.message()
+    );
+    // The group's decision got its feedback: the group's next Score makes a new one.
+    let next = client
+        .score(score_request(ROUTER, vec![grouped("g2", 0.5)]))
+        .await
+        .expect("score")
+        .into_inner()
+        .results;
+    assert_ne!(next[0].decision_id, id(0));
+    assert_eq!(get_router(&server).await.pending_decisions, 1);
+}

@@ -2,8 +2,9 @@
 
 import random
 import time
+import uuid
 from dataclasses import dataclass, field
-from typing import Any, Callable, List, Optional, Sequence
+from typing import Any, Callable, List, Mapping, Optional, Sequence
 
 import grpc
 import numpy as np
@@ -39,6 +40,9 @@ class Query:
     context: Any  # sequence of floats, numpy array or torch tensor ([dim])
     prompt: str
     responses: Sequence[str]
+    # Queries of one group (e.g. the completions of one prompt, across calls and ranks)
+    # share one decision: one reward model, one decision_id.
+    group: Optional[str] = None
 
 
 @dataclass
@@ -118,7 +122,8 @@ class LaserRouterClient:
         request = rr_pb2.ScoreRequest(
             router=router,
             queries=[
-                rr_pb2.Query(id=q.id, context=_floats(q.context), prompt=q.prompt, responses=list(q.responses))
+                rr_pb2.Query(id=q.id, context=_floats(q.context), prompt=q.prompt,
+                             responses=list(q.responses), group=q.group or "")
                 for q in queries
             ],
             mode=MODES[mode] if mode else common_pb2.SELECTION_MODE_UNSPECIFIED,
@@ -137,16 +142,57 @@ class LaserRouterClient:
             for r in reply.results
         ]
 
-    def feedback(self, router: str, decision_ids: Sequence[str], loss: Optional[float] = None, reward: Optional[float] = None) -> dict:
-        if (loss is None) == (reward is None):
-            raise ValueError("pass exactly one of loss= or reward=")
-        request = rr_pb2.FeedbackRequest(router=router, decision_ids=list(decision_ids))
-        if loss is not None:
-            request.loss = float(loss)
+    def feedback(
+        self,
+        router: str,
+        decision_ids: Sequence[str] = (),
+        loss: Optional[float] = None,
+        reward: Optional[float] = None,
+        *,
+        losses: Optional[Mapping[str, float]] = None,
+        rewards: Optional[Mapping[str, float]] = None,
+        all_pending: bool = False,
+        idempotency_key: Optional[str] = None,
+    ) -> dict:
+        """Report feedback in one of three forms:
+
+        - ``decision_ids`` with ``loss=`` or ``reward=``: one signal for those decisions;
+        - ``losses=`` or ``rewards=``: a mapping decision_id -> its own signal;
+        - ``all_pending=True`` with ``loss=`` or ``reward=``: one signal for every decision
+          of the router awaiting feedback made before the request arrived.
+
+        ``idempotency_key`` makes a retry return the first answer and apply nothing again
+        (across server restarts). ``all_pending`` without a key gets a fresh one, so the
+        client's own retries on UNAVAILABLE never reach decisions made later.
+        """
+        per_decision = losses if losses is not None else rewards
+        if per_decision is not None:
+            if losses is not None and rewards is not None:
+                raise ValueError("pass losses= or rewards=, not both")
+            if decision_ids or loss is not None or reward is not None or all_pending:
+                raise ValueError("losses=/rewards= carry their own decision ids and signals")
+            kind = "loss" if losses is not None else "reward"
+            signals = [rr_pb2.DecisionSignal(decision_id=d, **{kind: float(v)}) for d, v in per_decision.items()]
+            request = rr_pb2.FeedbackRequest(router=router, signals=signals)
         else:
-            request.reward = float(reward)
+            if (loss is None) == (reward is None):
+                raise ValueError("pass exactly one of loss= or reward=")
+            request = rr_pb2.FeedbackRequest(router=router, decision_ids=list(decision_ids), all_pending=all_pending)
+            if loss is not None:
+                request.loss = float(loss)
+            else:
+                request.reward = float(reward)
+            if all_pending and idempotency_key is None:
+                idempotency_key = uuid.uuid4().hex
+        if idempotency_key is not None:
+            request.idempotency_key = idempotency_key
         reply = self._call(self._router.Feedback, request)
-        return {"applied": reply.applied, "duplicate": reply.duplicate, "not_applied": reply.not_applied}
+        return {
+            "applied": reply.applied,
+            "duplicate": reply.duplicate,
+            "not_applied": reply.not_applied,
+            "replayed": reply.replayed,
+        }
 
     # Admin
     def create_router(self, name: str, context_dim: int = 0, policy: Optional[str] = None, normalization: Optional[str] = None, **settings: Any) -> Any:

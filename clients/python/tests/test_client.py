@@ -26,11 +26,32 @@ def test_score_then_feedback(server):
             assert len(result.scores) == 2 and sorted(result.ranking) == [0, 1]
             assert len(result.arms) == 2
         ack = client.feedback("run", [r.decision_id for r in results], loss=0.4)
-        assert ack == {"applied": 3, "duplicate": 0, "not_applied": 0}
+        assert ack == {"applied": 3, "duplicate": 0, "not_applied": 0, "replayed": False}
         again = client.feedback("run", [results[0].decision_id], loss=0.4)
         assert again["duplicate"] == 1 and again["applied"] == 0
         info = client.get_router("run")
         assert sum(arm.feedback_count for arm in info.arms) == 3
+
+
+def test_groups_per_decision_losses_and_keyed_step_feedback(server):
+    with LaserRouterClient(server.address) as client:
+        grouped = [Query(id=f"c{i}", context=np.eye(4)[0], prompt="Same prompt", responses=["Fine.", "Well!"],
+                         group="prompt-1") for i in range(3)]
+        first = client.score("grpo", grouped[:2])
+        later = client.score("grpo", grouped[2:])  # another call, same group
+        assert len({r.decision_id for r in first + later}) == 1
+        assert len({r.reward_model for r in first + later}) == 1
+        others = client.score("grpo", queries(2))
+        ack = client.feedback("grpo", losses={others[0].decision_id: 0.2, others[1].decision_id: 0.8})
+        assert ack["applied"] == 2
+        step = client.feedback("grpo", all_pending=True, loss=0.3, idempotency_key="run-a/step-1")
+        assert step == {"applied": 1, "duplicate": 0, "not_applied": 0, "replayed": False}
+        retry = client.feedback("grpo", all_pending=True, loss=0.3, idempotency_key="run-a/step-1")
+        assert retry == {"applied": 1, "duplicate": 0, "not_applied": 0, "replayed": True}
+        with pytest.raises(LaserRouterError) as reused:
+            client.feedback("grpo", all_pending=True, loss=0.9, idempotency_key="run-a/step-1")
+        assert reused.value.code == grpc.StatusCode.FAILED_PRECONDITION
+        assert client.get_router("grpo").pending_decisions == 0
 
 
 def test_errors_name_the_field(server):

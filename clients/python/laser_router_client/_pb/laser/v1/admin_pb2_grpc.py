@@ -104,7 +104,10 @@ class AdminServicer:
         raise NotImplementedError('Method not implemented!')
 
     def CreateRouter(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Create a router; unset settings come from the server's config. Creating an existing
+        router again with equal settings returns it (a resumed run may create its router
+        again); other settings are refused with FAILED_PRECONDITION naming the fields.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')

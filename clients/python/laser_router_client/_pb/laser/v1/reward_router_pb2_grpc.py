@@ -61,8 +61,10 @@ class RewardRouterServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Feedback(self, request, context):
-        """Report the training loss (or a reward) for decisions returned by Score. Applied
-        all-or-nothing: an unknown decision id rejects the whole request.
+        """Report the training loss (or a reward) for decisions returned by Score: one signal for
+        listed decisions, a signal per decision, or one signal for every decision still
+        awaiting feedback. Applied all-or-nothing: an unknown decision id rejects the whole
+        request. With an idempotency_key, a retry returns the first answer and applies nothing.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
