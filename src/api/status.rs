@@ -125,6 +125,9 @@ impl From<ModelError> for Status {
             ModelError::DeadlineExceeded { .. } => Code::DeadlineExceeded,
             ModelError::TooManyRewardModels { .. } => Code::ResourceExhausted,
             ModelError::LoaderFailed { .. } => Code::Internal,
+            ModelError::UnknownEncoder { .. } => Code::NotFound,
+            ModelError::EncoderExists { .. } => Code::AlreadyExists,
+            ModelError::EncoderInUse { .. } => Code::FailedPrecondition,
         };
         Status::new(code, error.to_string())
     }

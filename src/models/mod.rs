@@ -9,13 +9,15 @@
 //! - [`session`]: one ONNX Runtime session: provider, inputs, output, probe, inference.
 //! - [`tokenize`]: text to tokens (tokenizer, template or chat template, pad id).
 //! - [`score_normalization`]: an RM's scores on the ensemble's common scale.
-//! - [`registry`]: loaded RMs by name.
+//! - [`encoder`]: one loaded encoder (prompt -> a router's context) on the same workers.
+//! - [`registry`]: loaded RMs and encoders by name.
 //!
 //! Async ends at a channel: the service sends a job and awaits a oneshot reply;
 //! tokenization and inference never run on the tokio runtime, and loading runs on a
 //! blocking thread ([`RewardModel::load_off_runtime`], [`RewardModels::open`]).
 
 pub mod chat;
+pub mod encoder;
 pub mod registry;
 pub mod reward_model;
 pub mod runtime;
@@ -25,9 +27,10 @@ pub mod spec;
 mod tokenize;
 mod worker;
 
-pub use registry::RewardModels;
+pub use encoder::Encoder;
+pub use registry::{Encoders, RewardModels};
 pub use reward_model::{ModelSource, RewardModel};
-pub use spec::{InputFormat, RewardModelSpec};
+pub use spec::{EncoderSpec, InputFormat, Pooling, RewardModelSpec};
 
 /// What went wrong loading or running a reward model.
 #[derive(Clone, Debug, thiserror::Error)]
@@ -66,6 +69,13 @@ pub enum ModelError {
     DeadlineExceeded { name: String },
     #[error("the server already serves {max} reward models (limits.max_reward_models = {max})")]
     TooManyRewardModels { max: usize },
+    #[error("encoder {name:?} is not loaded")]
+    UnknownEncoder { name: String },
+    #[error("encoder {name:?} already exists")]
+    EncoderExists { name: String },
+    /// An encoder that routers take their contexts from cannot be removed.
+    #[error("encoder {name:?} is used by routers {routers:?}; delete them first")]
+    EncoderInUse { name: String, routers: Vec<String> },
     /// The blocking task loading the model panicked or was cancelled.
     #[error("reward model {name:?}: internal task failed: {reason}")]
     LoaderFailed { name: String, reason: String },

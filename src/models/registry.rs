@@ -1,18 +1,130 @@
-//! Loaded reward models by name. Readers take a snapshot of the names or an `Arc` of one
-//! model; a model stays alive while a request holds it, so removing one lets in-flight
-//! requests finish before its session is freed.
+//! Loaded models by name: [`RewardModels`] and [`Encoders`], one generic [`Registry`].
+//! Readers take a snapshot of the names or an `Arc` of one model; a model stays alive
+//! while a request holds it, so removing one lets in-flight requests finish before its
+//! sessions are freed.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
 
-use super::{ModelError, ModelSource, RewardModel, RewardModelSpec};
+use super::{Encoder, ModelError, ModelSource, RewardModel, RewardModelSpec};
 
-#[derive(Default)]
-pub struct RewardModels {
-    models: RwLock<BTreeMap<String, Arc<RewardModel>>>,
+/// What a registry needs of the models it holds.
+pub trait Registered {
+    fn name(&self) -> &str;
+    /// The error for a name that is not registered.
+    fn unknown(name: &str) -> ModelError;
+    /// The error for a name that is taken.
+    fn exists(name: &str) -> ModelError;
 }
 
-impl RewardModels {
+impl Registered for RewardModel {
+    fn name(&self) -> &str {
+        RewardModel::name(self)
+    }
+    fn unknown(name: &str) -> ModelError {
+        ModelError::UnknownRewardModel {
+            name: name.to_string(),
+        }
+    }
+    fn exists(name: &str) -> ModelError {
+        ModelError::RewardModelExists {
+            name: name.to_string(),
+        }
+    }
+}
+
+impl Registered for Encoder {
+    fn name(&self) -> &str {
+        Encoder::name(self)
+    }
+    fn unknown(name: &str) -> ModelError {
+        ModelError::UnknownEncoder {
+            name: name.to_string(),
+        }
+    }
+    fn exists(name: &str) -> ModelError {
+        ModelError::EncoderExists {
+            name: name.to_string(),
+        }
+    }
+}
+
+pub struct Registry<M> {
+    models: RwLock<BTreeMap<String, Arc<M>>>,
+}
+
+/// Reward models serving now, by name.
+pub type RewardModels = Registry<RewardModel>;
+/// Encoders serving now, by name.
+pub type Encoders = Registry<Encoder>;
+
+impl<M> Default for Registry<M> {
+    fn default() -> Self {
+        Self {
+            models: RwLock::new(BTreeMap::new()),
+        }
+    }
+}
+
+impl<M: Registered> Registry<M> {
+    /// Publish a loaded model.
+    pub fn insert(&self, model: M) -> Result<Arc<M>, ModelError> {
+        let mut models = self.models.write().expect("model registry lock poisoned");
+        if models.contains_key(model.name()) {
+            return Err(M::exists(model.name()));
+        }
+        let model = Arc::new(model);
+        models.insert(model.name().to_string(), model.clone());
+        Ok(model)
+    }
+
+    /// Unpublish a model: new requests no longer see it; requests holding it finish, and
+    /// its workers stop (freeing the sessions) when the last of them drops it.
+    pub fn remove(&self, name: &str) -> Result<Arc<M>, ModelError> {
+        self.models
+            .write()
+            .expect("model registry lock poisoned")
+            .remove(name)
+            .ok_or_else(|| M::unknown(name))
+    }
+
+    pub fn contains(&self, name: &str) -> bool {
+        self.models
+            .read()
+            .expect("model registry lock poisoned")
+            .contains_key(name)
+    }
+
+    /// Names of the models serving now, sorted.
+    pub fn names(&self) -> Vec<String> {
+        self.models
+            .read()
+            .expect("model registry lock poisoned")
+            .keys()
+            .cloned()
+            .collect()
+    }
+
+    pub fn get(&self, name: &str) -> Result<Arc<M>, ModelError> {
+        self.models
+            .read()
+            .expect("model registry lock poisoned")
+            .get(name)
+            .cloned()
+            .ok_or_else(|| M::unknown(name))
+    }
+
+    pub fn list(&self) -> Vec<Arc<M>> {
+        self.models
+            .read()
+            .expect("model registry lock poisoned")
+            .values()
+            .cloned()
+            .collect()
+    }
+}
+
+impl Registry<RewardModel> {
     /// Load every spec (blocking: sessions are created and probed). Fails on the first
     /// model that does not load, or on a repeated name.
     pub fn load_all(specs: Vec<(RewardModelSpec, ModelSource)>) -> Result<Self, ModelError> {
@@ -31,67 +143,5 @@ impl RewardModels {
                 name: "*".to_string(),
                 reason: e.to_string(),
             })?
-    }
-
-    /// Publish a loaded model.
-    pub fn insert(&self, model: RewardModel) -> Result<Arc<RewardModel>, ModelError> {
-        let mut models = self.models.write().expect("reward model lock poisoned");
-        if models.contains_key(model.name()) {
-            return Err(ModelError::RewardModelExists {
-                name: model.name().to_string(),
-            });
-        }
-        let model = Arc::new(model);
-        models.insert(model.name().to_string(), model.clone());
-        Ok(model)
-    }
-
-    /// Unpublish a model: new requests no longer see it; requests holding it finish, and
-    /// its worker stops (freeing the session) when the last of them drops it.
-    pub fn remove(&self, name: &str) -> Result<Arc<RewardModel>, ModelError> {
-        self.models
-            .write()
-            .expect("reward model lock poisoned")
-            .remove(name)
-            .ok_or_else(|| ModelError::UnknownRewardModel {
-                name: name.to_string(),
-            })
-    }
-
-    pub fn contains(&self, name: &str) -> bool {
-        self.models
-            .read()
-            .expect("reward model lock poisoned")
-            .contains_key(name)
-    }
-
-    /// Names of the models serving now, sorted.
-    pub fn names(&self) -> Vec<String> {
-        self.models
-            .read()
-            .expect("reward model lock poisoned")
-            .keys()
-            .cloned()
-            .collect()
-    }
-
-    pub fn get(&self, name: &str) -> Result<Arc<RewardModel>, ModelError> {
-        self.models
-            .read()
-            .expect("reward model lock poisoned")
-            .get(name)
-            .cloned()
-            .ok_or_else(|| ModelError::UnknownRewardModel {
-                name: name.to_string(),
-            })
-    }
-
-    pub fn list(&self) -> Vec<Arc<RewardModel>> {
-        self.models
-            .read()
-            .expect("reward model lock poisoned")
-            .values()
-            .cloned()
-            .collect()
     }
 }

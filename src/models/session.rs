@@ -14,7 +14,7 @@ use ort::value::{Tensor, TensorElementType, ValueType};
 use tokenizers::Encoding;
 
 use super::chat::ChatTemplate;
-use super::spec::{Provider, ScoreRead};
+use super::spec::{Pooling, Provider, ScoreRead};
 use super::tokenize::{TextEncoder, load_tokenizer};
 use super::{InputFormat, ModelError, RewardModelSpec, runtime};
 use crate::telemetry::metric;
@@ -40,18 +40,32 @@ pub(super) struct ModelInput {
     integer_type: IntegerType,
 }
 
+/// What a session's output is read as.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(super) enum Head {
+    /// One score per sequence (reward models).
+    Score,
+    /// One vector per sequence (encoders): the output `[batch, sequence, dim]` mean-pooled
+    /// over each sequence's tokens, or `[batch, dim]` as it is; L2-normalized if asked.
+    Embedding { pooling: Pooling, normalize: bool },
+}
+
 /// Session, tokenizer and input layout of one model; lives on its worker thread.
 pub(super) struct Scorer {
     pub(super) spec: RewardModelSpec,
+    pub(super) head: Head,
     pub(super) provider: String,
     pub(super) encoder: TextEncoder,
     session: Session,
     pub(super) inputs: Vec<ModelInput>,
     pub(super) output_name: String,
+    /// Values per sequence in [`Scorer::infer`]'s result: 1 for scores, the dimension for
+    /// embeddings (found by the probe).
+    pub(super) width: usize,
 }
 
 impl Scorer {
-    pub(super) fn new(spec: RewardModelSpec) -> Result<Self, ModelError> {
+    pub(super) fn new(spec: RewardModelSpec, head: Head) -> Result<Self, ModelError> {
         let name = spec.name.clone();
         for path in [&spec.model, &spec.tokenizer] {
             std::fs::metadata(path).map_err(|e| ModelError::MissingFile {
@@ -69,7 +83,7 @@ impl Scorer {
         let (session, provider) = build_session(&spec, environment)?;
         let chat = match spec.input_format {
             InputFormat::Chat => Some(ChatTemplate::load(&spec.tokenizer_config_path(), &name)?),
-            InputFormat::Pair | InputFormat::Template => None,
+            InputFormat::Pair | InputFormat::Template | InputFormat::Text => None,
         };
         let inputs = session
             .inputs()
@@ -102,12 +116,14 @@ impl Scorer {
         let mut scorer = Self {
             encoder: TextEncoder::new(spec.clone(), tokenizer, chat),
             spec,
+            head,
             provider,
             session,
             inputs,
             output_name,
+            width: 1,
         };
-        scorer
+        let probe = scorer
             .score("probe", &["probe".to_string()])
             .map_err(|e| match e {
                 ModelError::Inference { name, reason } => ModelError::Load {
@@ -116,6 +132,7 @@ impl Scorer {
                 },
                 other => other,
             })?;
+        scorer.width = probe.len();
         Ok(scorer)
     }
 
@@ -126,7 +143,7 @@ impl Scorer {
         self.infer(&refs)
     }
 
-    /// One inference over `encodings`, padded to the longest.
+    /// One inference over `encodings`, padded to the longest: `width` values per sequence.
     pub(super) fn infer(&mut self, encodings: &[&Encoding]) -> Result<Vec<f32>, ModelError> {
         let name = &self.spec.name;
         let batch = encodings.len();
@@ -203,6 +220,11 @@ impl Scorer {
             ))
         })?;
         let dims: Vec<i64> = shape.iter().copied().collect();
+        if let Head::Embedding { pooling, normalize } = self.head {
+            return embeddings(data, &dims, encodings, pooling, normalize).map_err(|reason| {
+                inference_error(format!("output {:?}: {reason}", self.output_name))
+            });
+        }
         let width = match dims.as_slice() {
             [rows] if *rows as usize == batch => 1,
             [rows, width] if *rows as usize == batch => *width as usize,
@@ -242,6 +264,57 @@ impl Scorer {
             })
             .collect())
     }
+}
+
+/// One vector per sequence from an encoder's output `data` of shape `dims`: mean over each
+/// sequence's own tokens for `[batch, sequence, dim]` (padding excluded), or the rows of
+/// `[batch, dim]`; then divided by its L2 norm when `normalize` (a zero vector stays zero).
+fn embeddings(
+    data: &[f32],
+    dims: &[i64],
+    encodings: &[&Encoding],
+    pooling: Pooling,
+    normalize: bool,
+) -> Result<Vec<f32>, String> {
+    let batch = encodings.len();
+    let mut rows: Vec<f32> = match (pooling, dims) {
+        (Pooling::Mean, &[b, sequence, dim]) if b as usize == batch => {
+            let (sequence, dim) = (sequence as usize, dim as usize);
+            let mut rows = vec![0f32; batch * dim];
+            for (row, encoding) in encodings.iter().enumerate() {
+                let mask = encoding.get_attention_mask();
+                let kept = mask.iter().filter(|&&m| m == 1).count().max(1) as f32;
+                let out = &mut rows[row * dim..(row + 1) * dim];
+                for (t, _) in mask.iter().enumerate().filter(|(_, m)| **m == 1) {
+                    let token = &data[(row * sequence + t) * dim..(row * sequence + t + 1) * dim];
+                    out.iter_mut().zip(token).for_each(|(o, v)| *o += v);
+                }
+                out.iter_mut().for_each(|o| *o /= kept);
+            }
+            rows
+        }
+        (Pooling::None, &[b, _]) if b as usize == batch => data.to_vec(),
+        (Pooling::Mean, _) => {
+            return Err(format!(
+                "has shape {dims:?}; pooling \"mean\" expects [{batch}, sequence, dim]"
+            ));
+        }
+        (Pooling::None, _) => {
+            return Err(format!(
+                "has shape {dims:?}; pooling \"none\" expects [{batch}, dim]"
+            ));
+        }
+    };
+    if normalize {
+        let dim = rows.len() / batch.max(1);
+        for row in rows.chunks_mut(dim.max(1)) {
+            let norm = row.iter().map(|v| v * v).sum::<f32>().sqrt();
+            if norm > 0.0 {
+                row.iter_mut().for_each(|v| *v /= norm);
+            }
+        }
+    }
+    Ok(rows)
 }
 
 /// A session on the spec's execution provider: (session, provider label). An unavailable

@@ -56,6 +56,7 @@ impl TextEncoder {
             .map(|response| -> Result<EncodeInput, ModelError> {
                 Ok(match (&self.spec.input_format, &self.chat) {
                     (InputFormat::Pair, _) => (prompt.to_string(), response.clone()).into(),
+                    (InputFormat::Text, _) => response.clone().into(),
                     (InputFormat::Template, _) => self.spec.render(prompt, response).into(),
                     (InputFormat::Chat, Some(chat)) => chat
                         .render(prompt, response)

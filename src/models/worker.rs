@@ -10,14 +10,15 @@
 //! O(n log n) for n sequences, then the inferences.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::mpsc::Receiver;
+use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokenizers::Encoding;
 use tokio::sync::oneshot;
+use tracing::Instrument;
 
-use super::session::Scorer;
+use super::session::{Head, Scorer};
 use super::{ModelError, RewardModelSpec};
 use crate::telemetry::metric;
 
@@ -30,6 +31,102 @@ pub(super) struct ScoreJob {
     pub(super) reply: oneshot::Sender<Result<Vec<f32>, ModelError>>,
     pub(super) span: tracing::Span,
     pub(super) enqueued: Instant,
+}
+
+/// The worker threads of one model and the queue that feeds them.
+pub(super) struct Workers {
+    name: String,
+    queue_capacity: usize,
+    jobs: SyncSender<ScoreJob>,
+    queue_depth: Arc<AtomicUsize>,
+    /// The execution provider the sessions run on (`cpu`, `cuda:0`, ...).
+    pub(super) provider: String,
+    /// Model inputs as ONNX Runtime reports them.
+    pub(super) input_names: Vec<String>,
+    /// The output read.
+    pub(super) output_name: String,
+    /// Values per text in a job's result (1 for scores; an encoder's dimension).
+    pub(super) width: usize,
+}
+
+impl Workers {
+    /// Load `spec.workers` sessions (each probed) and start a thread per session.
+    /// Blocking: call it off the async runtime.
+    pub(super) fn start(spec: &RewardModelSpec, head: Head) -> Result<Self, ModelError> {
+        let mut scorers = vec![Scorer::new(spec.clone(), head)?];
+        for _ in 1..spec.workers {
+            scorers.push(Scorer::new(spec.clone(), head)?);
+        }
+        let first = &scorers[0];
+        let provider = first.provider.clone();
+        let input_names = first.inputs.iter().map(|i| i.name.clone()).collect();
+        let (output_name, width) = (first.output_name.clone(), first.width);
+        let (jobs, queue) = sync_channel(spec.queue_capacity);
+        let queue = Arc::new(Mutex::new(queue));
+        let queue_depth = Arc::new(AtomicUsize::new(0));
+        for (index, scorer) in scorers.into_iter().enumerate() {
+            let (queue, depth) = (queue.clone(), queue_depth.clone());
+            std::thread::Builder::new()
+                .name(format!("rm-{}-{index}", spec.name))
+                .spawn(move || run_worker(scorer, queue, depth))
+                .map_err(|e| ModelError::Load {
+                    name: spec.name.clone(),
+                    reason: format!("cannot start worker thread: {e}"),
+                })?;
+        }
+        Ok(Self {
+            name: spec.name.clone(),
+            queue_capacity: spec.queue_capacity,
+            jobs,
+            queue_depth,
+            provider,
+            input_names,
+            output_name,
+            width,
+        })
+    }
+
+    pub(super) fn queue_depth(&self) -> usize {
+        self.queue_depth.load(Ordering::Relaxed)
+    }
+
+    /// Run `texts` (with `prompt`, as the input format says) through the model: `width`
+    /// values per text, in order. A job still queued when `deadline` passes is dropped.
+    pub(super) async fn submit(
+        &self,
+        prompt: String,
+        texts: Vec<String>,
+        deadline: Option<Instant>,
+    ) -> Result<Vec<f32>, ModelError> {
+        let (reply, answer) = oneshot::channel();
+        let job = ScoreJob {
+            prompt,
+            responses: texts,
+            deadline,
+            reply,
+            span: tracing::Span::current(),
+            enqueued: Instant::now(),
+        };
+        self.queue_depth.fetch_add(1, Ordering::Relaxed);
+        if let Err(error) = self.jobs.try_send(job) {
+            self.queue_depth.fetch_sub(1, Ordering::Relaxed);
+            let name = self.name.clone();
+            return Err(match error {
+                TrySendError::Full(_) => ModelError::QueueFull {
+                    name,
+                    capacity: self.queue_capacity,
+                },
+                TrySendError::Disconnected(_) => ModelError::WorkerStopped { name },
+            });
+        }
+        metrics::gauge!(metric::RM_QUEUE_DEPTH, "reward_model" => self.name.clone())
+            .set(self.queue_depth() as f64);
+        let name = self.name.clone();
+        answer
+            .instrument(tracing::debug_span!("await_model"))
+            .await
+            .unwrap_or(Err(ModelError::WorkerStopped { name }))
+    }
 }
 
 pub(super) fn run_worker(
@@ -108,7 +205,7 @@ impl Scorer {
         for job in &live {
             match self.encoder.encode(&job.prompt, &job.responses) {
                 Ok(encoded) => {
-                    outcomes.push(Ok(vec![f32::NAN; encoded.len()]));
+                    outcomes.push(Ok(vec![f32::NAN; encoded.len() * self.width]));
                     encodings.push(encoded);
                 }
                 Err(error) => {
@@ -147,10 +244,11 @@ impl Scorer {
                 .map(|&(job, r, _)| &encodings[job][r])
                 .collect();
             match self.infer(&refs) {
-                Ok(scores) => {
-                    for (&(job, r, _), score) in chunk.iter().zip(scores) {
-                        if let Ok(job_scores) = &mut outcomes[job] {
-                            job_scores[r] = score;
+                Ok(values) => {
+                    let width = self.width;
+                    for (&(job, r, _), row) in chunk.iter().zip(values.chunks(width)) {
+                        if let Ok(job_values) = &mut outcomes[job] {
+                            job_values[r * width..(r + 1) * width].copy_from_slice(row);
                         }
                     }
                 }
