@@ -26,9 +26,11 @@ use crate::api::auth::AdminAccess;
 use crate::api::pb;
 use crate::api::reward_router::RewardRouterService;
 use crate::config::{Config, TlsConfig};
-use crate::models::{ModelError, ModelSource, RewardModelSpec, RewardModels};
+use crate::models::{
+    Encoder, EncoderSpec, Encoders, ModelError, ModelSource, RewardModelSpec, RewardModels,
+};
 use crate::routers::{RouterError, Routers, RoutersHandle};
-use crate::service::Service;
+use crate::service::{Models, Service};
 use crate::store::{Store, StoreError, StoreOptions};
 use crate::telemetry;
 
@@ -87,17 +89,41 @@ pub async fn run(
         )
         .collect();
     let reward_models = RewardModels::open(specs).await?;
+    // The config's encoders, less those removed through Admin, then those added.
+    let encoder_changes = routers.encoder_changes();
+    let encoder_specs: Vec<(EncoderSpec, ModelSource)> = config
+        .encoders
+        .iter()
+        .filter(|spec| !encoder_changes.removed.contains(&spec.name))
+        .map(|spec| (spec.clone(), ModelSource::Config))
+        .chain(
+            encoder_changes
+                .added
+                .into_values()
+                .map(|spec| (spec, ModelSource::Admin)),
+        )
+        .collect();
+    let encoders = Encoders::default();
+    for (spec, source) in encoder_specs {
+        encoders.insert(Encoder::load_off_runtime(spec, source).await?)?;
+    }
+    if let Some(name) = &config.routers.default_encoder
+        && !encoders.contains(name)
+    {
+        tracing::warn!(encoder = %name, "routers.default_encoder is not loaded: Scores without contexts need an existing router");
+    }
     for model in reward_models.list() {
         telemetry::record_reward_model_loaded(&model);
     }
     if reward_models.names().is_empty() {
         tracing::warn!("no reward models configured: Score will answer FAILED_PRECONDITION");
     }
-    let service = Arc::new(Service::new(
-        routers.clone(),
+    let models = Models {
         reward_models,
-        config.limits.clone(),
-    ));
+        encoders,
+        default_encoder: config.routers.default_encoder.clone(),
+    };
+    let service = Arc::new(Service::new(models, routers.clone(), config.limits.clone()));
 
     let grpc_listener = TcpListener::bind(config.server.listen)
         .await

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use crate::models::RewardModelSpec;
+use crate::models::{EncoderSpec, RewardModelSpec};
 use crate::routers::{RouterError, RouterSettings, RouterSettingsPatch, RoutersOptions};
 
 /// The config used when no `--config` is given.
@@ -38,6 +38,8 @@ pub struct Config {
     pub limits: Limits,
     pub store: StoreConfig,
     pub reward_models: Vec<RewardModelSpec>,
+    /// Encoders routers can take their contexts from (`[[encoders]]`).
+    pub encoders: Vec<EncoderSpec>,
 }
 
 /// Durable state under `<data_dir>/state` (see `src/store/mod.rs`).
@@ -125,6 +127,9 @@ impl Default for ServerConfig {
 pub struct RoutersConfig {
     /// Create a router with these defaults the first time Score names it (default true).
     pub create_on_first_use: bool,
+    /// The encoder of routers that a Score without contexts creates on first use (their
+    /// `context_dim` is its dimension). Unset: such a Score needs an existing router.
+    pub default_encoder: Option<String>,
     /// Defaults for every field a CreateRouter request leaves unset.
     pub defaults: RouterSettingsPatch,
 }
@@ -133,6 +138,7 @@ impl Default for RoutersConfig {
     fn default() -> Self {
         Self {
             create_on_first_use: true,
+            default_encoder: None,
             defaults: RouterSettingsPatch::default(),
         }
     }
@@ -161,10 +167,21 @@ impl<'de> Deserialize<'de> for RoutersConfig {
                 )));
             }
         };
+        let default_encoder = match table.remove("default_encoder") {
+            None => None,
+            Some(toml::Value::String(name)) => Some(name),
+            Some(other) => {
+                return Err(D::Error::custom(format!(
+                    "default_encoder: expected an encoder name, found {}",
+                    other.type_str()
+                )));
+            }
+        };
         let defaults = RouterSettingsPatch::deserialize(toml::Value::Table(table))
             .map_err(|e| D::Error::custom(e.to_string()))?;
         Ok(Self {
             create_on_first_use,
+            default_encoder,
             defaults,
         })
     }
@@ -252,6 +269,11 @@ impl Config {
             .into_iter()
             .map(|spec| spec.resolve_paths(base))
             .collect();
+        config.encoders = config
+            .encoders
+            .into_iter()
+            .map(|spec| spec.resolve_paths(base))
+            .collect();
         if let Some(tls) = &mut config.server.tls {
             for path in [
                 Some(&mut tls.cert_path),
@@ -322,6 +344,17 @@ impl Config {
         for (field, value) in limits {
             if value == 0 {
                 return Err(invalid(field, "must be > 0".into()));
+            }
+        }
+        let mut encoders = std::collections::BTreeSet::new();
+        for spec in &self.encoders {
+            spec.validate()
+                .map_err(|e| invalid("encoders", e.to_string()))?;
+            if !encoders.insert(spec.name.as_str()) {
+                return Err(invalid(
+                    "encoders",
+                    format!("name {:?} appears twice", spec.name),
+                ));
             }
         }
         let mut names = std::collections::BTreeSet::new();

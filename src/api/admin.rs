@@ -8,7 +8,8 @@ use std::time::Instant;
 use tonic::{Request, Response, Status};
 
 use super::convert::admin::{
-    reward_model_info, reward_model_spec, router_info, router_settings_patch,
+    encoder_info, encoder_spec, reward_model_info, reward_model_spec, router_info,
+    router_settings_patch,
 };
 use super::pb;
 use crate::service::{Api, Service};
@@ -155,5 +156,56 @@ impl pb::admin_server::Admin for AdminService {
         }
         .await;
         super::observe("ResetRouter", started, result)
+    }
+
+    async fn add_encoder(
+        &self,
+        request: Request<pb::AddEncoderRequest>,
+    ) -> Result<Response<pb::AddEncoderResponse>, Status> {
+        let started = Instant::now();
+        let result = async {
+            let _slot = self.service.admit(Api::Admin)?;
+            let spec = encoder_spec(request.into_inner().spec)?;
+            let encoder = self.service.add_encoder(spec).await?;
+            Ok::<_, Status>(pb::AddEncoderResponse {
+                encoder: Some(encoder_info(&encoder)),
+            })
+        }
+        .await;
+        super::observe("AddEncoder", started, result)
+    }
+
+    async fn remove_encoder(
+        &self,
+        request: Request<pb::RemoveEncoderRequest>,
+    ) -> Result<Response<pb::RemoveEncoderResponse>, Status> {
+        let started = Instant::now();
+        let result = async {
+            let _slot = self.service.admit(Api::Admin)?;
+            self.service
+                .remove_encoder(request.into_inner().name)
+                .await?;
+            Ok::<_, Status>(pb::RemoveEncoderResponse {})
+        }
+        .await;
+        super::observe("RemoveEncoder", started, result)
+    }
+
+    async fn list_encoders(
+        &self,
+        _request: Request<pb::ListEncodersRequest>,
+    ) -> Result<Response<pb::ListEncodersResponse>, Status> {
+        let started = Instant::now();
+        let result = (|| {
+            let _slot = self.service.admit(Api::Admin)?;
+            let encoders = self
+                .service
+                .list_encoders()
+                .iter()
+                .map(|encoder| encoder_info(encoder))
+                .collect();
+            Ok::<_, Status>(pb::ListEncodersResponse { encoders })
+        })();
+        super::observe("ListEncoders", started, result)
     }
 }

@@ -41,6 +41,12 @@ impl From<ServiceError> for Status {
             ServiceError::Overloaded { .. } => Status::resource_exhausted(error.to_string()),
             ServiceError::DeadlineExceeded => Status::deadline_exceeded(error.to_string()),
             ServiceError::TaskFailed(_) => Status::internal(error.to_string()),
+            ServiceError::ContextsNotTaken { .. }
+            | ServiceError::ContextsMissing { .. }
+            | ServiceError::NoEncoderForNewRouter { .. } => {
+                let field = "queries[0].context";
+                field_violation(Code::InvalidArgument, field, format!("{field}: {error}"))
+            }
         }
     }
 }

@@ -221,7 +221,8 @@ impl Scorer {
         })?;
         let dims: Vec<i64> = shape.iter().copied().collect();
         if let Head::Embedding { pooling, normalize } = self.head {
-            return embeddings(data, &dims, encodings, pooling, normalize).map_err(|reason| {
+            let masks: Vec<&[u32]> = encodings.iter().map(|e| e.get_attention_mask()).collect();
+            return embeddings(data, &dims, &masks, pooling, normalize).map_err(|reason| {
                 inference_error(format!("output {:?}: {reason}", self.output_name))
             });
         }
@@ -272,17 +273,16 @@ impl Scorer {
 fn embeddings(
     data: &[f32],
     dims: &[i64],
-    encodings: &[&Encoding],
+    masks: &[&[u32]],
     pooling: Pooling,
     normalize: bool,
 ) -> Result<Vec<f32>, String> {
-    let batch = encodings.len();
+    let batch = masks.len();
     let mut rows: Vec<f32> = match (pooling, dims) {
         (Pooling::Mean, &[b, sequence, dim]) if b as usize == batch => {
             let (sequence, dim) = (sequence as usize, dim as usize);
             let mut rows = vec![0f32; batch * dim];
-            for (row, encoding) in encodings.iter().enumerate() {
-                let mask = encoding.get_attention_mask();
+            for (row, mask) in masks.iter().enumerate() {
                 let kept = mask.iter().filter(|&&m| m == 1).count().max(1) as f32;
                 let out = &mut rows[row * dim..(row + 1) * dim];
                 for (t, _) in mask.iter().enumerate().filter(|(_, m)| **m == 1) {
@@ -409,4 +409,25 @@ fn model_input(model: &str, name: &str, dtype: &ValueType) -> Result<ModelInput,
         kind,
         integer_type,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mean_pooling_skips_padding_and_normalizes() {
+        // Two sequences of up to 3 tokens, dim 2; the first has one padded position.
+        let data = [
+            1.0, 0.0, 3.0, 0.0, 100.0, 100.0, 0.0, 2.0, 0.0, 2.0, 0.0, 2.0,
+        ];
+        let masks: [&[u32]; 2] = [&[1, 1, 0], &[1, 1, 1]];
+        let pooled = embeddings(&data, &[2, 3, 2], &masks, Pooling::Mean, false).unwrap();
+        assert_eq!(pooled, vec![2.0, 0.0, 0.0, 2.0]);
+        let unit = embeddings(&data, &[2, 3, 2], &masks, Pooling::Mean, true).unwrap();
+        assert_eq!(unit, vec![1.0, 0.0, 0.0, 1.0]);
+        let rows = embeddings(&[3.0, 4.0], &[1, 2], &masks[..1], Pooling::None, true).unwrap();
+        assert!((rows[0] - 0.6).abs() < 1e-6 && (rows[1] - 0.8).abs() < 1e-6);
+        assert!(embeddings(&data, &[2, 6], &masks, Pooling::Mean, true).is_err());
+    }
 }

@@ -10,13 +10,13 @@
 use std::sync::Arc;
 
 use super::events::{Evictions, FeedbackForm, FeedbackOutcome, Selection};
-use super::ledger::RewardModelChanges;
-use super::registry::SharedRouter;
+use super::ledger::{EncoderChanges, RewardModelChanges};
+use super::registry::{FirstUse, SharedRouter};
 use super::router::Router;
 use super::settings::{RouterSettings, RouterSettingsPatch, SelectionMode};
 use super::statistics::ArmStatistics;
 use super::{RouterError, Routers};
-use crate::models::RewardModelSpec;
+use crate::models::{EncoderSpec, RewardModelSpec};
 use crate::store::Durable;
 
 /// A cheap, clonable async handle on the routers.
@@ -158,6 +158,52 @@ impl RoutersHandle {
             router,
             selection: selection?,
         })
+    }
+
+    /// The router `name`'s encoder (`None`: clients send contexts) and context dimension,
+    /// creating the router as `first_use` says when it does not exist (durably).
+    pub async fn prepare(
+        &self,
+        name: String,
+        first_use: FirstUse,
+        serving: Vec<String>,
+    ) -> Result<(Option<String>, usize), RouterError> {
+        let (encoder, created) = self
+            .blocking(move |routers| {
+                let (router, created) = routers.get_or_create_as(&name, &serving, &first_use)?;
+                let locked = router.lock().expect("router lock poisoned");
+                let settings = locked.settings();
+                Ok(((settings.encoder.clone(), settings.context_dim), created))
+            })
+            .await?;
+        if let Some(created) = created {
+            Ticket(created).acknowledged().await?;
+        }
+        Ok(encoder)
+    }
+
+    pub fn creates_on_first_use(&self) -> bool {
+        self.routers.creates_on_first_use()
+    }
+
+    /// Log that encoder `spec` is being published; acknowledge after publishing it.
+    pub async fn encoder_added(&self, spec: EncoderSpec) -> Result<Ticket, RouterError> {
+        self.blocking(move |routers| routers.encoder_added(spec).map(Ticket))
+            .await
+    }
+
+    /// Log that encoder `name` is being unpublished, unless routers use it (their names).
+    pub async fn encoder_removed(
+        &self,
+        name: String,
+    ) -> Result<Result<Ticket, Vec<String>>, RouterError> {
+        self.blocking(move |routers| Ok(routers.encoder_removed(&name)?.map(Ticket)))
+            .await
+    }
+
+    /// The encoder changes made through Admin (recovered ones included).
+    pub fn encoder_changes(&self) -> EncoderChanges {
+        self.routers.encoder_changes()
     }
 
     /// Record a selection's new decisions; returns once they are durable.

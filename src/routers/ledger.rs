@@ -14,18 +14,19 @@ use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
 use serde::{Deserialize, Serialize};
 
 use super::router::Router;
-use super::settings::RouterSettings;
+use super::settings::{RouterSettings, RouterSettingsV1};
 use super::state::{RouterState, RouterStateV1};
 use super::{RouterError, RouterEvent, Routers};
-use crate::models::RewardModelSpec;
+use crate::models::{EncoderSpec, RewardModelSpec};
 use crate::store::{Durable, Recovered, Store};
 
 /// One logged change of the routers' state.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum StateEvent {
-    RouterCreated {
+    /// A router created, in format 1 (logs written before format 2).
+    RouterCreatedV1 {
         name: String,
-        settings: RouterSettings,
+        settings: RouterSettingsV1,
         serving: Vec<String>,
     },
     RouterDeleted {
@@ -53,6 +54,19 @@ pub enum StateEvent {
         name: String,
         state: Box<RouterState>,
     },
+    RouterCreated {
+        name: String,
+        settings: RouterSettings,
+        serving: Vec<String>,
+    },
+    /// An encoder published through Admin.AddEncoder.
+    EncoderAdded {
+        spec: EncoderSpec,
+    },
+    /// An encoder unpublished through Admin.RemoveEncoder (config encoders included).
+    EncoderRemoved {
+        name: String,
+    },
 }
 
 /// Changes to the server's RM set made through Admin, to redo at startup.
@@ -64,11 +78,19 @@ pub struct RewardModelChanges {
     pub removed: BTreeSet<String>,
 }
 
+/// Changes to the server's encoders made through Admin, to redo at startup.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct EncoderChanges {
+    pub added: BTreeMap<String, EncoderSpec>,
+    pub removed: BTreeSet<String>,
+}
+
 /// The payload of a snapshot.
 #[derive(Serialize, Deserialize)]
 struct Snapshot {
     routers: Vec<RouterState>,
     reward_models: RewardModelChanges,
+    encoders: EncoderChanges,
 }
 
 /// The payload of a version 1 snapshot.
@@ -86,6 +108,7 @@ impl Snapshot {
             return Ok(Snapshot {
                 routers: old.routers.into_iter().map(RouterState::from).collect(),
                 reward_models: old.reward_models,
+                encoders: EncoderChanges::default(),
             });
         }
         postcard::from_bytes(payload)
@@ -167,6 +190,30 @@ impl Routers {
                 let router = Router::new(name.clone(), settings, &serving);
                 self.map_mut().insert(name, Arc::new(Mutex::new(router)));
             }
+            StateEvent::RouterCreatedV1 {
+                name,
+                settings,
+                serving,
+            } => {
+                let router = Router::new(name.clone(), settings.into(), &serving);
+                self.map_mut().insert(name, Arc::new(Mutex::new(router)));
+            }
+            StateEvent::EncoderAdded { spec } => {
+                let mut changes = self
+                    .encoder_changes
+                    .lock()
+                    .expect("encoder changes lock poisoned");
+                changes.removed.remove(&spec.name);
+                changes.added.insert(spec.name.clone(), spec);
+            }
+            StateEvent::EncoderRemoved { name } => {
+                let mut changes = self
+                    .encoder_changes
+                    .lock()
+                    .expect("encoder changes lock poisoned");
+                changes.added.remove(&name);
+                changes.removed.insert(name);
+            }
             StateEvent::RouterDeleted { name } => {
                 self.map_mut().remove(&name);
             }
@@ -198,6 +245,10 @@ impl Routers {
                 .reward_model_changes
                 .lock()
                 .expect("RM changes lock poisoned") = snapshot.reward_models;
+            *self
+                .encoder_changes
+                .lock()
+                .expect("encoder changes lock poisoned") = snapshot.encoders;
             let mut routers = self.map_mut();
             for state in snapshot.routers {
                 let name = state.name.clone();
@@ -254,11 +305,13 @@ impl Routers {
                     .collect();
                 ledger.records_since_snapshot.store(0, Ordering::Relaxed);
                 let reward_models = self.reward_model_changes();
+                let encoders = self.encoder_changes();
                 (
                     seq,
                     Snapshot {
                         routers,
                         reward_models,
+                        encoders,
                     },
                 )
             };

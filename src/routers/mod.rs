@@ -41,8 +41,8 @@ pub use handle::{
     FeedbackReport, RecordReport, RouterInfo, RoutersHandle, SelectedFor, SelectionInput, Ticket,
     unix_ms,
 };
-pub use ledger::{RewardModelChanges, StateEvent};
-pub use registry::{Routers, RoutersOptions};
+pub use ledger::{EncoderChanges, RewardModelChanges, StateEvent};
+pub use registry::{FirstUse, Routers, RoutersOptions};
 pub use router::Router;
 pub use settings::{
     Normalization, NormalizationKind, Policy, PolicyKind, RouterSettings, RouterSettingsPatch,

@@ -15,11 +15,11 @@ use super::events::{
     Evictions, FeedbackForm, FeedbackOutcome, FeedbackSignals, IdempotencyKey, RouterEvent,
     Selection,
 };
-use super::ledger::{Ledger, RewardModelChanges, StateEvent};
+use super::ledger::{EncoderChanges, Ledger, RewardModelChanges, StateEvent};
 use super::settings::{RouterSettings, RouterSettingsPatch};
 use super::state::RouterState;
 use super::{Router, RouterError};
-use crate::models::RewardModelSpec;
+use crate::models::{EncoderSpec, RewardModelSpec};
 use crate::store::{Durable, Store};
 
 /// Longest router name accepted.
@@ -54,6 +54,17 @@ impl Default for RoutersOptions {
     }
 }
 
+/// How a router that does not exist yet is created on first use.
+#[derive(Clone, Debug)]
+pub enum FirstUse {
+    /// With the default settings.
+    Defaults,
+    /// With this patch over the defaults.
+    With(Box<RouterSettingsPatch>),
+    /// Not at all: the router must exist.
+    Refuse,
+}
+
 /// The outcome of a logged Feedback.
 pub struct FeedbackApplied {
     pub outcome: FeedbackOutcome,
@@ -68,6 +79,7 @@ pub struct Routers {
     default_settings: RouterSettings,
     routers: RwLock<BTreeMap<String, SharedRouter>>,
     pub(super) reward_model_changes: Mutex<RewardModelChanges>,
+    pub(super) encoder_changes: Mutex<EncoderChanges>,
     pub(super) ledger: Ledger,
 }
 
@@ -85,6 +97,7 @@ impl Routers {
             options,
             routers: RwLock::new(BTreeMap::new()),
             reward_model_changes: Mutex::new(RewardModelChanges::default()),
+            encoder_changes: Mutex::new(EncoderChanges::default()),
         }
     }
 
@@ -96,6 +109,11 @@ impl Routers {
     /// The settings `patch` names, unset fields from the defaults.
     pub fn settings_for(&self, patch: &RouterSettingsPatch) -> RouterSettings {
         patch.apply(&self.options.defaults)
+    }
+
+    /// Whether a Score may create the router it names.
+    pub fn creates_on_first_use(&self) -> bool {
+        self.options.create_on_first_use
     }
 
     pub fn max_context_dim(&self) -> usize {
@@ -139,10 +157,25 @@ impl Routers {
         name: &str,
         serving: &[String],
     ) -> Result<(SharedRouter, Option<Durable>), RouterError> {
+        self.get_or_create_as(name, serving, &FirstUse::Defaults)
+    }
+
+    /// [`Routers::get_or_create`], creating as `first_use` says.
+    pub fn get_or_create_as(
+        &self,
+        name: &str,
+        serving: &[String],
+        first_use: &FirstUse,
+    ) -> Result<(SharedRouter, Option<Durable>), RouterError> {
+        let settings = match first_use {
+            FirstUse::Defaults => self.default_settings.clone(),
+            FirstUse::With(patch) => self.settings_for(patch),
+            FirstUse::Refuse => return self.get(name).map(|router| (router, None)),
+        };
         match self.get(name) {
             Ok(router) => Ok((router, None)),
             Err(RouterError::UnknownRouter { .. }) if self.options.create_on_first_use => {
-                match self.create(name, self.default_settings.clone(), serving) {
+                match self.create(name, settings, serving) {
                     Ok((router, durable)) => {
                         tracing::info!(router = name, "router created on first use");
                         Ok((router, Some(durable)))
@@ -400,6 +433,47 @@ impl Routers {
         let durable = self.ledger.log(&event)?;
         self.apply(event)?;
         Ok(durable)
+    }
+
+    /// Log that encoder `spec` was published (loaded and probed by the caller).
+    pub fn encoder_added(&self, spec: EncoderSpec) -> Result<Durable, RouterError> {
+        let _gate = self.ledger.change();
+        let event = StateEvent::EncoderAdded { spec };
+        let durable = self.ledger.log(&event)?;
+        self.apply(event)?;
+        Ok(durable)
+    }
+
+    /// Log that encoder `name` was unpublished; refused while a router takes its contexts
+    /// from it (the names of those routers come back).
+    pub fn encoder_removed(&self, name: &str) -> Result<Result<Durable, Vec<String>>, RouterError> {
+        let _gate = self.ledger.change();
+        let users: Vec<String> = self
+            .list()
+            .iter()
+            .filter_map(|router| {
+                let router = router.lock().expect("router lock poisoned");
+                (router.settings().encoder.as_deref() == Some(name))
+                    .then(|| router.name().to_string())
+            })
+            .collect();
+        if !users.is_empty() {
+            return Ok(Err(users));
+        }
+        let event = StateEvent::EncoderRemoved {
+            name: name.to_string(),
+        };
+        let durable = self.ledger.log(&event)?;
+        self.apply(event)?;
+        Ok(Ok(durable))
+    }
+
+    /// The encoder changes made through Admin so far (recovered ones included).
+    pub fn encoder_changes(&self) -> EncoderChanges {
+        self.encoder_changes
+            .lock()
+            .expect("encoder changes lock poisoned")
+            .clone()
     }
 
     /// The RM set changes made through Admin so far (recovered ones included).

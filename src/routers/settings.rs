@@ -113,6 +113,73 @@ pub struct RouterSettings {
     pub max_pending_decisions: usize,
     /// A decision not answered within this time is evicted.
     pub pending_ttl: Duration,
+    /// The encoder (served by this server) that turns each query's prompt into its context;
+    /// `None`: clients send contexts. Format 2.
+    pub encoder: Option<String>,
+}
+
+/// [`RouterSettings`] as format 1 wrote them (no encoder).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RouterSettingsV1 {
+    context_dim: usize,
+    policy: Policy,
+    alpha: f64,
+    l2_lambda: f64,
+    normalization: Normalization,
+    reward_is_normalized: bool,
+    default_mode: SelectionMode,
+    seed: u64,
+    reward_models: Option<BTreeSet<String>>,
+    join_new_reward_models: bool,
+    l2_normalize_context: bool,
+    projection_dim: usize,
+    max_pending_decisions: usize,
+    pending_ttl: Duration,
+}
+
+impl From<RouterSettingsV1> for RouterSettings {
+    fn from(old: RouterSettingsV1) -> Self {
+        Self {
+            context_dim: old.context_dim,
+            policy: old.policy,
+            alpha: old.alpha,
+            l2_lambda: old.l2_lambda,
+            normalization: old.normalization,
+            reward_is_normalized: old.reward_is_normalized,
+            default_mode: old.default_mode,
+            seed: old.seed,
+            reward_models: old.reward_models,
+            join_new_reward_models: old.join_new_reward_models,
+            l2_normalize_context: old.l2_normalize_context,
+            projection_dim: old.projection_dim,
+            max_pending_decisions: old.max_pending_decisions,
+            pending_ttl: old.pending_ttl,
+            encoder: None,
+        }
+    }
+}
+
+#[cfg(test)]
+impl From<&RouterSettings> for RouterSettingsV1 {
+    fn from(settings: &RouterSettings) -> Self {
+        assert!(settings.encoder.is_none(), "format 1 has no encoders");
+        Self {
+            context_dim: settings.context_dim,
+            policy: settings.policy.clone(),
+            alpha: settings.alpha,
+            l2_lambda: settings.l2_lambda,
+            normalization: settings.normalization,
+            reward_is_normalized: settings.reward_is_normalized,
+            default_mode: settings.default_mode,
+            seed: settings.seed,
+            reward_models: settings.reward_models.clone(),
+            join_new_reward_models: settings.join_new_reward_models,
+            l2_normalize_context: settings.l2_normalize_context,
+            projection_dim: settings.projection_dim,
+            max_pending_decisions: settings.max_pending_decisions,
+            pending_ttl: settings.pending_ttl,
+        }
+    }
 }
 
 impl RouterSettings {
@@ -222,6 +289,7 @@ impl Default for RouterSettings {
             projection_dim: 0,
             max_pending_decisions: 100_000,
             pending_ttl: Duration::from_secs(3600),
+            encoder: None,
         }
     }
 }
@@ -269,6 +337,9 @@ pub struct RouterSettingsPatch {
     pub max_pending_decisions: Option<usize>,
     /// Seconds a decision waits for feedback before it is evicted (default 3600).
     pub pending_ttl_seconds: Option<u64>,
+    /// An encoder the server serves: contexts come from each query's prompt (`context_dim`
+    /// is the encoder's dimension). Default: none, clients send contexts.
+    pub encoder: Option<String>,
 }
 
 impl RouterSettingsPatch {
@@ -329,6 +400,7 @@ impl RouterSettingsPatch {
             pending_ttl: pick!(pending_ttl_seconds)
                 .map(Duration::from_secs)
                 .unwrap_or(laser.pending_ttl),
+            encoder: pick!(encoder),
         }
     }
 
@@ -375,7 +447,8 @@ impl RouterSettings {
             l2_normalize_context,
             projection_dim,
             max_pending_decisions,
-            pending_ttl_seconds
+            pending_ttl_seconds,
+            encoder
         );
         differ
     }
@@ -419,6 +492,7 @@ impl From<&RouterSettings> for RouterSettingsPatch {
             projection_dim: Some(settings.projection_dim),
             max_pending_decisions: Some(settings.max_pending_decisions),
             pending_ttl_seconds: Some(settings.pending_ttl.as_secs()),
+            encoder: settings.encoder.clone(),
         }
     }
 }

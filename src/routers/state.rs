@@ -13,7 +13,7 @@ use super::events::{Evictions, FeedbackCounts};
 use super::pending::{Choice, PendingBook, PendingDecision, PendingParts};
 use super::policy;
 use super::router::{Arm, Router};
-use super::settings::RouterSettings;
+use super::settings::{RouterSettings, RouterSettingsV1};
 use super::statistics::ArmStatistics;
 use crate::bandit::{LinUcbArm, LinUcbArmData, RewardNormalizer};
 
@@ -45,7 +45,7 @@ struct GroupsAndKeys {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct RouterStateV1 {
     name: String,
-    settings: RouterSettings,
+    settings: RouterSettingsV1,
     arms: Vec<ArmState>,
     pending: Vec<(String, PendingDecision)>,
     answered: Vec<String>,
@@ -60,7 +60,7 @@ impl From<RouterStateV1> for RouterState {
     fn from(old: RouterStateV1) -> Self {
         Self {
             name: old.name,
-            settings: old.settings,
+            settings: old.settings.into(),
             arms: old.arms,
             pending: old.pending,
             answered: old.answered,
@@ -70,6 +70,25 @@ impl From<RouterStateV1> for RouterState {
             contexts_seen: old.contexts_seen,
             evictions: old.evictions,
             groups_and_keys: GroupsAndKeys::default(),
+        }
+    }
+}
+
+#[cfg(test)]
+impl From<&RouterState> for RouterStateV1 {
+    /// What format 1 wrote for `state` (which has no groups, keys or encoder).
+    fn from(state: &RouterState) -> Self {
+        Self {
+            name: state.name.clone(),
+            settings: (&state.settings).into(),
+            arms: state.arms.clone(),
+            pending: state.pending.clone(),
+            answered: state.answered.clone(),
+            normalizer: state.normalizer.clone(),
+            decisions_recorded: state.decisions_recorded,
+            context_sum: state.context_sum.clone(),
+            contexts_seen: state.contexts_seen,
+            evictions: state.evictions,
         }
     }
 }

@@ -6,8 +6,8 @@
 use std::sync::Arc;
 
 use super::{Service, ServiceError};
-use crate::models::{ModelError, ModelSource, RewardModel, RewardModelSpec};
-use crate::routers::{RouterInfo, RouterSettingsPatch};
+use crate::models::{Encoder, EncoderSpec, ModelError, ModelSource, RewardModel, RewardModelSpec};
+use crate::routers::{RouterError, RouterInfo, RouterSettingsPatch};
 use crate::telemetry::{self, metric};
 
 impl Service {
@@ -54,11 +54,40 @@ impl Service {
     }
 
     /// Create the router `name`: `patch` over the config's defaults, an arm per serving RM.
+    /// A router with an encoder takes the encoder's dimension as its `context_dim`.
     pub async fn create_router(
         &self,
         name: String,
-        patch: RouterSettingsPatch,
+        mut patch: RouterSettingsPatch,
     ) -> Result<RouterInfo, ServiceError> {
+        if let Some(encoder) = &patch.encoder {
+            let dim = match self.encoders.get(encoder) {
+                Ok(encoder) => encoder.dim(),
+                Err(_) => {
+                    return Err(RouterError::InvalidSettings {
+                        field: "encoder",
+                        reason: format!(
+                            "{encoder:?} is not an encoder of this server (serving {:?})",
+                            self.encoders.names()
+                        ),
+                    }
+                    .into());
+                }
+            };
+            match patch.context_dim {
+                None => patch.context_dim = Some(dim),
+                Some(context_dim) if context_dim != dim => {
+                    return Err(RouterError::InvalidSettings {
+                        field: "context_dim",
+                        reason: format!(
+                            "{context_dim} differs from encoder {encoder:?}'s dimension {dim}; leave it 0"
+                        ),
+                    }
+                    .into());
+                }
+                Some(_) => {}
+            }
+        }
         let serving = self.reward_models.names();
         let info = self.routers.create(name, patch, serving).await?;
         tracing::info!(router = %info.name, "router created");
@@ -84,5 +113,41 @@ impl Service {
         let info = self.routers.reset(name, self.reward_models.names()).await?;
         tracing::info!(router = %info.name, "router reset");
         Ok(info)
+    }
+}
+
+impl Service {
+    /// Load and probe an encoder, log it, publish it. A spec that fails changes nothing.
+    pub async fn add_encoder(&self, spec: EncoderSpec) -> Result<Arc<Encoder>, ServiceError> {
+        let _admin = self.reward_model_admin.lock().await;
+        if self.encoders.contains(&spec.name) {
+            return Err(ModelError::EncoderExists { name: spec.name }.into());
+        }
+        let encoder = Encoder::load_off_runtime(spec.clone(), ModelSource::Admin).await?;
+        let ticket = self.routers.encoder_added(spec).await?;
+        let encoder = self.encoders.insert(encoder)?;
+        ticket.acknowledged().await?;
+        tracing::info!(encoder = %encoder.name(), dim = encoder.dim(), "encoder added");
+        Ok(encoder)
+    }
+
+    /// Unpublish encoder `name`; refused while routers take their contexts from it.
+    pub async fn remove_encoder(&self, name: String) -> Result<(), ServiceError> {
+        let _admin = self.reward_model_admin.lock().await;
+        if !self.encoders.contains(&name) {
+            return Err(ModelError::UnknownEncoder { name }.into());
+        }
+        let ticket = match self.routers.encoder_removed(name.clone()).await? {
+            Ok(ticket) => ticket,
+            Err(routers) => return Err(ModelError::EncoderInUse { name, routers }.into()),
+        };
+        drop(self.encoders.remove(&name)?);
+        ticket.acknowledged().await?;
+        tracing::info!(encoder = %name, "encoder removed");
+        Ok(())
+    }
+
+    pub fn list_encoders(&self) -> Vec<Arc<Encoder>> {
+        self.encoders.list()
     }
 }

@@ -22,7 +22,7 @@ pub use score::{ArmScore, QueryInput, ScoreCall, ScoredQuery, ranking};
 pub use slots::RequestSlots;
 
 use crate::config::Limits;
-use crate::models::{ModelError, RewardModels};
+use crate::models::{Encoders, ModelError, RewardModels};
 use crate::routers::{Evictions, RouterError, RoutersHandle, unix_ms};
 use crate::telemetry::metric;
 
@@ -40,9 +40,33 @@ pub enum ServiceError {
     Overloaded { limit: usize },
     #[error("the request's deadline passed while scoring; no decision was recorded")]
     DeadlineExceeded,
+    /// The router takes its contexts from an encoder, and the request sent contexts.
+    #[error(
+        "router {router:?} takes its contexts from encoder {encoder:?} (the prompt's embedding); send queries without context"
+    )]
+    ContextsNotTaken { router: String, encoder: String },
+    /// The router takes contexts from clients, and the request sent none.
+    #[error(
+        "router {router:?} has no encoder: send a context of dimension {context_dim} with every query"
+    )]
+    ContextsMissing { router: String, context_dim: usize },
+    /// A Score without contexts names a router that does not exist, and the server has no
+    /// default encoder to create it with.
+    #[error(
+        "router {router:?} does not exist and the server has no default encoder (routers.default_encoder): send contexts, or create the router with an encoder"
+    )]
+    NoEncoderForNewRouter { router: String },
     /// A scoring task panicked or was cancelled.
     #[error("internal task failed: {0}")]
     TaskFailed(#[source] tokio::task::JoinError),
+}
+
+/// The models a service runs.
+pub struct Models {
+    pub reward_models: RewardModels,
+    pub encoders: Encoders,
+    /// The encoder of routers that a Score without contexts creates on first use.
+    pub default_encoder: Option<String>,
 }
 
 /// Which service a request belongs to (each has its own bound on requests in progress).
@@ -56,18 +80,23 @@ pub enum Api {
 pub struct Service {
     routers: RoutersHandle,
     reward_models: RewardModels,
+    encoders: Encoders,
+    /// The encoder of routers a Score without contexts creates on first use.
+    default_encoder: Option<String>,
     limits: Limits,
-    /// Serializes AddRewardModel / RemoveRewardModel (load, log, publish as one step).
+    /// Serializes the changes to the model sets (load, log, publish as one step).
     reward_model_admin: tokio::sync::Mutex<()>,
     reward_router_slots: RequestSlots,
     admin_slots: RequestSlots,
 }
 
 impl Service {
-    pub fn new(routers: RoutersHandle, reward_models: RewardModels, limits: Limits) -> Self {
+    pub fn new(models: Models, routers: RoutersHandle, limits: Limits) -> Self {
         Self {
             routers,
-            reward_models,
+            reward_models: models.reward_models,
+            encoders: models.encoders,
+            default_encoder: models.default_encoder,
             reward_router_slots: RequestSlots::new(limits.max_concurrent_requests),
             admin_slots: RequestSlots::new(limits.max_concurrent_requests),
             limits,
@@ -89,6 +118,10 @@ impl Service {
 
     pub fn reward_models(&self) -> &RewardModels {
         &self.reward_models
+    }
+
+    pub fn encoders(&self) -> &Encoders {
+        &self.encoders
     }
 }
 

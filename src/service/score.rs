@@ -11,7 +11,7 @@ use tracing::Instrument;
 
 use super::{Service, ServiceError, record_evictions, unix_ms};
 use crate::bandit::ensemble;
-use crate::routers::{SelectionInput, SelectionMode};
+use crate::routers::{FirstUse, RouterError, RouterSettingsPatch, SelectionInput, SelectionMode};
 use crate::telemetry::metric;
 
 /// `ScoredQuery.reward_model` of an ensemble decision.
@@ -21,6 +21,8 @@ pub const ENSEMBLE_LABEL: &str = "ensemble";
 #[derive(Debug)]
 pub struct QueryInput {
     pub id: String,
+    /// Empty when the router takes contexts from its encoder (every query of a call has
+    /// one, or none does).
     pub context: Vec<f32>,
     pub prompt: String,
     pub responses: Vec<String>,
@@ -67,6 +69,10 @@ impl Service {
         deadline: Option<Instant>,
     ) -> Result<Vec<ScoredQuery>, ServiceError> {
         let serving = self.reward_models.names();
+        let contexts_given = call.queries.iter().all(|q| !q.context.is_empty());
+        let encoder = self
+            .context_source(&call.router, contexts_given, &serving)
+            .await?;
         let mut contexts = Vec::with_capacity(call.queries.len());
         let mut groups = Vec::with_capacity(call.queries.len());
         let mut queries = Vec::with_capacity(call.queries.len());
@@ -74,6 +80,17 @@ impl Service {
             contexts.push(query.context);
             groups.push(query.group);
             queries.push((query.id, query.prompt, query.responses));
+        }
+        if let Some(encoder) = encoder {
+            let prompts = queries
+                .iter()
+                .map(|(_, prompt, _)| prompt.clone())
+                .collect();
+            contexts = self
+                .encoders
+                .get(&encoder)?
+                .embed(prompts, deadline)
+                .await?;
         }
         let input = SelectionInput {
             contexts,
@@ -177,6 +194,55 @@ impl Service {
                 }
             })
             .collect())
+    }
+
+    /// The encoder that makes the router's contexts (`None`: the request's own), creating
+    /// the router on first use: with the server's default encoder when the request sends
+    /// no contexts. A request whose contexts do not fit the router changes nothing.
+    async fn context_source(
+        &self,
+        router: &str,
+        contexts_given: bool,
+        serving: &[String],
+    ) -> Result<Option<String>, ServiceError> {
+        let first_use = match (contexts_given, &self.default_encoder) {
+            (true, _) => FirstUse::Defaults,
+            // The default encoder may have been removed: then only existing routers serve.
+            (false, Some(encoder)) => match self.encoders.get(encoder) {
+                Ok(loaded) => FirstUse::With(Box::new(RouterSettingsPatch {
+                    encoder: Some(encoder.clone()),
+                    context_dim: Some(loaded.dim()),
+                    ..RouterSettingsPatch::default()
+                })),
+                Err(_) => FirstUse::Refuse,
+            },
+            (false, None) => FirstUse::Refuse,
+        };
+        let prepared = self
+            .routers
+            .prepare(router.to_string(), first_use, serving.to_vec())
+            .await;
+        let (encoder, context_dim) = match prepared {
+            Err(RouterError::UnknownRouter { .. })
+                if !contexts_given && self.routers.creates_on_first_use() =>
+            {
+                return Err(ServiceError::NoEncoderForNewRouter {
+                    router: router.to_string(),
+                });
+            }
+            other => other?,
+        };
+        match (encoder, contexts_given) {
+            (Some(encoder), true) => Err(ServiceError::ContextsNotTaken {
+                router: router.to_string(),
+                encoder,
+            }),
+            (None, false) => Err(ServiceError::ContextsMissing {
+                router: router.to_string(),
+                context_dim,
+            }),
+            (encoder, _) => Ok(encoder),
+        }
     }
 
     /// One score per response: the RM's own, or for an ensemble decision the mean of each

@@ -90,6 +90,16 @@ pub fn reward_model_toml(name: &str) -> String {
     )
 }
 
+/// TOML for the fixture encoder `topics` (dimension 4) under `name`.
+pub fn encoder_toml(name: &str) -> String {
+    let dir = fixtures_dir();
+    format!(
+        "[[encoders]]\nname = \"{name}\"\nmodel = \"{}\"\ntokenizer = \"{}\"\nmax_length = 64\n",
+        dir.join("topics").join("model.onnx").display(),
+        dir.join("tokenizer.json").display()
+    )
+}
+
 /// A config with the given context dimension and fixture reward models.
 pub fn config(context_dim: usize, reward_models: &[&str], extra: &str) -> String {
     let mut text = format!("[routers]\ncontext_dim = {context_dim}\nseed = 7\n{extra}\n");

@@ -4,6 +4,7 @@
 mod common;
 mod deploy_files;
 mod durability;
+mod encoders;
 mod hot_models;
 mod observability;
 mod policies;

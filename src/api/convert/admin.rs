@@ -7,7 +7,7 @@ use std::collections::BTreeSet;
 use super::{RequestError, invalid, selection_mode};
 use crate::api::pb;
 use crate::models::spec::Provider;
-use crate::models::{InputFormat, RewardModel, RewardModelSpec};
+use crate::models::{Encoder, EncoderSpec, InputFormat, Pooling, RewardModel, RewardModelSpec};
 use crate::routers::{
     Normalization, NormalizationKind, Policy, PolicyKind, RouterInfo, RouterSettings,
     RouterSettingsPatch, SelectionMode,
@@ -87,6 +87,7 @@ pub fn router_settings_patch(
         max_pending_decisions: set(settings.max_pending_decisions),
         pending_ttl_seconds: (settings.pending_ttl_seconds > 0)
             .then_some(settings.pending_ttl_seconds as u64),
+        encoder: (!settings.encoder.is_empty()).then_some(settings.encoder),
     })
 }
 
@@ -136,6 +137,7 @@ pub fn router_settings_to_pb(settings: &RouterSettings) -> pb::RouterSettings {
         projection_dim: settings.projection_dim as u32,
         max_pending_decisions: settings.max_pending_decisions as u32,
         pending_ttl_seconds: settings.pending_ttl.as_secs() as u32,
+        encoder: settings.encoder.clone().unwrap_or_default(),
     }
 }
 /// An RM spec from AddRewardModel, defaults filled in, checked by `RewardModelSpec::validate`.
@@ -177,17 +179,7 @@ pub fn reward_model_spec(
     if spec.queue_capacity > 0 {
         converted.queue_capacity = spec.queue_capacity as usize;
     }
-    converted.provider = match spec.provider.as_str() {
-        "" | "cpu" => Provider::Cpu,
-        "cuda" => Provider::Cuda,
-        "tensorrt" => Provider::Tensorrt,
-        other => {
-            return Err(invalid(
-                "spec.provider",
-                format!("{other:?} is not one of \"cpu\", \"cuda\", \"tensorrt\""),
-            ));
-        }
-    };
+    converted.provider = provider(&spec.provider)?;
     converted.device_id = spec.device_id;
     converted.fallback_to_cpu = spec.fallback_to_cpu;
     converted.intra_threads = spec.intra_threads as usize;
@@ -246,5 +238,80 @@ pub fn router_info(router: RouterInfo) -> pb::RouterInfo {
         evicted_by_capacity: router.evictions.capacity,
         evicted_by_ttl: router.evictions.ttl,
         arm_state_bytes: router.arm_state_bytes as u64,
+    }
+}
+
+/// An encoder spec from AddEncoder, defaults filled in, checked by `EncoderSpec::validate`.
+pub fn encoder_spec(spec: Option<pb::EncoderSpec>) -> Result<EncoderSpec, RequestError> {
+    let Some(spec) = spec else {
+        return Err(invalid("spec", "is missing"));
+    };
+    if spec.model_path.is_empty() {
+        return Err(invalid("spec.model_path", "is empty"));
+    }
+    if spec.tokenizer_path.is_empty() {
+        return Err(invalid("spec.tokenizer_path", "is empty"));
+    }
+    let mut converted = EncoderSpec::new(
+        spec.name,
+        spec.model_path.into(),
+        spec.tokenizer_path.into(),
+    );
+    converted.output = (!spec.output_name.is_empty()).then_some(spec.output_name);
+    converted.pooling = match spec.pooling.as_str() {
+        "" | "mean" => Pooling::Mean,
+        "none" => Pooling::None,
+        other => {
+            return Err(invalid(
+                "spec.pooling",
+                format!("{other:?} is not one of \"mean\", \"none\""),
+            ));
+        }
+    };
+    converted.normalize = spec.normalize.unwrap_or(true);
+    if spec.max_length > 0 {
+        converted.max_length = spec.max_length as usize;
+    }
+    converted.provider = provider(&spec.provider)?;
+    converted.device_id = spec.device_id;
+    converted.fallback_to_cpu = spec.fallback_to_cpu;
+    converted
+        .validate()
+        .map_err(|e| invalid("spec", e.to_string()))?;
+    Ok(converted)
+}
+
+/// An execution provider by name.
+fn provider(name: &str) -> Result<Provider, RequestError> {
+    match name {
+        "" | "cpu" => Ok(Provider::Cpu),
+        "cuda" => Ok(Provider::Cuda),
+        "tensorrt" => Ok(Provider::Tensorrt),
+        other => Err(invalid(
+            "spec.provider",
+            format!("{other:?} is not one of \"cpu\", \"cuda\", \"tensorrt\""),
+        )),
+    }
+}
+
+/// A loaded encoder as ListEncoders shows it.
+pub fn encoder_info(encoder: &Encoder) -> pb::EncoderInfo {
+    let spec = encoder.spec();
+    pb::EncoderInfo {
+        name: spec.name.clone(),
+        model_path: spec.model.display().to_string(),
+        tokenizer_path: spec.tokenizer.display().to_string(),
+        output_name: encoder.output_name().to_string(),
+        pooling: match spec.pooling {
+            Pooling::Mean => "mean",
+            Pooling::None => "none",
+        }
+        .to_string(),
+        normalize: spec.normalize,
+        dim: encoder.dim() as u32,
+        max_length: spec.max_length as u32,
+        provider: encoder.provider().to_string(),
+        source: encoder.source().as_str().to_string(),
+        queue_depth: encoder.queue_depth() as u32,
     }
 }

@@ -22,6 +22,20 @@ pub fn score_call(request: pb::ScoreRequest, limits: &Limits) -> Result<ScoreCal
         limits.max_queries_per_score,
     )?;
     let mode = selection_mode(request.mode, "mode")?;
+    // Contexts come from the client for every query, or from the router's encoder for all.
+    let with_context = !request.queries[0].context.is_empty();
+    if let Some(index) = request
+        .queries
+        .iter()
+        .position(|q| q.context.is_empty() == with_context)
+    {
+        let reason = if with_context {
+            "is empty while queries[0].context is set; send a context with every query or with none (routers with an encoder)"
+        } else {
+            "is set while queries[0].context is empty; send a context with every query or with none (routers with an encoder)"
+        };
+        return Err(invalid(format!("queries[{index}].context"), reason));
+    }
     let queries = request
         .queries
         .into_iter()
@@ -42,9 +56,6 @@ fn query_input(
     limits: &Limits,
 ) -> Result<QueryInput, RequestError> {
     let field = |name: &str| format!("queries[{index}].{name}");
-    if query.context.is_empty() {
-        return Err(invalid(field("context"), "is empty"));
-    }
     at_most(
         field("context"),
         query.context.len(),

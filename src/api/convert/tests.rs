@@ -115,6 +115,25 @@ fn query_with(response: &str) -> pb::Query {
 }
 
 #[test]
+fn contexts_are_given_for_every_query_or_for_none() {
+    let limits = Limits::default();
+    let none = score(vec![query(vec![], &["a"]), query(vec![], &["b"])], &limits);
+    assert!(none.queries.iter().all(|q| q.context.is_empty()));
+    let mixed = score_default(vec![query(vec![1.0], &["a"]), query(vec![], &["b"])]).unwrap_err();
+    assert!(
+        mixed
+            .to_string()
+            .starts_with("queries[1].context: is empty"),
+        "{mixed}"
+    );
+    let mixed = score_default(vec![query(vec![], &["a"]), query(vec![1.0], &["b"])]).unwrap_err();
+    assert!(
+        mixed.to_string().starts_with("queries[1].context: is set"),
+        "{mixed}"
+    );
+}
+
+#[test]
 fn unknown_enum_values_are_refused() {
     let err = score_call(
         pb::ScoreRequest {
@@ -330,7 +349,8 @@ mod fuzz {
                 prop_assert!(!call.router.is_empty());
                 prop_assert!((1..=limits.max_queries_per_score).contains(&call.queries.len()));
                 for query in &call.queries {
-                    prop_assert!(!query.context.is_empty() && query.context.len() <= limits.max_context_dim);
+                    prop_assert!(query.context.len() <= limits.max_context_dim);
+                        prop_assert_eq!(query.context.is_empty(), call.queries[0].context.is_empty());
                     prop_assert!(query.context.iter().all(|v| v.is_finite()));
                     prop_assert!((1..=limits.max_responses_per_query).contains(&query.responses.len()));
                     prop_assert!(query.prompt.len() <= limits.max_text_bytes);
