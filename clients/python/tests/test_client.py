@@ -54,6 +54,24 @@ def test_groups_per_decision_losses_and_keyed_step_feedback(server):
         assert client.get_router("grpo").pending_decisions == 0
 
 
+def test_encoder_routers_take_contexts_from_the_prompt(server):
+    with LaserRouterClient(server.address) as client:
+        import os
+        fixtures = os.path.join(os.path.dirname(__file__), "..", "..", "..", "tests", "fixtures", "reward_models")
+        encoder = client.add_encoder(name="topics", model_path=os.path.abspath(os.path.join(fixtures, "topics", "model.onnx")),
+                                     tokenizer_path=os.path.abspath(os.path.join(fixtures, "tokenizer.json")))
+        assert (encoder.name, encoder.dim) == ("topics", 4)
+        client.create_router("from-prompts", encoder="topics")
+        results = client.score("from-prompts", [Query(id="q", context=None, prompt="What is 6 times 7?",
+                                                      responses=["42", "Thanks for asking!"])])
+        assert results[0].reward_model in ("length", "polite")
+        assert client.get_router("from-prompts").settings.context_dim == 4
+        with pytest.raises(LaserRouterError) as in_use:
+            client.remove_encoder("topics")
+        assert in_use.value.code == grpc.StatusCode.FAILED_PRECONDITION
+        assert [e.name for e in client.list_encoders()] == ["topics"]
+
+
 def test_errors_name_the_field(server):
     with LaserRouterClient(server.address) as client:
         with pytest.raises(LaserRouterError) as refused:

@@ -75,6 +75,21 @@ class AdminStub:
                 request_serializer=laser_dot_v1_dot_admin__pb2.ResetRouterRequest.SerializeToString,
                 response_deserializer=laser_dot_v1_dot_admin__pb2.ResetRouterResponse.FromString,
                 _registered_method=True)
+        self.AddEncoder = channel.unary_unary(
+                '/laser.v1.Admin/AddEncoder',
+                request_serializer=laser_dot_v1_dot_admin__pb2.AddEncoderRequest.SerializeToString,
+                response_deserializer=laser_dot_v1_dot_admin__pb2.AddEncoderResponse.FromString,
+                _registered_method=True)
+        self.RemoveEncoder = channel.unary_unary(
+                '/laser.v1.Admin/RemoveEncoder',
+                request_serializer=laser_dot_v1_dot_admin__pb2.RemoveEncoderRequest.SerializeToString,
+                response_deserializer=laser_dot_v1_dot_admin__pb2.RemoveEncoderResponse.FromString,
+                _registered_method=True)
+        self.ListEncoders = channel.unary_unary(
+                '/laser.v1.Admin/ListEncoders',
+                request_serializer=laser_dot_v1_dot_admin__pb2.ListEncodersRequest.SerializeToString,
+                response_deserializer=laser_dot_v1_dot_admin__pb2.ListEncodersResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServicer:
@@ -138,6 +153,28 @@ class AdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def AddEncoder(self, request, context):
+        """Load an encoder (prompt -> a router's context), probe it, then publish it durably. A
+        spec that does not load changes nothing.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RemoveEncoder(self, request, context):
+        """Unpublish an encoder; refused (FAILED_PRECONDITION, naming them) while routers take
+        their contexts from it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListEncoders(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -180,6 +217,21 @@ def add_AdminServicer_to_server(servicer, server):
                     servicer.ResetRouter,
                     request_deserializer=laser_dot_v1_dot_admin__pb2.ResetRouterRequest.FromString,
                     response_serializer=laser_dot_v1_dot_admin__pb2.ResetRouterResponse.SerializeToString,
+            ),
+            'AddEncoder': grpc.unary_unary_rpc_method_handler(
+                    servicer.AddEncoder,
+                    request_deserializer=laser_dot_v1_dot_admin__pb2.AddEncoderRequest.FromString,
+                    response_serializer=laser_dot_v1_dot_admin__pb2.AddEncoderResponse.SerializeToString,
+            ),
+            'RemoveEncoder': grpc.unary_unary_rpc_method_handler(
+                    servicer.RemoveEncoder,
+                    request_deserializer=laser_dot_v1_dot_admin__pb2.RemoveEncoderRequest.FromString,
+                    response_serializer=laser_dot_v1_dot_admin__pb2.RemoveEncoderResponse.SerializeToString,
+            ),
+            'ListEncoders': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListEncoders,
+                    request_deserializer=laser_dot_v1_dot_admin__pb2.ListEncodersRequest.FromString,
+                    response_serializer=laser_dot_v1_dot_admin__pb2.ListEncodersResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -399,6 +451,87 @@ class Admin:
             '/laser.v1.Admin/ResetRouter',
             laser_dot_v1_dot_admin__pb2.ResetRouterRequest.SerializeToString,
             laser_dot_v1_dot_admin__pb2.ResetRouterResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AddEncoder(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/laser.v1.Admin/AddEncoder',
+            laser_dot_v1_dot_admin__pb2.AddEncoderRequest.SerializeToString,
+            laser_dot_v1_dot_admin__pb2.AddEncoderResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RemoveEncoder(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/laser.v1.Admin/RemoveEncoder',
+            laser_dot_v1_dot_admin__pb2.RemoveEncoderRequest.SerializeToString,
+            laser_dot_v1_dot_admin__pb2.RemoveEncoderResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListEncoders(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/laser.v1.Admin/ListEncoders',
+            laser_dot_v1_dot_admin__pb2.ListEncodersRequest.SerializeToString,
+            laser_dot_v1_dot_admin__pb2.ListEncodersResponse.FromString,
             options,
             channel_credentials,
             insecure,
