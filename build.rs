@@ -1,5 +1,6 @@
-//! Compiles `proto/laser/v1/*.proto` with protox (pure Rust, no system protoc) and emits
-//! the file descriptor set used by gRPC server reflection.
+//! Compiles `proto/laser/v1/*.proto` with protox (pure Rust, no system protoc), emits the
+//! file descriptor set used by gRPC server reflection, and generates the proto3 JSON
+//! mapping (serde, via pbjson) that the HTTP/JSON API uses for the same messages.
 use std::path::PathBuf;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -14,7 +15,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let descriptors = protox::compile(files, ["proto"])?;
     let out_dir = PathBuf::from(std::env::var("OUT_DIR")?);
     let descriptor_bytes = prost::Message::encode_to_vec(&descriptors);
-    std::fs::write(out_dir.join("laser_descriptor.bin"), descriptor_bytes)?;
+    std::fs::write(out_dir.join("laser_descriptor.bin"), &descriptor_bytes)?;
+    pbjson_build::Builder::new()
+        .register_descriptors(&descriptor_bytes)?
+        .build(&[".laser.v1"])?;
     tonic_prost_build::configure()
         .build_client(true)
         .build_server(true)

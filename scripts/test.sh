@@ -14,5 +14,5 @@ if ! command -v prometheus >/dev/null 2>&1 || ! command -v promtool >/dev/null 2
 fi
 cargo test --locked "$@"
 # The Python client against the server binary cargo just built.
-python3 -m pip install --quiet ./clients/python pytest grpcio-tools
+python3 -m pip install --quiet ./clients/python pytest grpcio-tools requests
 python3 -m pytest -q clients/python/tests

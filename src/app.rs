@@ -5,7 +5,7 @@
 //! Startup order: state recovered from the data directory (snapshot + log replay) ->
 //! reward models (the config's, less those removed through Admin, plus those added through
 //! Admin; loaded and probed on a blocking thread) -> listeners bound ->
-//! the ready line on stdout (`laser-router listening grpc=ADDR metrics=ADDR`, which tests
+//! the ready line on stdout (`laser-router listening grpc=ADDR metrics=ADDR [http=ADDR]`, which tests
 //! and scripts wait for) -> serving, with snapshots taken on the blocking pool when due.
 //! Shutdown: stop accepting, let in-flight requests finish, stop the metrics endpoint,
 //! write a final snapshot.
@@ -32,7 +32,7 @@ use crate::models::{
 use crate::routers::{RouterError, Routers, RoutersHandle};
 use crate::service::{Models, Service};
 use crate::store::{Store, StoreError, StoreOptions};
-use crate::telemetry;
+use crate::{http_listener, telemetry};
 
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
@@ -53,6 +53,8 @@ pub enum AppError {
     Reflection(#[from] tonic_reflection::server::Error),
     #[error("gRPC server: {0}")]
     Serve(#[from] tonic::transport::Error),
+    #[error(transparent)]
+    Http(#[from] http_listener::HttpListenerError),
 }
 
 fn io_error(action: impl Into<String>) -> impl FnOnce(std::io::Error) -> AppError {
@@ -136,6 +138,15 @@ pub async fn run(
         )))?;
     let grpc_addr = local_addr(&grpc_listener)?;
     let metrics_addr = local_addr(&metrics_listener)?;
+    let http_listener = match config.server.http_listen {
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .map_err(io_error(format!("listen on {addr}")))?,
+        ),
+        None => None,
+    };
+    let http_addr = http_listener.as_ref().map(local_addr).transpose()?;
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
@@ -161,6 +172,24 @@ pub async fn run(
         stop_rx.clone(),
     ));
     let snapshot_task = tokio::spawn(snapshot_when_due(routers.clone(), stop_rx.clone()));
+    let http_task = match http_listener {
+        Some(listener) => {
+            let tls = config
+                .server
+                .tls
+                .as_ref()
+                .map(http_listener::tls_acceptor)
+                .transpose()?;
+            let routes = crate::api::http::routes(service.clone(), config.limits.max_message_bytes);
+            Some(tokio::spawn(http_listener::serve(
+                listener,
+                routes,
+                tls,
+                stop_rx.clone(),
+            )))
+        }
+        None => None,
+    };
 
     health_reporter
         .set_serving::<pb::reward_router_server::RewardRouterServer<RewardRouterService>>()
@@ -201,9 +230,12 @@ pub async fn run(
     tracing::info!(grpc = %grpc_addr, metrics = %metrics_addr, reward_models = ?service.reward_models().names(), "laser-router ready");
     {
         let mut stdout = std::io::stdout().lock();
+        let http = http_addr
+            .map(|addr| format!(" http={addr}"))
+            .unwrap_or_default();
         let _ = writeln!(
             stdout,
-            "laser-router listening grpc={grpc_addr} metrics={metrics_addr}"
+            "laser-router listening grpc={grpc_addr} metrics={metrics_addr}{http}"
         );
         let _ = stdout.flush();
     }
@@ -239,6 +271,9 @@ pub async fn run(
     }
     let _ = metrics_task.await;
     let _ = snapshot_task.await;
+    if let Some(http_task) = http_task {
+        let _ = http_task.await;
+    }
     // A final snapshot makes the next start fast; the log already holds everything.
     take_snapshot(&routers, "final").await;
     tracing::info!("laser-router stopped");

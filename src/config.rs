@@ -81,6 +81,9 @@ pub struct ServerConfig {
     pub listen: SocketAddr,
     /// Prometheus `/metrics` address (default 127.0.0.1:9464).
     pub metrics_listen: SocketAddr,
+    /// HTTP/JSON address (Score, Feedback, OpenRLHF's get_reward); off unless set. Same
+    /// TLS, limits, load shedding and deadlines as gRPC.
+    pub http_listen: Option<SocketAddr>,
     /// Directory for local state (default `data`, relative to the working directory).
     pub data_dir: PathBuf,
     /// `text` (default) or `json` logs on stderr.
@@ -110,6 +113,7 @@ impl Default for ServerConfig {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 50051)),
             metrics_listen: SocketAddr::from(([127, 0, 0, 1], 9464)),
+            http_listen: None,
             data_dir: PathBuf::from("data"),
             log_format: LogFormat::Text,
             shutdown_grace_seconds: 10.0,

@@ -16,6 +16,7 @@
 //! | foundations | [`bandit`] | pure math: LinUCB arms, reward normalization, arm selection |
 //! | | [`store`] | durable bytes: CRC-framed log with group commit, snapshots, recovery |
 //! | tools | [`config`] | typed settings from TOML + env + flags, validated, defaults documented |
+//! | | [`http_listener`] | the HTTP/JSON port, plain or TLS |
 //! | | [`state_cli`] | `laser-router state export/import/inspect` |
 //! | | [`telemetry`] | tracing setup, every metric name |
 //! | | [`memory`] | malloc arena cap and trimming (no RSS creep across RM add/remove) |
@@ -24,6 +25,7 @@ pub mod api;
 pub mod app;
 pub mod bandit;
 pub mod config;
+pub mod http_listener;
 pub mod memory;
 pub mod models;
 pub mod routers;

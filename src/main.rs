@@ -1,4 +1,4 @@
-//! Command line: `laser-router serve [--config FILE] [--listen ADDR] [--metrics-listen ADDR]
+//! Command line: `laser-router serve [--config FILE] [--listen ADDR] [--metrics-listen ADDR] [--http-listen ADDR]
 //! [--data-dir DIR] [--recover-truncate]` and `laser-router state export|import|inspect`;
 //! every flag is also an environment variable.
 
@@ -75,6 +75,9 @@ struct ServeArgs {
     /// Prometheus /metrics listen address (overrides server.metrics_listen).
     #[arg(long, env = "LASER_METRICS_LISTEN")]
     metrics_listen: Option<SocketAddr>,
+    /// HTTP/JSON listen address (overrides server.http_listen; off unless set).
+    #[arg(long, env = "LASER_HTTP_LISTEN")]
+    http_listen: Option<SocketAddr>,
     /// Directory for local state (overrides server.data_dir).
     #[arg(long, env = "LASER_DATA_DIR")]
     data_dir: Option<PathBuf>,
@@ -149,6 +152,9 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let mut config = Config::load(args.config.as_deref())?;
     if let Some(listen) = args.listen {
         config.server.listen = listen;
+    }
+    if let Some(http_listen) = args.http_listen {
+        config.server.http_listen = Some(http_listen);
     }
     if let Some(metrics_listen) = args.metrics_listen {
         config.server.metrics_listen = metrics_listen;

@@ -7,11 +7,13 @@
 //! - [`status`]: every error enum of the crate mapped to a gRPC status, exhaustively.
 //! - [`reward_router`]: `laser.v1.RewardRouter` (Score, Feedback).
 //! - [`admin`]: `laser.v1.Admin` (reward models and routers), behind [`auth`].
+//! - [`http`]: HTTP/JSON forms of Score and Feedback, and OpenRLHF's `get_reward`.
 //! - [`auth`]: the admin bearer token.
 
 pub mod admin;
 pub mod auth;
 pub mod convert;
+pub mod http;
 pub mod reward_router;
 pub mod status;
 
@@ -19,6 +21,8 @@ pub mod status;
 pub mod pb {
     #![allow(clippy::all, missing_docs)]
     tonic::include_proto!("laser.v1");
+    // The proto3 JSON mapping of every message (serde), for the HTTP/JSON API.
+    include!(concat!(env!("OUT_DIR"), "/laser.v1.serde.rs"));
 
     /// Encoded file descriptor set of the API, for server reflection.
     pub const FILE_DESCRIPTOR_SET: &[u8] =

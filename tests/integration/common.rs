@@ -113,6 +113,8 @@ pub struct Server {
     child: Child,
     pub grpc: SocketAddr,
     pub metrics: SocketAddr,
+    /// The HTTP/JSON listener, when the config enables it.
+    pub http: Option<SocketAddr>,
     _dir: tempfile::TempDir,
     stderr_path: PathBuf,
 }
@@ -197,9 +199,11 @@ impl Server {
             }
             addr
         };
+        let http = ready.contains(" http=").then(|| field("http="));
         Ok(Server {
             grpc: field("grpc="),
             metrics: field("metrics="),
+            http,
             child,
             _dir: dir,
             stderr_path,

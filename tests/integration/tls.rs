@@ -176,3 +176,78 @@ async fn tls_handshakes_with_and_without_required_client_certificates() {
         1
     );
 }
+
+/// The HTTP/JSON port has the gRPC port's TLS: HTTPS with the server's certificate works,
+/// plain HTTP does not, and with a client CA a client certificate is required.
+#[tokio::test]
+async fn the_http_port_has_the_same_tls() {
+    let certificates = tempfile::tempdir().unwrap();
+    let dir = certificates.path();
+    make_certificates(dir);
+    let body =
+        r#"{"queries":[{"id":"q","context":[1,0,0,0],"prompt":"p","responses":["a","bb"]}]}"#;
+    let curl = |url: String, extra: &[String]| {
+        std::process::Command::new("curl")
+            .args([
+                "-sS",
+                "--max-time",
+                "20",
+                "-X",
+                "POST",
+                "-H",
+                "content-type: application/json",
+            ])
+            .args(["--data", body])
+            .args(extra)
+            .arg(url)
+            .output()
+            .expect("curl")
+    };
+    for client_ca in [false, true] {
+        let config = format!(
+            "[server]\nhttp_listen = \"127.0.0.1:0\"\n{}",
+            tls_config(dir, client_ca)
+        );
+        let server = Server::start(&config);
+        let addr = server.http.expect("the HTTP port is on");
+        let url = format!("https://localhost:{}/v1/routers/run/score", addr.port());
+        let ca = vec![
+            "--cacert".to_string(),
+            dir.join("ca.pem").display().to_string(),
+        ];
+        let plain = curl(
+            format!("http://127.0.0.1:{}/v1/routers/run/score", addr.port()),
+            &[],
+        );
+        assert!(
+            !String::from_utf8_lossy(&plain.stdout).contains("results"),
+            "plain HTTP must not be served"
+        );
+        let mut with_certificate = ca.clone();
+        with_certificate.extend([
+            "--cert".to_string(),
+            dir.join("client.pem").display().to_string(),
+            "--key".to_string(),
+            dir.join("client.key").display().to_string(),
+        ]);
+        let resolve = vec![
+            "--resolve".to_string(),
+            format!("localhost:{}:127.0.0.1", addr.port()),
+        ];
+        let anonymous = curl(url.clone(), &[ca.clone(), resolve.clone()].concat());
+        let identified = curl(url.clone(), &[with_certificate, resolve].concat());
+        let served = |output: &std::process::Output| {
+            String::from_utf8_lossy(&output.stdout).contains("\"results\"")
+        };
+        assert!(
+            served(&identified),
+            "{}",
+            String::from_utf8_lossy(&identified.stderr)
+        );
+        assert_eq!(
+            served(&anonymous),
+            !client_ca,
+            "client certificates required: {client_ca}"
+        );
+    }
+}

@@ -46,16 +46,28 @@ output = "logits"
 """
 
 
+# The HTTP tests' server: the same RMs, the `topics` fixture encoder as the default for
+# routers created by Scores without contexts, and the HTTP/JSON listener.
+HTTP_CONFIG = CONFIG.replace("[routers]\n", '[routers]\ndefault_encoder = "topics"\n') + f"""
+[[encoders]]
+name = "topics"
+model = "{FIXTURES / 'topics' / 'model.onnx'}"
+tokenizer = "{FIXTURES / 'tokenizer.json'}"
+"""
+
+
 class Server:
-    def __init__(self, port: int):
+    def __init__(self, port: int, config_text: str = CONFIG, http: bool = False):
         self.dir = tempfile.TemporaryDirectory()
         config = Path(self.dir.name) / "config.toml"
-        config.write_text(CONFIG)
+        config.write_text(config_text)
         env = dict(os.environ, ORT_DYLIB_PATH=str(ROOT / ".ort" / "lib" / "libonnxruntime.so"))
         self.address = f"127.0.0.1:{port}"
+        self.http = None
+        extra = ["--http-listen", "127.0.0.1:0"] if http else []
         self.process = subprocess.Popen(
             [str(binary()), "serve", "--config", str(config), "--listen", self.address,
-             "--metrics-listen", "127.0.0.1:0", "--data-dir", str(Path(self.dir.name) / "data")],
+             "--metrics-listen", "127.0.0.1:0", "--data-dir", str(Path(self.dir.name) / "data"), *extra],
             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env,
         )
 
@@ -64,6 +76,9 @@ class Server:
         while time.time() < deadline:
             line = self.process.stdout.readline()
             if line.startswith("laser-router listening"):
+                fields = dict(part.split("=", 1) for part in line.split()[2:])
+                if "http" in fields:
+                    self.http = "http://" + fields["http"]
                 return self
             if self.process.poll() is not None:
                 break
@@ -78,5 +93,12 @@ class Server:
 @pytest.fixture
 def server():
     running = Server(free_port()).wait_ready()
+    yield running
+    running.stop()
+
+
+@pytest.fixture
+def http_server():
+    running = Server(free_port(), HTTP_CONFIG, http=True).wait_ready()
     yield running
     running.stop()

@@ -1,0 +1,359 @@
+//! HTTP/JSON next to gRPC, on its own listener (`server.http_listen`, `--http-listen`; off
+//! unless set): the same Service, limits, load shedding and deadlines as the gRPC API.
+//!
+//! - `POST /v1/routers/{router}/score`: a `ScoreRequest` in proto3 JSON (its `router` may be
+//!   left out; the path names it) -> `ScoreResponse`.
+//! - `POST /v1/routers/{router}/feedback`: a `FeedbackRequest` -> `FeedbackResponse`.
+//! - `POST /v1/routers/{router}/get_reward`: OpenRLHF's remote reward model protocol
+//!   (`--remote_rm_url`): `{"query": [prompt + response], "prompts": [...], "labels": [...]}`
+//!   -> `{"rewards": [...], "scores": [...], "extra_logs": {...}}`. Each response is its
+//!   query less its prompt; the prompt is the query's group, so the samples of one prompt
+//!   share one decision; the router must take its contexts from an encoder.
+//!
+//! The JSON mapping of the messages is generated from the protos (pbjson), not written by
+//! hand. Errors answer the gRPC status's HTTP equivalent (400, 404, 409, 413, 415, 429, 503,
+//! 504, 500) with `{"error": {"code", "message", "field"}}`, the field and limit named as
+//! in gRPC. A client deadline comes in `x-request-timeout-ms`.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use serde::{Deserialize, Serialize};
+use tonic::Code;
+use tonic_types::StatusExt;
+
+use super::convert::feedback::{feedback_call, feedback_response};
+use super::convert::score::{score_call, score_response};
+use super::convert::{RequestError, invalid};
+use super::pb;
+use crate::service::{Api, Service};
+
+/// The HTTP routes, serving `service`, accepting bodies up to `max_body_bytes`.
+pub fn routes(service: Arc<Service>, max_body_bytes: usize) -> Router {
+    Router::new()
+        .route("/v1/routers/{router}/score", post(score))
+        .route("/v1/routers/{router}/feedback", post(feedback))
+        .route("/v1/routers/{router}/get_reward", post(get_reward))
+        .layer(DefaultBodyLimit::max(max_body_bytes))
+        .with_state(service)
+}
+
+/// `x-request-timeout-ms`: the client's deadline.
+fn deadline(headers: &HeaderMap, received: Instant) -> Option<Instant> {
+    let millis: u64 = headers
+        .get("x-request-timeout-ms")?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    received.checked_add(Duration::from_millis(millis))
+}
+
+/// The body as `T` from JSON, or the error response (boxed: a response is large).
+fn json_body<T: for<'de> Deserialize<'de>>(
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<T, Box<Response>> {
+    let json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .is_some_and(|value| value.starts_with("application/json"));
+    if !json {
+        return Err(Box::new(error_response(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "INVALID_ARGUMENT",
+            "content-type: send application/json".into(),
+            Some("content-type".into()),
+        )));
+    }
+    let body = body.map_err(|rejection| {
+        error_response(
+            rejection.status(),
+            "RESOURCE_EXHAUSTED",
+            format!("body: {}", rejection.body_text()),
+            Some("body".into()),
+        )
+    })?;
+    serde_json::from_slice(&body)
+        .map_err(|e| status_response(invalid("body", e.to_string()).into()))
+}
+
+/// `{"error": {...}}` with `status`.
+fn error_response(
+    status: StatusCode,
+    code: &str,
+    message: String,
+    field: Option<String>,
+) -> Response {
+    #[derive(Serialize)]
+    struct Error {
+        code: String,
+        message: String,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        field: Option<String>,
+    }
+    #[derive(Serialize)]
+    struct Body {
+        error: Error,
+    }
+    let body = Body {
+        error: Error {
+            code: code.to_string(),
+            message,
+            field,
+        },
+    };
+    (status, axum::Json(body)).into_response()
+}
+
+/// A gRPC status as its HTTP equivalent, the BadRequest field named.
+fn status_response(status: tonic::Status) -> Response {
+    let http = match status.code() {
+        Code::InvalidArgument | Code::OutOfRange => StatusCode::BAD_REQUEST,
+        Code::NotFound => StatusCode::NOT_FOUND,
+        Code::AlreadyExists | Code::FailedPrecondition | Code::Aborted => StatusCode::CONFLICT,
+        Code::ResourceExhausted => StatusCode::TOO_MANY_REQUESTS,
+        Code::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        Code::DeadlineExceeded => StatusCode::GATEWAY_TIMEOUT,
+        Code::Unauthenticated => StatusCode::UNAUTHORIZED,
+        Code::PermissionDenied => StatusCode::FORBIDDEN,
+        Code::Unimplemented => StatusCode::NOT_IMPLEMENTED,
+        Code::Ok | Code::Cancelled | Code::Unknown | Code::Internal | Code::DataLoss => {
+            StatusCode::INTERNAL_SERVER_ERROR
+        }
+    };
+    let field = status
+        .get_details_bad_request()
+        .and_then(|details| details.field_violations.first().map(|v| v.field.clone()));
+    let code = format!("{:?}", status.code());
+    error_response(http, &screaming(&code), status.message().to_string(), field)
+}
+
+/// `InvalidArgument` -> `INVALID_ARGUMENT` (the gRPC code names).
+fn screaming(camel: &str) -> String {
+    let mut out = String::new();
+    for (i, c) in camel.chars().enumerate() {
+        if c.is_uppercase() && i > 0 {
+            out.push('_');
+        }
+        out.push(c.to_ascii_uppercase());
+    }
+    out
+}
+
+fn answer<T: Serialize>(
+    method: &'static str,
+    started: Instant,
+    result: Result<T, tonic::Status>,
+) -> Response {
+    match super::observe(method, started, result) {
+        Ok(reply) => axum::Json(reply.into_inner()).into_response(),
+        Err(status) => status_response(status),
+    }
+}
+
+/// The path's router, which a body's `router` must equal when set.
+fn same_router(path: &str, body: &mut String) -> Result<(), tonic::Status> {
+    if body.is_empty() {
+        *body = path.to_string();
+    }
+    if body != path {
+        return Err(invalid(
+            "router",
+            format!("is {body:?} in the body and {path:?} in the path"),
+        )
+        .into());
+    }
+    Ok(())
+}
+
+async fn score(
+    State(service): State<Arc<Service>>,
+    Path(router): Path<String>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let started = Instant::now();
+    let mut request: pb::ScoreRequest = match json_body(&headers, body) {
+        Ok(request) => request,
+        Err(response) => return *response,
+    };
+    let result = async {
+        same_router(&router, &mut request.router)?;
+        let _slot = service.admit(Api::RewardRouter)?;
+        let call = score_call(request, service.limits())?;
+        let results = service.score(call, deadline(&headers, started)).await?;
+        Ok::<_, tonic::Status>(score_response(results))
+    }
+    .await;
+    answer("http:Score", started, result)
+}
+
+async fn feedback(
+    State(service): State<Arc<Service>>,
+    Path(router): Path<String>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let started = Instant::now();
+    let mut request: pb::FeedbackRequest = match json_body(&headers, body) {
+        Ok(request) => request,
+        Err(response) => return *response,
+    };
+    let result = async {
+        same_router(&router, &mut request.router)?;
+        let _slot = service.admit(Api::RewardRouter)?;
+        let call = feedback_call(request, service.limits())?;
+        Ok::<_, tonic::Status>(feedback_response(service.feedback(call).await?))
+    }
+    .await;
+    answer("http:Feedback", started, result)
+}
+
+/// OpenRLHF's remote reward model request.
+#[derive(Deserialize)]
+struct RewardRequest {
+    query: Vec<String>,
+    #[serde(default)]
+    prompts: Vec<String>,
+    #[serde(default)]
+    #[allow(
+        dead_code,
+        reason = "OpenRLHF sends them; reward models here do not read labels"
+    )]
+    labels: Vec<serde_json::Value>,
+}
+
+/// OpenRLHF's remote reward model reply.
+#[derive(Serialize)]
+struct RewardReply {
+    rewards: Vec<f32>,
+    scores: Vec<f32>,
+    extra_logs: HashMap<&'static str, Vec<f32>>,
+}
+
+/// The ScoreRequest for an OpenRLHF request: one query per sample, its group the prompt.
+fn reward_score_request(
+    router: String,
+    request: RewardRequest,
+) -> Result<pb::ScoreRequest, RequestError> {
+    if request.query.is_empty() {
+        return Err(invalid("query", "is empty; send at least one sample"));
+    }
+    if request.prompts.len() != request.query.len() {
+        return Err(invalid(
+            "prompts",
+            format!(
+                "has {} items for {} queries; send the prompt of every query",
+                request.prompts.len(),
+                request.query.len()
+            ),
+        ));
+    }
+    let queries = request
+        .query
+        .into_iter()
+        .zip(request.prompts)
+        .enumerate()
+        .map(|(index, (query, prompt))| {
+            let response = match query.strip_prefix(prompt.as_str()) {
+                Some(response) => response.to_string(),
+                None => query,
+            };
+            pb::Query {
+                id: index.to_string(),
+                context: Vec::new(),
+                group: prompt.clone(),
+                prompt,
+                responses: vec![response],
+            }
+        })
+        .collect();
+    Ok(pb::ScoreRequest {
+        router,
+        queries,
+        mode: 0,
+        explain: false,
+    })
+}
+
+async fn get_reward(
+    State(service): State<Arc<Service>>,
+    Path(router): Path<String>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let started = Instant::now();
+    let request: RewardRequest = match json_body(&headers, body) {
+        Ok(request) => request,
+        Err(response) => return *response,
+    };
+    let result = async {
+        let _slot = service.admit(Api::RewardRouter)?;
+        let call = score_call(reward_score_request(router, request)?, service.limits())?;
+        let serving = service.reward_models().names();
+        let results = service.score(call, deadline(&headers, started)).await?;
+        let rewards: Vec<f32> = results.iter().map(|r| r.scores[0]).collect();
+        let arm = |name: &str| {
+            serving
+                .iter()
+                .position(|s| s == name)
+                .map_or(-1.0, |i| i as f32)
+        };
+        let extra_logs = HashMap::from([(
+            "laser_reward_model_index",
+            results.iter().map(|r| arm(&r.reward_model)).collect(),
+        )]);
+        Ok::<_, tonic::Status>(RewardReply {
+            scores: rewards.clone(),
+            rewards,
+            extra_logs,
+        })
+    }
+    .await;
+    answer("http:GetReward", started, result)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_codes_get_their_names() {
+        assert_eq!(screaming("InvalidArgument"), "INVALID_ARGUMENT");
+        assert_eq!(screaming("NotFound"), "NOT_FOUND");
+    }
+
+    #[test]
+    fn openrlhf_samples_become_grouped_queries_without_their_prompt() {
+        let request = RewardRequest {
+            query: vec!["Q: 2+2? A: 4".into(), "other text".into()],
+            prompts: vec!["Q: 2+2?".into(), "P".into()],
+            labels: Vec::new(),
+        };
+        let score = reward_score_request("r".into(), request).unwrap();
+        assert_eq!(score.queries[0].responses, vec![" A: 4".to_string()]);
+        assert_eq!(score.queries[0].group, "Q: 2+2?");
+        assert_eq!(score.queries[1].responses, vec!["other text".to_string()]);
+        let mismatched = RewardRequest {
+            query: vec!["a".into()],
+            prompts: Vec::new(),
+            labels: Vec::new(),
+        };
+        assert!(
+            reward_score_request("r".into(), mismatched)
+                .unwrap_err()
+                .to_string()
+                .starts_with("prompts")
+        );
+    }
+}
