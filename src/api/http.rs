@@ -84,7 +84,7 @@ fn json_body<T: for<'de> Deserialize<'de>>(
         )
     })?;
     serde_json::from_slice(&body)
-        .map_err(|e| status_response(invalid("body", e.to_string()).into()))
+        .map_err(|e| Box::new(status_response(invalid("body", e.to_string()).into())))
 }
 
 /// `{"error": {...}}` with `status`.
