@@ -5,7 +5,9 @@
 #   2. LASeR (one RM per query) vs the RM score ensemble at K = 3 (scoring)
 #   3. concurrency sweep 1 -> 64 clients: throughput, p50/p99, batch sizes, padding (scoring)
 #   4. routing cost per decision at d = 4096 vs the paper's reference algorithm (linucb)
-#   and durable state: feedback throughput with durability on/off, recovery (store).
+#   and durable state: feedback throughput with durability on/off, recovery (store);
+#   5. trainer-facing paths through the release binary: encoder contexts vs client contexts,
+#      HTTP/JSON vs gRPC (benches/trainer_paths.py).
 # Needs the demo RMs (scripts/demo-models.sh) and NumPy for the reference algorithm.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -17,3 +19,6 @@ echo "== routing cost (4)"
 cargo bench --bench linucb -- headline
 echo "== durable state"
 cargo bench --bench store
+echo "== trainer paths (5)"
+cargo build --release --bin laser-router
+python3 benches/trainer_paths.py target/release/laser-router

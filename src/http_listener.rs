@@ -6,6 +6,7 @@
 use std::sync::Arc;
 
 use axum::Router;
+use axum::serve::ListenerExt;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto::Builder;
 use hyper_util::service::TowerToHyperService;
@@ -71,6 +72,10 @@ pub async fn serve(
     mut stop: watch::Receiver<bool>,
 ) {
     let Some(tls) = tls else {
+        // Small replies must not wait for the client's delayed ACK.
+        let listener = listener.tap_io(|stream| {
+            let _ = stream.set_nodelay(true);
+        });
         let served = axum::serve(listener, routes)
             .with_graceful_shutdown(async move {
                 let _ = stop.wait_for(|stop| *stop).await;
@@ -93,6 +98,8 @@ pub async fn serve(
             _ = stop.wait_for(|stop| *stop) => return,
         };
         let (tls, routes) = (tls.clone(), routes.clone());
+        // Small replies must not wait for the client's delayed ACK.
+        let _ = stream.set_nodelay(true);
         tokio::spawn(async move {
             let stream = match tls.accept(stream).await {
                 Ok(stream) => stream,
