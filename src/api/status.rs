@@ -41,6 +41,10 @@ impl From<ServiceError> for Status {
             ServiceError::Overloaded { .. } => Status::resource_exhausted(error.to_string()),
             ServiceError::DeadlineExceeded => Status::deadline_exceeded(error.to_string()),
             ServiceError::TaskFailed(_) => Status::internal(error.to_string()),
+            ServiceError::EmptyPrompt { query, .. } => {
+                let field = format!("queries[{query}].prompt");
+                field_violation(Code::InvalidArgument, &field, format!("{field}: {error}"))
+            }
             ServiceError::ContextsNotTaken { .. }
             | ServiceError::ContextsMissing { .. }
             | ServiceError::NoEncoderForNewRouter { .. } => {

@@ -50,6 +50,14 @@ pub enum ServiceError {
         "router {router:?} has no encoder: send a context of dimension {context_dim} with every query"
     )]
     ContextsMissing { router: String, context_dim: usize },
+    /// A router with an encoder embeds each query's prompt: an empty one has nothing to
+    /// embed.
+    #[error("is empty; router {router:?} embeds the prompt with encoder {encoder:?}")]
+    EmptyPrompt {
+        router: String,
+        encoder: String,
+        query: usize,
+    },
     /// A Score without contexts names a router that does not exist, and the server has no
     /// default encoder to create it with.
     #[error(

@@ -82,6 +82,13 @@ impl Service {
             queries.push((query.id, query.prompt, query.responses));
         }
         if let Some(encoder) = encoder {
+            if let Some(query) = queries.iter().position(|(_, prompt, _)| prompt.is_empty()) {
+                return Err(ServiceError::EmptyPrompt {
+                    router: call.router,
+                    encoder,
+                    query,
+                });
+            }
             let prompts = queries
                 .iter()
                 .map(|(_, prompt, _)| prompt.clone())

@@ -116,6 +116,12 @@ async fn contexts_that_do_not_fit_the_router_are_refused_and_change_nothing() {
             vec![prompt_query("a".into(), "What?")],
             "queries[0].context",
         ),
+        // Nothing to embed.
+        (
+            "enc",
+            vec![prompt_query("a".into(), "")],
+            "queries[0].prompt",
+        ),
         // Mixed.
         (
             "enc",

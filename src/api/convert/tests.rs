@@ -134,6 +134,23 @@ fn contexts_are_given_for_every_query_or_for_none() {
 }
 
 #[test]
+fn a_group_is_at_most_256_bytes() {
+    let grouped = |group: String| pb::Query {
+        group,
+        ..query(vec![1.0], &["a"])
+    };
+    let ok = score(vec![grouped("g".repeat(256))], &Limits::default());
+    assert_eq!(
+        ok.queries[0].group.as_deref(),
+        Some("g".repeat(256).as_str())
+    );
+    let none = score(vec![grouped(String::new())], &Limits::default());
+    assert_eq!(none.queries[0].group, None);
+    let long = score_default(vec![grouped("g".repeat(257))]).unwrap_err();
+    assert!(long.to_string().starts_with("queries[0].group"), "{long}");
+}
+
+#[test]
 fn unknown_enum_values_are_refused() {
     let err = score_call(
         pb::ScoreRequest {
