@@ -26,9 +26,7 @@ use crate::api::auth::AdminAccess;
 use crate::api::pb;
 use crate::api::reward_router::RewardRouterService;
 use crate::config::{Config, TlsConfig};
-use crate::models::{
-    Encoder, EncoderSpec, Encoders, ModelError, ModelSource, RewardModelSpec, RewardModels,
-};
+use crate::models::{Encoder, Encoders, ModelError, RewardModels};
 use crate::routers::{RouterError, Routers, RoutersHandle};
 use crate::service::{Models, Service};
 use crate::store::{Store, StoreError, StoreOptions};
@@ -76,35 +74,14 @@ pub async fn run(
     )))?;
 
     let routers = open_routers(&config, recover_truncate).await?;
-    // The config's RMs, less those removed through Admin, then those added through Admin.
-    let changes = routers.reward_model_changes();
-    let specs: Vec<(RewardModelSpec, ModelSource)> = config
-        .reward_models
-        .iter()
-        .filter(|spec| !changes.removed.contains(&spec.name))
-        .map(|spec| (spec.clone(), ModelSource::Config))
-        .chain(
-            changes
-                .added
-                .into_values()
-                .map(|spec| (spec, ModelSource::Admin)),
-        )
-        .collect();
+    // The config's models, less those removed through Admin, then those added through Admin.
+    let specs = routers
+        .reward_model_changes()
+        .startup(config.reward_models.iter().map(|s| (s.name.as_str(), s)));
     let reward_models = RewardModels::open(specs).await?;
-    // The config's encoders, less those removed through Admin, then those added.
-    let encoder_changes = routers.encoder_changes();
-    let encoder_specs: Vec<(EncoderSpec, ModelSource)> = config
-        .encoders
-        .iter()
-        .filter(|spec| !encoder_changes.removed.contains(&spec.name))
-        .map(|spec| (spec.clone(), ModelSource::Config))
-        .chain(
-            encoder_changes
-                .added
-                .into_values()
-                .map(|spec| (spec, ModelSource::Admin)),
-        )
-        .collect();
+    let encoder_specs = routers
+        .encoder_changes()
+        .startup(config.encoders.iter().map(|s| (s.name.as_str(), s)));
     let encoders = Encoders::default();
     for (spec, source) in encoder_specs {
         encoders.insert(Encoder::load_off_runtime(spec, source).await?)?;

@@ -161,19 +161,43 @@ fn answer<T: Serialize>(
     }
 }
 
-/// The path's router, which a body's `router` must equal when set.
-fn same_router(path: &str, body: &mut String) -> Result<(), tonic::Status> {
-    if body.is_empty() {
-        *body = path.to_string();
+/// A request that names its router (which the path names too).
+trait Routed: for<'de> Deserialize<'de> {
+    fn router_mut(&mut self) -> &mut String;
+}
+
+impl Routed for pb::ScoreRequest {
+    fn router_mut(&mut self) -> &mut String {
+        &mut self.router
     }
-    if body != path {
-        return Err(invalid(
+}
+
+impl Routed for pb::FeedbackRequest {
+    fn router_mut(&mut self) -> &mut String {
+        &mut self.router
+    }
+}
+
+/// The body as a request for the path's router: a `router` in the body must equal it.
+fn routed_request<T: Routed>(
+    router: &str,
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<T, Box<Response>> {
+    let mut request: T = json_body(headers, body)?;
+    let named = request.router_mut();
+    if named.is_empty() {
+        *named = router.to_string();
+    }
+    if named != router {
+        let status: tonic::Status = invalid(
             "router",
-            format!("is {body:?} in the body and {path:?} in the path"),
+            format!("is {named:?} in the body and {router:?} in the path"),
         )
-        .into());
+        .into();
+        return Err(Box::new(status_response(status)));
     }
-    Ok(())
+    Ok(request)
 }
 
 async fn score(
@@ -183,12 +207,11 @@ async fn score(
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let started = Instant::now();
-    let mut request: pb::ScoreRequest = match json_body(&headers, body) {
+    let request: pb::ScoreRequest = match routed_request(&router, &headers, body) {
         Ok(request) => request,
         Err(response) => return *response,
     };
     let result = async {
-        same_router(&router, &mut request.router)?;
         let _slot = service.admit(Api::RewardRouter)?;
         let call = score_call(request, service.limits())?;
         let results = service.score(call, deadline(&headers, started)).await?;
@@ -205,12 +228,11 @@ async fn feedback(
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let started = Instant::now();
-    let mut request: pb::FeedbackRequest = match json_body(&headers, body) {
+    let request: pb::FeedbackRequest = match routed_request(&router, &headers, body) {
         Ok(request) => request,
         Err(response) => return *response,
     };
     let result = async {
-        same_router(&router, &mut request.router)?;
         let _slot = service.admit(Api::RewardRouter)?;
         let call = feedback_call(request, service.limits())?;
         Ok::<_, tonic::Status>(feedback_response(service.feedback(call).await?))

@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use super::session::Head;
 use super::spec::EncoderSpec;
-use super::worker::Workers;
+use super::worker::{Workers, off_runtime};
 use super::{ModelError, ModelSource};
 
 /// An encoder ready to embed. Dropping it stops its workers once queued jobs finish.
@@ -41,13 +41,7 @@ impl Encoder {
         spec: EncoderSpec,
         source: ModelSource,
     ) -> Result<Self, ModelError> {
-        let name = spec.name.clone();
-        tokio::task::spawn_blocking(move || Self::load(spec, source))
-            .await
-            .map_err(|e| ModelError::LoaderFailed {
-                name,
-                reason: e.to_string(),
-            })?
+        off_runtime(spec.name.clone(), move || Self::load(spec, source)).await
     }
 
     pub fn name(&self) -> &str {

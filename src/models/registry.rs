@@ -137,11 +137,6 @@ impl Registry<RewardModel> {
 
     /// [`RewardModels::load_all`] on a blocking thread, off the async runtime.
     pub async fn open(specs: Vec<(RewardModelSpec, ModelSource)>) -> Result<Self, ModelError> {
-        tokio::task::spawn_blocking(move || Self::load_all(specs))
-            .await
-            .map_err(|e| ModelError::LoaderFailed {
-                name: "*".to_string(),
-                reason: e.to_string(),
-            })?
+        super::worker::off_runtime("*".to_string(), move || Self::load_all(specs)).await
     }
 }

@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use super::score_normalization::RunningScores;
 use super::session::Head;
-use super::worker::Workers;
+use super::worker::{Workers, off_runtime};
 use super::{ModelError, RewardModelSpec};
 
 /// Where a loaded reward model came from.
@@ -66,13 +66,7 @@ impl RewardModel {
         spec: RewardModelSpec,
         source: ModelSource,
     ) -> Result<Self, ModelError> {
-        let name = spec.name.clone();
-        tokio::task::spawn_blocking(move || Self::load(spec, source))
-            .await
-            .map_err(|e| ModelError::LoaderFailed {
-                name,
-                reason: e.to_string(),
-            })?
+        off_runtime(spec.name.clone(), move || Self::load(spec, source)).await
     }
 
     /// The execution provider the sessions run on (`cpu`, `cuda:0`, ...).

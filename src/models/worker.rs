@@ -33,6 +33,20 @@ pub(super) struct ScoreJob {
     pub(super) enqueued: Instant,
 }
 
+/// Run `load` (file I/O, session creation, a probe) on a blocking thread, off the async
+/// runtime; a panic or cancellation there is `LoaderFailed` for model `name`.
+pub(super) async fn off_runtime<T: Send + 'static>(
+    name: String,
+    load: impl FnOnce() -> Result<T, ModelError> + Send + 'static,
+) -> Result<T, ModelError> {
+    tokio::task::spawn_blocking(load)
+        .await
+        .map_err(|e| ModelError::LoaderFailed {
+            name,
+            reason: e.to_string(),
+        })?
+}
+
 /// The worker threads of one model and the queue that feeds them.
 pub(super) struct Workers {
     name: String,

@@ -17,7 +17,7 @@ use super::router::Router;
 use super::settings::{RouterSettings, RouterSettingsV1};
 use super::state::{RouterState, RouterStateV1};
 use super::{RouterError, RouterEvent, Routers};
-use crate::models::{EncoderSpec, RewardModelSpec};
+use crate::models::{EncoderSpec, ModelSource, RewardModelSpec};
 use crate::store::{Durable, Recovered, Store};
 
 /// One logged change of the routers' state.
@@ -69,21 +69,62 @@ pub enum StateEvent {
     },
 }
 
-/// Changes to the server's RM set made through Admin, to redo at startup.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-pub struct RewardModelChanges {
-    /// Added RMs, by name (loaded after the config's).
-    pub added: BTreeMap<String, RewardModelSpec>,
-    /// Removed RMs (config RMs of these names are not loaded).
+/// Changes to one of the server's model sets (reward models, encoders) made through Admin,
+/// to redo at startup.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ModelChanges<S> {
+    /// Added models, by name (loaded after the config's).
+    pub added: BTreeMap<String, S>,
+    /// Removed models (config models of these names are not loaded).
     pub removed: BTreeSet<String>,
 }
 
-/// Changes to the server's encoders made through Admin, to redo at startup.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-pub struct EncoderChanges {
-    pub added: BTreeMap<String, EncoderSpec>,
-    pub removed: BTreeSet<String>,
+impl<S> Default for ModelChanges<S> {
+    fn default() -> Self {
+        Self {
+            added: BTreeMap::new(),
+            removed: BTreeSet::new(),
+        }
+    }
 }
+
+impl<S: Clone> ModelChanges<S> {
+    fn add(&mut self, name: String, spec: S) {
+        self.removed.remove(&name);
+        self.added.insert(name, spec);
+    }
+
+    fn remove(&mut self, name: String) {
+        self.added.remove(&name);
+        self.removed.insert(name);
+    }
+
+    /// What to load at startup: the config's `(name, spec)`s less those removed, then those
+    /// added.
+    pub fn startup<'a>(
+        &self,
+        config: impl IntoIterator<Item = (&'a str, &'a S)>,
+    ) -> Vec<(S, ModelSource)>
+    where
+        S: 'a,
+    {
+        config
+            .into_iter()
+            .filter(|(name, _)| !self.removed.contains(*name))
+            .map(|(_, spec)| (spec.clone(), ModelSource::Config))
+            .chain(
+                self.added
+                    .values()
+                    .map(|spec| (spec.clone(), ModelSource::Admin)),
+            )
+            .collect()
+    }
+}
+
+/// Changes to the server's reward models made through Admin.
+pub type RewardModelChanges = ModelChanges<RewardModelSpec>;
+/// Changes to the server's encoders made through Admin.
+pub type EncoderChanges = ModelChanges<EncoderSpec>;
 
 /// The payload of a snapshot.
 #[derive(Serialize, Deserialize)]
@@ -167,20 +208,16 @@ impl Routers {
     pub fn apply(&self, event: StateEvent) -> Result<(), RouterError> {
         match event {
             StateEvent::RewardModelAdded { spec } => {
-                let mut changes = self
-                    .reward_model_changes
+                self.reward_model_changes
                     .lock()
-                    .expect("RM changes lock poisoned");
-                changes.removed.remove(&spec.name);
-                changes.added.insert(spec.name.clone(), spec);
+                    .expect("RM changes lock poisoned")
+                    .add(spec.name.clone(), spec);
             }
             StateEvent::RewardModelRemoved { name } => {
-                let mut changes = self
-                    .reward_model_changes
+                self.reward_model_changes
                     .lock()
-                    .expect("RM changes lock poisoned");
-                changes.added.remove(&name);
-                changes.removed.insert(name);
+                    .expect("RM changes lock poisoned")
+                    .remove(name);
             }
             StateEvent::RouterCreated {
                 name,
@@ -199,20 +236,16 @@ impl Routers {
                 self.map_mut().insert(name, Arc::new(Mutex::new(router)));
             }
             StateEvent::EncoderAdded { spec } => {
-                let mut changes = self
-                    .encoder_changes
+                self.encoder_changes
                     .lock()
-                    .expect("encoder changes lock poisoned");
-                changes.removed.remove(&spec.name);
-                changes.added.insert(spec.name.clone(), spec);
+                    .expect("encoder changes lock poisoned")
+                    .add(spec.name.clone(), spec);
             }
             StateEvent::EncoderRemoved { name } => {
-                let mut changes = self
-                    .encoder_changes
+                self.encoder_changes
                     .lock()
-                    .expect("encoder changes lock poisoned");
-                changes.added.remove(&name);
-                changes.removed.insert(name);
+                    .expect("encoder changes lock poisoned")
+                    .remove(name);
             }
             StateEvent::RouterDeleted { name } => {
                 self.map_mut().remove(&name);

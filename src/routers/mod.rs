@@ -41,7 +41,7 @@ pub use handle::{
     FeedbackReport, RecordReport, RouterInfo, RoutersHandle, SelectedFor, SelectionInput, Ticket,
     unix_ms,
 };
-pub use ledger::{EncoderChanges, RewardModelChanges, StateEvent};
+pub use ledger::{EncoderChanges, ModelChanges, RewardModelChanges, StateEvent};
 pub use registry::{FirstUse, Routers, RoutersOptions};
 pub use router::Router;
 pub use settings::{

@@ -21,7 +21,15 @@ fn query(context: Vec<f32>, responses: &[&str]) -> pb::Query {
     }
 }
 
+/// A Score call for router "r" with `queries` under `limits`, which must be valid.
 fn score(queries: Vec<pb::Query>, limits: &Limits) -> crate::service::ScoreCall {
+    score_under(queries, limits).unwrap()
+}
+
+fn score_under(
+    queries: Vec<pb::Query>,
+    limits: &Limits,
+) -> Result<crate::service::ScoreCall, RequestError> {
     score_call(
         pb::ScoreRequest {
             router: "r".into(),
@@ -31,19 +39,10 @@ fn score(queries: Vec<pb::Query>, limits: &Limits) -> crate::service::ScoreCall 
         },
         limits,
     )
-    .unwrap()
 }
 
 fn score_default(queries: Vec<pb::Query>) -> Result<crate::service::ScoreCall, RequestError> {
-    score_call(
-        pb::ScoreRequest {
-            router: "r".into(),
-            queries,
-            mode: 0,
-            explain: false,
-        },
-        &Limits::default(),
-    )
+    score_under(queries, &Limits::default())
 }
 
 #[test]
