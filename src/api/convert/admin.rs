@@ -186,6 +186,15 @@ pub fn reward_model_spec(
     if spec.workers > 0 {
         converted.workers = spec.workers as usize;
     }
+    if spec.max_batch_sequences > 0 {
+        converted.max_batch_sequences = spec.max_batch_sequences as usize;
+    }
+    if spec.max_batch_tokens > 0 {
+        converted.max_batch_tokens = spec.max_batch_tokens as usize;
+    }
+    if spec.max_batch_delay_ms > 0 {
+        converted.max_batch_delay_ms = spec.max_batch_delay_ms as u64;
+    }
     let spec = converted;
     spec.validate()
         .map_err(|e| invalid("spec", e.to_string()))?;
