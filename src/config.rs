@@ -124,9 +124,10 @@ impl Default for ServerConfig {
 }
 
 /// The `[routers]` table: router settings every new router starts from (a
-/// [`RouterSettingsPatch`]: its keys, each optional, LASeR's reference values by default:
-/// LinUCB, α = 0.1, λ = 1, 20th/80th percentile normalization over the whole reward
-/// history, per-query selection, raw contexts, d = 4096), plus `create_on_first_use`.
+/// [`RouterSettingsPatch`]: its keys, each optional, LASeR's values by default: LinUCB,
+/// α = 0.1, λ = 1, 20th/80th percentile normalization over the whole reward history, raw
+/// contexts, d = 4096, per-query selection as the paper's text — the reference code selects
+/// per batch), plus `create_on_first_use` and `default_encoder`.
 #[derive(Clone, Debug)]
 pub struct RoutersConfig {
     /// Create a router with these defaults the first time Score names it (default true).

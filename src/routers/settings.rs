@@ -211,8 +211,15 @@ impl RouterSettings {
                     format!("percentiles {low}/{high} must satisfy 0 <= low < high <= 100"),
                 );
             }
-            if window == Some(0) {
-                return invalid("reward_window", "must be > 0 when set".to_string());
+            if let Some(window) = window
+                && window < 2
+            {
+                return invalid(
+                    "reward_window",
+                    format!(
+                        "{window} would leave every reward raw (the percentiles need two); use 0 (the whole history) or at least 2"
+                    ),
+                );
             }
         }
         match &self.policy {
@@ -271,8 +278,9 @@ impl RouterSettings {
 }
 
 impl Default for RouterSettings {
-    /// LASeR's reference code: LinUCB, α = 0.1, λ = 1, 20th/80th percentile normalization
-    /// over the whole reward history, per-query selection, raw contexts; d = 4096.
+    /// LASeR: LinUCB, α = 0.1, λ = 1, 20th/80th percentile normalization over the whole
+    /// reward history, raw contexts (the reference code); per-query selection (the paper's
+    /// text; the reference code selects per batch); d = 4096.
     fn default() -> Self {
         Self {
             context_dim: 4096,

@@ -567,6 +567,22 @@ fn settings_are_validated_by_field() {
         }),
         "projection_dim"
     );
+    // A window of one reward leaves every reward raw: refused; two or more are fine.
+    for (window, refused) in [(0, true), (1, true), (2, false)] {
+        let quantile = RouterSettings {
+            normalization: Normalization::Quantile {
+                low: 20.0,
+                high: 80.0,
+                window: Some(window),
+            },
+            ..settings(4)
+        };
+        if refused {
+            assert_eq!(field(quantile), "reward_window");
+        } else {
+            assert!(quantile.validate(1024).is_ok());
+        }
+    }
     assert_eq!(
         field(with_policy(Policy::Exp3 { gamma: 0.0 }, 4)),
         "exp3_gamma"

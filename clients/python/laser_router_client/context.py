@@ -1,6 +1,11 @@
 """The LASeR context from hidden states a trainer already has: the mean over the prompt's
 tokens (attention mask applied), optionally L2-normalized. Works on numpy arrays and, when
 torch is installed, on torch tensors (returned as float32 numpy, ready for `Query.context`).
+
+The paper's reference code averages the policy's *input-token embeddings* (padding
+included); passing the last hidden state gives vectors of another scale, so α and λ tuned for
+one do not carry over to the other without `normalize=True` (or the router's
+`l2_normalize_context`).
 """
 
 from typing import Any
