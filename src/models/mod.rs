@@ -27,10 +27,10 @@ pub mod spec;
 mod tokenize;
 mod worker;
 
-pub use encoder::Encoder;
+pub use encoder::{Encoder, EncoderSpec, Pooling};
 pub use registry::{Encoders, RewardModels};
 pub use reward_model::{ModelSource, RewardModel};
-pub use spec::{EncoderSpec, InputFormat, Pooling, RewardModelSpec};
+pub use spec::{InputFormat, RewardModelSpec};
 
 /// What went wrong loading or running a reward model.
 #[derive(Clone, Debug, thiserror::Error)]

@@ -14,7 +14,8 @@ use ort::value::{Tensor, TensorElementType, ValueType};
 use tokenizers::Encoding;
 
 use super::chat::ChatTemplate;
-use super::spec::{Pooling, Provider, ScoreRead};
+use super::encoder::Pooling;
+use super::spec::{Provider, ScoreRead};
 use super::tokenize::{TextEncoder, load_tokenizer};
 use super::{InputFormat, ModelError, RewardModelSpec, runtime};
 use crate::telemetry::metric;

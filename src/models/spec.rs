@@ -36,25 +36,25 @@ fn default_max_length() -> usize {
     DEFAULT_MAX_LENGTH
 }
 
-fn default_queue_capacity() -> usize {
+pub(super) fn default_queue_capacity() -> usize {
     DEFAULT_QUEUE_CAPACITY
 }
 
-fn default_workers() -> usize {
+pub(super) fn default_workers() -> usize {
     1
 }
 
-fn default_max_batch_sequences() -> usize {
+pub(super) fn default_max_batch_sequences() -> usize {
     64
 }
 
 /// Chosen from measurement on CPU (`cargo bench --bench scoring`, int8 MiniLM RM, 2 cores):
 /// larger budgets pad more than batching gains there; GPUs want far larger budgets.
-fn default_max_batch_tokens() -> usize {
+pub(super) fn default_max_batch_tokens() -> usize {
     1024
 }
 
-fn default_max_batch_delay_ms() -> u64 {
+pub(super) fn default_max_batch_delay_ms() -> u64 {
     2
 }
 
@@ -448,146 +448,5 @@ mod tests {
                 .to_string()
                 .contains("max_length")
         );
-    }
-}
-
-/// How an encoder's output becomes one vector per text.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Pooling {
-    /// Mean over the text's tokens of a `[batch, sequence, dim]` output (sentence encoders'
-    /// `last_hidden_state`).
-    #[default]
-    Mean,
-    /// The output is already `[batch, dim]` (a pooled output, such as the demo graph's
-    /// `embedding`).
-    None,
-}
-
-fn default_true() -> bool {
-    true
-}
-
-fn default_encoder_max_length() -> usize {
-    256
-}
-
-/// An encoder that turns a prompt into a router's context: an ONNX sentence encoder and
-/// its `tokenizer.json`, on the same workers, batching and providers as reward models.
-///
-/// ```toml
-/// [[encoders]]
-/// name = "minilm"
-/// model = "../../models/demo/model.onnx"
-/// tokenizer = "../../models/demo/tokenizer.json"
-/// output = "embedding"          # default: the model's first output
-/// pooling = "none"              # "mean" (default) over last_hidden_state, or "none"
-/// normalize = true              # L2-normalize (default)
-/// max_length = 256
-/// ```
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct EncoderSpec {
-    /// Unique among encoders. `[A-Za-z0-9._-]`, 1 to 64 characters.
-    pub name: String,
-    pub model: PathBuf,
-    pub tokenizer: PathBuf,
-    #[serde(default)]
-    pub output: Option<String>,
-    #[serde(default)]
-    pub pooling: Pooling,
-    #[serde(default = "default_true")]
-    pub normalize: bool,
-    /// Longest token sequence embedded (the prompt's start is kept).
-    #[serde(default = "default_encoder_max_length")]
-    pub max_length: usize,
-    #[serde(default = "default_queue_capacity")]
-    pub queue_capacity: usize,
-    #[serde(default)]
-    pub provider: Provider,
-    #[serde(default)]
-    pub device_id: i32,
-    #[serde(default)]
-    pub fallback_to_cpu: bool,
-    #[serde(default)]
-    pub intra_threads: usize,
-    #[serde(default = "default_workers")]
-    pub workers: usize,
-    #[serde(default = "default_max_batch_sequences")]
-    pub max_batch_sequences: usize,
-    #[serde(default = "default_max_batch_tokens")]
-    pub max_batch_tokens: usize,
-    #[serde(default = "default_max_batch_delay_ms")]
-    pub max_batch_delay_ms: u64,
-}
-
-impl EncoderSpec {
-    /// A spec with every optional field at its default.
-    pub fn new(name: String, model: PathBuf, tokenizer: PathBuf) -> Self {
-        let base = RewardModelSpec::new(
-            name.clone(),
-            model.clone(),
-            tokenizer.clone(),
-            InputFormat::Text,
-        );
-        Self {
-            name,
-            model,
-            tokenizer,
-            output: None,
-            pooling: Pooling::Mean,
-            normalize: true,
-            max_length: default_encoder_max_length(),
-            queue_capacity: base.queue_capacity,
-            provider: base.provider,
-            device_id: base.device_id,
-            fallback_to_cpu: base.fallback_to_cpu,
-            intra_threads: base.intra_threads,
-            workers: base.workers,
-            max_batch_sequences: base.max_batch_sequences,
-            max_batch_tokens: base.max_batch_tokens,
-            max_batch_delay_ms: base.max_batch_delay_ms,
-        }
-    }
-
-    /// The model spec the shared loading, batching and inference code runs: text input,
-    /// truncation keeping the prompt's start.
-    pub fn model_spec(&self) -> RewardModelSpec {
-        RewardModelSpec {
-            output: self.output.clone(),
-            max_length: self.max_length,
-            queue_capacity: self.queue_capacity,
-            truncation_side: TruncationSide::Right,
-            provider: self.provider,
-            device_id: self.device_id,
-            fallback_to_cpu: self.fallback_to_cpu,
-            intra_threads: self.intra_threads,
-            workers: self.workers,
-            max_batch_sequences: self.max_batch_sequences,
-            max_batch_tokens: self.max_batch_tokens,
-            max_batch_delay_ms: self.max_batch_delay_ms,
-            ..RewardModelSpec::new(
-                self.name.clone(),
-                self.model.clone(),
-                self.tokenizer.clone(),
-                InputFormat::Text,
-            )
-        }
-    }
-
-    /// Resolve relative file paths against `base` (the config file's directory).
-    pub fn resolve_paths(mut self, base: &Path) -> Self {
-        if self.model.is_relative() {
-            self.model = base.join(&self.model);
-        }
-        if self.tokenizer.is_relative() {
-            self.tokenizer = base.join(&self.tokenizer);
-        }
-        self
-    }
-
-    /// Checks that need no files.
-    pub fn validate(&self) -> Result<(), ModelError> {
-        self.model_spec().validate()
     }
 }

@@ -14,8 +14,8 @@ use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
 use serde::{Deserialize, Serialize};
 
 use super::router::Router;
-use super::settings::{RouterSettings, RouterSettingsV1};
-use super::state::{RouterState, RouterStateV1};
+use super::settings::RouterSettings;
+use super::state::{RouterSettingsV1, RouterState, RouterStateV1};
 use super::{RouterError, RouterEvent, Routers};
 use crate::models::{EncoderSpec, ModelSource, RewardModelSpec};
 use crate::store::{Durable, Recovered, Store};
@@ -357,5 +357,78 @@ impl Routers {
         })();
         ledger.snapshot_running.store(false, Ordering::Release);
         result
+    }
+}
+
+/// The model sets' changes made through Admin: logged here, redone at startup.
+impl Routers {
+    /// Log that `spec` was published (the caller loaded and probed it, and publishes it
+    /// after this returns; Admin changes to the RM set are serialized by the caller).
+    pub fn reward_model_added(&self, spec: RewardModelSpec) -> Result<Durable, RouterError> {
+        let _gate = self.ledger.change();
+        let event = StateEvent::RewardModelAdded { spec };
+        let durable = self.ledger.log(&event)?;
+        self.apply(event)?;
+        Ok(durable)
+    }
+
+    /// Log that the RM `name` was unpublished.
+    pub fn reward_model_removed(&self, name: &str) -> Result<Durable, RouterError> {
+        let _gate = self.ledger.change();
+        let event = StateEvent::RewardModelRemoved {
+            name: name.to_string(),
+        };
+        let durable = self.ledger.log(&event)?;
+        self.apply(event)?;
+        Ok(durable)
+    }
+
+    /// Log that encoder `spec` was published (loaded and probed by the caller).
+    pub fn encoder_added(&self, spec: EncoderSpec) -> Result<Durable, RouterError> {
+        let _gate = self.ledger.change();
+        let event = StateEvent::EncoderAdded { spec };
+        let durable = self.ledger.log(&event)?;
+        self.apply(event)?;
+        Ok(durable)
+    }
+
+    /// Log that encoder `name` was unpublished; refused while a router takes its contexts
+    /// from it (the names of those routers come back).
+    pub fn encoder_removed(&self, name: &str) -> Result<Result<Durable, Vec<String>>, RouterError> {
+        let _gate = self.ledger.change();
+        let users: Vec<String> = self
+            .list()
+            .iter()
+            .filter_map(|router| {
+                let router = router.lock().expect("router lock poisoned");
+                (router.settings().encoder.as_deref() == Some(name))
+                    .then(|| router.name().to_string())
+            })
+            .collect();
+        if !users.is_empty() {
+            return Ok(Err(users));
+        }
+        let event = StateEvent::EncoderRemoved {
+            name: name.to_string(),
+        };
+        let durable = self.ledger.log(&event)?;
+        self.apply(event)?;
+        Ok(Ok(durable))
+    }
+
+    /// The encoder changes made through Admin so far (recovered ones included).
+    pub fn encoder_changes(&self) -> EncoderChanges {
+        self.encoder_changes
+            .lock()
+            .expect("encoder changes lock poisoned")
+            .clone()
+    }
+
+    /// The RM set changes made through Admin so far (recovered ones included).
+    pub fn reward_model_changes(&self) -> RewardModelChanges {
+        self.reward_model_changes
+            .lock()
+            .expect("RM changes lock poisoned")
+            .clone()
     }
 }

@@ -4,6 +4,8 @@
 //! - [`settings`]: a router's settings, the settings patch that fills unset fields, policies.
 //! - [`router`]: one router (arms, selection, applying events).
 //! - [`events`]: selections, the events that change a router, feedback outcomes.
+//! - `groups`: decisions shared by a group of queries, reserved while a Score runs.
+//! - `answers`: applying feedback (checks, idempotency keys, normalization, updates).
 //! - [`pending`]: the pending-decision book (TTL, capacity, answered ids).
 //! - [`policy`]: the one place a router dispatches on its policy.
 //! - [`state`]: a router as plain data (snapshots, exports).
@@ -17,7 +19,9 @@
 //! logs every event to the store before applying it, so recovery replays exactly what was
 //! acknowledged; the bandit math lives in [`crate::bandit`].
 
+mod answers;
 pub mod events;
+mod groups;
 pub mod handle;
 pub mod ledger;
 mod pending;
@@ -29,6 +33,8 @@ pub mod state;
 pub mod statistics;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_groups;
 
 /// The store's error, which [`RouterError::StateWrite`] and [`RouterError::NotAcknowledged`]
 /// carry.

@@ -6,7 +6,8 @@
 //! Locking: the ledger's gate is read-locked by every change (a snapshot write-locks it);
 //! the map's `RwLock` is taken only to find, add or remove a router; each router has its
 //! own `Mutex`, so routers never wait on each other. Everything here blocks (locks, the
-//! bandit math): call it from a blocking thread.
+//! bandit math): call it from a blocking thread. (Past the ~500-line guide only by its unit
+//! tests at the end.)
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, RwLock, RwLockWriteGuard};
@@ -19,7 +20,6 @@ use super::ledger::{EncoderChanges, Ledger, RewardModelChanges, StateEvent};
 use super::settings::{RouterSettings, RouterSettingsPatch};
 use super::state::RouterState;
 use super::{Router, RouterError};
-use crate::models::{EncoderSpec, RewardModelSpec};
 use crate::store::{Durable, Store};
 
 /// Longest router name accepted.
@@ -412,76 +412,6 @@ impl Routers {
         })?;
         routers.insert(name.to_string(), Arc::new(Mutex::new(router)));
         Ok(durable)
-    }
-
-    /// Log that `spec` was published (the caller loaded and probed it, and publishes it
-    /// after this returns; Admin changes to the RM set are serialized by the caller).
-    pub fn reward_model_added(&self, spec: RewardModelSpec) -> Result<Durable, RouterError> {
-        let _gate = self.ledger.change();
-        let event = StateEvent::RewardModelAdded { spec };
-        let durable = self.ledger.log(&event)?;
-        self.apply(event)?;
-        Ok(durable)
-    }
-
-    /// Log that the RM `name` was unpublished.
-    pub fn reward_model_removed(&self, name: &str) -> Result<Durable, RouterError> {
-        let _gate = self.ledger.change();
-        let event = StateEvent::RewardModelRemoved {
-            name: name.to_string(),
-        };
-        let durable = self.ledger.log(&event)?;
-        self.apply(event)?;
-        Ok(durable)
-    }
-
-    /// Log that encoder `spec` was published (loaded and probed by the caller).
-    pub fn encoder_added(&self, spec: EncoderSpec) -> Result<Durable, RouterError> {
-        let _gate = self.ledger.change();
-        let event = StateEvent::EncoderAdded { spec };
-        let durable = self.ledger.log(&event)?;
-        self.apply(event)?;
-        Ok(durable)
-    }
-
-    /// Log that encoder `name` was unpublished; refused while a router takes its contexts
-    /// from it (the names of those routers come back).
-    pub fn encoder_removed(&self, name: &str) -> Result<Result<Durable, Vec<String>>, RouterError> {
-        let _gate = self.ledger.change();
-        let users: Vec<String> = self
-            .list()
-            .iter()
-            .filter_map(|router| {
-                let router = router.lock().expect("router lock poisoned");
-                (router.settings().encoder.as_deref() == Some(name))
-                    .then(|| router.name().to_string())
-            })
-            .collect();
-        if !users.is_empty() {
-            return Ok(Err(users));
-        }
-        let event = StateEvent::EncoderRemoved {
-            name: name.to_string(),
-        };
-        let durable = self.ledger.log(&event)?;
-        self.apply(event)?;
-        Ok(Ok(durable))
-    }
-
-    /// The encoder changes made through Admin so far (recovered ones included).
-    pub fn encoder_changes(&self) -> EncoderChanges {
-        self.encoder_changes
-            .lock()
-            .expect("encoder changes lock poisoned")
-            .clone()
-    }
-
-    /// The RM set changes made through Admin so far (recovered ones included).
-    pub fn reward_model_changes(&self) -> RewardModelChanges {
-        self.reward_model_changes
-            .lock()
-            .expect("RM changes lock poisoned")
-            .clone()
     }
 
     /// The exportable state of one router.

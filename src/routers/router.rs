@@ -23,18 +23,18 @@
 //! arm's factor once; feedback O(d²·r) per arm for r decisions of that arm (one rank-r
 //! update); memory one d×d matrix per arm plus O(d) per pending decision.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 
 use super::RouterError;
 use super::events::{
-    AnsweredDecision, Decision, DecisionSource, Evictions, FeedbackOutcome, FeedbackSignal,
-    FeedbackSignals, IdempotencyKey, RecordedDecision, RouterEvent, Selection,
+    Decision, DecisionSource, Evictions, FeedbackOutcome, FeedbackSignals, RecordedDecision,
+    RouterEvent, Selection,
 };
 use super::pending::{Choice, PendingBook, PendingDecision};
-use super::policy::{self, Plan, Updates};
+use super::policy::{self, Plan};
 use super::settings::{RouterSettings, SelectionMode};
 use super::statistics::ArmStatistics;
 use crate::bandit::context::ContextTransform;
@@ -281,136 +281,6 @@ impl Router {
         })
     }
 
-    /// The decision `group` already has, if any is live and its RMs serve.
-    fn existing_decision(
-        &self,
-        group: &str,
-        serving: &[String],
-        now_unix_ms: i64,
-    ) -> Option<Decision> {
-        let ttl = self.ttl_ms();
-        if let Some((decision_id, pending)) = self.book.group_decision(group, now_unix_ms, ttl) {
-            let available = self.available(serving);
-            let members = pending.choice.arms();
-            if !members.iter().all(|arm| available.contains(arm)) {
-                return None;
-            }
-            return Some(Decision {
-                decision_id: decision_id.to_string(),
-                reward_models: members
-                    .iter()
-                    .map(|&arm| self.arms[arm].reward_model.clone())
-                    .collect(),
-                queries: Vec::new(),
-                estimates: Vec::new(),
-                source: DecisionSource::Pending,
-                groups: vec![group.to_string()],
-                ensemble: matches!(pending.choice, Choice::Ensemble(_)),
-                context: Vec::new(),
-                probability: pending.probability,
-                arm_count: pending.arm_count,
-            });
-        }
-        let (decision, made_unix_ms) = self.reserved.get(group)?;
-        let live = now_unix_ms - made_unix_ms < ttl
-            && !self.book.knows(&decision.decision_id)
-            && decision.reward_models.iter().all(|rm| serving.contains(rm));
-        live.then(|| Decision {
-            source: DecisionSource::Reserved,
-            estimates: Vec::new(),
-            ..decision.clone()
-        })
-    }
-
-    /// Give the selection's fresh decisions their ids (from `new_id`) and reserve each new
-    /// group's decision, so that Scores of the same group arriving before this one is
-    /// recorded share it. In memory only; the recorded decisions are what the log keeps.
-    pub fn reserve(
-        &mut self,
-        selection: &mut Selection,
-        new_id: impl FnMut() -> String,
-        now_unix_ms: i64,
-    ) {
-        selection.assign_ids(new_id);
-        for decision in selection.decisions.iter().filter(|d| d.is_new()) {
-            for group in &decision.groups {
-                let kept = Decision {
-                    queries: Vec::new(),
-                    estimates: Vec::new(),
-                    ..decision.clone()
-                };
-                self.reserved.insert(group.clone(), (kept, now_unix_ms));
-            }
-        }
-        if self.reserved.len() > 2 * self.settings.max_pending_decisions {
-            let ttl = self.ttl_ms();
-            self.reserved
-                .retain(|_, (_, made_unix_ms)| now_unix_ms - *made_unix_ms < ttl);
-        }
-    }
-
-    /// The event that records a completed Score's decisions: its fresh ones, and reserved
-    /// ones no other Score recorded meanwhile. `None` when there is nothing to record.
-    pub fn recording(&self, selection: &Selection, now_unix_ms: i64) -> Option<RouterEvent> {
-        let decisions: Vec<&Decision> = selection
-            .decisions
-            .iter()
-            .filter(|d| d.source != DecisionSource::Pending && !self.book.knows(&d.decision_id))
-            .collect();
-        (!decisions.is_empty()).then(|| RouterEvent::RecordedInGroups {
-            now_unix_ms,
-            serving: selection.serving.clone(),
-            decisions: decisions.iter().map(|d| d.recorded()).collect(),
-            groups: decisions.iter().map(|d| d.groups.clone()).collect(),
-        })
-    }
-
-    /// The pending decisions made at or before `before_unix_ms` and still live at
-    /// `now_unix_ms` (Feedback for "everything awaiting feedback").
-    pub fn pending_made_before(&self, before_unix_ms: i64, now_unix_ms: i64) -> Vec<String> {
-        self.book
-            .made_before(before_unix_ms, now_unix_ms, self.ttl_ms())
-    }
-
-    /// The answer already given for idempotency key `key`: (fingerprint, counts).
-    pub fn answered_key(&self, key: &str) -> Option<(u64, super::events::FeedbackCounts)> {
-        self.book.key(key)
-    }
-
-    /// Check a Feedback before it is logged: every id must be pending (and not expired at
-    /// `now_unix_ms`) or already answered; a normalized reward must be in [0, 1].
-    pub fn check_feedback(
-        &self,
-        signals: &FeedbackSignals,
-        now_unix_ms: i64,
-    ) -> Result<(), RouterError> {
-        let ids: Vec<String> = signals
-            .decision_ids()
-            .iter()
-            .map(|id| id.to_string())
-            .collect();
-        let unknown = self.book.unknown(&ids, now_unix_ms, self.ttl_ms());
-        if !unknown.is_empty() {
-            return Err(RouterError::UnknownDecisions {
-                router: self.name.clone(),
-                decision_ids: unknown,
-            });
-        }
-        if self.settings.reward_is_normalized {
-            for signal in signals.signals() {
-                if let FeedbackSignal::Reward(reward) = signal
-                    && !(0.0..=1.0).contains(&reward)
-                {
-                    return Err(RouterError::RewardOutOfRange {
-                        router: self.name.clone(),
-                        reward,
-                    });
-                }
-            }
-        }
-        Ok(())
-    }
-
     /// Apply one event. `Feedback` re-checks with [`Router::check_feedback`] and changes
     /// nothing but expired decisions when it fails; the live path checks before logging, so
     /// logged events always apply.
@@ -487,39 +357,7 @@ impl Router {
         }
     }
 
-    fn apply_feedback_event(
-        &mut self,
-        now_unix_ms: i64,
-        serving: &[String],
-        signals: FeedbackSignals,
-        key: Option<IdempotencyKey>,
-    ) -> Result<FeedbackOutcome, RouterError> {
-        self.book.expire(now_unix_ms, self.ttl_ms());
-        if let Some(key) = &key
-            && let Some((fingerprint, counts)) = self.book.key(&key.key)
-        {
-            if fingerprint != key.fingerprint {
-                return Err(RouterError::IdempotencyKeyReused {
-                    router: self.name.clone(),
-                    key: key.key.clone(),
-                });
-            }
-            return Ok(FeedbackOutcome {
-                replayed: Some(counts),
-                ..FeedbackOutcome::default()
-            });
-        }
-        self.check_feedback(&signals, now_unix_ms)?;
-        let outcome = self.apply_feedback(&signals, serving, now_unix_ms);
-        if let Some(key) = key {
-            let capacity = self.settings.max_pending_decisions;
-            self.book
-                .remember_key(key.key, key.fingerprint, outcome.counts(), capacity);
-        }
-        Ok(outcome)
-    }
-
-    fn ttl_ms(&self) -> i64 {
+    pub(super) fn ttl_ms(&self) -> i64 {
         self.settings.pending_ttl.as_millis() as i64
     }
 
@@ -576,116 +414,6 @@ impl Router {
             self.settings.max_pending_decisions,
         );
         true
-    }
-
-    /// Apply checked feedback: a shared signal enters the normalization once, per-decision
-    /// signals each; decisions of one arm are one batched update.
-    fn apply_feedback(
-        &mut self,
-        signals: &FeedbackSignals,
-        serving: &[String],
-        now_unix_ms: i64,
-    ) -> FeedbackOutcome {
-        let entries: Vec<(&str, FeedbackSignal)> = match signals {
-            FeedbackSignals::Shared {
-                decision_ids,
-                signal,
-            } => decision_ids
-                .iter()
-                .map(|id| (id.as_str(), *signal))
-                .collect(),
-            FeedbackSignals::PerDecision(signals) => {
-                signals.iter().map(|(id, s)| (id.as_str(), *s)).collect()
-            }
-        };
-        let mut outcome = FeedbackOutcome::default();
-        let mut answered = Vec::new();
-        let mut seen = HashSet::new();
-        for (decision_id, signal) in entries {
-            if !seen.insert(decision_id) {
-                outcome.duplicate += 1;
-                continue;
-            }
-            match self.book.take(decision_id) {
-                Some(decision) => answered.push((decision_id.to_string(), decision, signal)),
-                None => outcome.duplicate += 1,
-            }
-        }
-        if answered.is_empty() {
-            return outcome;
-        }
-        let shared = match signals {
-            FeedbackSignals::Shared { signal, .. } => Some(self.normalize(*signal)),
-            FeedbackSignals::PerDecision(_) => None,
-        };
-        let available = self.available(serving);
-        let capacity = self.settings.max_pending_decisions;
-
-        let mut updates = Updates::default();
-        for (decision_id, decision, signal) in answered {
-            let reward = shared.unwrap_or_else(|| self.normalize(signal));
-            let members = decision.choice.arms();
-            let answered = AnsweredDecision {
-                decision_id: decision_id.clone(),
-                reward_models: members
-                    .iter()
-                    .map(|&a| self.arms[a].reward_model.clone())
-                    .collect(),
-                reward,
-            };
-            let serving_members: Vec<usize> = members
-                .iter()
-                .copied()
-                .filter(|a| available.contains(a))
-                .collect();
-            if serving_members.is_empty() {
-                outcome.not_applied.push(answered);
-                self.book.remember_answered(decision_id, capacity);
-                continue;
-            }
-            for &arm in &serving_members {
-                let statistics = &mut self.arms[arm].statistics;
-                statistics.feedback_count += 1;
-                statistics.reward_sum += reward;
-            }
-            if let Choice::Arm(arm) = decision.choice {
-                updates.credit(
-                    &self.settings,
-                    &mut self.arms,
-                    arm,
-                    decision.context,
-                    (decision.probability, decision.arm_count),
-                    reward,
-                );
-            }
-            outcome.lags_ms.push(now_unix_ms - decision.created_unix_ms);
-            for &arm in &serving_members {
-                let statistics = &self.arms[arm].statistics;
-                let mean = (statistics.reward_model.clone(), statistics.mean_reward());
-                match outcome
-                    .arm_mean_rewards
-                    .iter_mut()
-                    .find(|(name, _)| *name == mean.0)
-                {
-                    Some(entry) => *entry = mean,
-                    None => outcome.arm_mean_rewards.push(mean),
-                }
-            }
-            outcome.applied.push(answered);
-            self.book.remember_answered(decision_id, capacity);
-        }
-        updates.apply(&self.settings, &mut self.arms);
-        outcome
-    }
-
-    /// The normalized reward of one signal (observed by the normalizer unless the router
-    /// takes rewards as already normalized).
-    fn normalize(&mut self, signal: FeedbackSignal) -> f64 {
-        match signal {
-            FeedbackSignal::Reward(reward) if self.settings.reward_is_normalized => reward,
-            FeedbackSignal::Reward(reward) => self.normalizer.observe(reward),
-            FeedbackSignal::Loss(loss) => self.normalizer.observe(-loss),
-        }
     }
 
     pub(super) fn add_arm(&mut self, reward_model: &str) {

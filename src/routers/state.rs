@@ -6,6 +6,9 @@
 //! ([`RouterStateV1`], written before decision groups and idempotency keys).
 //! Cost: copies every arm's factor, O(K·d²).
 
+use std::collections::BTreeSet;
+use std::time::Duration;
+
 use serde::{Deserialize, Serialize};
 
 use super::RouterError;
@@ -13,7 +16,7 @@ use super::events::{Evictions, FeedbackCounts};
 use super::pending::{Choice, PendingBook, PendingDecision, PendingParts};
 use super::policy;
 use super::router::{Arm, Router};
-use super::settings::{RouterSettings, RouterSettingsV1};
+use super::settings::{Normalization, Policy, RouterSettings, SelectionMode};
 use super::statistics::ArmStatistics;
 use crate::bandit::{LinUcbArm, LinUcbArmData, RewardNormalizer};
 
@@ -206,5 +209,69 @@ impl Router {
         router.context_sum = state.context_sum;
         router.contexts_seen = state.contexts_seen;
         Ok(router)
+    }
+}
+
+/// [`RouterSettings`] as format 1 wrote them (no encoder).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RouterSettingsV1 {
+    context_dim: usize,
+    policy: Policy,
+    alpha: f64,
+    l2_lambda: f64,
+    normalization: Normalization,
+    reward_is_normalized: bool,
+    default_mode: SelectionMode,
+    seed: u64,
+    reward_models: Option<BTreeSet<String>>,
+    join_new_reward_models: bool,
+    l2_normalize_context: bool,
+    projection_dim: usize,
+    max_pending_decisions: usize,
+    pending_ttl: Duration,
+}
+
+impl From<RouterSettingsV1> for RouterSettings {
+    fn from(old: RouterSettingsV1) -> Self {
+        Self {
+            context_dim: old.context_dim,
+            policy: old.policy,
+            alpha: old.alpha,
+            l2_lambda: old.l2_lambda,
+            normalization: old.normalization,
+            reward_is_normalized: old.reward_is_normalized,
+            default_mode: old.default_mode,
+            seed: old.seed,
+            reward_models: old.reward_models,
+            join_new_reward_models: old.join_new_reward_models,
+            l2_normalize_context: old.l2_normalize_context,
+            projection_dim: old.projection_dim,
+            max_pending_decisions: old.max_pending_decisions,
+            pending_ttl: old.pending_ttl,
+            encoder: None,
+        }
+    }
+}
+
+#[cfg(test)]
+impl From<&RouterSettings> for RouterSettingsV1 {
+    fn from(settings: &RouterSettings) -> Self {
+        assert!(settings.encoder.is_none(), "format 1 has no encoders");
+        Self {
+            context_dim: settings.context_dim,
+            policy: settings.policy.clone(),
+            alpha: settings.alpha,
+            l2_lambda: settings.l2_lambda,
+            normalization: settings.normalization,
+            reward_is_normalized: settings.reward_is_normalized,
+            default_mode: settings.default_mode,
+            seed: settings.seed,
+            reward_models: settings.reward_models.clone(),
+            join_new_reward_models: settings.join_new_reward_models,
+            l2_normalize_context: settings.l2_normalize_context,
+            projection_dim: settings.projection_dim,
+            max_pending_decisions: settings.max_pending_decisions,
+            pending_ttl: settings.pending_ttl,
+        }
     }
 }

@@ -16,7 +16,7 @@ impl Service {
         &self,
         spec: RewardModelSpec,
     ) -> Result<Arc<RewardModel>, ServiceError> {
-        let _admin = self.reward_model_admin.lock().await;
+        let _admin = self.model_admin.lock().await;
         if self.reward_models.contains(&spec.name) {
             return Err(ModelError::RewardModelExists { name: spec.name }.into());
         }
@@ -35,7 +35,7 @@ impl Service {
 
     /// Unpublish the RM `name`: new requests no longer see it; requests holding it finish.
     pub async fn remove_reward_model(&self, name: String) -> Result<(), ServiceError> {
-        let _admin = self.reward_model_admin.lock().await;
+        let _admin = self.model_admin.lock().await;
         if !self.reward_models.contains(&name) {
             return Err(ModelError::UnknownRewardModel { name }.into());
         }
@@ -119,7 +119,7 @@ impl Service {
 impl Service {
     /// Load and probe an encoder, log it, publish it. A spec that fails changes nothing.
     pub async fn add_encoder(&self, spec: EncoderSpec) -> Result<Arc<Encoder>, ServiceError> {
-        let _admin = self.reward_model_admin.lock().await;
+        let _admin = self.model_admin.lock().await;
         if self.encoders.contains(&spec.name) {
             return Err(ModelError::EncoderExists { name: spec.name }.into());
         }
@@ -133,7 +133,7 @@ impl Service {
 
     /// Unpublish encoder `name`; refused while routers take their contexts from it.
     pub async fn remove_encoder(&self, name: String) -> Result<(), ServiceError> {
-        let _admin = self.reward_model_admin.lock().await;
+        let _admin = self.model_admin.lock().await;
         if !self.encoders.contains(&name) {
             return Err(ModelError::UnknownEncoder { name }.into());
         }

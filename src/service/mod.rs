@@ -93,7 +93,7 @@ pub struct Service {
     default_encoder: Option<String>,
     limits: Limits,
     /// Serializes the changes to the model sets (load, log, publish as one step).
-    reward_model_admin: tokio::sync::Mutex<()>,
+    model_admin: tokio::sync::Mutex<()>,
     reward_router_slots: RequestSlots,
     admin_slots: RequestSlots,
 }
@@ -108,7 +108,7 @@ impl Service {
             reward_router_slots: RequestSlots::new(limits.max_concurrent_requests),
             admin_slots: RequestSlots::new(limits.max_concurrent_requests),
             limits,
-            reward_model_admin: tokio::sync::Mutex::new(()),
+            model_admin: tokio::sync::Mutex::new(()),
         }
     }
 

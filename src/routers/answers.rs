@@ -1,0 +1,197 @@
+//! Applying feedback to a router: the checks before it is logged (ids known, rewards in
+//! range), answers per idempotency key, normalizing each signal, crediting each answered
+//! decision's arms and batching the LinUCB updates (one rank-r update per arm).
+//! Cost: O(d²·r) per arm for its r decisions; the rest O(decisions).
+
+use std::collections::HashSet;
+
+use super::RouterError;
+use super::events::{
+    AnsweredDecision, FeedbackOutcome, FeedbackSignal, FeedbackSignals, IdempotencyKey,
+};
+use super::pending::Choice;
+use super::policy::Updates;
+use super::router::Router;
+
+impl Router {
+    /// The answer already given for idempotency key `key`: (fingerprint, counts).
+    pub fn answered_key(&self, key: &str) -> Option<(u64, super::events::FeedbackCounts)> {
+        self.book.key(key)
+    }
+
+    /// Check a Feedback before it is logged: every id must be pending (and not expired at
+    /// `now_unix_ms`) or already answered; a normalized reward must be in [0, 1].
+    pub fn check_feedback(
+        &self,
+        signals: &FeedbackSignals,
+        now_unix_ms: i64,
+    ) -> Result<(), RouterError> {
+        let ids: Vec<String> = signals
+            .decision_ids()
+            .iter()
+            .map(|id| id.to_string())
+            .collect();
+        let unknown = self.book.unknown(&ids, now_unix_ms, self.ttl_ms());
+        if !unknown.is_empty() {
+            return Err(RouterError::UnknownDecisions {
+                router: self.name.clone(),
+                decision_ids: unknown,
+            });
+        }
+        if self.settings.reward_is_normalized {
+            for signal in signals.signals() {
+                if let FeedbackSignal::Reward(reward) = signal
+                    && !(0.0..=1.0).contains(&reward)
+                {
+                    return Err(RouterError::RewardOutOfRange {
+                        router: self.name.clone(),
+                        reward,
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub(super) fn apply_feedback_event(
+        &mut self,
+        now_unix_ms: i64,
+        serving: &[String],
+        signals: FeedbackSignals,
+        key: Option<IdempotencyKey>,
+    ) -> Result<FeedbackOutcome, RouterError> {
+        self.book.expire(now_unix_ms, self.ttl_ms());
+        if let Some(key) = &key
+            && let Some((fingerprint, counts)) = self.book.key(&key.key)
+        {
+            if fingerprint != key.fingerprint {
+                return Err(RouterError::IdempotencyKeyReused {
+                    router: self.name.clone(),
+                    key: key.key.clone(),
+                });
+            }
+            return Ok(FeedbackOutcome {
+                replayed: Some(counts),
+                ..FeedbackOutcome::default()
+            });
+        }
+        self.check_feedback(&signals, now_unix_ms)?;
+        let outcome = self.apply_feedback(&signals, serving, now_unix_ms);
+        if let Some(key) = key {
+            let capacity = self.settings.max_pending_decisions;
+            self.book
+                .remember_key(key.key, key.fingerprint, outcome.counts(), capacity);
+        }
+        Ok(outcome)
+    }
+
+    /// Apply checked feedback: a shared signal enters the normalization once, per-decision
+    /// signals each; decisions of one arm are one batched update.
+    pub(super) fn apply_feedback(
+        &mut self,
+        signals: &FeedbackSignals,
+        serving: &[String],
+        now_unix_ms: i64,
+    ) -> FeedbackOutcome {
+        let entries: Vec<(&str, FeedbackSignal)> = match signals {
+            FeedbackSignals::Shared {
+                decision_ids,
+                signal,
+            } => decision_ids
+                .iter()
+                .map(|id| (id.as_str(), *signal))
+                .collect(),
+            FeedbackSignals::PerDecision(signals) => {
+                signals.iter().map(|(id, s)| (id.as_str(), *s)).collect()
+            }
+        };
+        let mut outcome = FeedbackOutcome::default();
+        let mut answered = Vec::new();
+        let mut seen = HashSet::new();
+        for (decision_id, signal) in entries {
+            if !seen.insert(decision_id) {
+                outcome.duplicate += 1;
+                continue;
+            }
+            match self.book.take(decision_id) {
+                Some(decision) => answered.push((decision_id.to_string(), decision, signal)),
+                None => outcome.duplicate += 1,
+            }
+        }
+        if answered.is_empty() {
+            return outcome;
+        }
+        let shared = match signals {
+            FeedbackSignals::Shared { signal, .. } => Some(self.normalize(*signal)),
+            FeedbackSignals::PerDecision(_) => None,
+        };
+        let available = self.available(serving);
+        let capacity = self.settings.max_pending_decisions;
+
+        let mut updates = Updates::default();
+        for (decision_id, decision, signal) in answered {
+            let reward = shared.unwrap_or_else(|| self.normalize(signal));
+            let members = decision.choice.arms();
+            let answered = AnsweredDecision {
+                decision_id: decision_id.clone(),
+                reward_models: members
+                    .iter()
+                    .map(|&a| self.arms[a].reward_model.clone())
+                    .collect(),
+                reward,
+            };
+            let serving_members: Vec<usize> = members
+                .iter()
+                .copied()
+                .filter(|a| available.contains(a))
+                .collect();
+            if serving_members.is_empty() {
+                outcome.not_applied.push(answered);
+                self.book.remember_answered(decision_id, capacity);
+                continue;
+            }
+            for &arm in &serving_members {
+                let statistics = &mut self.arms[arm].statistics;
+                statistics.feedback_count += 1;
+                statistics.reward_sum += reward;
+            }
+            if let Choice::Arm(arm) = decision.choice {
+                updates.credit(
+                    &self.settings,
+                    &mut self.arms,
+                    arm,
+                    decision.context,
+                    (decision.probability, decision.arm_count),
+                    reward,
+                );
+            }
+            outcome.lags_ms.push(now_unix_ms - decision.created_unix_ms);
+            for &arm in &serving_members {
+                let statistics = &self.arms[arm].statistics;
+                let mean = (statistics.reward_model.clone(), statistics.mean_reward());
+                match outcome
+                    .arm_mean_rewards
+                    .iter_mut()
+                    .find(|(name, _)| *name == mean.0)
+                {
+                    Some(entry) => *entry = mean,
+                    None => outcome.arm_mean_rewards.push(mean),
+                }
+            }
+            outcome.applied.push(answered);
+            self.book.remember_answered(decision_id, capacity);
+        }
+        updates.apply(&self.settings, &mut self.arms);
+        outcome
+    }
+
+    /// The normalized reward of one signal (observed by the normalizer unless the router
+    /// takes rewards as already normalized).
+    pub(super) fn normalize(&mut self, signal: FeedbackSignal) -> f64 {
+        match signal {
+            FeedbackSignal::Reward(reward) if self.settings.reward_is_normalized => reward,
+            FeedbackSignal::Reward(reward) => self.normalizer.observe(reward),
+            FeedbackSignal::Loss(loss) => self.normalizer.observe(-loss),
+        }
+    }
+}
