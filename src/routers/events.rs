@@ -42,7 +42,11 @@ pub struct Decision {
     /// The groups that share this decision.
     pub(super) groups: Vec<String>,
     pub(super) ensemble: bool,
+    /// The context the arms saw (preprocessed, the arms' dimension).
     pub(super) context: Vec<f64>,
+    /// The client's context it was derived from, when the decision is one query's (or a
+    /// group's first query's): what the log keeps, half the size of `context` in f64.
+    pub(super) received: Option<Vec<f32>>,
     pub(super) probability: f64,
     pub(super) arm_count: usize,
 }
@@ -59,12 +63,17 @@ impl Decision {
         self.source == DecisionSource::Fresh
     }
 
-    pub(super) fn recorded(&self) -> RecordedDecision {
-        RecordedDecision {
+    /// The decision as the log keeps it: the received context when there is one (re-derived
+    /// at apply), else the preprocessed one (a batch's mean).
+    pub(super) fn logged(&self) -> LoggedDecision {
+        LoggedDecision {
             decision_id: self.decision_id.clone(),
             reward_models: self.reward_models.clone(),
             ensemble: self.ensemble,
-            context: self.context.clone(),
+            context: match &self.received {
+                Some(received) => LoggedContext::Received(received.clone()),
+                None => LoggedContext::Preprocessed(self.context.clone()),
+            },
             probability: self.probability,
             arm_count: self.arm_count,
         }
@@ -105,7 +114,7 @@ impl Selection {
         RouterEvent::RecordedInGroups {
             now_unix_ms,
             serving: self.serving.clone(),
-            decisions: decisions.iter().map(|d| d.recorded()).collect(),
+            decisions: decisions.iter().map(|d| d.logged()).collect(),
             groups: decisions.iter().map(|d| d.groups.clone()).collect(),
         }
     }
@@ -120,7 +129,28 @@ pub enum FeedbackSignal {
     Reward(f64),
 }
 
-/// A decision as the log keeps it.
+/// A decision's context as the log keeps it (format 2).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum LoggedContext {
+    /// What the client sent (f32); applying the event runs the router's context transform
+    /// on it, which gives bit for bit what selection used.
+    Received(Vec<f32>),
+    /// Already preprocessed (a per-batch decision's mean context).
+    Preprocessed(Vec<f64>),
+}
+
+/// A decision as the log keeps it (format 2: `RecordedInGroups`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LoggedDecision {
+    pub decision_id: String,
+    pub reward_models: Vec<String>,
+    pub ensemble: bool,
+    pub context: LoggedContext,
+    pub probability: f64,
+    pub arm_count: usize,
+}
+
+/// A decision as format 1's `Recorded` event keeps it, and as a router records it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct RecordedDecision {
     pub decision_id: String,
@@ -154,7 +184,7 @@ pub enum RouterEvent {
     RecordedInGroups {
         now_unix_ms: i64,
         serving: Vec<String>,
-        decisions: Vec<RecordedDecision>,
+        decisions: Vec<LoggedDecision>,
         groups: Vec<Vec<String>>,
     },
     /// Feedback in any of its forms, with the request's idempotency key when it had one.

@@ -35,6 +35,7 @@ impl Router {
                 groups: vec![group.to_string()],
                 ensemble: matches!(pending.choice, Choice::Ensemble(_)),
                 context: Vec::new(),
+                received: None,
                 probability: pending.probability,
                 arm_count: pending.arm_count,
             });
@@ -88,7 +89,7 @@ impl Router {
         (!decisions.is_empty()).then(|| RouterEvent::RecordedInGroups {
             now_unix_ms,
             serving: selection.serving.clone(),
-            decisions: decisions.iter().map(|d| d.recorded()).collect(),
+            decisions: decisions.iter().map(|d| d.logged()).collect(),
             groups: decisions.iter().map(|d| d.groups.clone()).collect(),
         })
     }

@@ -30,8 +30,8 @@ use rand::rngs::StdRng;
 
 use super::RouterError;
 use super::events::{
-    Decision, DecisionSource, Evictions, FeedbackOutcome, FeedbackSignals, RecordedDecision,
-    RouterEvent, Selection,
+    Decision, DecisionSource, Evictions, FeedbackOutcome, FeedbackSignals, LoggedContext,
+    RecordedDecision, RouterEvent, Selection,
 };
 use super::pending::{Choice, PendingBook, PendingDecision};
 use super::policy::{self, Plan};
@@ -47,6 +47,16 @@ pub(super) struct Arm {
     /// Exp3 log-weight (Exp3 routers only).
     pub(super) log_weight: f64,
     pub(super) statistics: ArmStatistics,
+}
+
+/// The queries one fresh decision covers: one query, a new group's queries, or a batch.
+struct Unit {
+    queries: Vec<usize>,
+    groups: Vec<String>,
+    /// The preprocessed context the arms score.
+    context: Vec<f64>,
+    /// The client's context, when the unit is one query's (or a group's first query's).
+    received: Option<Vec<f32>>,
 }
 
 /// A selectable arm: an existing one, or an accepted serving RM that will join as a fresh
@@ -210,21 +220,25 @@ impl Router {
         }
 
         // The rest: one decision per query, per new group, or for the batch.
-        let mut units: Vec<(Vec<usize>, Vec<String>, Vec<f64>)> = Vec::new();
+        let mut units: Vec<Unit> = Vec::new();
         match mode.unwrap_or(self.settings.default_mode) {
             SelectionMode::PerQuery => {
                 let mut unit_of_group: HashMap<&str, usize> = HashMap::new();
                 for &query in &fresh {
                     match &groups[query] {
                         Some(group) if unit_of_group.contains_key(group.as_str()) => {
-                            units[unit_of_group[group.as_str()]].0.push(query);
+                            units[unit_of_group[group.as_str()]].queries.push(query);
                         }
                         group => {
                             if let Some(group) = group {
                                 unit_of_group.insert(group, units.len());
                             }
-                            let context = self.transform.apply(&contexts[query]);
-                            units.push((vec![query], group.iter().cloned().collect(), context));
+                            units.push(Unit {
+                                queries: vec![query],
+                                groups: group.iter().cloned().collect(),
+                                context: self.transform.apply(&contexts[query]),
+                                received: Some(contexts[query].clone()),
+                            });
                         }
                     }
                 }
@@ -243,10 +257,15 @@ impl Router {
                         unit_groups.push(group.clone());
                     }
                 }
-                units.push((fresh.clone(), unit_groups, mean));
+                units.push(Unit {
+                    queries: fresh.clone(),
+                    groups: unit_groups,
+                    context: mean,
+                    received: None,
+                });
             }
         }
-        let unit_contexts: Vec<Vec<f64>> = units.iter().map(|(_, _, x)| x.clone()).collect();
+        let unit_contexts: Vec<Vec<f64>> = units.iter().map(|unit| unit.context.clone()).collect();
         let plan = Plan::new(
             &self.name,
             &self.settings,
@@ -256,8 +275,14 @@ impl Router {
             self.decisions_recorded,
         )?;
         let ensemble = policy::is_ensemble(&self.settings.policy);
-        for (unit, (queries, unit_groups, context)) in units.into_iter().enumerate() {
-            let chosen = plan.choose(unit, &candidates, &mut self.rng_for(unit), explain);
+        for (index, unit) in units.into_iter().enumerate() {
+            let Unit {
+                queries,
+                groups: unit_groups,
+                context,
+                received,
+            } = unit;
+            let chosen = plan.choose(index, &candidates, &mut self.rng_for(index), explain);
             decisions.push(Decision {
                 decision_id: String::new(),
                 reward_models: chosen
@@ -271,6 +296,7 @@ impl Router {
                 groups: unit_groups,
                 ensemble,
                 context,
+                received,
                 probability: chosen.probability,
                 arm_count: candidates.len(),
             });
@@ -301,6 +327,20 @@ impl Router {
                 decisions,
                 groups,
             } => {
+                let decisions = decisions
+                    .into_iter()
+                    .map(|logged| RecordedDecision {
+                        decision_id: logged.decision_id,
+                        reward_models: logged.reward_models,
+                        ensemble: logged.ensemble,
+                        context: match logged.context {
+                            LoggedContext::Received(received) => self.transform.apply(&received),
+                            LoggedContext::Preprocessed(context) => context,
+                        },
+                        probability: logged.probability,
+                        arm_count: logged.arm_count,
+                    })
+                    .collect();
                 self.apply_recorded(now_unix_ms, &serving, decisions, groups);
                 Ok(FeedbackOutcome::default())
             }
