@@ -7,7 +7,9 @@
 #   4. routing cost per decision at d = 4096 vs the paper's reference algorithm (linucb)
 #   and durable state: feedback throughput with durability on/off, recovery (store);
 #   5. trainer-facing paths through the release binary: encoder contexts vs client contexts,
-#      HTTP/JSON vs gRPC (benches/trainer_paths.py).
+#      HTTP/JSON vs gRPC (benches/trainer_paths.py);
+#   6. Score at d = 4096, K = 4, B = 64 through the server vs the select kernel, by stage
+#      (benches/server_path.py).
 # Needs the demo RMs (scripts/demo-models.sh) and NumPy for the reference algorithm.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -22,3 +24,5 @@ cargo bench --bench store
 echo "== trainer paths (5)"
 cargo build --release --bin laser-router
 python3 benches/trainer_paths.py target/release/laser-router
+echo "== server path vs kernel (6)"
+python3 benches/server_path.py 3

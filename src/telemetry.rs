@@ -56,6 +56,9 @@ pub mod metric {
     pub const REQUESTS_SHED: &str = "laser_requests_shed_total";
     /// Histogram {method}: handler latency.
     pub const GRPC_SECONDS: &str = "laser_grpc_request_seconds";
+    /// Histogram {stage}: where a Score's time goes: prepare (the router's context source),
+    /// embed (encoder routers), select, score (the RMs), record (logging + durability).
+    pub const SCORE_STAGE_SECONDS: &str = "laser_score_stage_seconds";
 }
 
 /// Install the global tracing subscriber (stderr).
@@ -142,6 +145,11 @@ fn describe() {
         "gRPC requests by method and status code."
     );
     describe_histogram!(metric::GRPC_SECONDS, Unit::Seconds, "gRPC handler latency.");
+    describe_histogram!(
+        metric::SCORE_STAGE_SECONDS,
+        Unit::Seconds,
+        "Score time by stage: prepare, embed, select, score, record."
+    );
     describe_counter!(
         metric::TEXTS_TRUNCATED,
         "Prompts and responses cut to limits.kept_text_bytes, by field (prompt, response)."

@@ -68,11 +68,13 @@ impl Service {
         call: ScoreCall,
         deadline: Option<Instant>,
     ) -> Result<Vec<ScoredQuery>, ServiceError> {
+        let mut stages = Stages::start();
         let serving = self.reward_models.names();
         let contexts_given = call.queries.iter().all(|q| !q.context.is_empty());
         let encoder = self
             .context_source(&call.router, contexts_given, &serving)
             .await?;
+        stages.done("prepare");
         let mut contexts = Vec::with_capacity(call.queries.len());
         let mut groups = Vec::with_capacity(call.queries.len());
         let mut queries = Vec::with_capacity(call.queries.len());
@@ -98,6 +100,7 @@ impl Service {
                 .get(&encoder)?
                 .embed(prompts, deadline)
                 .await?;
+            stages.done("embed");
         }
         let input = SelectionInput {
             contexts,
@@ -109,6 +112,7 @@ impl Service {
             .routers
             .select(call.router.clone(), input, serving, unix_ms())
             .await?;
+        stages.done("select");
         let decisions = &selected.selection.decisions;
 
         // Score every query with its decision's RM(s), all at once.
@@ -142,6 +146,7 @@ impl Service {
             let (query, member, result) = joined.map_err(ServiceError::TaskFailed)?;
             per_query_scores[query][member] = result?;
         }
+        stages.done("score");
         if deadline.is_some_and(|deadline| Instant::now() >= deadline) {
             return Err(ServiceError::DeadlineExceeded);
         }
@@ -172,6 +177,7 @@ impl Service {
             .collect();
         // Reply only once the decisions would survive a crash.
         let recorded = self.routers.record(selected, unix_ms()).await?;
+        stages.done("record");
         for decision in chosen.iter().filter(|decision| decision.new) {
             for reward_model in &decision.members {
                 metrics::counter!(metric::SELECTIONS, "router" => call.router.clone(), "reward_model" => reward_model.clone())
@@ -269,6 +275,27 @@ impl Service {
             })
             .collect();
         ensemble::mean(&normalized)
+    }
+}
+
+/// Times the stages of one Score into `laser_score_stage_seconds{stage}`.
+struct Stages {
+    last: Instant,
+}
+
+impl Stages {
+    fn start() -> Self {
+        Self {
+            last: Instant::now(),
+        }
+    }
+
+    /// The stage that ends now took the time since the previous one ended.
+    fn done(&mut self, stage: &'static str) {
+        let now = Instant::now();
+        metrics::histogram!(metric::SCORE_STAGE_SECONDS, "stage" => stage)
+            .record((now - self.last).as_secs_f64());
+        self.last = now;
     }
 }
 
