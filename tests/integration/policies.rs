@@ -192,6 +192,47 @@ async fn baselines_run_through_the_same_api() {
         ["length", "numeric", "polite", "length", "numeric", "polite"]
     );
 
+    // The paper's sequential baseline: one RM per training iteration (a Score of the whole
+    // batch), cycling: round_robin with per_batch selection.
+    create(
+        &mut admin,
+        "per-iteration",
+        pb::RouterSettings {
+            policy: pb::Policy::RoundRobin as i32,
+            default_mode: pb::SelectionMode::PerBatch as i32,
+            ..Default::default()
+        },
+    )
+    .await;
+    let mut per_iteration = Vec::new();
+    for step in 0..3 {
+        let batch = (0..4)
+            .map(|q| {
+                query(
+                    format!("{step}-{q}"),
+                    vec![1.0, q as f32, 0.5, 0.0],
+                    "p",
+                    RESPONSES,
+                )
+            })
+            .collect();
+        let results = client
+            .score(score_request("per-iteration", batch))
+            .await
+            .expect("score")
+            .into_inner()
+            .results;
+        assert!(
+            results
+                .iter()
+                .all(|r| r.reward_model == results[0].reward_model
+                    && r.decision_id == results[0].decision_id),
+            "one RM and one decision per iteration"
+        );
+        per_iteration.push(results[0].reward_model.clone());
+    }
+    assert_eq!(per_iteration, ["length", "numeric", "polite"]);
+
     // random and exp3 pick among the RMs; exp3 reports probabilities.
     for (name, policy) in [("random", pb::Policy::Random), ("exp3", pb::Policy::Exp3)] {
         create(
