@@ -5,6 +5,8 @@
    demo MiniLM encoder) vs the same Score with client contexts (same RMs, same texts): the
    ratio and the encoder's cost per query.
 2. The same Score over HTTP/JSON vs gRPC: the ratio.
+3. The score ensemble of the demo's three heads (one model file, three output indices:
+   one shared session) vs one head: the ratio (one forward pass serves all three).
 
 RMs are the tiny fixture RMs, so RM compute does not hide what is measured. Rounds alternate
 between the two sides of each comparison and each side keeps its best median, so a ratio
@@ -31,7 +33,7 @@ from laser_router_client._pb.laser.v1 import reward_router_pb2_grpc as rpc  # no
 
 FIXTURES = ROOT / "tests" / "fixtures" / "reward_models"
 DEMO = ROOT / "models" / "demo"
-QUERIES, ROUNDS, REQUESTS = 16, 5, 12
+QUERIES, ROUNDS, REQUESTS = 16, 3, 8
 
 
 def config(data: str) -> str:
@@ -41,7 +43,11 @@ def config(data: str) -> str:
         for name in ("length", "polite"))
     return (f'[server]\nlisten = "127.0.0.1:0"\nmetrics_listen = "127.0.0.1:0"\nhttp_listen = "127.0.0.1:0"\n'
             f'data_dir = "{data}"\n[routers]\ncontext_dim = 384\nnormalization = "none"\ndefault_encoder = "minilm"\n{rms}'
-            f'[[encoders]]\nname = "minilm"\nmodel = "{DEMO / "model.onnx"}"\ntokenizer = "{DEMO / "tokenizer.json"}"\n'
+            + "".join(f'[[reward_models]]\nname = "{head}"\nmodel = "{DEMO / "model.onnx"}"\n'
+                      f'tokenizer = "{DEMO / "tokenizer.json"}"\ninput_format = "pair"\nmax_length = 256\n'
+                      f'output = "logits"\noutput_index = {i}\n'
+                      for i, head in enumerate(("satisfaction", "caution", "detail")))
+            + f'[[encoders]]\nname = "minilm"\nmodel = "{DEMO / "model.onnx"}"\ntokenizer = "{DEMO / "tokenizer.json"}"\n'
             f'output = "sentence_embedding"\npooling = "none"\n')
 
 
@@ -85,6 +91,19 @@ def main():
                     for i in range(QUERIES)])
 
             client_ctx, encoder_ctx = request("client-contexts", True), request("encoder", False)
+            from laser_router_client._pb.laser.v1 import admin_pb2, admin_pb2_grpc, common_pb2
+            admin = admin_pb2_grpc.AdminStub(grpc.insecure_channel(grpc_addr))
+            # The first two comparisons use the cheap fixture RMs only.
+            admin.CreateRouter(admin_pb2.CreateRouterRequest(name="client-contexts", settings=admin_pb2.RouterSettings(
+                context_dim=384, reward_models=["length", "polite"])))
+            admin.CreateRouter(admin_pb2.CreateRouterRequest(name="encoder", settings=admin_pb2.RouterSettings(
+                encoder="minilm", reward_models=["length", "polite"])))
+            heads = ["satisfaction", "caution", "detail"]
+            admin.CreateRouter(admin_pb2.CreateRouterRequest(name="one-head", settings=admin_pb2.RouterSettings(
+                context_dim=384, policy=common_pb2.POLICY_FIXED, fixed_reward_model="satisfaction")))
+            admin.CreateRouter(admin_pb2.CreateRouterRequest(name="three-heads", settings=admin_pb2.RouterSettings(
+                context_dim=384, policy=common_pb2.POLICY_ENSEMBLE, reward_models=heads)))
+            one_head, three_heads = request("one-head", True), request("three-heads", True)
             stub.Score(client_ctx)
             stub.Score(encoder_ctx)
             body = {"queries": [{"id": str(i), "context": contexts[i], "prompt": texts[i],
@@ -98,6 +117,8 @@ def main():
                     ("client contexts (gRPC)", lambda: stub.Score(client_ctx)),
                     ("encoder contexts (gRPC)", lambda: stub.Score(encoder_ctx)),
                     ("client contexts (HTTP/JSON)", lambda: session.post(http_url, json=body, timeout=60).raise_for_status()),
+                    ("one demo head", lambda: stub.Score(one_head)),
+                    ("ensemble of the three demo heads", lambda: stub.Score(three_heads)),
                 ]:
                     best[name] = min(best.get(name, float("inf")), median_ms(call))
             for name, ms in best.items():
@@ -107,6 +128,8 @@ def main():
             print(f"ratio encoder / client contexts: {encoder_ms / grpc_ms:.2f}; "
                   f"encoder cost per query: {(encoder_ms - grpc_ms) / QUERIES:.2f} ms (MiniLM int8, 2 cores)")
             print(f"ratio HTTP/JSON / gRPC (same Score): {best['client contexts (HTTP/JSON)'] / grpc_ms:.2f}")
+            print(f"ratio ensemble of 3 heads / one head (shared session): "
+                  f"{best['ensemble of the three demo heads'] / best['one demo head']:.2f} (K = 3 separate models: ~3)")
         finally:
             server.terminate()
             server.wait()

@@ -130,9 +130,34 @@ impl Registry<RewardModel> {
     pub fn load_all(specs: Vec<(RewardModelSpec, ModelSource)>) -> Result<Self, ModelError> {
         let registry = Self::default();
         for (spec, source) in specs {
-            registry.insert(RewardModel::load(spec, source)?)?;
+            let model = match registry.session_for(&spec) {
+                Some(shared) => RewardModel::sharing(spec, source, &shared)?,
+                None => RewardModel::load(spec, source)?,
+            };
+            registry.insert(model)?;
         }
         Ok(registry)
+    }
+
+    /// A loaded model whose session a model with `spec` would share (same model, inputs and
+    /// batching; another head).
+    pub fn session_for(&self, spec: &RewardModelSpec) -> Option<Arc<RewardModel>> {
+        self.list()
+            .into_iter()
+            .find(|model| model.shares_session_with(spec))
+    }
+
+    /// Load `spec` off the async runtime, on the session of a loaded model it shares one
+    /// with (no new session then), else on a new, probed one.
+    pub async fn load_off_runtime(
+        &self,
+        spec: RewardModelSpec,
+        source: ModelSource,
+    ) -> Result<RewardModel, ModelError> {
+        match self.session_for(&spec) {
+            Some(shared) => RewardModel::sharing(spec, source, &shared),
+            None => RewardModel::load_off_runtime(spec, source).await,
+        }
     }
 
     /// [`RewardModels::load_all`] on a blocking thread, off the async runtime.

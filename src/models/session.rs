@@ -15,7 +15,7 @@ use tokenizers::Encoding;
 
 use super::chat::ChatTemplate;
 use super::encoder::Pooling;
-use super::spec::{Provider, ScoreRead};
+use super::spec::Provider;
 use super::tokenize::{TextEncoder, load_tokenizer};
 use super::{InputFormat, ModelError, RewardModelSpec, runtime};
 use crate::telemetry::metric;
@@ -44,7 +44,7 @@ pub(super) struct ModelInput {
 /// What a session's output is read as.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub(super) enum Head {
-    /// One score per sequence (reward models).
+    /// One output row per sequence (reward models: each reads its head from the row).
     Score,
     /// One vector per sequence (encoders): the output `[batch, sequence, dim]` mean-pooled
     /// over each sequence's tokens, or `[batch, dim]` as it is; L2-normalized if asked.
@@ -237,34 +237,8 @@ impl Scorer {
                 )));
             }
         };
-        let (index, other) = (self.spec.output_index, self.spec.output_other_index);
-        let needed = match self.spec.score {
-            ScoreRead::Difference => index.max(other),
-            ScoreRead::Index | ScoreRead::Softmax => index,
-        };
-        if needed >= width {
-            return Err(ModelError::InvalidSpec {
-                name: name.clone(),
-                reason: format!(
-                    "output index {needed} is out of range for output {:?} of shape {dims:?}",
-                    self.output_name
-                ),
-            });
-        }
-        Ok((0..batch)
-            .map(|row| {
-                let values = &data[row * width..(row + 1) * width];
-                match self.spec.score {
-                    ScoreRead::Index => values[index],
-                    ScoreRead::Difference => values[index] - values[other],
-                    ScoreRead::Softmax => {
-                        let max = values.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                        let total: f32 = values.iter().map(|v| (v - max).exp()).sum();
-                        (values[index] - max).exp() / total
-                    }
-                }
-            })
-            .collect())
+        // Whole rows: each reward model sharing this session reads its own head from them.
+        Ok(data[..batch * width].to_vec())
     }
 }
 

@@ -24,7 +24,10 @@ impl Service {
         if self.reward_models.names().len() >= max {
             return Err(ModelError::TooManyRewardModels { max }.into());
         }
-        let model = RewardModel::load_off_runtime(spec.clone(), ModelSource::Admin).await?;
+        let model = self
+            .reward_models
+            .load_off_runtime(spec.clone(), ModelSource::Admin)
+            .await?;
         let ticket = self.routers.reward_model_added(spec).await?;
         telemetry::record_reward_model_loaded(&model);
         let model = self.reward_models.insert(model)?;

@@ -4,6 +4,7 @@
 //! new decisions and wait until they are durable -> combine ensemble scores, rank, reply.
 //! Nothing is recorded when scoring fails or the deadline passes.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use tokio::task::JoinSet;
@@ -11,6 +12,7 @@ use tracing::Instrument;
 
 use super::{Service, ServiceError, record_evictions, unix_ms};
 use crate::bandit::ensemble;
+use crate::models::RewardModel;
 use crate::routers::{FirstUse, RouterError, RouterSettingsPatch, SelectionInput, SelectionMode};
 use crate::telemetry::metric;
 
@@ -122,30 +124,56 @@ impl Service {
                 query_decision[query] = decision_index;
             }
         }
+        // One job per query and session: RMs that are heads of one session (the demo's,
+        // a multi-objective RM's) share one forward pass, each reading its head.
         let mut jobs = JoinSet::new();
-        let mut per_query_scores: Vec<Vec<Vec<f32>>> = Vec::with_capacity(queries.len());
+        let mut members: Vec<Vec<(Arc<RewardModel>, usize)>> = Vec::with_capacity(queries.len());
         for (query, (_, prompt, responses)) in queries.iter().enumerate() {
             let decision = &decisions[query_decision[query]];
-            per_query_scores.push(vec![Vec::new(); decision.reward_models.len()]);
-            for (member, name) in decision.reward_models.iter().enumerate() {
+            let mut sessions: Vec<usize> = Vec::new();
+            let mut query_members = Vec::with_capacity(decision.reward_models.len());
+            for name in &decision.reward_models {
                 let reward_model = self.reward_models.get(name)?;
-                let (prompt, responses) = (prompt.clone(), responses.clone());
-                jobs.spawn(
-                    async move {
-                        (
-                            query,
-                            member,
-                            reward_model.score(prompt, responses, deadline).await,
-                        )
+                let session = match sessions
+                    .iter()
+                    .position(|&s| s == reward_model.session_id())
+                {
+                    Some(session) => session,
+                    None => {
+                        sessions.push(reward_model.session_id());
+                        let (model, prompt, responses) =
+                            (reward_model.clone(), prompt.clone(), responses.clone());
+                        let session = sessions.len() - 1;
+                        jobs.spawn(
+                            async move {
+                                let rows = model.output_rows(prompt, responses, deadline).await;
+                                (query, session, rows)
+                            }
+                            .in_current_span(),
+                        );
+                        session
                     }
-                    .in_current_span(),
-                );
+                };
+                query_members.push((reward_model, session));
             }
+            members.push(query_members);
         }
+        let mut rows: Vec<Vec<Vec<f32>>> =
+            members.iter().map(|m| vec![Vec::new(); m.len()]).collect();
         while let Some(joined) = jobs.join_next().await {
-            let (query, member, result) = joined.map_err(ServiceError::TaskFailed)?;
-            per_query_scores[query][member] = result?;
+            let (query, session, result) = joined.map_err(ServiceError::TaskFailed)?;
+            rows[query][session] = result?;
         }
+        let per_query_scores: Vec<Vec<Vec<f32>>> = members
+            .iter()
+            .zip(&rows)
+            .map(|(query_members, query_rows)| {
+                query_members
+                    .iter()
+                    .map(|(model, session)| model.scores_from(&query_rows[*session]))
+                    .collect()
+            })
+            .collect();
         stages.done("score");
         if deadline.is_some_and(|deadline| Instant::now() >= deadline) {
             return Err(ServiceError::DeadlineExceeded);

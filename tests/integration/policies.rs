@@ -340,3 +340,69 @@ async fn reset_forgets_learned_state_and_keeps_settings() {
         .expect_err("forgotten decision");
     assert_eq!(status.code(), Code::NotFound);
 }
+
+/// Heads of one model (same file, inputs and batching; another output index) share one
+/// session: scoring a query with all of them costs one forward pass, each reads its head.
+#[tokio::test]
+async fn heads_of_one_model_share_one_forward_pass() {
+    let numeric = crate::common::reward_model_toml("numeric");
+    let mut text = config(4, &[], "");
+    text.push_str(&numeric.replace("name = \"numeric\"", "name = \"more-digits\""));
+    text.push_str(
+        &numeric
+            .replace("name = \"numeric\"", "name = \"fewer-digits\"")
+            .replace("output_index = 1", "output_index = 0"),
+    );
+    let server = Server::start(&text);
+    let mut admin = server.admin_client().await;
+    let mut client = server.router_client().await;
+    for (name, policy, fixed) in [
+        ("both", pb::Policy::Ensemble, ""),
+        ("more", pb::Policy::Fixed, "more-digits"),
+        ("fewer", pb::Policy::Fixed, "fewer-digits"),
+    ] {
+        create(
+            &mut admin,
+            name,
+            pb::RouterSettings {
+                policy: policy as i32,
+                fixed_reward_model: fixed.into(),
+                ..Default::default()
+            },
+        )
+        .await;
+    }
+    let responses = ["42", "about 7 or 8", "no idea"];
+    let score = |router: &'static str| {
+        let mut client = client.clone();
+        async move {
+            client
+                .score(score_request(
+                    router,
+                    vec![query("q", vec![1.0, 0.0, 0.5, 0.0], "How many?", responses)],
+                ))
+                .await
+                .expect("score")
+                .into_inner()
+                .results
+                .remove(0)
+                .scores
+        }
+    };
+    let more = score("more").await;
+    let fewer = score("fewer").await;
+    assert!(more.iter().any(|s| *s != 0.0), "{more:?}");
+    assert_eq!(fewer, more.iter().map(|s| -s).collect::<Vec<_>>());
+    let before = rm_requests_total(&http_get(server.metrics, "/metrics"));
+    for _ in 0..3 {
+        client
+            .score(score_request(
+                "both",
+                vec![query("q", vec![1.0, 0.0, 0.5, 0.0], "How many?", responses)],
+            ))
+            .await
+            .expect("ensemble score");
+    }
+    let after = rm_requests_total(&http_get(server.metrics, "/metrics"));
+    assert_eq!(after - before, 3.0, "one job per query for both heads");
+}
