@@ -7,7 +7,8 @@
 //!   L⁻¹X; update: the same for a rank-B factor update) at the measured f64 matrix-multiply
 //!   rate (faer GEMM of the select's shape).
 //!
-//! The headline: the 64-query select at d = 4096, K = 4 against the floor, and per
+//! The headline: the 64-query select at d = 4096, K = 4 against the floor (floor and select
+//! measured in three alternating rounds, each keeping its best), and per
 //! decision against the paper's reference algorithm (`benches/reference_linucb.py`,
 //! NumPy `inv` per arm per selection) run side by side on the same stream.
 //!
@@ -26,11 +27,24 @@ const DIMS: [usize; 3] = [64, 768, 4096];
 const ARMS: [usize; 3] = [2, 4, 8];
 const BATCHES: [usize; 3] = [1, 16, 64];
 
+#[derive(Clone, Copy)]
 struct Machine {
     /// Bytes per second read from memory (all cores).
     read_bandwidth: f64,
     /// f64 flops per second of faer's GEMM (4096×4096 · 4096×64).
     gemm_flops: f64,
+}
+
+impl Machine {
+    /// The faster of two measurements of each rate: floors measured in alternating rounds
+    /// with the subject keep their best, so a neighbour's load in one round cannot make a
+    /// ratio look better than the floor.
+    fn best(&self, other: &Machine) -> Machine {
+        Machine {
+            read_bandwidth: self.read_bandwidth.max(other.read_bandwidth),
+            gemm_flops: self.gemm_flops.max(other.gemm_flops),
+        }
+    }
 }
 
 fn median(mut samples: Vec<Duration>) -> Duration {
@@ -225,9 +239,16 @@ fn headline(machine: &Machine) {
     let (dim, arms, batch) = (4096, 4, 64);
     let (router, serving) = router(dim, arms);
     let contexts: Vec<Vec<f32>> = (0..batch).map(|t| context(t, dim)).collect();
-    let select = time_it(7, || {
-        black_box(router.select(&contexts, None, false, &serving).unwrap());
-    });
+    // Floor and subject in alternating rounds, each keeping its best.
+    let mut machine = *machine;
+    let mut select = Duration::MAX;
+    for _ in 0..3 {
+        machine = machine.best(&measure_machine());
+        select = select.min(time_it(7, || {
+            black_box(router.select(&contexts, None, false, &serving).unwrap());
+        }));
+    }
+    let machine = &machine;
     let floor = Floor::of(machine, dim, arms, batch);
     report("headline select d4096_K4_B64", select, &floor);
 
