@@ -14,10 +14,12 @@ from laser_router_client.client import (
     Query,
     QueryResult,
 )
+from laser_router_client.aio import AsyncLaserRouterClient
 from laser_router_client.context import prompt_context
 
 __all__ = [
     "ArmEstimate",
+    "AsyncLaserRouterClient",
     "LaserRouterClient",
     "LaserRouterError",
     "Query",

@@ -73,12 +73,176 @@ def _floats(context: Any) -> List[float]:
     return np.asarray(context, dtype=np.float32).reshape(-1).tolist()
 
 
+@dataclass
+class Call:
+    """One RPC: which service and method, the request, how to read the reply."""
+    service: str  # "router" or "admin" (admin calls carry the token)
+    method: str
+    request: Any
+    convert: Callable[[Any], Any]
+
+
+def _identity(reply: Any) -> Any:
+    return reply
+
+
+def score_call(router: str, queries: Sequence[Query], mode: Optional[str] = None, explain: bool = False) -> Call:
+    request = rr_pb2.ScoreRequest(
+        router=router,
+        queries=[
+            rr_pb2.Query(id=q.id, context=_floats(q.context), prompt=q.prompt,
+                         responses=list(q.responses), group=q.group or "")
+            for q in queries
+        ],
+        mode=MODES[mode] if mode else common_pb2.SELECTION_MODE_UNSPECIFIED,
+        explain=explain,
+    )
+
+    def results(reply: Any) -> List[QueryResult]:
+        return [
+            QueryResult(
+                id=r.id,
+                decision_id=r.decision_id,
+                reward_model=r.reward_model,
+                scores=list(r.scores),
+                ranking=list(r.ranking),
+                arms=[ArmEstimate(a.reward_model, a.mean, a.bonus, a.ucb) for a in r.arms],
+            )
+            for r in reply.results
+        ]
+
+    return Call("router", "Score", request, results)
+
+
+def feedback_call(
+    router: str,
+    decision_ids: Sequence[str] = (),
+    loss: Optional[float] = None,
+    reward: Optional[float] = None,
+    *,
+    losses: Optional[Mapping[str, float]] = None,
+    rewards: Optional[Mapping[str, float]] = None,
+    all_pending: bool = False,
+    idempotency_key: Optional[str] = None,
+) -> Call:
+    """Feedback in one of three forms:
+
+    - ``decision_ids`` with ``loss=`` or ``reward=``: one signal for those decisions;
+    - ``losses=`` or ``rewards=``: a mapping decision_id -> its own signal;
+    - ``all_pending=True`` with ``loss=`` or ``reward=``: one signal for every decision
+      of the router awaiting feedback made before the request arrived.
+
+    ``idempotency_key`` makes a retry return the first answer and apply nothing again
+    (across server restarts). ``all_pending`` without a key gets a fresh one, so the
+    client's own retries on UNAVAILABLE never reach decisions made later.
+    """
+    per_decision = losses if losses is not None else rewards
+    if per_decision is not None:
+        if losses is not None and rewards is not None:
+            raise ValueError("pass losses= or rewards=, not both")
+        if decision_ids or loss is not None or reward is not None or all_pending:
+            raise ValueError("losses=/rewards= carry their own decision ids and signals")
+        kind = "loss" if losses is not None else "reward"
+        signals = [rr_pb2.DecisionSignal(decision_id=d, **{kind: float(v)}) for d, v in per_decision.items()]
+        request = rr_pb2.FeedbackRequest(router=router, signals=signals)
+    else:
+        if (loss is None) == (reward is None):
+            raise ValueError("pass exactly one of loss= or reward=")
+        request = rr_pb2.FeedbackRequest(router=router, decision_ids=list(decision_ids), all_pending=all_pending)
+        if loss is not None:
+            request.loss = float(loss)
+        else:
+            request.reward = float(reward)
+        if all_pending and idempotency_key is None:
+            idempotency_key = uuid.uuid4().hex
+    if idempotency_key is not None:
+        request.idempotency_key = idempotency_key
+
+    def counts(reply: Any) -> dict:
+        return {"applied": reply.applied, "duplicate": reply.duplicate,
+                "not_applied": reply.not_applied, "replayed": reply.replayed}
+
+    return Call("router", "Feedback", request, counts)
+
+
+def create_router_call(name: str, context_dim: int = 0, policy: Optional[str] = None,
+                       normalization: Optional[str] = None, **settings: Any) -> Call:
+    message = admin_pb2.RouterSettings(context_dim=context_dim, **settings)
+    if policy:
+        message.policy = POLICIES[policy]
+    if normalization:
+        message.normalization = NORMALIZATIONS[normalization]
+    return Call("admin", "CreateRouter", admin_pb2.CreateRouterRequest(name=name, settings=message),
+                lambda reply: reply.router)
+
+
+def admin_call(method: str, request: Any, convert: Callable[[Any], Any] = _identity) -> Call:
+    return Call("admin", method, request, convert)
+
+
+def get_router_call(name: str) -> Call:
+    return admin_call("GetRouter", admin_pb2.GetRouterRequest(name=name), lambda r: r.router)
+
+
+def list_routers_call() -> Call:
+    return admin_call("ListRouters", admin_pb2.ListRoutersRequest(), lambda r: list(r.routers))
+
+
+def reset_router_call(name: str) -> Call:
+    return admin_call("ResetRouter", admin_pb2.ResetRouterRequest(name=name), lambda r: r.router)
+
+
+def delete_router_call(name: str) -> Call:
+    return admin_call("DeleteRouter", admin_pb2.DeleteRouterRequest(name=name), lambda r: None)
+
+
+def list_reward_models_call() -> Call:
+    return admin_call("ListRewardModels", admin_pb2.ListRewardModelsRequest(), lambda r: list(r.reward_models))
+
+
+def add_reward_model_call(**spec: Any) -> Call:
+    request = admin_pb2.AddRewardModelRequest(spec=admin_pb2.RewardModelSpec(**spec))
+    return admin_call("AddRewardModel", request, lambda r: r.reward_model)
+
+
+def remove_reward_model_call(name: str) -> Call:
+    return admin_call("RemoveRewardModel", admin_pb2.RemoveRewardModelRequest(name=name), lambda r: None)
+
+
+def list_encoders_call() -> Call:
+    return admin_call("ListEncoders", admin_pb2.ListEncodersRequest(), lambda r: list(r.encoders))
+
+
+def add_encoder_call(**spec: Any) -> Call:
+    request = admin_pb2.AddEncoderRequest(spec=admin_pb2.EncoderSpec(**spec))
+    return admin_call("AddEncoder", request, lambda r: r.encoder)
+
+
+def remove_encoder_call(name: str) -> Call:
+    return admin_call("RemoveEncoder", admin_pb2.RemoveEncoderRequest(name=name), lambda r: None)
+
+
+def _credentials(root_certificates: Optional[bytes], certificate_chain: Optional[bytes],
+                 private_key: Optional[bytes]) -> Optional[grpc.ChannelCredentials]:
+    if root_certificates is None and certificate_chain is None:
+        return None
+    return grpc.ssl_channel_credentials(root_certificates=root_certificates, private_key=private_key,
+                                        certificate_chain=certificate_chain)
+
+
+def _retryable(code: grpc.StatusCode) -> bool:
+    return code == grpc.StatusCode.UNAVAILABLE
+
+
 class LaserRouterClient:
     """Score queries and post feedback; admin calls when a token (or loopback) allows.
 
     Calls that fail with UNAVAILABLE (server restarting, connection dropped) are retried with
-    exponential backoff and jitter, `retries` times. Feedback is safe to retry: the server
-    applies each decision id once.
+    exponential backoff and jitter, `retries` times; `timeout` is each call's deadline.
+    Feedback is safe to retry: the server applies each decision id once, and an idempotency
+    key makes any Feedback's retry return its first answer. TLS: pass the server's CA as
+    `root_certificates` (and a client certificate chain and key when the server requires
+    one). `AsyncLaserRouterClient` (laser_router_client.aio) has the same methods, awaitable.
     """
 
     def __init__(
@@ -89,10 +253,16 @@ class LaserRouterClient:
         retries: int = 4,
         backoff: float = 0.1,
         channel: Optional[grpc.Channel] = None,
+        root_certificates: Optional[bytes] = None,
+        certificate_chain: Optional[bytes] = None,
+        private_key: Optional[bytes] = None,
     ):
-        self._channel = channel or grpc.insecure_channel(address)
-        self._router = rr_grpc.RewardRouterStub(self._channel)
-        self._admin = admin_pb2_grpc.AdminStub(self._channel)
+        credentials = _credentials(root_certificates, certificate_chain, private_key)
+        self._channel = channel or (grpc.secure_channel(address, credentials) if credentials
+                                    else grpc.insecure_channel(address))
+        self._stubs = {"router": rr_grpc.RewardRouterStub(self._channel),
+                       "admin": admin_pb2_grpc.AdminStub(self._channel)}
+        self._router, self._admin = self._stubs["router"], self._stubs["admin"]
         self._metadata = [("authorization", f"Bearer {admin_token}")] if admin_token else []
         self.timeout = timeout
         self.retries = retries
@@ -114,127 +284,57 @@ class LaserRouterClient:
                 return method(request, timeout=self.timeout, metadata=self._metadata if admin else None)
             except grpc.RpcError as error:
                 code = error.code()
-                if code == grpc.StatusCode.UNAVAILABLE and attempt < self.retries:
+                if _retryable(code) and attempt < self.retries:
                     time.sleep(delay * (1 + random.random()))
                     delay *= 2
                     continue
                 raise LaserRouterError(code, error.details() or "") from None
         raise AssertionError("unreachable")
 
+    def _run(self, call: Call) -> Any:
+        method = getattr(self._stubs[call.service], call.method)
+        return call.convert(self._call(method, call.request, admin=call.service == "admin"))
+
     # RewardRouter
     def score(self, router: str, queries: Sequence[Query], mode: Optional[str] = None, explain: bool = False) -> List[QueryResult]:
-        request = rr_pb2.ScoreRequest(
-            router=router,
-            queries=[
-                rr_pb2.Query(id=q.id, context=_floats(q.context), prompt=q.prompt,
-                             responses=list(q.responses), group=q.group or "")
-                for q in queries
-            ],
-            mode=MODES[mode] if mode else common_pb2.SELECTION_MODE_UNSPECIFIED,
-            explain=explain,
-        )
-        reply = self._call(self._router.Score, request)
-        return [
-            QueryResult(
-                id=r.id,
-                decision_id=r.decision_id,
-                reward_model=r.reward_model,
-                scores=list(r.scores),
-                ranking=list(r.ranking),
-                arms=[ArmEstimate(a.reward_model, a.mean, a.bonus, a.ucb) for a in r.arms],
-            )
-            for r in reply.results
-        ]
+        return self._run(score_call(router, queries, mode, explain))
 
-    def feedback(
-        self,
-        router: str,
-        decision_ids: Sequence[str] = (),
-        loss: Optional[float] = None,
-        reward: Optional[float] = None,
-        *,
-        losses: Optional[Mapping[str, float]] = None,
-        rewards: Optional[Mapping[str, float]] = None,
-        all_pending: bool = False,
-        idempotency_key: Optional[str] = None,
-    ) -> dict:
-        """Report feedback in one of three forms:
-
-        - ``decision_ids`` with ``loss=`` or ``reward=``: one signal for those decisions;
-        - ``losses=`` or ``rewards=``: a mapping decision_id -> its own signal;
-        - ``all_pending=True`` with ``loss=`` or ``reward=``: one signal for every decision
-          of the router awaiting feedback made before the request arrived.
-
-        ``idempotency_key`` makes a retry return the first answer and apply nothing again
-        (across server restarts). ``all_pending`` without a key gets a fresh one, so the
-        client's own retries on UNAVAILABLE never reach decisions made later.
-        """
-        per_decision = losses if losses is not None else rewards
-        if per_decision is not None:
-            if losses is not None and rewards is not None:
-                raise ValueError("pass losses= or rewards=, not both")
-            if decision_ids or loss is not None or reward is not None or all_pending:
-                raise ValueError("losses=/rewards= carry their own decision ids and signals")
-            kind = "loss" if losses is not None else "reward"
-            signals = [rr_pb2.DecisionSignal(decision_id=d, **{kind: float(v)}) for d, v in per_decision.items()]
-            request = rr_pb2.FeedbackRequest(router=router, signals=signals)
-        else:
-            if (loss is None) == (reward is None):
-                raise ValueError("pass exactly one of loss= or reward=")
-            request = rr_pb2.FeedbackRequest(router=router, decision_ids=list(decision_ids), all_pending=all_pending)
-            if loss is not None:
-                request.loss = float(loss)
-            else:
-                request.reward = float(reward)
-            if all_pending and idempotency_key is None:
-                idempotency_key = uuid.uuid4().hex
-        if idempotency_key is not None:
-            request.idempotency_key = idempotency_key
-        reply = self._call(self._router.Feedback, request)
-        return {
-            "applied": reply.applied,
-            "duplicate": reply.duplicate,
-            "not_applied": reply.not_applied,
-            "replayed": reply.replayed,
-        }
+    def feedback(self, router: str, decision_ids: Sequence[str] = (), loss: Optional[float] = None,
+                 reward: Optional[float] = None, **forms: Any) -> dict:
+        """See `feedback_call` for the three forms and the idempotency key."""
+        return self._run(feedback_call(router, decision_ids, loss, reward, **forms))
 
     # Admin
-    def create_router(self, name: str, context_dim: int = 0, policy: Optional[str] = None, normalization: Optional[str] = None, **settings: Any) -> Any:
-        message = admin_pb2.RouterSettings(context_dim=context_dim, **settings)
-        if policy:
-            message.policy = POLICIES[policy]
-        if normalization:
-            message.normalization = NORMALIZATIONS[normalization]
-        return self._call(self._admin.CreateRouter, admin_pb2.CreateRouterRequest(name=name, settings=message), admin=True).router
+    def create_router(self, name: str, context_dim: int = 0, policy: Optional[str] = None,
+                      normalization: Optional[str] = None, **settings: Any) -> Any:
+        return self._run(create_router_call(name, context_dim, policy, normalization, **settings))
 
     def get_router(self, name: str) -> Any:
-        return self._call(self._admin.GetRouter, admin_pb2.GetRouterRequest(name=name), admin=True).router
+        return self._run(get_router_call(name))
 
     def list_routers(self) -> List[Any]:
-        return list(self._call(self._admin.ListRouters, admin_pb2.ListRoutersRequest(), admin=True).routers)
+        return self._run(list_routers_call())
 
     def reset_router(self, name: str) -> Any:
-        return self._call(self._admin.ResetRouter, admin_pb2.ResetRouterRequest(name=name), admin=True).router
+        return self._run(reset_router_call(name))
 
     def delete_router(self, name: str) -> None:
-        self._call(self._admin.DeleteRouter, admin_pb2.DeleteRouterRequest(name=name), admin=True)
+        self._run(delete_router_call(name))
 
     def list_reward_models(self) -> List[Any]:
-        return list(self._call(self._admin.ListRewardModels, admin_pb2.ListRewardModelsRequest(), admin=True).reward_models)
+        return self._run(list_reward_models_call())
 
     def add_reward_model(self, **spec: Any) -> Any:
-        request = admin_pb2.AddRewardModelRequest(spec=admin_pb2.RewardModelSpec(**spec))
-        return self._call(self._admin.AddRewardModel, request, admin=True).reward_model
-
-    def list_encoders(self) -> List[Any]:
-        return list(self._call(self._admin.ListEncoders, admin_pb2.ListEncodersRequest(), admin=True).encoders)
-
-    def add_encoder(self, **spec: Any) -> Any:
-        request = admin_pb2.AddEncoderRequest(spec=admin_pb2.EncoderSpec(**spec))
-        return self._call(self._admin.AddEncoder, request, admin=True).encoder
-
-    def remove_encoder(self, name: str) -> None:
-        self._call(self._admin.RemoveEncoder, admin_pb2.RemoveEncoderRequest(name=name), admin=True)
+        return self._run(add_reward_model_call(**spec))
 
     def remove_reward_model(self, name: str) -> None:
-        self._call(self._admin.RemoveRewardModel, admin_pb2.RemoveRewardModelRequest(name=name), admin=True)
+        self._run(remove_reward_model_call(name))
+
+    def list_encoders(self) -> List[Any]:
+        return self._run(list_encoders_call())
+
+    def add_encoder(self, **spec: Any) -> Any:
+        return self._run(add_encoder_call(**spec))
+
+    def remove_encoder(self, name: str) -> None:
+        self._run(remove_encoder_call(name))
