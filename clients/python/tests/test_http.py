@@ -113,3 +113,22 @@ def test_openrlhf_request_function_against_get_reward(http_server):
     executor = SingleTurnAgentExecutor(http_server.http + "/v1/routers/openrlhf/get_reward")
     replies = asyncio.run(executor._fetch_rewards_via_http(["Q? A."], ["Q?"], [""]))
     assert len(replies[0]["rewards"]) == 1
+
+
+def test_the_request_openrlhf_sends_and_the_fields_it_reads(http_server):
+    """OpenRLHF 0.11.2, openrlhf/utils/agent.py, SingleTurnAgentExecutor._fetch_rewards_via_http:
+    it POSTs `{"query": queries, "prompts": prompts, "labels": labels}` as JSON (aiohttp,
+    180 s timeout, raise_for_status, then `response.json()`) to each --remote_rm_url in turn,
+    often one sample per request, and reads `rewards`, `scores` (falling back to rewards) and
+    `extra_logs` (a dict of per-sample numbers it concatenates). The same request here."""
+    url = http_server.http + "/v1/routers/openrlhf-run/get_reward"
+    prompt = "Question: what is 12 times 3?\nAnswer:"
+    for completion in (" 36, thank you for asking!", " 36"):
+        reply = requests.post(url, json={"query": [prompt + completion], "prompts": [prompt], "labels": ["36"]},
+                              timeout=180)
+        reply.raise_for_status()
+        data = reply.json()
+        assert len(data["rewards"]) == 1 and data["scores"] == data["rewards"]
+        assert all(isinstance(v, list) and len(v) == 1 for v in data["extra_logs"].values())
+    with LaserRouterClient(http_server.address) as client:
+        assert client.get_router("openrlhf-run").pending_decisions == 1, "one prompt, one decision"
