@@ -45,9 +45,7 @@ impl From<ServiceError> for Status {
                 let field = format!("queries[{query}].prompt");
                 field_violation(Code::InvalidArgument, &field, format!("{field}: {error}"))
             }
-            ServiceError::ContextsNotTaken { .. }
-            | ServiceError::ContextsMissing { .. }
-            | ServiceError::NoEncoderForNewRouter { .. } => {
+            ServiceError::ContextsMissing { .. } | ServiceError::NoEncoderForNewRouter { .. } => {
                 let field = "queries[0].context";
                 field_violation(Code::InvalidArgument, field, format!("{field}: {error}"))
             }
@@ -58,6 +56,10 @@ impl From<ServiceError> for Status {
 impl From<RouterError> for Status {
     fn from(error: RouterError) -> Self {
         let code = match &error {
+            RouterError::ContextsNotTaken { .. } => {
+                let field = "queries[0].context";
+                return field_violation(Code::InvalidArgument, field, format!("{field}: {error}"));
+            }
             RouterError::ContextDimension {
                 router,
                 query,

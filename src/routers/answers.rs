@@ -14,9 +14,21 @@ use super::policy::Updates;
 use super::router::Router;
 
 impl Router {
-    /// The answer already given for idempotency key `key`: (fingerprint, counts).
-    pub fn answered_key(&self, key: &str) -> Option<(u64, super::events::FeedbackCounts)> {
-        self.book.key(key)
+    /// The answer already given under idempotency key `key` (`None`: not answered yet);
+    /// `IdempotencyKeyReused` when it answered another request.
+    pub fn replayed_answer(
+        &self,
+        key: &IdempotencyKey,
+    ) -> Result<Option<super::events::FeedbackCounts>, RouterError> {
+        match self.book.key(&key.key) {
+            Some((fingerprint, _)) if fingerprint != key.fingerprint => {
+                Err(RouterError::IdempotencyKeyReused {
+                    router: self.name.clone(),
+                    key: key.key.clone(),
+                })
+            }
+            answered => Ok(answered.map(|(_, counts)| counts)),
+        }
     }
 
     /// Check a Feedback before it is logged: every id must be pending (and not expired at
@@ -26,12 +38,9 @@ impl Router {
         signals: &FeedbackSignals,
         now_unix_ms: i64,
     ) -> Result<(), RouterError> {
-        let ids: Vec<String> = signals
-            .decision_ids()
-            .iter()
-            .map(|id| id.to_string())
-            .collect();
-        let unknown = self.book.unknown(&ids, now_unix_ms, self.ttl_ms());
+        let unknown = self
+            .book
+            .unknown(&signals.decision_ids(), now_unix_ms, self.ttl_ms());
         if !unknown.is_empty() {
             return Err(RouterError::UnknownDecisions {
                 router: self.name.clone(),
@@ -62,14 +71,8 @@ impl Router {
     ) -> Result<FeedbackOutcome, RouterError> {
         self.book.expire(now_unix_ms, self.ttl_ms());
         if let Some(key) = &key
-            && let Some((fingerprint, counts)) = self.book.key(&key.key)
+            && let Some(counts) = self.replayed_answer(key)?
         {
-            if fingerprint != key.fingerprint {
-                return Err(RouterError::IdempotencyKeyReused {
-                    router: self.name.clone(),
-                    key: key.key.clone(),
-                });
-            }
             return Ok(FeedbackOutcome {
                 replayed: Some(counts),
                 ..FeedbackOutcome::default()

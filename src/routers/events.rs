@@ -106,17 +106,28 @@ impl Selection {
         assert_eq!(decision_ids.len(), fresh, "one id per fresh decision");
         let mut ids = decision_ids.into_iter();
         self.assign_ids(|| ids.next().expect("counted"));
+        self.recording(|_| true, now_unix_ms)
+            .expect("a selection has decisions")
+    }
+
+    /// The event recording the decisions that are not a group's pending one and that
+    /// `record` picks; `None` when none is left.
+    pub(super) fn recording(
+        &self,
+        record: impl Fn(&Decision) -> bool,
+        now_unix_ms: i64,
+    ) -> Option<RouterEvent> {
         let decisions: Vec<&Decision> = self
             .decisions
             .iter()
-            .filter(|d| d.source != DecisionSource::Pending)
+            .filter(|d| d.source != DecisionSource::Pending && record(d))
             .collect();
-        RouterEvent::RecordedInGroups {
+        (!decisions.is_empty()).then(|| RouterEvent::RecordedInGroups {
             now_unix_ms,
             serving: self.serving.clone(),
             decisions: decisions.iter().map(|d| d.logged()).collect(),
             groups: decisions.iter().map(|d| d.groups.clone()).collect(),
-        }
+        })
     }
 }
 

@@ -81,17 +81,7 @@ impl Router {
     /// The event that records a completed Score's decisions: its fresh ones, and reserved
     /// ones no other Score recorded meanwhile. `None` when there is nothing to record.
     pub fn recording(&self, selection: &Selection, now_unix_ms: i64) -> Option<RouterEvent> {
-        let decisions: Vec<&Decision> = selection
-            .decisions
-            .iter()
-            .filter(|d| d.source != DecisionSource::Pending && !self.book.knows(&d.decision_id))
-            .collect();
-        (!decisions.is_empty()).then(|| RouterEvent::RecordedInGroups {
-            now_unix_ms,
-            serving: selection.serving.clone(),
-            decisions: decisions.iter().map(|d| d.logged()).collect(),
-            groups: decisions.iter().map(|d| d.groups.clone()).collect(),
-        })
+        selection.recording(|d| !self.book.knows(&d.decision_id), now_unix_ms)
     }
 
     /// The pending decisions made at or before `before_unix_ms` and still live at

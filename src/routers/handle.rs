@@ -37,6 +37,9 @@ pub struct SelectionInput {
     pub groups: Vec<Option<String>>,
     pub mode: Option<SelectionMode>,
     pub explain: bool,
+    /// The client sent `contexts` (else the router's encoder made them): refused by a
+    /// router that takes its contexts from an encoder.
+    pub client_contexts: bool,
 }
 
 /// Milliseconds since the Unix epoch (the clock events are stamped with).
@@ -133,20 +136,29 @@ impl RoutersHandle {
                 let (router, created) = routers.get_or_create(&name, &serving)?;
                 let selection = {
                     let mut locked = router.lock().expect("router lock poisoned");
-                    locked
-                        .select_grouped(
-                            &queries.contexts,
-                            &queries.groups,
-                            queries.mode,
-                            queries.explain,
-                            &serving,
-                            now_unix_ms,
-                        )
-                        .map(|mut selection| {
-                            let new_id = || uuid::Uuid::new_v4().simple().to_string();
-                            locked.reserve(&mut selection, new_id, now_unix_ms);
-                            selection
-                        })
+                    let encoder = locked.settings().encoder.clone();
+                    match encoder {
+                        Some(encoder) if queries.client_contexts => {
+                            Err(RouterError::ContextsNotTaken {
+                                router: name.clone(),
+                                encoder,
+                            })
+                        }
+                        _ => locked
+                            .select_grouped(
+                                &queries.contexts,
+                                &queries.groups,
+                                queries.mode,
+                                queries.explain,
+                                &serving,
+                                now_unix_ms,
+                            )
+                            .map(|mut selection| {
+                                let new_id = || uuid::Uuid::new_v4().simple().to_string();
+                                locked.reserve(&mut selection, new_id, now_unix_ms);
+                                selection
+                            }),
+                    }
                 };
                 Ok((router, created, selection))
             })

@@ -60,6 +60,11 @@ pub use statistics::ArmStatistics;
 /// What went wrong in a router operation, from the caller's point of view.
 #[derive(Debug, thiserror::Error)]
 pub enum RouterError {
+    /// The router takes its contexts from an encoder, and the request sent contexts.
+    #[error(
+        "router {router:?} takes its contexts from encoder {encoder:?} (the prompt's embedding); send queries without context"
+    )]
+    ContextsNotTaken { router: String, encoder: String },
     #[error("router {name:?} not found")]
     UnknownRouter { name: String },
     #[error("router {name:?} already exists")]

@@ -195,20 +195,20 @@ impl PendingBook {
     /// already answered, in request order.
     pub(super) fn unknown(
         &self,
-        decision_ids: &[String],
+        decision_ids: &[&str],
         now_unix_ms: i64,
         ttl_ms: i64,
     ) -> Vec<String> {
         decision_ids
             .iter()
-            .filter(|id| {
+            .filter(|&&id| {
                 let live = self
                     .pending
-                    .get(*id)
+                    .get(id)
                     .is_some_and(|d| now_unix_ms - d.created_unix_ms < ttl_ms);
-                !live && !self.answered.contains(*id)
+                !live && !self.answered.contains(id)
             })
-            .cloned()
+            .map(|id| id.to_string())
             .collect()
     }
 

@@ -334,14 +334,8 @@ impl Routers {
             fingerprint: form.fingerprint(),
         });
         if let Some(key) = &key
-            && let Some((fingerprint, counts)) = locked.answered_key(&key.key)
+            && let Some(counts) = locked.replayed_answer(key)?
         {
-            if fingerprint != key.fingerprint {
-                return Err(RouterError::IdempotencyKeyReused {
-                    router: name.to_string(),
-                    key: key.key.clone(),
-                });
-            }
             return Ok(FeedbackApplied {
                 outcome: FeedbackOutcome {
                     replayed: Some(counts),

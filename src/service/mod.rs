@@ -40,11 +40,6 @@ pub enum ServiceError {
     Overloaded { limit: usize },
     #[error("the request's deadline passed while scoring; no decision was recorded")]
     DeadlineExceeded,
-    /// The router takes its contexts from an encoder, and the request sent contexts.
-    #[error(
-        "router {router:?} takes its contexts from encoder {encoder:?} (the prompt's embedding); send queries without context"
-    )]
-    ContextsNotTaken { router: String, encoder: String },
     /// The router takes contexts from clients, and the request sent none.
     #[error(
         "router {router:?} has no encoder: send a context of dimension {context_dim} with every query"

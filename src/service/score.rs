@@ -72,10 +72,11 @@ impl Service {
     ) -> Result<Vec<ScoredQuery>, ServiceError> {
         let mut stages = Stages::start();
         let serving = self.reward_models.names();
-        let contexts_given = call.queries.iter().all(|q| !q.context.is_empty());
-        let encoder = self
-            .context_source(&call.router, contexts_given, &serving)
-            .await?;
+        let client_contexts = call.queries.iter().all(|q| !q.context.is_empty());
+        let encoder = match client_contexts {
+            true => None,
+            false => Some(self.router_encoder(&call.router, &serving).await?),
+        };
         stages.done("prepare");
         let mut contexts = Vec::with_capacity(call.queries.len());
         let mut groups = Vec::with_capacity(call.queries.len());
@@ -109,6 +110,7 @@ impl Service {
             groups,
             mode: call.mode,
             explain: call.explain,
+            client_contexts,
         };
         let selected = self
             .routers
@@ -237,19 +239,17 @@ impl Service {
             .collect())
     }
 
-    /// The encoder that makes the router's contexts (`None`: the request's own), creating
-    /// the router on first use: with the server's default encoder when the request sends
-    /// no contexts. A request whose contexts do not fit the router changes nothing.
-    async fn context_source(
+    /// The encoder that makes the contexts of a request that sent none, creating the router
+    /// on first use with the server's default encoder. (A request that sent contexts goes
+    /// straight to selection, which refuses them for a router with an encoder.)
+    async fn router_encoder(
         &self,
         router: &str,
-        contexts_given: bool,
         serving: &[String],
-    ) -> Result<Option<String>, ServiceError> {
-        let first_use = match (contexts_given, &self.default_encoder) {
-            (true, _) => FirstUse::Defaults,
-            // The default encoder may have been removed: then only existing routers serve.
-            (false, Some(encoder)) => match self.encoders.get(encoder) {
+    ) -> Result<String, ServiceError> {
+        // The default encoder may have been removed: then only existing routers serve.
+        let first_use = match &self.default_encoder {
+            Some(encoder) => match self.encoders.get(encoder) {
                 Ok(loaded) => FirstUse::With(Box::new(RouterSettingsPatch {
                     encoder: Some(encoder.clone()),
                     context_dim: Some(loaded.dim()),
@@ -257,32 +257,24 @@ impl Service {
                 })),
                 Err(_) => FirstUse::Refuse,
             },
-            (false, None) => FirstUse::Refuse,
+            None => FirstUse::Refuse,
         };
         let prepared = self
             .routers
             .prepare(router.to_string(), first_use, serving.to_vec())
             .await;
-        let (encoder, context_dim) = match prepared {
-            Err(RouterError::UnknownRouter { .. })
-                if !contexts_given && self.routers.creates_on_first_use() =>
-            {
-                return Err(ServiceError::NoEncoderForNewRouter {
+        match prepared {
+            Err(RouterError::UnknownRouter { .. }) if self.routers.creates_on_first_use() => {
+                Err(ServiceError::NoEncoderForNewRouter {
                     router: router.to_string(),
-                });
+                })
             }
-            other => other?,
-        };
-        match (encoder, contexts_given) {
-            (Some(encoder), true) => Err(ServiceError::ContextsNotTaken {
-                router: router.to_string(),
-                encoder,
-            }),
-            (None, false) => Err(ServiceError::ContextsMissing {
+            Err(error) => Err(error.into()),
+            Ok((Some(encoder), _)) => Ok(encoder),
+            Ok((None, context_dim)) => Err(ServiceError::ContextsMissing {
                 router: router.to_string(),
                 context_dim,
             }),
-            (encoder, _) => Ok(encoder),
         }
     }
 
