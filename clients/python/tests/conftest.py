@@ -65,11 +65,20 @@ class Server:
         self.address = f"127.0.0.1:{port}"
         self.http = None
         extra = ["--http-listen", "127.0.0.1:0"] if http else []
-        self.process = subprocess.Popen(
-            [str(binary()), "serve", "--config", str(config), "--listen", self.address,
-             "--metrics-listen", "127.0.0.1:0", "--data-dir", str(Path(self.dir.name) / "data"), *extra],
-            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env,
-        )
+        self.command = [str(binary()), "serve", "--config", str(config), "--listen", self.address,
+                        "--metrics-listen", "127.0.0.1:0", "--data-dir", str(Path(self.dir.name) / "data"), *extra]
+        self.env = env
+        self.start()
+
+    def start(self) -> None:
+        """Start the binary (again, after `kill`: same port, same data directory)."""
+        self.process = subprocess.Popen(self.command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                        text=True, env=self.env)
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash: nothing is flushed or closed."""
+        self.process.kill()
+        self.process.wait()
 
     def wait_ready(self, timeout: float = 60.0) -> "Server":
         deadline = time.time() + timeout
@@ -85,8 +94,7 @@ class Server:
         raise RuntimeError("laser-router did not start")
 
     def stop(self) -> None:
-        self.process.kill()
-        self.process.wait()
+        self.kill()
         self.dir.cleanup()
 
 

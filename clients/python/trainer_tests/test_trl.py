@@ -1,0 +1,184 @@
+"""A real TRL GRPOTrainer (tiny random causal LM on CPU) routed by laser-router.
+
+What the server must show after each run: every decision got exactly one feedback, there is
+one decision per prompt group the trainer scored, and a group's completions were scored by
+one RM. The runs use `num_iterations = 2`, so each generation trains two optimizer steps and
+its decisions are reported after both."""
+
+import threading
+import time
+from collections import defaultdict
+
+import pytest
+import torch
+from datasets import Dataset
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+from trl import GRPOConfig, GRPOTrainer
+
+from conftest import FIXTURES
+from laser_router_client import LaserRouterClient, Query
+from laser_router_client.trl import LaserRouterGRPO
+
+PROMPTS = [
+    "please write a polite reply about the weather",
+    "give me a long answer about cooking pasta",
+    "thank you for the help with my code",
+    "explain briefly how rain forms",
+    "sorry to bother you, can you list three rivers",
+    "describe a quiet morning in a small town",
+]
+
+
+def tokenizer() -> PreTrainedTokenizerFast:
+    # The fixture RMs' WordPiece tokenizer (no model hub): [CLS] starts, [SEP] ends.
+    return PreTrainedTokenizerFast(tokenizer_file=str(FIXTURES / "tokenizer.json"), bos_token="[CLS]",
+                                   eos_token="[SEP]", pad_token="[PAD]", unk_token="[UNK]")
+
+
+def tiny_model(tok: PreTrainedTokenizerFast, seed: int = 0) -> LlamaForCausalLM:
+    torch.manual_seed(seed)
+    return LlamaForCausalLM(LlamaConfig(
+        vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=256,
+        pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id))
+
+
+def trainer(laser: LaserRouterGRPO, output_dir, max_steps: int, extra_callbacks=(), **config) -> GRPOTrainer:
+    tok = tokenizer()
+    args = GRPOConfig(output_dir=str(output_dir), per_device_train_batch_size=8, num_generations=4,
+                      num_iterations=2, max_completion_length=10, max_steps=max_steps, logging_steps=1,
+                      report_to="none", use_cpu=True, learning_rate=1e-3, seed=0,
+                      **{"save_strategy": "no", **config})
+    return GRPOTrainer(model=tiny_model(tok), processing_class=tok, reward_funcs=[laser.reward_function],
+                       callbacks=[laser.callback, *extra_callbacks], args=args,
+                       train_dataset=Dataset.from_dict({"prompt": PROMPTS * 4}))
+
+
+def assert_each_decision_reported_once(client: LaserRouterClient, router: str, decisions: set) -> None:
+    info = client.get_router(router)
+    assert info.pending_decisions == 0
+    assert sum(a.selections for a in info.arms) == len(decisions)
+    assert sum(a.feedback_count for a in info.arms) == len(decisions)
+    assert info.rewards_seen == len(decisions)
+
+
+def assert_one_rm_per_group(laser: LaserRouterGRPO) -> None:
+    by_group = defaultdict(set)
+    for d in laser.decisions:
+        by_group[d["group"]].add((d["decision_id"], d["reward_model"]))
+    assert all(len(v) == 1 for v in by_group.values()), by_group
+
+
+@pytest.mark.parametrize("signal", ["dpo", "loss"])
+def test_grpo_run_reports_every_decision_once(encoder_server, tmp_path, signal):
+    client = LaserRouterClient(encoder_server.address, retries=8)
+    laser = LaserRouterGRPO(client, router=f"grpo-{signal}", signal=signal)
+    run = trainer(laser, tmp_path, max_steps=6)
+    run.train()
+
+    decisions = {d["decision_id"] for d in laser.decisions}
+    groups = {d["group"] for d in laser.decisions}
+    assert len(decisions) == len(groups) >= 6
+    assert_one_rm_per_group(laser)
+    # Each decision is reported once, after both optimizer steps that trained on its generation.
+    reported = [r["decision_id"] for r in laser.reports]
+    assert sorted(reported) == sorted(decisions)
+    assert all(r["step"] >= r["scored_at"] + 2 for r in laser.reports), laser.reports
+    assert_each_decision_reported_once(client, f"grpo-{signal}", decisions)
+    if signal == "dpo":
+        # The signal is each decision's own: not one value for all.
+        assert len({round(r["loss"], 9) for r in laser.reports}) > 1
+
+
+def test_rewards_are_the_chosen_rms_scores(encoder_server, tmp_path):
+    client = LaserRouterClient(encoder_server.address, retries=8)
+    laser = LaserRouterGRPO(client, router="grpo-scores")
+    calls = []
+    score = laser.score
+
+    def recording(prompts, completions, completion_ids=None, step=0):
+        before = len(laser.decisions)
+        rewards = score(prompts, completions, completion_ids, step)
+        calls.append((list(prompts), list(completions), rewards, laser.decisions[before:]))
+        return rewards
+
+    laser.score = recording
+    trainer(laser, tmp_path, max_steps=4).train()
+    # Each completion's reward is what its group's RM gives it: re-scored through a router
+    # that can only pick that RM.
+    for rm in ("length", "polite"):
+        client.create_router(f"only-{rm}", policy="fixed", fixed_reward_model=rm, encoder="topics")
+    checked = 0
+    for prompts, completions, rewards, decisions in calls:
+        by_prompt = {}
+        for prompt, completion, reward in zip(prompts, completions, rewards):
+            by_prompt.setdefault(prompt, []).append((completion, reward))
+        assert len(decisions) == len(by_prompt)
+        for decision, (prompt, pairs) in zip(decisions, by_prompt.items()):
+            again = client.score(f"only-{decision['reward_model']}", [Query(
+                id="0", context=None, prompt=prompt, responses=[c for c, _ in pairs])])[0]
+            assert again.reward_model == decision["reward_model"]
+            assert again.scores == pytest.approx([r for _, r in pairs], abs=1e-5)
+            checked += len(pairs)
+    assert checked == sum(len(completions) for _, completions, _, _ in calls) == 2 * 8
+
+
+def test_server_killed_and_restarted_mid_run(encoder_server, tmp_path):
+    client = LaserRouterClient(encoder_server.address, retries=10, backoff=0.2)
+    laser = LaserRouterGRPO(client, router="grpo-crash")
+    restarted = threading.Event()
+    killed_at = []
+
+    def crash_after_two_scores():
+        deadline = time.time() + 120
+        while len(laser.decisions) < 4 and time.time() < deadline:
+            time.sleep(0.01)
+        killed_at.append(len(laser.decisions))
+        encoder_server.kill()
+        time.sleep(0.5)
+        encoder_server.start()
+        encoder_server.wait_ready()
+        restarted.set()
+
+    killer = threading.Thread(target=crash_after_two_scores, daemon=True)
+    killer.start()
+    trainer(laser, tmp_path, max_steps=8).train()
+    killer.join(timeout=60)
+    assert restarted.is_set()
+    assert len(laser.decisions) > killed_at[0], "the run went on scoring after the restart"
+
+    decisions = {d["decision_id"] for d in laser.decisions}
+    assert len(decisions) == len({d["group"] for d in laser.decisions})
+    assert_one_rm_per_group(laser)
+    assert sorted(r["decision_id"] for r in laser.reports) == sorted(decisions)
+    assert_each_decision_reported_once(client, "grpo-crash", decisions)
+
+
+class _CrashAfterSave:
+    """A trainer crash right after checkpoint-2 is written (callbacks run in order: the
+    adapter's on_save has saved its decisions awaiting a report)."""
+
+    def __getattr__(self, name):
+        if name == "on_save":
+            def on_save(args, state, control, **kwargs):
+                raise KeyboardInterrupt("crash after checkpoint")
+            return on_save
+        return lambda *args, **kwargs: None
+
+
+def test_resumed_run_reports_the_checkpoints_pending_decisions(encoder_server, tmp_path):
+    client = LaserRouterClient(encoder_server.address, retries=8)
+    first = LaserRouterGRPO(client, router="grpo-resume")
+    with pytest.raises(KeyboardInterrupt):
+        trainer(first, tmp_path, max_steps=6, extra_callbacks=[_CrashAfterSave()],
+                save_strategy="steps", save_steps=2).train()
+    pending_at_crash = {p.decision_id for p in first.pending}
+    assert pending_at_crash, "the checkpoint holds decisions awaiting a report"
+    assert client.get_router("grpo-resume").pending_decisions == len(pending_at_crash)
+
+    second = LaserRouterGRPO(client, router="grpo-resume")
+    trainer(second, tmp_path, max_steps=6, save_strategy="steps",
+            save_steps=2).train(resume_from_checkpoint=str(tmp_path / "checkpoint-2"))
+    assert pending_at_crash <= {r["decision_id"] for r in second.reports}
+    decisions = {d["decision_id"] for d in first.decisions} | {d["decision_id"] for d in second.decisions}
+    assert_each_decision_reported_once(client, "grpo-resume", decisions)
