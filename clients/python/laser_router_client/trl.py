@@ -91,11 +91,13 @@ class LaserRouterGRPO:
     (default: the router's name). ``signal``: "dpo" (default) or "loss". ``beta``: the DPO
     temperature. ``normalize``: None or "group" (z-score within each prompt's completions).
     ``context_fn``: prompts -> [n, dim] contexts, for routers without a server-side encoder.
+    ``center``: report each decision's DPO-style loss relative to the mean of the decisions
+    reported with it (plus log 2), removing the drift all of them share as updates shrink.
     """
 
     def __init__(self, client: LaserRouterClient, router: str, *, run: Optional[str] = None,
                  signal: str = "dpo", beta: float = 0.1, normalize: Optional[str] = None,
-                 context_fn: Optional[Callable[[List[str]], Any]] = None):
+                 context_fn: Optional[Callable[[List[str]], Any]] = None, center: bool = True):
         if signal not in SIGNALS:
             raise ValueError(f"signal must be one of {SIGNALS}, got {signal!r}")
         if normalize not in (None, "group"):
@@ -107,6 +109,7 @@ class LaserRouterGRPO:
         self.beta = beta
         self.normalize = normalize
         self.context_fn = context_fn
+        self.center = center
         self.model: Any = None
         self.tokenizer: Any = None
         self.rank = 0
@@ -192,6 +195,11 @@ class LaserRouterGRPO:
             new_best, new_worst = self._logps(ready, "best"), self._logps(ready, "worst")
             losses = {p.decision_id: dpo_style_loss(nb, p.ref_best, nw, p.ref_worst, self.beta)
                       for p, nb, nw in zip(ready, new_best, new_worst)}
+            if self.center and len(losses) > 1:
+                # The margin shrinks as updates shrink (Adam's early steps are the largest), a
+                # drift shared by every decision of the step: keep only each one's difference.
+                mean = sum(losses.values()) / len(losses)
+                losses = {d: loss - mean + math.log(2.0) for d, loss in losses.items()}
         else:
             losses = {}
             for p in ready:

@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# The trainer tests, after the core suite (.ci/run runs it after scripts/test.sh): real TRL
+# GRPOTrainer runs routed by the real server binary (clients/python/trainer_tests), then the
+# paper's loop example (examples/laser_trl.py) for a few steps on the demo reward models.
+#
+# torch, transformers and trl (pinned in clients/python/trainer_tests/requirements.txt) live in
+# a virtual environment cached outside the repository, keyed by that file's hash:
+# ${LASER_TRAINER_VENVS:-~/.cache/laser-router}/trainers-<hash>. The first install downloads
+# and installs about 6 GB (torch with its CUDA libraries) in 1-2 minutes here; later runs reuse it.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+bash scripts/fetch-onnxruntime.sh
+cargo build --locked --quiet
+bash scripts/demo-models.sh
+
+requirements=clients/python/trainer_tests/requirements.txt
+hash=$(sha256sum "$requirements" | cut -c1-12)
+venv="${LASER_TRAINER_VENVS:-$HOME/.cache/laser-router}/trainers-$hash"
+if [[ ! -f "$venv/.complete" ]]; then
+  echo "creating the trainer environment in $venv (first run: about 6 GB, 1-2 minutes)"
+  rm -rf "$venv"
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install --quiet --upgrade pip
+  "$venv/bin/pip" install --quiet -r "$requirements"
+  touch "$venv/.complete"
+fi
+# The client from this checkout (not cached: it is what is being tested).
+"$venv/bin/pip" install --quiet --no-deps --force-reinstall ./clients/python
+
+"$venv/bin/python" -m pytest -q -p no:cacheprovider -W ignore::FutureWarning clients/python/trainer_tests
+# The paper's loop, short: it must run end to end and leave no decision unreported.
+out=$(mktemp -d)
+"$venv/bin/python" examples/laser_trl.py --spawn --steps 6 --alpha 1 --plot "$out/laser_trl.png" \
+  2>&1 | grep -v -i warning | tee "$out/log.txt" | tail -8
+grep -q ", 0 pending," "$out/log.txt"
+test -s "$out/laser_trl.png"
+echo "trainer tests passed"
