@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The trainer tests, after the core suite (.ci/run runs it after scripts/test.sh): real TRL
-# GRPOTrainer runs routed by the real server binary (clients/python/trainer_tests), then the
+# GRPOTrainer runs routed by the real server binary (clients/python/trainer_tests), OpenRLHF's
+# own remote reward model client against the HTTP endpoint, then the
 # paper's loop example (examples/laser_trl.py) for a few steps on the demo reward models.
 #
 # torch, transformers and trl (pinned in clients/python/trainer_tests/requirements.txt) live in
@@ -14,7 +15,8 @@ cargo build --locked --quiet
 bash scripts/demo-models.sh
 
 requirements=clients/python/trainer_tests/requirements.txt
-hash=$(sha256sum "$requirements" | cut -c1-12)
+requirements_nodeps=clients/python/trainer_tests/requirements-nodeps.txt
+hash=$(cat "$requirements" "$requirements_nodeps" | sha256sum | cut -c1-12)
 venv="${LASER_TRAINER_VENVS:-$HOME/.cache/laser-router}/trainers-$hash"
 if [[ ! -f "$venv/.complete" ]]; then
   echo "creating the trainer environment in $venv (first run: about 6 GB, 1-2 minutes)"
@@ -22,12 +24,16 @@ if [[ ! -f "$venv/.complete" ]]; then
   python3 -m venv "$venv"
   "$venv/bin/pip" install --quiet --upgrade pip
   "$venv/bin/pip" install --quiet -r "$requirements"
+  "$venv/bin/pip" install --quiet --no-deps -r "$requirements_nodeps"
   touch "$venv/.complete"
 fi
 # The client from this checkout (not cached: it is what is being tested).
 "$venv/bin/pip" install --quiet --no-deps --force-reinstall ./clients/python
 
 "$venv/bin/python" -m pytest -q -p no:cacheprovider -W ignore::FutureWarning clients/python/trainer_tests
+# OpenRLHF's own remote-RM client against the HTTP get_reward endpoint (skipped in the core
+# suite, where OpenRLHF does not import).
+"$venv/bin/python" -m pytest -q -p no:cacheprovider clients/python/tests/test_http.py -k openrlhf -rs
 # The paper's loop, short: it must run end to end and leave no decision unreported.
 out=$(mktemp -d)
 "$venv/bin/python" examples/laser_trl.py --spawn --steps 6 --alpha 1 --plot "$out/laser_trl.png" \

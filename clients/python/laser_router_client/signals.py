@@ -91,3 +91,22 @@ class StepFeedback:
             raise ValueError(f"loss must be finite, got {loss}")
         return self.client.feedback(self.router, all_pending=True, loss=float(loss),
                                     idempotency_key=f"{self.run}/step-{int(step)}")
+
+    def attach_openrlhf(self, trainer: Any, loss_key: str = "policy_loss") -> None:
+        """Report each OpenRLHF PPO step's ``status[loss_key]`` as it is logged.
+
+        OpenRLHF's PPO trainer (openrlhf/trainer/ppo_trainer.py) calls
+        ``self.save_logs_and_checkpoints(global_step, status, client_states)`` once per step
+        with the step's status (``policy_loss`` from openrlhf/trainer/ray/ppo_actor.py); this
+        wraps that method so the loss is posted, keyed by the step, before logging goes on.
+        """
+        original = trainer.save_logs_and_checkpoints
+
+        def save_logs_and_checkpoints(global_step: int, logs_dict: Optional[dict] = None,
+                                      client_states: Optional[dict] = None) -> Any:
+            loss = (logs_dict or {}).get(loss_key)
+            if loss is not None:
+                self.report(global_step, float(loss))
+            return original(global_step, logs_dict, client_states)
+
+        trainer.save_logs_and_checkpoints = save_logs_and_checkpoints

@@ -132,3 +132,32 @@ def test_the_request_openrlhf_sends_and_the_fields_it_reads(http_server):
         assert all(isinstance(v, list) and len(v) == 1 for v in data["extra_logs"].values())
     with LaserRouterClient(http_server.address) as client:
         assert client.get_router("openrlhf-run").pending_decisions == 1, "one prompt, one decision"
+
+
+def test_openrlhf_step_hook_posts_each_logged_step_loss(http_server):
+    """The hook wraps PPO trainer's save_logs_and_checkpoints(global_step, status, client_states)
+    (OpenRLHF 0.11.2, openrlhf/trainer/ppo_trainer.py, called once per step with the status that
+    carries `policy_loss`); the trainer here has only that method, as OpenRLHF's needs ray."""
+    from laser_router_client.signals import StepFeedback
+
+    class Trainer:
+        logged = []
+
+        def save_logs_and_checkpoints(self, global_step, logs_dict=None, client_states=None):
+            self.logged.append((global_step, dict(logs_dict or {})))
+
+    url = http_server.http + "/v1/routers/openrlhf-hook/get_reward"
+    client = LaserRouterClient(http_server.address)
+    trainer = Trainer()
+    StepFeedback(client, "openrlhf-hook", run="run-1").attach_openrlhf(trainer)
+    for step, prompts in enumerate([["A?", "B?"], ["C?"]], start=1):
+        body = {"query": [p + " yes" for p in prompts], "prompts": prompts, "labels": [""] * len(prompts)}
+        assert requests.post(url, json=body, timeout=30).status_code == 200
+        trainer.save_logs_and_checkpoints(step, {"policy_loss": 0.1 * step, "kl": 0.0}, {})
+        info = client.get_router("openrlhf-hook")
+        assert info.pending_decisions == 0
+        assert sum(a.feedback_count for a in info.arms) == {1: 2, 2: 3}[step]
+    # A step logged again (a retried or resumed step) applies nothing twice.
+    trainer.save_logs_and_checkpoints(2, {"policy_loss": 0.2}, {})
+    assert sum(a.feedback_count for a in client.get_router("openrlhf-hook").arms) == 3
+    assert [s for s, _ in trainer.logged] == [1, 2, 2]
