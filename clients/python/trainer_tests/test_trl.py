@@ -5,8 +5,13 @@ one decision per prompt group the trainer scored, and a group's completions were
 one RM. The runs use `num_iterations = 2`, so each generation trains two optimizer steps and
 its decisions are reported after both."""
 
+import json
+import os
+import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 from collections import defaultdict
 
 import pytest
@@ -43,9 +48,10 @@ def tiny_model(tok: PreTrainedTokenizerFast, seed: int = 0) -> LlamaForCausalLM:
         pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id))
 
 
-def trainer(laser: LaserRouterGRPO, output_dir, max_steps: int, extra_callbacks=(), **config) -> GRPOTrainer:
+def trainer(laser: LaserRouterGRPO, output_dir, max_steps: int, extra_callbacks=(), batch_size: int = 8,
+            **config) -> GRPOTrainer:
     tok = tokenizer()
-    args = GRPOConfig(output_dir=str(output_dir), per_device_train_batch_size=8, num_generations=4,
+    args = GRPOConfig(output_dir=str(output_dir), per_device_train_batch_size=batch_size, num_generations=4,
                       num_iterations=2, max_completion_length=10, max_steps=max_steps, logging_steps=1,
                       report_to="none", use_cpu=True, learning_rate=1e-3, seed=0,
                       **{"save_strategy": "no", **config})
@@ -182,3 +188,20 @@ def test_resumed_run_reports_the_checkpoints_pending_decisions(encoder_server, t
     assert pending_at_crash <= {r["decision_id"] for r in second.reports}
     decisions = {d["decision_id"] for d in first.decisions} | {d["decision_id"] for d in second.decisions}
     assert_each_decision_reported_once(client, "grpo-resume", decisions)
+
+
+def test_two_ranks_share_the_decision_of_a_prompt_split_between_them(encoder_server, tmp_path):
+    """Two processes (torch.distributed, gloo on CPU), 6 completions per rank, 4 per prompt:
+    every step one prompt's completions are split across the ranks. Both ranks must get the
+    same decision and RM for it, and the decision is applied once though both report it."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")]))
+    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+                    str(Path(__file__).parent / "ranked_run.py"), encoder_server.address, str(tmp_path)],
+                   check=True, timeout=300, env=env, capture_output=True)
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    by_group = [{d["group"]: (d["decision_id"], d["reward_model"]) for d in rank["decisions"]} for rank in ranks]
+    shared = set(by_group[0]) & set(by_group[1])
+    assert len(shared) >= 2, "a prompt split across the ranks at every generation"
+    assert all(by_group[0][g] == by_group[1][g] for g in shared)
+    decisions = {d for rank in by_group for d, _ in rank.values()}
+    assert_each_decision_reported_once(LaserRouterClient(encoder_server.address), "grpo-ranks", decisions)
