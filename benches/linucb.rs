@@ -307,6 +307,84 @@ fn headline(machine: &Machine) {
     }
 }
 
+/// The rank-r factor update at d = 4096 against its floor and against the kernel it replaced
+/// (faer's Givens-based `rank_r_update_clobber`), all three measured in alternating rounds,
+/// each keeping its best; then the whole `update_batch` (factor, `b`, θ by two solves).
+fn update_headline(machine: &Machine) {
+    let dim = 4096;
+    let par = Par::rayon(0);
+    for rank in [64, 16, 8] {
+        let contexts = Mat::<f64>::from_fn(dim, rank, |i, j| context(j, dim)[i] as f64);
+        let mut machine_best = *machine;
+        let (mut blocked, mut givens, mut whole) = (Duration::MAX, Duration::MAX, Duration::MAX);
+        let start = warm_factor(dim);
+        for _ in 0..3 {
+            machine_best = machine_best.best(&measure_machine());
+            let mut lower = start.clone();
+            blocked = blocked.min(time_it(5, || {
+                let mut rows = contexts.transpose().to_owned();
+                laser_router::bandit::factor_update::rank_update(
+                    lower.as_mut(),
+                    rows.as_mut(),
+                    par,
+                );
+            }));
+            let mut lower = start.clone();
+            givens = givens.min(time_it(5, || {
+                let mut vectors = contexts.clone();
+                let mut weights = faer::Col::<f64>::from_fn(rank, |_| 1.0);
+                faer::linalg::cholesky::llt::update::rank_r_update_clobber(
+                    lower.as_mut(),
+                    vectors.as_mut(),
+                    weights.as_diagonal_mut(),
+                )
+                .unwrap();
+            }));
+            let mut arm = LinUcbArm::new(dim, 1.0);
+            whole = whole.min(time_it(5, || {
+                arm.update_batch(contexts.as_ref(), &vec![0.5; rank])
+            }));
+        }
+        let floor = Floor::of(&machine_best, dim, 1, rank);
+        report(
+            &format!("headline factor update d{dim}_r{rank} (blocked Householder)"),
+            blocked,
+            &floor,
+        );
+        report(
+            &format!("headline factor update d{dim}_r{rank} (faer Givens, before)"),
+            givens,
+            &floor,
+        );
+        report(
+            &format!("headline update_batch d{dim}_r{rank} (factor + b + θ)"),
+            whole,
+            &floor,
+        );
+        println!(
+            "headline update d{dim}_r{rank}: blocked / Givens {:.2}x",
+            blocked.as_secs_f64() / givens.as_secs_f64()
+        );
+    }
+}
+
+/// The factor of λI plus 32 bench contexts: a dense lower triangle, so the kernels run on
+/// realistic data.
+fn warm_factor(dim: usize) -> Mat<f64> {
+    let mut arm = LinUcbArm::new(dim, 1.0);
+    let warm = Mat::<f64>::from_fn(dim, 32, |i, j| context(1000 + j, dim)[i] as f64);
+    arm.update_batch(warm.as_ref(), &[0.5; 32]);
+    let data = arm.to_data();
+    let mut lower = Mat::<f64>::zeros(dim, dim);
+    let mut values = data.lower.iter();
+    for j in 0..dim {
+        for i in j..dim {
+            lower[(i, j)] = *values.next().unwrap();
+        }
+    }
+    lower
+}
+
 fn main() {
     let filter: Vec<String> = std::env::args()
         .skip(1)
@@ -328,6 +406,7 @@ fn main() {
     }
     if wants("headline") {
         headline(&machine);
+        update_headline(&machine);
     }
     criterion.final_summary();
 }

@@ -8,8 +8,9 @@
 //! - `xᵀA⁻¹x = |L⁻¹x|²`, so a batch of B contexts `X` (d×B) costs one triangular solve
 //!   `L⁻¹X`: d²·B flops, reading `L` once (BLAS-3 shaped, blocked by faer), instead of the
 //!   reference code's `np.linalg.inv(A)` (≈ 8/3·d³ flops) per arm per selection.
-//! - Feedback updates `L` in place by a rank-r Cholesky update (`A + Σ xxᵀ`, O(d²·r)),
-//!   then refreshes `θ` by two triangular solves (O(d²)).
+//! - Feedback updates `L` in place by a rank-r Cholesky update (`A + Σ xxᵀ`, 2·d²·r flops
+//!   as blocked Householder reflections in matrix products, reading the factor once:
+//!   [`super::factor_update`]), then refreshes `θ` by two triangular solves (O(d²)).
 //!
 //! Why a factor and not `A⁻¹` by Sherman–Morrison: updating a Cholesky factor with
 //! positive rank-one terms is backward stable (no subtraction of nearly equal matrices),
@@ -20,7 +21,7 @@
 //! Everything here is pure and deterministic given its inputs and the parallelism choice
 //! (sequential below [`PARALLEL_MIN_DIM`], the global rayon pool above it).
 
-use faer::linalg::cholesky::llt::update::rank_r_update_clobber;
+use super::factor_update;
 use faer::linalg::triangular_solve::{
     solve_lower_triangular_in_place, solve_upper_triangular_in_place,
 };
@@ -148,14 +149,7 @@ impl LinUcbArm {
         if rewards.is_empty() {
             return;
         }
-        let mut vectors = contexts.to_owned();
-        let mut weights = Col::<f64>::from_fn(rewards.len(), |_| 1.0);
-        rank_r_update_clobber(
-            self.factor.as_mut(),
-            vectors.as_mut(),
-            weights.as_diagonal_mut(),
-        )
-        .expect("adding x xᵀ keeps A positive definite");
+        factor_update::add_outer_products(self.factor.as_mut(), contexts, parallelism(dim));
         for (j, &reward) in rewards.iter().enumerate() {
             self.b += faer::Scale(reward) * contexts.col(j);
         }

@@ -14,6 +14,7 @@
 pub mod context;
 pub mod ensemble;
 pub mod exp3;
+pub mod factor_update;
 pub mod linucb;
 pub mod normalizer;
 
