@@ -1,13 +1,14 @@
 //! The worker threads of one reward model and their batcher. Each worker owns a
 //! [`Scorer`] (session + tokenizer) and takes jobs from the model's bounded queue.
 //!
-//! Batching across requests: a worker takes the first queued job, then more for up to
-//! `max_batch_delay_ms` or until `max_batch_sequences`; jobs whose deadline passed (or whose
-//! client left) are dropped unscored; every (prompt, response) pair is tokenized; sequences
-//! are sorted by length and cut into inferences of at most `max_batch_sequences` sequences
-//! and `max_batch_tokens` padded tokens (so similar lengths share a batch and padding
-//! stays low); scores go back to each job. Cost per batch: tokenization O(text), sorting
-//! O(n log n) for n sequences, then the inferences.
+//! Batching across requests: a worker takes the first queued job at once, with whatever
+//! else queued while it was busy (continuous batching), up to `max_batch_sequences`; a
+//! nonzero `max_batch_delay_ms` (default 0) makes it wait that long for more. Jobs whose
+//! deadline passed (or whose client left) are dropped unscored; every (prompt, response)
+//! pair is tokenized; sequences are sorted by length and cut into inferences of at most
+//! `max_batch_sequences` sequences and `max_batch_tokens` padded tokens (so similar lengths
+//! share a batch and padding stays low); scores go back to each job. Cost per batch:
+//! tokenization O(text), sorting O(n log n) for n sequences, then the inferences.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
@@ -167,8 +168,8 @@ pub(super) fn run_worker(
     tracing::info!(reward_model = %name, "reward model worker stopped");
 }
 
-/// The first queued job, then more for up to `max_batch_delay_ms` or until
-/// `max_batch_sequences`. `None` once the model is removed and the queue is drained.
+/// The first queued job, then what else is queued (waiting up to `max_batch_delay_ms` for
+/// more, none by default), until `max_batch_sequences`. `None` once the model is removed and the queue is drained.
 fn gather(receiver: &Receiver<ScoreJob>, spec: &RewardModelSpec) -> Option<Vec<ScoreJob>> {
     let first = receiver.recv().ok()?;
     let mut sequences = first.responses.len();
