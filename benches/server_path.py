@@ -1,9 +1,11 @@
 #!/usr/bin/env python3
-"""Score through the real server at LASeR's scale against the select kernel alone, side by
-side (issue 17's end-to-end measure): release binary, durable state, d = 4096, K = 4 fixture
+"""Score and Feedback through the real server at LASeR's scale against the select and update
+kernels alone, side by side (issue 17's end-to-end measures): release binary, durable state, d = 4096, K = 4 fixture
 RMs (negligible RM compute), 64 queries per Score. Rounds alternate between the server
 (median of 7 Scores) and the kernel (`linucb` bench's headline select, same shape); each side
 keeps its best, and the server's time is split by stage from `laser_score_stage_seconds`.
+Feedback: 64 decisions of one arm (a router limited to one RM) per request, median of 5,
+against the headline's `update_batch` at d = 4096, r = 64 from the same kernel runs.
 
 Usage: python3 benches/server_path.py [ROUNDS]   (builds what it needs with cargo)
 """
@@ -23,6 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "clients" / "python"))
 from laser_router_client._pb.laser.v1 import reward_router_pb2 as pb  # noqa: E402
 from laser_router_client._pb.laser.v1 import reward_router_pb2_grpc as rpc  # noqa: E402
+from laser_router_client._pb.laser.v1 import admin_pb2, admin_pb2_grpc  # noqa: E402
 
 FIX = ROOT / "tests" / "fixtures" / "reward_models"
 D, B = 4096, 64
@@ -76,7 +79,14 @@ def main():
                 for q in range(B)])
             reply = stub.Score(request)  # creates the router
             stub.Feedback(pb.FeedbackRequest(router="e2e", decision_ids=[r.decision_id for r in reply.results], loss=0.3))
+            # Feedback for 64 decisions of one arm (a router that may pick only `length`): one
+            # rank-64 update end to end, against the kernel's update_batch of the same shape.
+            admin = admin_pb2_grpc.AdminStub(grpc.insecure_channel(grpc_addr))
+            admin.CreateRouter(admin_pb2.CreateRouterRequest(name="e2e-feedback", settings=admin_pb2.RouterSettings(
+                context_dim=D, reward_models=["length"])))
+            feedback_request = pb.ScoreRequest(router="e2e-feedback", queries=request.queries)
             best_server, best_kernel, best_stages = float("inf"), float("inf"), {}
+            best_feedback, best_update = float("inf"), float("inf")
             for _ in range(rounds):
                 before = stage_sums(metrics_addr)
                 times = []
@@ -90,9 +100,18 @@ def main():
                     best_server = median
                     best_stages = {s: (after[s][0] - before.get(s, [0, 0])[0]) / max(after[s][1] - before.get(s, [0, 0])[1], 1) * 1000
                                    for s in after}
+                feedback_times = []
+                for _ in range(5):
+                    ids = [r.decision_id for r in stub.Score(feedback_request).results]
+                    started = time.perf_counter()
+                    stub.Feedback(pb.FeedbackRequest(router="e2e-feedback", decision_ids=ids, loss=0.3))
+                    feedback_times.append((time.perf_counter() - started) * 1000)
+                best_feedback = min(best_feedback, statistics.median(feedback_times))
                 out = subprocess.run([kernel_bin, "--bench", "headline"], cwd=ROOT, capture_output=True, text=True, env=env).stdout
                 kernel = float(re.search(r"headline select d4096_K4_B64: ([\d.]+) ms", out).group(1))
                 best_kernel = min(best_kernel, kernel)
+                update = float(re.search(r"headline update_batch d4096_r64 \(factor \+ b \+ θ\): ([\d.]+) ms", out).group(1))
+                best_update = min(best_update, update)
             rm_ms = best_stages.get("score", 0.0)
         finally:
             server.terminate()
@@ -101,6 +120,9 @@ def main():
     print("  by stage (mean ms): " + ", ".join(f"{s} {v:.1f}" for s, v in sorted(best_stages.items(), key=lambda kv: -kv[1])))
     print(f"select kernel alone (linucb headline, same shape): {best_kernel:.1f} ms (best of {rounds})")
     print(f"ratio server / (kernel + RMs' stage {rm_ms:.1f} ms): {best_server / (best_kernel + rm_ms):.2f} (issue 17's target <= 1.25)")
+    print(f"Feedback for 64 decisions of one arm through the server (durable): {best_feedback:.1f} ms (best median of 5)")
+    print(f"update kernel alone (linucb headline update_batch d4096_r64): {best_update:.1f} ms (best of {rounds})")
+    print(f"ratio Feedback / update kernel: {best_feedback / best_update:.2f} (issue 17's target <= 1.25)")
 
 
 if __name__ == "__main__":

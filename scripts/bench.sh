@@ -8,7 +8,8 @@
 #   and durable state: feedback throughput with durability on/off, recovery (store);
 #   5. trainer-facing paths through the release binary: encoder contexts vs client contexts,
 #      HTTP/JSON vs gRPC (benches/trainer_paths.py);
-#   6. Score at d = 4096, K = 4, B = 64 through the server vs the select kernel, by stage
+#   6. Score (and Feedback for 64 decisions) at d = 4096, K = 4, B = 64 through the server vs
+#      the select (update) kernel, by stage
 #      (benches/server_path.py).
 # Needs the demo RMs (scripts/demo-models.sh) and NumPy for the reference algorithm.
 set -euo pipefail
