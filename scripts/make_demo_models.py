@@ -38,7 +38,6 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 import zipfile
 
 import numpy as np
@@ -76,7 +75,9 @@ def reviews(limit):
     return out
 
 
-def embed(session, tokenizer, texts, batch=32):
+def embed(session, tokenizer, texts, batch=32, output="last_hidden_state"):
+    """Mean-pooled embeddings of `texts`: pooled here from `last_hidden_state`, or read from a
+    graph's own pooled output (e.g. the demo graph's `sentence_embedding`)."""
     vectors = []
     for start in range(0, len(texts), batch):
         encodings = tokenizer.encode_batch(texts[start:start + batch])
@@ -86,10 +87,11 @@ def embed(session, tokenizer, texts, batch=32):
         for row, e in enumerate(encodings):
             ids[row, :len(e.ids)] = e.ids
             mask[row, :len(e.ids)] = 1
-        hidden = session.run(["last_hidden_state"], {"input_ids": ids, "attention_mask": mask,
-                                                     "token_type_ids": np.zeros_like(ids)})[0]
-        pooled = (hidden * mask[:, :, None]).sum(1) / mask.sum(1, keepdims=True)
-        vectors.append(pooled)
+        result = session.run([output], {"input_ids": ids, "attention_mask": mask,
+                                        "token_type_ids": np.zeros_like(ids)})[0]
+        if output == "last_hidden_state":
+            result = (result * mask[:, :, None]).sum(1) / mask.sum(1, keepdims=True)
+        vectors.append(result)
     return np.concatenate(vectors).astype(np.float64)
 
 

@@ -2,7 +2,8 @@
 # The trainer tests, after the core suite (.ci/run runs it after scripts/test.sh): real TRL
 # GRPOTrainer runs routed by the real server binary (clients/python/trainer_tests), OpenRLHF's
 # own remote reward model client against the HTTP endpoint, then the
-# paper's loop example (examples/laser_trl.py) for a few steps on the demo reward models.
+# paper's loop example (examples/laser_trl.py) for a few steps on the demo reward models, and
+# the closed-loop benchmark (examples/laser_closed_loop.py) for a few steps.
 #
 # torch, transformers and trl (pinned in clients/python/trainer_tests/requirements.txt) live in
 # a virtual environment cached outside the repository, keyed by that file's hash:
@@ -40,4 +41,9 @@ out=$(mktemp -d)
   2>&1 | grep -v -i warning | tee "$out/log.txt" | tail -8
 grep -q ", 0 pending," "$out/log.txt"
 test -s "$out/laser_trl.png"
+# The closed-loop benchmark (docs/learning.md), short: it must run end to end through the server.
+python3 -m pip install --quiet matplotlib onnx
+python3 examples/laser_closed_loop.py --seeds 2 --steps 5 --policies "random,linucb defaults,oracle" \
+  --out "$out/closed_loop" | tail -3
+test -s "$out/closed_loop.md" && test -s "$out/closed_loop.png"
 echo "trainer tests passed"

