@@ -149,6 +149,11 @@ pub async fn run(
         stop_rx.clone(),
     ));
     let snapshot_task = tokio::spawn(snapshot_when_due(routers.clone(), stop_rx.clone()));
+    let health_task = tokio::spawn(report_state_health(
+        routers.clone(),
+        health_reporter.clone(),
+        stop_rx.clone(),
+    ));
     let http_task = match http_listener {
         Some(listener) => {
             let tls = config
@@ -248,6 +253,7 @@ pub async fn run(
     }
     let _ = metrics_task.await;
     let _ = snapshot_task.await;
+    let _ = health_task.await;
     if let Some(http_task) = http_task {
         let _ = http_task.await;
     }
@@ -294,6 +300,46 @@ async fn open_routers(config: &Config, recover_truncate: bool) -> Result<Routers
 }
 
 /// Take a snapshot whenever enough records accumulated.
+/// NOT_SERVING (both services and the server as a whole) while the state log cannot be
+/// written, SERVING again once it can: an orchestrator stops sending traffic to a replica
+/// that could acknowledge nothing. Checked every 250 ms (reading a flag).
+async fn report_state_health(
+    routers: RoutersHandle,
+    reporter: tonic_health::server::HealthReporter,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut interval = tokio::time::interval(Duration::from_millis(250));
+    let mut failing = false;
+    loop {
+        tokio::select! {
+            _ = interval.tick() => {}
+            _ = stop.wait_for(|stop| *stop) => return,
+        }
+        let reason = routers.state_unwritable();
+        if reason.is_some() == failing || *stop.borrow() {
+            continue;
+        }
+        failing = reason.is_some();
+        let status = if failing {
+            tracing::warn!(
+                reason = reason.as_deref().unwrap_or(""),
+                "health: NOT_SERVING until the state log can be written"
+            );
+            tonic_health::ServingStatus::NotServing
+        } else {
+            tracing::info!("health: SERVING, the state log is writable again");
+            tonic_health::ServingStatus::Serving
+        };
+        for service in [
+            "",
+            <pb::reward_router_server::RewardRouterServer<RewardRouterService> as tonic::server::NamedService>::NAME,
+            <pb::admin_server::AdminServer<AdminService> as tonic::server::NamedService>::NAME,
+        ] {
+            reporter.set_service_status(service, status).await;
+        }
+    }
+}
+
 async fn snapshot_when_due(routers: RoutersHandle, mut stop: watch::Receiver<bool>) {
     let mut interval = tokio::time::interval(Duration::from_millis(500));
     loop {

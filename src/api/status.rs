@@ -117,6 +117,9 @@ fn store_code(error: &StoreError) -> Code {
         StoreError::Locked { .. } => Code::Unavailable,
         StoreError::Corrupt { .. } => Code::Internal,
         StoreError::WriterStopped { .. } => Code::Unavailable,
+        // Disk full or failing: retryable, and the client library retries UNAVAILABLE.
+        StoreError::NotDurable { .. } => Code::Unavailable,
+        StoreError::Unwritable { .. } => Code::Unavailable,
     }
 }
 

@@ -344,6 +344,11 @@ impl RoutersHandle {
         self.routers.snapshot_due()
     }
 
+    /// Why changes cannot be made durable now (the log is failing), or `None`.
+    pub fn state_unwritable(&self) -> Option<String> {
+        self.routers.store().unwritable()
+    }
+
     /// Write a snapshot on the blocking pool: (sequence number, bytes), or `None`.
     pub async fn snapshot(&self) -> Result<Option<(u64, u64)>, RouterError> {
         self.blocking(|routers| routers.snapshot()).await

@@ -22,7 +22,9 @@
 //! [`Durable`] ticket; the writer drains every queued record, writes them, and issues one
 //! `fdatasync` for the batch (group commit) before completing the tickets. Callers reply to
 //! clients only after their ticket completes. With `fsync = false` the tickets complete
-//! after the write (crash-safe against process death, not power loss).
+//! after the write (crash-safe against process death, not power loss). A failed write
+//! (disk full) keeps its records queued and refuses new ones until they are durable
+//! ([`LogWriter`]).
 //!
 //! Recovery: newest snapshot, then every record with a larger sequence number, in order.
 //! A torn tail (the last segment ends inside a record, or its last record fails the CRC and
@@ -38,10 +40,11 @@
 pub mod frame;
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{BufWriter, Read, Write};
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
-use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use tokio::sync::oneshot;
 
@@ -83,6 +86,17 @@ pub enum StoreError {
     },
     #[error("the state log writer stopped: {reason}")]
     WriterStopped { reason: String },
+    /// A write or fsync failed (disk full, I/O error): the records it held stay queued in
+    /// memory and are written again until the disk takes them.
+    #[error(
+        "the state log could not be made durable ({reason}); the server keeps the change and writes it again until the disk accepts it: retry"
+    )]
+    NotDurable { reason: String },
+    /// The log is failing: new changes are refused before anything is applied.
+    #[error(
+        "the state log cannot be written ({reason}); nothing was changed: retry once the disk accepts writes again"
+    )]
+    Unwritable { reason: String },
 }
 
 fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
@@ -94,7 +108,7 @@ fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
 
 /// Completes when the record is durable (or the write failed).
 pub struct Durable {
-    receiver: Option<oneshot::Receiver<Result<(), String>>>,
+    receiver: Option<oneshot::Receiver<Result<(), WriteFailure>>>,
 }
 
 impl Durable {
@@ -109,8 +123,8 @@ impl Durable {
             None => Ok(()),
             Some(receiver) => receiver
                 .await
-                .unwrap_or_else(|_| Err("writer thread exited".into()))
-                .map_err(|reason| StoreError::WriterStopped { reason }),
+                .unwrap_or_else(|_| Err(WriteFailure::Stopped("writer thread exited".into())))
+                .map_err(WriteFailure::into_error),
         }
     }
 
@@ -120,8 +134,26 @@ impl Durable {
             None => Ok(()),
             Some(receiver) => receiver
                 .blocking_recv()
-                .unwrap_or_else(|_| Err("writer thread exited".into()))
-                .map_err(|reason| StoreError::WriterStopped { reason }),
+                .unwrap_or_else(|_| Err(WriteFailure::Stopped("writer thread exited".into())))
+                .map_err(WriteFailure::into_error),
+        }
+    }
+}
+
+/// Why a ticket did not complete.
+#[derive(Clone, Debug)]
+enum WriteFailure {
+    /// The write failed; the record is kept and written again.
+    NotDurable(String),
+    /// The writer is gone.
+    Stopped(String),
+}
+
+impl WriteFailure {
+    fn into_error(self) -> StoreError {
+        match self {
+            WriteFailure::NotDurable(reason) => StoreError::NotDurable { reason },
+            WriteFailure::Stopped(reason) => StoreError::WriterStopped { reason },
         }
     }
 }
@@ -129,13 +161,31 @@ impl Durable {
 struct Append {
     seq: u64,
     payload: Vec<u8>,
-    done: oneshot::Sender<Result<(), String>>,
+    done: oneshot::Sender<Result<(), WriteFailure>>,
+}
+
+/// Whether the log can be written: the reason while it cannot (set by the writer when a
+/// write fails, cleared when the records it kept are durable).
+#[derive(Default)]
+struct LogHealth {
+    failing: Mutex<Option<String>>,
+}
+
+impl LogHealth {
+    fn failing(&self) -> Option<String> {
+        self.failing.lock().expect("health lock poisoned").clone()
+    }
+
+    fn set(&self, failing: Option<String>) {
+        *self.failing.lock().expect("health lock poisoned") = failing;
+    }
 }
 
 struct Writer {
     sender: Sender<Append>,
     /// Next sequence number; held while sending so channel order is sequence order.
     next_seq: Mutex<u64>,
+    health: Arc<LogHealth>,
 }
 
 /// What recovery found: the snapshot to start from and the records after it.
@@ -201,11 +251,16 @@ impl Store {
         let next_seq = last_seq + 1;
         let (sender, receiver) = mpsc::channel();
         let segment = open_segment(&dir, next_seq)?;
-        let (writer_dir, fsync, segment_bytes) =
-            (dir.clone(), options.fsync, options.segment_bytes);
+        let health = Arc::new(LogHealth::default());
+        let log = LogWriter {
+            dir: dir.clone(),
+            fsync: options.fsync,
+            segment_bytes: options.segment_bytes,
+            health: health.clone(),
+        };
         std::thread::Builder::new()
             .name("state-log".into())
-            .spawn(move || run_writer(writer_dir, segment, receiver, fsync, segment_bytes))
+            .spawn(move || log.run(segment, receiver))
             .map_err(io_error(&dir))?;
         Ok((
             Store {
@@ -213,6 +268,7 @@ impl Store {
                 writer: Some(Writer {
                     sender,
                     next_seq: Mutex::new(next_seq),
+                    health,
                 }),
                 _lock: Some(lock),
             },
@@ -237,11 +293,21 @@ impl Store {
             .unwrap_or(0)
     }
 
+    /// `None` while the log can be written (or there is none); the reason while it cannot:
+    /// changes are refused then ([`StoreError::Unwritable`]) and health says NOT_SERVING.
+    pub fn unwritable(&self) -> Option<String> {
+        self.writer.as_ref().and_then(|w| w.health.failing())
+    }
+
     /// Queue `payload` as the next record. Records are written in the order of the calls.
+    /// Refused while the log is failing ([`Store::unwritable`]): nothing is queued then.
     pub fn append(&self, payload: Vec<u8>) -> Result<Durable, StoreError> {
         let Some(writer) = &self.writer else {
             return Ok(Durable::done());
         };
+        if let Some(reason) = writer.health.failing() {
+            return Err(StoreError::Unwritable { reason });
+        }
         let (done, receiver) = oneshot::channel();
         let mut next_seq = writer.next_seq.lock().expect("seq lock poisoned");
         writer
@@ -272,10 +338,12 @@ impl Store {
         bytes.extend_from_slice(SNAPSHOT_MAGIC);
         bytes.extend_from_slice(&SNAPSHOT_VERSION.to_le_bytes());
         frame::write_blob(&mut bytes, seq, payload).map_err(io_error(&temp))?;
-        {
-            let mut file = File::create(&temp).map_err(io_error(&temp))?;
-            file.write_all(&bytes).map_err(io_error(&temp))?;
-            file.sync_all().map_err(io_error(&temp))?;
+        let written = File::create(&temp)
+            .and_then(|mut file| file.write_all(&bytes).and_then(|()| file.sync_all()));
+        if let Err(error) = written {
+            // A partial snapshot (disk full) must not keep holding the space.
+            let _ = fs::remove_file(&temp);
+            return Err(io_error(&temp)(error));
         }
         fs::rename(&temp, &path).map_err(io_error(&path))?;
         sync_dir(&self.dir)?;
@@ -303,7 +371,7 @@ fn sync_dir(dir: &Path) -> Result<(), StoreError> {
         .map_err(io_error(dir))
 }
 
-fn open_segment(dir: &Path, first_seq: u64) -> Result<(PathBuf, BufWriter<File>), StoreError> {
+fn open_segment(dir: &Path, first_seq: u64) -> Result<(PathBuf, File), StoreError> {
     let path = dir.join(format!("wal-{first_seq:020}.log"));
     let file = OpenOptions::new()
         .create(true)
@@ -311,57 +379,109 @@ fn open_segment(dir: &Path, first_seq: u64) -> Result<(PathBuf, BufWriter<File>)
         .open(&path)
         .map_err(io_error(&path))?;
     sync_dir(dir)?;
-    Ok((path, BufWriter::with_capacity(1 << 20, file)))
+    Ok((path, file))
 }
 
-fn run_writer(
+/// How long the writer waits before writing again the records a failed write kept.
+const RETRY_INTERVAL: Duration = Duration::from_millis(500);
+
+/// The writer thread: group commit, and what happens when a write fails.
+///
+/// A failed write or fsync (disk full, I/O error) does not stop it: the segment is cut back
+/// to its last durable byte (so a partial record is never read as data), the batch's
+/// tickets fail ([`StoreError::NotDurable`]), its records stay queued in memory in order
+/// (the routers applied them already; they were never acknowledged), and the log's health
+/// reports the failure, so new changes are refused before they are applied. Every
+/// [`RETRY_INTERVAL`] the kept records are written again, with anything queued meanwhile;
+/// once they are durable the log is healthy again.
+struct LogWriter {
     dir: PathBuf,
-    segment: (PathBuf, BufWriter<File>),
-    receiver: Receiver<Append>,
     fsync: bool,
     segment_bytes: u64,
-) {
-    let (mut path, mut out) = segment;
-    let mut written: u64 = 0;
-    while let Ok(first) = receiver.recv() {
-        let mut batch = vec![first];
-        while let Ok(more) = receiver.try_recv() {
-            batch.push(more);
-        }
-        let result = (|| -> std::io::Result<()> {
-            for append in &batch {
-                frame::write_record(&mut out, append.seq, &append.payload)?;
-                written += (frame::HEADER_LEN + append.payload.len()) as u64;
+    health: Arc<LogHealth>,
+}
+
+impl LogWriter {
+    fn run(self, segment: (PathBuf, File), receiver: Receiver<Append>) {
+        let (mut path, mut file) = segment;
+        let mut durable_len = file.metadata().map(|m| m.len()).unwrap_or(0);
+        let mut kept: Vec<(u64, Vec<u8>)> = Vec::new();
+        loop {
+            let mut batch = Vec::new();
+            let next = if kept.is_empty() {
+                receiver.recv().map_err(|_| RecvTimeoutError::Disconnected)
+            } else {
+                receiver.recv_timeout(RETRY_INTERVAL)
+            };
+            match next {
+                Ok(first) => batch.push(first),
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => return,
             }
-            out.flush()?;
-            if fsync {
-                out.get_ref().sync_data()?;
+            while let Ok(more) = receiver.try_recv() {
+                batch.push(more);
             }
-            Ok(())
-        })();
-        let outcome = result.map_err(|e| format!("{}: {e}", path.display()));
-        if let Err(reason) = &outcome {
-            tracing::error!(%reason, "state log write failed");
-        }
-        let last_seq = batch.last().map(|a| a.seq).unwrap_or(0);
-        for append in batch {
-            let _ = append.done.send(outcome.clone());
-        }
-        if outcome.is_err() {
-            // Never acknowledge anything after a failed write.
-            break;
-        }
-        if written >= segment_bytes {
-            match open_segment(&dir, last_seq + 1) {
-                Ok((new_path, new_out)) => {
-                    (path, out, written) = (new_path, new_out, 0);
+            let records = kept
+                .iter()
+                .map(|(seq, payload)| (*seq, payload.as_slice()))
+                .chain(batch.iter().map(|a| (a.seq, a.payload.as_slice())));
+            let mut bytes = Vec::new();
+            let mut last_seq = 0;
+            for (seq, payload) in records {
+                frame::write_record(&mut bytes, seq, payload).expect("writing to memory");
+                last_seq = seq;
+            }
+            if let Err(error) = self.write(&mut file, durable_len, &bytes) {
+                let reason = format!("{}: {error}", path.display());
+                if self.health.failing().is_none() {
+                    tracing::error!(%reason, "state log write failed; refusing changes until the kept records are durable");
                 }
-                Err(error) => {
-                    tracing::error!(%error, "cannot start a new log segment");
-                    break;
+                self.health.set(Some(reason.clone()));
+                // Cut the partial write off now; the next try starts there again anyway.
+                let _ = file.set_len(durable_len);
+                for append in batch {
+                    let _ = append
+                        .done
+                        .send(Err(WriteFailure::NotDurable(reason.clone())));
+                    kept.push((append.seq, append.payload));
+                }
+                continue;
+            }
+            durable_len += bytes.len() as u64;
+            if !kept.is_empty() {
+                tracing::info!(
+                    records = kept.len(),
+                    "state log writable again: the kept records are durable"
+                );
+                kept.clear();
+            }
+            self.health.set(None);
+            for append in batch {
+                let _ = append.done.send(Ok(()));
+            }
+            if durable_len >= self.segment_bytes {
+                match open_segment(&self.dir, last_seq + 1) {
+                    Ok((new_path, new_file)) => {
+                        (path, file, durable_len) = (new_path, new_file, 0);
+                    }
+                    // Stay on the current segment; rotation is tried after the next write.
+                    Err(error) => tracing::warn!(%error, "cannot start a new log segment"),
                 }
             }
         }
+    }
+
+    /// Write `bytes` at `durable_len` (cutting off whatever a failed write left past it),
+    /// then fsync.
+    fn write(&self, file: &mut File, durable_len: u64, bytes: &[u8]) -> std::io::Result<()> {
+        if file.metadata()?.len() != durable_len {
+            file.set_len(durable_len)?;
+        }
+        file.write_all(bytes)?;
+        if self.fsync {
+            file.sync_data()?;
+        }
+        Ok(())
     }
 }
 

@@ -57,7 +57,7 @@ tokenizer = "{FIXTURES / 'tokenizer.json'}"
 
 
 class Server:
-    def __init__(self, port: int, config_text: str = CONFIG, http: bool = False):
+    def __init__(self, port: int, config_text: str = CONFIG, http: bool = False, data_dir: Path = None):
         self.dir = tempfile.TemporaryDirectory()
         config = Path(self.dir.name) / "config.toml"
         config.write_text(config_text)
@@ -66,7 +66,8 @@ class Server:
         self.http = None
         extra = ["--http-listen", "127.0.0.1:0"] if http else []
         self.command = [str(binary()), "serve", "--config", str(config), "--listen", self.address,
-                        "--metrics-listen", "127.0.0.1:0", "--data-dir", str(Path(self.dir.name) / "data"), *extra]
+                        "--metrics-listen", "127.0.0.1:0", "--data-dir", str(data_dir or Path(self.dir.name) / "data"),
+                        *extra]
         self.env = env
         self.start()
 
