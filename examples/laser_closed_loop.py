@@ -288,8 +288,7 @@ POLICIES = {
     "sequential (per batch, cycling)": ({"policy": "round_robin", "default_mode": "per_batch"}, "loss", None),
     "score ensemble (all K)": ({"policy": "ensemble"}, "loss", None),
     "exp3": ({"policy": "exp3"}, "loss", None),
-    "linucb reference (per batch, a=0.1)": ({"policy": "linucb", "alpha": 0.1, "l2_lambda": 1.0,
-                                             "default_mode": "per_batch"}, "loss", None),
+    "linucb reference (per batch, a=0.1)": ({"preset": "laser_reference"}, "loss", None),
     "linucb defaults (per query)": ({"policy": "linucb"}, "loss", None),
     "linucb defaults, val_gain signal": ({"policy": "linucb"}, "val_gain", None),
     "exp3, val_gain signal": ({"policy": "exp3"}, "val_gain", None),
@@ -304,7 +303,7 @@ def run_policy(client, name, spec, seed, args, x, reviews, train_idx, val_pairs,
     router = f"{re.sub(r'[^a-z0-9]+', '-', name.lower()).strip('-')}-s{seed}"
     if settings is not None:
         extra = dict(settings)
-        policy = extra.pop("policy")
+        policy = extra.pop("policy", None)
         mode = extra.pop("default_mode", None)
         if mode:
             extra["default_mode"] = MODES[mode]

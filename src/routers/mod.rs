@@ -51,8 +51,8 @@ pub use ledger::{EncoderChanges, ModelChanges, RewardModelChanges, StateEvent};
 pub use registry::{FirstUse, Routers, RoutersOptions};
 pub use router::Router;
 pub use settings::{
-    Normalization, NormalizationKind, Policy, PolicyKind, RouterSettings, RouterSettingsPatch,
-    SelectionMode,
+    Normalization, NormalizationKind, Policy, PolicyKind, Preset, RouterSettings,
+    RouterSettingsPatch, SelectionMode,
 };
 pub use state::RouterState;
 pub use statistics::ArmStatistics;

@@ -238,6 +238,48 @@ impl Default for RouterSettings {
     }
 }
 
+/// A named set of settings. `laser_reference` is the paper's public reference code
+/// (`duykhuongnguyen/LASeR-MAB`, `scripts/train_and_infer.py`): LinUCB selecting once per
+/// batch on the batch's mean raw context, α = 0.1, λ = 1, the batch loss as the reward,
+/// normalized by the 20th/80th percentiles of every reward so far, the first one raw.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Preset {
+    LaserReference,
+}
+
+impl Preset {
+    /// Every preset's wire and config name.
+    pub const NAMES: &[&str] = &["laser_reference"];
+
+    pub fn parse(name: &str) -> Option<Preset> {
+        match name {
+            "laser_reference" => Some(Preset::LaserReference),
+            _ => None,
+        }
+    }
+
+    /// The fields the preset sets; others come from the layer below.
+    pub fn patch(self) -> RouterSettingsPatch {
+        match self {
+            Preset::LaserReference => RouterSettingsPatch {
+                policy: Some(PolicyKind::Linucb),
+                alpha: Some(0.1),
+                l2_lambda: Some(1.0),
+                normalization: Some(NormalizationKind::Quantile),
+                quantile_low: Some(20.0),
+                quantile_high: Some(80.0),
+                reward_window: Some(0),
+                reward_is_normalized: Some(false),
+                default_mode: Some(SelectionMode::PerBatch),
+                l2_normalize_context: Some(false),
+                projection_dim: Some(0),
+                ..RouterSettingsPatch::default()
+            },
+        }
+    }
+}
+
 /// Router settings with every field optional: the config file's `[routers]` table (these
 /// names are its keys) and a CreateRouter request. [`RouterSettingsPatch::apply`] fills
 /// what is unset.
@@ -284,17 +326,26 @@ pub struct RouterSettingsPatch {
     /// An encoder the server serves: contexts come from each query's prompt (`context_dim`
     /// is the encoder's dimension). Default: none, clients send contexts.
     pub encoder: Option<String>,
+    /// A named set of settings under this patch's own fields ([`Preset`]).
+    pub preset: Option<Preset>,
 }
 
 impl RouterSettingsPatch {
-    /// The settings this patch names: each field from this patch, else from `defaults`,
-    /// else LASeR's default. Policy and normalization parameters are filled the same way
-    /// whichever patch names the policy. Ranges are checked by [`RouterSettings::validate`].
+    /// The settings this patch names: each field from this patch, else from its preset,
+    /// else from `defaults`, else from their preset, else LASeR's default. Policy and
+    /// normalization parameters are filled the same way whichever patch names the policy.
+    /// Ranges are checked by [`RouterSettings::validate`].
     pub fn apply(&self, defaults: &RouterSettingsPatch) -> RouterSettings {
         let laser = RouterSettings::default();
+        let own_preset = self.preset.map(Preset::patch).unwrap_or_default();
+        let defaults_preset = defaults.preset.map(Preset::patch).unwrap_or_default();
         macro_rules! pick {
             ($field:ident) => {
-                self.$field.clone().or_else(|| defaults.$field.clone())
+                self.$field
+                    .clone()
+                    .or_else(|| own_preset.$field.clone())
+                    .or_else(|| defaults.$field.clone())
+                    .or_else(|| defaults_preset.$field.clone())
             };
         }
         let policy = match pick!(policy).unwrap_or(laser.policy.kind()) {
@@ -437,6 +488,72 @@ impl From<&RouterSettings> for RouterSettingsPatch {
             max_pending_decisions: Some(settings.max_pending_decisions),
             pending_ttl_seconds: Some(settings.pending_ttl.as_secs()),
             encoder: settings.encoder.clone(),
+            preset: None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn laser_reference_is_the_reference_code() {
+        let settings = RouterSettingsPatch {
+            preset: Some(Preset::LaserReference),
+            ..RouterSettingsPatch::default()
+        }
+        .resolve();
+        assert_eq!(settings.policy, Policy::LinUcb);
+        assert_eq!((settings.alpha, settings.l2_lambda), (0.1, 1.0));
+        assert_eq!(settings.default_mode, SelectionMode::PerBatch);
+        assert_eq!(
+            settings.normalization,
+            Normalization::Quantile {
+                low: 20.0,
+                high: 80.0,
+                window: None
+            }
+        );
+        assert!(!settings.l2_normalize_context && settings.projection_dim == 0);
+        assert!(!settings.reward_is_normalized);
+    }
+
+    #[test]
+    fn each_layer_fields_beat_its_preset_and_the_layer_below() {
+        // The config names the preset and an α; a request names a seed: the config's α wins
+        // over its own preset, the preset's mode over LASeR's default.
+        let config = RouterSettingsPatch {
+            preset: Some(Preset::LaserReference),
+            alpha: Some(0.7),
+            default_mode: None,
+            ..RouterSettingsPatch::default()
+        };
+        let request = RouterSettingsPatch {
+            seed: Some(9),
+            ..RouterSettingsPatch::default()
+        };
+        let settings = request.apply(&config);
+        assert_eq!(settings.alpha, 0.7);
+        assert_eq!(settings.default_mode, SelectionMode::PerBatch);
+        assert_eq!(settings.seed, 9);
+        // A request naming the preset beats the config's own fields.
+        let request = RouterSettingsPatch {
+            preset: Some(Preset::LaserReference),
+            ..RouterSettingsPatch::default()
+        };
+        let config = RouterSettingsPatch {
+            alpha: Some(2.0),
+            default_mode: Some(SelectionMode::PerQuery),
+            ..RouterSettingsPatch::default()
+        };
+        let settings = request.apply(&config);
+        assert_eq!(settings.alpha, 0.1);
+        assert_eq!(settings.default_mode, SelectionMode::PerBatch);
+        // Names round-trip.
+        for name in Preset::NAMES {
+            assert!(Preset::parse(name).is_some());
+        }
+        assert_eq!(Preset::parse("laser"), None);
     }
 }

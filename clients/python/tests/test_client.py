@@ -145,3 +145,14 @@ def test_prompt_context_accepts_torch_tensors():
     hidden = torch.ones(1, 2, 3)
     mask = torch.tensor([[1, 0]])
     np.testing.assert_allclose(prompt_context(hidden, mask), [[1.0, 1.0, 1.0]])
+
+
+def test_create_router_with_the_reference_preset(server):
+    client = LaserRouterClient(server.address)
+    info = client.create_router("reference", context_dim=4, preset="laser_reference")
+    assert info.settings.default_mode == 2  # SELECTION_MODE_PER_BATCH
+    assert info.settings.alpha == pytest.approx(0.1) and info.settings.l2_lambda == 1.0
+    with pytest.raises(LaserRouterError) as unknown:
+        client.create_router("nope", context_dim=4, preset="laser")
+    assert unknown.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert "settings.preset" in unknown.value.message

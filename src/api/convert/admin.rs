@@ -9,7 +9,7 @@ use crate::api::pb;
 use crate::models::spec::Provider;
 use crate::models::{Encoder, EncoderSpec, InputFormat, Pooling, RewardModel, RewardModelSpec};
 use crate::routers::{
-    Normalization, NormalizationKind, Policy, PolicyKind, RouterInfo, RouterSettings,
+    Normalization, NormalizationKind, Policy, PolicyKind, Preset, RouterInfo, RouterSettings,
     RouterSettingsPatch, SelectionMode,
 };
 
@@ -59,6 +59,18 @@ pub fn router_settings_patch(
             "is empty",
         ));
     }
+    let preset = match settings.preset.as_str() {
+        "" => None,
+        name => Some(Preset::parse(name).ok_or_else(|| {
+            invalid(
+                "settings.preset",
+                format!(
+                    "unknown preset {name:?}; known: {}",
+                    Preset::NAMES.join(", ")
+                ),
+            )
+        })?),
+    };
     let set = |value: u32| (value > 0).then_some(value as usize);
     Ok(RouterSettingsPatch {
         context_dim: set(settings.context_dim),
@@ -88,6 +100,7 @@ pub fn router_settings_patch(
         pending_ttl_seconds: (settings.pending_ttl_seconds > 0)
             .then_some(settings.pending_ttl_seconds as u64),
         encoder: (!settings.encoder.is_empty()).then_some(settings.encoder),
+        preset,
     })
 }
 
@@ -138,6 +151,7 @@ pub fn router_settings_to_pb(settings: &RouterSettings) -> pb::RouterSettings {
         max_pending_decisions: settings.max_pending_decisions as u32,
         pending_ttl_seconds: settings.pending_ttl.as_secs() as u32,
         encoder: settings.encoder.clone().unwrap_or_default(),
+        preset: String::new(),
     }
 }
 /// An RM spec from AddRewardModel, defaults filled in, checked by `RewardModelSpec::validate`.

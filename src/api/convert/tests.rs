@@ -9,7 +9,7 @@ use super::feedback::feedback_call;
 use super::score::score_call;
 use crate::api::pb;
 use crate::config::Limits;
-use crate::routers::{FeedbackForm, FeedbackSignal, Normalization, Policy};
+use crate::routers::{FeedbackForm, FeedbackSignal, Normalization, Policy, SelectionMode};
 
 fn query(context: Vec<f32>, responses: &[&str]) -> pb::Query {
     pb::Query {
@@ -322,6 +322,29 @@ fn create_router_settings_fill_defaults_and_round_trip() {
         ..Default::default()
     }));
     assert!(bad.unwrap_err().to_string().starts_with("settings.policy"));
+}
+
+#[test]
+fn create_router_takes_a_preset_by_name() {
+    let settings = router_settings_patch(Some(pb::RouterSettings {
+        context_dim: 8,
+        preset: "laser_reference".into(),
+        ..Default::default()
+    }))
+    .unwrap()
+    .resolve();
+    assert_eq!(settings.default_mode, SelectionMode::PerBatch);
+    assert_eq!(settings.alpha, 0.1);
+    let unknown = router_settings_patch(Some(pb::RouterSettings {
+        preset: "laser".into(),
+        ..Default::default()
+    }))
+    .unwrap_err()
+    .to_string();
+    assert!(
+        unknown.starts_with("settings.preset") && unknown.contains("laser_reference"),
+        "{unknown}"
+    );
 }
 
 mod fuzz {
