@@ -48,16 +48,23 @@ def tiny_model(tok: PreTrainedTokenizerFast, seed: int = 0) -> LlamaForCausalLM:
         pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id))
 
 
+CHAT_TEMPLATE = ("{% for message in messages %}<|{{ message.role }}|> {{ message.content }} [SEP] {% endfor %}"
+                 "{% if add_generation_prompt %}<|assistant|>{% endif %}")
+
+
 def trainer(laser: LaserRouterGRPO, output_dir, max_steps: int, extra_callbacks=(), batch_size: int = 8,
-            **config) -> GRPOTrainer:
+            conversational: bool = False, **config) -> GRPOTrainer:
     tok = tokenizer()
+    if conversational:
+        tok.chat_template = CHAT_TEMPLATE
     args = GRPOConfig(output_dir=str(output_dir), per_device_train_batch_size=batch_size, num_generations=4,
                       num_iterations=2, max_completion_length=10, max_steps=max_steps, logging_steps=1,
                       report_to="none", use_cpu=True, learning_rate=1e-3, seed=0,
                       **{"save_strategy": "no", **config})
     return GRPOTrainer(model=tiny_model(tok), processing_class=tok, reward_funcs=[laser.reward_function],
                        callbacks=[laser.callback, *extra_callbacks], args=args,
-                       train_dataset=Dataset.from_dict({"prompt": PROMPTS * 4}))
+                       train_dataset=Dataset.from_dict({"prompt": [
+                           [{"role": "user", "content": p}] if conversational else p for p in PROMPTS * 4]}))
 
 
 def assert_each_decision_reported_once(client: LaserRouterClient, router: str, decisions: set) -> None:
@@ -205,3 +212,28 @@ def test_two_ranks_share_the_decision_of_a_prompt_split_between_them(encoder_ser
     assert all(by_group[0][g] == by_group[1][g] for g in shared)
     decisions = {d for rank in by_group for d, _ in rank.values()}
     assert_each_decision_reported_once(LaserRouterClient(encoder_server.address), "grpo-ranks", decisions)
+
+
+def test_conversational_prompts(encoder_server, tmp_path):
+    """Chat-format prompts and completions (lists of messages): the RMs get their text, the
+    DPO-style signal tokenizes the prompt with the chat template."""
+    client = LaserRouterClient(encoder_server.address, retries=8)
+    laser = LaserRouterGRPO(client, router="grpo-chat")
+    seen = []
+    prompt_ids = laser._prompt_ids
+
+    def recording(prompt):
+        ids = prompt_ids(prompt)
+        seen.append((prompt, ids))
+        return ids
+
+    laser._prompt_ids = recording
+    run = trainer(laser, tmp_path, max_steps=4, conversational=True)
+    run.train()
+    decisions = {d["decision_id"] for d in laser.decisions}
+    assert decisions and sorted(r["decision_id"] for r in laser.reports) == sorted(decisions)
+    assert_each_decision_reported_once(client, "grpo-chat", decisions)
+    # The signal's prompt is the chat-template rendering, ending with the generation prompt.
+    assert seen and all(isinstance(p, list) for p, _ in seen)
+    text = run.processing_class.decode(seen[0][1])
+    assert "user" in text and text.rstrip().endswith("assistant | >"), text
