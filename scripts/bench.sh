@@ -12,8 +12,13 @@
 #      the select (update) kernel, by stage
 #      (benches/server_path.py).
 # Needs the demo RMs (scripts/demo-models.sh) and NumPy for the reference algorithm.
+# At the end, benches/compare.py compares the run with the recorded figures
+# (docs/benchmarks-baseline.json) and says what got slower; the whole output is in
+# target/bench.log (`python3 benches/compare.py target/bench.log --update` records new figures).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
+mkdir -p target
+exec > >(tee target/bench.log) 2>&1
 bash scripts/fetch-onnxruntime.sh
 bash scripts/demo-models.sh
 echo "== scoring (1, 2, 3)"
@@ -27,3 +32,5 @@ cargo build --release --bin laser-router
 python3 benches/trainer_paths.py target/release/laser-router
 echo "== server path vs kernel (6)"
 python3 benches/server_path.py 3
+echo "== compared with the recorded figures"
+python3 benches/compare.py target/bench.log
