@@ -54,6 +54,7 @@ sys.path.insert(0, str(ROOT / "clients" / "python"))
 sys.path.insert(0, str(ROOT / "scripts"))
 
 from laser_router_client import LaserRouterClient, Query  # noqa: E402
+from laser_router_client.signals import ValidationGain  # noqa: E402
 
 CATEGORIES = {
     "contraception": {"Birth Control", "Emergency Contraception", "Abnormal Uterine Bleeding",
@@ -312,7 +313,8 @@ def run_policy(client, name, spec, seed, args, x, reviews, train_idx, val_pairs,
         for rm in set(oracle_rm.values()):
             client.create_router(f"{router}-{rm}", policy="fixed", fixed_reward_model=rm, encoder="minilm")
     rng = np.random.default_rng(1000 + seed)
-    w = np.zeros(x.shape[1])
+    w = np.zeros(x.shape[1])  # updated in place, so the validation closure sees each step
+    val_gain = ValidationGain(client, router, lambda: pair_loss(w, x, val_pairs)[0].mean(), run=router)
     curve, losses_by = [], defaultdict(list)
     for step in range(args.steps):
         batch = pairs_of(train_idx, reviews, rng, args.batch)
@@ -326,7 +328,8 @@ def run_policy(client, name, spec, seed, args, x, reviews, train_idx, val_pairs,
             results = client.score(router, queries)
         labels = [1.0 if r.ranking[0] == 0 else 0.0 for r in results]
         loss, diff, y = pair_loss(w, x, batch, labels)
-        val_before = pair_loss(w, x, val_pairs)[0].mean() if signal == "val_gain" else 0.0
+        if signal == "val_gain" and routing != "oracle":
+            val_gain.before_step()
         p = 1 / (1 + np.exp(-(diff @ w)))
         w -= args.lr * (diff.T @ (p - y) / len(y) + 1e-3 * w)
         for r, (a, _, _), l in zip(results, batch, loss):
@@ -338,8 +341,7 @@ def run_policy(client, name, spec, seed, args, x, reviews, train_idx, val_pairs,
             if signal == "loss":
                 client.feedback(router, losses={d: float(np.mean(v)) for d, v in by_decision.items()})
             else:
-                gain = float(val_before - pair_loss(w, x, val_pairs)[0].mean())
-                client.feedback(router, list(by_decision), reward=gain)
+                val_gain.after_step(step, list(by_decision))
         if (step + 1) % max(1, args.steps // 8) == 0 or step + 1 == args.steps:
             curve.append((step + 1, accuracy(w, x, test_pairs, reviews)["overall"]))
     share = defaultdict(int)

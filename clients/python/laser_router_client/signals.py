@@ -17,11 +17,15 @@ this module offers instead, per decision:
 ``StepFeedback`` posts one loss per training step for every decision awaiting feedback
 (the step-scoped form), with an idempotency key from the run and step: the hook for trainers
 that only know a step's loss (OpenRLHF, verl).
+
+``ValidationGain`` sends a signal that tracks quality when the training loss does not: how
+much a step lowered a held-out (validation) loss, as a reward for that step's decisions
+(docs/learning.md measures it beside the raw loss).
 """
 
 import hashlib
 import math
-from typing import Any, Iterable, List, Optional, Sequence
+from typing import Any, Callable, Iterable, List, Optional, Sequence
 
 from laser_router_client.client import LaserRouterClient
 
@@ -110,3 +114,38 @@ class StepFeedback:
             return original(global_step, logs_dict, client_states)
 
         trainer.save_logs_and_checkpoints = save_logs_and_checkpoints
+
+
+class ValidationGain:
+    """Reward each training step's decisions with the drop of a validation loss over the step.
+
+    ``validation_loss()`` evaluates the current model on held-out data. Call ``before_step()``
+    before the update and ``after_step(step, decision_ids)`` after it: the gain
+    ``loss_before - loss_after`` (higher is better; negative when the step hurt) goes to
+    those decisions as a reward (or to every pending decision when no ids are given), keyed
+    ``{run}/val-step-{step}`` so a retry applies nothing twice.
+    """
+
+    def __init__(self, client: LaserRouterClient, router: str, validation_loss: Callable[[], float],
+                 run: Optional[str] = None):
+        self.client = client
+        self.router = router
+        self.run = run or router
+        self.validation_loss = validation_loss
+        self._before: Optional[float] = None
+
+    def before_step(self) -> float:
+        self._before = float(self.validation_loss())
+        return self._before
+
+    def after_step(self, step: int, decision_ids: Sequence[str] = ()) -> dict:
+        if self._before is None:
+            raise RuntimeError("call before_step() before the update")
+        gain = self._before - float(self.validation_loss())
+        self._before = None
+        if not math.isfinite(gain):
+            raise ValueError(f"validation loss is not finite (gain {gain})")
+        key = f"{self.run}/val-step-{int(step)}"
+        if decision_ids:
+            return self.client.feedback(self.router, list(decision_ids), reward=gain, idempotency_key=key)
+        return self.client.feedback(self.router, all_pending=True, reward=gain, idempotency_key=key)
