@@ -28,7 +28,7 @@ use faer::{Accum, Col, Mat, MatMut, MatRef, Par};
 /// Columns per panel at most: wide enough that the trailing products run at GEMM speed,
 /// narrow enough that applying `T` (m·w²/2 per panel, whatever r) stays small next to the
 /// products with the r rows (4·m·r·w).
-pub const PANEL: usize = 32;
+pub const PANEL: usize = 16;
 
 /// The panel width for rank r: `T`'s share of the work is about w/(4r).
 fn panel_width(rank: usize) -> usize {
