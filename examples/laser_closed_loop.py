@@ -35,10 +35,7 @@ import html
 import io
 import json
 import math
-import os
 import re
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -55,6 +52,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 
 from laser_router_client import LaserRouterClient, Query  # noqa: E402
 from laser_router_client.signals import ValidationGain  # noqa: E402
+from _server import start_server  # noqa: E402  (examples/_server.py)
 
 CATEGORIES = {
     "contraception": {"Birth Control", "Emergency Contraception", "Abnormal Uterine Bleeding",
@@ -220,31 +218,6 @@ def server_config(rm_dir):
             f'pooling = "none"\nnormalize = true\nmax_length = 64\n')
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def spawn(config_path, data_dir):
-    built = [p for p in (ROOT / "target" / "release" / "laser-router", ROOT / "target" / "debug" / "laser-router")
-             if p.exists()]
-    if not built:
-        sys.exit("no server binary: cargo build --release")
-    binary = max(built, key=lambda p: p.stat().st_mtime)
-    address = f"127.0.0.1:{free_port()}"
-    env = dict(os.environ, ORT_DYLIB_PATH=str(ROOT / ".ort" / "lib" / "libonnxruntime.so"), LASER_LOG="warn")
-    process = subprocess.Popen([str(binary), "serve", "--config", str(config_path), "--listen", address,
-                                "--metrics-listen", "127.0.0.1:0", "--data-dir", str(data_dir)],
-                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
-    line = process.stdout.readline()
-    if not line.startswith("laser-router listening"):
-        process.kill()
-        sys.exit("the server did not start")
-    metrics = re.search(r"metrics=(\S+)", line).group(1)
-    return process, address, metrics
-
-
 def sequences_scored(metrics):
     text = urllib.request.urlopen(f"http://{metrics}/metrics", timeout=10).read().decode()
     return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
@@ -398,7 +371,7 @@ def main():
     work = Path(tempfile.mkdtemp(prefix="laser-closed-loop-"))
     (build_rms if args.rms == "minilm" else build_bow_rms)(heads, work / "rms")
     (work / "config.toml").write_text(server_config(work / "rms"))
-    process, address, metrics = spawn(work / "config.toml", work / "data")
+    process, address, metrics = start_server(work / "data", config=work / "config.toml")
     try:
         client = LaserRouterClient(address, admin_token=None, timeout=120)
         test_pairs = pairs_of(test_idx, reviews, np.random.default_rng(11), 600)

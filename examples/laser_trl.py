@@ -18,9 +18,6 @@ signal the bandit learned from; writes a plot of both over training.
 """
 
 import argparse
-import os
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -32,6 +29,7 @@ sys.path.insert(0, str(ROOT / "clients" / "python"))
 
 from laser_router_client import LaserRouterClient  # noqa: E402
 from laser_router_client.trl import LaserRouterGRPO  # noqa: E402
+from _server import start_server  # noqa: E402  (examples/_server.py)
 
 PROMPTS = [
     "How well did this medication work for your migraines?",
@@ -43,37 +41,6 @@ PROMPTS = [
     "Did the pain medication help after your surgery?",
     "Explain how you and your doctor adjusted the dose.",
 ]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def spawn_server() -> tuple:
-    built = [p for p in (ROOT / "target" / "release" / "laser-router",
-                         ROOT / "target" / "debug" / "laser-router") if p.exists()]
-    binary = max(built, key=lambda p: p.stat().st_mtime) if built else None  # the newer build
-    if binary is None:
-        sys.exit("no server binary: run `cargo build --release` (or `cargo build`) first")
-    if not (ROOT / "models" / "demo" / "model.onnx").exists():
-        sys.exit("no demo reward models: run scripts/demo-models.sh first")
-    data = tempfile.TemporaryDirectory()
-    address = f"127.0.0.1:{free_port()}"
-    env = dict(os.environ, ORT_DYLIB_PATH=str(ROOT / ".ort" / "lib" / "libonnxruntime.so"))
-    process = subprocess.Popen([str(binary), "serve", "--listen", address, "--metrics-listen", "127.0.0.1:0",
-                                "--data-dir", data.name], cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                               stderr=subprocess.DEVNULL, text=True)
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        line = process.stdout.readline()
-        if line.startswith("laser-router listening"):
-            return address, process, data
-        if process.poll() is not None:
-            break
-    process.kill()
-    sys.exit("the server did not start")
 
 
 def policy(model_path: str, seed: int):
@@ -147,7 +114,8 @@ def main() -> None:
 
     server = None
     if args.spawn:
-        args.address, server, data = spawn_server()
+        data = tempfile.TemporaryDirectory()
+        server, args.address, _ = start_server(data.name)
     try:
         client = LaserRouterClient(args.address, retries=8)
         reward_models = args.reward_models.split(",")

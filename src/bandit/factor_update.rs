@@ -72,6 +72,7 @@ pub fn rank_update(mut lower: MatMut<'_, f64>, mut rows: MatMut<'_, f64>, par: P
     }
     let panel = panel_width(rank);
     let mut taus = vec![0.0f64; panel];
+    let mut overlaps = Vec::with_capacity(panel);
     let mut t = Mat::<f64>::zeros(panel, panel);
     let mut w = Mat::<f64>::zeros(dim, panel);
     let mut wt = Mat::<f64>::zeros(dim, panel);
@@ -123,16 +124,15 @@ pub fn rank_update(mut lower: MatMut<'_, f64>, mut rows: MatMut<'_, f64>, par: P
             if i == 0 || taus[i] == 0.0 {
                 continue;
             }
-            let overlaps: Vec<f64> = (0..i)
-                .map(|l| {
-                    v_panel
-                        .col(l)
-                        .iter()
-                        .zip(v_panel.col(i).iter())
-                        .map(|(a, b)| a * b)
-                        .sum()
-                })
-                .collect();
+            overlaps.clear();
+            overlaps.extend((0..i).map(|l| {
+                v_panel
+                    .col(l)
+                    .iter()
+                    .zip(v_panel.col(i).iter())
+                    .map(|(a, b)| a * b)
+                    .sum::<f64>()
+            }));
             for row in 0..i {
                 let mut sum = 0.0;
                 for (l, overlap) in overlaps.iter().enumerate().skip(row) {

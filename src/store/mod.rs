@@ -405,6 +405,8 @@ impl LogWriter {
     fn run(self, segment: (PathBuf, File), receiver: Receiver<Append>) {
         let (mut path, mut file) = segment;
         let mut durable_len = file.metadata().map(|m| m.len()).unwrap_or(0);
+        // A failed write may have left bytes past `durable_len`: cut them before the next one.
+        let mut torn = false;
         let mut kept: Vec<(u64, Vec<u8>)> = Vec::new();
         loop {
             let mut batch = Vec::new();
@@ -431,14 +433,15 @@ impl LogWriter {
                 frame::write_record(&mut bytes, seq, payload).expect("writing to memory");
                 last_seq = seq;
             }
-            if let Err(error) = self.write(&mut file, durable_len, &bytes) {
+            if let Err(error) = self.write(&mut file, durable_len, torn, &bytes) {
                 let reason = format!("{}: {error}", path.display());
                 if self.health.failing().is_none() {
                     tracing::error!(%reason, "state log write failed; refusing changes until the kept records are durable");
                 }
                 self.health.set(Some(reason.clone()));
-                // Cut the partial write off now; the next try starts there again anyway.
+                // Cut the partial write off now; the next try cuts again before writing.
                 let _ = file.set_len(durable_len);
+                torn = true;
                 for append in batch {
                     let _ = append
                         .done
@@ -448,6 +451,7 @@ impl LogWriter {
                 continue;
             }
             durable_len += bytes.len() as u64;
+            torn = false;
             if !kept.is_empty() {
                 tracing::info!(
                     records = kept.len(),
@@ -471,10 +475,16 @@ impl LogWriter {
         }
     }
 
-    /// Write `bytes` at `durable_len` (cutting off whatever a failed write left past it),
-    /// then fsync.
-    fn write(&self, file: &mut File, durable_len: u64, bytes: &[u8]) -> std::io::Result<()> {
-        if file.metadata()?.len() != durable_len {
+    /// Write `bytes` at `durable_len` (first cutting off what a failed write left past it,
+    /// when one did: no extra system call on the usual path), then fsync.
+    fn write(
+        &self,
+        file: &mut File,
+        durable_len: u64,
+        torn: bool,
+        bytes: &[u8],
+    ) -> std::io::Result<()> {
+        if torn {
             file.set_len(durable_len)?;
         }
         file.write_all(bytes)?;

@@ -141,22 +141,26 @@ class LaserRouterGRPO:
                 responses=[message_text(completions[i]) for i in members],
                 group=f"{self.run}/{step}.{calls}/{digest}"))
         results = self.client.score(self.router, queries)
+        if self.signal == "dpo" and completion_ids is None:
+            raise ValueError("signal='dpo' needs the completions' token ids (TRL passes completion_ids)")
         rewards = [0.0] * len(prompts)
+        fresh = []
         for result, query, members in zip(results, queries, groups.values()):
             scores = _z_scores(result.scores) if self.normalize == "group" else list(result.scores)
             for i, score in zip(members, scores):
                 rewards[i] = float(score)
             self.decisions.append({"step": step, "decision_id": result.decision_id, "group": query.group,
                                    "reward_model": result.reward_model, "completions": len(members)})
-            if completion_ids is not None:
-                best = members[result.ranking[0]]
-                worst = members[result.ranking[-1]]
-                self.pending.append(PendingDecision(
-                    decision_id=result.decision_id, reward_model=result.reward_model, step=step,
-                    prompt_ids=self._prompt_ids(prompts[members[0]]),
-                    best_ids=list(completion_ids[best]), worst_ids=list(completion_ids[worst])))
+            decision = PendingDecision(decision_id=result.decision_id, reward_model=result.reward_model,
+                                       step=step, prompt_ids=[], best_ids=[], worst_ids=[])
+            if self.signal == "dpo":  # what the signal compares; the loss signal needs none of it
+                decision.prompt_ids = self._prompt_ids(prompts[members[0]])
+                decision.best_ids = list(completion_ids[members[result.ranking[0]]])
+                decision.worst_ids = list(completion_ids[members[result.ranking[-1]]])
+            fresh.append(decision)
         if self.signal == "dpo":
-            self._reference_logps([p for p in self.pending if p.step == step])
+            self._reference_logps(fresh)
+        self.pending.extend(fresh)
         return rewards
 
     def _prompt_ids(self, prompt: Any) -> List[int]:
@@ -218,6 +222,11 @@ class LaserRouterGRPO:
         counts = self.client.feedback(self.router, losses=losses, idempotency_key=key)
         reported = {p.decision_id for p in ready}
         self.pending = [p for p in self.pending if p.decision_id not in reported]
+        # Losses and call counts older than every decision still waiting are not needed again.
+        oldest = min((p.step for p in self.pending), default=step)
+        latest = max(self.logged_losses, default=None)
+        self.logged_losses = {s: v for s, v in self.logged_losses.items() if s > oldest or s == latest}
+        self._calls_at_step = {s: n for s, n in self._calls_at_step.items() if s >= oldest}
         for p in ready:
             self.reports.append({"step": step, "scored_at": p.step, "decision_id": p.decision_id,
                                  "reward_model": p.reward_model, "loss": losses[p.decision_id]})
