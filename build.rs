@@ -1,4 +1,5 @@
-//! Compiles `proto/laser/v1/*.proto` with protox (pure Rust, no system protoc), emits the
+//! Compiles `proto/laser/v1/*.proto` (and the Open Inference Protocol's
+//! `proto/inference/grpc_service.proto`, client only) with protox (pure Rust, no system protoc), emits the
 //! file descriptor set used by gRPC server reflection, and generates the proto3 JSON
 //! mapping (serde, via pbjson) that the HTTP/JSON API uses for the same messages.
 use std::path::PathBuf;
@@ -23,5 +24,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build_client(true)
         .build_server(true)
         .compile_fds(descriptors)?;
+    // The Open Inference Protocol (reward models on Triton, KServe, MLServer): client only.
+    let inference = "proto/inference/grpc_service.proto";
+    println!("cargo:rerun-if-changed={inference}");
+    tonic_prost_build::configure()
+        .build_client(true)
+        .build_server(false)
+        .compile_fds(protox::compile([inference], ["proto"])?)?;
     Ok(())
 }

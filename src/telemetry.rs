@@ -48,6 +48,8 @@ pub mod metric {
     pub const RM_QUEUE_CAPACITY: &str = "laser_rm_queue_capacity";
     /// Gauge {reward_model, provider}: 1 while the RM is loaded.
     pub const RM_LOADED: &str = "laser_rm_loaded";
+    /// Gauge {reward_model}: 1 while routers may select the RM, 0 while a remote RM is down.
+    pub const RM_AVAILABLE: &str = "laser_rm_available";
     /// Counter {method, code}: gRPC requests answered by the API handlers.
     pub const GRPC_REQUESTS: &str = "laser_grpc_requests_total";
     /// Counter {field}: prompts and responses cut to `limits.kept_text_bytes`.
@@ -140,6 +142,10 @@ fn describe() {
         "Score jobs waiting for the reward model."
     );
     describe_gauge!(metric::RM_LOADED, "1 while the reward model is loaded.");
+    describe_gauge!(
+        metric::RM_AVAILABLE,
+        "1 while routers may select the reward model; 0 while a remote one is down."
+    );
     describe_counter!(
         metric::GRPC_REQUESTS,
         "gRPC requests by method and status code."
@@ -210,5 +216,10 @@ pub fn record_reward_model_loaded(model: &crate::models::RewardModel) {
         .set(1.0);
     metrics::gauge!(metric::RM_QUEUE_CAPACITY, "reward_model" => name.clone())
         .set(model.spec().queue_capacity as f64);
-    metrics::gauge!(metric::RM_QUEUE_DEPTH, "reward_model" => name).set(0.0);
+    metrics::gauge!(metric::RM_QUEUE_DEPTH, "reward_model" => name.clone()).set(0.0);
+    metrics::gauge!(metric::RM_AVAILABLE, "reward_model" => name).set(if model.is_available() {
+        1.0
+    } else {
+        0.0
+    });
 }

@@ -140,6 +140,8 @@ impl From<ModelError> for Status {
             ModelError::DeadlineExceeded { .. } => Code::DeadlineExceeded,
             ModelError::TooManyRewardModels { .. } => Code::ResourceExhausted,
             ModelError::LoaderFailed { .. } => Code::Internal,
+            ModelError::EngineRefused { .. } => Code::FailedPrecondition,
+            ModelError::Unavailable { .. } => Code::Unavailable,
             ModelError::UnknownEncoder { .. } => Code::NotFound,
             ModelError::EncoderExists { .. } => Code::AlreadyExists,
             ModelError::EncoderInUse { .. } => Code::FailedPrecondition,

@@ -10,6 +10,8 @@
 //! - [`tokenize`]: text to tokens (tokenizer, template or chat template, pad id).
 //! - [`score_normalization`]: an RM's scores on the ensemble's common scale.
 //! - [`encoder`]: one loaded encoder (prompt -> a router's context) on the same workers.
+//! - [`kserve`]: RMs served by an inference engine over the Open Inference Protocol
+//!   (backend `kserve_v2`): request coalescing, endpoints, health.
 //! - [`registry`]: loaded RMs and encoders by name.
 //!
 //! Async ends at a channel: the service sends a job and awaits a oneshot reply;
@@ -18,6 +20,7 @@
 
 pub mod chat;
 pub mod encoder;
+pub mod kserve;
 pub mod registry;
 pub mod reward_model;
 pub mod runtime;
@@ -30,7 +33,7 @@ mod worker;
 pub use encoder::{Encoder, EncoderSpec, Pooling};
 pub use registry::{Encoders, RewardModels};
 pub use reward_model::{ModelSource, RewardModel};
-pub use spec::{InputFormat, RewardModelSpec};
+pub use spec::{Backend, InputFormat, KserveV2Spec, RemoteInput, RewardModelSpec};
 
 /// What went wrong loading or running a reward model.
 #[derive(Clone, Debug, thiserror::Error)]
@@ -76,6 +79,14 @@ pub enum ModelError {
     /// An encoder that routers take their contexts from cannot be removed.
     #[error("encoder {name:?} is used by routers {routers:?}; delete them first")]
     EncoderInUse { name: String, routers: Vec<String> },
+    /// A remote RM's engine refused it at add time (unreachable, model unknown or not ready,
+    /// the probe inference failed): the engine's reason.
+    #[error("reward model {name:?}: the inference engine refused it: {reason}")]
+    EngineRefused { name: String, reason: String },
+    /// A remote RM is down (routers skip it until it recovers) or its engine failed this
+    /// request.
+    #[error("reward model {name:?} is unavailable: {reason}")]
+    Unavailable { name: String, reason: String },
     /// The blocking task loading the model panicked or was cancelled.
     #[error("reward model {name:?}: internal task failed: {reason}")]
     LoaderFailed { name: String, reason: String },

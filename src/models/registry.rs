@@ -49,6 +49,17 @@ impl Registered for Encoder {
     }
 }
 
+/// Models that can be down for a while (a remote RM whose engine is unreachable).
+pub trait Available {
+    fn is_available(&self) -> bool;
+}
+
+impl Available for RewardModel {
+    fn is_available(&self) -> bool {
+        RewardModel::is_available(self)
+    }
+}
+
 pub struct Registry<M> {
     models: RwLock<BTreeMap<String, Arc<M>>>,
 }
@@ -112,6 +123,20 @@ impl<M: Registered> Registry<M> {
             .get(name)
             .cloned()
             .ok_or_else(|| M::unknown(name))
+    }
+
+    /// Names of the models serving now that routers may select, sorted.
+    pub fn available_names(&self) -> Vec<String>
+    where
+        M: Available,
+    {
+        self.models
+            .read()
+            .expect("model registry lock poisoned")
+            .iter()
+            .filter(|(_, model)| model.is_available())
+            .map(|(name, _)| name.clone())
+            .collect()
     }
 
     pub fn list(&self) -> Vec<Arc<M>> {

@@ -12,13 +12,19 @@
 //! whole output rows; each model reads its head. So K such models cost one session in memory
 //! and, for a query they all score (the ensemble), one forward pass
 //! ([`RewardModel::shares_session_with`], [`RewardModel::session_id`]).
+//!
+//! Backends: `onnx` runs those workers in process; `kserve_v2` sends the same jobs to an
+//! inference engine ([`super::kserve::RemoteModel`]), whose output rows are read the same way.
+//! Only a remote RM can be unavailable ([`RewardModel::is_available`]): routers do not select
+//! it then, and its arms keep their state.
 
 use std::sync::Arc;
 use std::time::Instant;
 
+use super::kserve::RemoteModel;
 use super::score_normalization::RunningScores;
 use super::session::Head;
-use super::spec::ScoreRead;
+use super::spec::{Backend, ScoreRead};
 use super::worker::{Workers, off_runtime};
 use super::{ModelError, RewardModelSpec};
 
@@ -40,23 +46,42 @@ impl ModelSource {
     }
 }
 
+/// What runs a model's jobs (shared by the heads of one session).
+#[derive(Clone)]
+enum Runner {
+    Onnx(Arc<Workers>),
+    Remote(Arc<RemoteModel>),
+}
+
 /// A reward model ready to score. Dropping it stops its workers once queued jobs finish.
 pub struct RewardModel {
     spec: RewardModelSpec,
     source: ModelSource,
     /// Running mean and variance of every score this RM returned.
     running: RunningScores,
-    workers: Arc<Workers>,
+    runner: Runner,
 }
 
 impl RewardModel {
     /// Load, validate and probe the model, then start its workers. Blocking (file I/O,
-    /// session creation, a probe inference): call it off the async runtime.
+    /// session creation, a probe inference): call it off the async runtime, inside it (a
+    /// remote model's probe runs on the runtime's handle). A remote model whose engine is
+    /// down starts unavailable (startup); [`RewardModel::load_off_runtime`] refuses it.
     pub fn load(spec: RewardModelSpec, source: ModelSource) -> Result<Self, ModelError> {
         spec.validate()?;
-        let workers = Arc::new(Workers::start(&spec, Head::Score)?);
-        tracing::info!(reward_model = %spec.name, model = %spec.model.display(), provider = %workers.provider, workers = spec.workers, "reward model loaded");
-        Self::on(spec, source, workers)
+        let runner = match spec.backend {
+            Backend::Onnx => {
+                let workers = Arc::new(Workers::start(&spec, Head::Score)?);
+                tracing::info!(reward_model = %spec.name, model = %spec.model.display(), provider = %workers.provider, workers = spec.workers, "reward model loaded");
+                Runner::Onnx(workers)
+            }
+            Backend::KserveV2(_) => {
+                let remote = tokio::runtime::Handle::current()
+                    .block_on(RemoteModel::start(spec.clone(), false))?;
+                Runner::Remote(Arc::new(remote))
+            }
+        };
+        Self::on(spec, source, runner)
     }
 
     /// A model reading its head from `other`'s session (see [`RewardModel::shares_session_with`]).
@@ -67,34 +92,47 @@ impl RewardModel {
     ) -> Result<Self, ModelError> {
         spec.validate()?;
         tracing::info!(reward_model = %spec.name, shares_with = %other.name(), "reward model loaded on a shared session");
-        Self::on(spec, source, other.workers.clone())
+        Self::on(spec, source, other.runner.clone())
     }
 
-    fn on(
-        spec: RewardModelSpec,
-        source: ModelSource,
-        workers: Arc<Workers>,
-    ) -> Result<Self, ModelError> {
-        let (index, other) = (spec.output_index, spec.output_other_index);
-        let needed = match spec.score {
-            ScoreRead::Difference => index.max(other),
-            ScoreRead::Index | ScoreRead::Softmax => index,
-        };
-        if needed >= workers.width {
-            return Err(ModelError::InvalidSpec {
-                name: spec.name.clone(),
-                reason: format!(
-                    "output index {needed} is out of range for output {:?} of {} values per sequence",
-                    workers.output_name, workers.width
-                ),
-            });
-        }
-        Ok(Self {
+    fn on(spec: RewardModelSpec, source: ModelSource, runner: Runner) -> Result<Self, ModelError> {
+        let model = Self {
             spec,
             source,
             running: RunningScores::default(),
-            workers,
-        })
+            runner,
+        };
+        model.check_head()?;
+        Ok(model)
+    }
+
+    /// The spec's head is inside the output (a remote model not probed yet passes: it is
+    /// checked again at each request).
+    fn check_head(&self) -> Result<(), ModelError> {
+        let (index, other) = (self.spec.output_index, self.spec.output_other_index);
+        let needed = match self.spec.score {
+            ScoreRead::Difference => index.max(other),
+            ScoreRead::Index | ScoreRead::Softmax => index,
+        };
+        let width = self.width();
+        if width > 0 && needed >= width {
+            return Err(ModelError::InvalidSpec {
+                name: self.spec.name.clone(),
+                reason: format!(
+                    "output index {needed} is out of range for output {:?} of {width} values per sequence",
+                    self.output_name()
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    /// Output values per sequence (0 while a remote model was never probed).
+    fn width(&self) -> usize {
+        match &self.runner {
+            Runner::Onnx(workers) => workers.width,
+            Runner::Remote(remote) => remote.width(),
+        }
     }
 
     /// Whether a model with `spec` would run the very same session as this one: the specs
@@ -113,7 +151,10 @@ impl RewardModel {
 
     /// Equal for models on the same session: one job serves them all.
     pub fn session_id(&self) -> usize {
-        Arc::as_ptr(&self.workers) as usize
+        match &self.runner {
+            Runner::Onnx(workers) => Arc::as_ptr(workers) as usize,
+            Runner::Remote(remote) => Arc::as_ptr(remote) as usize,
+        }
     }
 
     /// `scores` on the ensemble's common scale, per the spec's `score_normalization`.
@@ -122,17 +163,50 @@ impl RewardModel {
             .normalize(self.spec.score_normalization, scores)
     }
 
-    /// Load and probe on a blocking thread, off the async runtime.
+    /// Load and probe on a blocking thread, off the async runtime; a remote model must be
+    /// ready on its engine (AddRewardModel).
     pub async fn load_off_runtime(
         spec: RewardModelSpec,
         source: ModelSource,
     ) -> Result<Self, ModelError> {
+        if spec.remote().is_some() {
+            spec.validate()?;
+            let remote = RemoteModel::start(spec.clone(), true).await?;
+            return Self::on(spec, source, Runner::Remote(Arc::new(remote)));
+        }
         off_runtime(spec.name.clone(), move || Self::load(spec, source)).await
     }
 
-    /// The execution provider the sessions run on (`cpu`, `cuda:0`, ...).
+    /// The execution provider the sessions run on (`cpu`, `cuda:0`, ...), or `kserve_v2`.
     pub fn provider(&self) -> &str {
-        &self.workers.provider
+        match &self.runner {
+            Runner::Onnx(workers) => &workers.provider,
+            Runner::Remote(_) => "kserve_v2",
+        }
+    }
+
+    /// Whether routers may select the model now (a remote one may be down).
+    pub fn is_available(&self) -> bool {
+        match &self.runner {
+            Runner::Onnx(_) => true,
+            Runner::Remote(remote) => remote.is_available(),
+        }
+    }
+
+    /// Why the model is unavailable; empty while it is available.
+    pub fn unavailable_reason(&self) -> String {
+        match &self.runner {
+            Runner::Onnx(_) => String::new(),
+            Runner::Remote(remote) => remote.unavailable_reason(),
+        }
+    }
+
+    /// A remote model's engine endpoints; empty in process.
+    pub fn endpoints(&self) -> Vec<String> {
+        match &self.runner {
+            Runner::Onnx(_) => Vec::new(),
+            Runner::Remote(remote) => remote.endpoints(),
+        }
     }
 
     pub fn name(&self) -> &str {
@@ -147,18 +221,27 @@ impl RewardModel {
         self.source
     }
 
-    /// Model inputs as ONNX Runtime reports them.
-    pub fn input_names(&self) -> &[String] {
-        &self.workers.input_names
+    /// Model inputs as ONNX Runtime (or the engine's metadata) reports them.
+    pub fn input_names(&self) -> Vec<String> {
+        match &self.runner {
+            Runner::Onnx(workers) => workers.input_names.clone(),
+            Runner::Remote(remote) => remote.tensor_names().0,
+        }
     }
 
     /// The output the score is read from.
-    pub fn output_name(&self) -> &str {
-        &self.workers.output_name
+    pub fn output_name(&self) -> String {
+        match &self.runner {
+            Runner::Onnx(workers) => workers.output_name.clone(),
+            Runner::Remote(remote) => remote.tensor_names().1,
+        }
     }
 
     pub fn queue_depth(&self) -> usize {
-        self.workers.queue_depth()
+        match &self.runner {
+            Runner::Onnx(workers) => workers.queue_depth(),
+            Runner::Remote(remote) => remote.queue_depth(),
+        }
     }
 
     /// Score every (prompt, response) pair; one score per response, in order. A job still
@@ -181,12 +264,23 @@ impl RewardModel {
         responses: Vec<String>,
         deadline: Option<Instant>,
     ) -> Result<Vec<f32>, ModelError> {
-        self.workers.submit(prompt, responses, deadline).await
+        match &self.runner {
+            Runner::Onnx(workers) => workers.submit(prompt, responses, deadline).await,
+            Runner::Remote(remote) => {
+                let rows = remote.submit(prompt, responses, deadline).await?;
+                // A remote model probed after load: its head is checked now.
+                self.check_head().map_err(|error| ModelError::Unavailable {
+                    name: self.spec.name.clone(),
+                    reason: error.to_string(),
+                })?;
+                Ok(rows)
+            }
+        }
     }
 
     /// This model's scores from its session's output rows (one row per response).
     pub fn scores_from(&self, rows: &[f32]) -> Vec<f32> {
-        let width = self.workers.width;
+        let width = self.width().max(1);
         let (index, other) = (self.spec.output_index, self.spec.output_other_index);
         let scores: Vec<f32> = rows
             .chunks(width)

@@ -20,12 +20,65 @@ use super::tokenize::{TextEncoder, load_tokenizer};
 use super::{InputFormat, ModelError, RewardModelSpec, runtime};
 use crate::telemetry::metric;
 
+/// The token inputs a model may declare (the same names on ONNX Runtime and on an engine).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum InputKind {
+pub(super) enum InputKind {
     InputIds,
     AttentionMask,
     TokenTypeIds,
     PositionIds,
+}
+
+impl InputKind {
+    pub(super) const SUPPORTED: &str = "input_ids, attention_mask, token_type_ids, position_ids";
+
+    pub(super) fn from_name(name: &str) -> Option<Self> {
+        match name {
+            "input_ids" => Some(InputKind::InputIds),
+            "attention_mask" => Some(InputKind::AttentionMask),
+            "token_type_ids" => Some(InputKind::TokenTypeIds),
+            "position_ids" => Some(InputKind::PositionIds),
+            _ => None,
+        }
+    }
+}
+
+/// One token input of `encodings` as a row-major `[encodings.len(), sequence]` matrix,
+/// right-padded (`pad_id` in `input_ids`, 0 elsewhere).
+pub(super) fn token_matrix(
+    kind: InputKind,
+    encodings: &[&Encoding],
+    sequence: usize,
+    pad_id: u32,
+) -> Vec<i64> {
+    let mut values = vec![0i64; encodings.len() * sequence];
+    for (row, encoding) in encodings.iter().enumerate() {
+        let start = row * sequence;
+        let len = encoding.len();
+        let target = &mut values[start..start + len];
+        match kind {
+            InputKind::InputIds => target
+                .iter_mut()
+                .zip(encoding.get_ids())
+                .for_each(|(t, &v)| *t = v as i64),
+            InputKind::AttentionMask => target
+                .iter_mut()
+                .zip(encoding.get_attention_mask())
+                .for_each(|(t, &v)| *t = v as i64),
+            InputKind::TokenTypeIds => target
+                .iter_mut()
+                .zip(encoding.get_type_ids())
+                .for_each(|(t, &v)| *t = v as i64),
+            InputKind::PositionIds => target
+                .iter_mut()
+                .enumerate()
+                .for_each(|(i, t)| *t = i as i64),
+        }
+        if kind == InputKind::InputIds {
+            values[start + len..start + sequence].fill(pad_id as i64);
+        }
+    }
+    values
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -156,33 +209,7 @@ impl Scorer {
         let mut feed: Vec<(String, SessionInputValue<'static>)> =
             Vec::with_capacity(self.inputs.len());
         for input in &self.inputs {
-            let mut values = vec![0i64; batch * sequence];
-            for (row, encoding) in encodings.iter().enumerate() {
-                let start = row * sequence;
-                let len = encoding.len();
-                let target = &mut values[start..start + len];
-                match input.kind {
-                    InputKind::InputIds => target
-                        .iter_mut()
-                        .zip(encoding.get_ids())
-                        .for_each(|(t, &v)| *t = v as i64),
-                    InputKind::AttentionMask => target
-                        .iter_mut()
-                        .zip(encoding.get_attention_mask())
-                        .for_each(|(t, &v)| *t = v as i64),
-                    InputKind::TokenTypeIds => target
-                        .iter_mut()
-                        .zip(encoding.get_type_ids())
-                        .for_each(|(t, &v)| *t = v as i64),
-                    InputKind::PositionIds => target
-                        .iter_mut()
-                        .enumerate()
-                        .for_each(|(i, t)| *t = i as i64),
-                }
-                if input.kind == InputKind::InputIds {
-                    values[start + len..start + sequence].fill(self.encoder.pad_id() as i64);
-                }
-            }
+            let values = token_matrix(input.kind, encodings, sequence, self.encoder.pad_id());
             let shape = [batch as i64, sequence as i64];
             let value: SessionInputValue<'static> = match input.integer_type {
                 IntegerType::I64 => Tensor::from_array((shape, values))
@@ -355,19 +382,14 @@ fn build_session(
 }
 
 fn model_input(model: &str, name: &str, dtype: &ValueType) -> Result<ModelInput, ModelError> {
-    let kind = match name {
-        "input_ids" => InputKind::InputIds,
-        "attention_mask" => InputKind::AttentionMask,
-        "token_type_ids" => InputKind::TokenTypeIds,
-        "position_ids" => InputKind::PositionIds,
-        other => {
-            return Err(ModelError::Load {
-                name: model.to_string(),
-                reason: format!(
-                    "unsupported model input {other:?}; supported: input_ids, attention_mask, token_type_ids, position_ids"
-                ),
-            });
-        }
+    let Some(kind) = InputKind::from_name(name) else {
+        return Err(ModelError::Load {
+            name: model.to_string(),
+            reason: format!(
+                "unsupported model input {name:?}; supported: {}",
+                InputKind::SUPPORTED
+            ),
+        });
     };
     let integer_type = match dtype.tensor_type() {
         Some(TensorElementType::Int64) => IntegerType::I64,

@@ -20,6 +20,22 @@
 //! max_batch_tokens = 1024                    # padded tokens per inference (CPU; raise on GPU)
 //! max_batch_delay_ms = 0                     # wait for more jobs (default: none)
 //! ```
+//!
+//! The same spec serves a model hosted by an inference engine (Triton, KServe, MLServer) over
+//! the Open Inference Protocol: `backend` says where the model runs, and the remote kind
+//! needs no `model` file ([`KserveV2Spec`]):
+//!
+//! ```toml
+//! [[reward_models]]
+//! name = "skywork"
+//! tokenizer = "models/skywork/tokenizer.json" # send = "tokens", or a chat template's
+//! input_format = "chat"
+//! output = "score"
+//! [reward_models.backend.kserve_v2]
+//! endpoints = ["http://triton-0:8001", "http://triton-1:8001"]   # round-robin
+//! model_name = "skywork"
+//! send = "tokens"                            # or "texts" (a BYTES tensor, engine tokenizes)
+//! ```
 
 use std::path::{Path, PathBuf};
 
@@ -136,15 +152,204 @@ impl InputFormat {
     }
 }
 
+/// Where a reward model runs.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Backend {
+    /// In process, on ONNX Runtime (`model`, `provider`, `workers`).
+    #[default]
+    Onnx,
+    /// On an inference engine speaking the Open Inference Protocol (KServe v2) over gRPC.
+    KserveV2(KserveV2Spec),
+}
+
+impl Backend {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Backend::Onnx => "onnx",
+            Backend::KserveV2(_) => "kserve_v2",
+        }
+    }
+}
+
+/// How a remote model takes its input.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RemoteInput {
+    /// One BYTES tensor `[n]` of texts built with the RM's template or chat template (or the
+    /// response alone, `input_format = "text"`): for engines that tokenize.
+    #[default]
+    Texts,
+    /// `input_ids` (and `attention_mask`, `token_type_ids`, `position_ids` where the model's
+    /// metadata lists them) `[n, longest]`, tokenized here with the RM's tokenizer: for
+    /// engines serving a plain ONNX or TensorRT graph.
+    Tokens,
+}
+
+impl RemoteInput {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RemoteInput::Texts => "texts",
+            RemoteInput::Tokens => "tokens",
+        }
+    }
+}
+
+fn default_remote_timeout_ms() -> u64 {
+    30_000
+}
+
+fn default_remote_concurrency() -> usize {
+    4
+}
+
+fn default_health_interval_ms() -> u64 {
+    2_000
+}
+
+fn default_failures_before_unavailable() -> u32 {
+    3
+}
+
+/// A reward model served by an inference engine (Triton, KServe, MLServer, OpenVINO Model
+/// Server) over the Open Inference Protocol's gRPC service.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KserveV2Spec {
+    /// gRPC endpoints (`http://host:port`, or `https://` with TLS), used round-robin among
+    /// those that are ready.
+    pub endpoints: Vec<String>,
+    /// The engine's model name...
+    pub model_name: String,
+    /// ...and version (empty: the engine's choice).
+    #[serde(default)]
+    pub model_version: String,
+    /// `texts` (default) or `tokens`.
+    #[serde(default)]
+    pub send: RemoteInput,
+    /// The BYTES input carrying texts (`send = "texts"`); by default the model's only BYTES
+    /// input.
+    #[serde(default)]
+    pub text_input: Option<String>,
+    /// Limit on each ModelInfer (and each probe); a client deadline that comes sooner wins.
+    #[serde(default = "default_remote_timeout_ms")]
+    pub timeout_ms: u64,
+    /// ModelInfer requests in flight at once; jobs queued meanwhile are coalesced.
+    #[serde(default = "default_remote_concurrency")]
+    pub max_concurrency: usize,
+    /// PEM file of the CA that signed the engine's certificate (`https://`; default: the
+    /// public web roots).
+    #[serde(default)]
+    pub tls_ca: Option<PathBuf>,
+    /// Name checked against the engine's certificate (default: the endpoint's host).
+    #[serde(default)]
+    pub tls_domain: Option<String>,
+    /// Metadata header sent with every call (`authorization`, `x-api-key`, ...)...
+    #[serde(default)]
+    pub auth_header: Option<String>,
+    /// ...with the value of this environment variable of the server process (the value is
+    /// never written to the state log).
+    #[serde(default)]
+    pub auth_value_env: Option<String>,
+    /// How often `ModelReady` is asked of each endpoint.
+    #[serde(default = "default_health_interval_ms")]
+    pub health_interval_ms: u64,
+    /// Consecutive failed inferences after which the RM is unavailable until a probe finds
+    /// it ready again (an unreachable endpoint is taken out at once).
+    #[serde(default = "default_failures_before_unavailable")]
+    pub failures_before_unavailable: u32,
+}
+
+impl KserveV2Spec {
+    /// A spec with every optional field at its default.
+    pub fn new(endpoints: Vec<String>, model_name: String) -> Self {
+        Self {
+            endpoints,
+            model_name,
+            model_version: String::new(),
+            send: RemoteInput::Texts,
+            text_input: None,
+            timeout_ms: default_remote_timeout_ms(),
+            max_concurrency: default_remote_concurrency(),
+            tls_ca: None,
+            tls_domain: None,
+            auth_header: None,
+            auth_value_env: None,
+            health_interval_ms: default_health_interval_ms(),
+            failures_before_unavailable: default_failures_before_unavailable(),
+        }
+    }
+
+    fn validate(&self, spec: &RewardModelSpec) -> Result<(), String> {
+        if self.endpoints.is_empty() || self.endpoints.len() > 64 {
+            return Err("kserve_v2.endpoints must list 1 to 64 URLs".into());
+        }
+        for endpoint in &self.endpoints {
+            let scheme_ok = endpoint.starts_with("http://") || endpoint.starts_with("https://");
+            if !scheme_ok || tonic::transport::Endpoint::from_shared(endpoint.clone()).is_err() {
+                return Err(format!(
+                    "kserve_v2.endpoints: {endpoint:?} is not an http:// or https:// URL"
+                ));
+            }
+        }
+        if self.model_name.is_empty() {
+            return Err("kserve_v2.model_name is empty".into());
+        }
+        if self.timeout_ms == 0 || self.timeout_ms > 600_000 {
+            return Err(format!(
+                "kserve_v2.timeout_ms {} is outside 1..=600000",
+                self.timeout_ms
+            ));
+        }
+        if !(1..=1024).contains(&self.max_concurrency) {
+            return Err(format!(
+                "kserve_v2.max_concurrency {} is outside 1..=1024",
+                self.max_concurrency
+            ));
+        }
+        if !(100..=3_600_000).contains(&self.health_interval_ms) {
+            return Err(format!(
+                "kserve_v2.health_interval_ms {} is outside 100..=3600000",
+                self.health_interval_ms
+            ));
+        }
+        if self.failures_before_unavailable == 0 {
+            return Err("kserve_v2.failures_before_unavailable must be > 0".into());
+        }
+        if self.auth_header.is_some() != self.auth_value_env.is_some() {
+            return Err("kserve_v2.auth_header and kserve_v2.auth_value_env go together".into());
+        }
+        match self.send {
+            RemoteInput::Tokens if spec.tokenizer.as_os_str().is_empty() => {
+                Err("kserve_v2.send = \"tokens\" needs the RM's tokenizer".into())
+            }
+            RemoteInput::Texts if spec.input_format == InputFormat::Pair => Err(
+                "input_format \"pair\" cannot be sent as one text: use send = \"tokens\", or a template"
+                    .into(),
+            ),
+            RemoteInput::Texts
+                if spec.input_format == InputFormat::Chat
+                    && spec.tokenizer.as_os_str().is_empty()
+                    && spec.tokenizer_config.is_none() =>
+            {
+                Err("input_format \"chat\" needs tokenizer_config (or tokenizer beside it)".into())
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RewardModelSpec {
     /// Arm name; unique per server. `[A-Za-z0-9._-]`, 1 to 64 characters.
     pub name: String,
-    /// Path of `model.onnx`.
+    /// Path of `model.onnx` (backend `onnx`; empty for a remote model).
+    #[serde(default)]
     pub model: PathBuf,
     /// Path of the model's `tokenizer.json`. Padding and truncation baked into the file
-    /// are ignored: `max_length` decides.
+    /// are ignored: `max_length` decides. Empty only for a remote model sent texts.
+    #[serde(default)]
     pub tokenizer: PathBuf,
     pub input_format: InputFormat,
     /// `tokenizer_config.json` holding the chat template (`input_format = "chat"`); by
@@ -205,6 +410,9 @@ pub struct RewardModelSpec {
     /// ...waiting at most this long for more work once a job arrives.
     #[serde(default = "default_max_batch_delay_ms")]
     pub max_batch_delay_ms: u64,
+    /// `onnx` (default: in process) or `{ kserve_v2 = { .. } }` (an inference engine).
+    #[serde(default)]
+    pub backend: Backend,
 }
 
 impl RewardModelSpec {
@@ -241,16 +449,32 @@ impl RewardModelSpec {
             max_batch_sequences: default_max_batch_sequences(),
             max_batch_tokens: default_max_batch_tokens(),
             max_batch_delay_ms: default_max_batch_delay_ms(),
+            backend: Backend::Onnx,
+        }
+    }
+
+    /// The engine and model of a remote RM; `None` in process.
+    pub fn remote(&self) -> Option<&KserveV2Spec> {
+        match &self.backend {
+            Backend::Onnx => None,
+            Backend::KserveV2(remote) => Some(remote),
         }
     }
 
     /// Resolve relative file paths against `base` (the config file's directory).
     pub fn resolve_paths(mut self, base: &Path) -> Self {
-        if self.model.is_relative() {
+        let set = |path: &PathBuf| !path.as_os_str().is_empty();
+        if set(&self.model) && self.model.is_relative() {
             self.model = base.join(&self.model);
         }
-        if self.tokenizer.is_relative() {
+        if set(&self.tokenizer) && self.tokenizer.is_relative() {
             self.tokenizer = base.join(&self.tokenizer);
+        }
+        if let Backend::KserveV2(remote) = &mut self.backend
+            && let Some(ca) = &remote.tls_ca
+            && ca.is_relative()
+        {
+            remote.tls_ca = Some(base.join(ca));
         }
         if let Some(config) = &self.tokenizer_config
             && config.is_relative()
@@ -334,7 +558,19 @@ impl RewardModelSpec {
                 "score = \"difference\" needs output_other_index != output_index".into(),
             ));
         }
-        Ok(())
+        match &self.backend {
+            Backend::Onnx if self.model.as_os_str().is_empty() => {
+                Err(invalid("model (the ONNX file) is missing".into()))
+            }
+            Backend::Onnx if self.tokenizer.as_os_str().is_empty() => {
+                Err(invalid("tokenizer is missing".into()))
+            }
+            Backend::Onnx => Ok(()),
+            Backend::KserveV2(_) if !self.model.as_os_str().is_empty() => Err(invalid(
+                "model is a local ONNX file: a kserve_v2 model lives on its engine".into(),
+            )),
+            Backend::KserveV2(remote) => remote.validate(self).map_err(invalid),
+        }
     }
 
     /// The `tokenizer_config.json` a `chat` model's template comes from.
@@ -354,6 +590,64 @@ impl RewardModelSpec {
             .unwrap_or("{prompt}\n{response}")
             .replace("{prompt}", prompt)
             .replace("{response}", response)
+    }
+}
+
+/// A reward model spec as logs and snapshots written before backends existed hold it (every
+/// one of them in process on ONNX Runtime). Read only.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RewardModelSpecV1 {
+    name: String,
+    model: PathBuf,
+    tokenizer: PathBuf,
+    input_format: InputFormat,
+    tokenizer_config: Option<PathBuf>,
+    template: Option<String>,
+    max_length: usize,
+    output: Option<String>,
+    output_index: usize,
+    queue_capacity: usize,
+    score_normalization: ScoreNormalization,
+    score: ScoreRead,
+    output_other_index: usize,
+    truncation_side: TruncationSide,
+    provider: Provider,
+    device_id: i32,
+    fallback_to_cpu: bool,
+    intra_threads: usize,
+    workers: usize,
+    max_batch_sequences: usize,
+    max_batch_tokens: usize,
+    max_batch_delay_ms: u64,
+}
+
+impl From<RewardModelSpecV1> for RewardModelSpec {
+    fn from(old: RewardModelSpecV1) -> Self {
+        Self {
+            name: old.name,
+            model: old.model,
+            tokenizer: old.tokenizer,
+            input_format: old.input_format,
+            tokenizer_config: old.tokenizer_config,
+            template: old.template,
+            max_length: old.max_length,
+            output: old.output,
+            output_index: old.output_index,
+            queue_capacity: old.queue_capacity,
+            score_normalization: old.score_normalization,
+            score: old.score,
+            output_other_index: old.output_other_index,
+            truncation_side: old.truncation_side,
+            provider: old.provider,
+            device_id: old.device_id,
+            fallback_to_cpu: old.fallback_to_cpu,
+            intra_threads: old.intra_threads,
+            workers: old.workers,
+            max_batch_sequences: old.max_batch_sequences,
+            max_batch_tokens: old.max_batch_tokens,
+            max_batch_delay_ms: old.max_batch_delay_ms,
+            backend: Backend::Onnx,
+        }
     }
 }
 
@@ -415,6 +709,106 @@ mod tests {
         )
         .unwrap();
         assert_eq!(parsed.score_normalization, full.score_normalization);
+    }
+
+    /// A spec logged before backends existed reads as the same in-process spec.
+    #[test]
+    fn specs_logged_before_backends_read_as_onnx() {
+        let spec = spec();
+        let old = RewardModelSpecV1 {
+            name: spec.name.clone(),
+            model: spec.model.clone(),
+            tokenizer: spec.tokenizer.clone(),
+            input_format: spec.input_format.clone(),
+            tokenizer_config: None,
+            template: spec.template.clone(),
+            max_length: spec.max_length,
+            output: None,
+            output_index: 0,
+            queue_capacity: spec.queue_capacity,
+            score_normalization: spec.score_normalization,
+            score: spec.score,
+            output_other_index: 0,
+            truncation_side: spec.truncation_side,
+            provider: spec.provider,
+            device_id: 0,
+            fallback_to_cpu: false,
+            intra_threads: 0,
+            workers: 1,
+            max_batch_sequences: spec.max_batch_sequences,
+            max_batch_tokens: spec.max_batch_tokens,
+            max_batch_delay_ms: spec.max_batch_delay_ms,
+        };
+        let bytes = postcard::to_stdvec(&old).unwrap();
+        let read: RewardModelSpec = postcard::from_bytes::<RewardModelSpecV1>(&bytes)
+            .unwrap()
+            .into();
+        assert_eq!(read, spec);
+    }
+
+    #[test]
+    fn remote_specs_parse_round_trip_and_say_what_is_wrong() {
+        let remote: RewardModelSpec = toml::from_str(
+            r#"
+            name = "big"
+            tokenizer = "tok/tokenizer.json"
+            input_format = "pair"
+            output = "score"
+            [backend.kserve_v2]
+            endpoints = ["http://127.0.0.1:8001", "https://rm.example:443"]
+            model_name = "big-rm"
+            send = "tokens"
+            tls_ca = "ca.pem"
+            "#,
+        )
+        .unwrap();
+        let remote = remote.resolve_paths(Path::new("/etc/laser"));
+        remote.validate().unwrap();
+        let kserve = remote.remote().unwrap();
+        assert_eq!(kserve.send, RemoteInput::Tokens);
+        assert_eq!(kserve.tls_ca, Some(PathBuf::from("/etc/laser/ca.pem")));
+        assert_eq!(remote.model, PathBuf::new());
+        let bytes = postcard::to_stdvec(&remote).unwrap();
+        assert_eq!(
+            postcard::from_bytes::<RewardModelSpec>(&bytes).unwrap(),
+            remote
+        );
+
+        let with = |edit: &dyn Fn(&mut KserveV2Spec)| {
+            let mut spec = remote.clone();
+            if let Backend::KserveV2(k) = &mut spec.backend {
+                edit(k);
+            }
+            spec.validate().unwrap_err().to_string()
+        };
+        assert!(with(&|k| k.endpoints.clear()).contains("endpoints"));
+        assert!(with(&|k| k.endpoints = vec!["grpc://x:1".into()]).contains("grpc://x:1"));
+        assert!(with(&|k| k.model_name.clear()).contains("model_name"));
+        assert!(with(&|k| k.send = RemoteInput::Texts).contains("pair"));
+        assert!(with(&|k| k.auth_header = Some("authorization".into())).contains("auth_value_env"));
+        assert!(with(&|k| k.max_concurrency = 0).contains("max_concurrency"));
+        let local_file = RewardModelSpec {
+            model: "m.onnx".into(),
+            ..remote.clone()
+        };
+        assert!(
+            local_file
+                .validate()
+                .unwrap_err()
+                .to_string()
+                .contains("engine")
+        );
+        let no_model = RewardModelSpec {
+            backend: Backend::Onnx,
+            ..remote
+        };
+        assert!(
+            no_model
+                .validate()
+                .unwrap_err()
+                .to_string()
+                .contains("model")
+        );
     }
 
     #[test]

@@ -54,17 +54,9 @@ impl TextEncoder {
         let inputs: Vec<EncodeInput> = responses
             .iter()
             .map(|response| -> Result<EncodeInput, ModelError> {
-                Ok(match (&self.spec.input_format, &self.chat) {
-                    (InputFormat::Pair, _) => (prompt.to_string(), response.clone()).into(),
-                    (InputFormat::Text, _) => response.clone().into(),
-                    (InputFormat::Template, _) => self.spec.render(prompt, response).into(),
-                    (InputFormat::Chat, Some(chat)) => chat
-                        .render(prompt, response)
-                        .map_err(|e| error(format!("chat template: {e}")))?
-                        .into(),
-                    (InputFormat::Chat, None) => {
-                        return Err(error("no chat template loaded".into()));
-                    }
+                Ok(match self.spec.input_format {
+                    InputFormat::Pair => (prompt.to_string(), response.clone()).into(),
+                    _ => model_text(&self.spec, self.chat.as_ref(), prompt, response)?.into(),
                 })
             })
             .collect::<Result<_, _>>()?;
@@ -73,6 +65,29 @@ impl TextEncoder {
         self.tokenizer
             .encode_batch(inputs, add_special_tokens)
             .map_err(|e| error(e.to_string()))
+    }
+}
+
+/// The one text a `template`, `chat` or `text` model reads for (prompt, response) (a `pair`
+/// model reads the two: the prompt, then the response, joined by a newline here).
+pub(super) fn model_text(
+    spec: &RewardModelSpec,
+    chat: Option<&ChatTemplate>,
+    prompt: &str,
+    response: &str,
+) -> Result<String, ModelError> {
+    let error = |reason: String| ModelError::Tokenizer {
+        name: spec.name.clone(),
+        reason,
+    };
+    match (&spec.input_format, chat) {
+        (InputFormat::Pair, _) => Ok(format!("{prompt}\n{response}")),
+        (InputFormat::Text, _) => Ok(response.to_string()),
+        (InputFormat::Template, _) => Ok(spec.render(prompt, response)),
+        (InputFormat::Chat, Some(chat)) => chat
+            .render(prompt, response)
+            .map_err(|e| error(format!("chat template: {e}"))),
+        (InputFormat::Chat, None) => Err(error("no chat template loaded".into())),
     }
 }
 

@@ -17,6 +17,7 @@ use super::router::Router;
 use super::settings::RouterSettings;
 use super::state::{RouterSettingsV1, RouterState, RouterStateV1};
 use super::{RouterError, RouterEvent, Routers};
+use crate::models::spec::RewardModelSpecV1;
 use crate::models::{EncoderSpec, ModelSource, RewardModelSpec};
 use crate::store::{Durable, Recovered, Store};
 
@@ -41,9 +42,9 @@ pub enum StateEvent {
         name: String,
         state: Box<RouterStateV1>,
     },
-    /// An RM published through Admin.AddRewardModel.
-    RewardModelAdded {
-        spec: RewardModelSpec,
+    /// An RM published through Admin.AddRewardModel, before backends existed.
+    RewardModelAddedV1 {
+        spec: RewardModelSpecV1,
     },
     /// An RM unpublished through Admin.RemoveRewardModel (config RMs included).
     RewardModelRemoved {
@@ -66,6 +67,10 @@ pub enum StateEvent {
     /// An encoder unpublished through Admin.RemoveEncoder (config encoders included).
     EncoderRemoved {
         name: String,
+    },
+    /// An RM published through Admin.AddRewardModel (any backend).
+    RewardModelAdded {
+        spec: RewardModelSpec,
     },
 }
 
@@ -134,25 +139,56 @@ struct Snapshot {
     encoders: EncoderChanges,
 }
 
+/// The payload of a version 2 snapshot (before RM backends).
+#[derive(Deserialize)]
+struct SnapshotV2 {
+    routers: Vec<RouterState>,
+    reward_models: ModelChanges<RewardModelSpecV1>,
+    encoders: EncoderChanges,
+}
+
 /// The payload of a version 1 snapshot.
 #[derive(Deserialize)]
 struct SnapshotV1 {
     routers: Vec<RouterStateV1>,
-    reward_models: RewardModelChanges,
+    reward_models: ModelChanges<RewardModelSpecV1>,
+}
+
+impl From<ModelChanges<RewardModelSpecV1>> for RewardModelChanges {
+    fn from(old: ModelChanges<RewardModelSpecV1>) -> Self {
+        Self {
+            added: old
+                .added
+                .into_iter()
+                .map(|(name, spec)| (name, spec.into()))
+                .collect(),
+            removed: old.removed,
+        }
+    }
 }
 
 impl Snapshot {
     /// Decode a snapshot payload written with store snapshot `version`.
     fn decode(version: u32, payload: &[u8]) -> Result<Self, postcard::Error> {
-        if version == 1 {
-            let old: SnapshotV1 = postcard::from_bytes(payload)?;
-            return Ok(Snapshot {
-                routers: old.routers.into_iter().map(RouterState::from).collect(),
-                reward_models: old.reward_models,
-                encoders: EncoderChanges::default(),
-            });
+        match version {
+            1 => {
+                let old: SnapshotV1 = postcard::from_bytes(payload)?;
+                Ok(Snapshot {
+                    routers: old.routers.into_iter().map(RouterState::from).collect(),
+                    reward_models: old.reward_models.into(),
+                    encoders: EncoderChanges::default(),
+                })
+            }
+            2 => {
+                let old: SnapshotV2 = postcard::from_bytes(payload)?;
+                Ok(Snapshot {
+                    routers: old.routers,
+                    reward_models: old.reward_models.into(),
+                    encoders: old.encoders,
+                })
+            }
+            _ => postcard::from_bytes(payload),
         }
-        postcard::from_bytes(payload)
     }
 }
 
@@ -208,6 +244,13 @@ impl Routers {
     pub fn apply(&self, event: StateEvent) -> Result<(), RouterError> {
         match event {
             StateEvent::RewardModelAdded { spec } => {
+                self.reward_model_changes
+                    .lock()
+                    .expect("RM changes lock poisoned")
+                    .add(spec.name.clone(), spec);
+            }
+            StateEvent::RewardModelAddedV1 { spec } => {
+                let spec = RewardModelSpec::from(spec);
                 self.reward_model_changes
                     .lock()
                     .expect("RM changes lock poisoned")

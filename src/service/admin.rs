@@ -46,6 +46,7 @@ impl Service {
         // Its worker stops when the last request holding it drops it.
         let removed = self.reward_models.remove(&name)?;
         metrics::gauge!(metric::RM_LOADED, "reward_model" => name.clone(), "provider" => removed.provider().to_string()).set(0.0);
+        metrics::gauge!(metric::RM_AVAILABLE, "reward_model" => name.clone()).set(0.0);
         drop(removed);
         ticket.acknowledged().await?;
         tracing::info!(reward_model = %name, "reward model removed");

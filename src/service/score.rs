@@ -71,7 +71,8 @@ impl Service {
         deadline: Option<Instant>,
     ) -> Result<Vec<ScoredQuery>, ServiceError> {
         let mut stages = Stages::start();
-        let serving = self.reward_models.names();
+        // Routers choose among the RMs that are up (a remote RM's engine may be down).
+        let serving = self.reward_models.available_names();
         let client_contexts = call.queries.iter().all(|q| !q.context.is_empty());
         let encoder = match client_contexts {
             true => None,

@@ -50,10 +50,11 @@ use tokio::sync::oneshot;
 
 const SNAPSHOT_MAGIC: &[u8; 8] = b"LASERSNP";
 /// Written into new snapshots; the payload's format is versioned with the file. Version 1
-/// files (routers before decision groups and idempotency keys) are still read: recovery
+/// files (routers before decision groups and idempotency keys) and version 2 files (reward
+/// model specs before backends) are still read: recovery
 /// reports the version in [`Recovered::snapshot_version`] and the payload's reader decodes
 /// the older form.
-pub const SNAPSHOT_VERSION: u32 = 2;
+pub const SNAPSHOT_VERSION: u32 = 3;
 /// Oldest snapshot version read.
 const OLDEST_SNAPSHOT_VERSION: u32 = 1;
 

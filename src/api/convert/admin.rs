@@ -7,7 +7,10 @@ use std::collections::BTreeSet;
 use super::{RequestError, invalid, selection_mode};
 use crate::api::pb;
 use crate::models::spec::Provider;
-use crate::models::{Encoder, EncoderSpec, InputFormat, Pooling, RewardModel, RewardModelSpec};
+use crate::models::{
+    Backend, Encoder, EncoderSpec, InputFormat, KserveV2Spec, Pooling, RemoteInput, RewardModel,
+    RewardModelSpec,
+};
 use crate::routers::{
     Normalization, NormalizationKind, Policy, PolicyKind, Preset, RouterInfo, RouterSettings,
     RouterSettingsPatch, SelectionMode,
@@ -165,17 +168,22 @@ pub fn reward_model_spec(
         "pair" => InputFormat::Pair,
         "template" => InputFormat::Template,
         "chat" => InputFormat::Chat,
+        "text" => InputFormat::Text,
         other => {
             return Err(invalid(
                 "spec.input_format",
-                format!("{other:?} is not one of \"pair\", \"template\", \"chat\""),
+                format!("{other:?} is not one of \"pair\", \"template\", \"chat\", \"text\""),
             ));
         }
     };
-    if spec.model_path.is_empty() {
+    let backend = match spec.kserve_v2 {
+        None => Backend::Onnx,
+        Some(remote) => Backend::KserveV2(kserve_v2_spec(remote)?),
+    };
+    if backend == Backend::Onnx && spec.model_path.is_empty() {
         return Err(invalid("spec.model_path", "is empty"));
     }
-    if spec.tokenizer_path.is_empty() {
+    if backend == Backend::Onnx && spec.tokenizer_path.is_empty() {
         return Err(invalid("spec.tokenizer_path", "is empty"));
     }
     let mut converted = RewardModelSpec::new(
@@ -209,10 +217,46 @@ pub fn reward_model_spec(
     if spec.max_batch_delay_ms > 0 {
         converted.max_batch_delay_ms = spec.max_batch_delay_ms as u64;
     }
+    converted.backend = backend;
     let spec = converted;
     spec.validate()
         .map_err(|e| invalid("spec", e.to_string()))?;
     Ok(spec)
+}
+
+/// The kserve_v2 part of an AddRewardModel spec, defaults filled in (checked with the rest).
+fn kserve_v2_spec(spec: pb::KserveV2Spec) -> Result<KserveV2Spec, RequestError> {
+    let mut converted = KserveV2Spec::new(spec.endpoints, spec.model_name);
+    converted.model_version = spec.model_version;
+    converted.send = match spec.send.as_str() {
+        "" | "texts" => RemoteInput::Texts,
+        "tokens" => RemoteInput::Tokens,
+        other => {
+            return Err(invalid(
+                "spec.kserve_v2.send",
+                format!("{other:?} is not one of \"texts\", \"tokens\""),
+            ));
+        }
+    };
+    let set = |value: String| (!value.is_empty()).then_some(value);
+    converted.text_input = set(spec.text_input);
+    if spec.timeout_ms > 0 {
+        converted.timeout_ms = spec.timeout_ms as u64;
+    }
+    if spec.max_concurrency > 0 {
+        converted.max_concurrency = spec.max_concurrency as usize;
+    }
+    converted.tls_ca = set(spec.tls_ca_path).map(Into::into);
+    converted.tls_domain = set(spec.tls_domain);
+    converted.auth_header = set(spec.auth_header);
+    converted.auth_value_env = set(spec.auth_value_env);
+    if spec.health_interval_ms > 0 {
+        converted.health_interval_ms = spec.health_interval_ms as u64;
+    }
+    if spec.failures_before_unavailable > 0 {
+        converted.failures_before_unavailable = spec.failures_before_unavailable;
+    }
+    Ok(converted)
 }
 
 /// A loaded reward model as ListRewardModels shows it.
@@ -224,14 +268,22 @@ pub fn reward_model_info(model: &RewardModel) -> pb::RewardModelInfo {
         tokenizer_path: spec.tokenizer.display().to_string(),
         input_format: spec.input_format.as_str().to_string(),
         max_length: spec.max_length as u32,
-        output_name: model.output_name().to_string(),
+        output_name: model.output_name(),
         output_index: spec.output_index as u32,
-        input_names: model.input_names().to_vec(),
+        input_names: model.input_names(),
         provider: model.provider().to_string(),
         source: model.source().as_str().to_string(),
         queue_depth: model.queue_depth() as u32,
         queue_capacity: spec.queue_capacity as u32,
         template: spec.template.clone().unwrap_or_default(),
+        backend: spec.backend.kind().to_string(),
+        available: model.is_available(),
+        unavailable_reason: model.unavailable_reason(),
+        endpoints: model.endpoints(),
+        remote_model_name: spec
+            .remote()
+            .map(|remote| remote.model_name.clone())
+            .unwrap_or_default(),
     }
 }
 
