@@ -160,7 +160,7 @@ pub enum Backend {
     #[default]
     Onnx,
     /// On an inference engine speaking the Open Inference Protocol (KServe v2) over gRPC.
-    KserveV2(KserveV2Spec),
+    KserveV2(Box<KserveV2Spec>),
 }
 
 impl Backend {

@@ -44,7 +44,7 @@ pub enum StateEvent {
     },
     /// An RM published through Admin.AddRewardModel, before backends existed.
     RewardModelAddedV1 {
-        spec: RewardModelSpecV1,
+        spec: Box<RewardModelSpecV1>,
     },
     /// An RM unpublished through Admin.RemoveRewardModel (config RMs included).
     RewardModelRemoved {
@@ -70,7 +70,7 @@ pub enum StateEvent {
     },
     /// An RM published through Admin.AddRewardModel (any backend).
     RewardModelAdded {
-        spec: RewardModelSpec,
+        spec: Box<RewardModelSpec>,
     },
 }
 
@@ -247,10 +247,10 @@ impl Routers {
                 self.reward_model_changes
                     .lock()
                     .expect("RM changes lock poisoned")
-                    .add(spec.name.clone(), spec);
+                    .add(spec.name.clone(), *spec);
             }
             StateEvent::RewardModelAddedV1 { spec } => {
-                let spec = RewardModelSpec::from(spec);
+                let spec = RewardModelSpec::from(*spec);
                 self.reward_model_changes
                     .lock()
                     .expect("RM changes lock poisoned")
@@ -409,7 +409,9 @@ impl Routers {
     /// after this returns; Admin changes to the RM set are serialized by the caller).
     pub fn reward_model_added(&self, spec: RewardModelSpec) -> Result<Durable, RouterError> {
         let _gate = self.ledger.change();
-        let event = StateEvent::RewardModelAdded { spec };
+        let event = StateEvent::RewardModelAdded {
+            spec: Box::new(spec),
+        };
         let durable = self.ledger.log(&event)?;
         self.apply(event)?;
         Ok(durable)

@@ -89,6 +89,7 @@ class Server:
                 fields = dict(part.split("=", 1) for part in line.split()[2:])
                 if "http" in fields:
                     self.http = "http://" + fields["http"]
+                self.metrics = "http://" + fields["metrics"] + "/metrics"
                 return self
             if self.process.poll() is not None:
                 break

@@ -178,7 +178,7 @@ pub fn reward_model_spec(
     };
     let backend = match spec.kserve_v2 {
         None => Backend::Onnx,
-        Some(remote) => Backend::KserveV2(kserve_v2_spec(remote)?),
+        Some(remote) => Backend::KserveV2(Box::new(kserve_v2_spec(remote)?)),
     };
     if backend == Backend::Onnx && spec.model_path.is_empty() {
         return Err(invalid("spec.model_path", "is empty"));

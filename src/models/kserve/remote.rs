@@ -42,9 +42,9 @@ struct Job {
 /// How texts become the request's inputs.
 enum Input {
     /// Rendered texts (template, chat template or the response alone).
-    Texts { chat: Option<ChatTemplate> },
+    Texts { chat: Option<Box<ChatTemplate>> },
     /// Tokenized here.
-    Tokens { encoder: TextEncoder },
+    Tokens { encoder: Box<TextEncoder> },
 }
 
 /// What the layout and the probe found.
@@ -239,7 +239,9 @@ fn load_input(spec: &RewardModelSpec, send: RemoteInput) -> Result<Input, ModelE
         _ => None,
     };
     Ok(match send {
-        RemoteInput::Texts => Input::Texts { chat },
+        RemoteInput::Texts => Input::Texts {
+            chat: chat.map(Box::new),
+        },
         RemoteInput::Tokens => {
             if let Err(e) = std::fs::metadata(&spec.tokenizer) {
                 return Err(ModelError::MissingFile {
@@ -249,7 +251,7 @@ fn load_input(spec: &RewardModelSpec, send: RemoteInput) -> Result<Input, ModelE
                 });
             }
             Input::Tokens {
-                encoder: TextEncoder::new(spec.clone(), load_tokenizer(spec)?, chat),
+                encoder: Box::new(TextEncoder::new(spec.clone(), load_tokenizer(spec)?, chat)),
             }
         }
     })
@@ -351,7 +353,7 @@ impl Shared {
                 let texts = pairs
                     .iter()
                     .map(|(prompt, response)| {
-                        model_text(&self.spec, chat.as_ref(), prompt, response)
+                        model_text(&self.spec, chat.as_deref(), prompt, response)
                     })
                     .collect::<Result<Vec<_>, _>>()?;
                 Ok(texts_request(layout, texts))

@@ -310,7 +310,7 @@ fn decode_raw(datatype: &str, raw: &[u8]) -> Result<Vec<f32>, String> {
         raw: &[u8],
         read: impl Fn([u8; N]) -> f32,
     ) -> Result<Vec<f32>, String> {
-        if raw.len() % N != 0 {
+        if !raw.len().is_multiple_of(N) {
             return Err(format!(
                 "raw output of {} bytes is not a whole number of {N}-byte values",
                 raw.len()

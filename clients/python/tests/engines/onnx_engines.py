@@ -126,7 +126,9 @@ def serve_kserve(http_port: int, grpc_port: int, models: List[Dict]) -> None:
             if self.scorer.delay_s:
                 await asyncio.sleep(self.scorer.delay_s)
             if self.spec["extra"]["send"] == "texts":
-                value = self.scorer.run_texts(payload.inputs[0].as_string())
+                # (InferInput.as_string expects [n, 1]; the texts come as [n].)
+                texts = [t.decode() if isinstance(t, bytes) else str(t) for t in payload.inputs[0].data]
+                value = self.scorer.run_texts(texts)
             else:
                 value = self.scorer.run_tokens({i.name: i.as_numpy() for i in payload.inputs})
             output = InferOutput(name=self.scorer.output, shape=list(value.shape), datatype="FP32")
