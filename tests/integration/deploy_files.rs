@@ -153,9 +153,93 @@ fn kubernetes_manifests_agree_on_names_and_ports() {
             "service targets unknown port {target}"
         );
     }
-    // The ConfigMap's config is a valid laser-router config.
+    // The ConfigMap's config is a valid laser-router config, with its remote RM example
+    // uncommented too.
     let toml = configmap["data"]["config.toml"].as_str().unwrap();
     laser_router::config::Config::parse(toml, "configmap", Path::new("/")).expect("valid config");
+    let (before, rest) = toml
+        .split_once("# BEGIN remote reward model example\n")
+        .unwrap();
+    let (example, after) = rest
+        .split_once("# END remote reward model example")
+        .unwrap();
+    let uncommented: String = example
+        .lines()
+        .map(|line| line.trim_start().trim_start_matches("# ").to_string() + "\n")
+        .collect();
+    let config = laser_router::config::Config::parse(
+        &format!("{before}{uncommented}{after}"),
+        "configmap example",
+        Path::new("/"),
+    )
+    .expect("valid remote RM example");
+    let remote = config
+        .reward_models
+        .iter()
+        .find(|spec| spec.name == "skywork")
+        .expect("the example RM");
+    remote.validate().expect("a valid kserve_v2 spec");
+    assert_eq!(remote.remote().unwrap().model_name, "skywork-rm");
+}
+
+/// The engines example: the override names the config the image holds, the config is valid
+/// and its remote RM points at the Triton service, whose model repository mounts exist.
+#[test]
+fn the_engines_compose_example_wires_triton_to_a_kserve_v2_reward_model() {
+    let compose = yaml("docker-compose.engines.yml");
+    let services = &compose["services"];
+    let command: Vec<&str> = services["laser-router"]["command"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    let config_path = command[command.iter().position(|a| *a == "--config").unwrap() + 1];
+    let local = config_path
+        .strip_prefix("/app/")
+        .expect("a path in the image");
+    assert!(repo(local).is_file(), "{local} missing");
+    let text = std::fs::read_to_string(repo(local)).unwrap();
+    let config =
+        laser_router::config::Config::parse(&text, local, &repo("deploy/config")).expect("valid");
+    let remote = config
+        .reward_models
+        .iter()
+        .find_map(|spec| spec.remote().map(|remote| (spec, remote)))
+        .expect("a kserve_v2 RM");
+    remote.0.validate().expect("valid spec");
+    assert!(
+        remote.0.tokenizer.is_file(),
+        "the remote RM's tokenizer ships in the image"
+    );
+    assert_eq!(remote.1.endpoints, ["http://triton:8001"]);
+    let mounts: Vec<&str> = services["triton"]["volumes"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    for mount in &mounts {
+        let source = mount.split(':').next().unwrap();
+        assert!(repo(source).exists(), "mount source {source} missing");
+    }
+    let model_dir = format!("/models/{}/", remote.1.model_name);
+    assert!(
+        mounts
+            .iter()
+            .any(|m| m.contains(&format!("{model_dir}config.pbtxt")))
+    );
+    assert!(
+        mounts
+            .iter()
+            .any(|m| m.contains(&format!("{model_dir}1/model.onnx")))
+    );
+    let pbtxt = std::fs::read_to_string(repo("deploy/triton/models/numeric/config.pbtxt")).unwrap();
+    assert!(pbtxt.contains(&format!("name: \"{}\"", remote.1.model_name)));
+    assert!(pbtxt.contains(&format!(
+        "name: \"{}\"",
+        remote.0.output.as_deref().unwrap()
+    )));
 }
 
 #[test]
