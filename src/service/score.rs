@@ -12,7 +12,7 @@ use tracing::Instrument;
 
 use super::{Service, ServiceError, record_evictions, unix_ms};
 use crate::bandit::ensemble;
-use crate::models::RewardModel;
+use crate::models::{ModelError, RewardModel};
 use crate::routers::{FirstUse, RouterError, RouterSettingsPatch, SelectionInput, SelectionMode};
 use crate::telemetry::metric;
 
@@ -116,7 +116,8 @@ impl Service {
         let selected = self
             .routers
             .select(call.router.clone(), input, serving, unix_ms())
-            .await?;
+            .await
+            .map_err(|error| self.explain_unavailable(error))?;
         stages.done("select");
         let decisions = &selected.selection.decisions;
 
@@ -277,6 +278,41 @@ impl Service {
                 context_dim,
             }),
         }
+    }
+
+    /// A selection that found no RM to use because remote RMs are down says so: UNAVAILABLE,
+    /// naming them and their engines' reasons, rather than a precondition on the router.
+    fn explain_unavailable(&self, error: RouterError) -> ServiceError {
+        let down: Vec<Arc<RewardModel>> = match &error {
+            RouterError::FixedRewardModelUnavailable { reward_model, .. } => self
+                .reward_models
+                .get(reward_model)
+                .ok()
+                .into_iter()
+                .collect(),
+            RouterError::NoRewardModels { .. } => self.reward_models.list(),
+            _ => Vec::new(),
+        };
+        let down: Vec<Arc<RewardModel>> = down
+            .into_iter()
+            .filter(|model| !model.is_available())
+            .collect();
+        if down.is_empty() {
+            return error.into();
+        }
+        ModelError::Unavailable {
+            name: down
+                .iter()
+                .map(|model| model.name())
+                .collect::<Vec<_>>()
+                .join(", "),
+            reason: down
+                .iter()
+                .map(|model| format!("{}: {}", model.name(), model.unavailable_reason()))
+                .collect::<Vec<_>>()
+                .join("; "),
+        }
+        .into()
     }
 
     /// One score per response: the RM's own, or for an ensemble decision the mean of each

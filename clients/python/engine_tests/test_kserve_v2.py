@@ -187,6 +187,12 @@ def test_remote_models_are_durable_and_start_while_their_engine_is_down(mlserver
         server.wait_ready()
         info = {m.name: m for m in client.list_reward_models()}["durable"]
         assert info.backend == "kserve_v2" and not info.available and info.unavailable_reason
+        # A router fixed on it is told the RM is down, and why.
+        client.create_router("fixed-down", context_dim=2, policy="fixed", fixed_reward_model="durable")
+        with pytest.raises(LaserRouterError) as refused:
+            client.score("fixed-down", [Query(id="q", context=[1.0, 0.0], prompt="1", responses=["2"])])
+        assert refused.value.code == grpc.StatusCode.UNAVAILABLE
+        assert "durable" in refused.value.message and mlserver.url.removeprefix("http://") in refused.value.message
     finally:
         mlserver.start()
     deadline = time.time() + 15
@@ -215,3 +221,34 @@ def test_queued_jobs_are_coalesced_into_one_model_infer(mlserver, server):
     assert len(results) == 24 and all(scores[0] > scores[1] for scores in results)
     inferences = metric(server, "laser_rm_inference_seconds_count", "coalesced") - before
     assert 1 <= inferences < 24, inferences
+
+
+def test_endpoints_are_used_round_robin_and_a_dead_one_is_skipped(mlserver, server):
+    """One RM on two engines (MLServer and KServe serving the same model): requests reach both;
+    with MLServer killed, every Score still succeeds on KServe and the RM stays available."""
+    from engines import Engine
+
+    kserve = Engine("kserve")
+    try:
+        client = LaserRouterClient(server.address, retries=0)
+        spec = numeric_spec("both", mlserver, "numeric-tokens", "tokens", health_interval_ms=300)
+        spec["kserve_v2"].endpoints.append(kserve.url)
+        client.add_reward_model(**spec)
+        assert list({m.name: m for m in client.list_reward_models()}["both"].endpoints) == [mlserver.url, kserve.url]
+        expected = scores_through(client, "numeric")
+        log = kserve.dir / "engine.log"
+        infers = lambda: log.read_text().count("GRPCInferenceService/ModelInfer")  # noqa: E731
+        before = infers()
+        for _ in range(6):
+            assert scores_through(client, "both") == expected
+        assert infers() - before >= 2, "round-robin never reached the second endpoint"
+        mlserver.stop()
+        for _ in range(10):
+            assert scores_through(client, "both") == expected
+        info = {m.name: m for m in client.list_reward_models()}["both"]
+        assert info.available, info.unavailable_reason
+    finally:
+        kserve.close()
+        if mlserver.process.poll() is not None:
+            mlserver.start()
+

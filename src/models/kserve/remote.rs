@@ -47,6 +47,13 @@ enum Input {
     Tokens { encoder: Box<TextEncoder> },
 }
 
+/// The requests of a batch: per query, the error that kept it out (if any); per request, its
+/// sequences as (query, response) and the request.
+struct Built {
+    errors: Vec<Option<ModelError>>,
+    requests: Vec<(Vec<(usize, usize)>, super::proto::ModelInferRequest)>,
+}
+
 /// What the layout and the probe found.
 struct Probed {
     layout: Layout,
@@ -324,7 +331,11 @@ impl Shared {
                 reason: format!("{}: {reason}", self.engine.url(endpoint)),
             }
         })?;
-        let request = self.request(&layout, &[("probe".to_string(), "probe".to_string())])?;
+        let mut built = self.requests(&layout, &[("probe".into(), vec!["probe".into()])]);
+        if let Some(error) = built.errors.pop().flatten() {
+            return Err(error);
+        }
+        let (_, request) = built.requests.pop().expect("one request for the probe");
         let response = self
             .engine
             .infer(endpoint, request, self.engine.timeout)
@@ -342,31 +353,64 @@ impl Shared {
         Ok(Probed { layout, width })
     }
 
-    /// A request for (prompt, response) pairs. Blocking for tokens (tokenization).
-    fn request(
-        &self,
-        layout: &Layout,
-        pairs: &[(String, String)],
-    ) -> Result<super::proto::ModelInferRequest, ModelError> {
+    /// The requests for `queries` (prompt, responses): each request's sequences as (query,
+    /// response), at most `max_batch` per request; tokenized sequences sorted by length
+    /// first, so similar lengths share a request and padding stays low. A query whose text
+    /// cannot be built gets its error instead. Blocking (rendering, tokenization).
+    fn requests(&self, layout: &Layout, queries: &[(String, Vec<String>)]) -> Built {
+        let mut errors: Vec<Option<ModelError>> = vec![None; queries.len()];
+        let max_batch = layout.max_batch.max(1);
+        let mut requests = Vec::new();
         match &self.input {
             Input::Texts { chat } => {
-                let texts = pairs
-                    .iter()
-                    .map(|(prompt, response)| {
-                        model_text(&self.spec, chat.as_deref(), prompt, response)
-                    })
-                    .collect::<Result<Vec<_>, _>>()?;
-                Ok(texts_request(layout, texts))
+                let mut sequences = Vec::new();
+                for (query, (prompt, responses)) in queries.iter().enumerate() {
+                    let texts: Result<Vec<String>, ModelError> = responses
+                        .iter()
+                        .map(|response| model_text(&self.spec, chat.as_deref(), prompt, response))
+                        .collect();
+                    match texts {
+                        Ok(texts) => sequences.extend(
+                            texts
+                                .into_iter()
+                                .enumerate()
+                                .map(|(response, text)| ((query, response), text)),
+                        ),
+                        Err(error) => errors[query] = Some(error),
+                    }
+                }
+                for chunk in sequences.chunks(max_batch) {
+                    let texts = chunk.iter().map(|(_, text)| text.clone()).collect();
+                    requests.push((
+                        chunk.iter().map(|(at, _)| *at).collect(),
+                        texts_request(layout, texts),
+                    ));
+                }
             }
             Input::Tokens { encoder } => {
-                let mut encodings = Vec::with_capacity(pairs.len());
-                for (prompt, response) in pairs {
-                    encodings.extend(encoder.encode(prompt, std::slice::from_ref(response))?);
+                let mut sequences = Vec::new();
+                for (query, (prompt, responses)) in queries.iter().enumerate() {
+                    match encoder.encode(prompt, responses) {
+                        Ok(encodings) => sequences.extend(
+                            encodings
+                                .into_iter()
+                                .enumerate()
+                                .map(|(response, encoding)| ((query, response), encoding)),
+                        ),
+                        Err(error) => errors[query] = Some(error),
+                    }
                 }
-                let refs: Vec<_> = encodings.iter().collect();
-                Ok(tokens_request(layout, &refs, encoder.pad_id()))
+                sequences.sort_by_key(|(_, encoding)| encoding.len());
+                for chunk in sequences.chunks(max_batch) {
+                    let encodings: Vec<_> = chunk.iter().map(|(_, encoding)| encoding).collect();
+                    requests.push((
+                        chunk.iter().map(|(at, _)| *at).collect(),
+                        tokens_request(layout, &encodings, encoder.pad_id()),
+                    ));
+                }
             }
         }
+        Built { errors, requests }
     }
 
     fn set_available(&self, available: bool, reason: &str) {
@@ -500,49 +544,37 @@ async fn score_jobs(shared: &Arc<Shared>, jobs: &[Job]) -> Vec<Result<Vec<f32>, 
             .map(|_| Err(unavailable(reason.clone())))
             .collect();
     };
-    // (job, response) of every sequence, cut into requests.
-    let sequences: Vec<(usize, usize)> = jobs
-        .iter()
-        .enumerate()
-        .flat_map(|(job, j)| (0..j.responses.len()).map(move |r| (job, r)))
-        .collect();
-    let chunks: Vec<Vec<(usize, usize)>> = sequences
-        .chunks(probed.layout.max_batch.max(1))
-        .map(|c| c.to_vec())
-        .collect();
-    let pairs: Vec<Vec<(String, String)>> = chunks
-        .iter()
-        .map(|chunk| {
-            chunk
-                .iter()
-                .map(|&(job, r)| (jobs[job].prompt.clone(), jobs[job].responses[r].clone()))
-                .collect()
-        })
-        .collect();
     // Rendering and tokenizing off the async runtime.
-    let requests = {
+    let queries: Vec<(String, Vec<String>)> = jobs
+        .iter()
+        .map(|job| (job.prompt.clone(), job.responses.clone()))
+        .collect();
+    let started = Instant::now();
+    let built = {
         let (shared, probed) = (shared.clone(), probed.clone());
-        let started = Instant::now();
-        let built = tokio::task::spawn_blocking(move || {
-            pairs
+        tokio::task::spawn_blocking(move || shared.requests(&probed.layout, &queries)).await
+    };
+    metrics::histogram!(metric::RM_TOKENIZE_SECONDS, "reward_model" => name.clone())
+        .record(started.elapsed().as_secs_f64());
+    let built = match built {
+        Ok(built) => built,
+        Err(error) => {
+            let reason = format!("preparing the request failed: {error}");
+            return jobs
                 .iter()
-                .map(|pairs| shared.request(&probed.layout, pairs))
-                .collect::<Vec<_>>()
-        })
-        .await;
-        metrics::histogram!(metric::RM_TOKENIZE_SECONDS, "reward_model" => name.clone())
-            .record(started.elapsed().as_secs_f64());
-        match built {
-            Ok(requests) => requests,
-            Err(error) => {
-                let reason = format!("preparing the request failed: {error}");
-                return jobs
-                    .iter()
-                    .map(|_| Err(unavailable(reason.clone())))
-                    .collect();
-            }
+                .map(|_| Err(unavailable(reason.clone())))
+                .collect();
         }
     };
+    let width = probed.width;
+    let mut outcomes: Vec<Result<Vec<f32>, ModelError>> = jobs
+        .iter()
+        .zip(built.errors)
+        .map(|(job, error)| match error {
+            Some(error) => Err(error),
+            None => Ok(vec![f32::NAN; job.responses.len() * width]),
+        })
+        .collect();
     // The request's timeout: the spec's, or the latest client deadline if sooner.
     let latest_deadline = jobs
         .iter()
@@ -551,28 +583,7 @@ async fn score_jobs(shared: &Arc<Shared>, jobs: &[Job]) -> Vec<Result<Vec<f32>, 
             deadline.map(|d| Some(latest.map_or(d, |l: Instant| l.max(d))))
         })
         .flatten();
-    let width = probed.width;
-    let mut outcomes: Vec<Result<Vec<f32>, ModelError>> = jobs
-        .iter()
-        .map(|j| Ok(vec![f32::NAN; j.responses.len() * width]))
-        .collect();
-    for (chunk, request) in chunks.iter().zip(requests) {
-        let request = match request {
-            Ok(request) => request,
-            Err(error) => {
-                for &(job, _) in chunk {
-                    outcomes[job] = Err(error.clone());
-                }
-                continue;
-            }
-        };
-        let Some(endpoint) = shared.engine.pick() else {
-            let reason = shared.reason.lock().expect("reason lock poisoned").clone();
-            for &(job, _) in chunk {
-                outcomes[job] = Err(unavailable(format!("no endpoint is ready: {reason}")));
-            }
-            continue;
-        };
+    for (sequences, request) in built.requests {
         let mut timeout = shared.engine.timeout;
         let mut client_cut = false;
         if let Some(deadline) = latest_deadline {
@@ -581,50 +592,99 @@ async fn score_jobs(shared: &Arc<Shared>, jobs: &[Job]) -> Vec<Result<Vec<f32>, 
                 (timeout, client_cut) = (left.max(Duration::from_millis(1)), true);
             }
         }
-        let started = Instant::now();
-        let result = shared.engine.infer(endpoint, request, timeout).await;
-        metrics::histogram!(metric::RM_INFERENCE_SECONDS, "reward_model" => name.clone())
-            .record(started.elapsed().as_secs_f64());
-        metrics::histogram!(metric::RM_BATCH_SIZE, "reward_model" => name.clone())
-            .record(chunk.len() as f64);
-        let rows = result
-            .map_err(|error| {
-                shared.failed(endpoint, &error, client_cut && error.timed_out);
-                if client_cut && error.timed_out {
-                    ModelError::DeadlineExceeded { name: name.clone() }
-                } else {
-                    unavailable(format!("engine error at {error}"))
+        let rows = infer_on_any(shared, request, timeout, client_cut, sequences.len())
+            .await
+            .and_then(|(endpoint, values, got)| {
+                if got == width {
+                    return Ok(values);
                 }
-            })
-            .and_then(|response| {
-                let (values, got) = read_output(&response, &probed.layout.output, chunk.len())
-                    .map_err(|reason| {
-                        unavailable(format!("{}: {reason}", shared.engine.url(endpoint)))
-                    })?;
-                if got != width {
-                    return Err(unavailable(format!(
+                Err((
+                    format!(
                         "{}: output {:?} now has {got} values per sequence, not {width}",
                         shared.engine.url(endpoint),
                         probed.layout.output
-                    )));
-                }
-                shared.failures.store(0, Ordering::Relaxed);
-                Ok(values)
+                    ),
+                    false,
+                ))
+            })
+            .map_err(|(reason, deadline)| match deadline {
+                true => ModelError::DeadlineExceeded { name: name.clone() },
+                false => unavailable(reason),
             });
         match rows {
             Ok(values) => {
-                for (&(job, r), row) in chunk.iter().zip(values.chunks(width)) {
+                for (&(job, r), row) in sequences.iter().zip(values.chunks(width)) {
                     if let Ok(job_values) = &mut outcomes[job] {
                         job_values[r * width..(r + 1) * width].copy_from_slice(row);
                     }
                 }
             }
             Err(error) => {
-                for &(job, _) in chunk {
-                    outcomes[job] = Err(error.clone());
+                for &(job, _) in &sequences {
+                    if outcomes[job].is_ok() {
+                        outcomes[job] = Err(error.clone());
+                    }
                 }
             }
         }
     }
     outcomes
+}
+
+/// One request on a ready endpoint; an endpoint that cannot be reached is taken out and the
+/// request goes to the next ready one (scoring is idempotent). Ok: (endpoint, values, width).
+/// Err: (reason, whether a client's deadline cut it).
+async fn infer_on_any(
+    shared: &Arc<Shared>,
+    request: super::proto::ModelInferRequest,
+    timeout: Duration,
+    client_cut: bool,
+    rows: usize,
+) -> Result<(usize, Vec<f32>, usize), (String, bool)> {
+    let name = shared.name().to_string();
+    let mut last_error = None;
+    for _ in 0..shared.engine.len() {
+        let Some(endpoint) = shared.engine.pick() else {
+            break;
+        };
+        let started = Instant::now();
+        let result = shared
+            .engine
+            .infer(endpoint, request.clone(), timeout)
+            .await;
+        metrics::histogram!(metric::RM_INFERENCE_SECONDS, "reward_model" => name.clone())
+            .record(started.elapsed().as_secs_f64());
+        metrics::histogram!(metric::RM_BATCH_SIZE, "reward_model" => name.clone())
+            .record(rows as f64);
+        match result {
+            Ok(response) => {
+                let probed = shared.probed().expect("probed before serving");
+                let (values, width) =
+                    read_output(&response, &probed.layout.output, rows).map_err(|reason| {
+                        (format!("{}: {reason}", shared.engine.url(endpoint)), false)
+                    })?;
+                shared.failures.store(0, Ordering::Relaxed);
+                return Ok((endpoint, values, width));
+            }
+            Err(error) => {
+                let cut = client_cut && error.timed_out;
+                shared.failed(endpoint, &error, cut);
+                if cut {
+                    return Err((error.to_string(), true));
+                }
+                if !error.unreachable {
+                    return Err((format!("engine error at {error}"), false));
+                }
+                last_error = Some(error);
+            }
+        }
+    }
+    let reason = match last_error {
+        Some(error) => format!("engine unreachable: {error}"),
+        None => format!(
+            "no endpoint is ready: {}",
+            shared.reason.lock().expect("reason lock poisoned")
+        ),
+    };
+    Err((reason, false))
 }
