@@ -12,6 +12,17 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 bash scripts/fetch-onnxruntime.sh
 cargo build --locked --quiet
 bash scripts/demo-models.sh
+# nginx (Debian's nginx-light) terminates TLS and checks a bearer token in front of an engine,
+# as an ingress does, for the TLS and auth-header test.
+if ! command -v nginx >/dev/null 2>&1; then
+  echo "installing nginx-light (Debian package) for the TLS front of the engine tests"
+  SUDO=""
+  [[ "$(id -u)" -eq 0 ]] || SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends nginx-light >/dev/null
+  # The package starts a system nginx on port 80: the tests run their own.
+  $SUDO service nginx stop >/dev/null 2>&1 || $SUDO pkill -x nginx || true
+fi
 
 venv_for() {
   local engine=$1

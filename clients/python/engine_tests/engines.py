@@ -129,3 +129,67 @@ class Engine:
         self.stop()
         self.log.close()
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class TlsFront:
+    """nginx terminating TLS (a certificate from a CA made here) and requiring
+    `authorization: Bearer TOKEN` in front of an engine's gRPC port, as an ingress does."""
+
+    def __init__(self, engine: Engine, token: str):
+        self.dir = Path(tempfile.mkdtemp(prefix="laser-tls-front-"))
+        self.port = free_port()
+        self.url = f"https://127.0.0.1:{self.port}"
+        self.ca = self.dir / "ca.pem"
+        openssl = lambda *args: subprocess.run(["openssl", *args], cwd=self.dir, check=True,  # noqa: E731
+                                               capture_output=True)
+        openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem",
+                "-days", "2", "-subj", "/CN=laser-test-engine-ca")
+        openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key", "-out", "server.csr",
+                "-subj", "/CN=engine")
+        (self.dir / "server.ext").write_text(
+            "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\n"
+            "keyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n")
+        openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
+                "-out", "server.pem", "-days", "2", "-extfile", "server.ext")
+        for folder in ("body", "proxy", "fastcgi", "uwsgi", "scgi"):
+            (self.dir / folder).mkdir()
+        d = self.dir
+        (d / "nginx.conf").write_text(f"""
+daemon off;
+master_process off;
+worker_processes 1;
+pid {d}/nginx.pid;
+error_log {d}/error.log warn;
+events {{ worker_connections 64; }}
+http {{
+  access_log off;
+  client_body_temp_path {d}/body;
+  proxy_temp_path {d}/proxy;
+  fastcgi_temp_path {d}/fastcgi;
+  uwsgi_temp_path {d}/uwsgi;
+  scgi_temp_path {d}/scgi;
+  server {{
+    listen 127.0.0.1:{self.port} ssl http2;
+    ssl_certificate {d}/server.pem;
+    ssl_certificate_key {d}/server.key;
+    location / {{
+      if ($http_authorization != "Bearer {token}") {{ return 401; }}
+      grpc_pass grpc://127.0.0.1:{engine.grpc_port};
+    }}
+  }}
+}}
+""")
+        self.process = subprocess.Popen(["nginx", "-p", str(d), "-c", str(d / "nginx.conf")],
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+        deadline = time.time() + 10
+        while time.time() < deadline:
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", self.port)) == 0:
+                    return
+            time.sleep(0.05)
+        raise RuntimeError(f"nginx did not start: {(d / 'error.log').read_text()}")
+
+    def close(self) -> None:
+        self.process.kill()
+        self.process.wait()
+        shutil.rmtree(self.dir, ignore_errors=True)

@@ -10,7 +10,7 @@ import urllib.request
 import grpc
 import pytest
 
-from conftest import DEMO, FIXTURES, Server, free_port
+from conftest import CONFIG, DEMO, FIXTURES, Server, free_port
 from laser_router_client import LaserRouterClient, LaserRouterError, Query
 from laser_router_client._pb.laser.v1 import admin_pb2
 
@@ -252,3 +252,44 @@ def test_endpoints_are_used_round_robin_and_a_dead_one_is_skipped(mlserver, serv
         if mlserver.process.poll() is not None:
             mlserver.start()
 
+
+
+def test_tls_and_an_auth_header_reach_an_engine_behind_an_ingress(mlserver, monkeypatch):
+    """nginx (TLS, a bearer token required) in front of MLServer: with the CA and the token
+    the RM scores as in process; without the token, or without the CA, it is refused with
+    the reason."""
+    from engines import TlsFront
+
+    front = TlsFront(mlserver, token="s3cret")
+    monkeypatch.setenv("LASER_TEST_RM_TOKEN", "Bearer s3cret")
+    monkeypatch.setenv("LASER_TEST_WRONG_TOKEN", "Bearer nope")
+    server = Server(free_port(), CONFIG).wait_ready()
+    try:
+        client = LaserRouterClient(server.address, retries=0)
+
+        def spec(name, **tls):
+            remote = dict(endpoints=[front.url], model_name="numeric-tokens", send="tokens", **tls)
+            return {**numeric_spec(name, mlserver, "numeric-tokens", "tokens"),
+                    "kserve_v2": admin_pb2.KserveV2Spec(**remote)}
+
+        client.add_reward_model(**spec("behind-tls", tls_ca_path=str(front.ca), auth_header="authorization",
+                                       auth_value_env="LASER_TEST_RM_TOKEN"))
+        assert scores_through(client, "behind-tls") == scores_through(client, "numeric")
+        refusals = [
+            (spec("no-token", tls_ca_path=str(front.ca)), ["401"]),
+            (spec("wrong-token", tls_ca_path=str(front.ca), auth_header="authorization",
+                  auth_value_env="LASER_TEST_WRONG_TOKEN"), ["401"]),
+            (spec("unknown-ca", auth_header="authorization", auth_value_env="LASER_TEST_RM_TOKEN"),
+             [front.url.removeprefix("https://")]),
+            (spec("unset-variable", tls_ca_path=str(front.ca), auth_header="authorization",
+                  auth_value_env="LASER_TEST_UNSET_TOKEN"), ["LASER_TEST_UNSET_TOKEN"]),
+        ]
+        for bad, words in refusals:
+            with pytest.raises(LaserRouterError) as refused:
+                client.add_reward_model(**bad)
+            assert refused.value.code in (grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.INVALID_ARGUMENT)
+            for word in words:
+                assert word in refused.value.message, (bad["name"], refused.value.message)
+    finally:
+        server.stop()
+        front.close()
