@@ -59,6 +59,7 @@ fn open(dir: Option<&Path>, dim: usize, fsync: bool) -> Routers {
                 fsync,
                 segment_bytes: 64 << 20,
                 recover_truncate: false,
+                postgres_url: None,
             };
             let (store, recovered) = Store::open(dir, &options).unwrap();
             let routers = Routers::with_store(routers_options(dim), store);

@@ -270,6 +270,7 @@ async fn open_routers(config: &Config, recover_truncate: bool) -> Result<Routers
         fsync: config.store.fsync,
         segment_bytes: config.store.segment_bytes,
         recover_truncate,
+        postgres_url: config.store.postgres_url(),
     };
     let data_dir = config.server.data_dir.clone();
     let routers_options = config.routers_options();

@@ -54,6 +54,20 @@ pub struct StoreConfig {
     pub snapshot_every_records: u64,
     /// Size at which a new log segment starts (default 64 MiB).
     pub segment_bytes: u64,
+    /// `local` (default: the log in `<data_dir>/state`) or `postgres` (`url`).
+    pub backend: StoreBackend,
+    /// The PostgreSQL database of `backend = "postgres"`
+    /// (`postgres://user:password@host:5432/dbname`; env `LASER_STORE_URL` overrides it).
+    pub url: Option<String>,
+}
+
+/// Where durable state lives.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum StoreBackend {
+    #[default]
+    Local,
+    Postgres,
 }
 
 impl Default for StoreConfig {
@@ -63,6 +77,21 @@ impl Default for StoreConfig {
             fsync: true,
             snapshot_every_records: 10_000,
             segment_bytes: 64 << 20,
+            backend: StoreBackend::Local,
+            url: None,
+        }
+    }
+}
+
+impl StoreConfig {
+    /// The PostgreSQL URL when the backend is PostgreSQL (`LASER_STORE_URL` first).
+    pub fn postgres_url(&self) -> Option<String> {
+        match self.backend {
+            StoreBackend::Local => None,
+            StoreBackend::Postgres => std::env::var("LASER_STORE_URL")
+                .ok()
+                .filter(|url| !url.is_empty())
+                .or_else(|| self.url.clone()),
         }
     }
 }
@@ -322,6 +351,15 @@ impl Config {
                 }
                 other => invalid("routers", other.to_string()),
             })?;
+        if self.store.backend == StoreBackend::Postgres
+            && self.store.durable
+            && self.store.postgres_url().is_none()
+        {
+            return Err(invalid(
+                "store.url",
+                "backend \"postgres\" needs url (or LASER_STORE_URL)".into(),
+            ));
+        }
         let limits = [
             ("limits.max_message_bytes", self.limits.max_message_bytes),
             (

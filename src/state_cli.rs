@@ -42,6 +42,7 @@ fn open(config: &Config) -> Result<Routers, StateCliError> {
         fsync: config.store.fsync,
         segment_bytes: config.store.segment_bytes,
         recover_truncate: false,
+        postgres_url: config.store.postgres_url(),
     };
     let (store, recovered) = Store::open(&config.server.data_dir, &options)?;
     let options = RoutersOptions {

@@ -38,6 +38,7 @@
 //! the writer, snapshots and recovery share the file layout above, so they stay together.)
 
 pub mod frame;
+pub mod postgres;
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
@@ -69,6 +70,9 @@ pub struct StoreOptions {
     pub segment_bytes: u64,
     /// Truncate at mid-log damage instead of refusing to start.
     pub recover_truncate: bool,
+    /// Keep the records and snapshots in this PostgreSQL database instead of the data
+    /// directory ([`postgres`]).
+    pub postgres_url: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -205,6 +209,8 @@ pub struct Store {
     dir: PathBuf,
     writer: Option<Writer>,
     _lock: Option<File>,
+    /// Snapshots go to this database (PostgreSQL backend).
+    postgres_url: Option<String>,
 }
 
 impl Store {
@@ -214,6 +220,7 @@ impl Store {
             dir: PathBuf::new(),
             writer: None,
             _lock: None,
+            postgres_url: None,
         }
     }
 
@@ -227,6 +234,9 @@ impl Store {
                 notes: Vec::new(),
             };
             return Ok((Self::in_memory(), recovered));
+        }
+        if let Some(url) = &options.postgres_url {
+            return Self::open_postgres(url);
         }
         let dir = data_dir.join("state");
         fs::create_dir_all(&dir).map_err(io_error(&dir))?;
@@ -254,14 +264,12 @@ impl Store {
         let segment = open_segment(&dir, next_seq)?;
         let health = Arc::new(LogHealth::default());
         let log = LogWriter {
-            dir: dir.clone(),
-            fsync: options.fsync,
-            segment_bytes: options.segment_bytes,
             health: health.clone(),
         };
+        let sink = FileSink::new(dir.clone(), segment, options);
         std::thread::Builder::new()
             .name("state-log".into())
-            .spawn(move || log.run(segment, receiver))
+            .spawn(move || log.run(sink, receiver))
             .map_err(io_error(&dir))?;
         Ok((
             Store {
@@ -272,6 +280,42 @@ impl Store {
                     health,
                 }),
                 _lock: Some(lock),
+                postgres_url: None,
+            },
+            recovered,
+        ))
+    }
+
+    /// Open the state kept in PostgreSQL at `url`: the writer lock, the schema, recovery.
+    fn open_postgres(url: &str) -> Result<(Store, Recovered), StoreError> {
+        let (sink, recovered) = postgres::PgSink::open(url)?;
+        let next_seq = recovered
+            .records
+            .last()
+            .map(|(seq, _)| *seq)
+            .or(recovered.snapshot.as_ref().map(|(seq, _)| *seq))
+            .unwrap_or(0)
+            + 1;
+        let (sender, receiver) = mpsc::channel();
+        let health = Arc::new(LogHealth::default());
+        let log = LogWriter {
+            health: health.clone(),
+        };
+        let shown = PathBuf::from(postgres::redacted(url));
+        std::thread::Builder::new()
+            .name("state-log".into())
+            .spawn(move || log.run(sink, receiver))
+            .map_err(io_error(&shown))?;
+        Ok((
+            Store {
+                dir: shown,
+                writer: Some(Writer {
+                    sender,
+                    next_seq: Mutex::new(next_seq),
+                    health,
+                }),
+                _lock: None,
+                postgres_url: Some(url.to_string()),
             },
             recovered,
         ))
@@ -281,7 +325,7 @@ impl Store {
         self.writer.is_some()
     }
 
-    /// Directory of the state files.
+    /// Directory of the state files (the database's URL, password hidden, on PostgreSQL).
     pub fn dir(&self) -> &Path {
         &self.dir
     }
@@ -332,6 +376,9 @@ impl Store {
     pub fn write_snapshot(&self, seq: u64, payload: &[u8]) -> Result<u64, StoreError> {
         if self.writer.is_none() {
             return Ok(0);
+        }
+        if let Some(url) = &self.postgres_url {
+            return postgres::write_snapshot(url, seq, payload);
         }
         let path = self.dir.join(format!("snapshot-{seq:020}.snap"));
         let temp = self.dir.join(format!("snapshot-{seq:020}.snap.tmp"));
@@ -386,28 +433,28 @@ fn open_segment(dir: &Path, first_seq: u64) -> Result<(PathBuf, File), StoreErro
 /// How long the writer waits before writing again the records a failed write kept.
 const RETRY_INTERVAL: Duration = Duration::from_millis(500);
 
+/// Where the writer makes records durable: log segment files, or PostgreSQL.
+trait RecordSink: Send + 'static {
+    /// Make `records` durable, in order: all of them, or (on error) none that a later read
+    /// would take as data. The reason on failure.
+    fn write(&mut self, records: &[(u64, &[u8])]) -> Result<(), String>;
+}
+
 /// The writer thread: group commit, and what happens when a write fails.
 ///
-/// A failed write or fsync (disk full, I/O error) does not stop it: the segment is cut back
-/// to its last durable byte (so a partial record is never read as data), the batch's
-/// tickets fail ([`StoreError::NotDurable`]), its records stay queued in memory in order
-/// (the routers applied them already; they were never acknowledged), and the log's health
-/// reports the failure, so new changes are refused before they are applied. Every
-/// [`RETRY_INTERVAL`] the kept records are written again, with anything queued meanwhile;
-/// once they are durable the log is healthy again.
+/// A failed write (disk full, I/O error, the database gone) does not stop it: nothing
+/// partial is left behind (the sink's promise), the batch's tickets fail
+/// ([`StoreError::NotDurable`]), its records stay queued in memory in order (the routers
+/// applied them already; they were never acknowledged), and the log's health reports the
+/// failure, so new changes are refused before they are applied. Every [`RETRY_INTERVAL`]
+/// the kept records are written again, with anything queued meanwhile; once they are
+/// durable the log is healthy again.
 struct LogWriter {
-    dir: PathBuf,
-    fsync: bool,
-    segment_bytes: u64,
     health: Arc<LogHealth>,
 }
 
 impl LogWriter {
-    fn run(self, segment: (PathBuf, File), receiver: Receiver<Append>) {
-        let (mut path, mut file) = segment;
-        let mut durable_len = file.metadata().map(|m| m.len()).unwrap_or(0);
-        // A failed write may have left bytes past `durable_len`: cut them before the next one.
-        let mut torn = false;
+    fn run(self, mut sink: impl RecordSink, receiver: Receiver<Append>) {
         let mut kept: Vec<(u64, Vec<u8>)> = Vec::new();
         loop {
             let mut batch = Vec::new();
@@ -424,25 +471,16 @@ impl LogWriter {
             while let Ok(more) = receiver.try_recv() {
                 batch.push(more);
             }
-            let records = kept
+            let records: Vec<(u64, &[u8])> = kept
                 .iter()
                 .map(|(seq, payload)| (*seq, payload.as_slice()))
-                .chain(batch.iter().map(|a| (a.seq, a.payload.as_slice())));
-            let mut bytes = Vec::new();
-            let mut last_seq = 0;
-            for (seq, payload) in records {
-                frame::write_record(&mut bytes, seq, payload).expect("writing to memory");
-                last_seq = seq;
-            }
-            if let Err(error) = self.write(&mut file, durable_len, torn, &bytes) {
-                let reason = format!("{}: {error}", path.display());
+                .chain(batch.iter().map(|a| (a.seq, a.payload.as_slice())))
+                .collect();
+            if let Err(reason) = sink.write(&records) {
                 if self.health.failing().is_none() {
                     tracing::error!(%reason, "state log write failed; refusing changes until the kept records are durable");
                 }
                 self.health.set(Some(reason.clone()));
-                // Cut the partial write off now; the next try cuts again before writing.
-                let _ = file.set_len(durable_len);
-                torn = true;
                 for append in batch {
                     let _ = append
                         .done
@@ -451,8 +489,6 @@ impl LogWriter {
                 }
                 continue;
             }
-            durable_len += bytes.len() as u64;
-            torn = false;
             if !kept.is_empty() {
                 tracing::info!(
                     records = kept.len(),
@@ -464,33 +500,76 @@ impl LogWriter {
             for append in batch {
                 let _ = append.done.send(Ok(()));
             }
-            if durable_len >= self.segment_bytes {
-                match open_segment(&self.dir, last_seq + 1) {
-                    Ok((new_path, new_file)) => {
-                        (path, file, durable_len) = (new_path, new_file, 0);
-                    }
-                    // Stay on the current segment; rotation is tried after the next write.
-                    Err(error) => tracing::warn!(%error, "cannot start a new log segment"),
-                }
-            }
+        }
+    }
+}
+
+/// Log segment files: one sequential write and one `fdatasync` per batch; a failed write
+/// is cut back to the last durable byte (so a partial record is never read as data).
+struct FileSink {
+    dir: PathBuf,
+    path: PathBuf,
+    file: File,
+    fsync: bool,
+    segment_bytes: u64,
+    durable_len: u64,
+    /// A failed write may have left bytes past `durable_len`: cut them before the next one.
+    torn: bool,
+}
+
+impl FileSink {
+    fn new(dir: PathBuf, segment: (PathBuf, File), options: &StoreOptions) -> Self {
+        let (path, file) = segment;
+        let durable_len = file.metadata().map(|m| m.len()).unwrap_or(0);
+        Self {
+            dir,
+            path,
+            file,
+            fsync: options.fsync,
+            segment_bytes: options.segment_bytes,
+            durable_len,
+            torn: false,
         }
     }
 
     /// Write `bytes` at `durable_len` (first cutting off what a failed write left past it,
     /// when one did: no extra system call on the usual path), then fsync.
-    fn write(
-        &self,
-        file: &mut File,
-        durable_len: u64,
-        torn: bool,
-        bytes: &[u8],
-    ) -> std::io::Result<()> {
-        if torn {
-            file.set_len(durable_len)?;
+    fn write_bytes(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        if self.torn {
+            self.file.set_len(self.durable_len)?;
         }
-        file.write_all(bytes)?;
+        self.file.write_all(bytes)?;
         if self.fsync {
-            file.sync_data()?;
+            self.file.sync_data()?;
+        }
+        Ok(())
+    }
+}
+
+impl RecordSink for FileSink {
+    fn write(&mut self, records: &[(u64, &[u8])]) -> Result<(), String> {
+        let mut bytes = Vec::new();
+        let mut last_seq = 0;
+        for &(seq, payload) in records {
+            frame::write_record(&mut bytes, seq, payload).expect("writing to memory");
+            last_seq = seq;
+        }
+        if let Err(error) = self.write_bytes(&bytes) {
+            // Cut the partial write off now; the next try cuts again before writing.
+            let _ = self.file.set_len(self.durable_len);
+            self.torn = true;
+            return Err(format!("{}: {error}", self.path.display()));
+        }
+        self.durable_len += bytes.len() as u64;
+        self.torn = false;
+        if self.durable_len >= self.segment_bytes {
+            match open_segment(&self.dir, last_seq + 1) {
+                Ok((path, file)) => {
+                    (self.path, self.file, self.durable_len) = (path, file, 0);
+                }
+                // Stay on the current segment; rotation is tried after the next write.
+                Err(error) => tracing::warn!(%error, "cannot start a new log segment"),
+            }
         }
         Ok(())
     }

@@ -8,6 +8,7 @@ fn options() -> StoreOptions {
         fsync: true,
         segment_bytes: 1 << 20,
         recover_truncate: false,
+        postgres_url: None,
     }
 }
 
