@@ -193,6 +193,26 @@ struct Writer {
     health: Arc<LogHealth>,
 }
 
+impl Writer {
+    /// Start the writer thread on `sink`; the first record appended gets `next_seq`.
+    fn start(sink: impl RecordSink, next_seq: u64, shown: &Path) -> Result<Self, StoreError> {
+        let (sender, receiver) = mpsc::channel();
+        let health = Arc::new(LogHealth::default());
+        let log = LogWriter {
+            health: health.clone(),
+        };
+        std::thread::Builder::new()
+            .name("state-log".into())
+            .spawn(move || log.run(sink, receiver))
+            .map_err(io_error(shown))?;
+        Ok(Self {
+            sender,
+            next_seq: Mutex::new(next_seq),
+            health,
+        })
+    }
+}
+
 /// What recovery found: the snapshot to start from and the records after it.
 pub struct Recovered {
     /// (sequence number, payload) of the newest snapshot.
@@ -203,6 +223,18 @@ pub struct Recovered {
     pub records: Vec<(u64, Vec<u8>)>,
     /// Human-readable notes (torn tails, truncations) already logged.
     pub notes: Vec<String>,
+}
+
+impl Recovered {
+    /// The sequence number of the next record: one past the last recovered.
+    fn next_seq(&self) -> u64 {
+        self.records
+            .last()
+            .map(|(seq, _)| *seq)
+            .or(self.snapshot.as_ref().map(|(seq, _)| *seq))
+            .unwrap_or(0)
+            + 1
+    }
 }
 
 pub struct Store {
@@ -253,32 +285,14 @@ impl Store {
             });
         }
         let recovered = recover(&dir, options.recover_truncate)?;
-        let last_seq = recovered
-            .records
-            .last()
-            .map(|(seq, _)| *seq)
-            .or(recovered.snapshot.as_ref().map(|(seq, _)| *seq))
-            .unwrap_or(0);
-        let next_seq = last_seq + 1;
-        let (sender, receiver) = mpsc::channel();
+        let next_seq = recovered.next_seq();
         let segment = open_segment(&dir, next_seq)?;
-        let health = Arc::new(LogHealth::default());
-        let log = LogWriter {
-            health: health.clone(),
-        };
         let sink = FileSink::new(dir.clone(), segment, options);
-        std::thread::Builder::new()
-            .name("state-log".into())
-            .spawn(move || log.run(sink, receiver))
-            .map_err(io_error(&dir))?;
+        let writer = Writer::start(sink, next_seq, &dir)?;
         Ok((
             Store {
                 dir,
-                writer: Some(Writer {
-                    sender,
-                    next_seq: Mutex::new(next_seq),
-                    health,
-                }),
+                writer: Some(writer),
                 _lock: Some(lock),
                 postgres_url: None,
             },
@@ -289,31 +303,13 @@ impl Store {
     /// Open the state kept in PostgreSQL at `url`: the writer lock, the schema, recovery.
     fn open_postgres(url: &str) -> Result<(Store, Recovered), StoreError> {
         let (sink, recovered) = postgres::PgSink::open(url)?;
-        let next_seq = recovered
-            .records
-            .last()
-            .map(|(seq, _)| *seq)
-            .or(recovered.snapshot.as_ref().map(|(seq, _)| *seq))
-            .unwrap_or(0)
-            + 1;
-        let (sender, receiver) = mpsc::channel();
-        let health = Arc::new(LogHealth::default());
-        let log = LogWriter {
-            health: health.clone(),
-        };
+        let next_seq = recovered.next_seq();
         let shown = PathBuf::from(postgres::redacted(url));
-        std::thread::Builder::new()
-            .name("state-log".into())
-            .spawn(move || log.run(sink, receiver))
-            .map_err(io_error(&shown))?;
+        let writer = Writer::start(sink, next_seq, &shown)?;
         Ok((
             Store {
                 dir: shown,
-                writer: Some(Writer {
-                    sender,
-                    next_seq: Mutex::new(next_seq),
-                    health,
-                }),
+                writer: Some(writer),
                 _lock: None,
                 postgres_url: Some(url.to_string()),
             },
