@@ -25,7 +25,10 @@ def postgres_bin() -> Path:
 
 
 class PostgresCluster:
-    def __init__(self):
+    """`fsync=False` (the tests' default) skips PostgreSQL's fsyncs; benchmarks keep them."""
+
+    def __init__(self, fsync: bool = False):
+        self.fsync = fsync
         self.bin = postgres_bin()
         self.dir = Path(tempfile.mkdtemp(prefix="laser-pg-"))
         self.data = self.dir / "data"
@@ -45,7 +48,8 @@ class PostgresCluster:
 
     def start(self) -> None:
         self._run(self.bin / "pg_ctl", "-D", self.data, "-l", self.dir / "postgres.log", "-w", "-t", "60",
-                  "-o", f"-p {self.port} -k {self.dir} -h 127.0.0.1 -c fsync=off", "start")
+                  "-o", f"-p {self.port} -k {self.dir} -h 127.0.0.1 -c fsync={'on' if self.fsync else 'off'}",
+                  "start")
 
     def stop(self, mode: str = "fast") -> None:
         self._run(self.bin / "pg_ctl", "-D", self.data, "-m", mode, "-w", "stop")

@@ -1,0 +1,131 @@
+#!/usr/bin/env python3
+"""The PostgreSQL state backend against the local log, side by side in one run (issue 16's
+measure): Score p50/p99 and Feedback/s at 1, 8 and 64 concurrent clients.
+
+Two release servers with the same config (fixture RMs, context_dim 64, LinUCB), one on the
+local log (fsync on), one on a throwaway PostgreSQL 15 cluster on this machine (fsync on).
+Rounds alternate between the backends; each keeps its best round per measure (a neighbour's
+load only ever slows a round). Every Score and Feedback is acknowledged only once durable,
+so these are the durable paths.
+
+Usage: python3 benches/state_backends.py [ROUNDS] [SECONDS]
+"""
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "clients" / "python"))
+sys.path.insert(0, str(ROOT / "clients" / "python" / "tests"))
+import subprocess  # noqa: E402
+
+from conftest import CONFIG, Server, free_port  # noqa: E402
+from laser_router_client import LaserRouterClient, Query  # noqa: E402
+from postgres_cluster import PostgresCluster  # noqa: E402
+
+DIM = 64
+CLIENTS = (1, 8, 64)
+
+
+def context(i):
+    values = [0.0] * DIM
+    values[i % DIM] = 1.0
+    return values
+
+
+def scores(address, clients, seconds):
+    """Score latencies (s) with `clients` concurrent clients."""
+    latencies = [[] for _ in range(clients)]
+    stop = time.perf_counter() + seconds
+
+    def run(index):
+        client = LaserRouterClient(address, retries=0)
+        i = 0
+        while time.perf_counter() < stop:
+            started = time.perf_counter()
+            client.score("bench", [Query(id="q", context=context(i), prompt="p", responses=["a", "bb"])])
+            latencies[index].append(time.perf_counter() - started)
+            i += 1
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(clients)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    merged = sorted(x for per in latencies for x in per)
+    return merged
+
+
+def feedbacks_per_second(address, clients, seconds):
+    """Feedback requests (one decision each) acknowledged per second with `clients` clients."""
+    client = LaserRouterClient(address, retries=0)
+    per_client = []
+    for c in range(clients):
+        queries = [Query(id=str(i), context=context(i), prompt="p", responses=["a", "b"]) for i in range(256)]
+        per_client.append([r.decision_id for r in client.score("bench", queries)])
+    done = [0] * clients
+    stop = time.perf_counter() + seconds
+
+    def run(index):
+        own = LaserRouterClient(address, retries=0)
+        for decision_id in per_client[index]:
+            if time.perf_counter() >= stop:
+                break
+            own.feedback("bench", [decision_id], loss=0.3)
+            done[index] += 1
+
+    started = time.perf_counter()
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(clients)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return sum(done) / (time.perf_counter() - started)
+
+
+def main():
+    rounds = int(sys.argv[1]) if len(sys.argv) > 1 else 2
+    seconds = float(sys.argv[2]) if len(sys.argv) > 2 else 3.0
+    subprocess.check_call(["cargo", "build", "--release", "--quiet", "--bin", "laser-router"], cwd=ROOT)
+    import os
+    os.environ["LASER_ROUTER_BIN"] = str(ROOT / "target" / "release" / "laser-router")
+    postgres = PostgresCluster(fsync=True)
+    base = CONFIG.replace("[routers]\ncontext_dim = 4", f"[routers]\ncontext_dim = {DIM}")
+    servers = {
+        "local": Server(free_port(), base).wait_ready(),
+        "postgres": Server(free_port(), base + f'[store]\nbackend = "postgres"\nurl = "{postgres.url}"\n').wait_ready(),
+    }
+    try:
+        for server in servers.values():
+            LaserRouterClient(server.address).create_router("bench", context_dim=DIM)
+        best = {name: {} for name in servers}
+        for round_index in range(rounds):
+            for clients in CLIENTS:
+                for name, server in servers.items():
+                    latencies = scores(server.address, clients, seconds)
+                    p50 = statistics.median(latencies)
+                    p99 = latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))]
+                    rate = feedbacks_per_second(server.address, clients, seconds)
+                    entry = best[name].setdefault(clients, {"p50": float("inf"), "p99": float("inf"), "feedback": 0.0})
+                    entry["p50"] = min(entry["p50"], p50)
+                    entry["p99"] = min(entry["p99"], p99)
+                    entry["feedback"] = max(entry["feedback"], rate)
+            print(f"round {round_index + 1}/{rounds} done", flush=True)
+        for clients in CLIENTS:
+            local, pg = best["local"][clients], best["postgres"][clients]
+            print(f"state_backends: {clients:>2} clients: Score p50 local {local['p50'] * 1e3:.2f} ms, "
+                  f"postgres {pg['p50'] * 1e3:.2f} ms ({pg['p50'] / local['p50']:.2f}x); "
+                  f"p99 local {local['p99'] * 1e3:.2f} ms, postgres {pg['p99'] * 1e3:.2f} ms "
+                  f"({pg['p99'] / local['p99']:.2f}x); Feedback/s local {local['feedback']:.0f}, "
+                  f"postgres {pg['feedback']:.0f} ({pg['feedback'] / local['feedback']:.2f}x)")
+    finally:
+        for server in servers.values():
+            server.stop()
+        postgres.close()
+
+
+if __name__ == "__main__":
+    main()
