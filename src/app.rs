@@ -271,6 +271,7 @@ async fn open_routers(config: &Config, recover_truncate: bool) -> Result<Routers
         segment_bytes: config.store.segment_bytes,
         recover_truncate,
         postgres_url: config.store.postgres_url(),
+        lease: std::time::Duration::from_secs_f64(config.store.lease_seconds),
     };
     let data_dir = config.server.data_dir.clone();
     let routers_options = config.routers_options();

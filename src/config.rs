@@ -59,6 +59,9 @@ pub struct StoreConfig {
     /// The PostgreSQL database of `backend = "postgres"`
     /// (`postgres://user:password@host:5432/dbname`; env `LASER_STORE_URL` overrides it).
     pub url: Option<String>,
+    /// PostgreSQL: how long the writer lease lasts unrenewed before a standby replica may
+    /// take over (default 10 s; renewed every third of it).
+    pub lease_seconds: f64,
 }
 
 /// Where durable state lives.
@@ -79,6 +82,7 @@ impl Default for StoreConfig {
             segment_bytes: 64 << 20,
             backend: StoreBackend::Local,
             url: None,
+            lease_seconds: 10.0,
         }
     }
 }
@@ -358,6 +362,12 @@ impl Config {
             return Err(invalid(
                 "store.url",
                 "backend \"postgres\" needs url (or LASER_STORE_URL)".into(),
+            ));
+        }
+        if !(0.2..=3600.0).contains(&self.store.lease_seconds) {
+            return Err(invalid(
+                "store.lease_seconds",
+                format!("{} is outside 0.2..=3600", self.store.lease_seconds),
             ));
         }
         let limits = [

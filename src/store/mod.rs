@@ -73,6 +73,9 @@ pub struct StoreOptions {
     /// Keep the records and snapshots in this PostgreSQL database instead of the data
     /// directory ([`postgres`]).
     pub postgres_url: Option<String>,
+    /// The PostgreSQL writer lease's length: a replica that does not renew it for this long
+    /// can be replaced by a standby.
+    pub lease: Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -241,8 +244,8 @@ pub struct Store {
     dir: PathBuf,
     writer: Option<Writer>,
     _lock: Option<File>,
-    /// Snapshots go to this database (PostgreSQL backend).
-    postgres_url: Option<String>,
+    /// Snapshots go to this database, under this lease (PostgreSQL backend).
+    postgres: Option<(String, postgres::Lease)>,
 }
 
 impl Store {
@@ -252,7 +255,7 @@ impl Store {
             dir: PathBuf::new(),
             writer: None,
             _lock: None,
-            postgres_url: None,
+            postgres: None,
         }
     }
 
@@ -268,7 +271,7 @@ impl Store {
             return Ok((Self::in_memory(), recovered));
         }
         if let Some(url) = &options.postgres_url {
-            return Self::open_postgres(url);
+            return Self::open_postgres(url, options.lease);
         }
         let dir = data_dir.join("state");
         fs::create_dir_all(&dir).map_err(io_error(&dir))?;
@@ -294,15 +297,16 @@ impl Store {
                 dir,
                 writer: Some(writer),
                 _lock: Some(lock),
-                postgres_url: None,
+                postgres: None,
             },
             recovered,
         ))
     }
 
     /// Open the state kept in PostgreSQL at `url`: the writer lock, the schema, recovery.
-    fn open_postgres(url: &str) -> Result<(Store, Recovered), StoreError> {
-        let (sink, recovered) = postgres::PgSink::open(url)?;
+    fn open_postgres(url: &str, lease: Duration) -> Result<(Store, Recovered), StoreError> {
+        let (sink, recovered) = postgres::PgSink::open(url, lease)?;
+        let lease = sink.lease().clone();
         let next_seq = recovered.next_seq();
         let shown = PathBuf::from(postgres::redacted(url));
         let writer = Writer::start(sink, next_seq, &shown)?;
@@ -311,7 +315,7 @@ impl Store {
                 dir: shown,
                 writer: Some(writer),
                 _lock: None,
-                postgres_url: Some(url.to_string()),
+                postgres: Some((url.to_string(), lease)),
             },
             recovered,
         ))
@@ -373,8 +377,8 @@ impl Store {
         if self.writer.is_none() {
             return Ok(0);
         }
-        if let Some(url) = &self.postgres_url {
-            return postgres::write_snapshot(url, seq, payload);
+        if let Some((url, lease)) = &self.postgres {
+            return postgres::write_snapshot(url, lease, seq, payload);
         }
         let path = self.dir.join(format!("snapshot-{seq:020}.snap"));
         let temp = self.dir.join(format!("snapshot-{seq:020}.snap.tmp"));
@@ -432,9 +436,32 @@ const RETRY_INTERVAL: Duration = Duration::from_millis(500);
 /// Where the writer makes records durable: log segment files, or PostgreSQL.
 trait RecordSink: Send + 'static {
     /// Make `records` durable, in order: all of them, or (on error) none that a later read
-    /// would take as data. The reason on failure.
-    fn write(&mut self, records: &[(u64, &[u8])]) -> Result<(), String>;
+    /// would take as data.
+    fn write(&mut self, records: &[(u64, &[u8])]) -> Result<(), SinkError>;
+
+    /// How long the writer may sit idle before [`RecordSink::idle`] (a lease to renew).
+    fn idle_interval(&self) -> Option<Duration> {
+        None
+    }
+
+    /// Called when nothing was written for [`RecordSink::idle_interval`].
+    fn idle(&mut self) -> Result<(), SinkError> {
+        Ok(())
+    }
 }
+
+/// Why a sink did not write.
+#[derive(Debug)]
+enum SinkError {
+    /// The write failed (disk full, the database gone): try again later.
+    Failed(String),
+    /// Another process owns the state now: this one must never write again.
+    Fenced(String),
+}
+
+/// Exit status of a server that lost its writer lease to another replica (it steps down; its
+/// supervisor restarts it as a standby, which reloads the state from the database).
+pub const FENCED_EXIT_CODE: i32 = 75;
 
 /// The writer thread: group commit, and what happens when a write fails.
 ///
@@ -444,7 +471,8 @@ trait RecordSink: Send + 'static {
 /// applied them already; they were never acknowledged), and the log's health reports the
 /// failure, so new changes are refused before they are applied. Every [`RETRY_INTERVAL`]
 /// the kept records are written again, with anything queued meanwhile; once they are
-/// durable the log is healthy again.
+/// durable the log is healthy again. A fenced sink (another replica holds the lease) makes
+/// the process step down: it exits with [`FENCED_EXIT_CODE`], nothing more written.
 struct LogWriter {
     health: Arc<LogHealth>,
 }
@@ -454,13 +482,23 @@ impl LogWriter {
         let mut kept: Vec<(u64, Vec<u8>)> = Vec::new();
         loop {
             let mut batch = Vec::new();
-            let next = if kept.is_empty() {
-                receiver.recv().map_err(|_| RecvTimeoutError::Disconnected)
-            } else {
-                receiver.recv_timeout(RETRY_INTERVAL)
+            let next = match (kept.is_empty(), sink.idle_interval()) {
+                (false, _) => receiver.recv_timeout(RETRY_INTERVAL),
+                (true, Some(interval)) => receiver.recv_timeout(interval),
+                (true, None) => receiver.recv().map_err(|_| RecvTimeoutError::Disconnected),
             };
             match next {
                 Ok(first) => batch.push(first),
+                Err(RecvTimeoutError::Timeout) if kept.is_empty() => {
+                    match sink.idle() {
+                        Ok(()) => {}
+                        Err(SinkError::Fenced(reason)) => step_down(&reason),
+                        Err(SinkError::Failed(reason)) => {
+                            tracing::warn!(%reason, "state store idle check failed")
+                        }
+                    }
+                    continue;
+                }
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => return,
             }
@@ -472,7 +510,11 @@ impl LogWriter {
                 .map(|(seq, payload)| (*seq, payload.as_slice()))
                 .chain(batch.iter().map(|a| (a.seq, a.payload.as_slice())))
                 .collect();
-            if let Err(reason) = sink.write(&records) {
+            if let Err(error) = sink.write(&records) {
+                let reason = match error {
+                    SinkError::Fenced(reason) => step_down(&reason),
+                    SinkError::Failed(reason) => reason,
+                };
                 if self.health.failing().is_none() {
                     tracing::error!(%reason, "state log write failed; refusing changes until the kept records are durable");
                 }
@@ -498,6 +540,13 @@ impl LogWriter {
             }
         }
     }
+}
+
+/// Another replica owns the state: stop at once, writing nothing more.
+fn step_down(reason: &str) -> ! {
+    tracing::error!(%reason, "this server lost the state's writer lease to another replica: stepping down");
+    eprintln!("laser-router: stepping down: {reason}");
+    std::process::exit(FENCED_EXIT_CODE)
 }
 
 /// Log segment files: one sequential write and one `fdatasync` per batch; a failed write
@@ -543,7 +592,7 @@ impl FileSink {
 }
 
 impl RecordSink for FileSink {
-    fn write(&mut self, records: &[(u64, &[u8])]) -> Result<(), String> {
+    fn write(&mut self, records: &[(u64, &[u8])]) -> Result<(), SinkError> {
         let mut bytes = Vec::new();
         let mut last_seq = 0;
         for &(seq, payload) in records {
@@ -554,7 +603,10 @@ impl RecordSink for FileSink {
             // Cut the partial write off now; the next try cuts again before writing.
             let _ = self.file.set_len(self.durable_len);
             self.torn = true;
-            return Err(format!("{}: {error}", self.path.display()));
+            return Err(SinkError::Failed(format!(
+                "{}: {error}",
+                self.path.display()
+            )));
         }
         self.durable_len += bytes.len() as u64;
         self.torn = false;

@@ -12,10 +12,14 @@
 //! - `laser_schema (version)`: the schema's version; creation and migration run under a
 //!   transaction-level advisory lock, so concurrent servers do not race.
 //!
-//! One writer per database: the writer's connection holds a session advisory lock
-//! ([`WRITER_LOCK`]) for as long as it lives. A second server on the same database is refused
-//! at startup; a writer whose connection dropped (PostgreSQL restarted) takes the lock again
-//! before writing, and refuses to write while another server holds it.
+//! - `laser_lease (owner, epoch, expires_at)`: one row, the writer lease. One writer per
+//!   database: a server takes the lease when it is free or expired (bumping `epoch`), renews
+//!   it with every batch and when idle, and every batch's transaction first checks that it
+//!   still holds the lease at its epoch. A replica that lost it (paused past the lease,
+//!   partitioned) finds so at its next write or renewal: the transaction rolls back, nothing
+//!   lands, and the server steps down (exits, [`super::FENCED_EXIT_CODE`]). A server that
+//!   finds the lease held waits as a standby, and takes over (loading the newest snapshot and
+//!   the records after it) once the holder stops renewing. Times are the database's.
 //!
 //! Failures: a failed commit (PostgreSQL down, restarting) is a failed write to the log
 //! writer: the records stay queued, changes are refused with UNAVAILABLE, health says
@@ -26,12 +30,12 @@
 //! records after it once. The client is tokio-postgres on a small current-thread runtime
 //! owned by the writer thread (and one per snapshot or recovery), never the server's runtime.
 
+use std::time::Duration;
+
 use tokio_postgres::{Client, NoTls};
 
-use super::{RecordSink, Recovered, SNAPSHOT_VERSION, StoreError};
+use super::{RecordSink, Recovered, SNAPSHOT_VERSION, SinkError, StoreError};
 
-/// Key of the session advisory lock the writer's connection holds.
-pub const WRITER_LOCK: i64 = 0x4c41_5345_525f_5752; // "LASER_WR"
 /// Key of the transaction advisory lock held while the schema is created or migrated.
 const SCHEMA_LOCK: i64 = 0x4c41_5345_525f_5343; // "LASER_SC"
 /// The schema this server writes.
@@ -116,6 +120,9 @@ async fn migrate(client: &mut Client, url: &str) -> Result<(), String> {
                 "CREATE TABLE laser_records (seq bigint PRIMARY KEY, payload bytea NOT NULL);
                  CREATE TABLE laser_snapshots (seq bigint PRIMARY KEY, version integer NOT NULL,
                      bytes bigint NOT NULL, chunks integer NOT NULL);
+                 CREATE TABLE laser_lease (id integer PRIMARY KEY CHECK (id = 1),
+                     owner text NOT NULL, epoch bigint NOT NULL, expires_at timestamptz NOT NULL);
+                 INSERT INTO laser_lease VALUES (1, '', 0, 'epoch');
                  CREATE TABLE laser_snapshot_chunks (
                      snapshot_seq bigint NOT NULL REFERENCES laser_snapshots (seq) ON DELETE CASCADE,
                      index integer NOT NULL, data bytea NOT NULL,
@@ -130,73 +137,159 @@ async fn migrate(client: &mut Client, url: &str) -> Result<(), String> {
     transaction.commit().await.map_err(&error)
 }
 
-/// Take the writer's advisory lock on `client`'s session; refused while another holds it.
-async fn take_writer_lock(client: &Client, url: &str) -> Result<(), String> {
-    let taken: bool = client
-        .query_one("SELECT pg_try_advisory_lock($1)", &[&WRITER_LOCK])
-        .await
-        .map_err(db_error(url))?
-        .get(0);
-    if taken {
-        Ok(())
-    } else {
-        Err(format!(
-            "{}: another laser-router writes this state (it holds the writer lock)",
-            redacted(url)
-        ))
+/// This server's hold on the state: who, since which takeover, for how long at a time.
+#[derive(Clone, Debug)]
+pub struct Lease {
+    pub owner: String,
+    pub epoch: i64,
+    pub length: Duration,
+}
+
+impl Lease {
+    fn seconds(&self) -> f64 {
+        self.length.as_secs_f64()
     }
 }
 
-/// The writer's side: records committed in batches on one connection holding the lock.
+/// A name for this process among the replicas: host, pid and a random part.
+fn owner_name() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "host".into());
+    let random = uuid::Uuid::new_v4().simple().to_string();
+    format!("{}-{}-{}", host.trim(), std::process::id(), &random[..8])
+}
+
+/// Take the lease when it is free or expired; otherwise wait as a standby until it is.
+async fn take_lease(client: &Client, url: &str, length: Duration) -> Result<Lease, String> {
+    let owner = owner_name();
+    let error = db_error(url);
+    let mut waiting = false;
+    loop {
+        let taken = client
+            .query_opt(
+                "UPDATE laser_lease SET owner = $1, epoch = epoch + 1,
+                     expires_at = now() + make_interval(secs => $2)
+                 WHERE id = 1 AND (owner = '' OR expires_at < now()) RETURNING epoch",
+                &[&owner, &length.as_secs_f64()],
+            )
+            .await
+            .map_err(&error)?;
+        if let Some(row) = taken {
+            let epoch: i64 = row.get(0);
+            tracing::info!(%owner, epoch, "took the state's writer lease");
+            return Ok(Lease {
+                owner,
+                epoch,
+                length,
+            });
+        }
+        if !waiting {
+            let holder: String = client
+                .query_one("SELECT owner FROM laser_lease WHERE id = 1", &[])
+                .await
+                .map_err(&error)?
+                .get(0);
+            tracing::info!(%holder, "the state's writer lease is held: waiting as a standby");
+            eprintln!(
+                "laser-router: standby: {holder} holds the state's writer lease; taking over when it lapses"
+            );
+            waiting = true;
+        }
+        tokio::time::sleep((length / 4).max(Duration::from_millis(100))).await;
+    }
+}
+
+/// Renew `lease` inside a transaction (or alone): fenced when another took it meanwhile.
+async fn renew(
+    client: &impl tokio_postgres::GenericClient,
+    url: &str,
+    lease: &Lease,
+) -> Result<(), SinkError> {
+    let renewed = client
+        .execute(
+            "UPDATE laser_lease SET expires_at = now() + make_interval(secs => $3)
+             WHERE id = 1 AND owner = $1 AND epoch = $2",
+            &[&lease.owner, &lease.epoch, &lease.seconds()],
+        )
+        .await
+        .map_err(|e| SinkError::Failed(db_error(url)(e)))?;
+    if renewed == 1 {
+        Ok(())
+    } else {
+        Err(SinkError::Fenced(format!(
+            "{}: the writer lease (epoch {}) was taken by another replica",
+            redacted(url),
+            lease.epoch
+        )))
+    }
+}
+
+/// The writer's side: records committed in batches, each under the lease.
 pub(super) struct PgSink {
     url: String,
     runtime: tokio::runtime::Runtime,
     client: Option<Client>,
+    lease: Lease,
 }
 
 impl PgSink {
-    /// Connect, take the writer lock, create or migrate the schema, and read what the
-    /// database holds. Blocking.
-    pub(super) fn open(url: &str) -> Result<(Self, Recovered), StoreError> {
+    /// Connect, create or migrate the schema, take the writer lease (waiting as a standby
+    /// while another server holds it), and read what the database holds. Blocking.
+    pub(super) fn open(url: &str, lease_length: Duration) -> Result<(Self, Recovered), StoreError> {
         let unavailable = |reason: String| StoreError::Io {
             path: redacted(url),
             reason,
         };
         let runtime = runtime().map_err(unavailable)?;
-        let (client, recovered) = runtime
+        let (client, lease, recovered) = runtime
             .block_on(async {
                 let mut client = connect(url).await?;
-                take_writer_lock(&client, url).await?;
                 migrate(&mut client, url).await?;
+                let lease = take_lease(&client, url, lease_length).await?;
                 let recovered = recover(&client, url).await?;
-                Ok::<_, String>((client, recovered))
+                Ok::<_, String>((client, lease, recovered))
             })
-            .map_err(|reason| {
-                if reason.contains("writer lock") {
-                    StoreError::Locked {
-                        path: redacted(url),
-                    }
-                } else {
-                    unavailable(reason)
-                }
-            })?;
+            .map_err(unavailable)?;
         Ok((
             Self {
                 url: url.to_string(),
                 runtime,
                 client: Some(client),
+                lease,
             },
             recovered,
         ))
     }
 
+    pub(super) fn lease(&self) -> &Lease {
+        &self.lease
+    }
+
+    /// A live connection: the kept one, or a new one.
+    async fn client(client: Option<Client>, url: &str) -> Result<Client, SinkError> {
+        match client {
+            Some(client) if !client.is_closed() => Ok(client),
+            _ => {
+                let client = connect(url).await.map_err(SinkError::Failed)?;
+                tracing::info!(database = %redacted(url), "state database connection restored");
+                Ok(client)
+            }
+        }
+    }
+
+    /// One transaction: the lease checked (and renewed) at this server's epoch, then the
+    /// records; nothing lands without the lease.
     async fn insert(
         client: &mut Client,
         url: &str,
+        lease: &Lease,
         records: &[(u64, &[u8])],
-    ) -> Result<(), String> {
-        let error = db_error(url);
-        let transaction = client.transaction().await.map_err(&error)?;
+    ) -> Result<(), SinkError> {
+        let failed = |e| SinkError::Failed(db_error(url)(e));
+        let transaction = client.transaction().await.map_err(failed)?;
+        renew(&transaction, url, lease).await?;
         for chunk in records.chunks(RECORDS_PER_STATEMENT) {
             let seqs: Vec<i64> = chunk.iter().map(|(seq, _)| *seq as i64).collect();
             let payloads: Vec<&[u8]> = chunk.iter().map(|(_, payload)| *payload).collect();
@@ -208,41 +301,54 @@ impl PgSink {
                     &[&seqs, &payloads],
                 )
                 .await
-                .map_err(&error)?;
+                .map_err(failed)?;
         }
-        transaction.commit().await.map_err(&error)
+        transaction.commit().await.map_err(failed)
     }
 }
 
 impl RecordSink for PgSink {
-    fn write(&mut self, records: &[(u64, &[u8])]) -> Result<(), String> {
+    fn write(&mut self, records: &[(u64, &[u8])]) -> Result<(), SinkError> {
         if records.is_empty() {
             return Ok(());
         }
-        let url = self.url.clone();
-        let mut client = self.client.take();
-        let result = self.runtime.block_on(async {
-            let mut fresh = match client.take() {
-                Some(client) if !client.is_closed() => client,
-                _ => {
-                    // Reconnected: the lock went with the old session; take it again.
-                    let client = connect(&url).await?;
-                    take_writer_lock(&client, &url).await?;
-                    tracing::info!(database = %redacted(&url), "state database connection restored");
-                    client
-                }
+        let (url, lease) = (self.url.clone(), self.lease.clone());
+        let client = self.client.take();
+        let (client, written) = self.runtime.block_on(async {
+            let mut client = match Self::client(client, &url).await {
+                Ok(client) => client,
+                Err(error) => return (None, Err(error)),
             };
-            let written = Self::insert(&mut fresh, &url, records).await;
-            Ok::<_, String>((fresh, written))
+            let written = Self::insert(&mut client, &url, &lease, records).await;
+            (Some(client), written)
         });
-        match result {
-            Ok((client, Ok(()))) => {
-                self.client = Some(client);
-                Ok(())
-            }
-            // The session may be gone or poisoned: start afresh on the next try.
-            Ok((_, Err(reason))) | Err(reason) => Err(reason),
+        // After a failure the session may be gone or poisoned: start afresh on the next try.
+        if written.is_ok() {
+            self.client = client;
         }
+        written
+    }
+
+    fn idle_interval(&self) -> Option<Duration> {
+        Some((self.lease.length / 3).max(Duration::from_millis(50)))
+    }
+
+    /// Renew the lease while nothing is written.
+    fn idle(&mut self) -> Result<(), SinkError> {
+        let (url, lease) = (self.url.clone(), self.lease.clone());
+        let client = self.client.take();
+        let (client, renewed) = self.runtime.block_on(async {
+            let client = match Self::client(client, &url).await {
+                Ok(client) => client,
+                Err(error) => return (None, Err(error)),
+            };
+            let renewed = renew(&client, &url, &lease).await;
+            (Some(client), renewed)
+        });
+        if renewed.is_ok() {
+            self.client = client;
+        }
+        renewed
     }
 }
 
@@ -314,7 +420,12 @@ async fn recover(client: &Client, url: &str) -> Result<Recovered, String> {
 
 /// Write a snapshot of the state after record `seq` in chunks, in one transaction that also
 /// drops older snapshots and the records it covers. Blocking (its own connection).
-pub(super) fn write_snapshot(url: &str, seq: u64, payload: &[u8]) -> Result<u64, StoreError> {
+pub(super) fn write_snapshot(
+    url: &str,
+    lease: &Lease,
+    seq: u64,
+    payload: &[u8],
+) -> Result<u64, StoreError> {
     let failed = |reason: String| StoreError::Io {
         path: redacted(url),
         reason,
@@ -325,6 +436,20 @@ pub(super) fn write_snapshot(url: &str, seq: u64, payload: &[u8]) -> Result<u64,
             let error = db_error(url);
             let mut client = connect(url).await?;
             let transaction = client.transaction().await.map_err(&error)?;
+            // Held to the commit: no takeover can happen while this snapshot is written.
+            let held = transaction
+                .query_opt(
+                    "SELECT 1 FROM laser_lease WHERE id = 1 AND owner = $1 AND epoch = $2 FOR UPDATE",
+                    &[&lease.owner, &lease.epoch],
+                )
+                .await
+                .map_err(&error)?;
+            if held.is_none() {
+                return Err(format!(
+                    "the writer lease (epoch {}) was taken by another replica: snapshot not written",
+                    lease.epoch
+                ));
+            }
             let seq = seq as i64;
             let chunks: Vec<&[u8]> = payload.chunks(SNAPSHOT_CHUNK_BYTES).collect();
             transaction
