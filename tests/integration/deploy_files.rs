@@ -278,3 +278,123 @@ fn grafana_provisioning_points_at_the_dashboard_and_datasource() {
         String::from_utf8_lossy(&rules.stdout)
     );
 }
+
+/// A config file of the image with backend "postgres", parsed with a URL standing in for the
+/// one the environment gives (LASER_STORE_URL).
+fn postgres_config(text: &str, shown: &str, base: &Path) -> laser_router::config::Config {
+    assert!(
+        text.contains("backend = \"postgres\""),
+        "{shown}: not on PostgreSQL"
+    );
+    let text = text.replace(
+        "backend = \"postgres\"",
+        "backend = \"postgres\"\nurl = \"postgres://laser@db/laser\"",
+    );
+    laser_router::config::Config::parse(&text, shown, base).expect("valid config")
+}
+
+/// Two replicas on PostgreSQL in compose: the database is healthy before they start, both
+/// replicas run the same config from the image and reach the `postgres` service, and both
+/// answer to one network alias.
+#[test]
+fn the_postgres_compose_example_runs_two_replicas_on_one_database() {
+    let compose = yaml("docker-compose.postgres.yml");
+    let services = &compose["services"];
+    assert!(
+        services["postgres"]["image"]
+            .as_str()
+            .unwrap()
+            .starts_with("postgres:")
+    );
+    let user = services["postgres"]["environment"]["POSTGRES_USER"]
+        .as_str()
+        .unwrap();
+    for name in ["laser-router", "laser-router-standby"] {
+        let service = &services[name];
+        let command: Vec<&str> = service["command"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .filter_map(Value::as_str)
+            .collect();
+        let path = command[command.iter().position(|a| *a == "--config").unwrap() + 1];
+        let local = path.strip_prefix("/app/").expect("a path in the image");
+        let text = std::fs::read_to_string(repo(local)).unwrap();
+        postgres_config(&text, local, &repo("deploy/config"));
+        let url = service["environment"]["LASER_STORE_URL"].as_str().unwrap();
+        assert!(
+            url.starts_with(&format!("postgres://{user}:")) && url.contains("@postgres:5432/"),
+            "{name}: {url}"
+        );
+        assert_eq!(
+            service["depends_on"]["postgres"]["condition"].as_str(),
+            Some("service_healthy")
+        );
+        assert_eq!(
+            service["networks"]["default"]["aliases"][0].as_str(),
+            Some("laser-router")
+        );
+    }
+    let build = &services["laser-router-standby"]["build"];
+    assert!(
+        repo(build["context"].as_str().unwrap())
+            .join(build["dockerfile"].as_str().unwrap())
+            .is_file()
+    );
+}
+
+/// N replicas on Kubernetes: no volume (state is in PostgreSQL), the URL from the Secret the
+/// example names, the ConfigMap mounted, readiness on gRPC (only the owner listens).
+#[test]
+fn kubernetes_replicas_share_postgres_and_only_the_owner_is_ready() {
+    let deployment = yaml("deploy/k8s/replicas/deployment.yaml");
+    let configmap = yaml("deploy/k8s/replicas/configmap.yaml");
+    let secret = yaml("deploy/k8s/replicas/secret.example.yaml");
+    let service = yaml("deploy/k8s/replicas/service.yaml");
+    assert!(deployment["spec"]["replicas"].as_i64().unwrap() >= 2);
+    let pod = &deployment["spec"]["template"]["spec"];
+    let volumes = pod["volumes"].as_sequence().unwrap();
+    assert!(
+        volumes
+            .iter()
+            .all(|v| v.get("persistentVolumeClaim").is_none()),
+        "replicas keep no state on the pod"
+    );
+    let config = volumes
+        .iter()
+        .find_map(|v| v["configMap"]["name"].as_str())
+        .unwrap();
+    assert_eq!(Some(config), configmap["metadata"]["name"].as_str());
+    let container = &pod["containers"][0];
+    let env = container["env"].as_sequence().unwrap();
+    let url = env
+        .iter()
+        .find(|e| e["name"].as_str() == Some("LASER_STORE_URL"))
+        .expect("LASER_STORE_URL");
+    let reference = &url["valueFrom"]["secretKeyRef"];
+    assert_eq!(
+        reference["name"].as_str(),
+        secret["metadata"]["name"].as_str()
+    );
+    let key = reference["key"].as_str().unwrap();
+    assert!(
+        secret["stringData"][key]
+            .as_str()
+            .unwrap()
+            .starts_with("postgres://")
+    );
+    assert_eq!(
+        container["readinessProbe"]["grpc"]["port"].as_i64(),
+        Some(50051)
+    );
+    assert!(
+        container.get("livenessProbe").is_none(),
+        "a waiting standby is alive"
+    );
+    assert_eq!(
+        service["spec"]["selector"],
+        deployment["spec"]["selector"]["matchLabels"]
+    );
+    let toml = configmap["data"]["config.toml"].as_str().unwrap();
+    postgres_config(toml, "replicas configmap", Path::new("/"));
+}
