@@ -1,5 +1,8 @@
 //! Durable state: an append-only log of CRC-framed, sequence-numbered records plus periodic
-//! snapshots, in the data directory.
+//! snapshots, in the data directory, or the same records and snapshots in PostgreSQL
+//! ([`postgres`]: group-committed transactions, chunked snapshots, a writer lease with
+//! fencing for replicas). Both backends share the writer thread below ([`RecordSink`] is
+//! where they differ) and its failure handling.
 //!
 //! Why a log and snapshots rather than SQLite: the router is an event-sourced state machine
 //! (`Routers::apply`), so the log holds exactly what the server acknowledged, in order, and
