@@ -319,7 +319,14 @@ impl Shared {
     /// Metadata from a ready endpoint, checked against the spec, then one probe inference.
     async fn learn_layout(&self) -> Result<Probed, ModelError> {
         let name = self.name().to_string();
-        let endpoint = self.engine.pick().expect("an endpoint is ready");
+        // Ready a moment ago; a failed call may have taken it out since.
+        let endpoint = self
+            .engine
+            .pick()
+            .ok_or_else(|| ModelError::EngineRefused {
+                name: name.clone(),
+                reason: "no endpoint is ready".into(),
+            })?;
         let refused = |error: CallError| ModelError::EngineRefused {
             name: name.clone(),
             reason: error.to_string(),
