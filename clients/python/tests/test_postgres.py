@@ -94,6 +94,10 @@ def test_a_second_server_waits_as_a_standby_and_takes_over(postgres):
         assert takeover < 10, takeover
         standby = LaserRouterClient(second.address)
         assert arms(standby, "r") == before
+        # One channel over both replicas reaches whichever holds the lease.
+        both = LaserRouterClient(channel=grpc.insecure_channel(
+            f"ipv4:{first.address},{second.address}", options=[("grpc.default_authority", "laser-router")]))
+        assert arms(both, "r") == before
         # The decision pending at the takeover is still there, and takes its feedback once.
         assert standby.feedback("r", [pending.decision_id], loss=0.1)["applied"] == 1
     finally:
