@@ -61,6 +61,7 @@ fn open(dir: Option<&Path>, dim: usize, fsync: bool) -> Routers {
                 recover_truncate: false,
                 postgres_url: None,
                 lease: std::time::Duration::from_secs(10),
+                standby: false,
             };
             let (store, recovered) = Store::open(dir, &options).unwrap();
             let routers = Routers::with_store(routers_options(dim), store);

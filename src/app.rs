@@ -272,6 +272,7 @@ async fn open_routers(config: &Config, recover_truncate: bool) -> Result<Routers
         recover_truncate,
         postgres_url: config.store.postgres_url(),
         lease: std::time::Duration::from_secs_f64(config.store.lease_seconds),
+        standby: true,
     };
     let data_dir = config.server.data_dir.clone();
     let routers_options = config.routers_options();

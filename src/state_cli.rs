@@ -44,6 +44,7 @@ fn open(config: &Config) -> Result<Routers, StateCliError> {
         recover_truncate: false,
         postgres_url: config.store.postgres_url(),
         lease: std::time::Duration::from_secs_f64(config.store.lease_seconds),
+        standby: false,
     };
     let (store, recovered) = Store::open(&config.server.data_dir, &options)?;
     let options = RoutersOptions {

@@ -79,6 +79,9 @@ pub struct StoreOptions {
     /// The PostgreSQL writer lease's length: a replica that does not renew it for this long
     /// can be replaced by a standby.
     pub lease: Duration,
+    /// PostgreSQL: wait as a standby while another server holds the lease (the server), or
+    /// fail at once (the `state` commands).
+    pub standby: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -193,10 +196,22 @@ impl LogHealth {
 }
 
 struct Writer {
-    sender: Sender<Append>,
+    sender: Option<Sender<Append>>,
     /// Next sequence number; held while sending so channel order is sequence order.
     next_seq: Mutex<u64>,
     health: Arc<LogHealth>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for Writer {
+    /// Close the queue and wait for the writer to finish what it holds and close its sink
+    /// (PostgreSQL: hand the lease back, so a standby takes over at once).
+    fn drop(&mut self) {
+        self.sender.take();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
 }
 
 impl Writer {
@@ -207,14 +222,15 @@ impl Writer {
         let log = LogWriter {
             health: health.clone(),
         };
-        std::thread::Builder::new()
+        let thread = std::thread::Builder::new()
             .name("state-log".into())
             .spawn(move || log.run(sink, receiver))
             .map_err(io_error(shown))?;
         Ok(Self {
-            sender,
+            sender: Some(sender),
             next_seq: Mutex::new(next_seq),
             health,
+            thread: Some(thread),
         })
     }
 }
@@ -274,7 +290,7 @@ impl Store {
             return Ok((Self::in_memory(), recovered));
         }
         if let Some(url) = &options.postgres_url {
-            return Self::open_postgres(url, options.lease);
+            return Self::open_postgres(url, options.lease, options.standby);
         }
         let dir = data_dir.join("state");
         fs::create_dir_all(&dir).map_err(io_error(&dir))?;
@@ -307,8 +323,12 @@ impl Store {
     }
 
     /// Open the state kept in PostgreSQL at `url`: the writer lock, the schema, recovery.
-    fn open_postgres(url: &str, lease: Duration) -> Result<(Store, Recovered), StoreError> {
-        let (sink, recovered) = postgres::PgSink::open(url, lease)?;
+    fn open_postgres(
+        url: &str,
+        lease: Duration,
+        standby: bool,
+    ) -> Result<(Store, Recovered), StoreError> {
+        let (sink, recovered) = postgres::PgSink::open(url, lease, standby)?;
         let lease = sink.lease().clone();
         let next_seq = recovered.next_seq();
         let shown = PathBuf::from(postgres::redacted(url));
@@ -360,6 +380,8 @@ impl Store {
         let mut next_seq = writer.next_seq.lock().expect("seq lock poisoned");
         writer
             .sender
+            .as_ref()
+            .expect("the queue closes only when the store is dropped")
             .send(Append {
                 seq: *next_seq,
                 payload,
@@ -451,6 +473,9 @@ trait RecordSink: Send + 'static {
     fn idle(&mut self) -> Result<(), SinkError> {
         Ok(())
     }
+
+    /// The store is closing (every acknowledged record is durable already).
+    fn close(&mut self) {}
 }
 
 /// Why a sink did not write.
@@ -503,7 +528,10 @@ impl LogWriter {
                     continue;
                 }
                 Err(RecvTimeoutError::Timeout) => {}
-                Err(RecvTimeoutError::Disconnected) => return,
+                Err(RecvTimeoutError::Disconnected) => {
+                    sink.close();
+                    return;
+                }
             }
             while let Ok(more) = receiver.try_recv() {
                 batch.push(more);

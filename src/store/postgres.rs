@@ -161,8 +161,17 @@ fn owner_name() -> String {
     format!("{}-{}-{}", host.trim(), std::process::id(), &random[..8])
 }
 
-/// Take the lease when it is free or expired; otherwise wait as a standby until it is.
-async fn take_lease(client: &Client, url: &str, length: Duration) -> Result<Lease, String> {
+/// The start of the reason when the lease is held and nobody waits for it.
+const LEASE_HELD: &str = "the state's writer lease is held";
+
+/// Take the lease when it is free or expired; otherwise wait as a standby until it is (or,
+/// not `standby`, fail).
+async fn take_lease(
+    client: &Client,
+    url: &str,
+    length: Duration,
+    standby: bool,
+) -> Result<Lease, String> {
     let owner = owner_name();
     let error = db_error(url);
     let mut waiting = false;
@@ -191,6 +200,11 @@ async fn take_lease(client: &Client, url: &str, length: Duration) -> Result<Leas
                 .await
                 .map_err(&error)?
                 .get(0);
+            if !standby {
+                return Err(format!(
+                    "{LEASE_HELD}: {holder} holds it; stop that server first"
+                ));
+            }
             tracing::info!(%holder, "the state's writer lease is held: waiting as a standby");
             eprintln!(
                 "laser-router: standby: {holder} holds the state's writer lease; taking over when it lapses"
@@ -237,7 +251,11 @@ pub(super) struct PgSink {
 impl PgSink {
     /// Connect, create or migrate the schema, take the writer lease (waiting as a standby
     /// while another server holds it), and read what the database holds. Blocking.
-    pub(super) fn open(url: &str, lease_length: Duration) -> Result<(Self, Recovered), StoreError> {
+    pub(super) fn open(
+        url: &str,
+        lease_length: Duration,
+        standby: bool,
+    ) -> Result<(Self, Recovered), StoreError> {
         let unavailable = |reason: String| StoreError::Io {
             path: redacted(url),
             reason,
@@ -247,11 +265,16 @@ impl PgSink {
             .block_on(async {
                 let mut client = connect(url).await?;
                 migrate(&mut client, url).await?;
-                let lease = take_lease(&client, url, lease_length).await?;
+                let lease = take_lease(&client, url, lease_length, standby).await?;
                 let recovered = recover(&client, url).await?;
                 Ok::<_, String>((client, lease, recovered))
             })
-            .map_err(unavailable)?;
+            .map_err(|reason| match reason.starts_with(LEASE_HELD) {
+                true => StoreError::Locked {
+                    path: format!("{} ({reason})", redacted(url)),
+                },
+                false => unavailable(reason),
+            })?;
         Ok((
             Self {
                 url: url.to_string(),
@@ -331,6 +354,30 @@ impl RecordSink for PgSink {
 
     fn idle_interval(&self) -> Option<Duration> {
         Some((self.lease.length / 3).max(Duration::from_millis(50)))
+    }
+
+    /// Hand the lease back (a standby takes over at once); best effort.
+    fn close(&mut self) {
+        let (url, lease) = (self.url.clone(), self.lease.clone());
+        let client = self.client.take();
+        let released = self.runtime.block_on(async {
+            let client = Self::client(client, &url).await.map_err(|_| ())?;
+            tokio::time::timeout(
+                Duration::from_secs(2),
+                client.execute(
+                    "UPDATE laser_lease SET owner = '', expires_at = now()
+                     WHERE id = 1 AND owner = $1 AND epoch = $2",
+                    &[&lease.owner, &lease.epoch],
+                ),
+            )
+            .await
+            .map_err(|_| ())?
+            .map_err(|_| ())
+        });
+        match released {
+            Ok(1) => tracing::info!(epoch = lease.epoch, "state's writer lease handed back"),
+            _ => tracing::debug!("the writer lease was not handed back (expires by itself)"),
+        }
     }
 
     /// Renew the lease while nothing is written.

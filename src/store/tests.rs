@@ -10,6 +10,7 @@ fn options() -> StoreOptions {
         recover_truncate: false,
         postgres_url: None,
         lease: Duration::from_secs(10),
+        standby: false,
     }
 }
 

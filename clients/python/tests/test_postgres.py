@@ -279,3 +279,35 @@ def test_postgres_restarted_under_traffic(postgres):
         assert arms(client, "busy") == before, "everything acknowledged survives"
     finally:
         server.stop()
+
+
+def test_a_stopping_owner_hands_the_lease_over_and_state_commands_respect_it(postgres):
+    """SIGTERM: the owner hands the lease back on its way out, so a standby takes over at
+    once, well before a 30 s lease would lapse. `laser-router state inspect` on the database
+    fails at once while a server holds the lease, and reads the state once none does."""
+    slow_lease = config(postgres, lease_seconds=30.0)
+    owner = Server(free_port(), slow_lease).wait_ready()
+    standby = Server(free_port(), slow_lease)
+    try:
+        client = LaserRouterClient(owner.address)
+        client.create_router("handover", context_dim=4)
+        client.score("handover", [Query(id="q", context=[1, 0, 0, 0], prompt="p", responses=["a", "b"])])
+        config_file = owner.dir.name + "/config.toml"
+        inspect = [str(binary()), "state", "inspect", "--config", config_file]
+        started = time.time()
+        held = subprocess.run(inspect, capture_output=True, text=True, timeout=30)
+        assert held.returncode != 0 and "writer lease is held" in held.stderr, held.stderr
+        assert time.time() - started < 10
+        owner.process.send_signal(signal.SIGTERM)
+        assert owner.process.wait(timeout=30) == 0
+        stopped = time.time()
+        standby.wait_ready(timeout=30)
+        assert time.time() - stopped < 10, "the standby waited for the lease to lapse"
+        assert arms(LaserRouterClient(standby.address), "handover")[1] == 1
+        standby.process.send_signal(signal.SIGTERM)
+        assert standby.process.wait(timeout=30) == 0
+        shown = subprocess.run(inspect, capture_output=True, text=True, timeout=60)
+        assert shown.returncode == 0 and "handover" in shown.stdout, shown.stderr
+    finally:
+        owner.stop()
+        standby.stop()
