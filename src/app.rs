@@ -73,7 +73,18 @@ pub async fn run(
         config.server.data_dir.display()
     )))?;
 
-    let routers = open_routers(&config, recover_truncate).await?;
+    // A standby replica (PostgreSQL, lease held elsewhere) forwards its port to the holder
+    // while it waits; plaintext ports only.
+    let owner = crate::store::postgres::OwnerAddress::default();
+    let forwarder = match (config.store.postgres_url(), &config.server.tls) {
+        (Some(_), None) if config.store.durable => Some(
+            crate::forwarder::Forwarder::start(config.server.listen, owner.clone())
+                .await
+                .map_err(io_error(format!("listen on {}", config.server.listen)))?,
+        ),
+        _ => None,
+    };
+    let routers = open_routers(&config, recover_truncate, owner).await?;
     // The config's models, less those removed through Admin, then those added through Admin.
     let specs = routers
         .reward_model_changes()
@@ -104,6 +115,9 @@ pub async fn run(
     };
     let service = Arc::new(Service::new(models, routers.clone(), config.limits.clone()));
 
+    if let Some(forwarder) = forwarder {
+        forwarder.stop().await;
+    }
     let grpc_listener = TcpListener::bind(config.server.listen)
         .await
         .map_err(io_error(format!("listen on {}", config.server.listen)))?;
@@ -264,7 +278,11 @@ pub async fn run(
 }
 
 /// Open the store under the data directory and rebuild the routers from it.
-async fn open_routers(config: &Config, recover_truncate: bool) -> Result<RoutersHandle, AppError> {
+async fn open_routers(
+    config: &Config,
+    recover_truncate: bool,
+    owner: crate::store::postgres::OwnerAddress,
+) -> Result<RoutersHandle, AppError> {
     let options = StoreOptions {
         durable: config.store.durable,
         fsync: config.store.fsync,
@@ -273,6 +291,8 @@ async fn open_routers(config: &Config, recover_truncate: bool) -> Result<Routers
         postgres_url: config.store.postgres_url(),
         lease: std::time::Duration::from_secs_f64(config.store.lease_seconds),
         standby: true,
+        advertise: Some(config.server.advertised_address()),
+        owner,
     };
     let data_dir = config.server.data_dir.clone();
     let routers_options = config.routers_options();

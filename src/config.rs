@@ -129,6 +129,31 @@ pub struct ServerConfig {
     pub admin_token: Option<String>,
     /// TLS for the gRPC port (both services); off when unset.
     pub tls: Option<TlsConfig>,
+    /// Replicas on PostgreSQL: the gRPC address other replicas forward to when this one
+    /// holds the lease (env `LASER_ADVERTISE_ADDRESS` wins; default: `listen`, with the host
+    /// name for an unspecified IP).
+    pub advertise: Option<String>,
+}
+
+impl ServerConfig {
+    /// The address registered with the writer lease.
+    pub fn advertised_address(&self) -> String {
+        if let Ok(address) = std::env::var("LASER_ADVERTISE_ADDRESS")
+            && !address.is_empty()
+        {
+            return address;
+        }
+        if let Some(address) = &self.advertise {
+            return address.clone();
+        }
+        if self.listen.ip().is_unspecified() {
+            let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|h| h.trim().to_string())
+                .unwrap_or_else(|_| "localhost".into());
+            return format!("{host}:{}", self.listen.port());
+        }
+        self.listen.to_string()
+    }
 }
 
 /// TLS (rustls) for the gRPC port. Paths are PEM files, relative to the config file.
@@ -152,6 +177,7 @@ impl Default for ServerConfig {
             shutdown_grace_seconds: 10.0,
             admin_token: None,
             tls: None,
+            advertise: None,
         }
     }
 }

@@ -45,6 +45,8 @@ fn open(config: &Config) -> Result<Routers, StateCliError> {
         postgres_url: config.store.postgres_url(),
         lease: std::time::Duration::from_secs_f64(config.store.lease_seconds),
         standby: false,
+        advertise: None,
+        owner: Default::default(),
     };
     let (store, recovered) = Store::open(&config.server.data_dir, &options)?;
     let options = RoutersOptions {

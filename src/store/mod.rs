@@ -82,6 +82,10 @@ pub struct StoreOptions {
     /// PostgreSQL: wait as a standby while another server holds the lease (the server), or
     /// fail at once (the `state` commands).
     pub standby: bool,
+    /// PostgreSQL: the address this server registers with the lease, where standbys forward.
+    pub advertise: Option<String>,
+    /// PostgreSQL, while waiting as a standby: the lease holder's registered address.
+    pub owner: postgres::OwnerAddress,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -290,7 +294,7 @@ impl Store {
             return Ok((Self::in_memory(), recovered));
         }
         if let Some(url) = &options.postgres_url {
-            return Self::open_postgres(url, options.lease, options.standby);
+            return Self::open_postgres(url, options);
         }
         let dir = data_dir.join("state");
         fs::create_dir_all(&dir).map_err(io_error(&dir))?;
@@ -323,12 +327,8 @@ impl Store {
     }
 
     /// Open the state kept in PostgreSQL at `url`: the writer lock, the schema, recovery.
-    fn open_postgres(
-        url: &str,
-        lease: Duration,
-        standby: bool,
-    ) -> Result<(Store, Recovered), StoreError> {
-        let (sink, recovered) = postgres::PgSink::open(url, lease, standby)?;
+    fn open_postgres(url: &str, options: &StoreOptions) -> Result<(Store, Recovered), StoreError> {
+        let (sink, recovered) = postgres::PgSink::open(url, options)?;
         let lease = sink.lease().clone();
         let next_seq = recovered.next_seq();
         let shown = PathBuf::from(postgres::redacted(url));

@@ -34,7 +34,11 @@ use std::time::Duration;
 
 use tokio_postgres::{Client, NoTls};
 
-use super::{RecordSink, Recovered, SNAPSHOT_VERSION, SinkError, StoreError};
+use super::{RecordSink, Recovered, SNAPSHOT_VERSION, SinkError, StoreError, StoreOptions};
+
+/// The lease holder's registered address, as a standby last read it (`None`: nobody, or
+/// this server is taking over).
+pub type OwnerAddress = std::sync::Arc<std::sync::Mutex<Option<String>>>;
 
 /// Key of the transaction advisory lock held while the schema is created or migrated.
 const SCHEMA_LOCK: i64 = 0x4c41_5345_525f_5343; // "LASER_SC"
@@ -121,8 +125,9 @@ async fn migrate(client: &mut Client, url: &str) -> Result<(), String> {
                  CREATE TABLE laser_snapshots (seq bigint PRIMARY KEY, version integer NOT NULL,
                      bytes bigint NOT NULL, chunks integer NOT NULL);
                  CREATE TABLE laser_lease (id integer PRIMARY KEY CHECK (id = 1),
-                     owner text NOT NULL, epoch bigint NOT NULL, expires_at timestamptz NOT NULL);
-                 INSERT INTO laser_lease VALUES (1, '', 0, 'epoch');
+                     owner text NOT NULL, epoch bigint NOT NULL, expires_at timestamptz NOT NULL,
+                     address text NOT NULL);
+                 INSERT INTO laser_lease VALUES (1, '', 0, 'epoch', '');
                  CREATE TABLE laser_snapshot_chunks (
                      snapshot_seq bigint NOT NULL REFERENCES laser_snapshots (seq) ON DELETE CASCADE,
                      index integer NOT NULL, data bytea NOT NULL,
@@ -166,26 +171,25 @@ const LEASE_HELD: &str = "the state's writer lease is held";
 
 /// Take the lease when it is free or expired; otherwise wait as a standby until it is (or,
 /// not `standby`, fail).
-async fn take_lease(
-    client: &Client,
-    url: &str,
-    length: Duration,
-    standby: bool,
-) -> Result<Lease, String> {
+async fn take_lease(client: &Client, url: &str, options: &StoreOptions) -> Result<Lease, String> {
+    let (length, standby) = (options.lease, options.standby);
     let owner = owner_name();
+    let address = options.advertise.clone().unwrap_or_default();
     let error = db_error(url);
     let mut waiting = false;
     loop {
         let taken = client
             .query_opt(
                 "UPDATE laser_lease SET owner = $1, epoch = epoch + 1,
-                     expires_at = now() + make_interval(secs => $2)
+                     expires_at = now() + make_interval(secs => $2), address = $3
                  WHERE id = 1 AND (owner = '' OR expires_at < now()) RETURNING epoch",
-                &[&owner, &length.as_secs_f64()],
+                &[&owner, &length.as_secs_f64(), &address],
             )
             .await
             .map_err(&error)?;
         if let Some(row) = taken {
+            // Taking over: nothing to forward to any more.
+            *options.owner.lock().expect("owner lock poisoned") = None;
             let epoch: i64 = row.get(0);
             tracing::info!(%owner, epoch, "took the state's writer lease");
             return Ok(Lease {
@@ -194,12 +198,14 @@ async fn take_lease(
                 length,
             });
         }
+        let row = client
+            .query_one("SELECT owner, address FROM laser_lease WHERE id = 1", &[])
+            .await
+            .map_err(&error)?;
+        let (holder, holder_address): (String, String) = (row.get(0), row.get(1));
+        *options.owner.lock().expect("owner lock poisoned") =
+            (!holder_address.is_empty()).then_some(holder_address);
         if !waiting {
-            let holder: String = client
-                .query_one("SELECT owner FROM laser_lease WHERE id = 1", &[])
-                .await
-                .map_err(&error)?
-                .get(0);
             if !standby {
                 return Err(format!(
                     "{LEASE_HELD}: {holder} holds it; stop that server first"
@@ -251,11 +257,7 @@ pub(super) struct PgSink {
 impl PgSink {
     /// Connect, create or migrate the schema, take the writer lease (waiting as a standby
     /// while another server holds it), and read what the database holds. Blocking.
-    pub(super) fn open(
-        url: &str,
-        lease_length: Duration,
-        standby: bool,
-    ) -> Result<(Self, Recovered), StoreError> {
+    pub(super) fn open(url: &str, options: &StoreOptions) -> Result<(Self, Recovered), StoreError> {
         let unavailable = |reason: String| StoreError::Io {
             path: redacted(url),
             reason,
@@ -265,7 +267,7 @@ impl PgSink {
             .block_on(async {
                 let mut client = connect(url).await?;
                 migrate(&mut client, url).await?;
-                let lease = take_lease(&client, url, lease_length, standby).await?;
+                let lease = take_lease(&client, url, options).await?;
                 let recovered = recover(&client, url).await?;
                 Ok::<_, String>((client, lease, recovered))
             })

@@ -11,6 +11,8 @@ fn options() -> StoreOptions {
         postgres_url: None,
         lease: Duration::from_secs(10),
         standby: false,
+        advertise: None,
+        owner: Default::default(),
     }
 }
 

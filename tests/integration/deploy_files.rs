@@ -334,6 +334,19 @@ fn the_postgres_compose_example_runs_two_replicas_on_one_database() {
             service["networks"]["default"]["aliases"][0].as_str(),
             Some("laser-router")
         );
+        // Each registers an address of its own for the other to forward to.
+        let advertised = service["environment"]["LASER_ADVERTISE_ADDRESS"]
+            .as_str()
+            .unwrap();
+        let own_alias = advertised.split(':').next().unwrap();
+        assert!(
+            service["networks"]["default"]["aliases"]
+                .as_sequence()
+                .unwrap()
+                .iter()
+                .any(|alias| alias.as_str() == Some(own_alias)),
+            "{name}: {advertised} is not its own alias"
+        );
     }
     let build = &services["laser-router-standby"]["build"];
     assert!(
@@ -391,6 +404,11 @@ fn kubernetes_replicas_share_postgres_and_only_the_owner_is_ready() {
         container.get("livenessProbe").is_none(),
         "a waiting standby is alive"
     );
+    let advertise = env
+        .iter()
+        .find(|e| e["name"].as_str() == Some("LASER_ADVERTISE_ADDRESS"))
+        .expect("LASER_ADVERTISE_ADDRESS");
+    assert!(advertise["value"].as_str().unwrap().contains("$(POD_IP)"));
     assert_eq!(
         service["spec"]["selector"],
         deployment["spec"]["selector"]["matchLabels"]

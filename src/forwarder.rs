@@ -1,0 +1,147 @@
+//! A standby replica's gRPC port: while another replica holds the state's writer lease
+//! (PostgreSQL backend), every request reaching this one is forwarded, as it is, to the
+//! owner's registered address ([`crate::store::postgres`] keeps it in the lease row), and the
+//! owner's answer (headers, messages, trailers) comes back. So any replica behind one address
+//! answers; when the owner is gone, requests get UNAVAILABLE until this replica (or another)
+//! takes the lease and serves them itself.
+//!
+//! One upstream HTTP/2 connection per client connection; requests are streamed both ways.
+//! Cost: one extra hop (a few hundred microseconds on a local network). Plaintext only: a
+//! replica whose gRPC port has TLS does not forward (it waits without listening).
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use http_body_util::{Either, Empty};
+use hyper::body::Incoming;
+use hyper::{Request, Response};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinSet;
+
+/// The owner's address, as the standby last read it from the lease (`None`: no owner, or
+/// this replica is taking over).
+pub type OwnerAddress = Arc<Mutex<Option<String>>>;
+
+/// The running forwarder; dropping it (or [`Forwarder::stop`]) closes the port and every
+/// forwarded connection.
+pub struct Forwarder {
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Forwarder {
+    /// Listen on `listen` and forward to whatever `owner` names.
+    pub async fn start(listen: SocketAddr, owner: OwnerAddress) -> std::io::Result<Self> {
+        let listener = TcpListener::bind(listen).await?;
+        tracing::info!(%listen, "standby: forwarding requests to the lease holder");
+        let task = tokio::spawn(async move {
+            let mut connections = JoinSet::new();
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let owner = owner.clone();
+                connections.spawn(serve_connection(stream, owner));
+                while connections.try_join_next().is_some() {}
+            }
+        });
+        Ok(Self { task: Some(task) })
+    }
+
+    /// Close the port and the forwarded connections (before this replica binds it to serve).
+    pub async fn stop(mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+            let _ = task.await;
+        }
+    }
+}
+
+impl Drop for Forwarder {
+    fn drop(&mut self) {
+        if let Some(task) = &self.task {
+            task.abort();
+        }
+    }
+}
+
+type Reply = Response<Either<Incoming, Empty<Bytes>>>;
+
+/// Forward one client connection's requests over one upstream connection to the owner.
+async fn serve_connection(stream: TcpStream, owner: OwnerAddress) {
+    let address = owner.lock().expect("owner lock poisoned").clone();
+    let upstream = match &address {
+        Some(address) => connect(address)
+            .await
+            .map_err(|e| format!("{address}: {e}")),
+        None => Err("no replica holds the state's writer lease yet".to_string()),
+    };
+    let service = hyper::service::service_fn(move |request: Request<Incoming>| {
+        let upstream = upstream.clone();
+        let address = address.clone();
+        async move {
+            let reply: Reply = match upstream {
+                Ok(mut sender) => {
+                    let (mut parts, body) = request.into_parts();
+                    let path = parts
+                        .uri
+                        .path_and_query()
+                        .map_or("/", |p| p.as_str())
+                        .to_string();
+                    let owner = address.unwrap_or_default();
+                    parts.uri = match format!("http://{owner}{path}").parse() {
+                        Ok(uri) => uri,
+                        Err(_) => return Ok(unavailable("bad owner address")),
+                    };
+                    match sender.send_request(Request::from_parts(parts, body)).await {
+                        Ok(response) => response.map(Either::Left),
+                        Err(error) => unavailable(&format!("forwarding to {owner}: {error}")),
+                    }
+                }
+                Err(reason) => unavailable(&format!("the owner cannot be reached: {reason}")),
+            };
+            Ok::<_, Infallible>(reply)
+        }
+    });
+    let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+        .serve_connection(TokioIo::new(stream), service)
+        .await;
+}
+
+/// An HTTP/2 connection to the owner, driven by a task.
+async fn connect(
+    address: &str,
+) -> Result<hyper::client::conn::http2::SendRequest<Incoming>, String> {
+    let stream = TcpStream::connect(address)
+        .await
+        .map_err(|e| e.to_string())?;
+    let _ = stream.set_nodelay(true);
+    let (sender, connection) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .map_err(|e| e.to_string())?;
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    Ok(sender)
+}
+
+/// A trailers-only gRPC answer: UNAVAILABLE with `reason` (clients retry it).
+fn unavailable(reason: &str) -> Reply {
+    let message: String = format!("standby replica: {reason}")
+        .bytes()
+        .map(|b| match b {
+            b' '..=b'~' if b != b'%' => (b as char).to_string(),
+            other => format!("%{other:02X}"),
+        })
+        .collect();
+    Response::builder()
+        .status(200)
+        .header("content-type", "application/grpc")
+        .header("grpc-status", "14")
+        .header("grpc-message", message)
+        .body(Either::Right(Empty::new()))
+        .expect("a valid response")
+}
