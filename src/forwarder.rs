@@ -5,25 +5,25 @@
 //! answers; when the owner is gone, requests get UNAVAILABLE until this replica (or another)
 //! takes the lease and serves them itself.
 //!
-//! One upstream HTTP/2 connection per client connection; requests are streamed both ways.
+//! One upstream HTTP/2 connection per client connection (made again when the owner changes or
+//! it closes); requests are streamed both ways.
 //! Cost: one extra hop (a few hundred microseconds on a local network). Plaintext only: a
 //! replica whose gRPC port has TLS does not forward (it waits without listening).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use bytes::Bytes;
 use http_body_util::{Either, Empty};
 use hyper::body::Incoming;
+use hyper::client::conn::http2::SendRequest;
 use hyper::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
 
-/// The owner's address, as the standby last read it from the lease (`None`: no owner, or
-/// this replica is taking over).
-pub type OwnerAddress = Arc<Mutex<Option<String>>>;
+pub use crate::store::postgres::OwnerAddress;
 
 /// The running forwarder; dropping it (or [`Forwarder::stop`]) closes the port and every
 /// forwarded connection.
@@ -69,35 +69,57 @@ impl Drop for Forwarder {
 
 type Reply = Response<Either<Incoming, Empty<Bytes>>>;
 
-/// Forward one client connection's requests over one upstream connection to the owner.
-async fn serve_connection(stream: TcpStream, owner: OwnerAddress) {
-    let address = owner.lock().expect("owner lock poisoned").clone();
-    let upstream = match &address {
-        Some(address) => connect(address)
-            .await
-            .map_err(|e| format!("{address}: {e}")),
-        None => Err("no replica holds the state's writer lease yet".to_string()),
+/// The upstream connection a client connection's requests go over: to the owner named now,
+/// made again when the owner changes or the connection closed.
+type Upstream = Arc<tokio::sync::Mutex<Option<(String, SendRequest<Incoming>)>>>;
+
+/// A sender to the current owner, reusing the connection's upstream while it still fits.
+async fn upstream_for(
+    owner: &OwnerAddress,
+    upstream: &Upstream,
+) -> Result<(String, SendRequest<Incoming>), String> {
+    let Some(address) = owner.lock().expect("owner lock poisoned").clone() else {
+        return Err("no replica holds the state's writer lease yet".into());
     };
+    let mut cached = upstream.lock().await;
+    if let Some((cached_address, sender)) = cached.as_ref()
+        && *cached_address == address
+        && !sender.is_closed()
+    {
+        return Ok((address, sender.clone()));
+    }
+    let sender = connect(&address)
+        .await
+        .map_err(|e| format!("{address}: {e}"))?;
+    *cached = Some((address.clone(), sender.clone()));
+    Ok((address, sender))
+}
+
+/// Forward one client connection's requests to the owner.
+async fn serve_connection(stream: TcpStream, owner: OwnerAddress) {
+    let upstream: Upstream = Arc::default();
     let service = hyper::service::service_fn(move |request: Request<Incoming>| {
-        let upstream = upstream.clone();
-        let address = address.clone();
+        let (owner, upstream) = (owner.clone(), upstream.clone());
         async move {
-            let reply: Reply = match upstream {
-                Ok(mut sender) => {
+            let reply: Reply = match upstream_for(&owner, &upstream).await {
+                Ok((address, mut sender)) => {
                     let (mut parts, body) = request.into_parts();
                     let path = parts
                         .uri
                         .path_and_query()
                         .map_or("/", |p| p.as_str())
                         .to_string();
-                    let owner = address.unwrap_or_default();
-                    parts.uri = match format!("http://{owner}{path}").parse() {
-                        Ok(uri) => uri,
-                        Err(_) => return Ok(unavailable("bad owner address")),
-                    };
-                    match sender.send_request(Request::from_parts(parts, body)).await {
-                        Ok(response) => response.map(Either::Left),
-                        Err(error) => unavailable(&format!("forwarding to {owner}: {error}")),
+                    match format!("http://{address}{path}").parse() {
+                        Ok(uri) => {
+                            parts.uri = uri;
+                            match sender.send_request(Request::from_parts(parts, body)).await {
+                                Ok(response) => response.map(Either::Left),
+                                Err(error) => {
+                                    unavailable(&format!("forwarding to {address}: {error}"))
+                                }
+                            }
+                        }
+                        Err(_) => unavailable("bad owner address"),
                     }
                 }
                 Err(reason) => unavailable(&format!("the owner cannot be reached: {reason}")),
@@ -111,9 +133,7 @@ async fn serve_connection(stream: TcpStream, owner: OwnerAddress) {
 }
 
 /// An HTTP/2 connection to the owner, driven by a task.
-async fn connect(
-    address: &str,
-) -> Result<hyper::client::conn::http2::SendRequest<Incoming>, String> {
+async fn connect(address: &str) -> Result<SendRequest<Incoming>, String> {
     let stream = TcpStream::connect(address)
         .await
         .map_err(|e| e.to_string())?;
