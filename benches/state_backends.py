@@ -8,6 +8,10 @@ Rounds alternate between the backends; each keeps its best round per measure (a 
 load only ever slows a round). Every Score and Feedback is acknowledged only once durable,
 so these are the durable paths.
 
+Then takeover: an owner and a standby on the database (lease 1 s), the owner SIGKILLed, the
+time until a Score through the standby's address is answered by the standby itself (lease
+lapse + loading the state + binding), over 5 kills.
+
 Usage: python3 benches/state_backends.py [ROUNDS] [SECONDS]
 """
 import statistics
@@ -121,10 +125,49 @@ def main():
                   f"p99 local {local['p99'] * 1e3:.2f} ms, postgres {pg['p99'] * 1e3:.2f} ms "
                   f"({pg['p99'] / local['p99']:.2f}x); Feedback/s local {local['feedback']:.0f}, "
                   f"postgres {pg['feedback']:.0f} ({pg['feedback'] / local['feedback']:.2f}x)")
+        for server in servers.values():
+            server.stop()
+        servers = {}
+        takeover(postgres, base)
     finally:
         for server in servers.values():
             server.stop()
         postgres.close()
+
+
+def takeover(postgres, base, kills=5):
+    """Seconds from SIGKILL of the owner to a Score served by the standby that took over."""
+    config = base + f'[store]\nbackend = "postgres"\nurl = "{postgres.url}"\nlease_seconds = 1.0\n'
+    replicas = [Server(free_port(), config).wait_ready(), None]
+    replicas[1] = Server(free_port(), config)
+    owner = 0
+    times = []
+    try:
+        query = [Query(id="q", context=context(0), prompt="p", responses=["a", "b"])]
+        LaserRouterClient(replicas[0].address).score("bench", query)
+        for _ in range(kills):
+            standby = 1 - owner
+            epoch = int(postgres.sql("SELECT epoch FROM laser_lease"))
+            replicas[owner].kill()
+            killed = time.perf_counter()
+            client = LaserRouterClient(replicas[standby].address, retries=0, timeout=2)
+            while True:
+                try:
+                    client.score("bench", query)
+                    if int(postgres.sql("SELECT epoch FROM laser_lease")) > epoch:
+                        break
+                except Exception:
+                    pass
+                time.sleep(0.01)
+            times.append(time.perf_counter() - killed)
+            replicas[owner].start()  # back as the standby
+            owner = standby
+            time.sleep(1.5)
+        print(f"state_backends: takeover after SIGKILL of the owner (lease 1.0 s): median "
+              f"{statistics.median(times):.2f} s, max {max(times):.2f} s over {kills} kills")
+    finally:
+        for replica in replicas:
+            replica.stop()
 
 
 if __name__ == "__main__":

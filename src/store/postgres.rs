@@ -2,9 +2,11 @@
 //! records and snapshots as the local log, in three tables the server creates and migrates:
 //!
 //! - `laser_records (seq bigint primary key, payload bytea)`: one row per record. The writer
-//!   thread commits each batch of queued records in one transaction (group commit); a batch
-//!   is inserted with `ON CONFLICT (seq) DO NOTHING`, so writing again a batch whose commit
-//!   answer was lost (the connection dropped) cannot apply a record twice.
+//!   thread commits each batch of queued records atomically (group commit): one statement
+//!   that renews the lease and inserts the records only if it held (one round trip), or a
+//!   transaction for batches over a thousand records. Records are inserted with `ON CONFLICT
+//!   (seq) DO NOTHING`, so writing again a batch whose commit answer was lost (the connection
+//!   dropped) cannot apply a record twice.
 //! - `laser_snapshots (seq, version, bytes, chunks)` and `laser_snapshot_chunks
 //!   (snapshot_seq, index, data)`: a snapshot in chunks of [`SNAPSHOT_CHUNK_BYTES`] (a d = 4096
 //!   router's factors are hundreds of MB: no single giant bytea), written in one transaction
@@ -32,7 +34,7 @@
 
 use std::time::Duration;
 
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::{Client, NoTls, Statement};
 
 use super::{RecordSink, Recovered, SNAPSHOT_VERSION, SinkError, StoreError, StoreOptions};
 
@@ -46,6 +48,18 @@ const SCHEMA_LOCK: i64 = 0x4c41_5345_525f_5343; // "LASER_SC"
 const SCHEMA_VERSION: i32 = 1;
 /// Largest piece of a snapshot in one row.
 pub const SNAPSHOT_CHUNK_BYTES: usize = 8 << 20;
+/// One batch of up to [`RECORDS_PER_STATEMENT`] records, atomically: the lease renewed at this
+/// server's epoch, the records inserted only if it was; answers (lease held, rows inserted).
+/// Prepared once per connection.
+const BATCH_SQL: &str = "WITH lease AS (
+         UPDATE laser_lease SET expires_at = now() + make_interval(secs => $3)
+         WHERE id = 1 AND owner = $1 AND epoch = $2 RETURNING 1),
+     inserted AS (
+         INSERT INTO laser_records (seq, payload)
+         SELECT * FROM unnest($4::bigint[], $5::bytea[])
+         WHERE EXISTS (SELECT 1 FROM lease)
+         ON CONFLICT (seq) DO NOTHING RETURNING 1)
+     SELECT (SELECT count(*) FROM lease), (SELECT count(*) FROM inserted)";
 /// Records per INSERT statement within a batch.
 const RECORDS_PER_STATEMENT: usize = 1000;
 
@@ -238,12 +252,25 @@ async fn renew(
     if renewed == 1 {
         Ok(())
     } else {
-        Err(SinkError::Fenced(format!(
-            "{}: the writer lease (epoch {}) was taken by another replica",
-            redacted(url),
-            lease.epoch
-        )))
+        Err(fenced(url, lease))
     }
+}
+
+/// Records as the two arrays one INSERT unnests.
+fn columns<'a>(records: &[(u64, &'a [u8])]) -> (Vec<i64>, Vec<&'a [u8]>) {
+    records
+        .iter()
+        .map(|(seq, payload)| (*seq as i64, *payload))
+        .unzip()
+}
+
+/// The lease is another server's now.
+fn fenced(url: &str, lease: &Lease) -> SinkError {
+    SinkError::Fenced(format!(
+        "{}: the writer lease (epoch {}) was taken by another replica",
+        redacted(url),
+        lease.epoch
+    ))
 }
 
 /// The writer's side: records committed in batches, each under the lease.
@@ -251,6 +278,8 @@ pub(super) struct PgSink {
     url: String,
     runtime: tokio::runtime::Runtime,
     client: Option<Client>,
+    /// [`BATCH_SQL`] prepared on `client` (none yet, or the connection is new).
+    statement: Option<Statement>,
     lease: Lease,
 }
 
@@ -282,6 +311,7 @@ impl PgSink {
                 url: url.to_string(),
                 runtime,
                 client: Some(client),
+                statement: None,
                 lease,
             },
             recovered,
@@ -308,16 +338,44 @@ impl PgSink {
     /// records; nothing lands without the lease.
     async fn insert(
         client: &mut Client,
+        statement: &mut Option<Statement>,
         url: &str,
         lease: &Lease,
         records: &[(u64, &[u8])],
     ) -> Result<(), SinkError> {
         let failed = |e| SinkError::Failed(db_error(url)(e));
+        if records.len() <= RECORDS_PER_STATEMENT {
+            // The usual batch: one statement, atomic on its own (one round trip): the lease
+            // renewed at this server's epoch, and the records inserted only if it was.
+            let (seqs, payloads) = columns(records);
+            if statement.is_none() {
+                *statement = Some(client.prepare(BATCH_SQL).await.map_err(failed)?);
+            }
+            let prepared = statement.as_ref().expect("prepared above");
+            let row = client
+                .query_one(
+                    prepared,
+                    &[
+                        &lease.owner,
+                        &lease.epoch,
+                        &lease.seconds(),
+                        &seqs,
+                        &payloads,
+                    ],
+                )
+                .await
+                .map_err(failed)?;
+            let held: i64 = row.get(0);
+            if held != 1 {
+                return Err(fenced(url, lease));
+            }
+            return Ok(());
+        }
+        // A large batch: several statements in one transaction, the lease first.
         let transaction = client.transaction().await.map_err(failed)?;
         renew(&transaction, url, lease).await?;
         for chunk in records.chunks(RECORDS_PER_STATEMENT) {
-            let seqs: Vec<i64> = chunk.iter().map(|(seq, _)| *seq as i64).collect();
-            let payloads: Vec<&[u8]> = chunk.iter().map(|(_, payload)| *payload).collect();
+            let (seqs, payloads) = columns(chunk);
             transaction
                 .execute(
                     "INSERT INTO laser_records (seq, payload)
@@ -339,17 +397,23 @@ impl RecordSink for PgSink {
         }
         let (url, lease) = (self.url.clone(), self.lease.clone());
         let client = self.client.take();
+        // A statement prepared on a connection that is gone is of no use on the next one.
+        let mut statement = match &client {
+            Some(client) if !client.is_closed() => self.statement.take(),
+            _ => None,
+        };
         let (client, written) = self.runtime.block_on(async {
             let mut client = match Self::client(client, &url).await {
                 Ok(client) => client,
                 Err(error) => return (None, Err(error)),
             };
-            let written = Self::insert(&mut client, &url, &lease, records).await;
+            let written = Self::insert(&mut client, &mut statement, &url, &lease, records).await;
             (Some(client), written)
         });
         // After a failure the session may be gone or poisoned: start afresh on the next try.
         if written.is_ok() {
             self.client = client;
+            self.statement = statement;
         }
         written
     }
