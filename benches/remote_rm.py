@@ -16,7 +16,6 @@ import os
 import statistics
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -24,6 +23,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "clients" / "python"))
 sys.path.insert(0, str(ROOT / "clients" / "python" / "engine_tests"))
+from conftest import CONFIG, Server, free_port  # noqa: E402  (engine_tests' fixtures)
 from engines import DEMO, Engine  # noqa: E402
 from laser_router_client import LaserRouterClient, Query  # noqa: E402
 from laser_router_client._pb.laser.v1 import admin_pb2  # noqa: E402
@@ -49,35 +49,6 @@ def mlserver_python() -> str:
     if not python.exists():
         sys.exit(f"{python} is missing: run scripts/test-engines.sh once (it builds the engine environments)")
     return str(python)
-
-
-def start_server(binary: Path, directory: Path):
-    config = directory / "config.toml"
-    config.write_text(f"""
-[server]
-shutdown_grace_seconds = 0.5
-[routers]
-context_dim = 2
-[store]
-durable = false
-[[reward_models]]
-name = "local"
-model = "{DEMO / 'model.onnx'}"
-tokenizer = "{DEMO / 'tokenizer.json'}"
-input_format = "pair"
-max_length = 256
-output = "logits"
-output_index = 0
-""")
-    process = subprocess.Popen([str(binary), "serve", "--config", str(config), "--listen", "127.0.0.1:0",
-                                "--metrics-listen", "127.0.0.1:0", "--data-dir", str(directory / "data")],
-                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-                               env=dict(os.environ, ORT_DYLIB_PATH=str(ROOT / ".ort" / "lib" / "libonnxruntime.so")))
-    for line in process.stdout:
-        if line.startswith("laser-router listening"):
-            fields = dict(part.split("=", 1) for part in line.split()[2:])
-            return process, fields["grpc"]
-    raise RuntimeError("laser-router did not start")
 
 
 def latency(client, router, count=40):
@@ -119,17 +90,20 @@ def main():
     clients = int(sys.argv[2]) if len(sys.argv) > 2 else 8
     subprocess.check_call(["cargo", "build", "--release", "--quiet", "--bin", "laser-router"], cwd=ROOT)
     os.environ["LASER_MLSERVER_PYTHON"] = mlserver_python()
+    os.environ["LASER_ROUTER_BIN"] = str(ROOT / "target" / "release" / "laser-router")
     engine = Engine("mlserver")
-    directory = Path(tempfile.mkdtemp(prefix="laser-remote-bench-"))
-    server, address = start_server(ROOT / "target" / "release" / "laser-router", directory)
+    # The engine tests' config: the demo RM in process as "satisfaction"; state not durable.
+    server = Server(free_port(), CONFIG + "[store]\ndurable = false\n").wait_ready()
+    address = server.address
     try:
         client = LaserRouterClient(address, retries=0)
         client.add_reward_model(
             name="remote", tokenizer_path=str(DEMO / "tokenizer.json"), input_format="pair", max_length=256,
             output_name="logits", output_index=0,
             kserve_v2=admin_pb2.KserveV2Spec(endpoints=[engine.url], model_name="demo-tokens", send="tokens"))
-        for name in ("local", "remote"):
-            client.create_router(name, context_dim=2, policy="fixed", fixed_reward_model=name)
+        routers = {"local": "satisfaction", "remote": "remote"}
+        for name, reward_model in routers.items():
+            client.create_router(name, context_dim=2, policy="fixed", fixed_reward_model=reward_model)
         best = {name: {"latency": float("inf"), "pairs": 0.0} for name in ("local", "remote")}
         for round_index in range(rounds):
             for name in ("local", "remote"):
@@ -144,7 +118,7 @@ def main():
         print(f"remote_rm: {clients} clients: onnx {local['pairs']:.0f} pairs/s, kserve_v2 (MLServer) "
               f"{remote['pairs']:.0f} pairs/s, ratio {remote['pairs'] / local['pairs']:.2f}")
     finally:
-        server.kill()
+        server.stop()
         engine.close()
 
 

@@ -14,9 +14,10 @@ lapse + loading the state + binding), over 5 kills.
 
 Usage: python3 benches/state_backends.py [ROUNDS] [SECONDS]
 """
+import os
 import statistics
+import subprocess
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -24,8 +25,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "clients" / "python"))
 sys.path.insert(0, str(ROOT / "clients" / "python" / "tests"))
-import subprocess  # noqa: E402
-
 from conftest import CONFIG, Server, free_port  # noqa: E402
 from laser_router_client import LaserRouterClient, Query  # noqa: E402
 from postgres_cluster import PostgresCluster  # noqa: E402
@@ -94,7 +93,6 @@ def main():
     rounds = int(sys.argv[1]) if len(sys.argv) > 1 else 2
     seconds = float(sys.argv[2]) if len(sys.argv) > 2 else 3.0
     subprocess.check_call(["cargo", "build", "--release", "--quiet", "--bin", "laser-router"], cwd=ROOT)
-    import os
     os.environ["LASER_ROUTER_BIN"] = str(ROOT / "target" / "release" / "laser-router")
     postgres = PostgresCluster(fsync=True)
     base = CONFIG.replace("[routers]\ncontext_dim = 4", f"[routers]\ncontext_dim = {DIM}")

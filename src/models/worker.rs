@@ -23,7 +23,7 @@ use super::session::{Head, Scorer};
 use super::{ModelError, RewardModelSpec};
 use crate::telemetry::metric;
 
-/// One query's responses to score.
+/// One query's responses to score (either backend).
 pub(super) struct ScoreJob {
     pub(super) prompt: String,
     pub(super) responses: Vec<String>,
@@ -193,26 +193,33 @@ fn gather(receiver: &Receiver<ScoreJob>, spec: &RewardModelSpec) -> Option<Vec<S
     Some(jobs)
 }
 
+/// The jobs someone still waits for, their queue time recorded; the others (deadline passed,
+/// client gone) are answered `DeadlineExceeded` and dropped unscored. Both backends' batchers
+/// start here.
+pub(super) fn live_jobs(name: &str, jobs: Vec<ScoreJob>) -> Vec<ScoreJob> {
+    let now = Instant::now();
+    let mut live = Vec::with_capacity(jobs.len());
+    for job in jobs {
+        metrics::histogram!(metric::RM_QUEUE_SECONDS, "reward_model" => name.to_string())
+            .record(job.enqueued.elapsed().as_secs_f64());
+        if job.deadline.is_some_and(|deadline| now >= deadline) || job.reply.is_closed() {
+            let _ = job.reply.send(Err(ModelError::DeadlineExceeded {
+                name: name.to_string(),
+            }));
+            metrics::counter!(metric::RM_REQUESTS, "reward_model" => name.to_string(), "status" => "dropped").increment(1);
+        } else {
+            live.push(job);
+        }
+    }
+    live
+}
+
 impl Scorer {
     /// Score a batch of jobs: tokenize, cut length-sorted sequences into inferences under
     /// the batch limits, reply to each job.
     fn process(&mut self, jobs: Vec<ScoreJob>) {
         let name = self.spec.name.clone();
-        let now = Instant::now();
-        let mut live = Vec::with_capacity(jobs.len());
-        for job in jobs {
-            metrics::histogram!(metric::RM_QUEUE_SECONDS, "reward_model" => name.clone())
-                .record(job.enqueued.elapsed().as_secs_f64());
-            if job.deadline.is_some_and(|deadline| now >= deadline) || job.reply.is_closed() {
-                // Nobody waits for this any more (deadline passed, client gone): skip it.
-                let _ = job
-                    .reply
-                    .send(Err(ModelError::DeadlineExceeded { name: name.clone() }));
-                metrics::counter!(metric::RM_REQUESTS, "reward_model" => name.clone(), "status" => "dropped").increment(1);
-            } else {
-                live.push(job);
-            }
-        }
+        let live = live_jobs(&name, jobs);
 
         let started = Instant::now();
         let mut outcomes: Vec<Result<Vec<f32>, ModelError>> = Vec::with_capacity(live.len());

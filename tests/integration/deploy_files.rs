@@ -182,26 +182,30 @@ fn kubernetes_manifests_agree_on_names_and_ports() {
     assert_eq!(remote.remote().unwrap().model_name, "skywork-rm");
 }
 
+/// The config file a compose service's `serve --config /app/...` names: its path in the
+/// repository (the image copies deploy/config) and its text.
+fn config_in_image(service: &Value) -> (String, String) {
+    let command: Vec<&str> = service["command"]
+        .as_sequence()
+        .expect("command")
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    let path = command[command.iter().position(|a| *a == "--config").unwrap() + 1];
+    let local = path.strip_prefix("/app/").expect("a path in the image");
+    let text = std::fs::read_to_string(repo(local)).unwrap_or_else(|e| panic!("{local}: {e}"));
+    (local.to_string(), text)
+}
+
 /// The engines example: the override names the config the image holds, the config is valid
 /// and its remote RM points at the Triton service, whose model repository mounts exist.
 #[test]
 fn the_engines_compose_example_wires_triton_to_a_kserve_v2_reward_model() {
     let compose = yaml("docker-compose.engines.yml");
     let services = &compose["services"];
-    let command: Vec<&str> = services["laser-router"]["command"]
-        .as_sequence()
-        .unwrap()
-        .iter()
-        .filter_map(Value::as_str)
-        .collect();
-    let config_path = command[command.iter().position(|a| *a == "--config").unwrap() + 1];
-    let local = config_path
-        .strip_prefix("/app/")
-        .expect("a path in the image");
-    assert!(repo(local).is_file(), "{local} missing");
-    let text = std::fs::read_to_string(repo(local)).unwrap();
+    let (local, text) = config_in_image(&services["laser-router"]);
     let config =
-        laser_router::config::Config::parse(&text, local, &repo("deploy/config")).expect("valid");
+        laser_router::config::Config::parse(&text, &local, &repo("deploy/config")).expect("valid");
     let remote = config
         .reward_models
         .iter()
@@ -311,16 +315,8 @@ fn the_postgres_compose_example_runs_two_replicas_on_one_database() {
         .unwrap();
     for name in ["laser-router", "laser-router-standby"] {
         let service = &services[name];
-        let command: Vec<&str> = service["command"]
-            .as_sequence()
-            .unwrap()
-            .iter()
-            .filter_map(Value::as_str)
-            .collect();
-        let path = command[command.iter().position(|a| *a == "--config").unwrap() + 1];
-        let local = path.strip_prefix("/app/").expect("a path in the image");
-        let text = std::fs::read_to_string(repo(local)).unwrap();
-        postgres_config(&text, local, &repo("deploy/config"));
+        let (local, text) = config_in_image(service);
+        postgres_config(&text, &local, &repo("deploy/config"));
         let url = service["environment"]["LASER_STORE_URL"].as_str().unwrap();
         assert!(
             url.starts_with(&format!("postgres://{user}:")) && url.contains("@postgres:5432/"),

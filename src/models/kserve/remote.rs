@@ -26,18 +26,9 @@ use super::tensors::{Layout, layout, read_output, texts_request, tokens_request}
 use crate::models::chat::ChatTemplate;
 use crate::models::spec::{KserveV2Spec, RemoteInput};
 use crate::models::tokenize::{TextEncoder, load_tokenizer, model_text};
+use crate::models::worker::{ScoreJob, live_jobs};
 use crate::models::{InputFormat, ModelError, RewardModelSpec};
 use crate::telemetry::metric;
-
-/// One query's responses to score.
-struct Job {
-    prompt: String,
-    responses: Vec<String>,
-    deadline: Option<Instant>,
-    reply: oneshot::Sender<Result<Vec<f32>, ModelError>>,
-    span: tracing::Span,
-    enqueued: Instant,
-}
 
 /// How texts become the request's inputs.
 enum Input {
@@ -45,6 +36,45 @@ enum Input {
     Texts { chat: Option<Box<ChatTemplate>> },
     /// Tokenized here.
     Tokens { encoder: Box<TextEncoder> },
+}
+
+/// Every query's inputs (one per response) as ((query, response), input); a query whose inputs
+/// cannot be built gets its error in `errors` instead.
+fn sequences<T>(
+    queries: &[(String, Vec<String>)],
+    errors: &mut [Option<ModelError>],
+    build: impl Fn(&str, &[String]) -> Result<Vec<T>, ModelError>,
+) -> Vec<((usize, usize), T)> {
+    let mut sequences = Vec::new();
+    for (query, (prompt, responses)) in queries.iter().enumerate() {
+        match build(prompt, responses) {
+            Ok(inputs) => sequences.extend(
+                inputs
+                    .into_iter()
+                    .enumerate()
+                    .map(|(response, input)| ((query, response), input)),
+            ),
+            Err(error) => errors[query] = Some(error),
+        }
+    }
+    sequences
+}
+
+/// `sequences` in requests of at most `max_batch`, each with its (query, response) pairs.
+fn cut<T>(
+    sequences: &[((usize, usize), T)],
+    max_batch: usize,
+    request: impl Fn(Vec<&T>) -> super::proto::ModelInferRequest,
+) -> Vec<(Vec<(usize, usize)>, super::proto::ModelInferRequest)> {
+    sequences
+        .chunks(max_batch)
+        .map(|chunk| {
+            (
+                chunk.iter().map(|(at, _)| *at).collect(),
+                request(chunk.iter().map(|(_, input)| input).collect()),
+            )
+        })
+        .collect()
 }
 
 /// The requests of a batch: per query, the error that kept it out (if any); per request, its
@@ -80,7 +110,7 @@ struct Shared {
 /// batcher once queued jobs are answered.
 pub struct RemoteModel {
     shared: Arc<Shared>,
-    jobs: mpsc::Sender<Job>,
+    jobs: mpsc::Sender<ScoreJob>,
     prober: tokio::task::AbortHandle,
 }
 
@@ -208,7 +238,7 @@ impl RemoteModel {
             });
         }
         let (reply, answer) = oneshot::channel();
-        let job = Job {
+        let job = ScoreJob {
             prompt,
             responses,
             deadline,
@@ -367,56 +397,28 @@ impl Shared {
     fn requests(&self, layout: &Layout, queries: &[(String, Vec<String>)]) -> Built {
         let mut errors: Vec<Option<ModelError>> = vec![None; queries.len()];
         let max_batch = layout.max_batch.max(1);
-        let mut requests = Vec::new();
-        match &self.input {
+        let requests = match &self.input {
             Input::Texts { chat } => {
-                let mut sequences = Vec::new();
-                for (query, (prompt, responses)) in queries.iter().enumerate() {
-                    let texts: Result<Vec<String>, ModelError> = responses
+                let sequences = sequences(queries, &mut errors, |prompt, responses| {
+                    responses
                         .iter()
                         .map(|response| model_text(&self.spec, chat.as_deref(), prompt, response))
-                        .collect();
-                    match texts {
-                        Ok(texts) => sequences.extend(
-                            texts
-                                .into_iter()
-                                .enumerate()
-                                .map(|(response, text)| ((query, response), text)),
-                        ),
-                        Err(error) => errors[query] = Some(error),
-                    }
-                }
-                for chunk in sequences.chunks(max_batch) {
-                    let texts = chunk.iter().map(|(_, text)| text.clone()).collect();
-                    requests.push((
-                        chunk.iter().map(|(at, _)| *at).collect(),
-                        texts_request(layout, texts),
-                    ));
-                }
+                        .collect()
+                });
+                cut(&sequences, max_batch, |texts| {
+                    texts_request(layout, texts.into_iter().cloned().collect())
+                })
             }
             Input::Tokens { encoder } => {
-                let mut sequences = Vec::new();
-                for (query, (prompt, responses)) in queries.iter().enumerate() {
-                    match encoder.encode(prompt, responses) {
-                        Ok(encodings) => sequences.extend(
-                            encodings
-                                .into_iter()
-                                .enumerate()
-                                .map(|(response, encoding)| ((query, response), encoding)),
-                        ),
-                        Err(error) => errors[query] = Some(error),
-                    }
-                }
+                let mut sequences = sequences(queries, &mut errors, |prompt, responses| {
+                    encoder.encode(prompt, responses)
+                });
                 sequences.sort_by_key(|(_, encoding)| encoding.len());
-                for chunk in sequences.chunks(max_batch) {
-                    let encodings: Vec<_> = chunk.iter().map(|(_, encoding)| encoding).collect();
-                    requests.push((
-                        chunk.iter().map(|(at, _)| *at).collect(),
-                        tokens_request(layout, &encodings, encoder.pad_id()),
-                    ));
-                }
+                cut(&sequences, max_batch, |encodings| {
+                    tokens_request(layout, &encodings, encoder.pad_id())
+                })
             }
-        }
+        };
         Built { errors, requests }
     }
 
@@ -469,7 +471,7 @@ async fn probe_loop(shared: Arc<Shared>) {
 }
 
 /// Take a slot, then the queued jobs, and run them; ends when the model is dropped.
-async fn batch_loop(shared: Arc<Shared>, mut queue: mpsc::Receiver<Job>) {
+async fn batch_loop(shared: Arc<Shared>, mut queue: mpsc::Receiver<ScoreJob>) {
     let slots = Arc::new(Semaphore::new(shared.remote.max_concurrency));
     loop {
         let slot = slots.clone().acquire_owned().await.expect("never closed");
@@ -502,22 +504,9 @@ async fn batch_loop(shared: Arc<Shared>, mut queue: mpsc::Receiver<Job>) {
 }
 
 /// Score `jobs` in requests of at most `max_batch` sequences and answer each job.
-async fn run_batch(shared: Arc<Shared>, jobs: Vec<Job>, _slot: OwnedSemaphorePermit) {
+async fn run_batch(shared: Arc<Shared>, jobs: Vec<ScoreJob>, _slot: OwnedSemaphorePermit) {
     let name = shared.name().to_string();
-    let now = Instant::now();
-    let mut live = Vec::with_capacity(jobs.len());
-    for job in jobs {
-        metrics::histogram!(metric::RM_QUEUE_SECONDS, "reward_model" => name.clone())
-            .record(job.enqueued.elapsed().as_secs_f64());
-        if job.deadline.is_some_and(|deadline| now >= deadline) || job.reply.is_closed() {
-            let _ = job
-                .reply
-                .send(Err(ModelError::DeadlineExceeded { name: name.clone() }));
-            metrics::counter!(metric::RM_REQUESTS, "reward_model" => name.clone(), "status" => "dropped").increment(1);
-        } else {
-            live.push(job);
-        }
-    }
+    let live = live_jobs(&name, jobs);
     if live.is_empty() {
         return;
     }
@@ -535,7 +524,7 @@ async fn run_batch(shared: Arc<Shared>, jobs: Vec<Job>, _slot: OwnedSemaphorePer
 }
 
 /// Every job's output rows, or its error.
-async fn score_jobs(shared: &Arc<Shared>, jobs: &[Job]) -> Vec<Result<Vec<f32>, ModelError>> {
+async fn score_jobs(shared: &Arc<Shared>, jobs: &[ScoreJob]) -> Vec<Result<Vec<f32>, ModelError>> {
     let name = shared.name().to_string();
     let unavailable = |reason: String| ModelError::Unavailable {
         name: name.clone(),
@@ -583,13 +572,12 @@ async fn score_jobs(shared: &Arc<Shared>, jobs: &[Job]) -> Vec<Result<Vec<f32>, 
         })
         .collect();
     // The request's timeout: the spec's, or the latest client deadline if sooner.
+    // (A job without a deadline keeps the spec's.)
     let latest_deadline = jobs
         .iter()
         .map(|j| j.deadline)
-        .try_fold(None::<Instant>, |latest, deadline| {
-            deadline.map(|d| Some(latest.map_or(d, |l: Instant| l.max(d))))
-        })
-        .flatten();
+        .collect::<Option<Vec<Instant>>>()
+        .and_then(|deadlines| deadlines.into_iter().max());
     for (sequences, request) in built.requests {
         let mut timeout = shared.engine.timeout;
         let mut client_cut = false;
