@@ -41,6 +41,38 @@ pub fn z_scores(scores: &[f32], mean: f64, std: f64) -> Vec<f32> {
         .collect()
 }
 
+/// The RM agreement ensemble: each RM votes on each pair of responses (its higher score
+/// wins; equal scores give each half a vote) and a response's score is the share of the
+/// votes it won, over every RM and every other response: in [0, 1], 1 when every RM ranks
+/// it above every other response, 0.5 for a lone response. Only rankings count: an RM
+/// with huge score gaps weighs no more than one with tiny gaps.
+pub fn agreement(scores_per_reward_model: &[Vec<f32>]) -> Vec<f32> {
+    let Some(first) = scores_per_reward_model.first() else {
+        return Vec::new();
+    };
+    let n = first.len();
+    if n < 2 {
+        return vec![0.5; n];
+    }
+    let mut won = vec![0f64; n];
+    for scores in scores_per_reward_model {
+        assert_eq!(scores.len(), n, "every RM scores every response");
+        for i in 0..n {
+            for j in 0..n {
+                if i != j {
+                    won[i] += match scores[i].partial_cmp(&scores[j]) {
+                        Some(std::cmp::Ordering::Greater) => 1.0,
+                        Some(std::cmp::Ordering::Equal) => 0.5,
+                        _ => 0.0,
+                    };
+                }
+            }
+        }
+    }
+    let votes = (scores_per_reward_model.len() * (n - 1)) as f64;
+    won.into_iter().map(|w| (w / votes) as f32).collect()
+}
+
 /// Element-wise mean of already normalized score vectors (each of the same length).
 pub fn mean(normalized: &[Vec<f32>]) -> Vec<f32> {
     let Some(first) = normalized.first() else {
@@ -72,6 +104,31 @@ mod tests {
         assert!((combined[0] - 0.0).abs() < 1e-6);
         assert!(combined[1] > combined[2]);
         assert!((combined[1] - 0.6124).abs() < 1e-3, "{combined:?}");
+    }
+
+    #[test]
+    fn agreement_is_a_majority_vote_that_ignores_scale() {
+        // Two RMs prefer response 0 by a hair; one prefers response 1 by a mile.
+        let combined = agreement(&[vec![0.51, 0.50], vec![2.0, 1.9], vec![-100.0, 100.0]]);
+        assert_eq!(combined, vec![2.0 / 3.0, 1.0 / 3.0]);
+        // Any order-preserving change of one RM's scores changes nothing.
+        let per_rm = [vec![0.3, 0.2, 0.1, 0.4], vec![1.0, 3.0, 2.0, 0.0]];
+        let stretched = [
+            per_rm[0].iter().map(|s| (s * 50.0f32).exp()).collect(),
+            per_rm[1].clone(),
+        ];
+        assert_eq!(agreement(&per_rm), agreement(&stretched));
+    }
+
+    #[test]
+    fn agreement_shares_ties_and_is_one_when_unanimous() {
+        assert_eq!(agreement(&[vec![1.0, 0.0], vec![5.0, 3.0]]), vec![1.0, 0.0]);
+        assert_eq!(agreement(&[vec![1.0, 1.0, 0.0]]), vec![0.75, 0.75, 0.0]);
+        assert_eq!(agreement(&[vec![7.0]]), vec![0.5]);
+        assert!(agreement(&[]).is_empty());
+        // The votes of all responses always sum to n/2 per RM and pair: a share.
+        let votes = agreement(&[vec![0.1, 0.9, 0.5, 0.5], vec![3.0, 1.0, 2.0, 0.0]]);
+        assert!((votes.iter().sum::<f32>() - 2.0).abs() < 1e-6, "{votes:?}");
     }
 
     #[test]

@@ -4,7 +4,7 @@
 //!   estimates.
 //! - [`normalizer`]: LASeR's reward normalization against the reward history.
 //! - [`exp3`]: the non-contextual Exp3 baseline.
-//! - [`ensemble`]: the RM score ensemble baseline's score combination.
+//! - [`ensemble`]: the score combinations of the RM score and RM agreement ensembles.
 //! - [`context`]: per-router context preprocessing (L2 normalization, random projection).
 //! - [`select_arm`]: argmax over arm estimates with seeded tie-breaking.
 //!

@@ -27,6 +27,17 @@ pub(super) enum DecisionSource {
     Pending,
 }
 
+/// How a decision's RMs' scores become one score per response.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Combination {
+    /// One RM: its own scores.
+    Single,
+    /// Every RM: the mean of their normalized scores (`ensemble`).
+    ScoreMean,
+    /// Every RM: the share of their pairwise votes each response won (`agreement_ensemble`).
+    Agreement,
+}
+
 /// A choice for one query (or for a group, or for the whole request in per-batch mode).
 #[derive(Clone, Debug)]
 pub struct Decision {
@@ -41,7 +52,7 @@ pub struct Decision {
     pub(super) source: DecisionSource,
     /// The groups that share this decision.
     pub(super) groups: Vec<String>,
-    pub(super) ensemble: bool,
+    pub(super) combination: Combination,
     /// The context the arms saw (preprocessed, the arms' dimension).
     pub(super) context: Vec<f64>,
     /// The client's context it was derived from, when the decision is one query's (or a
@@ -52,9 +63,14 @@ pub struct Decision {
 }
 
 impl Decision {
-    /// Whether this decision combines several RMs (ensemble policy).
+    /// Whether this decision combines several RMs (an ensemble policy).
     pub fn is_ensemble(&self) -> bool {
-        self.ensemble
+        self.combination != Combination::Single
+    }
+
+    /// How this decision's RMs' scores become one score per response.
+    pub fn combination(&self) -> Combination {
+        self.combination
     }
 
     /// Whether this Score made the decision (a group's earlier decision is not counted
@@ -69,7 +85,7 @@ impl Decision {
         LoggedDecision {
             decision_id: self.decision_id.clone(),
             reward_models: self.reward_models.clone(),
-            ensemble: self.ensemble,
+            ensemble: self.is_ensemble(),
             context: match &self.received {
                 Some(received) => LoggedContext::Received(received.clone()),
                 None => LoggedContext::Preprocessed(self.context.clone()),

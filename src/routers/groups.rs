@@ -4,8 +4,9 @@
 //! recorded by whichever of them succeeds first. Also the cut for "everything pending".
 //! Cost: O(1) per grouped query (hash lookups), O(pending) for the cut.
 
-use super::events::{Decision, DecisionSource, RouterEvent, Selection};
+use super::events::{Combination, Decision, DecisionSource, RouterEvent, Selection};
 use super::pending::Choice;
+use super::policy;
 use super::router::Router;
 
 impl Router {
@@ -33,7 +34,10 @@ impl Router {
                 estimates: Vec::new(),
                 source: DecisionSource::Pending,
                 groups: vec![group.to_string()],
-                ensemble: matches!(pending.choice, Choice::Ensemble(_)),
+                combination: match pending.choice {
+                    Choice::Ensemble(_) => policy::combination(&self.settings.policy),
+                    Choice::Arm(_) => Combination::Single,
+                },
                 context: Vec::new(),
                 received: None,
                 probability: pending.probability,

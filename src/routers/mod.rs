@@ -40,8 +40,8 @@ mod tests_groups;
 /// carry.
 pub use crate::store::StoreError;
 pub use events::{
-    AnsweredDecision, Decision, Evictions, FeedbackCounts, FeedbackForm, FeedbackOutcome,
-    FeedbackSignal, FeedbackSignals, IdempotencyKey, RouterEvent, Selection,
+    AnsweredDecision, Combination, Decision, Evictions, FeedbackCounts, FeedbackForm,
+    FeedbackOutcome, FeedbackSignal, FeedbackSignals, IdempotencyKey, RouterEvent, Selection,
 };
 pub use handle::{
     FeedbackReport, RecordReport, RouterInfo, RoutersHandle, SelectedFor, SelectionInput, Ticket,

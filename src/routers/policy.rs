@@ -14,6 +14,7 @@ use rand::Rng;
 use rand::rngs::StdRng;
 
 use super::RouterError;
+use super::events::Combination;
 use super::router::{Arm, Candidate};
 use super::settings::{Policy, RouterSettings};
 use crate::bandit::{self, ArmEstimate, LinUcbArm, exp3};
@@ -98,7 +99,7 @@ impl Plan {
                         reward_model: reward_model.clone(),
                     })?,
             },
-            Policy::Ensemble => Plan::Ensemble,
+            Policy::Ensemble | Policy::AgreementEnsemble => Plan::Ensemble,
             Policy::Exp3 { gamma } => {
                 let weights: Vec<f64> = candidates
                     .iter()
@@ -163,9 +164,17 @@ impl Plan {
     }
 }
 
-/// Whether decisions of `policy` combine every RM.
-pub(super) fn is_ensemble(policy: &Policy) -> bool {
-    matches!(policy, Policy::Ensemble)
+/// How decisions of `policy` turn their RMs' scores into one score per response.
+pub(super) fn combination(policy: &Policy) -> Combination {
+    match policy {
+        Policy::Ensemble => Combination::ScoreMean,
+        Policy::AgreementEnsemble => Combination::Agreement,
+        Policy::LinUcb
+        | Policy::Random
+        | Policy::RoundRobin
+        | Policy::Fixed { .. }
+        | Policy::Exp3 { .. } => Combination::Single,
+    }
 }
 
 /// The LinUCB state a new arm starts with (`A = λI`, `b = 0`), for LinUCB routers.
@@ -209,7 +218,11 @@ impl Updates {
                 arms[arm].log_weight +=
                     exp3::log_weight_increment(reward, probability, arm_count, gamma);
             }
-            Policy::Random | Policy::RoundRobin | Policy::Fixed { .. } | Policy::Ensemble => {}
+            Policy::Random
+            | Policy::RoundRobin
+            | Policy::Fixed { .. }
+            | Policy::Ensemble
+            | Policy::AgreementEnsemble => {}
         }
     }
 

@@ -274,7 +274,7 @@ impl Router {
             &unit_contexts,
             self.decisions_recorded,
         )?;
-        let ensemble = policy::is_ensemble(&self.settings.policy);
+        let combination = policy::combination(&self.settings.policy);
         for (index, unit) in units.into_iter().enumerate() {
             let Unit {
                 queries,
@@ -294,7 +294,7 @@ impl Router {
                 estimates: chosen.explained,
                 source: DecisionSource::Fresh,
                 groups: unit_groups,
-                ensemble,
+                combination,
                 context,
                 received,
                 probability: chosen.probability,

@@ -29,6 +29,9 @@ pub enum Policy {
     Ensemble,
     /// Non-contextual Exp3 with exploration rate `gamma`.
     Exp3 { gamma: f64 },
+    /// Every RM scores every query; the responses are ranked by the RMs' majority vote
+    /// (the paper's "RM agreement ensemble", [`crate::bandit::ensemble::agreement`]).
+    AgreementEnsemble,
 }
 
 /// Which policy, without its parameters: how the config file and the API name a policy
@@ -42,6 +45,7 @@ pub enum PolicyKind {
     Fixed,
     Ensemble,
     Exp3,
+    AgreementEnsemble,
 }
 
 impl Policy {
@@ -53,6 +57,7 @@ impl Policy {
             Policy::Fixed { .. } => PolicyKind::Fixed,
             Policy::Ensemble => PolicyKind::Ensemble,
             Policy::Exp3 { .. } => PolicyKind::Exp3,
+            Policy::AgreementEnsemble => PolicyKind::AgreementEnsemble,
         }
     }
 
@@ -64,6 +69,7 @@ impl Policy {
             PolicyKind::Fixed => "fixed",
             PolicyKind::Ensemble => "ensemble",
             PolicyKind::Exp3 => "exp3",
+            PolicyKind::AgreementEnsemble => "agreement_ensemble",
         }
     }
 }
@@ -288,7 +294,8 @@ impl Preset {
 pub struct RouterSettingsPatch {
     /// Context dimension (LASeR: the policy LLM's hidden size; default 4096).
     pub context_dim: Option<usize>,
-    /// `linucb` (default), `random`, `round_robin`, `fixed`, `ensemble` or `exp3`.
+    /// `linucb` (default), `random`, `round_robin`, `fixed`, `ensemble`, `exp3` or
+    /// `agreement_ensemble`.
     pub policy: Option<PolicyKind>,
     /// The RM of the `fixed` policy.
     pub fixed_reward_model: Option<String>,
@@ -359,6 +366,7 @@ impl RouterSettingsPatch {
             PolicyKind::Exp3 => Policy::Exp3 {
                 gamma: pick!(exp3_gamma).unwrap_or(DEFAULT_EXP3_GAMMA),
             },
+            PolicyKind::AgreementEnsemble => Policy::AgreementEnsemble,
         };
         let normalization = match pick!(normalization).unwrap_or(NormalizationKind::Quantile) {
             NormalizationKind::None => Normalization::None,

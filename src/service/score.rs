@@ -13,11 +13,15 @@ use tracing::Instrument;
 use super::{Service, ServiceError, record_evictions, unix_ms};
 use crate::bandit::ensemble;
 use crate::models::{ModelError, RewardModel};
-use crate::routers::{FirstUse, RouterError, RouterSettingsPatch, SelectionInput, SelectionMode};
+use crate::routers::{
+    Combination, FirstUse, RouterError, RouterSettingsPatch, SelectionInput, SelectionMode,
+};
 use crate::telemetry::metric;
 
-/// `ScoredQuery.reward_model` of an ensemble decision.
+/// `ScoredQuery.reward_model` of a score ensemble decision.
 pub const ENSEMBLE_LABEL: &str = "ensemble";
+/// `ScoredQuery.reward_model` of an agreement ensemble decision.
+pub const AGREEMENT_ENSEMBLE_LABEL: &str = "agreement_ensemble";
 
 /// One query of a Score call.
 #[derive(Debug)]
@@ -55,7 +59,7 @@ pub struct ArmScore {
 pub struct ScoredQuery {
     pub id: String,
     pub decision_id: String,
-    /// The RM that scored, or [`ENSEMBLE_LABEL`].
+    /// The RM that scored, or [`ENSEMBLE_LABEL`] / [`AGREEMENT_ENSEMBLE_LABEL`].
     pub reward_model: String,
     pub scores: Vec<f32>,
     /// Response indices, best first.
@@ -188,13 +192,13 @@ impl Service {
             .map(|decision| Chosen {
                 decision_id: decision.decision_id.clone(),
                 new: decision.is_new(),
-                label: if decision.is_ensemble() {
-                    ENSEMBLE_LABEL.to_string()
-                } else {
-                    decision.reward_models[0].clone()
+                label: match decision.combination() {
+                    Combination::Single => decision.reward_models[0].clone(),
+                    Combination::ScoreMean => ENSEMBLE_LABEL.to_string(),
+                    Combination::Agreement => AGREEMENT_ENSEMBLE_LABEL.to_string(),
                 },
                 members: decision.reward_models.clone(),
-                ensemble: decision.is_ensemble(),
+                combination: decision.combination(),
                 arms: decision
                     .estimates
                     .iter()
@@ -315,11 +319,14 @@ impl Service {
         .into()
     }
 
-    /// One score per response: the RM's own, or for an ensemble decision the mean of each
-    /// member's normalized scores.
+    /// One score per response: the RM's own; for a score ensemble decision the mean of
+    /// each member's normalized scores; for an agreement ensemble decision the share of
+    /// the members' pairwise votes each response won (rankings only, so no normalization).
     fn combine(&self, chosen: &Chosen, mut scores: Vec<Vec<f32>>) -> Vec<f32> {
-        if !chosen.ensemble {
-            return scores.swap_remove(0);
+        match chosen.combination {
+            Combination::Single => return scores.swap_remove(0),
+            Combination::Agreement => return ensemble::agreement(&scores),
+            Combination::ScoreMean => {}
         }
         let normalized: Vec<Vec<f32>> = chosen
             .members
@@ -363,7 +370,7 @@ struct Chosen {
     new: bool,
     label: String,
     members: Vec<String>,
-    ensemble: bool,
+    combination: Combination,
     arms: Vec<ArmScore>,
 }
 

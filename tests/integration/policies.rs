@@ -45,6 +45,37 @@ fn rm_requests_total(metrics: &str) -> f64 {
         .sum()
 }
 
+/// One query scored through `router`, and how many RM jobs it cost.
+async fn score_counting_rm_jobs(
+    server: &Server,
+    client: &mut pb::reward_router_client::RewardRouterClient<tonic::transport::Channel>,
+    router: &str,
+) -> (pb::QueryResult, f64) {
+    let before = rm_requests_total(&http_get(server.metrics, "/metrics"));
+    let result = client
+        .score(request(router))
+        .await
+        .expect("score")
+        .into_inner()
+        .results
+        .remove(0);
+    let after = rm_requests_total(&http_get(server.metrics, "/metrics"));
+    (result, after - before)
+}
+
+async fn router_info(
+    admin: &mut pb::admin_client::AdminClient<tonic::transport::Channel>,
+    name: &str,
+) -> pb::RouterInfo {
+    admin
+        .get_router(pb::GetRouterRequest { name: name.into() })
+        .await
+        .expect("get")
+        .into_inner()
+        .router
+        .expect("router")
+}
+
 /// z-scores over the responses, averaged across RMs (written independently of the server).
 fn expected_ensemble(per_rm: &[Vec<f32>]) -> Vec<f32> {
     let n = per_rm[0].len();
@@ -65,6 +96,27 @@ fn expected_ensemble(per_rm: &[Vec<f32>]) -> Vec<f32> {
                 })
                 .sum::<f32>()
                 / per_rm.len() as f32
+        })
+        .collect()
+}
+
+/// Each response's share of the RMs' pairwise votes (written independently of the server:
+/// count, for every RM and every other response, a win as 1 and a tie as 1/2).
+fn expected_agreement(per_rm: &[Vec<f32>]) -> Vec<f32> {
+    let n = per_rm[0].len();
+    (0..n)
+        .map(|i| {
+            let mut won = 0.0f32;
+            for scores in per_rm {
+                for j in (0..n).filter(|&j| j != i) {
+                    if scores[i] > scores[j] {
+                        won += 1.0;
+                    } else if scores[i] == scores[j] {
+                        won += 0.5;
+                    }
+                }
+            }
+            won / (per_rm.len() * (n - 1)) as f32
         })
         .collect()
 }
@@ -114,20 +166,8 @@ async fn baselines_run_through_the_same_api() {
         },
     )
     .await;
-    let before = rm_requests_total(&http_get(server.metrics, "/metrics"));
-    let result = client
-        .score(request("ensemble"))
-        .await
-        .expect("score")
-        .into_inner()
-        .results
-        .remove(0);
-    let after = rm_requests_total(&http_get(server.metrics, "/metrics"));
-    assert_eq!(
-        after - before,
-        3.0,
-        "the ensemble costs K = 3 RM jobs per query"
-    );
+    let (result, rm_jobs) = score_counting_rm_jobs(&server, &mut client, "ensemble").await;
+    assert_eq!(rm_jobs, 3.0, "the ensemble costs K = 3 RM jobs per query");
     assert_eq!(result.reward_model, "ensemble");
     let scores: Vec<Vec<f32>> = per_rm.iter().map(|(_, s)| s.clone()).collect();
     let expected = expected_ensemble(&scores);
@@ -148,21 +188,42 @@ async fn baselines_run_through_the_same_api() {
         .expect("feedback")
         .into_inner();
     assert_eq!(feedback.applied, 1);
-    let info = admin
-        .get_router(pb::GetRouterRequest {
-            name: "ensemble".into(),
-        })
-        .await
-        .expect("get")
-        .into_inner()
-        .router
-        .expect("router");
+    let info = router_info(&mut admin, "ensemble").await;
     assert!(
         info.arms
             .iter()
             .all(|arm| arm.selections == 1 && arm.feedback_count == 1)
     );
     assert_eq!(info.arm_state_bytes, 0);
+
+    // agreement_ensemble: every RM scores; each response gets its share of the RMs'
+    // pairwise votes; K forward passes per query; GetRouter names the policy.
+    create(
+        &mut admin,
+        "agreement",
+        pb::RouterSettings {
+            policy: pb::Policy::AgreementEnsemble as i32,
+            ..Default::default()
+        },
+    )
+    .await;
+    let (result, rm_jobs) = score_counting_rm_jobs(&server, &mut client, "agreement").await;
+    assert_eq!(rm_jobs, 3.0, "the agreement ensemble costs K = 3 RM jobs");
+    assert_eq!(result.reward_model, "agreement_ensemble");
+    assert_eq!(result.scores, expected_agreement(&scores));
+    let mut expected_ranking: Vec<u32> = (0..result.scores.len() as u32).collect();
+    expected_ranking.sort_by(|&a, &b| {
+        result.scores[b as usize]
+            .partial_cmp(&result.scores[a as usize])
+            .expect("finite")
+    });
+    assert_eq!(result.ranking, expected_ranking);
+    let info = router_info(&mut admin, "agreement").await;
+    assert_eq!(
+        info.settings.expect("settings").policy,
+        pb::Policy::AgreementEnsemble as i32
+    );
+    assert!(info.arms.iter().all(|arm| arm.selections == 1));
 
     // round_robin: the RMs in turn.
     create(

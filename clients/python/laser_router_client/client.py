@@ -20,6 +20,7 @@ POLICIES = {
     "fixed": common_pb2.POLICY_FIXED,
     "ensemble": common_pb2.POLICY_ENSEMBLE,
     "exp3": common_pb2.POLICY_EXP3,
+    "agreement_ensemble": common_pb2.POLICY_AGREEMENT_ENSEMBLE,
 }
 NORMALIZATIONS = {"none": common_pb2.NORMALIZATION_NONE, "quantile": common_pb2.NORMALIZATION_QUANTILE}
 MODES = {"per_query": common_pb2.SELECTION_MODE_PER_QUERY, "per_batch": common_pb2.SELECTION_MODE_PER_BATCH}

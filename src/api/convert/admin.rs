@@ -33,6 +33,7 @@ pub fn router_settings_patch(
         Ok(pb::Policy::Fixed) => Some(PolicyKind::Fixed),
         Ok(pb::Policy::Ensemble) => Some(PolicyKind::Ensemble),
         Ok(pb::Policy::Exp3) => Some(PolicyKind::Exp3),
+        Ok(pb::Policy::AgreementEnsemble) => Some(PolicyKind::AgreementEnsemble),
         Err(_) => {
             return Err(invalid(
                 "settings.policy",
@@ -116,6 +117,7 @@ pub fn router_settings_to_pb(settings: &RouterSettings) -> pb::RouterSettings {
         Policy::Fixed { reward_model } => (pb::Policy::Fixed, reward_model.clone(), None),
         Policy::Ensemble => (pb::Policy::Ensemble, String::new(), None),
         Policy::Exp3 { gamma } => (pb::Policy::Exp3, String::new(), Some(*gamma)),
+        Policy::AgreementEnsemble => (pb::Policy::AgreementEnsemble, String::new(), None),
     };
     let (normalization, quantile_low, quantile_high, reward_window) = match settings.normalization {
         Normalization::None => (pb::Normalization::None, None, None, 0),
