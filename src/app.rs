@@ -26,6 +26,7 @@ use crate::api::auth::AdminAccess;
 use crate::api::pb;
 use crate::api::reward_router::RewardRouterService;
 use crate::config::{Config, TlsConfig};
+use crate::forwarder::{Forwarder, Forwarding};
 use crate::models::{Encoder, Encoders, ModelError, RewardModels};
 use crate::routers::{RouterError, Routers, RoutersHandle};
 use crate::service::{Models, Service};
@@ -74,11 +75,15 @@ pub async fn run(
     )))?;
 
     // A standby replica (PostgreSQL, lease held elsewhere) forwards its port to the holder
-    // while it waits; plaintext ports only.
+    // while it waits: request by request in plaintext, connection by connection with TLS.
     let owner = crate::store::postgres::OwnerAddress::default();
-    let forwarder = match (config.store.postgres_url(), &config.server.tls) {
-        (Some(_), None) if config.store.durable => Some(
-            crate::forwarder::Forwarder::start(config.server.listen, owner.clone())
+    let forwarding = match config.server.tls {
+        None => Forwarding::Requests,
+        Some(_) => Forwarding::Connections,
+    };
+    let forwarder = match config.store.postgres_url() {
+        Some(_) if config.store.durable => Some(
+            Forwarder::start(config.server.listen, owner.clone(), forwarding)
                 .await
                 .map_err(io_error(format!("listen on {}", config.server.listen)))?,
         ),

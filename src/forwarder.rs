@@ -5,10 +5,15 @@
 //! answers; when the owner is gone, requests get UNAVAILABLE until this replica (or another)
 //! takes the lease and serves them itself.
 //!
-//! One upstream HTTP/2 connection per client connection (made again when the owner changes or
-//! it closes); requests are streamed both ways.
-//! Cost: one extra hop (a few hundred microseconds on a local network). Plaintext only: a
-//! replica whose gRPC port has TLS does not forward (it waits without listening).
+//! A plaintext port ([`Forwarding::Requests`]) forwards request by request: one upstream
+//! HTTP/2 connection per client connection (made again when the owner changes or it closes);
+//! requests are streamed both ways. A TLS port ([`Forwarding::Connections`]) cannot read the
+//! requests, so it passes each client connection's bytes through, as they are, to the owner's
+//! port: TLS (and client certificates) run end to end between the client and the owner, so
+//! replicas behind one address must present certificates valid for that address. A
+//! passed-through connection ends when the owner goes away (clients reconnect, and reach the
+//! new owner); a connection arriving while nobody holds the lease is closed at once.
+//! Cost: one extra hop (a few hundred microseconds on a local network).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -25,6 +30,15 @@ use tokio::task::JoinSet;
 
 pub use crate::store::postgres::OwnerAddress;
 
+/// How a standby's port forwards.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Forwarding {
+    /// Plaintext gRPC: each request to the owner now (the connection follows the owner).
+    Requests,
+    /// TLS: each connection's bytes to the owner at the time it was accepted.
+    Connections,
+}
+
 /// The running forwarder; dropping it (or [`Forwarder::stop`]) closes the port and every
 /// forwarded connection.
 pub struct Forwarder {
@@ -33,9 +47,13 @@ pub struct Forwarder {
 
 impl Forwarder {
     /// Listen on `listen` and forward to whatever `owner` names.
-    pub async fn start(listen: SocketAddr, owner: OwnerAddress) -> std::io::Result<Self> {
+    pub async fn start(
+        listen: SocketAddr,
+        owner: OwnerAddress,
+        forwarding: Forwarding,
+    ) -> std::io::Result<Self> {
         let listener = TcpListener::bind(listen).await?;
-        tracing::info!(%listen, "standby: forwarding requests to the lease holder");
+        tracing::info!(%listen, ?forwarding, "standby: forwarding to the lease holder");
         let task = tokio::spawn(async move {
             let mut connections = JoinSet::new();
             loop {
@@ -43,7 +61,10 @@ impl Forwarder {
                     continue;
                 };
                 let owner = owner.clone();
-                connections.spawn(serve_connection(stream, owner));
+                match forwarding {
+                    Forwarding::Requests => connections.spawn(serve_connection(stream, owner)),
+                    Forwarding::Connections => connections.spawn(pass_through(stream, owner)),
+                };
                 while connections.try_join_next().is_some() {}
             }
         });
@@ -130,6 +151,22 @@ async fn serve_connection(stream: TcpStream, owner: OwnerAddress) {
     let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
         .serve_connection(TokioIo::new(stream), service)
         .await;
+}
+
+/// Pass one client connection's bytes through to the owner named now, both ways, until
+/// either side closes; closed at once when nobody holds the lease or the owner is unreachable.
+async fn pass_through(mut stream: TcpStream, owner: OwnerAddress) {
+    let Some(address) = owner.lock().expect("owner lock poisoned").clone() else {
+        return;
+    };
+    match TcpStream::connect(&address).await {
+        Ok(mut upstream) => {
+            let _ = stream.set_nodelay(true);
+            let _ = upstream.set_nodelay(true);
+            let _ = tokio::io::copy_bidirectional(&mut stream, &mut upstream).await;
+        }
+        Err(error) => tracing::debug!(%address, %error, "standby: owner unreachable"),
+    }
 }
 
 /// An HTTP/2 connection to the owner, driven by a task.

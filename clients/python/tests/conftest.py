@@ -56,6 +56,22 @@ tokenizer = "{FIXTURES / 'tokenizer.json'}"
 """
 
 
+def make_certificates(folder: Path) -> bytes:
+    """A throwaway CA and a server certificate for localhost / 127.0.0.1 signed by it, written
+    as server.pem / server.key in `folder`; returns the CA's PEM."""
+    def openssl(*args: str) -> None:
+        subprocess.run(["openssl", *args], cwd=folder, check=True, capture_output=True)
+
+    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem",
+            "-days", "2", "-subj", "/CN=laser-test-ca")
+    openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key", "-out", "server.csr",
+            "-subj", "/CN=server")
+    (folder / "server.ext").write_text("subjectAltName=DNS:localhost,IP:127.0.0.1\n")
+    openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
+            "-out", "server.pem", "-days", "2", "-extfile", "server.ext")
+    return (folder / "ca.pem").read_bytes()
+
+
 class Server:
     def __init__(self, port: int, config_text: str = CONFIG, http: bool = False, data_dir: Path = None):
         self.dir = tempfile.TemporaryDirectory()

@@ -2,16 +2,14 @@
 retries while the server is down, the admin token, TLS."""
 
 import asyncio
-import subprocess
 import threading
 import time
-from pathlib import Path
 
 import grpc
 import numpy as np
 import pytest
 
-from conftest import CONFIG, Server, free_port
+from conftest import CONFIG, Server, free_port, make_certificates
 from laser_router_client import AsyncLaserRouterClient, LaserRouterError, Query
 
 
@@ -59,24 +57,13 @@ def test_calls_are_retried_until_the_server_is_up():
         started["server"].stop()
 
 
-def openssl(folder: Path, *args: str) -> None:
-    subprocess.run(["openssl", *args], cwd=folder, check=True, capture_output=True)
-
-
 def test_tls_and_the_admin_token(tmp_path):
-    openssl(tmp_path, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem",
-            "-days", "2", "-subj", "/CN=aio-test-ca")
-    openssl(tmp_path, "req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key", "-out", "server.csr",
-            "-subj", "/CN=server")
-    (tmp_path / "server.ext").write_text("subjectAltName=DNS:localhost,IP:127.0.0.1\n")
-    openssl(tmp_path, "x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
-            "-out", "server.pem", "-days", "2", "-extfile", "server.ext")
+    ca = make_certificates(tmp_path)
     config = (f'[server]\nadmin_token = "s3cret"\n[server.tls]\ncert_path = "{tmp_path / "server.pem"}"\n'
               f'key_path = "{tmp_path / "server.key"}"\n' + CONFIG.replace("[server]\n", "[server_unused]\n", 1))
     config = config.replace("[server_unused]\nshutdown_grace_seconds = 0.5\n", "")
     port = free_port()
     server = Server(port, config).wait_ready()
-    ca = (tmp_path / "ca.pem").read_bytes()
 
     async def run():
         async with AsyncLaserRouterClient(f"localhost:{port}", root_certificates=ca, admin_token="s3cret") as admin:

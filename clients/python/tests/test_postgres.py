@@ -13,7 +13,7 @@ import time
 import grpc
 import pytest
 
-from conftest import CONFIG, Server, binary, free_port
+from conftest import CONFIG, Server, binary, free_port, make_certificates
 from laser_router_client import LaserRouterClient, LaserRouterError, Query
 from postgres_cluster import PostgresCluster
 
@@ -103,6 +103,33 @@ def test_a_second_server_forwards_as_a_standby_and_takes_over(postgres):
         assert arms(both, "r") == before
         # The decision pending at the takeover is still there, and takes its feedback once.
         assert standby.feedback("r", [pending.decision_id], loss=0.1)["applied"] == 1
+    finally:
+        first.stop()
+        second.stop()
+
+
+def test_a_standby_with_tls_passes_connections_through_to_the_owner(postgres, tmp_path):
+    ca = make_certificates(tmp_path)
+    tls = f'[server.tls]\ncert_path = "{tmp_path / "server.pem"}"\nkey_path = "{tmp_path / "server.key"}"\n'
+    text = config(postgres, lease_seconds=1.0).replace("[routers]\n", tls + "[routers]\n", 1)
+    first = Server(free_port(), text).wait_ready()
+    second = Server(free_port(), text)
+    try:
+        owner = LaserRouterClient(first.address.replace("127.0.0.1", "localhost"), root_certificates=ca)
+        owner.create_router("r", context_dim=4)
+        (result,) = owner.score("r", [Query(id="q", context=[1, 0, 0, 0], prompt="p", responses=["a", "b"])])
+        time.sleep(1.0)
+        # TLS end to end through the standby's port: the owner's certificate, the owner's state.
+        through = LaserRouterClient(second.address.replace("127.0.0.1", "localhost"), root_certificates=ca)
+        assert through.feedback("r", [result.decision_id], loss=0.2)["applied"] == 1
+        assert arms(through, "r") == arms(owner, "r") and arms(owner, "r")[1] == 0
+        assert second.process.poll() is None
+        first.kill()
+        second.wait_ready(timeout=30)
+        # The client's next connection reaches the new owner, which serves the same state.
+        assert arms(through, "r") == arms(LaserRouterClient(
+            second.address.replace("127.0.0.1", "localhost"), root_certificates=ca), "r")
+        assert sum(s for s, _ in arms(through, "r")[0].values()) == 1
     finally:
         first.stop()
         second.stop()
