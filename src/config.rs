@@ -476,7 +476,8 @@ mod tests {
         assert_eq!(config.server.metrics_listen.to_string(), "127.0.0.1:9464");
         let routers = config.routers.settings();
         assert_eq!(routers.context_dim, 4096);
-        assert_eq!(routers.alpha, 0.1);
+        assert_eq!(routers.alpha, 1.0);
+        assert!(routers.l2_normalize_context);
         assert_eq!(routers.l2_lambda, 1.0);
         assert!(config.routers.create_on_first_use);
         assert_eq!(config.server.data_dir, PathBuf::from("data"));

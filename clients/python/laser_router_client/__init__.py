@@ -15,10 +15,11 @@ from laser_router_client.client import (
     QueryResult,
 )
 from laser_router_client.aio import AsyncLaserRouterClient
-from laser_router_client.context import prompt_context
+from laser_router_client.context import ContextStandardizer, prompt_context
 
 __all__ = [
     "ArmEstimate",
+    "ContextStandardizer",
     "AsyncLaserRouterClient",
     "LaserRouterClient",
     "LaserRouterError",

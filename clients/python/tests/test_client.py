@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from conftest import Server, free_port
-from laser_router_client import LaserRouterClient, LaserRouterError, Query, prompt_context
+from laser_router_client import ContextStandardizer, LaserRouterClient, LaserRouterError, Query, prompt_context
 
 
 def queries(n, dim=4):
@@ -145,6 +145,29 @@ def test_prompt_context_accepts_torch_tensors():
     hidden = torch.ones(1, 2, 3)
     mask = torch.tensor([[1, 0]])
     np.testing.assert_allclose(prompt_context(hidden, mask), [[1.0, 1.0, 1.0]])
+
+
+def test_context_standardizer_uses_the_running_statistics_of_every_context_so_far():
+    rng = np.random.default_rng(0)
+    # A large shared part (as a prompt template gives) and small differences; one dimension constant.
+    seen = rng.normal(size=(30, 3)) * [0.01, 1.0, 0.0] + [5.0, -2.0, 7.0]
+    standardizer = ContextStandardizer(3)
+    outputs = [standardizer(seen[:10]), standardizer(seen[10]), standardizer(seen[11:])]
+    # Each call standardizes by the statistics of everything seen up to and including it.
+    for upto, batch in ((10, seen[:10]), (11, seen[10:11]), (30, seen[11:])):
+        mean, std = seen[:upto].mean(axis=0), seen[:upto].std(axis=0)
+        scaled = np.where(std > 0, (batch - mean) / np.where(std > 0, std, 1), 0.0)
+        expected = scaled / np.linalg.norm(scaled, axis=1, keepdims=True)
+        got = outputs.pop(0)
+        np.testing.assert_allclose(np.atleast_2d(got), expected, rtol=1e-5, atol=1e-6)
+    assert standardizer(seen[0]).dtype == np.float32
+    # The tiny first dimension now weighs as much as the second; the constant one is 0.
+    late = standardizer(seen[:5])
+    assert np.all(late[:, 2] == 0) and np.abs(late[:, 0]).mean() > 0.2
+    restored = ContextStandardizer.from_state(standardizer.state())
+    np.testing.assert_array_equal(restored(seen[:3]), standardizer(seen[:3]))
+    with pytest.raises(ValueError):
+        standardizer(np.zeros((2, 4)))
 
 
 def test_create_router_with_the_reference_preset(server):

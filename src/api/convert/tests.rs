@@ -311,7 +311,7 @@ fn create_router_settings_fill_defaults_and_round_trip() {
             window: Some(500)
         }
     );
-    assert_eq!(settings.alpha, 0.1);
+    assert_eq!(settings.alpha, 1.0);
     assert_eq!(settings.pending_ttl, Duration::from_secs(3600));
     let again = router_settings_patch(Some(router_settings_to_pb(&settings)))
         .unwrap()
