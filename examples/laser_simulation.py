@@ -50,8 +50,8 @@ CATEGORIES = {
 RESPONSES_PER_QUERY = 4
 # (label, policy, extra router settings)
 POLICIES = [
-    ("linucb", "linucb", {}),
-    ("linucb α=1", "linucb", {"alpha": 1.0}),
+    ("linucb α=0.1", "linucb", {"alpha": 0.1, "l2_normalize_context": False}),  # the previous defaults
+    ("linucb α=1", "linucb", {"alpha": 1.0, "l2_normalize_context": False}),
     ("random", "random", {}),
     ("round_robin", "round_robin", {}),
     ("fixed", "fixed", {"fixed_reward_model": "satisfaction"}),

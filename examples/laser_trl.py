@@ -103,7 +103,7 @@ def main() -> None:
     parser.add_argument("--max-completion-length", type=int, default=24)
     parser.add_argument("--learning-rate", type=float, default=5e-4)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--alpha", type=float, default=None, help="LinUCB's exploration (server default 0.1)")
+    parser.add_argument("--alpha", type=float, default=None, help="LinUCB's exploration (server default 1)")
     parser.add_argument("--plot", default="laser_trl.png")
     parser.add_argument("--output-dir", default="")
     args = parser.parse_args()
