@@ -50,8 +50,8 @@ CATEGORIES = {
 RESPONSES_PER_QUERY = 4
 # (label, policy, extra router settings)
 POLICIES = [
-    ("linucb α=0.1", "linucb", {"alpha": 0.1, "l2_normalize_context": False}),  # the previous defaults
-    ("linucb α=1", "linucb", {"alpha": 1.0, "l2_normalize_context": False}),
+    ("linucb α=0.1", "linucb", {"alpha": 0.1}),  # the server's default until docs/learning.md
+    ("linucb α=1", "linucb", {"alpha": 1.0}),
     ("random", "random", {}),
     ("round_robin", "round_robin", {}),
     ("fixed", "fixed", {"fixed_reward_model": "satisfaction"}),
@@ -136,9 +136,9 @@ def main():
             return order.index(pick) / (RESPONSES_PER_QUERY - 1)
         rng_truth = [np.random.default_rng(1000 + seed * 10000 + i).normal(0, 0.3, RESPONSES_PER_QUERY) for i in range(len(queries))]
         best = [min(loss(i, int(np.argmax(scores[rm][i]))) for rm in rms) for i in range(len(queries))]
-        for label, policy_name, extra in POLICIES:
+        for index, (label, policy_name, extra) in enumerate(POLICIES):
             policy = label
-            router = f"{policy_name}-{len(extra)}-{seed}"
+            router = f"{policy_name}-{index}-{seed}"
             client.create_router(router, context_dim=384, policy=policy_name, normalization="quantile", seed=seed,
                                  l2_normalize_context=True, **extra)
             passes_before = metric_total(metrics_addr, "laser_rm_batch_size_sum")
