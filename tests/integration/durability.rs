@@ -72,6 +72,8 @@ async fn create_router(server: &Server) {
             settings: Some(pb::RouterSettings {
                 context_dim: DIM as u32,
                 normalization: pb::Normalization::None as i32,
+                // The independent replay below works on the raw contexts.
+                l2_normalize_context: Some(false),
                 ..Default::default()
             }),
         })

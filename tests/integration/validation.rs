@@ -199,6 +199,7 @@ async fn routers_are_created_once_and_can_be_deleted() {
     let settings = created.settings.expect("settings");
     assert_eq!(settings.context_dim, 16);
     assert_eq!(settings.alpha, Some(1.0));
+    assert_eq!(settings.l2_normalize_context, Some(true));
     assert_eq!(settings.l2_lambda, Some(1.0));
     assert_eq!(settings.normalization, pb::Normalization::None as i32);
 

@@ -17,8 +17,8 @@ use crate::routers::{
 };
 
 /// CreateRouter's settings as a patch: a field left at its proto default is unset.
-/// `reward_is_normalized`, `l2_normalize_context` and `projection_dim` have no unset
-/// value in the proto and are always set. Ranges are checked by `RouterSettings::validate`.
+/// `reward_is_normalized` and `projection_dim` have no unset value in the proto and are
+/// always set. Ranges are checked by `RouterSettings::validate`.
 pub fn router_settings_patch(
     settings: Option<pb::RouterSettings>,
 ) -> Result<RouterSettingsPatch, RequestError> {
@@ -98,7 +98,7 @@ pub fn router_settings_patch(
                 .collect::<BTreeSet<String>>()
         }),
         join_new_reward_models: settings.join_new_reward_models,
-        l2_normalize_context: Some(settings.l2_normalize_context),
+        l2_normalize_context: settings.l2_normalize_context,
         projection_dim: Some(settings.projection_dim as usize),
         max_pending_decisions: set(settings.max_pending_decisions),
         pending_ttl_seconds: (settings.pending_ttl_seconds > 0)
@@ -151,7 +151,7 @@ pub fn router_settings_to_pb(settings: &RouterSettings) -> pb::RouterSettings {
         quantile_high,
         reward_window,
         reward_is_normalized: settings.reward_is_normalized,
-        l2_normalize_context: settings.l2_normalize_context,
+        l2_normalize_context: Some(settings.l2_normalize_context),
         projection_dim: settings.projection_dim as u32,
         max_pending_decisions: settings.max_pending_decisions as u32,
         pending_ttl_seconds: settings.pending_ttl.as_secs() as u32,
