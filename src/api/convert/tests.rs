@@ -312,7 +312,10 @@ fn create_router_settings_fill_defaults_and_round_trip() {
         }
     );
     assert_eq!(settings.alpha, 1.0);
-    assert!(settings.l2_normalize_context, "unset in the request: the default");
+    assert!(
+        settings.l2_normalize_context,
+        "unset in the request: the default"
+    );
     assert_eq!(settings.pending_ttl, Duration::from_secs(3600));
     let raw = router_settings_patch(Some(pb::RouterSettings {
         l2_normalize_context: Some(false),
