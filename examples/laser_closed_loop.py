@@ -292,6 +292,7 @@ POLICIES = {
     # were chosen from, each one change from the previous defaults (alpha 0.1, raw contexts).
     "linucb defaults (per query, a=1)": ({"policy": "linucb"}, "loss", None),
     "linucb defaults, val_gain signal": ({"policy": "linucb"}, "val_gain", None),
+    "linucb defaults, neutral first reward": ({"policy": "linucb", "first_reward": "neutral"}, "loss", None),
     "linucb defaults, standardized contexts": ({"policy": "linucb", "contexts": "standardized"}, "loss", None),
     "linucb per query, a=0.1 (previous defaults)": ({"policy": "linucb", "alpha": 0.1, "l2_normalize_context": False}, "loss", None),
     "linucb a=0.1, val_gain signal": ({"policy": "linucb", "alpha": 0.1, "l2_normalize_context": False}, "val_gain", None),

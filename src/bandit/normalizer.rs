@@ -2,7 +2,8 @@
 //! rewards the router has seen.
 //!
 //! With fewer than two rewards in the history the raw value is used (as the reference
-//! code does). Otherwise, with `lo`/`hi` the history's low/high percentiles (20th/80th by
+//! code does), or 0.5 with [`Normalization::QuantileNeutralStart`] (a raw loss is on
+//! another scale than the [0, 1] rewards that follow it, and can sink the first arm). Otherwise, with `lo`/`hi` the history's low/high percentiles (20th/80th by
 //! default, linear interpolation as NumPy's `percentile`): `r <= lo → 0`, `r >= hi → 1`,
 //! linear between. When `lo == hi` (a history of equal values, which the reference code
 //! does not guard) the result is 0 below, 1 above and 0.5 at that value.
@@ -30,9 +31,28 @@ pub enum Normalization {
         high: f64,
         window: Option<usize>,
     },
+    /// `Quantile`, except that while the history holds fewer than two rewards the
+    /// normalized reward is 0.5 (neutral) instead of the raw value. Appended after the
+    /// others: the enum's order is part of the log format.
+    QuantileNeutralStart {
+        low: f64,
+        high: f64,
+        window: Option<usize>,
+    },
 }
 
 impl Normalization {
+    /// The percentiles and window of either quantile form (`None` for `None`).
+    pub fn quantile(&self) -> Option<(f64, f64, Option<usize>)> {
+        match *self {
+            Normalization::None => None,
+            Normalization::Quantile { low, high, window }
+            | Normalization::QuantileNeutralStart { low, high, window } => {
+                Some((low, high, window))
+            }
+        }
+    }
+
     /// LASeR's default: the 20th and 80th percentiles.
     pub const LASER: Normalization = Normalization::Quantile {
         low: 20.0,
@@ -80,7 +100,8 @@ impl RewardNormalizer {
         self.observed += 1;
         match self.normalization {
             Normalization::None => raw,
-            Normalization::Quantile { low, high, window } => {
+            Normalization::Quantile { low, high, window }
+            | Normalization::QuantileNeutralStart { low, high, window } => {
                 let position = self.sorted_history.partition_point(|&seen| seen < raw);
                 self.sorted_history.insert(position, raw);
                 self.arrival_order.push_back(raw);
@@ -92,7 +113,10 @@ impl RewardNormalizer {
                     self.sorted_history.remove(position);
                 }
                 if self.sorted_history.len() < 2 {
-                    return raw;
+                    return match self.normalization {
+                        Normalization::QuantileNeutralStart { .. } => 0.5,
+                        _ => raw,
+                    };
                 }
                 let lo = percentile(&self.sorted_history, low);
                 let hi = percentile(&self.sorted_history, high);
@@ -128,6 +152,26 @@ mod tests {
         let sorted = [1.0, 2.0, 3.0, 4.0, 10.0];
         assert!((percentile(&sorted, 20.0) - 1.8).abs() < 1e-12);
         assert!((percentile(&sorted, 80.0) - 5.2).abs() < 1e-12);
+    }
+
+    #[test]
+    fn a_neutral_start_gives_half_until_the_percentiles_exist_then_the_same_as_quantile() {
+        let neutral = Normalization::QuantileNeutralStart {
+            low: 20.0,
+            high: 80.0,
+            window: None,
+        };
+        let mut normalizer = RewardNormalizer::new(neutral);
+        let mut reference = RewardNormalizer::new(Normalization::LASER);
+        assert_eq!(normalizer.observe(-3.0), 0.5);
+        assert_eq!(reference.observe(-3.0), -3.0);
+        for raw in [-1.0, -2.0, -0.5, -4.0] {
+            assert_eq!(normalizer.observe(raw), reference.observe(raw));
+        }
+        assert_eq!(
+            normalizer.normalization().quantile(),
+            Some((20.0, 80.0, None))
+        );
     }
 
     #[test]

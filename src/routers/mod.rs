@@ -51,7 +51,7 @@ pub use ledger::{EncoderChanges, ModelChanges, RewardModelChanges, StateEvent};
 pub use registry::{FirstUse, Routers, RoutersOptions};
 pub use router::Router;
 pub use settings::{
-    Normalization, NormalizationKind, Policy, PolicyKind, Preset, RouterSettings,
+    FirstReward, Normalization, NormalizationKind, Policy, PolicyKind, Preset, RouterSettings,
     RouterSettingsPatch, SelectionMode,
 };
 pub use state::RouterState;

@@ -83,6 +83,17 @@ pub enum NormalizationKind {
     Quantile,
 }
 
+/// What the quantile normalization gives before its percentiles exist (fewer than two
+/// rewards in the history).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FirstReward {
+    /// The raw reward (LASeR's reference code).
+    Raw,
+    /// 0.5, the middle of the normalized range.
+    Neutral,
+}
+
 /// One decision per query, or one for the whole request on the mean context.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -146,7 +157,7 @@ impl RouterSettings {
                 format!("{} must be finite and > 0", self.l2_lambda),
             );
         }
-        if let Normalization::Quantile { low, high, window } = self.normalization {
+        if let Some((low, high, window)) = self.normalization.quantile() {
             if !((0.0..100.0).contains(&low) && low < high && high <= 100.0) {
                 return invalid(
                     "quantile_low",
@@ -200,6 +211,14 @@ impl RouterSettings {
             return invalid("pending_ttl_seconds", "must be > 0".to_string());
         }
         Ok(self)
+    }
+
+    /// What the reward normalization gives before its percentiles exist.
+    pub fn first_reward(&self) -> FirstReward {
+        match self.normalization {
+            Normalization::QuantileNeutralStart { .. } => FirstReward::Neutral,
+            Normalization::None | Normalization::Quantile { .. } => FirstReward::Raw,
+        }
     }
 
     /// Whether the router may route to `reward_model`.
@@ -279,6 +298,7 @@ impl Preset {
                 quantile_low: Some(20.0),
                 quantile_high: Some(80.0),
                 reward_window: Some(0),
+                first_reward: Some(FirstReward::Raw),
                 reward_is_normalized: Some(false),
                 default_mode: Some(SelectionMode::PerBatch),
                 l2_normalize_context: Some(false),
@@ -315,6 +335,9 @@ pub struct RouterSettingsPatch {
     pub quantile_high: Option<f64>,
     /// Last raw rewards kept as the normalization history (0: all, as LASeR; the default).
     pub reward_window: Option<usize>,
+    /// The quantile normalization's reward while the history holds fewer than two: `raw`
+    /// (LASeR's reference code; the default) or `neutral` (0.5).
+    pub first_reward: Option<FirstReward>,
     /// Feedback.reward is already in [0, 1] and used as is (default false).
     pub reward_is_normalized: Option<bool>,
     /// `per_query` (default) or `per_batch`.
@@ -377,13 +400,19 @@ impl RouterSettingsPatch {
                 let Normalization::Quantile { low, high, .. } = Normalization::LASER else {
                     unreachable!("LASeR normalizes by quantiles")
                 };
-                Normalization::Quantile {
-                    low: pick!(quantile_low).unwrap_or(low),
-                    high: pick!(quantile_high).unwrap_or(high),
-                    window: match pick!(reward_window).unwrap_or(0) {
-                        0 => None,
-                        window => Some(window),
-                    },
+                let (low, high) = (
+                    pick!(quantile_low).unwrap_or(low),
+                    pick!(quantile_high).unwrap_or(high),
+                );
+                let window = match pick!(reward_window).unwrap_or(0) {
+                    0 => None,
+                    window => Some(window),
+                };
+                match pick!(first_reward).unwrap_or(DEFAULT_FIRST_REWARD) {
+                    FirstReward::Raw => Normalization::Quantile { low, high, window },
+                    FirstReward::Neutral => {
+                        Normalization::QuantileNeutralStart { low, high, window }
+                    }
                 }
             }
         };
@@ -418,6 +447,8 @@ impl RouterSettingsPatch {
 
 /// Exploration rate of the `exp3` policy when none is given.
 pub const DEFAULT_EXP3_GAMMA: f64 = 0.1;
+/// The quantile normalization's first reward when nothing sets it.
+pub const DEFAULT_FIRST_REWARD: FirstReward = FirstReward::Raw;
 
 impl RouterSettings {
     /// The settings keys whose values differ between `self` and `other`, in key order.
@@ -445,6 +476,7 @@ impl RouterSettings {
             quantile_low,
             quantile_high,
             reward_window,
+            first_reward,
             reward_is_normalized,
             default_mode,
             seed,
@@ -469,9 +501,9 @@ impl From<&RouterSettings> for RouterSettingsPatch {
             _ => (None, None),
         };
         let (normalization, quantile_low, quantile_high, reward_window) =
-            match settings.normalization {
-                Normalization::None => (NormalizationKind::None, None, None, None),
-                Normalization::Quantile { low, high, window } => (
+            match settings.normalization.quantile() {
+                None => (NormalizationKind::None, None, None, None),
+                Some((low, high, window)) => (
                     NormalizationKind::Quantile,
                     Some(low),
                     Some(high),
@@ -489,6 +521,7 @@ impl From<&RouterSettings> for RouterSettingsPatch {
             quantile_low,
             quantile_high,
             reward_window,
+            first_reward: Some(settings.first_reward()),
             reward_is_normalized: Some(settings.reward_is_normalized),
             default_mode: Some(settings.default_mode),
             seed: Some(settings.seed),
@@ -528,6 +561,27 @@ mod tests {
         );
         assert!(!settings.l2_normalize_context && settings.projection_dim == 0);
         assert!(!settings.reward_is_normalized);
+        assert_eq!(settings.first_reward(), FirstReward::Raw);
+        let neutral = RouterSettingsPatch {
+            preset: Some(Preset::LaserReference),
+            first_reward: Some(FirstReward::Neutral),
+            reward_window: Some(50),
+            ..RouterSettingsPatch::default()
+        }
+        .resolve();
+        assert_eq!(
+            neutral.normalization,
+            Normalization::QuantileNeutralStart {
+                low: 20.0,
+                high: 80.0,
+                window: Some(50)
+            }
+        );
+        assert_eq!(
+            RouterSettingsPatch::from(&neutral).apply(&RouterSettingsPatch::default()),
+            neutral,
+            "the neutral start round-trips through a patch"
+        );
     }
 
     #[test]

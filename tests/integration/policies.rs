@@ -348,6 +348,47 @@ async fn baselines_run_through_the_same_api() {
 }
 
 #[tokio::test]
+async fn the_first_reward_is_raw_as_the_reference_or_neutral() {
+    let server = Server::start(&config(4, &["length"], ""));
+    let mut client = server.router_client().await;
+    let mut admin = server.admin_client().await;
+    for (name, first_reward, expected) in [
+        ("raw", pb::FirstReward::Unspecified, -0.8),
+        ("neutral", pb::FirstReward::Neutral, 0.5),
+    ] {
+        create(
+            &mut admin,
+            name,
+            pb::RouterSettings {
+                first_reward: first_reward as i32,
+                ..Default::default()
+            },
+        )
+        .await;
+        let (result, _) = score_counting_rm_jobs(&server, &mut client, name).await;
+        client
+            .feedback(feedback(name, vec![result.decision_id], Signal::Loss(0.8)))
+            .await
+            .expect("feedback");
+        let info = router_info(&mut admin, name).await;
+        let arm = &info.arms[0];
+        assert_eq!(arm.feedback_count, 1);
+        assert!(
+            (arm.mean_reward - expected).abs() < 1e-12,
+            "{name}: the first reward normalized to {} (want {expected})",
+            arm.mean_reward
+        );
+        let reported = info.settings.expect("settings").first_reward;
+        let want = if name == "raw" {
+            pb::FirstReward::Raw
+        } else {
+            pb::FirstReward::Neutral
+        };
+        assert_eq!(reported, want as i32);
+    }
+}
+
+#[tokio::test]
 async fn reset_forgets_learned_state_and_keeps_settings() {
     let server = Server::start(&config(4, &["length", "polite"], ""));
     let mut client = server.router_client().await;

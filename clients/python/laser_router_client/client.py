@@ -23,6 +23,7 @@ POLICIES = {
     "agreement_ensemble": common_pb2.POLICY_AGREEMENT_ENSEMBLE,
 }
 NORMALIZATIONS = {"none": common_pb2.NORMALIZATION_NONE, "quantile": common_pb2.NORMALIZATION_QUANTILE}
+FIRST_REWARDS = {"raw": common_pb2.FIRST_REWARD_RAW, "neutral": common_pb2.FIRST_REWARD_NEUTRAL}
 MODES = {"per_query": common_pb2.SELECTION_MODE_PER_QUERY, "per_batch": common_pb2.SELECTION_MODE_PER_BATCH}
 
 
@@ -168,6 +169,8 @@ def feedback_call(
 
 def create_router_call(name: str, context_dim: int = 0, policy: Optional[str] = None,
                        normalization: Optional[str] = None, **settings: Any) -> Call:
+    if isinstance(settings.get("first_reward"), str):
+        settings["first_reward"] = FIRST_REWARDS[settings["first_reward"]]
     message = admin_pb2.RouterSettings(context_dim=context_dim, **settings)
     if policy:
         message.policy = POLICIES[policy]

@@ -179,3 +179,8 @@ def test_create_router_with_the_reference_preset(server):
         client.create_router("nope", context_dim=4, preset="laser")
     assert unknown.value.code == grpc.StatusCode.INVALID_ARGUMENT
     assert "settings.preset" in unknown.value.message
+    # The defaults and the named first reward, by name.
+    defaults = client.create_router("defaults", context_dim=4, first_reward="neutral")
+    assert defaults.settings.alpha == 1.0 and defaults.settings.l2_normalize_context
+    assert defaults.settings.first_reward == 2  # FIRST_REWARD_NEUTRAL
+    assert info.settings.first_reward == 1 and not info.settings.l2_normalize_context

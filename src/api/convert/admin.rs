@@ -12,7 +12,7 @@ use crate::models::{
     RewardModelSpec,
 };
 use crate::routers::{
-    Normalization, NormalizationKind, Policy, PolicyKind, Preset, RouterInfo, RouterSettings,
+    FirstReward, NormalizationKind, Policy, PolicyKind, Preset, RouterInfo, RouterSettings,
     RouterSettingsPatch, SelectionMode,
 };
 
@@ -53,6 +53,17 @@ pub fn router_settings_patch(
         }
     };
     let default_mode = selection_mode(settings.default_mode, "settings.default_mode")?;
+    let first_reward = match pb::FirstReward::try_from(settings.first_reward) {
+        Ok(pb::FirstReward::Unspecified) => None,
+        Ok(pb::FirstReward::Raw) => Some(FirstReward::Raw),
+        Ok(pb::FirstReward::Neutral) => Some(FirstReward::Neutral),
+        Err(_) => {
+            return Err(invalid(
+                "settings.first_reward",
+                format!("unknown FirstReward value {}", settings.first_reward),
+            ));
+        }
+    };
     if let Some(position) = settings
         .reward_models
         .iter()
@@ -88,6 +99,7 @@ pub fn router_settings_patch(
         quantile_low: settings.quantile_low,
         quantile_high: settings.quantile_high,
         reward_window: set(settings.reward_window),
+        first_reward,
         reward_is_normalized: Some(settings.reward_is_normalized),
         default_mode,
         seed: settings.seed,
@@ -119,15 +131,16 @@ pub fn router_settings_to_pb(settings: &RouterSettings) -> pb::RouterSettings {
         Policy::Exp3 { gamma } => (pb::Policy::Exp3, String::new(), Some(*gamma)),
         Policy::AgreementEnsemble => (pb::Policy::AgreementEnsemble, String::new(), None),
     };
-    let (normalization, quantile_low, quantile_high, reward_window) = match settings.normalization {
-        Normalization::None => (pb::Normalization::None, None, None, 0),
-        Normalization::Quantile { low, high, window } => (
-            pb::Normalization::Quantile,
-            Some(low),
-            Some(high),
-            window.unwrap_or(0) as u32,
-        ),
-    };
+    let (normalization, quantile_low, quantile_high, reward_window) =
+        match settings.normalization.quantile() {
+            None => (pb::Normalization::None, None, None, 0),
+            Some((low, high, window)) => (
+                pb::Normalization::Quantile,
+                Some(low),
+                Some(high),
+                window.unwrap_or(0) as u32,
+            ),
+        };
     pb::RouterSettings {
         context_dim: settings.context_dim as u32,
         policy: policy as i32,
@@ -157,6 +170,10 @@ pub fn router_settings_to_pb(settings: &RouterSettings) -> pb::RouterSettings {
         pending_ttl_seconds: settings.pending_ttl.as_secs() as u32,
         encoder: settings.encoder.clone().unwrap_or_default(),
         preset: String::new(),
+        first_reward: match settings.first_reward() {
+            FirstReward::Raw => pb::FirstReward::Raw,
+            FirstReward::Neutral => pb::FirstReward::Neutral,
+        } as i32,
     }
 }
 /// An RM spec from AddRewardModel, defaults filled in, checked by `RewardModelSpec::validate`.
