@@ -227,10 +227,7 @@ def server_config(rm_dir):
                 f'tokenizer = "{rm_dir / "tokenizer.json"}"\ninput_format = "template"\n'
                 f'template = "{{response}}"\nmax_length = {TOKENS}\ntruncation_side = "right"\n'
                 f'output = "category_logits"\noutput_index = {k}\n')
-    return ('[server]\nshutdown_grace_seconds = 0.5\n[routers]\ndefault_encoder = "minilm"\n' + rms +
-            f'[[encoders]]\nname = "minilm"\nmodel = "{ROOT / "models" / "demo" / "model.onnx"}"\n'
-            f'tokenizer = "{ROOT / "models" / "demo" / "tokenizer.json"}"\noutput = "sentence_embedding"\n'
-            f'pooling = "none"\nnormalize = true\nmax_length = 64\n')
+    return '[server]\nshutdown_grace_seconds = 0.5\n' + rms
 
 
 def sequences_scored(metrics):
@@ -253,19 +250,22 @@ def pairs_of(indices, reviews, rng, count):
     return out
 
 
+def logistic_loss(z, y):
+    """Per-pair loss of preferring a (probability σ(z)) when the label is y."""
+    return np.logaddexp(0, -z) * y + np.logaddexp(0, z) * (1 - y)
+
+
 def pair_loss(w, x, pairs, labels=None):
     diff = np.array([x[a] - x[b] for a, b, _ in pairs])
     y = np.array([p[2] for p in pairs]) if labels is None else np.asarray(labels)
-    z = diff @ w
-    return np.logaddexp(0, -z) * y + np.logaddexp(0, z) * (1 - y), diff, y
+    return logistic_loss(diff @ w, y), diff, y
 
 
 def mean_pair_loss(w, x, pairs):
     """Mean loss over many pairs against their human labels, scoring each review once."""
     s = x @ w
     z = np.array([s[a] - s[b] for a, b, _ in pairs])
-    y = np.array([p[2] for p in pairs])
-    return float((np.logaddexp(0, -z) * y + np.logaddexp(0, z) * (1 - y)).mean())
+    return float(logistic_loss(z, np.array([p[2] for p in pairs])).mean())
 
 
 def accuracy(w, x, pairs, reviews):
@@ -316,8 +316,9 @@ def run_policy(client, name, spec, seed, args, x, reviews, train_idx, val_pairs,
 
     router = f"{re.sub(r'[^a-z0-9]+', '-', name.lower()).strip('-')}-s{seed}"
     standardize = None
-    if routing == "truth":
-        pass
+    if routing == "oracle":
+        for rm in set(oracle_rm.values()):
+            client.create_router(f"{router}-{rm}", policy="fixed", fixed_reward_model=rm, context_dim=CONTEXT_DIM)
     elif settings is not None:
         extra = dict(settings)
         if extra.pop("contexts", None) == "standardized":
@@ -327,9 +328,6 @@ def run_policy(client, name, spec, seed, args, x, reviews, train_idx, val_pairs,
         if mode:
             extra["default_mode"] = MODES[mode]
         client.create_router(router, policy=policy, context_dim=CONTEXT_DIM, seed=seed, **extra)
-    else:
-        for rm in set(oracle_rm.values()):
-            client.create_router(f"{router}-{rm}", policy="fixed", fixed_reward_model=rm, context_dim=CONTEXT_DIM)
     rng = np.random.default_rng(1000 + seed)
     w = np.zeros(x.shape[1])  # updated in place, so the validation closure sees each step
     val_gain = ValidationGain(client, router, lambda: mean_pair_loss(w, x, val_pairs), run=router)
@@ -368,13 +366,15 @@ def run_policy(client, name, spec, seed, args, x, reviews, train_idx, val_pairs,
                 client.feedback(router, losses={d: float(np.mean(v)) for d, v in by_decision.items()})
             else:
                 val_gain.after_step(step, list(by_decision))
-        if (step + 1) % max(1, args.steps // 8) == 0 or step + 1 == args.steps:
+        if (step + 1) % max(1, args.steps // 8) == 0 and step + 1 < args.steps:
             curve.append((step + 1, accuracy(w, x, test_pairs, reviews)["overall"]))
+    final = accuracy(w, x, test_pairs, reviews)
+    curve.append((args.steps, final["overall"]))
     share = defaultdict(int)
     if routing is None:
         info = client.get_router(router)
         share = {a.reward_model: a.selections for a in info.arms}
-    return {"accuracy": accuracy(w, x, test_pairs, reviews), "curve": curve, "share": dict(share),
+    return {"accuracy": final, "curve": curve, "share": dict(share),
             "best_rm_late": float(np.mean(best_late)) if best_late else None,
             "losses": {f"{NAMES[c]}|{rm}": v for (c, rm), v in losses_by.items()}}
 

@@ -289,15 +289,11 @@ async fn open_routers(
     owner: crate::store::postgres::OwnerAddress,
 ) -> Result<RoutersHandle, AppError> {
     let options = StoreOptions {
-        durable: config.store.durable,
-        fsync: config.store.fsync,
-        segment_bytes: config.store.segment_bytes,
         recover_truncate,
-        postgres_url: config.store.postgres_url(),
-        lease: std::time::Duration::from_secs_f64(config.store.lease_seconds),
         standby: true,
         advertise: Some(config.server.advertised_address()),
         owner,
+        ..config.store_options()
     };
     let data_dir = config.server.data_dir.clone();
     let routers_options = config.routers_options();

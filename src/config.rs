@@ -9,11 +9,13 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::Deserialize;
 
 use crate::models::{EncoderSpec, RewardModelSpec};
 use crate::routers::{RouterError, RouterSettings, RouterSettingsPatch, RoutersOptions};
+use crate::store::StoreOptions;
 
 /// The config used when no `--config` is given.
 pub const DEFAULT_CONFIG: &str = include_str!("../deploy/config/default.toml");
@@ -147,13 +149,20 @@ impl ServerConfig {
             return address.clone();
         }
         if self.listen.ip().is_unspecified() {
-            let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-                .map(|h| h.trim().to_string())
-                .unwrap_or_else(|_| "localhost".into());
-            return format!("{host}:{}", self.listen.port());
+            return format!("{}:{}", host_name(), self.listen.port());
         }
         self.listen.to_string()
     }
+}
+
+/// This machine's host name (the kernel's, else `HOSTNAME`, else `localhost`).
+pub fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|host| host.trim().to_string())
+        .filter(|host| !host.is_empty())
+        .unwrap_or_else(|| "localhost".into())
 }
 
 /// TLS (rustls) for the gRPC port. Paths are PEM files, relative to the config file.
@@ -354,6 +363,22 @@ impl Config {
         }
         config.validate()?;
         Ok(config)
+    }
+
+    /// How the store opens under this config: no recovery truncation, no standby wait and
+    /// no advertised address (what the `state` commands use; the server adds its own).
+    pub fn store_options(&self) -> StoreOptions {
+        StoreOptions {
+            durable: self.store.durable,
+            fsync: self.store.fsync,
+            segment_bytes: self.store.segment_bytes,
+            recover_truncate: false,
+            postgres_url: self.store.postgres_url(),
+            lease: Duration::from_secs_f64(self.store.lease_seconds),
+            standby: false,
+            advertise: None,
+            owner: Default::default(),
+        }
     }
 
     /// How the routers are built from this config.

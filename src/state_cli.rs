@@ -39,14 +39,7 @@ fn file_error(path: &Path) -> impl FnOnce(String) -> StateCliError + '_ {
 fn open(config: &Config) -> Result<Routers, StateCliError> {
     let options = StoreOptions {
         durable: true,
-        fsync: config.store.fsync,
-        segment_bytes: config.store.segment_bytes,
-        recover_truncate: false,
-        postgres_url: config.store.postgres_url(),
-        lease: std::time::Duration::from_secs_f64(config.store.lease_seconds),
-        standby: false,
-        advertise: None,
-        owner: Default::default(),
+        ..config.store_options()
     };
     let (store, recovered) = Store::open(&config.server.data_dir, &options)?;
     let options = RoutersOptions {

@@ -101,6 +101,14 @@ async fn connect(url: &str) -> Result<Client, String> {
     Ok(client)
 }
 
+/// The database at `url` cannot be used now, for `reason`.
+fn unavailable(url: &str, reason: String) -> StoreError {
+    StoreError::Io {
+        path: redacted(url),
+        reason,
+    }
+}
+
 fn db_error(url: &str) -> impl Fn(tokio_postgres::Error) -> String + '_ {
     move |e| match e.as_db_error() {
         Some(db) => format!("{}: {}: {}", redacted(url), db.code().code(), db.message()),
@@ -172,24 +180,26 @@ impl Lease {
 
 /// A name for this process among the replicas: host, pid and a random part.
 fn owner_name() -> String {
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .ok()
-        .or_else(|| std::env::var("HOSTNAME").ok())
-        .unwrap_or_else(|| "host".into());
     let random = uuid::Uuid::new_v4().simple().to_string();
-    format!("{}-{}-{}", host.trim(), std::process::id(), &random[..8])
+    format!(
+        "{}-{}-{}",
+        crate::config::host_name(),
+        std::process::id(),
+        &random[..8]
+    )
 }
 
-/// The start of the reason when the lease is held and nobody waits for it.
-const LEASE_HELD: &str = "the state's writer lease is held";
-
 /// Take the lease when it is free or expired; otherwise wait as a standby until it is (or,
-/// not `standby`, fail).
-async fn take_lease(client: &Client, url: &str, options: &StoreOptions) -> Result<Lease, String> {
+/// not `standby`, fail with [`StoreError::Locked`]).
+async fn take_lease(
+    client: &Client,
+    url: &str,
+    options: &StoreOptions,
+) -> Result<Lease, StoreError> {
     let (length, standby) = (options.lease, options.standby);
     let owner = owner_name();
     let address = options.advertise.clone().unwrap_or_default();
-    let error = db_error(url);
+    let error = |e| unavailable(url, db_error(url)(e));
     let mut waiting = false;
     loop {
         let taken = client
@@ -221,9 +231,12 @@ async fn take_lease(client: &Client, url: &str, options: &StoreOptions) -> Resul
             (!holder_address.is_empty()).then_some(holder_address);
         if !waiting {
             if !standby {
-                return Err(format!(
-                    "{LEASE_HELD}: {holder} holds it; stop that server first"
-                ));
+                return Err(StoreError::Locked {
+                    path: format!(
+                        "{} (the state's writer lease is held: {holder} holds it; stop that server first)",
+                        redacted(url)
+                    ),
+                });
             }
             tracing::info!(%holder, "the state's writer lease is held: waiting as a standby");
             eprintln!(
@@ -287,25 +300,15 @@ impl PgSink {
     /// Connect, create or migrate the schema, take the writer lease (waiting as a standby
     /// while another server holds it), and read what the database holds. Blocking.
     pub(super) fn open(url: &str, options: &StoreOptions) -> Result<(Self, Recovered), StoreError> {
-        let unavailable = |reason: String| StoreError::Io {
-            path: redacted(url),
-            reason,
-        };
-        let runtime = runtime().map_err(unavailable)?;
-        let (client, lease, recovered) = runtime
-            .block_on(async {
-                let mut client = connect(url).await?;
-                migrate(&mut client, url).await?;
-                let lease = take_lease(&client, url, options).await?;
-                let recovered = recover(&client, url).await?;
-                Ok::<_, String>((client, lease, recovered))
-            })
-            .map_err(|reason| match reason.starts_with(LEASE_HELD) {
-                true => StoreError::Locked {
-                    path: format!("{} ({reason})", redacted(url)),
-                },
-                false => unavailable(reason),
-            })?;
+        let failed = |reason| unavailable(url, reason);
+        let runtime = runtime().map_err(failed)?;
+        let (client, lease, recovered) = runtime.block_on(async {
+            let mut client = connect(url).await.map_err(failed)?;
+            migrate(&mut client, url).await.map_err(failed)?;
+            let lease = take_lease(&client, url, options).await?;
+            let recovered = recover(&client, url).await.map_err(failed)?;
+            Ok::<_, StoreError>((client, lease, recovered))
+        })?;
         Ok((
             Self {
                 url: url.to_string(),
@@ -390,11 +393,14 @@ impl PgSink {
     }
 }
 
-impl RecordSink for PgSink {
-    fn write(&mut self, records: &[(u64, &[u8])]) -> Result<(), SinkError> {
-        if records.is_empty() {
-            return Ok(());
-        }
+impl PgSink {
+    /// Run `op` on the kept connection (or a new one, when it is gone), blocking; the
+    /// connection and its prepared statement are kept only when `op` succeeds: after a
+    /// failure the session may be gone or poisoned, so the next call starts afresh.
+    fn on_connection(
+        &mut self,
+        op: impl AsyncFnOnce(&mut Client, &mut Option<Statement>, &str, &Lease) -> Result<(), SinkError>,
+    ) -> Result<(), SinkError> {
         let (url, lease) = (self.url.clone(), self.lease.clone());
         let client = self.client.take();
         // A statement prepared on a connection that is gone is of no use on the next one.
@@ -402,20 +408,30 @@ impl RecordSink for PgSink {
             Some(client) if !client.is_closed() => self.statement.take(),
             _ => None,
         };
-        let (client, written) = self.runtime.block_on(async {
+        let (client, done) = self.runtime.block_on(async {
             let mut client = match Self::client(client, &url).await {
                 Ok(client) => client,
                 Err(error) => return (None, Err(error)),
             };
-            let written = Self::insert(&mut client, &mut statement, &url, &lease, records).await;
-            (Some(client), written)
+            let done = op(&mut client, &mut statement, &url, &lease).await;
+            (Some(client), done)
         });
-        // After a failure the session may be gone or poisoned: start afresh on the next try.
-        if written.is_ok() {
+        if done.is_ok() {
             self.client = client;
             self.statement = statement;
         }
-        written
+        done
+    }
+}
+
+impl RecordSink for PgSink {
+    fn write(&mut self, records: &[(u64, &[u8])]) -> Result<(), SinkError> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        self.on_connection(async |client, statement, url, lease| {
+            Self::insert(client, statement, url, lease, records).await
+        })
     }
 
     fn idle_interval(&self) -> Option<Duration> {
@@ -451,20 +467,7 @@ impl RecordSink for PgSink {
 
     /// Renew the lease while nothing is written.
     fn idle(&mut self) -> Result<(), SinkError> {
-        let (url, lease) = (self.url.clone(), self.lease.clone());
-        let client = self.client.take();
-        let (client, renewed) = self.runtime.block_on(async {
-            let client = match Self::client(client, &url).await {
-                Ok(client) => client,
-                Err(error) => return (None, Err(error)),
-            };
-            let renewed = renew(&client, &url, &lease).await;
-            (Some(client), renewed)
-        });
-        if renewed.is_ok() {
-            self.client = client;
-        }
-        renewed
+        self.on_connection(async |client, _, url, lease| renew(&*client, url, lease).await)
     }
 }
 
@@ -542,10 +545,7 @@ pub(super) fn write_snapshot(
     seq: u64,
     payload: &[u8],
 ) -> Result<u64, StoreError> {
-    let failed = |reason: String| StoreError::Io {
-        path: redacted(url),
-        reason,
-    };
+    let failed = |reason| unavailable(url, reason);
     let runtime = runtime().map_err(failed)?;
     runtime
         .block_on(async {

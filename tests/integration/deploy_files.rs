@@ -133,11 +133,7 @@ fn kubernetes_manifests_agree_on_names_and_ports() {
         .find_map(|v| v["persistentVolumeClaim"]["claimName"].as_str())
         .unwrap();
     assert_eq!(Some(claim), pvc["metadata"]["name"].as_str());
-    let config = volumes
-        .iter()
-        .find_map(|v| v["configMap"]["name"].as_str())
-        .unwrap();
-    assert_eq!(Some(config), configmap["metadata"]["name"].as_str());
+    assert_mounts_configmap(volumes, &configmap);
     let container = &pod["containers"][0];
     assert!(container["readinessProbe"]["grpc"]["port"].as_i64() == Some(50051));
     let port_names: Vec<&str> = container["ports"]
@@ -184,6 +180,15 @@ fn kubernetes_manifests_agree_on_names_and_ports() {
 
 /// The config file a compose service's `serve --config /app/...` names: its path in the
 /// repository (the image copies deploy/config) and its text.
+/// The pod's volumes mount the ConfigMap `configmap` defines.
+fn assert_mounts_configmap(volumes: &[Value], configmap: &Value) {
+    let config = volumes
+        .iter()
+        .find_map(|v| v["configMap"]["name"].as_str())
+        .expect("a configMap volume");
+    assert_eq!(Some(config), configmap["metadata"]["name"].as_str());
+}
+
 fn config_in_image(service: &Value) -> (String, String) {
     let command: Vec<&str> = service["command"]
         .as_sequence()
@@ -369,11 +374,7 @@ fn kubernetes_replicas_share_postgres_and_only_the_owner_is_ready() {
             .all(|v| v.get("persistentVolumeClaim").is_none()),
         "replicas keep no state on the pod"
     );
-    let config = volumes
-        .iter()
-        .find_map(|v| v["configMap"]["name"].as_str())
-        .unwrap();
-    assert_eq!(Some(config), configmap["metadata"]["name"].as_str());
+    assert_mounts_configmap(volumes, &configmap);
     let container = &pod["containers"][0];
     let env = container["env"].as_sequence().unwrap();
     let url = env

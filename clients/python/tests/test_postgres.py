@@ -115,20 +115,22 @@ def test_a_standby_with_tls_passes_connections_through_to_the_owner(postgres, tm
     first = Server(free_port(), text).wait_ready()
     second = Server(free_port(), text)
     try:
-        owner = LaserRouterClient(first.address.replace("127.0.0.1", "localhost"), root_certificates=ca)
+        def tls_client(server):  # by the name the certificate carries
+            return LaserRouterClient(server.address.replace("127.0.0.1", "localhost"), root_certificates=ca)
+
+        owner = tls_client(first)
         owner.create_router("r", context_dim=4)
         (result,) = owner.score("r", [Query(id="q", context=[1, 0, 0, 0], prompt="p", responses=["a", "b"])])
         time.sleep(1.0)
         # TLS end to end through the standby's port: the owner's certificate, the owner's state.
-        through = LaserRouterClient(second.address.replace("127.0.0.1", "localhost"), root_certificates=ca)
+        through = tls_client(second)
         assert through.feedback("r", [result.decision_id], loss=0.2)["applied"] == 1
         assert arms(through, "r") == arms(owner, "r") and arms(owner, "r")[1] == 0
         assert second.process.poll() is None
         first.kill()
         second.wait_ready(timeout=30)
         # The client's next connection reaches the new owner, which serves the same state.
-        assert arms(through, "r") == arms(LaserRouterClient(
-            second.address.replace("127.0.0.1", "localhost"), root_certificates=ca), "r")
+        assert arms(through, "r") == arms(tls_client(second), "r")
         assert sum(s for s, _ in arms(through, "r")[0].values()) == 1
     finally:
         first.stop()

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeSet;
 
-use super::{RequestError, invalid, selection_mode};
+use super::{RequestError, invalid, known_enum, selection_mode};
 use crate::api::pb;
 use crate::models::spec::Provider;
 use crate::models::{
@@ -25,44 +25,34 @@ pub fn router_settings_patch(
     let Some(settings) = settings else {
         return Ok(RouterSettingsPatch::default());
     };
-    let policy = match pb::Policy::try_from(settings.policy) {
-        Ok(pb::Policy::Unspecified) => None,
-        Ok(pb::Policy::Linucb) => Some(PolicyKind::Linucb),
-        Ok(pb::Policy::Random) => Some(PolicyKind::Random),
-        Ok(pb::Policy::RoundRobin) => Some(PolicyKind::RoundRobin),
-        Ok(pb::Policy::Fixed) => Some(PolicyKind::Fixed),
-        Ok(pb::Policy::Ensemble) => Some(PolicyKind::Ensemble),
-        Ok(pb::Policy::Exp3) => Some(PolicyKind::Exp3),
-        Ok(pb::Policy::AgreementEnsemble) => Some(PolicyKind::AgreementEnsemble),
-        Err(_) => {
-            return Err(invalid(
-                "settings.policy",
-                format!("unknown Policy value {}", settings.policy),
-            ));
-        }
+    let policy = match known_enum(settings.policy, "settings.policy", "Policy")? {
+        pb::Policy::Unspecified => None,
+        pb::Policy::Linucb => Some(PolicyKind::Linucb),
+        pb::Policy::Random => Some(PolicyKind::Random),
+        pb::Policy::RoundRobin => Some(PolicyKind::RoundRobin),
+        pb::Policy::Fixed => Some(PolicyKind::Fixed),
+        pb::Policy::Ensemble => Some(PolicyKind::Ensemble),
+        pb::Policy::Exp3 => Some(PolicyKind::Exp3),
+        pb::Policy::AgreementEnsemble => Some(PolicyKind::AgreementEnsemble),
     };
-    let normalization = match pb::Normalization::try_from(settings.normalization) {
-        Ok(pb::Normalization::Unspecified) => None,
-        Ok(pb::Normalization::None) => Some(NormalizationKind::None),
-        Ok(pb::Normalization::Quantile) => Some(NormalizationKind::Quantile),
-        Err(_) => {
-            return Err(invalid(
-                "settings.normalization",
-                format!("unknown Normalization value {}", settings.normalization),
-            ));
-        }
+    let normalization = match known_enum(
+        settings.normalization,
+        "settings.normalization",
+        "Normalization",
+    )? {
+        pb::Normalization::Unspecified => None,
+        pb::Normalization::None => Some(NormalizationKind::None),
+        pb::Normalization::Quantile => Some(NormalizationKind::Quantile),
     };
     let default_mode = selection_mode(settings.default_mode, "settings.default_mode")?;
-    let first_reward = match pb::FirstReward::try_from(settings.first_reward) {
-        Ok(pb::FirstReward::Unspecified) => None,
-        Ok(pb::FirstReward::Raw) => Some(FirstReward::Raw),
-        Ok(pb::FirstReward::Neutral) => Some(FirstReward::Neutral),
-        Err(_) => {
-            return Err(invalid(
-                "settings.first_reward",
-                format!("unknown FirstReward value {}", settings.first_reward),
-            ));
-        }
+    let first_reward = match known_enum(
+        settings.first_reward,
+        "settings.first_reward",
+        "FirstReward",
+    )? {
+        pb::FirstReward::Unspecified => None,
+        pb::FirstReward::Raw => Some(FirstReward::Raw),
+        pb::FirstReward::Neutral => Some(FirstReward::Neutral),
     };
     if let Some(position) = settings
         .reward_models

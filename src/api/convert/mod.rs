@@ -53,19 +53,24 @@ pub(crate) fn at_most(
     Ok(())
 }
 
+/// A proto enum field's value; INVALID_ARGUMENT naming `field` for a number `E` lacks.
+pub(crate) fn known_enum<E: TryFrom<i32>>(
+    value: i32,
+    field: &str,
+    enum_name: &str,
+) -> Result<E, RequestError> {
+    E::try_from(value).map_err(|_| invalid(field, format!("unknown {enum_name} value {value}")))
+}
+
 pub(crate) fn selection_mode(
     value: i32,
     field: &str,
 ) -> Result<Option<SelectionMode>, RequestError> {
-    match pb::SelectionMode::try_from(value) {
-        Ok(pb::SelectionMode::Unspecified) => Ok(None),
-        Ok(pb::SelectionMode::PerQuery) => Ok(Some(SelectionMode::PerQuery)),
-        Ok(pb::SelectionMode::PerBatch) => Ok(Some(SelectionMode::PerBatch)),
-        Err(_) => Err(invalid(
-            field,
-            format!("unknown SelectionMode value {value}"),
-        )),
-    }
+    Ok(match known_enum(value, field, "SelectionMode")? {
+        pb::SelectionMode::Unspecified => None,
+        pb::SelectionMode::PerQuery => Some(SelectionMode::PerQuery),
+        pb::SelectionMode::PerBatch => Some(SelectionMode::PerBatch),
+    })
 }
 
 #[cfg(test)]
