@@ -60,6 +60,7 @@ fn open(dir: Option<&Path>, dim: usize, fsync: bool) -> Routers {
                 segment_bytes: 64 << 20,
                 recover_truncate: false,
                 postgres_url: None,
+                postgres_stream: String::new(),
                 lease: std::time::Duration::from_secs(10),
                 standby: false,
                 advertise: None,

@@ -374,6 +374,7 @@ impl Config {
             segment_bytes: self.store.segment_bytes,
             recover_truncate: false,
             postgres_url: self.store.postgres_url(),
+            postgres_stream: String::new(),
             lease: Duration::from_secs_f64(self.store.lease_seconds),
             standby: false,
             advertise: None,

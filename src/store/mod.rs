@@ -76,6 +76,9 @@ pub struct StoreOptions {
     /// Keep the records and snapshots in this PostgreSQL database instead of the data
     /// directory ([`postgres`]).
     pub postgres_url: Option<String>,
+    /// PostgreSQL: the stream this store reads and writes (`""`: the whole state; a
+    /// router's stream holds only that router, [`postgres::router_stream`]).
+    pub postgres_stream: String,
     /// The PostgreSQL writer lease's length: a replica that does not renew it for this long
     /// can be replaced by a standby.
     pub lease: Duration,

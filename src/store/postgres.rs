@@ -1,21 +1,24 @@
 //! The PostgreSQL state backend (`[store] backend = "postgres"`): the same event-sourced
-//! records and snapshots as the local log, in three tables the server creates and migrates:
+//! records and snapshots as the local log, in tables the server creates and migrates. Every
+//! table is keyed by a **stream** (schema version 2): the store reads and writes one stream
+//! (`''`: the whole state; version 1 databases are migrated into it), with its own sequence
+//! numbers, snapshots and lease, so several writers can share one database, one per stream.
 //!
-//! - `laser_records (seq bigint primary key, payload bytea)`: one row per record. The writer
+//! - `laser_records (stream, seq, payload bytea)`: one row per record. The writer
 //!   thread commits each batch of queued records atomically (group commit): one statement
 //!   that renews the lease and inserts the records only if it held (one round trip), or a
 //!   transaction for batches over a thousand records. Records are inserted with `ON CONFLICT
-//!   (seq) DO NOTHING`, so writing again a batch whose commit answer was lost (the connection
+//!   (stream, seq) DO NOTHING`, so writing again a batch whose commit answer was lost (the connection
 //!   dropped) cannot apply a record twice.
-//! - `laser_snapshots (seq, version, bytes, chunks)` and `laser_snapshot_chunks
-//!   (snapshot_seq, index, data)`: a snapshot in chunks of [`SNAPSHOT_CHUNK_BYTES`] (a d = 4096
+//! - `laser_snapshots (stream, seq, version, bytes, chunks)` and `laser_snapshot_chunks
+//!   (stream, snapshot_seq, index, data)`: a snapshot in chunks of [`SNAPSHOT_CHUNK_BYTES`] (a d = 4096
 //!   router's factors are hundreds of MB: no single giant bytea), written in one transaction
 //!   that also deletes older snapshots and the records the new one covers.
 //! - `laser_schema (version)`: the schema's version; creation and migration run under a
 //!   transaction-level advisory lock, so concurrent servers do not race.
 //!
-//! - `laser_lease (owner, epoch, expires_at)`: one row, the writer lease. One writer per
-//!   database: a server takes the lease when it is free or expired (bumping `epoch`), renews
+//! - `laser_lease (stream, owner, epoch, expires_at, address)`: a row per stream, its writer
+//!   lease. One writer per stream: a server takes the lease when it is free or expired (bumping `epoch`), renews
 //!   it with every batch and when idle, and every batch's transaction first checks that it
 //!   still holds the lease at its epoch. A replica that lost it (paused past the lease,
 //!   partitioned) finds so at its next write or renewal: the transaction rolls back, nothing
@@ -45,7 +48,7 @@ pub type OwnerAddress = std::sync::Arc<std::sync::Mutex<Option<String>>>;
 /// Key of the transaction advisory lock held while the schema is created or migrated.
 const SCHEMA_LOCK: i64 = 0x4c41_5345_525f_5343; // "LASER_SC"
 /// The schema this server writes.
-const SCHEMA_VERSION: i32 = 1;
+const SCHEMA_VERSION: i32 = 2;
 /// Largest piece of a snapshot in one row.
 pub const SNAPSHOT_CHUNK_BYTES: usize = 8 << 20;
 /// One batch of up to [`RECORDS_PER_STATEMENT`] records, atomically: the lease renewed at this
@@ -53,12 +56,12 @@ pub const SNAPSHOT_CHUNK_BYTES: usize = 8 << 20;
 /// Prepared once per connection.
 const BATCH_SQL: &str = "WITH lease AS (
          UPDATE laser_lease SET expires_at = now() + make_interval(secs => $3)
-         WHERE id = 1 AND owner = $1 AND epoch = $2 RETURNING 1),
+         WHERE stream = $6 AND owner = $1 AND epoch = $2 RETURNING 1),
      inserted AS (
-         INSERT INTO laser_records (seq, payload)
-         SELECT * FROM unnest($4::bigint[], $5::bytea[])
+         INSERT INTO laser_records (stream, seq, payload)
+         SELECT $6, * FROM unnest($4::bigint[], $5::bytea[])
          WHERE EXISTS (SELECT 1 FROM lease)
-         ON CONFLICT (seq) DO NOTHING RETURNING 1)
+         ON CONFLICT (stream, seq) DO NOTHING RETURNING 1)
      SELECT (SELECT count(*) FROM lease), (SELECT count(*) FROM inserted)";
 /// Records per INSERT statement within a batch.
 const RECORDS_PER_STATEMENT: usize = 1000;
@@ -161,12 +164,41 @@ async fn migrate(client: &mut Client, url: &str) -> Result<(), String> {
             .map_err(&error)?;
         tracing::info!(database = %redacted(url), "state schema created (version 1)");
     }
+    if version < 2 {
+        // Version 2: every table keyed by stream ('' holds what version 1 held), one lease
+        // row per stream.
+        transaction
+            .batch_execute(
+                "ALTER TABLE laser_snapshot_chunks
+                     DROP CONSTRAINT laser_snapshot_chunks_snapshot_seq_fkey,
+                     DROP CONSTRAINT laser_snapshot_chunks_pkey,
+                     ADD COLUMN stream text NOT NULL DEFAULT '';
+                 ALTER TABLE laser_snapshots DROP CONSTRAINT laser_snapshots_pkey,
+                     ADD COLUMN stream text NOT NULL DEFAULT '',
+                     ADD PRIMARY KEY (stream, seq);
+                 ALTER TABLE laser_snapshot_chunks ADD PRIMARY KEY (stream, snapshot_seq, index),
+                     ADD FOREIGN KEY (stream, snapshot_seq)
+                         REFERENCES laser_snapshots (stream, seq) ON DELETE CASCADE;
+                 ALTER TABLE laser_records DROP CONSTRAINT laser_records_pkey,
+                     ADD COLUMN stream text NOT NULL DEFAULT '',
+                     ADD PRIMARY KEY (stream, seq);
+                 ALTER TABLE laser_lease DROP COLUMN id,
+                     ADD COLUMN stream text NOT NULL DEFAULT '' PRIMARY KEY;
+                 DELETE FROM laser_schema;
+                 INSERT INTO laser_schema (version) VALUES (2);",
+            )
+            .await
+            .map_err(&error)?;
+        tracing::info!(database = %redacted(url), "state schema migrated to version 2 (streams)");
+    }
     transaction.commit().await.map_err(&error)
 }
 
 /// This server's hold on the state: who, since which takeover, for how long at a time.
 #[derive(Clone, Debug)]
 pub struct Lease {
+    /// The stream it covers (`''`: the whole state).
+    pub stream: String,
     pub owner: String,
     pub epoch: i64,
     pub length: Duration,
@@ -178,55 +210,107 @@ impl Lease {
     }
 }
 
-/// A name for this process among the replicas: host, pid and a random part.
-fn owner_name() -> String {
-    let random = uuid::Uuid::new_v4().simple().to_string();
-    format!(
-        "{}-{}-{}",
-        crate::config::host_name(),
-        std::process::id(),
-        &random[..8]
-    )
+/// The name of this process among the replicas (host, pid and a random part), the same
+/// for every lease it holds.
+pub fn owner_name() -> &'static str {
+    static NAME: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    NAME.get_or_init(|| {
+        let random = uuid::Uuid::new_v4().simple().to_string();
+        format!(
+            "{}-{}-{}",
+            crate::config::host_name(),
+            std::process::id(),
+            &random[..8]
+        )
+    })
 }
 
-/// Take the lease when it is free or expired; otherwise wait as a standby until it is (or,
-/// not `standby`, fail with [`StoreError::Locked`]).
+/// The stream that holds router `name`'s records and snapshots.
+pub fn router_stream(name: &str) -> String {
+    format!("router/{name}")
+}
+
+/// Who holds a stream's lease, when this server could not take it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Holder {
+    pub owner: String,
+    /// Its registered address (empty: none registered).
+    pub address: String,
+}
+
+/// Take `stream`'s lease (creating its row) when it is free or expired; otherwise say who
+/// holds it. One attempt.
+pub(crate) async fn try_take_lease(
+    client: &Client,
+    stream: &str,
+    length: Duration,
+    address: &str,
+) -> Result<Result<Lease, Holder>, tokio_postgres::Error> {
+    let owner = owner_name();
+    client
+        .execute(
+            "INSERT INTO laser_lease (stream, owner, epoch, expires_at, address)
+             VALUES ($1, '', 0, 'epoch', '') ON CONFLICT (stream) DO NOTHING",
+            &[&stream],
+        )
+        .await?;
+    let taken = client
+        .query_opt(
+            "UPDATE laser_lease SET owner = $1, epoch = epoch + 1,
+                 expires_at = now() + make_interval(secs => $2), address = $3
+             WHERE stream = $4 AND (owner = '' OR expires_at < now()) RETURNING epoch",
+            &[&owner, &length.as_secs_f64(), &address, &stream],
+        )
+        .await?;
+    if let Some(row) = taken {
+        let epoch: i64 = row.get(0);
+        tracing::info!(%owner, %stream, epoch, "took the writer lease");
+        return Ok(Ok(Lease {
+            stream: stream.to_string(),
+            owner: owner.to_string(),
+            epoch,
+            length,
+        }));
+    }
+    let row = client
+        .query_one(
+            "SELECT owner, address FROM laser_lease WHERE stream = $1",
+            &[&stream],
+        )
+        .await?;
+    Ok(Err(Holder {
+        owner: row.get(0),
+        address: row.get(1),
+    }))
+}
+
+/// Take the lease of `options.postgres_stream` when it is free or expired; otherwise wait
+/// as a standby until it is (or, not `standby`, fail with [`StoreError::Locked`]).
 async fn take_lease(
     client: &Client,
     url: &str,
     options: &StoreOptions,
 ) -> Result<Lease, StoreError> {
     let (length, standby) = (options.lease, options.standby);
-    let owner = owner_name();
     let address = options.advertise.clone().unwrap_or_default();
     let error = |e| unavailable(url, db_error(url)(e));
     let mut waiting = false;
     loop {
-        let taken = client
-            .query_opt(
-                "UPDATE laser_lease SET owner = $1, epoch = epoch + 1,
-                     expires_at = now() + make_interval(secs => $2), address = $3
-                 WHERE id = 1 AND (owner = '' OR expires_at < now()) RETURNING epoch",
-                &[&owner, &length.as_secs_f64(), &address],
-            )
+        let holder = match try_take_lease(client, &options.postgres_stream, length, &address)
             .await
-            .map_err(&error)?;
-        if let Some(row) = taken {
-            // Taking over: nothing to forward to any more.
-            *options.owner.lock().expect("owner lock poisoned") = None;
-            let epoch: i64 = row.get(0);
-            tracing::info!(%owner, epoch, "took the state's writer lease");
-            return Ok(Lease {
-                owner,
-                epoch,
-                length,
-            });
-        }
-        let row = client
-            .query_one("SELECT owner, address FROM laser_lease WHERE id = 1", &[])
-            .await
-            .map_err(&error)?;
-        let (holder, holder_address): (String, String) = (row.get(0), row.get(1));
+            .map_err(&error)?
+        {
+            Ok(lease) => {
+                // Taking over: nothing to forward to any more.
+                *options.owner.lock().expect("owner lock poisoned") = None;
+                return Ok(lease);
+            }
+            Err(holder) => holder,
+        };
+        let Holder {
+            owner: holder,
+            address: holder_address,
+        } = holder;
         *options.owner.lock().expect("owner lock poisoned") =
             (!holder_address.is_empty()).then_some(holder_address);
         if !waiting {
@@ -257,8 +341,8 @@ async fn renew(
     let renewed = client
         .execute(
             "UPDATE laser_lease SET expires_at = now() + make_interval(secs => $3)
-             WHERE id = 1 AND owner = $1 AND epoch = $2",
-            &[&lease.owner, &lease.epoch, &lease.seconds()],
+             WHERE stream = $4 AND owner = $1 AND epoch = $2",
+            &[&lease.owner, &lease.epoch, &lease.seconds(), &lease.stream],
         )
         .await
         .map_err(|e| SinkError::Failed(db_error(url)(e)))?;
@@ -306,7 +390,7 @@ impl PgSink {
             let mut client = connect(url).await.map_err(failed)?;
             migrate(&mut client, url).await.map_err(failed)?;
             let lease = take_lease(&client, url, options).await?;
-            let recovered = recover(&client, url).await.map_err(failed)?;
+            let recovered = recover(&client, url, &lease.stream).await.map_err(failed)?;
             Ok::<_, StoreError>((client, lease, recovered))
         })?;
         Ok((
@@ -364,6 +448,7 @@ impl PgSink {
                         &lease.seconds(),
                         &seqs,
                         &payloads,
+                        &lease.stream,
                     ],
                 )
                 .await
@@ -381,10 +466,10 @@ impl PgSink {
             let (seqs, payloads) = columns(chunk);
             transaction
                 .execute(
-                    "INSERT INTO laser_records (seq, payload)
-                     SELECT * FROM unnest($1::bigint[], $2::bytea[])
-                     ON CONFLICT (seq) DO NOTHING",
-                    &[&seqs, &payloads],
+                    "INSERT INTO laser_records (stream, seq, payload)
+                     SELECT $3, * FROM unnest($1::bigint[], $2::bytea[])
+                     ON CONFLICT (stream, seq) DO NOTHING",
+                    &[&seqs, &payloads, &lease.stream],
                 )
                 .await
                 .map_err(failed)?;
@@ -451,8 +536,8 @@ impl RecordSink for PgSink {
                 Duration::from_secs(2),
                 client.execute(
                     "UPDATE laser_lease SET owner = '', expires_at = now()
-                     WHERE id = 1 AND owner = $1 AND epoch = $2",
-                    &[&lease.owner, &lease.epoch],
+                     WHERE stream = $3 AND owner = $1 AND epoch = $2",
+                    &[&lease.owner, &lease.epoch, &lease.stream],
                 ),
             )
             .await
@@ -472,12 +557,13 @@ impl RecordSink for PgSink {
 }
 
 /// Read the newest snapshot and every record after it.
-async fn recover(client: &Client, url: &str) -> Result<Recovered, String> {
+async fn recover(client: &Client, url: &str, stream: &str) -> Result<Recovered, String> {
     let error = db_error(url);
     let newest = client
         .query_opt(
-            "SELECT seq, version, bytes, chunks FROM laser_snapshots ORDER BY seq DESC LIMIT 1",
-            &[],
+            "SELECT seq, version, bytes, chunks FROM laser_snapshots WHERE stream = $1
+             ORDER BY seq DESC LIMIT 1",
+            &[&stream],
         )
         .await
         .map_err(&error)?;
@@ -487,8 +573,9 @@ async fn recover(client: &Client, url: &str) -> Result<Recovered, String> {
                 (row.get(0), row.get(1), row.get(2), row.get(3));
             let rows = client
                 .query(
-                    "SELECT index, data FROM laser_snapshot_chunks WHERE snapshot_seq = $1 ORDER BY index",
-                    &[&seq],
+                    "SELECT index, data FROM laser_snapshot_chunks
+                     WHERE stream = $1 AND snapshot_seq = $2 ORDER BY index",
+                    &[&stream, &seq],
                 )
                 .await
                 .map_err(&error)?;
@@ -514,8 +601,8 @@ async fn recover(client: &Client, url: &str) -> Result<Recovered, String> {
     let after = snapshot.as_ref().map_or(0, |(seq, _)| *seq as i64);
     let rows = client
         .query(
-            "SELECT seq, payload FROM laser_records WHERE seq > $1 ORDER BY seq",
-            &[&after],
+            "SELECT seq, payload FROM laser_records WHERE stream = $1 AND seq > $2 ORDER BY seq",
+            &[&stream, &after],
         )
         .await
         .map_err(&error)?;
@@ -555,8 +642,9 @@ pub(super) fn write_snapshot(
             // Held to the commit: no takeover can happen while this snapshot is written.
             let held = transaction
                 .query_opt(
-                    "SELECT 1 FROM laser_lease WHERE id = 1 AND owner = $1 AND epoch = $2 FOR UPDATE",
-                    &[&lease.owner, &lease.epoch],
+                    "SELECT 1 FROM laser_lease WHERE stream = $3 AND owner = $1 AND epoch = $2
+                     FOR UPDATE",
+                    &[&lease.owner, &lease.epoch, &lease.stream],
                 )
                 .await
                 .map_err(&error)?;
@@ -566,20 +654,25 @@ pub(super) fn write_snapshot(
                     lease.epoch
                 ));
             }
-            let seq = seq as i64;
+            let (stream, seq) = (&lease.stream, seq as i64);
             let chunks: Vec<&[u8]> = payload.chunks(SNAPSHOT_CHUNK_BYTES).collect();
             transaction
-                .execute("DELETE FROM laser_snapshots WHERE seq >= $1", &[&seq])
+                .execute(
+                    "DELETE FROM laser_snapshots WHERE stream = $1 AND seq >= $2",
+                    &[stream, &seq],
+                )
                 .await
                 .map_err(&error)?;
             transaction
                 .execute(
-                    "INSERT INTO laser_snapshots (seq, version, bytes, chunks) VALUES ($1, $2, $3, $4)",
+                    "INSERT INTO laser_snapshots (stream, seq, version, bytes, chunks)
+                     VALUES ($5, $1, $2, $3, $4)",
                     &[
                         &seq,
                         &(SNAPSHOT_VERSION as i32),
                         &(payload.len() as i64),
                         &(chunks.len() as i32),
+                        stream,
                     ],
                 )
                 .await
@@ -587,18 +680,25 @@ pub(super) fn write_snapshot(
             for (index, chunk) in chunks.iter().enumerate() {
                 transaction
                     .execute(
-                        "INSERT INTO laser_snapshot_chunks (snapshot_seq, index, data) VALUES ($1, $2, $3)",
-                        &[&seq, &(index as i32), chunk],
+                        "INSERT INTO laser_snapshot_chunks (stream, snapshot_seq, index, data)
+                         VALUES ($4, $1, $2, $3)",
+                        &[&seq, &(index as i32), chunk, stream],
                     )
                     .await
                     .map_err(&error)?;
             }
             transaction
-                .execute("DELETE FROM laser_snapshots WHERE seq < $1", &[&seq])
+                .execute(
+                    "DELETE FROM laser_snapshots WHERE stream = $1 AND seq < $2",
+                    &[stream, &seq],
+                )
                 .await
                 .map_err(&error)?;
             transaction
-                .execute("DELETE FROM laser_records WHERE seq <= $1", &[&seq])
+                .execute(
+                    "DELETE FROM laser_records WHERE stream = $1 AND seq <= $2",
+                    &[stream, &seq],
+                )
                 .await
                 .map_err(&error)?;
             transaction.commit().await.map_err(&error)?;

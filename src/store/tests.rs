@@ -9,6 +9,7 @@ fn options() -> StoreOptions {
         segment_bytes: 1 << 20,
         recover_truncate: false,
         postgres_url: None,
+        postgres_stream: String::new(),
         lease: Duration::from_secs(10),
         standby: false,
         advertise: None,

@@ -344,3 +344,47 @@ def test_a_stopping_owner_hands_the_lease_over_and_state_commands_respect_it(pos
     finally:
         owner.stop()
         standby.stop()
+
+
+# The tables as schema version 1 (one stream) left them, made from version 2 ones.
+SCHEMA_V1 = """
+ALTER TABLE laser_snapshot_chunks DROP CONSTRAINT laser_snapshot_chunks_stream_snapshot_seq_fkey,
+    DROP CONSTRAINT laser_snapshot_chunks_pkey, DROP COLUMN stream;
+ALTER TABLE laser_snapshots DROP CONSTRAINT laser_snapshots_pkey, DROP COLUMN stream, ADD PRIMARY KEY (seq);
+ALTER TABLE laser_snapshot_chunks ADD PRIMARY KEY (snapshot_seq, index),
+    ADD FOREIGN KEY (snapshot_seq) REFERENCES laser_snapshots (seq) ON DELETE CASCADE;
+ALTER TABLE laser_records DROP CONSTRAINT laser_records_pkey, DROP COLUMN stream, ADD PRIMARY KEY (seq);
+DELETE FROM laser_lease WHERE stream <> '';
+ALTER TABLE laser_lease DROP COLUMN stream, ADD COLUMN id integer NOT NULL DEFAULT 1 PRIMARY KEY CHECK (id = 1);
+UPDATE laser_schema SET version = 1;
+"""
+
+
+def test_a_version_1_database_is_migrated_with_its_state(postgres):
+    """A database written before streams (schema 1: a snapshot and records after it) is
+    migrated in place by the next server, which recovers the same state from it."""
+    server = Server(free_port(), config(postgres, snapshot_every_records=5)).wait_ready()
+    try:
+        client = LaserRouterClient(server.address)
+        client.create_router("old", context_dim=4)
+        for i in range(12):
+            (result,) = client.score("old", [Query(id="q", context=[1, i, 0, 0], prompt="p", responses=["a", "b"])])
+            if i % 2 == 0:
+                client.feedback("old", [result.decision_id], loss=0.1 * i)
+        deadline = time.time() + 30
+        while postgres.sql("SELECT count(*) FROM laser_snapshots") == "0":
+            assert time.time() < deadline, "no snapshot was written"
+            time.sleep(0.2)
+        client.score("old", [Query(id="q", context=[0, 0, 1, 0], prompt="p", responses=["a", "b"])])
+        before = arms(client, "old")
+        server.kill()
+        postgres.sql(SCHEMA_V1)
+        assert postgres.sql("SELECT count(*) FROM laser_snapshots") != "0"
+        assert postgres.sql("SELECT count(*) FROM laser_records") != "0"
+        server.start()
+        server.wait_ready()
+        assert arms(client, "old") == before
+        assert postgres.sql("SELECT version FROM laser_schema") == "2"
+        assert postgres.sql("SELECT DISTINCT stream FROM laser_records") == ""
+    finally:
+        server.stop()
