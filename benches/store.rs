@@ -62,9 +62,7 @@ fn open(dir: Option<&Path>, dim: usize, fsync: bool) -> Routers {
                 postgres_url: None,
                 postgres_stream: String::new(),
                 lease: std::time::Duration::from_secs(10),
-                standby: false,
                 advertise: None,
-                owner: Default::default(),
             };
             let (store, recovered) = Store::open(dir, &options).unwrap();
             let routers = Routers::with_store(routers_options(dim), store);

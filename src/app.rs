@@ -23,11 +23,12 @@ use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 
 use crate::api::admin::AdminService;
 use crate::api::auth::AdminAccess;
+use crate::api::forward::Peers;
 use crate::api::pb;
 use crate::api::reward_router::RewardRouterService;
 use crate::config::{Config, TlsConfig};
-use crate::forwarder::{Forwarder, Forwarding};
 use crate::models::{Encoder, Encoders, ModelError, RewardModels};
+use crate::routers::replicas::Replicas;
 use crate::routers::{RouterError, Routers, RoutersHandle};
 use crate::service::{Models, Service};
 use crate::store::{Store, StoreError, StoreOptions};
@@ -74,22 +75,7 @@ pub async fn run(
         config.server.data_dir.display()
     )))?;
 
-    // A standby replica (PostgreSQL, lease held elsewhere) forwards its port to the holder
-    // while it waits: request by request in plaintext, connection by connection with TLS.
-    let owner = crate::store::postgres::OwnerAddress::default();
-    let forwarding = match config.server.tls {
-        None => Forwarding::Requests,
-        Some(_) => Forwarding::Connections,
-    };
-    let forwarder = match config.store.postgres_url() {
-        Some(_) if config.store.durable => Some(
-            Forwarder::start(config.server.listen, owner.clone(), forwarding)
-                .await
-                .map_err(io_error(format!("listen on {}", config.server.listen)))?,
-        ),
-        _ => None,
-    };
-    let routers = open_routers(&config, recover_truncate, owner).await?;
+    let routers = open_routers(&config, recover_truncate).await?;
     // The config's models, less those removed through Admin, then those added through Admin.
     let specs = routers
         .reward_model_changes()
@@ -120,9 +106,6 @@ pub async fn run(
     };
     let service = Arc::new(Service::new(models, routers.clone(), config.limits.clone()));
 
-    if let Some(forwarder) = forwarder {
-        forwarder.stop().await;
-    }
     let grpc_listener = TcpListener::bind(config.server.listen)
         .await
         .map_err(io_error(format!("listen on {}", config.server.listen)))?;
@@ -167,7 +150,11 @@ pub async fn run(
         metrics_handle,
         stop_rx.clone(),
     ));
-    let snapshot_task = tokio::spawn(snapshot_when_due(routers.clone(), stop_rx.clone()));
+    let snapshot_task = tokio::spawn(maintain_state(
+        service.clone(),
+        routers.clone(),
+        stop_rx.clone(),
+    ));
     let health_task = tokio::spawn(report_state_health(
         routers.clone(),
         health_reporter.clone(),
@@ -203,8 +190,14 @@ pub async fn run(
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()?;
     let max_message = config.limits.max_message_bytes;
+    // Replicas forward requests for routers another replica owns.
+    let peers = Arc::new(
+        Peers::new(config.server.tls.as_ref(), max_message).map_err(io_error(
+            "read the TLS files for forwarding to other replicas",
+        ))?,
+    );
     let reward_router = pb::reward_router_server::RewardRouterServer::new(
-        RewardRouterService::new(service.clone()),
+        RewardRouterService::new(service.clone(), peers.clone()),
     )
     .max_decoding_message_size(max_message)
     .max_encoding_message_size(max_message);
@@ -222,7 +215,7 @@ pub async fn run(
         ),
     }
     let admin = tonic::service::interceptor::InterceptedService::new(
-        pb::admin_server::AdminServer::new(AdminService::new(service.clone()))
+        pb::admin_server::AdminServer::new(AdminService::new(service.clone(), peers))
             .max_decoding_message_size(max_message)
             .max_encoding_message_size(max_message),
         move |request| access.check(request),
@@ -278,25 +271,31 @@ pub async fn run(
     }
     // A final snapshot makes the next start fast; the log already holds everything.
     take_snapshot(&routers, "final").await;
+    if let Err(error) = routers.release_all().await {
+        tracing::warn!(%error, "routers' leases not handed back (they expire by themselves)");
+    }
     tracing::info!("laser-router stopped");
     Ok(())
 }
 
 /// Open the store under the data directory and rebuild the routers from it.
-async fn open_routers(
-    config: &Config,
-    recover_truncate: bool,
-    owner: crate::store::postgres::OwnerAddress,
-) -> Result<RoutersHandle, AppError> {
+async fn open_routers(config: &Config, recover_truncate: bool) -> Result<RoutersHandle, AppError> {
     let options = StoreOptions {
         recover_truncate,
-        standby: true,
         advertise: Some(config.server.advertised_address()),
-        owner,
         ..config.store_options()
     };
     let data_dir = config.server.data_dir.clone();
     let routers_options = config.routers_options();
+    if let Some(url) = options.postgres_url.clone().filter(|_| options.durable) {
+        // Replicas: each router is taken over on first use; here only the catalog.
+        let replicas =
+            tokio::task::spawn_blocking(move || Replicas::open(&url, options, routers_options))
+                .await
+                .map_err(|e| io_error("open the state database")(std::io::Error::other(e)))??;
+        tracing::info!("state in PostgreSQL: routers are owned one by one, on first use");
+        return Ok(RoutersHandle::replicated(replicas));
+    }
     let routers = tokio::task::spawn_blocking(move || -> Result<Routers, AppError> {
         let started = std::time::Instant::now();
         let (store, recovered) = Store::open(&data_dir, &options)?;
@@ -364,26 +363,40 @@ async fn report_state_health(
     }
 }
 
-async fn snapshot_when_due(routers: RoutersHandle, mut stop: watch::Receiver<bool>) {
+/// Every 500 ms: snapshots when due; with replicas, the leases of routers no longer held
+/// here handed back, and the catalog's changes by other replicas loaded.
+async fn maintain_state(
+    service: Arc<Service>,
+    routers: RoutersHandle,
+    mut stop: watch::Receiver<bool>,
+) {
     let mut interval = tokio::time::interval(Duration::from_millis(500));
     loop {
         tokio::select! {
             _ = interval.tick() => {}
             _ = stop.wait_for(|stop| *stop) => return,
         }
-        if !routers.snapshot_due() {
-            continue;
+        if routers.snapshot_due() {
+            take_snapshot(&routers, "periodic").await;
         }
-        take_snapshot(&routers, "periodic").await;
+        if let Err(error) = routers.release_idle().await {
+            tracing::warn!(%error, "releasing idle routers failed");
+        }
+        if let Err(error) = service.follow_catalog().await {
+            tracing::warn!(%error, "reading the catalog's changes failed; retrying");
+        }
     }
 }
 
 /// Write a snapshot (on the blocking pool) and log the outcome. A failed snapshot loses
 /// nothing: the log still holds every change.
 async fn take_snapshot(routers: &RoutersHandle, kind: &'static str) {
-    match routers.snapshot().await {
-        Ok(Some((seq, bytes))) => tracing::info!(kind, seq, bytes, "snapshot written"),
-        Ok(None) => {}
+    match routers.snapshot(kind == "final").await {
+        Ok(written) => {
+            for (seq, bytes) in written {
+                tracing::info!(kind, seq, bytes, "snapshot written");
+            }
+        }
         Err(error) => {
             tracing::error!(kind, %error, "snapshot failed; the log still holds every change")
         }

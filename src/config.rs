@@ -173,6 +173,15 @@ pub struct TlsConfig {
     pub key_path: PathBuf,
     /// When set, clients must present a certificate signed by this CA.
     pub client_ca_path: Option<PathBuf>,
+    /// Replicas (PostgreSQL): the CA that signed the other replicas' certificates, trusted
+    /// when forwarding a request to a router's owner (default: `client_ca_path`, else the
+    /// public web roots).
+    #[serde(default)]
+    pub peer_ca_path: Option<PathBuf>,
+    /// Replicas: the name the other replicas' certificates carry (default: the host of the
+    /// owner's registered address).
+    #[serde(default)]
+    pub peer_domain: Option<String>,
 }
 
 impl Default for ServerConfig {
@@ -352,6 +361,7 @@ impl Config {
                 Some(&mut tls.cert_path),
                 Some(&mut tls.key_path),
                 tls.client_ca_path.as_mut(),
+                tls.peer_ca_path.as_mut(),
             ]
             .into_iter()
             .flatten()
@@ -365,8 +375,8 @@ impl Config {
         Ok(config)
     }
 
-    /// How the store opens under this config: no recovery truncation, no standby wait and
-    /// no advertised address (what the `state` commands use; the server adds its own).
+    /// How the store opens under this config: no recovery truncation and no advertised
+    /// address (what the `state` commands use; the server adds its own).
     pub fn store_options(&self) -> StoreOptions {
         StoreOptions {
             durable: self.store.durable,
@@ -376,9 +386,7 @@ impl Config {
             postgres_url: self.store.postgres_url(),
             postgres_stream: String::new(),
             lease: Duration::from_secs_f64(self.store.lease_seconds),
-            standby: false,
             advertise: None,
-            owner: Default::default(),
         }
     }
 

@@ -17,7 +17,6 @@
 //! | | [`store`] | durable bytes: CRC-framed log with group commit, snapshots, recovery |
 //! | tools | [`config`] | typed settings from TOML + env + flags, validated, defaults documented |
 //! | | [`http_listener`] | the HTTP/JSON port, plain or TLS |
-//! | | [`forwarder`] | a standby replica's gRPC port: requests forwarded to the lease holder |
 //! | | [`state_cli`] | `laser-router state export/import/inspect` |
 //! | | [`telemetry`] | tracing setup, every metric name |
 //! | | [`memory`] | malloc arena cap and trimming (no RSS creep across RM add/remove) |
@@ -26,7 +25,6 @@ pub mod api;
 pub mod app;
 pub mod bandit;
 pub mod config;
-pub mod forwarder;
 pub mod http_listener;
 pub mod memory;
 pub mod models;

@@ -1,7 +1,9 @@
 //! `laser-router state export|import|inspect`: move a router's state between servers or
 //! archive it with a training run, and look at a data directory. These commands open the
 //! data directory themselves, so the server using it must be stopped (the directory's
-//! lock says so otherwise).
+//! lock says so otherwise). On PostgreSQL they open the router's own stream, which no
+//! replica may own meanwhile (its lease says so otherwise); `inspect` names each router's
+//! owner instead of reading routers that a replica owns.
 //!
 //! Export file: `LASERRTR`, a u32 format version, then one CRC-framed blob (see
 //! `store::frame::write_blob`) holding the router's state (settings, arm factors, pending decisions,
@@ -12,6 +14,7 @@ use std::path::Path;
 use crate::config::Config;
 use crate::routers::state::RouterStateV1;
 use crate::routers::{RouterError, RouterState, Routers, RoutersOptions};
+use crate::store::postgres::{self, router_stream};
 use crate::store::{Store, StoreError, StoreOptions, frame};
 
 const EXPORT_MAGIC: &[u8; 8] = b"LASERRTR";
@@ -35,10 +38,12 @@ fn file_error(path: &Path) -> impl FnOnce(String) -> StateCliError + '_ {
     }
 }
 
-/// Open the data directory and rebuild its routers (as the server does at startup).
-fn open(config: &Config) -> Result<Routers, StateCliError> {
+/// Open the data directory (on PostgreSQL: `stream`) and rebuild its routers (as the
+/// server does at startup).
+fn open(config: &Config, stream: String) -> Result<Routers, StateCliError> {
     let options = StoreOptions {
         durable: true,
+        postgres_stream: stream,
         ..config.store_options()
     };
     let (store, recovered) = Store::open(&config.server.data_dir, &options)?;
@@ -54,7 +59,7 @@ fn open(config: &Config) -> Result<Routers, StateCliError> {
 
 /// Write router `name`'s state to `file`. Returns a one-line summary.
 pub fn export(config: &Config, name: &str, file: &Path) -> Result<String, StateCliError> {
-    let routers = open(config)?;
+    let routers = open(config, router_stream(name))?;
     let state = routers.export(name)?;
     let payload = postcard::to_stdvec(&state).map_err(|e| file_error(file)(e.to_string()))?;
     let mut bytes = Vec::with_capacity(payload.len() + 32);
@@ -95,14 +100,17 @@ pub fn import(config: &Config, name: &str, file: &Path) -> Result<String, StateC
         summary(&state),
         file.display()
     );
-    let routers = open(config)?;
+    let routers = open(config, router_stream(name))?;
     routers.import(name, state)?.wait_blocking()?;
     Ok(line)
 }
 
 /// Describe the data directory: what recovery finds, router by router.
 pub fn inspect(config: &Config) -> Result<String, StateCliError> {
-    let routers = open(config)?;
+    if let Some(url) = config.store.postgres_url() {
+        return inspect_postgres(config, &url);
+    }
+    let routers = open(config, String::new())?;
     let mut lines = vec![format!(
         "{}: last sequence number {}",
         routers.store().dir().display(),
@@ -115,6 +123,30 @@ pub fn inspect(config: &Config) -> Result<String, StateCliError> {
     {
         let state = routers.export(&name)?;
         lines.push(format!("router {name:?}: {}", summary(&state)));
+    }
+    Ok(lines.join("\n"))
+}
+
+/// Each router of the database: its state, or the replica that owns it.
+fn inspect_postgres(config: &Config, url: &str) -> Result<String, StateCliError> {
+    let names = postgres::router_stream_names(url)?;
+    let mut lines = vec![format!(
+        "{}: {} router streams",
+        postgres::redacted(url),
+        names.len()
+    )];
+    for name in names {
+        match open(config, router_stream(&name)) {
+            Ok(routers) => match routers.export(&name) {
+                Ok(state) => lines.push(format!("router {name:?}: {}", summary(&state))),
+                Err(RouterError::UnknownRouter { .. }) => {}
+                Err(error) => return Err(error.into()),
+            },
+            Err(StateCliError::Store(StoreError::Held { owner, address, .. })) => {
+                lines.push(format!("router {name:?}: owned by {owner} at {address}"))
+            }
+            Err(error) => return Err(error),
+        }
     }
     Ok(lines.join("\n"))
 }

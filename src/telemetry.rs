@@ -13,6 +13,8 @@ use crate::config::LogFormat;
 
 /// Metric names (prefix `laser_`).
 pub mod metric {
+    /// Counter {rpc}: requests forwarded to the replica owning their router.
+    pub const REQUESTS_FORWARDED: &str = "laser_requests_forwarded_total";
     /// Counter {router, reward_model}: decisions that chose the arm.
     pub const SELECTIONS: &str = "laser_selections_total";
     /// Counter {router, outcome = applied | duplicate | unknown | arm_removed}: feedback

@@ -11,16 +11,71 @@ use super::convert::admin::{
     encoder_info, encoder_spec, reward_model_info, reward_model_spec, router_info,
     router_settings_patch,
 };
+use super::forward::{Peers, forward_to_owner};
 use super::pb;
-use crate::service::{Api, Service};
+use super::pb::admin_client::AdminClient;
+use crate::routers::RouterError;
+use crate::service::{Api, Service, ServiceError};
 
 pub struct AdminService {
     service: Arc<Service>,
+    peers: Arc<Peers>,
 }
 
 impl AdminService {
-    pub fn new(service: Arc<Service>) -> Self {
-        Self { service }
+    pub fn new(service: Arc<Service>, peers: Arc<Peers>) -> Self {
+        Self { service, peers }
+    }
+
+    /// Every router's info, across the replicas sharing a database (each from its owner).
+    async fn all_routers(
+        &self,
+        metadata: &tonic::metadata::MetadataMap,
+    ) -> Result<Vec<pb::RouterInfo>, Status> {
+        let Some(names) = self.service.shared_router_names().await? else {
+            let routers = self.service.list_routers().await?;
+            return Ok(routers.into_iter().map(router_info).collect());
+        };
+        let mut routers = Vec::new();
+        for name in names {
+            let request = Request::from_parts(
+                metadata.clone(),
+                Default::default(),
+                pb::GetRouterRequest { name: name.clone() },
+            );
+            let info = match super::forward::owner_elsewhere(&self.service, &name, metadata).await?
+            {
+                None => match self.service.router_info(name).await {
+                    Ok(info) => Some(router_info(info)),
+                    Err(ServiceError::Router(RouterError::UnknownRouter { .. })) => None,
+                    Err(error) => return Err(error.into()),
+                },
+                Some(owner) => {
+                    let max = self.peers.max_message_bytes;
+                    let answer = self
+                        .peers
+                        .forward(
+                            "GetRouter",
+                            &owner,
+                            request,
+                            |channel, request| async move {
+                                AdminClient::new(channel)
+                                    .max_decoding_message_size(max)
+                                    .get_router(request)
+                                    .await
+                            },
+                        )
+                        .await;
+                    match answer {
+                        Ok(response) => response.into_inner().router,
+                        Err(status) if status.code() == tonic::Code::NotFound => None,
+                        Err(status) => return Err(status),
+                    }
+                }
+            };
+            routers.extend(info);
+        }
+        Ok(routers)
     }
 }
 
@@ -80,6 +135,13 @@ impl pb::admin_server::Admin for AdminService {
         &self,
         request: Request<pb::CreateRouterRequest>,
     ) -> Result<Response<pb::CreateRouterResponse>, Status> {
+        forward_to_owner!(
+            self,
+            "CreateRouter",
+            request,
+            &request.get_ref().name,
+            AdminClient::create_router
+        );
         let started = Instant::now();
         let result = async {
             let _slot = self.service.admit(Api::Admin)?;
@@ -98,6 +160,13 @@ impl pb::admin_server::Admin for AdminService {
         &self,
         request: Request<pb::GetRouterRequest>,
     ) -> Result<Response<pb::GetRouterResponse>, Status> {
+        forward_to_owner!(
+            self,
+            "GetRouter",
+            request,
+            &request.get_ref().name,
+            AdminClient::get_router
+        );
         let started = Instant::now();
         let result = async {
             let _slot = self.service.admit(Api::Admin)?;
@@ -112,15 +181,13 @@ impl pb::admin_server::Admin for AdminService {
 
     async fn list_routers(
         &self,
-        _request: Request<pb::ListRoutersRequest>,
+        request: Request<pb::ListRoutersRequest>,
     ) -> Result<Response<pb::ListRoutersResponse>, Status> {
         let started = Instant::now();
         let result = async {
             let _slot = self.service.admit(Api::Admin)?;
-            let routers = self.service.list_routers().await?;
-            Ok::<_, Status>(pb::ListRoutersResponse {
-                routers: routers.into_iter().map(router_info).collect(),
-            })
+            let routers = self.all_routers(request.metadata()).await?;
+            Ok::<_, Status>(pb::ListRoutersResponse { routers })
         }
         .await;
         super::observe("ListRouters", started, result)
@@ -130,6 +197,13 @@ impl pb::admin_server::Admin for AdminService {
         &self,
         request: Request<pb::DeleteRouterRequest>,
     ) -> Result<Response<pb::DeleteRouterResponse>, Status> {
+        forward_to_owner!(
+            self,
+            "DeleteRouter",
+            request,
+            &request.get_ref().name,
+            AdminClient::delete_router
+        );
         let started = Instant::now();
         let result = async {
             let _slot = self.service.admit(Api::Admin)?;
@@ -146,6 +220,13 @@ impl pb::admin_server::Admin for AdminService {
         &self,
         request: Request<pb::ResetRouterRequest>,
     ) -> Result<Response<pb::ResetRouterResponse>, Status> {
+        forward_to_owner!(
+            self,
+            "ResetRouter",
+            request,
+            &request.get_ref().name,
+            AdminClient::reset_router
+        );
         let started = Instant::now();
         let result = async {
             let _slot = self.service.admit(Api::Admin)?;

@@ -9,10 +9,12 @@
 //! - [`admin`]: `laser.v1.Admin` (reward models and routers), behind [`auth`].
 //! - [`http`]: HTTP/JSON forms of Score and Feedback, and OpenRLHF's `get_reward`.
 //! - [`auth`]: the admin bearer token.
+//! - [`forward`]: requests for a router another replica owns, forwarded to it.
 
 pub mod admin;
 pub mod auth;
 pub mod convert;
+pub mod forward;
 pub mod http;
 pub mod reward_router;
 pub mod status;

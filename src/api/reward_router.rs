@@ -9,18 +9,22 @@ use tracing::Instrument;
 
 use super::convert::feedback::{feedback_call, feedback_response};
 use super::convert::score::{score_call, score_response};
+use super::forward::{Peers, forward_to_owner};
 use super::pb;
 use crate::service::{Api, Service};
 
 pub struct RewardRouterService {
     service: Arc<Service>,
+    peers: Arc<Peers>,
 }
 
 impl RewardRouterService {
-    pub fn new(service: Arc<Service>) -> Self {
-        Self { service }
+    pub fn new(service: Arc<Service>, peers: Arc<Peers>) -> Self {
+        Self { service, peers }
     }
 }
+
+use pb::reward_router_client::RewardRouterClient;
 
 /// The client's deadline from the `grpc-timeout` header (e.g. `500m`, `2S`).
 fn request_deadline<T>(request: &Request<T>, received: Instant) -> Option<Instant> {
@@ -45,6 +49,13 @@ impl pb::reward_router_server::RewardRouter for RewardRouterService {
         &self,
         request: Request<pb::ScoreRequest>,
     ) -> Result<Response<pb::ScoreResponse>, Status> {
+        forward_to_owner!(
+            self,
+            "Score",
+            request,
+            &request.get_ref().router,
+            RewardRouterClient::score
+        );
         let started = Instant::now();
         let deadline = request_deadline(&request, started);
         let request = request.into_inner();
@@ -64,6 +75,13 @@ impl pb::reward_router_server::RewardRouter for RewardRouterService {
         &self,
         request: Request<pb::FeedbackRequest>,
     ) -> Result<Response<pb::FeedbackResponse>, Status> {
+        forward_to_owner!(
+            self,
+            "Feedback",
+            request,
+            &request.get_ref().router,
+            RewardRouterClient::feedback
+        );
         let started = Instant::now();
         let request = request.into_inner();
         let span = tracing::info_span!("feedback", router = %request.router, decisions = request.decision_ids.len());

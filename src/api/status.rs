@@ -99,7 +99,8 @@ impl From<RouterError> for Status {
             }
             RouterError::InvalidState { .. } => Code::InvalidArgument,
             RouterError::TooManyRouters { .. } => Code::ResourceExhausted,
-            RouterError::StateWrite(_) => Code::Unavailable,
+            RouterError::ServedElsewhere { .. } => Code::Unavailable,
+            RouterError::StateWrite(store) => store_code(store),
             RouterError::NotAcknowledged(store) | RouterError::Store(store) => store_code(store),
             RouterError::Encode { .. } => Code::Internal,
             RouterError::Decode { .. } => Code::Internal,
@@ -115,6 +116,9 @@ fn store_code(error: &StoreError) -> Code {
     match error {
         StoreError::Io { .. } => Code::Unavailable,
         StoreError::Locked { .. } => Code::Unavailable,
+        StoreError::Held { .. } => Code::Unavailable,
+        StoreError::Fenced { .. } => Code::Unavailable,
+        StoreError::Concurrent { .. } => Code::Aborted,
         StoreError::Corrupt { .. } => Code::Internal,
         StoreError::WriterStopped { .. } => Code::Unavailable,
         // Disk full or failing: retryable, and the client library retries UNAVAILABLE.

@@ -6,12 +6,19 @@
 //!
 //! Router state leaves here as plain data ([`RouterInfo`], [`Selection`]), never as a
 //! shared router.
+//!
+//! Placement: one [`Routers`] holds every router (the local log, or in memory), or, on
+//! PostgreSQL, [`Replicas`] places each router (owned here, or served by another replica:
+//! [`RouterError::ServedElsewhere`], which the api layer forwards) and keeps the catalog of
+//! models.
 
 use std::sync::Arc;
 
 use super::events::{Evictions, FeedbackForm, FeedbackOutcome, Selection};
+use super::ledger::StateEvent;
 use super::ledger::{EncoderChanges, RewardModelChanges};
 use super::registry::{FirstUse, SharedRouter};
+use super::replicas::{Placed, Replicas};
 use super::router::Router;
 use super::settings::{RouterSettings, RouterSettingsPatch, SelectionMode};
 use super::statistics::ArmStatistics;
@@ -22,11 +29,54 @@ use crate::store::Durable;
 /// A cheap, clonable async handle on the routers.
 #[derive(Clone)]
 pub struct RoutersHandle {
-    routers: Arc<Routers>,
+    placement: Arc<Placement>,
+}
+
+/// Where routers live.
+enum Placement {
+    /// All of them here.
+    Single(Arc<Routers>),
+    /// Each owned by one of the replicas sharing a database.
+    Replicas(Box<Replicas>),
+}
+
+impl Placement {
+    /// The routers serving router `name`. Blocking.
+    fn routers_for(&self, name: &str) -> Result<Arc<Routers>, RouterError> {
+        match self {
+            Placement::Single(routers) => Ok(routers.clone()),
+            Placement::Replicas(replicas) => match replicas.place(name)? {
+                Placed::Here(cell) => Ok(cell),
+                Placed::There { address } => Err(RouterError::ServedElsewhere {
+                    router: name.to_string(),
+                    address,
+                }),
+            },
+        }
+    }
+
+    /// Where the models published through Admin are logged.
+    fn catalog(&self) -> &Arc<Routers> {
+        match self {
+            Placement::Single(routers) => routers,
+            Placement::Replicas(replicas) => replicas.catalog(),
+        }
+    }
+
+    /// Every [`Routers`] this server writes to: the catalog, then the routers it owns.
+    fn all(&self) -> Vec<Arc<Routers>> {
+        match self {
+            Placement::Single(routers) => vec![routers.clone()],
+            Placement::Replicas(replicas) => std::iter::once(replicas.catalog().clone())
+                .chain(replicas.cells())
+                .collect(),
+        }
+    }
 }
 
 /// A selection made on one router, to record on that same router.
 pub struct SelectedFor {
+    routers: Arc<Routers>,
     router: SharedRouter,
     pub selection: Selection,
 }
@@ -103,21 +153,105 @@ impl Ticket {
 }
 
 impl RoutersHandle {
+    /// Every router in `routers`.
     pub fn new(routers: Routers) -> Self {
         Self {
-            routers: Arc::new(routers),
+            placement: Arc::new(Placement::Single(Arc::new(routers))),
+        }
+    }
+
+    /// Routers spread over the replicas sharing a database.
+    pub fn replicated(replicas: Replicas) -> Self {
+        Self {
+            placement: Arc::new(Placement::Replicas(Box::new(replicas))),
         }
     }
 
     /// Run `work` on the blocking pool.
     async fn blocking<T: Send + 'static>(
         &self,
-        work: impl FnOnce(&Routers) -> Result<T, RouterError> + Send + 'static,
+        work: impl FnOnce(&Placement) -> Result<T, RouterError> + Send + 'static,
     ) -> Result<T, RouterError> {
-        let routers = self.routers.clone();
-        tokio::task::spawn_blocking(move || work(&routers))
+        let placement = self.placement.clone();
+        tokio::task::spawn_blocking(move || work(&placement))
             .await
             .map_err(RouterError::TaskFailed)?
+    }
+
+    /// Run `work` on the blocking pool with the routers serving router `name`.
+    async fn for_router<T: Send + 'static>(
+        &self,
+        name: &str,
+        work: impl FnOnce(&Routers) -> Result<T, RouterError> + Send + 'static,
+    ) -> Result<T, RouterError> {
+        let name = name.to_string();
+        self.blocking(move |placement| work(&*placement.routers_for(&name)?))
+            .await
+    }
+
+    /// Run `work` on the blocking pool with the catalog of models.
+    async fn for_catalog<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&Routers) -> Result<T, RouterError> + Send + 'static,
+    ) -> Result<T, RouterError> {
+        self.blocking(move |placement| work(placement.catalog()))
+            .await
+    }
+
+    /// The address of the replica serving router `name`, when that is not this one
+    /// (taking the router over when nobody owns it).
+    pub async fn served_elsewhere(&self, name: &str) -> Result<Option<String>, RouterError> {
+        if let Placement::Single(_) = &*self.placement {
+            return Ok(None);
+        }
+        match self.for_router(name, |_| Ok(())).await {
+            Ok(()) => Ok(None),
+            Err(RouterError::ServedElsewhere { address, .. }) => Ok(Some(address)),
+            Err(error) => Err(error),
+        }
+    }
+
+    /// The names of every router of the database the replicas share (`None`: all routers
+    /// are here; see [`RoutersHandle::list`]).
+    pub async fn shared_router_names(&self) -> Result<Option<Vec<String>>, RouterError> {
+        self.blocking(|placement| match placement {
+            Placement::Single(_) => Ok(None),
+            Placement::Replicas(replicas) => replicas.router_names().map(Some),
+        })
+        .await
+    }
+
+    /// Apply the catalog changes other replicas made since the last call; returns them
+    /// (none without replicas).
+    pub async fn catch_up_catalog(&self) -> Result<Vec<StateEvent>, RouterError> {
+        self.blocking(|placement| match placement {
+            Placement::Single(_) => Ok(Vec::new()),
+            Placement::Replicas(replicas) => replicas.catch_up(),
+        })
+        .await
+    }
+
+    /// Hand back the leases of every router held here (replicas; the server is stopping,
+    /// after its final snapshot).
+    pub async fn release_all(&self) -> Result<(), RouterError> {
+        self.blocking(|placement| {
+            if let Placement::Replicas(replicas) = placement {
+                replicas.release_all();
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    /// Hand back the leases of routers no longer held here (replicas only).
+    pub async fn release_idle(&self) -> Result<(), RouterError> {
+        self.blocking(|placement| {
+            if let Placement::Replicas(replicas) = placement {
+                replicas.release_idle();
+            }
+            Ok(())
+        })
+        .await
     }
 
     /// Pick RMs among `serving` for each context on the router `name` (created on first
@@ -131,8 +265,9 @@ impl RoutersHandle {
         serving: Vec<String>,
         now_unix_ms: i64,
     ) -> Result<SelectedFor, RouterError> {
-        let (router, created, selection) = self
-            .blocking(move |routers| {
+        let (routers, router, created, selection) = self
+            .blocking(move |placement| {
+                let routers = placement.routers_for(&name)?;
                 let (router, created) = routers.get_or_create(&name, &serving)?;
                 let selection = {
                     let mut locked = router.lock().expect("router lock poisoned");
@@ -160,13 +295,14 @@ impl RoutersHandle {
                             }),
                     }
                 };
-                Ok((router, created, selection))
+                Ok((routers, router, created, selection))
             })
             .await?;
         if let Some(created) = created {
             Ticket(created).acknowledged().await?;
         }
         Ok(SelectedFor {
+            routers,
             router,
             selection: selection?,
         })
@@ -181,7 +317,7 @@ impl RoutersHandle {
         serving: Vec<String>,
     ) -> Result<(Option<String>, usize), RouterError> {
         let (encoder, created) = self
-            .blocking(move |routers| {
+            .for_router(&name.clone(), move |routers| {
                 let (router, created) = routers.get_or_create_as(&name, &serving, &first_use)?;
                 let locked = router.lock().expect("router lock poisoned");
                 let settings = locked.settings();
@@ -195,27 +331,38 @@ impl RoutersHandle {
     }
 
     pub fn creates_on_first_use(&self) -> bool {
-        self.routers.creates_on_first_use()
+        self.placement.catalog().creates_on_first_use()
     }
 
     /// Log that encoder `spec` is being published; acknowledge after publishing it.
     pub async fn encoder_added(&self, spec: EncoderSpec) -> Result<Ticket, RouterError> {
-        self.blocking(move |routers| routers.encoder_added(spec).map(Ticket))
+        self.for_catalog(move |catalog| catalog.encoder_added(spec).map(Ticket))
             .await
     }
 
-    /// Log that encoder `name` is being unpublished, unless routers use it (their names).
+    /// Log that encoder `name` is being unpublished, unless routers use it (their names;
+    /// with replicas, the routers this one owns).
     pub async fn encoder_removed(
         &self,
         name: String,
     ) -> Result<Result<Ticket, Vec<String>>, RouterError> {
-        self.blocking(move |routers| Ok(routers.encoder_removed(&name)?.map(Ticket)))
-            .await
+        self.blocking(move |placement| {
+            let users: Vec<String> = placement
+                .all()
+                .iter()
+                .flat_map(|routers| routers.encoder_users(&name))
+                .collect();
+            if !users.is_empty() {
+                return Ok(Err(users));
+            }
+            Ok(placement.catalog().encoder_removed(&name)?.map(Ticket))
+        })
+        .await
     }
 
     /// The encoder changes made through Admin (recovered ones included).
     pub fn encoder_changes(&self) -> EncoderChanges {
-        self.routers.encoder_changes()
+        self.placement.catalog().encoder_changes()
     }
 
     /// Record a selection's new decisions; returns once they are durable.
@@ -224,10 +371,15 @@ impl RoutersHandle {
         selected: SelectedFor,
         now_unix_ms: i64,
     ) -> Result<RecordReport, RouterError> {
-        let SelectedFor { router, selection } = selected;
-        let (durable, pending, evictions) = self
-            .blocking(move |routers| routers.record(&router, &selection, now_unix_ms))
-            .await?;
+        let SelectedFor {
+            routers,
+            router,
+            selection,
+        } = selected;
+        let (durable, pending, evictions) =
+            tokio::task::spawn_blocking(move || routers.record(&router, &selection, now_unix_ms))
+                .await
+                .map_err(RouterError::TaskFailed)??;
         Ticket(durable).acknowledged().await?;
         Ok(RecordReport { pending, evictions })
     }
@@ -242,7 +394,7 @@ impl RoutersHandle {
         arrived_unix_ms: i64,
     ) -> Result<FeedbackReport, RouterError> {
         let applied = self
-            .blocking(move |routers| {
+            .for_router(&name.clone(), move |routers| {
                 let now_unix_ms = arrived_unix_ms.max(crate::routers::handle::unix_ms());
                 routers.feedback(
                     &name,
@@ -271,7 +423,7 @@ impl RoutersHandle {
         serving: Vec<String>,
     ) -> Result<RouterInfo, RouterError> {
         let (info, durable) = self
-            .blocking(move |routers| {
+            .for_router(&name.clone(), move |routers| {
                 let settings = routers.settings_for(&patch);
                 let (router, durable) = routers.create_or_confirm(&name, settings, &serving)?;
                 Ok((RouterInfo::of(&router, &serving), durable))
@@ -288,7 +440,7 @@ impl RoutersHandle {
         serving: Vec<String>,
     ) -> Result<RouterInfo, RouterError> {
         let (info, durable) = self
-            .blocking(move |routers| {
+            .for_router(&name.clone(), move |routers| {
                 let (router, durable) = routers.reset(&name, &serving)?;
                 Ok((RouterInfo::of(&router, &serving), durable))
             })
@@ -298,7 +450,9 @@ impl RoutersHandle {
     }
 
     pub async fn delete(&self, name: String) -> Result<(), RouterError> {
-        let durable = self.blocking(move |routers| routers.delete(&name)).await?;
+        let durable = self
+            .for_router(&name.clone(), move |routers| routers.delete(&name))
+            .await?;
         Ticket(durable).acknowledged().await
     }
 
@@ -307,50 +461,71 @@ impl RoutersHandle {
         name: String,
         serving: Vec<String>,
     ) -> Result<RouterInfo, RouterError> {
-        self.blocking(move |routers| Ok(RouterInfo::of(&routers.get(&name)?, &serving)))
-            .await
+        self.for_router(&name.clone(), move |routers| {
+            Ok(RouterInfo::of(&routers.get(&name)?, &serving))
+        })
+        .await
     }
 
-    /// Every router's info, by name.
+    /// Every router's info, by name (with replicas: the routers this one owns).
     pub async fn list(&self, serving: Vec<String>) -> Result<Vec<RouterInfo>, RouterError> {
-        self.blocking(move |routers| {
-            Ok(routers
-                .list()
+        self.blocking(move |placement| {
+            let mut infos: Vec<RouterInfo> = placement
+                .all()
                 .iter()
-                .map(|router| RouterInfo::of(router, &serving))
-                .collect())
+                .flat_map(|routers| routers.list())
+                .map(|router| RouterInfo::of(&router, &serving))
+                .collect();
+            infos.sort_by(|a, b| a.name.cmp(&b.name));
+            Ok(infos)
         })
         .await
     }
 
     /// Log that `spec` is being published; acknowledge the ticket after publishing it.
     pub async fn reward_model_added(&self, spec: RewardModelSpec) -> Result<Ticket, RouterError> {
-        self.blocking(move |routers| routers.reward_model_added(spec).map(Ticket))
+        self.for_catalog(move |catalog| catalog.reward_model_added(spec).map(Ticket))
             .await
     }
 
     /// Log that the RM `name` is being unpublished.
     pub async fn reward_model_removed(&self, name: String) -> Result<Ticket, RouterError> {
-        self.blocking(move |routers| routers.reward_model_removed(&name).map(Ticket))
+        self.for_catalog(move |catalog| catalog.reward_model_removed(&name).map(Ticket))
             .await
     }
 
     /// The RM set changes made through Admin (recovered ones included).
     pub fn reward_model_changes(&self) -> RewardModelChanges {
-        self.routers.reward_model_changes()
+        self.placement.catalog().reward_model_changes()
     }
 
     pub fn snapshot_due(&self) -> bool {
-        self.routers.snapshot_due()
+        self.placement
+            .all()
+            .iter()
+            .any(|routers| routers.snapshot_due())
     }
 
     /// Why changes cannot be made durable now (the log is failing), or `None`.
     pub fn state_unwritable(&self) -> Option<String> {
-        self.routers.store().unwritable()
+        self.placement
+            .all()
+            .iter()
+            .find_map(|routers| routers.store().unwritable())
     }
 
-    /// Write a snapshot on the blocking pool: (sequence number, bytes), or `None`.
-    pub async fn snapshot(&self) -> Result<Option<(u64, u64)>, RouterError> {
-        self.blocking(|routers| routers.snapshot()).await
+    /// Write snapshots on the blocking pool (`every`: of every store, else of those due):
+    /// (sequence number, bytes) of each written.
+    pub async fn snapshot(&self, every: bool) -> Result<Vec<(u64, u64)>, RouterError> {
+        self.blocking(move |placement| {
+            let mut written = Vec::new();
+            for routers in placement.all() {
+                if every || routers.snapshot_due() {
+                    written.extend(routers.snapshot()?);
+                }
+            }
+            Ok(written)
+        })
+        .await
     }
 }

@@ -352,6 +352,29 @@ impl Routers {
         Ok(count)
     }
 
+    /// Apply the records other replicas appended to this shared store (the catalog) since
+    /// it was last read, in order; returns them. Changes wait meanwhile. Blocking.
+    pub fn catch_up(&self) -> Result<Vec<StateEvent>, RouterError> {
+        let _gate = self.ledger.gate.write().expect("gate poisoned");
+        let mut applied = Vec::new();
+        for (seq, payload) in self
+            .ledger
+            .store
+            .read_new()
+            .map_err(RouterError::StateWrite)?
+        {
+            let event: StateEvent = postcard::from_bytes(&payload)
+                .map_err(|source| RouterError::Decode { seq, source })?;
+            self.apply(event.clone())
+                .map_err(|source| RouterError::Replay {
+                    seq,
+                    source: Box::new(source),
+                })?;
+            applied.push(event);
+        }
+        Ok(applied)
+    }
+
     /// Whether enough records were logged since the last snapshot to take another.
     pub fn snapshot_due(&self) -> bool {
         let ledger = &self.ledger;
@@ -441,15 +464,7 @@ impl Routers {
     /// from it (the names of those routers come back).
     pub fn encoder_removed(&self, name: &str) -> Result<Result<Durable, Vec<String>>, RouterError> {
         let _gate = self.ledger.change();
-        let users: Vec<String> = self
-            .list()
-            .iter()
-            .filter_map(|router| {
-                let router = router.lock().expect("router lock poisoned");
-                (router.settings().encoder.as_deref() == Some(name))
-                    .then(|| router.name().to_string())
-            })
-            .collect();
+        let users = self.encoder_users(name);
         if !users.is_empty() {
             return Ok(Err(users));
         }
@@ -459,6 +474,18 @@ impl Routers {
         let durable = self.ledger.log(&event)?;
         self.apply(event)?;
         Ok(Ok(durable))
+    }
+
+    /// The routers that take their contexts from encoder `name`.
+    pub fn encoder_users(&self, name: &str) -> Vec<String> {
+        self.list()
+            .iter()
+            .filter_map(|router| {
+                let router = router.lock().expect("router lock poisoned");
+                (router.settings().encoder.as_deref() == Some(name))
+                    .then(|| router.name().to_string())
+            })
+            .collect()
     }
 
     /// The encoder changes made through Admin so far (recovered ones included).

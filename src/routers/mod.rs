@@ -11,6 +11,8 @@
 //! - [`state`]: a router as plain data (snapshots, exports).
 //! - [`statistics`]: per-arm statistics for GetRouter.
 //! - [`registry`]: routers keyed by name; every change checked, logged, applied.
+//! - [`replicas`]: routers spread over replicas sharing a PostgreSQL database, one owner
+//!   per router.
 //! - [`ledger`]: the log, replay and snapshots of the registry's changes.
 //! - [`handle`]: the async front: runs the registry's work on blocking threads and waits
 //!   for durability, so callers only `.await`.
@@ -27,6 +29,7 @@ pub mod ledger;
 mod pending;
 mod policy;
 pub mod registry;
+pub mod replicas;
 pub mod router;
 pub mod settings;
 pub mod state;
@@ -112,6 +115,11 @@ pub enum RouterError {
     InvalidState { router: String, reason: String },
     #[error("the server already has {max} routers (limits.max_routers = {max})")]
     TooManyRouters { max: usize },
+    /// Another replica owns the router (PostgreSQL backend): the request belongs there.
+    #[error(
+        "router {router:?} is served by the replica at {address}; this replica does not forward this request: send it there (gRPC requests are forwarded)"
+    )]
+    ServedElsewhere { router: String, address: String },
     /// The store refused the change: nothing was applied.
     #[error("cannot make the change durable: {0}")]
     StateWrite(#[source] StoreError),

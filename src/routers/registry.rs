@@ -418,7 +418,7 @@ impl Routers {
     }
 }
 
-fn validate_name(name: &str) -> Result<(), RouterError> {
+pub(super) fn validate_name(name: &str) -> Result<(), RouterError> {
     let valid = !name.is_empty()
         && name.len() <= MAX_ROUTER_NAME_LEN
         && name

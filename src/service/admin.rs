@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use super::{Service, ServiceError};
 use crate::models::{Encoder, EncoderSpec, ModelError, ModelSource, RewardModel, RewardModelSpec};
-use crate::routers::{RouterError, RouterInfo, RouterSettingsPatch};
+use crate::routers::{RouterError, RouterInfo, RouterSettingsPatch, StateEvent};
 use crate::telemetry::{self, metric};
 
 impl Service {
@@ -43,13 +43,18 @@ impl Service {
             return Err(ModelError::UnknownRewardModel { name }.into());
         }
         let ticket = self.routers.reward_model_removed(name.clone()).await?;
-        // Its worker stops when the last request holding it drops it.
-        let removed = self.reward_models.remove(&name)?;
-        metrics::gauge!(metric::RM_LOADED, "reward_model" => name.clone(), "provider" => removed.provider().to_string()).set(0.0);
-        metrics::gauge!(metric::RM_AVAILABLE, "reward_model" => name.clone()).set(0.0);
-        drop(removed);
+        self.unpublish_reward_model(&name)?;
         ticket.acknowledged().await?;
         tracing::info!(reward_model = %name, "reward model removed");
+        Ok(())
+    }
+
+    /// Take the RM `name` out of service; its worker stops when the last request holding
+    /// it drops it.
+    fn unpublish_reward_model(&self, name: &str) -> Result<(), ServiceError> {
+        let removed = self.reward_models.remove(name)?;
+        metrics::gauge!(metric::RM_LOADED, "reward_model" => name.to_string(), "provider" => removed.provider().to_string()).set(0.0);
+        metrics::gauge!(metric::RM_AVAILABLE, "reward_model" => name.to_string()).set(0.0);
         Ok(())
     }
 
@@ -96,6 +101,20 @@ impl Service {
         let info = self.routers.create(name, patch, serving).await?;
         tracing::info!(router = %info.name, "router created");
         Ok(info)
+    }
+
+    /// The address of the replica that serves router `name`, when that is another one
+    /// (replicas on PostgreSQL; a router nobody owns is taken over here).
+    pub async fn router_served_elsewhere(
+        &self,
+        name: &str,
+    ) -> Result<Option<String>, ServiceError> {
+        Ok(self.routers.served_elsewhere(name).await?)
+    }
+
+    /// Every router's name in the database the replicas share (`None`: no replicas).
+    pub async fn shared_router_names(&self) -> Result<Option<Vec<String>>, ServiceError> {
+        Ok(self.routers.shared_router_names().await?)
     }
 
     pub async fn router_info(&self, name: String) -> Result<RouterInfo, ServiceError> {
@@ -153,5 +172,58 @@ impl Service {
 
     pub fn list_encoders(&self) -> Vec<Arc<Encoder>> {
         self.encoders.list()
+    }
+}
+
+impl Service {
+    /// Replicas: load or unload the models that other replicas published or unpublished
+    /// through Admin since the last call (a model that fails to load here is reported and
+    /// left out; Scores on this replica do not see it).
+    pub async fn follow_catalog(&self) -> Result<(), ServiceError> {
+        let _admin = self.model_admin.lock().await;
+        for event in self.routers.catch_up_catalog().await? {
+            let done = match event {
+                StateEvent::RewardModelAdded { spec } => self.load_published(*spec).await,
+                StateEvent::RewardModelAddedV1 { spec } => {
+                    self.load_published((*spec).into()).await
+                }
+                StateEvent::RewardModelRemoved { name } if self.reward_models.contains(&name) => {
+                    self.unpublish_reward_model(&name)
+                }
+                StateEvent::EncoderAdded { spec } if !self.encoders.contains(&spec.name) => {
+                    Encoder::load_off_runtime(spec, ModelSource::Admin)
+                        .await
+                        .and_then(|encoder| self.encoders.insert(encoder).map(drop))
+                        .map_err(ServiceError::from)
+                }
+                StateEvent::EncoderRemoved { name } if self.encoders.contains(&name) => self
+                    .encoders
+                    .remove(&name)
+                    .map(drop)
+                    .map_err(ServiceError::from),
+                _ => Ok(()),
+            };
+            match done {
+                Ok(()) => tracing::info!("a model change made on another replica is applied here"),
+                Err(error) => {
+                    tracing::error!(%error, "a model change made on another replica cannot be applied here")
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Load and publish an RM another replica published (unless it is here already).
+    async fn load_published(&self, spec: RewardModelSpec) -> Result<(), ServiceError> {
+        if self.reward_models.contains(&spec.name) {
+            return Ok(());
+        }
+        let model = self
+            .reward_models
+            .load_off_runtime(spec, ModelSource::Admin)
+            .await?;
+        telemetry::record_reward_model_loaded(&model);
+        self.reward_models.insert(model)?;
+        Ok(())
     }
 }

@@ -80,15 +80,11 @@ pub struct StoreOptions {
     /// router's stream holds only that router, [`postgres::router_stream`]).
     pub postgres_stream: String,
     /// The PostgreSQL writer lease's length: a replica that does not renew it for this long
-    /// can be replaced by a standby.
+    /// can be replaced by another.
     pub lease: Duration,
-    /// PostgreSQL: wait as a standby while another server holds the lease (the server), or
-    /// fail at once (the `state` commands).
-    pub standby: bool,
-    /// PostgreSQL: the address this server registers with the lease, where standbys forward.
+    /// PostgreSQL: the address this server registers with the leases it holds, where other
+    /// replicas forward requests for the routers it owns.
     pub advertise: Option<String>,
-    /// PostgreSQL, while waiting as a standby: the lease holder's registered address.
-    pub owner: postgres::OwnerAddress,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -97,6 +93,27 @@ pub enum StoreError {
     Io { path: String, reason: String },
     #[error("state directory {path} is in use by another laser-router process")]
     Locked { path: String },
+    /// PostgreSQL: another replica holds the stream's writer lease.
+    #[error(
+        "{stream} is owned by another replica ({owner}, at {address:?}): its requests go there; stop it (or let its lease lapse) to write it here"
+    )]
+    Held {
+        stream: String,
+        owner: String,
+        address: String,
+    },
+    /// PostgreSQL: another replica took this stream's lease over (this one was paused or cut
+    /// off past its lease): nothing more is written here.
+    #[error(
+        "this replica no longer owns {stream} (another replica took its lease over); the change was not made: retry, and it goes to the new owner"
+    )]
+    Fenced { stream: String },
+    /// PostgreSQL: another replica appended to a shared stream (the catalog of models)
+    /// since this one last read it.
+    #[error(
+        "another replica changed {stream} at the same time; nothing was changed: retry in a second"
+    )]
+    Concurrent { stream: String },
     #[error(
         "{file} is corrupt at byte {offset}: {reason}; refusing to start with possibly wrong state (start with --recover-truncate to drop everything from there on)"
     )]
@@ -168,6 +185,8 @@ enum WriteFailure {
     NotDurable(String),
     /// The writer is gone.
     Stopped(String),
+    /// Another replica owns the stream now: the record is dropped, never written.
+    Fenced(String),
 }
 
 impl WriteFailure {
@@ -175,6 +194,7 @@ impl WriteFailure {
         match self {
             WriteFailure::NotDurable(reason) => StoreError::NotDurable { reason },
             WriteFailure::Stopped(reason) => StoreError::WriterStopped { reason },
+            WriteFailure::Fenced(stream) => StoreError::Fenced { stream },
         }
     }
 }
@@ -190,6 +210,8 @@ struct Append {
 #[derive(Default)]
 struct LogHealth {
     failing: Mutex<Option<String>>,
+    /// Another replica took the stream over (PostgreSQL): set once, for good.
+    fenced: Mutex<Option<String>>,
 }
 
 impl LogHealth {
@@ -199,6 +221,14 @@ impl LogHealth {
 
     fn set(&self, failing: Option<String>) {
         *self.failing.lock().expect("health lock poisoned") = failing;
+    }
+
+    fn fenced(&self) -> Option<String> {
+        self.fenced.lock().expect("health lock poisoned").clone()
+    }
+
+    fn set_fenced(&self, stream: &str) {
+        *self.fenced.lock().expect("health lock poisoned") = Some(stream.to_string());
     }
 }
 
@@ -270,8 +300,17 @@ pub struct Store {
     dir: PathBuf,
     writer: Option<Writer>,
     _lock: Option<File>,
-    /// Snapshots go to this database, under this lease (PostgreSQL backend).
-    postgres: Option<(String, postgres::Lease)>,
+    postgres: Option<PgStore>,
+}
+
+/// A store's stream in PostgreSQL.
+enum PgStore {
+    /// A stream this server holds the lease of (a router's): records through the writer,
+    /// snapshots to this database under this lease.
+    Leased { url: String, lease: postgres::Lease },
+    /// A stream every replica appends to, one record per transaction (the catalog of
+    /// models): no writer thread, no snapshots.
+    Shared(Box<postgres::SharedStream>),
 }
 
 impl Store {
@@ -329,7 +368,9 @@ impl Store {
         ))
     }
 
-    /// Open the state kept in PostgreSQL at `url`: the writer lock, the schema, recovery.
+    /// Open the stream `options.postgres_stream` kept in PostgreSQL at `url`: the schema,
+    /// the stream's writer lease ([`StoreError::Held`] while another replica holds it),
+    /// recovery.
     fn open_postgres(url: &str, options: &StoreOptions) -> Result<(Store, Recovered), StoreError> {
         let (sink, recovered) = postgres::PgSink::open(url, options)?;
         let lease = sink.lease().clone();
@@ -341,14 +382,71 @@ impl Store {
                 dir: shown,
                 writer: Some(writer),
                 _lock: None,
-                postgres: Some((url.to_string(), lease)),
+                postgres: Some(PgStore::Leased {
+                    url: url.to_string(),
+                    lease,
+                }),
             },
             recovered,
         ))
     }
 
+    /// Open `stream` at `url` as a stream every replica appends to (no lease; see
+    /// [`postgres::SharedStream`]), and recover what it holds.
+    pub fn open_shared(url: &str, stream: &str) -> Result<(Store, Recovered), StoreError> {
+        let (shared, recovered) = postgres::SharedStream::open(url, stream)?;
+        Ok((
+            Store {
+                dir: PathBuf::from(postgres::redacted(url)),
+                writer: None,
+                _lock: None,
+                postgres: Some(PgStore::Shared(Box::new(shared))),
+            },
+            recovered,
+        ))
+    }
+
+    /// The shared stream, when this store is one.
+    fn shared(&self) -> Option<&postgres::SharedStream> {
+        match &self.postgres {
+            Some(PgStore::Shared(shared)) => Some(shared),
+            _ => None,
+        }
+    }
+
     pub fn is_durable(&self) -> bool {
-        self.writer.is_some()
+        self.writer.is_some() || self.shared().is_some()
+    }
+
+    /// Whether another replica took this store's stream over (PostgreSQL): it writes
+    /// nothing more, and its state in memory is stale.
+    pub fn fenced(&self) -> bool {
+        self.writer
+            .as_ref()
+            .is_some_and(|w| w.health.fenced().is_some())
+    }
+
+    /// Who holds `stream`'s lease in this shared store's database, when another replica
+    /// (not at `address`) holds it unexpired (`None` too for other stores).
+    pub fn lease_holder(
+        &self,
+        stream: &str,
+        address: &str,
+    ) -> Result<Option<postgres::Holder>, StoreError> {
+        match self.shared() {
+            Some(shared) => shared.holder(stream, address),
+            None => Ok(None),
+        }
+    }
+
+    /// Records appended to a shared stream by other replicas since this store last read or
+    /// wrote it, in order (none for other stores). The caller applies them before anything
+    /// else is appended.
+    pub fn read_new(&self) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
+        match self.shared() {
+            Some(shared) => shared.read_new(),
+            None => Ok(Vec::new()),
+        }
     }
 
     /// Directory of the state files (the database's URL, password hidden, on PostgreSQL).
@@ -358,6 +456,9 @@ impl Store {
 
     /// Sequence number of the last record handed to [`Store::append`] (0 when none).
     pub fn last_seq(&self) -> u64 {
+        if let Some(shared) = self.shared() {
+            return shared.last_seq();
+        }
         self.writer
             .as_ref()
             .map(|w| *w.next_seq.lock().expect("seq lock poisoned") - 1)
@@ -372,10 +473,18 @@ impl Store {
 
     /// Queue `payload` as the next record. Records are written in the order of the calls.
     /// Refused while the log is failing ([`Store::unwritable`]): nothing is queued then.
+    /// On a shared stream the record is committed before this returns (blocking).
     pub fn append(&self, payload: Vec<u8>) -> Result<Durable, StoreError> {
+        if let Some(shared) = self.shared() {
+            shared.append(&payload)?;
+            return Ok(Durable::done());
+        }
         let Some(writer) = &self.writer else {
             return Ok(Durable::done());
         };
+        if let Some(stream) = writer.health.fenced() {
+            return Err(StoreError::Fenced { stream });
+        }
         if let Some(reason) = writer.health.failing() {
             return Err(StoreError::Unwritable { reason });
         }
@@ -402,11 +511,13 @@ impl Store {
     /// Write a snapshot of the state after record `seq` atomically, then delete what it
     /// makes redundant. Blocking (file I/O and fsync): run it off the async runtime.
     pub fn write_snapshot(&self, seq: u64, payload: &[u8]) -> Result<u64, StoreError> {
-        if self.writer.is_none() {
-            return Ok(0);
-        }
-        if let Some((url, lease)) = &self.postgres {
-            return postgres::write_snapshot(url, lease, seq, payload);
+        match &self.postgres {
+            Some(PgStore::Leased { url, lease }) => {
+                return postgres::write_snapshot(url, lease, seq, payload);
+            }
+            Some(PgStore::Shared(_)) => return Ok(0),
+            None if self.writer.is_none() => return Ok(0),
+            None => {}
         }
         let path = self.dir.join(format!("snapshot-{seq:020}.snap"));
         let temp = self.dir.join(format!("snapshot-{seq:020}.snap.tmp"));
@@ -490,10 +601,6 @@ enum SinkError {
     Fenced(String),
 }
 
-/// Exit status of a server that lost its writer lease to another replica (it steps down; its
-/// supervisor restarts it as a standby, which reloads the state from the database).
-pub const FENCED_EXIT_CODE: i32 = 75;
-
 /// The writer thread: group commit, and what happens when a write fails.
 ///
 /// A failed write (disk full, I/O error, the database gone) does not stop it: nothing
@@ -502,8 +609,10 @@ pub const FENCED_EXIT_CODE: i32 = 75;
 /// applied them already; they were never acknowledged), and the log's health reports the
 /// failure, so new changes are refused before they are applied. Every [`RETRY_INTERVAL`]
 /// the kept records are written again, with anything queued meanwhile; once they are
-/// durable the log is healthy again. A fenced sink (another replica holds the lease) makes
-/// the process step down: it exits with [`FENCED_EXIT_CODE`], nothing more written.
+/// durable the log is healthy again. A fenced sink (another replica took the stream's lease
+/// over) writes nothing more: what it holds and everything appended later fails with
+/// [`StoreError::Fenced`] (never acknowledged), and the store says so ([`Store::fenced`]),
+/// so its owner drops it.
 struct LogWriter {
     health: Arc<LogHealth>,
 }
@@ -523,7 +632,9 @@ impl LogWriter {
                 Err(RecvTimeoutError::Timeout) if kept.is_empty() => {
                     match sink.idle() {
                         Ok(()) => {}
-                        Err(SinkError::Fenced(reason)) => step_down(&reason),
+                        Err(SinkError::Fenced(stream)) => {
+                            return self.fenced(&stream, kept, Vec::new(), receiver);
+                        }
                         Err(SinkError::Failed(reason)) => {
                             tracing::warn!(%reason, "state store idle check failed")
                         }
@@ -546,7 +657,9 @@ impl LogWriter {
                 .collect();
             if let Err(error) = sink.write(&records) {
                 let reason = match error {
-                    SinkError::Fenced(reason) => step_down(&reason),
+                    SinkError::Fenced(stream) => {
+                        return self.fenced(&stream, kept, batch, receiver);
+                    }
                     SinkError::Failed(reason) => reason,
                 };
                 if self.health.failing().is_none() {
@@ -576,11 +689,28 @@ impl LogWriter {
     }
 }
 
-/// Another replica owns the state: stop at once, writing nothing more.
-fn step_down(reason: &str) -> ! {
-    tracing::error!(%reason, "this server lost the state's writer lease to another replica: stepping down");
-    eprintln!("laser-router: stepping down: {reason}");
-    std::process::exit(FENCED_EXIT_CODE)
+impl LogWriter {
+    /// Another replica owns the stream: fail what is held and everything appended from now
+    /// on, writing nothing more.
+    fn fenced(
+        self,
+        stream: &str,
+        kept: Vec<(u64, Vec<u8>)>,
+        batch: Vec<Append>,
+        receiver: Receiver<Append>,
+    ) {
+        tracing::error!(
+            %stream,
+            dropped = kept.len() + batch.len(),
+            "another replica took this stream's writer lease over: stepping down from it"
+        );
+        self.health.set_fenced(stream);
+        for append in batch.into_iter().chain(receiver) {
+            let _ = append
+                .done
+                .send(Err(WriteFailure::Fenced(stream.to_string())));
+        }
+    }
 }
 
 /// Log segment files: one sequential write and one `fdatasync` per batch; a failed write

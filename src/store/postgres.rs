@@ -41,10 +41,6 @@ use tokio_postgres::{Client, NoTls, Statement};
 
 use super::{RecordSink, Recovered, SNAPSHOT_VERSION, SinkError, StoreError, StoreOptions};
 
-/// The lease holder's registered address, as a standby last read it (`None`: nobody, or
-/// this server is taking over).
-pub type OwnerAddress = std::sync::Arc<std::sync::Mutex<Option<String>>>;
-
 /// Key of the transaction advisory lock held while the schema is created or migrated.
 const SCHEMA_LOCK: i64 = 0x4c41_5345_525f_5343; // "LASER_SC"
 /// The schema this server writes.
@@ -238,8 +234,10 @@ pub struct Holder {
     pub address: String,
 }
 
-/// Take `stream`'s lease (creating its row) when it is free or expired; otherwise say who
-/// holds it. One attempt.
+/// Take `stream`'s lease (creating its row) when it is free or expired, or held by an
+/// earlier process at this server's `address` (a replica restarted in place takes its
+/// routers back at once: an address names one replica); otherwise say who holds it. One
+/// attempt.
 pub(crate) async fn try_take_lease(
     client: &Client,
     stream: &str,
@@ -258,7 +256,8 @@ pub(crate) async fn try_take_lease(
         .query_opt(
             "UPDATE laser_lease SET owner = $1, epoch = epoch + 1,
                  expires_at = now() + make_interval(secs => $2), address = $3
-             WHERE stream = $4 AND (owner = '' OR expires_at < now()) RETURNING epoch",
+             WHERE stream = $4 AND (owner = '' OR expires_at < now() OR (address = $3 AND $3 <> ''))
+             RETURNING epoch",
             &[&owner, &length.as_secs_f64(), &address, &stream],
         )
         .await?;
@@ -284,51 +283,34 @@ pub(crate) async fn try_take_lease(
     }))
 }
 
-/// Take the lease of `options.postgres_stream` when it is free or expired; otherwise wait
-/// as a standby until it is (or, not `standby`, fail with [`StoreError::Locked`]).
+/// Take the lease of `options.postgres_stream` when it is free or expired; otherwise
+/// [`StoreError::Held`], naming the holder.
 async fn take_lease(
     client: &Client,
     url: &str,
     options: &StoreOptions,
 ) -> Result<Lease, StoreError> {
-    let (length, standby) = (options.lease, options.standby);
+    let stream = &options.postgres_stream;
     let address = options.advertise.clone().unwrap_or_default();
-    let error = |e| unavailable(url, db_error(url)(e));
-    let mut waiting = false;
-    loop {
-        let holder = match try_take_lease(client, &options.postgres_stream, length, &address)
-            .await
-            .map_err(&error)?
-        {
-            Ok(lease) => {
-                // Taking over: nothing to forward to any more.
-                *options.owner.lock().expect("owner lock poisoned") = None;
-                return Ok(lease);
-            }
-            Err(holder) => holder,
-        };
-        let Holder {
-            owner: holder,
-            address: holder_address,
-        } = holder;
-        *options.owner.lock().expect("owner lock poisoned") =
-            (!holder_address.is_empty()).then_some(holder_address);
-        if !waiting {
-            if !standby {
-                return Err(StoreError::Locked {
-                    path: format!(
-                        "{} (the state's writer lease is held: {holder} holds it; stop that server first)",
-                        redacted(url)
-                    ),
-                });
-            }
-            tracing::info!(%holder, "the state's writer lease is held: waiting as a standby");
-            eprintln!(
-                "laser-router: standby: {holder} holds the state's writer lease; taking over when it lapses"
-            );
-            waiting = true;
-        }
-        tokio::time::sleep((length / 4).max(Duration::from_millis(100))).await;
+    match try_take_lease(client, stream, options.lease, &address)
+        .await
+        .map_err(|e| unavailable(url, db_error(url)(e)))?
+    {
+        Ok(lease) => Ok(lease),
+        Err(holder) => Err(StoreError::Held {
+            stream: shown_stream(stream),
+            owner: holder.owner,
+            address: holder.address,
+        }),
+    }
+}
+
+/// A stream's name in messages.
+pub fn shown_stream(stream: &str) -> String {
+    match stream.strip_prefix("router/") {
+        Some(router) => format!("router {router:?}"),
+        None if stream.is_empty() => "the state's catalog".to_string(),
+        None => format!("stream {stream:?}"),
     }
 }
 
@@ -349,7 +331,7 @@ async fn renew(
     if renewed == 1 {
         Ok(())
     } else {
-        Err(fenced(url, lease))
+        Err(fenced(lease))
     }
 }
 
@@ -362,12 +344,8 @@ fn columns<'a>(records: &[(u64, &'a [u8])]) -> (Vec<i64>, Vec<&'a [u8]>) {
 }
 
 /// The lease is another server's now.
-fn fenced(url: &str, lease: &Lease) -> SinkError {
-    SinkError::Fenced(format!(
-        "{}: the writer lease (epoch {}) was taken by another replica",
-        redacted(url),
-        lease.epoch
-    ))
+fn fenced(lease: &Lease) -> SinkError {
+    SinkError::Fenced(shown_stream(&lease.stream))
 }
 
 /// The writer's side: records committed in batches, each under the lease.
@@ -455,7 +433,7 @@ impl PgSink {
                 .map_err(failed)?;
             let held: i64 = row.get(0);
             if held != 1 {
-                return Err(fenced(url, lease));
+                return Err(fenced(lease));
             }
             return Ok(());
         }
@@ -554,6 +532,229 @@ impl RecordSink for PgSink {
     fn idle(&mut self) -> Result<(), SinkError> {
         self.on_connection(async |client, _, url, lease| renew(&*client, url, lease).await)
     }
+}
+
+/// A stream that every replica appends to (the catalog of models: rare changes), without a
+/// lease: each append is one transaction that locks the stream's lease row (so appends are
+/// serialized), checks that nobody appended since this replica last read the stream
+/// ([`StoreError::Concurrent`] otherwise: the caller reads what is new first), and inserts
+/// the next record. Replicas read what the others appended with [`SharedStream::read_new`].
+pub(crate) struct SharedStream {
+    url: String,
+    stream: String,
+    inner: std::sync::Mutex<SharedInner>,
+}
+
+struct SharedInner {
+    /// `Some` until dropped (see the `Drop` below).
+    runtime: Option<tokio::runtime::Runtime>,
+    /// The kept connection (`None`: make one at the next use).
+    client: Option<Client>,
+    /// The last record read or written.
+    last_seq: u64,
+}
+
+impl Drop for SharedInner {
+    /// The store may be dropped on the async runtime (at shutdown), where a runtime cannot
+    /// be dropped: let it go in the background.
+    fn drop(&mut self) {
+        self.client.take();
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
+impl SharedStream {
+    /// Connect, create or migrate the schema, and read what `stream` holds. Blocking.
+    pub(super) fn open(url: &str, stream: &str) -> Result<(Self, Recovered), StoreError> {
+        let failed = |reason| unavailable(url, reason);
+        let runtime = runtime().map_err(failed)?;
+        let (client, recovered) = runtime
+            .block_on(async {
+                let mut client = connect(url).await?;
+                migrate(&mut client, url).await?;
+                let recovered = recover(&client, url, stream).await?;
+                Ok::<_, String>((client, recovered))
+            })
+            .map_err(failed)?;
+        let last_seq = recovered.next_seq() - 1;
+        Ok((
+            Self {
+                url: url.to_string(),
+                stream: stream.to_string(),
+                inner: std::sync::Mutex::new(SharedInner {
+                    runtime: Some(runtime),
+                    client: Some(client),
+                    last_seq,
+                }),
+            },
+            recovered,
+        ))
+    }
+
+    pub(super) fn last_seq(&self) -> u64 {
+        self.inner
+            .lock()
+            .expect("shared stream lock poisoned")
+            .last_seq
+    }
+
+    /// Run `op` on the kept connection (or a new one); the connection is kept only when
+    /// `op` succeeds. Blocking.
+    fn with_client<T>(
+        &self,
+        op: impl AsyncFnOnce(&mut Client, &str, &str, u64) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let mut inner = self.inner.lock().expect("shared stream lock poisoned");
+        let client = inner.client.take();
+        let last_seq = inner.last_seq;
+        let (url, stream) = (&self.url, &self.stream);
+        let runtime = inner.runtime.as_ref().expect("taken only when dropped");
+        let (client, done) = runtime.block_on(async {
+            let mut client = match client {
+                Some(client) if !client.is_closed() => client,
+                _ => match connect(url).await {
+                    Ok(client) => client,
+                    Err(reason) => return (None, Err(unavailable(url, reason))),
+                },
+            };
+            let done = op(&mut client, url, stream, last_seq).await;
+            (Some(client), done)
+        });
+        if done.is_ok() {
+            inner.client = client;
+        }
+        done
+    }
+
+    /// Append `payload` as the next record, committed before this returns.
+    pub(super) fn append(&self, payload: &[u8]) -> Result<(), StoreError> {
+        let seq = self.with_client(async |client, url, stream, last_seq| {
+            let error = |e| StoreError::Unwritable {
+                reason: db_error(url)(e),
+            };
+            let transaction = client.transaction().await.map_err(error)?;
+            transaction
+                .execute(
+                    "INSERT INTO laser_lease (stream, owner, epoch, expires_at, address)
+                     VALUES ($1, '', 0, 'epoch', '') ON CONFLICT (stream) DO NOTHING",
+                    &[&stream],
+                )
+                .await
+                .map_err(error)?;
+            transaction
+                .execute(
+                    "SELECT 1 FROM laser_lease WHERE stream = $1 FOR UPDATE",
+                    &[&stream],
+                )
+                .await
+                .map_err(error)?;
+            let newest: i64 = transaction
+                .query_one(
+                    "SELECT greatest(
+                         (SELECT coalesce(max(seq), 0) FROM laser_records WHERE stream = $1),
+                         (SELECT coalesce(max(seq), 0) FROM laser_snapshots WHERE stream = $1))",
+                    &[&stream],
+                )
+                .await
+                .map_err(error)?
+                .get(0);
+            if newest as u64 != last_seq {
+                return Err(StoreError::Concurrent {
+                    stream: shown_stream(stream),
+                });
+            }
+            let seq = last_seq + 1;
+            transaction
+                .execute(
+                    "INSERT INTO laser_records (stream, seq, payload) VALUES ($1, $2, $3)",
+                    &[&stream, &(seq as i64), &payload],
+                )
+                .await
+                .map_err(error)?;
+            transaction.commit().await.map_err(error)?;
+            Ok(seq)
+        })?;
+        self.inner
+            .lock()
+            .expect("shared stream lock poisoned")
+            .last_seq = seq;
+        Ok(())
+    }
+
+    /// Who holds `stream`'s lease, when another process holds it unexpired (read on this
+    /// stream's connection).
+    /// (A holder at `address`, this server's, is an earlier process of this replica: not
+    /// another.)
+    pub(super) fn holder(&self, stream: &str, address: &str) -> Result<Option<Holder>, StoreError> {
+        self.with_client(async |client, url, _, _| {
+            let row = client
+                .query_opt(
+                    "SELECT owner, address FROM laser_lease
+                     WHERE stream = $1 AND owner NOT IN ('', $2) AND expires_at > now()
+                       AND address <> $3",
+                    &[&stream, &owner_name(), &address],
+                )
+                .await
+                .map_err(|e| unavailable(url, db_error(url)(e)))?;
+            Ok(row.map(|row| Holder {
+                owner: row.get(0),
+                address: row.get(1),
+            }))
+        })
+    }
+
+    /// The records other replicas appended since this one last read or wrote, in order;
+    /// they count as read once returned.
+    pub(super) fn read_new(&self) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
+        let records = self.with_client(async |client, url, stream, last_seq| {
+            let rows = client
+                .query(
+                    "SELECT seq, payload FROM laser_records WHERE stream = $1 AND seq > $2
+                     ORDER BY seq",
+                    &[&stream, &(last_seq as i64)],
+                )
+                .await
+                .map_err(|e| unavailable(url, db_error(url)(e)))?;
+            Ok(rows
+                .iter()
+                .map(|row| (row.get::<_, i64>(0) as u64, row.get::<_, Vec<u8>>(1)))
+                .collect::<Vec<_>>())
+        })?;
+        if let Some((seq, _)) = records.last() {
+            self.inner
+                .lock()
+                .expect("shared stream lock poisoned")
+                .last_seq = *seq;
+        }
+        Ok(records)
+    }
+}
+
+/// The routers that have a stream at `url` (by name). Blocking.
+pub fn router_stream_names(url: &str) -> Result<Vec<String>, StoreError> {
+    let failed = |reason| unavailable(url, reason);
+    let runtime = runtime().map_err(failed)?;
+    runtime
+        .block_on(async {
+            let client = connect(url).await?;
+            let rows = client
+                .query(
+                    "SELECT stream FROM laser_lease WHERE stream LIKE 'router/%' ORDER BY stream",
+                    &[],
+                )
+                .await
+                .map_err(db_error(url))?;
+            Ok(rows
+                .iter()
+                .filter_map(|row| {
+                    let stream: &str = row.get(0);
+                    stream.strip_prefix("router/").map(str::to_string)
+                })
+                .collect())
+        })
+        .map_err(failed)
 }
 
 /// Read the newest snapshot and every record after it.

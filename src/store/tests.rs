@@ -11,9 +11,7 @@ fn options() -> StoreOptions {
         postgres_url: None,
         postgres_stream: String::new(),
         lease: Duration::from_secs(10),
-        standby: false,
         advertise: None,
-        owner: Default::default(),
     }
 }
 

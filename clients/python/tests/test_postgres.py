@@ -1,7 +1,9 @@
 """The PostgreSQL state backend against a real PostgreSQL (a throwaway cluster): state survives
-a SIGKILL exactly (snapshots in chunks, records after them), a second server on the same
-database is refused, and PostgreSQL stopped under traffic gives clean UNAVAILABLE, health
-NOT_SERVING, and service resuming by itself with nothing acknowledged lost."""
+a SIGKILL exactly (snapshots in chunks, records after them); replicas share the database, one
+owner per router, forwarding to each other, taking routers over from dead owners and fencing
+paused ones; models published on one replica serve on all; PostgreSQL stopped under traffic
+gives clean UNAVAILABLE, health NOT_SERVING, and service resuming by itself with nothing
+acknowledged lost; a schema 1 database is migrated."""
 
 import random
 import signal
@@ -13,7 +15,9 @@ import time
 import grpc
 import pytest
 
-from conftest import CONFIG, Server, binary, free_port, make_certificates
+import urllib.request
+
+from conftest import CONFIG, FIXTURES, Server, binary, free_port, make_certificates
 from laser_router_client import LaserRouterClient, LaserRouterError, Query
 from postgres_cluster import PostgresCluster
 
@@ -59,15 +63,15 @@ def test_state_in_postgres_survives_a_kill_exactly_with_snapshots_in_chunks(post
         before = arms(client, "pg")
         assert before[1] == 10 and sum(s for s, _ in before[0].values()) == 70
         deadline = time.time() + 30
-        while postgres.sql("SELECT count(*) FROM laser_snapshots") == "0":
+        stream = "stream = 'router/pg'"
+        while postgres.sql(f"SELECT count(*) FROM laser_snapshots WHERE {stream}") == "0":
             assert time.time() < deadline, "no snapshot was written"
             time.sleep(0.2)
-        chunks = int(postgres.sql("SELECT max(chunks) FROM laser_snapshots"))
+        chunks = int(postgres.sql(f"SELECT max(chunks) FROM laser_snapshots WHERE {stream}"))
         assert chunks >= 2, chunks
-        snapshot_seq = int(postgres.sql("SELECT max(seq) FROM laser_snapshots"))
-        assert postgres.sql(f"SELECT count(*) FROM laser_records WHERE seq <= {snapshot_seq}") == "0"
+        snapshot_seq = int(postgres.sql(f"SELECT max(seq) FROM laser_snapshots WHERE {stream}"))
+        assert postgres.sql(f"SELECT count(*) FROM laser_records WHERE {stream} AND seq <= {snapshot_seq}") == "0"
         server.kill()
-        # A second server cannot take the database while the first... is gone: it can now.
         server.start()
         server.wait_ready()
         assert arms(client, "pg") == before
@@ -75,45 +79,67 @@ def test_state_in_postgres_survives_a_kill_exactly_with_snapshots_in_chunks(post
         server.stop()
 
 
-def test_a_second_server_forwards_as_a_standby_and_takes_over(postgres):
+def owner_of(postgres, router) -> str:
+    """The address registered by the replica holding `router`'s lease ('' when none)."""
+    return postgres.sql(f"SELECT address FROM laser_lease WHERE stream = 'router/{router}' AND owner <> ''")
+
+
+def forwarded(server) -> float:
+    """Requests `server` forwarded to the owners of their routers."""
+    text = urllib.request.urlopen(server.metrics, timeout=10).read().decode()
+    return sum(float(line.split()[-1]) for line in text.splitlines()
+               if line.startswith("laser_requests_forwarded_total"))
+
+
+def test_routers_are_spread_over_replicas_and_forwarded_to_their_owners(postgres):
+    """Each router is owned by the replica that first served it; the other replica forwards
+    its requests there; ListRouters on either lists both; a dead owner's router is taken
+    over (its state, its pending decision) by the replica asked next, once the lease lapses."""
     first = Server(free_port(), config(postgres, lease_seconds=1.0)).wait_ready()
-    second = Server(free_port(), config(postgres, lease_seconds=1.0))
+    second = Server(free_port(), config(postgres, lease_seconds=1.0)).wait_ready()
     try:
-        client = LaserRouterClient(first.address)
-        client.create_router("r", context_dim=4)
-        (result,) = client.score("r", [Query(id="q", context=[1, 0, 0, 0], prompt="p", responses=["a", "b"])])
-        client.feedback("r", [result.decision_id], loss=0.2)
-        # The standby forwards what reaches it to the lease holder.
-        time.sleep(1.0)
-        forwarded = LaserRouterClient(second.address)
-        (pending,) = forwarded.score("r", [Query(id="q", context=[0, 1, 0, 0], prompt="p", responses=["a", "b"])])
-        before = arms(client, "r")
-        assert before == arms(forwarded, "r") and before[1] == 1
-        assert second.process.poll() is None
-        first.kill()
+        one, two = LaserRouterClient(first.address), LaserRouterClient(second.address)
+        one.create_router("a", context_dim=4)
+        two.create_router("b", context_dim=4)
+        assert owner_of(postgres, "a") == first.address and owner_of(postgres, "b") == second.address
+        # Each replica answers for both routers: the other's through its owner.
+        (result,) = two.score("a", [Query(id="q", context=[1, 0, 0, 0], prompt="p", responses=["a", "b"])])
+        assert one.feedback("a", [result.decision_id], loss=0.2)["applied"] == 1
+        (pending,) = one.score("b", [Query(id="q", context=[0, 1, 0, 0], prompt="p", responses=["a", "b"])])
+        assert forwarded(first) >= 1 and forwarded(second) >= 1
+        assert owner_of(postgres, "a") == first.address and owner_of(postgres, "b") == second.address
+        for client in (one, two):
+            assert sorted(r.name for r in client.list_routers()) == ["a", "b"]
+            assert arms(client, "a") == arms(one, "a") and arms(client, "b") == arms(two, "b")
+        before = arms(one, "b")
+        assert before[1] == 1
+        second.kill()
         killed = time.time()
-        second.wait_ready(timeout=30)
-        takeover = time.time() - killed
-        assert takeover < 10, takeover
-        standby = LaserRouterClient(second.address)
-        assert arms(standby, "r") == before
-        # One channel over both replicas reaches whichever holds the lease.
-        both = LaserRouterClient(channel=grpc.insecure_channel(
-            f"ipv4:{first.address},{second.address}", options=[("grpc.default_authority", "laser-router")]))
-        assert arms(both, "r") == before
+        while True:  # the replica asked next takes the router over once its lease lapses
+            try:
+                after = arms(LaserRouterClient(first.address, retries=0, timeout=3), "b")
+                break
+            except LaserRouterError as error:
+                assert error.code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED), error
+                assert time.time() - killed < 20, "no takeover"
+                time.sleep(0.05)
+        print(f"takeover of router b after SIGKILL: {time.time() - killed:.2f} s (lease 1 s)")
+        assert after == before and owner_of(postgres, "b") == first.address
         # The decision pending at the takeover is still there, and takes its feedback once.
-        assert standby.feedback("r", [pending.decision_id], loss=0.1)["applied"] == 1
+        assert one.feedback("b", [pending.decision_id], loss=0.1)["applied"] == 1
+        assert one.feedback("b", [pending.decision_id], loss=0.1)["applied"] == 0
     finally:
         first.stop()
         second.stop()
 
 
-def test_a_standby_with_tls_passes_connections_through_to_the_owner(postgres, tmp_path):
+def test_replicas_with_tls_forward_over_tls(postgres, tmp_path):
     ca = make_certificates(tmp_path)
-    tls = f'[server.tls]\ncert_path = "{tmp_path / "server.pem"}"\nkey_path = "{tmp_path / "server.key"}"\n'
+    tls = (f'[server.tls]\ncert_path = "{tmp_path / "server.pem"}"\nkey_path = "{tmp_path / "server.key"}"\n'
+           f'peer_ca_path = "{tmp_path / "ca.pem"}"\n')
     text = config(postgres, lease_seconds=1.0).replace("[routers]\n", tls + "[routers]\n", 1)
     first = Server(free_port(), text).wait_ready()
-    second = Server(free_port(), text)
+    second = Server(free_port(), text).wait_ready()
     try:
         def tls_client(server):  # by the name the certificate carries
             return LaserRouterClient(server.address.replace("127.0.0.1", "localhost"), root_certificates=ca)
@@ -121,67 +147,97 @@ def test_a_standby_with_tls_passes_connections_through_to_the_owner(postgres, tm
         owner = tls_client(first)
         owner.create_router("r", context_dim=4)
         (result,) = owner.score("r", [Query(id="q", context=[1, 0, 0, 0], prompt="p", responses=["a", "b"])])
-        time.sleep(1.0)
-        # TLS end to end through the standby's port: the owner's certificate, the owner's state.
         through = tls_client(second)
         assert through.feedback("r", [result.decision_id], loss=0.2)["applied"] == 1
         assert arms(through, "r") == arms(owner, "r") and arms(owner, "r")[1] == 0
-        assert second.process.poll() is None
-        first.kill()
-        second.wait_ready(timeout=30)
-        # The client's next connection reaches the new owner, which serves the same state.
-        assert arms(through, "r") == arms(tls_client(second), "r")
-        assert sum(s for s, _ in arms(through, "r")[0].values()) == 1
+        assert owner_of(postgres, "r") == first.address and forwarded(second) >= 2
     finally:
         first.stop()
         second.stop()
 
 
 def test_a_paused_owner_is_fenced_and_steps_down(postgres):
-    """SIGSTOP the owner past its lease, let a standby take over and serve, SIGCONT the old
-    owner: none of its writes land, and it exits (steps down)."""
+    """SIGSTOP the owner of a router past its lease, let another replica take the router over
+    and serve it, SIGCONT the old owner: none of its writes land, and it steps down from the
+    router (forwarding its requests to the new owner) while it keeps running."""
     owner = Server(free_port(), config(postgres, lease_seconds=1.0)).wait_ready()
-    standby = Server(free_port(), config(postgres, lease_seconds=1.0))
+    other = Server(free_port(), config(postgres, lease_seconds=1.0)).wait_ready()
     try:
         old = LaserRouterClient(owner.address, retries=0, timeout=5)
         old.create_router("r", context_dim=4)
         (result,) = old.score("r", [Query(id="q", context=[1, 0, 0, 0], prompt="p", responses=["a", "b"])])
         old.feedback("r", [result.decision_id], loss=0.2)
         owner.process.send_signal(signal.SIGSTOP)
-        standby.wait_ready(timeout=30)
-        new = LaserRouterClient(standby.address)
+        time.sleep(1.5)
+        new = LaserRouterClient(other.address, timeout=10)
         for i in range(3):
             (result,) = new.score("r", [Query(id=str(i), context=[0, 1, 0, 0], prompt="p", responses=["a", "b"])])
             new.feedback("r", [result.decision_id], loss=0.3)
-        after_takeover = arms(new, "r")
+        assert owner_of(postgres, "r") == other.address
         owner.process.send_signal(signal.SIGCONT)
-        with pytest.raises(LaserRouterError):
-            # Served from its stale memory at most until its write is refused.
-            for i in range(20):
+        served = 0
+        for i in range(20):
+            # Its stale copy may answer a Score until its first write is refused; from then
+            # on its requests for the router go to the new owner.
+            try:
                 old.score("r", [Query(id="late", context=[0, 0, 1, 0], prompt="p", responses=["a", "b"])])
-                time.sleep(0.1)
-        assert owner.process.wait(timeout=10) == 75, "the fenced owner steps down"
-        assert arms(new, "r") == after_takeover
-        standby.kill()
-        standby.start()
-        standby.wait_ready(timeout=30)
-        assert arms(LaserRouterClient(standby.address), "r") == after_takeover, "no write of the old owner landed"
+                served += 1
+            except LaserRouterError as error:
+                assert error.code == grpc.StatusCode.UNAVAILABLE, error
+            time.sleep(0.1)
+        assert served >= 15 and forwarded(owner) >= 15, "the old owner forwards to the new one"
+        assert owner.process.poll() is None, "it steps down from the router, not from serving"
+        after = arms(new, "r")
+        assert sum(s for s, _ in after[0].values()) == 4 + served
+        other.kill()
+        other.start()
+        other.wait_ready(timeout=30)
+        assert arms(LaserRouterClient(other.address), "r") == after, "no write of the old owner landed"
     finally:
         if owner.process.poll() is None:
             owner.process.send_signal(signal.SIGCONT)
         owner.stop()
-        standby.stop()
+        other.stop()
+
+
+def test_models_published_on_one_replica_serve_on_all(postgres):
+    """AddRewardModel on one replica: the others load it from the catalog; RemoveRewardModel
+    likewise."""
+    first = Server(free_port(), config(postgres)).wait_ready()
+    second = Server(free_port(), config(postgres)).wait_ready()
+    try:
+        one, two = LaserRouterClient(first.address), LaserRouterClient(second.address)
+        one.add_reward_model(name="length2", model_path=str(FIXTURES / "length" / "model.onnx"),
+                             tokenizer_path=str(FIXTURES / "tokenizer.json"), input_format="pair",
+                             output_name="logits")
+
+        def names(client):
+            return sorted(m.name for m in client.list_reward_models())
+
+        deadline = time.time() + 20
+        while "length2" not in names(two):
+            assert time.time() < deadline, "the other replica did not load the model"
+            time.sleep(0.2)
+        two.create_router("uses", context_dim=4)
+        assert {a.reward_model for a in two.get_router("uses").arms} == {"length", "polite", "length2"}
+        two.remove_reward_model("polite")
+        while "polite" in names(one):
+            assert time.time() < deadline, "the other replica did not unload the model"
+            time.sleep(0.2)
+    finally:
+        first.stop()
+        second.stop()
 
 
 def test_owners_killed_under_traffic_lose_nothing_acknowledged(postgres):
-    """3 replicas on one database, 4 trainers, the owner SIGKILLed 10 times at random moments
-    (and restarted as a standby): every acknowledged feedback counted exactly once, decisions
-    left pending survive, takeover times printed."""
-    replicas = [Server(free_port(), config(postgres, lease_seconds=0.5)).wait_ready(timeout=30)]
-    replicas += [Server(free_port(), config(postgres, lease_seconds=0.5)) for _ in range(2)]
+    """3 replicas on one database, 4 trainers sending to any of them, the owner of their
+    router SIGKILLed 10 times at random moments (and restarted): every acknowledged feedback
+    counted exactly once, decisions left pending survive, takeover times printed."""
+    replicas = [Server(free_port(), config(postgres, lease_seconds=0.5)).wait_ready(timeout=30) for _ in range(3)]
     addresses = [r.address for r in replicas]
     owner = [0]
     LaserRouterClient(addresses[0]).create_router("chaos", context_dim=4)
+    lease = "FROM laser_lease WHERE stream = 'router/chaos'"
     fed = set()  # decisions whose feedback was acknowledged
     unfed = []  # acknowledged decisions deliberately left pending
     stop = threading.Event()
@@ -218,12 +274,12 @@ def test_owners_killed_under_traffic_lose_nothing_acknowledged(postgres):
         rng = random.Random(7)
         for _ in range(10):
             time.sleep(rng.uniform(0.3, 1.2))
-            epoch = int(postgres.sql("SELECT epoch FROM laser_lease"))
+            epoch = int(postgres.sql(f"SELECT epoch {lease}"))
             replicas[owner[0]].kill()
             killed = time.time()
-            replicas[owner[0]].start()  # back as a standby (it may win the lease itself)
+            replicas[owner[0]].start()  # back (it may take the router over itself)
             while True:
-                new_epoch, holder = postgres.sql("SELECT epoch, address FROM laser_lease").split("|")
+                new_epoch, holder = postgres.sql(f"SELECT epoch, address {lease}").split("|")
                 if int(new_epoch) > epoch and serving(replicas[addresses.index(holder)]):
                     owner[0] = addresses.index(holder)
                     break
@@ -315,35 +371,38 @@ def test_postgres_restarted_under_traffic(postgres):
 
 
 def test_a_stopping_owner_hands_the_lease_over_and_state_commands_respect_it(postgres):
-    """SIGTERM: the owner hands the lease back on its way out, so a standby takes over at
-    once, well before a 30 s lease would lapse. `laser-router state inspect` on the database
-    fails at once while a server holds the lease, and reads the state once none does."""
+    """SIGTERM: the owner hands its routers' leases back on its way out, so another replica
+    takes a router over at once, well before a 30 s lease would lapse. `laser-router state
+    inspect` on the database names the owner of a router a replica holds, and reads the
+    router's state once none does; `state export` of an owned router is refused."""
     slow_lease = config(postgres, lease_seconds=30.0)
     owner = Server(free_port(), slow_lease).wait_ready()
-    standby = Server(free_port(), slow_lease)
+    other = Server(free_port(), slow_lease).wait_ready()
     try:
         client = LaserRouterClient(owner.address)
         client.create_router("handover", context_dim=4)
         client.score("handover", [Query(id="q", context=[1, 0, 0, 0], prompt="p", responses=["a", "b"])])
         config_file = owner.dir.name + "/config.toml"
         inspect = [str(binary()), "state", "inspect", "--config", config_file]
-        started = time.time()
         held = subprocess.run(inspect, capture_output=True, text=True, timeout=30)
-        assert held.returncode != 0 and "writer lease is held" in held.stderr, held.stderr
-        assert time.time() - started < 10
+        assert held.returncode == 0 and f'router "handover": owned by' in held.stdout, held.stdout + held.stderr
+        export = [str(binary()), "state", "export", "handover", owner.dir.name + "/handover.laser",
+                  "--config", config_file]
+        refused = subprocess.run(export, capture_output=True, text=True, timeout=30)
+        assert refused.returncode != 0 and "owned by another replica" in refused.stderr, refused.stderr
         owner.process.send_signal(signal.SIGTERM)
         assert owner.process.wait(timeout=30) == 0
         stopped = time.time()
-        standby.wait_ready(timeout=30)
-        assert time.time() - stopped < 10, "the standby waited for the lease to lapse"
-        assert arms(LaserRouterClient(standby.address), "handover")[1] == 1
-        standby.process.send_signal(signal.SIGTERM)
-        assert standby.process.wait(timeout=30) == 0
+        assert arms(LaserRouterClient(other.address), "handover")[1] == 1
+        assert time.time() - stopped < 10, "the other replica waited for the lease to lapse"
+        assert owner_of(postgres, "handover") == other.address
+        other.process.send_signal(signal.SIGTERM)
+        assert other.process.wait(timeout=30) == 0
         shown = subprocess.run(inspect, capture_output=True, text=True, timeout=60)
-        assert shown.returncode == 0 and "handover" in shown.stdout, shown.stderr
+        assert shown.returncode == 0 and 'router "handover": policy' in shown.stdout, shown.stdout + shown.stderr
     finally:
         owner.stop()
-        standby.stop()
+        other.stop()
 
 
 # The tables as schema version 1 (one stream) left them, made from version 2 ones.
@@ -385,6 +444,12 @@ def test_a_version_1_database_is_migrated_with_its_state(postgres):
         server.wait_ready()
         assert arms(client, "old") == before
         assert postgres.sql("SELECT version FROM laser_schema") == "2"
-        assert postgres.sql("SELECT DISTINCT stream FROM laser_records") == ""
+        # Moved to its own stream on first use, and out of the catalog.
+        assert owner_of(postgres, "old") == server.address
+        client.create_router("old", context_dim=4)  # still there: confirmed, not created
+        server.kill()
+        server.start()
+        server.wait_ready()
+        assert arms(client, "old") == before
     finally:
         server.stop()

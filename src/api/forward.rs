@@ -1,0 +1,153 @@
+//! Requests for a router that another replica owns (PostgreSQL backend) are forwarded to
+//! that replica over gRPC, as they came (message, metadata, deadline, admin token), and its
+//! answer returned as it is. So every replica behind one address answers every router.
+//!
+//! A forwarded request carries [`FORWARDED`] and is never forwarded again: a replica that
+//! receives one for a router it does not own (ownership moved meanwhile) answers
+//! UNAVAILABLE, and the client's retry starts over. One lazily connected channel per peer
+//! address, kept; TLS to peers when the gRPC port has TLS (`[server.tls]` `peer_ca_path`,
+//! `peer_domain`; the replica's own certificate is its client certificate).
+//! Cost: one extra hop (a few hundred microseconds on a local network).
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Mutex;
+
+use tonic::metadata::MetadataMap;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+use tonic::{Request, Response, Status};
+
+use crate::config::TlsConfig;
+use crate::service::Service;
+use crate::telemetry::metric;
+
+/// Metadata key that marks a forwarded request.
+pub const FORWARDED: &str = "laser-forwarded";
+
+/// How long a peer may take to connect, or to answer a keep-alive ping.
+const PEER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// The channels to the other replicas.
+pub struct Peers {
+    channels: Mutex<HashMap<String, Channel>>,
+    tls: Option<ClientTlsConfig>,
+    /// Largest message in either direction (limits.max_message_bytes).
+    pub max_message_bytes: usize,
+}
+
+impl Peers {
+    /// Peers reached in plaintext, or with TLS as `tls` says (the gRPC port's settings).
+    pub fn new(tls: Option<&TlsConfig>, max_message_bytes: usize) -> std::io::Result<Self> {
+        let tls = match tls {
+            None => None,
+            Some(tls) => {
+                let ca_path = tls.peer_ca_path.as_ref().or(tls.client_ca_path.as_ref());
+                let mut config = ClientTlsConfig::new().with_webpki_roots();
+                if let Some(domain) = &tls.peer_domain {
+                    config = config.domain_name(domain.clone());
+                }
+                if let Some(path) = ca_path {
+                    config = config.ca_certificate(Certificate::from_pem(std::fs::read(path)?));
+                }
+                let identity = Identity::from_pem(
+                    std::fs::read(&tls.cert_path)?,
+                    std::fs::read(&tls.key_path)?,
+                );
+                Some(config.identity(identity))
+            }
+        };
+        Ok(Self {
+            channels: Mutex::new(HashMap::new()),
+            tls,
+            max_message_bytes,
+        })
+    }
+
+    fn channel(&self, address: &str) -> Result<Channel, Status> {
+        let mut channels = self.channels.lock().expect("peer channels lock poisoned");
+        if let Some(channel) = channels.get(address) {
+            return Ok(channel.clone());
+        }
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        let invalid = |e: tonic::transport::Error| {
+            Status::unavailable(format!(
+                "the router's owner registered the address {address:?}, which cannot be reached: {e}"
+            ))
+        };
+        let mut endpoint = Endpoint::from_shared(format!("{scheme}://{address}"))
+            .map_err(invalid)?
+            .tcp_nodelay(true)
+            .connect_timeout(PEER_TIMEOUT)
+            // A paused or cut-off owner fails the requests forwarded to it instead of
+            // holding them past their lease.
+            .http2_keep_alive_interval(PEER_TIMEOUT / 2)
+            .keep_alive_timeout(PEER_TIMEOUT)
+            .keep_alive_while_idle(true);
+        if let Some(tls) = &self.tls {
+            endpoint = endpoint.tls_config(tls.clone()).map_err(invalid)?;
+        }
+        let channel = endpoint.connect_lazy();
+        channels.insert(address.to_string(), channel.clone());
+        Ok(channel)
+    }
+
+    /// Send `request` to the replica at `address` with `call` (a client method), marked
+    /// forwarded.
+    pub async fn forward<T, R, F, Fut>(
+        &self,
+        rpc: &'static str,
+        address: &str,
+        request: Request<T>,
+        call: F,
+    ) -> Result<Response<R>, Status>
+    where
+        F: FnOnce(Channel, Request<T>) -> Fut,
+        Fut: Future<Output = Result<Response<R>, Status>>,
+    {
+        let channel = self.channel(address)?;
+        let (mut metadata, _, message) = request.into_parts();
+        metadata.insert(FORWARDED, tonic::metadata::MetadataValue::from_static("1"));
+        let request = Request::from_parts(metadata, Default::default(), message);
+        metrics::counter!(metric::REQUESTS_FORWARDED, "rpc" => rpc).increment(1);
+        tracing::debug!(rpc, %address, "forwarded to the router's owner");
+        call(channel, request).await
+    }
+}
+
+/// The address of the replica that owns `router`, when a request for it should go there:
+/// another replica owns it and the request was not forwarded already. Takes the router
+/// over when nobody owns it.
+pub async fn owner_elsewhere(
+    service: &Service,
+    router: &str,
+    metadata: &MetadataMap,
+) -> Result<Option<String>, Status> {
+    if metadata.contains_key(FORWARDED) {
+        return Ok(None);
+    }
+    Ok(service.router_served_elsewhere(router).await?)
+}
+
+/// In a handler of `$this` (with `service` and `peers`): when another replica owns
+/// `$router`, forward `$request` there with `$client::$method` and return its answer.
+macro_rules! forward_to_owner {
+    ($this:expr, $rpc:literal, $request:ident, $router:expr, $client:ident :: $method:ident) => {
+        if let Some(owner) =
+            $crate::api::forward::owner_elsewhere(&$this.service, $router, $request.metadata())
+                .await?
+        {
+            let max = $this.peers.max_message_bytes;
+            return $this
+                .peers
+                .forward($rpc, &owner, $request, |channel, request| async move {
+                    $client::new(channel)
+                        .max_decoding_message_size(max)
+                        .max_encoding_message_size(max)
+                        .$method(request)
+                        .await
+                })
+                .await;
+        }
+    };
+}
+pub(crate) use forward_to_owner;
