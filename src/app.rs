@@ -105,6 +105,12 @@ pub async fn run(
         default_encoder: config.routers.default_encoder.clone(),
     };
     let service = Arc::new(Service::new(models, routers.clone(), config.limits.clone()));
+    // Replicas forward requests for routers another replica owns.
+    let peers = Arc::new(
+        Peers::new(config.server.tls.as_ref(), config.limits.max_message_bytes).map_err(
+            io_error("read the TLS files for forwarding to other replicas"),
+        )?,
+    );
 
     let grpc_listener = TcpListener::bind(config.server.listen)
         .await
@@ -168,7 +174,11 @@ pub async fn run(
                 .as_ref()
                 .map(http_listener::tls_acceptor)
                 .transpose()?;
-            let routes = crate::api::http::routes(service.clone(), config.limits.max_message_bytes);
+            let routes = crate::api::http::routes(
+                service.clone(),
+                peers.clone(),
+                config.limits.max_message_bytes,
+            );
             Some(tokio::spawn(http_listener::serve(
                 listener,
                 routes,
@@ -190,12 +200,6 @@ pub async fn run(
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()?;
     let max_message = config.limits.max_message_bytes;
-    // Replicas forward requests for routers another replica owns.
-    let peers = Arc::new(
-        Peers::new(config.server.tls.as_ref(), max_message).map_err(io_error(
-            "read the TLS files for forwarding to other replicas",
-        ))?,
-    );
     let reward_router = pb::reward_router_server::RewardRouterServer::new(
         RewardRouterService::new(service.clone(), peers.clone()),
     )

@@ -11,7 +11,9 @@
 //!   share one decision; the router must take its contexts from an encoder.
 //!
 //! The JSON mapping of the messages is generated from the protos (pbjson), not written by
-//! hand. Errors answer the gRPC status's HTTP equivalent (400, 404, 409, 413, 415, 429, 503,
+//! hand. With replicas (PostgreSQL), a request for a router another replica owns goes to
+//! it over gRPC ([`super::forward`]) and its answer comes back in JSON.
+//! Errors answer the gRPC status's HTTP equivalent (400, 404, 409, 413, 415, 429, 503,
 //! 504, 500) with `{"error": {"code", "message", "field"}}`, the field and limit named as
 //! in gRPC. A client deadline comes in `x-request-timeout-ms`.
 
@@ -33,17 +35,108 @@ use tonic_types::StatusExt;
 use super::convert::feedback::{feedback_call, feedback_response};
 use super::convert::score::{score_call, score_response};
 use super::convert::{RequestError, invalid};
+use super::forward::{Peers, owner_elsewhere};
 use super::pb;
+use super::pb::reward_router_client::RewardRouterClient;
 use crate::service::{Api, Service};
 
-/// The HTTP routes, serving `service`, accepting bodies up to `max_body_bytes`.
-pub fn routes(service: Arc<Service>, max_body_bytes: usize) -> Router {
+/// What every HTTP handler serves with.
+#[derive(Clone)]
+struct Serving {
+    service: Arc<Service>,
+    /// The other replicas, for routers they own.
+    peers: Arc<Peers>,
+}
+
+/// The HTTP routes, serving `service` (and forwarding to `peers`), accepting bodies up to
+/// `max_body_bytes`.
+pub fn routes(service: Arc<Service>, peers: Arc<Peers>, max_body_bytes: usize) -> Router {
     Router::new()
         .route("/v1/routers/{router}/score", post(score))
         .route("/v1/routers/{router}/feedback", post(feedback))
         .route("/v1/routers/{router}/get_reward", post(get_reward))
         .layer(DefaultBodyLimit::max(max_body_bytes))
-        .with_state(service)
+        .with_state(Serving { service, peers })
+}
+
+impl Serving {
+    /// The replica that owns `router`, when another one does.
+    async fn owner(&self, router: &str) -> Result<Option<String>, tonic::Status> {
+        owner_elsewhere(&self.service, router, &tonic::metadata::MetadataMap::new()).await
+    }
+
+    /// `request` to the router's owner over gRPC, with what is left of `deadline`.
+    async fn forward<T, R, F, Fut>(
+        &self,
+        rpc: &'static str,
+        owner: &str,
+        request: T,
+        deadline: Option<Instant>,
+        call: F,
+    ) -> Result<R, tonic::Status>
+    where
+        F: FnOnce(RewardRouterClient<tonic::transport::Channel>, tonic::Request<T>) -> Fut,
+        Fut: std::future::Future<Output = Result<tonic::Response<R>, tonic::Status>>,
+    {
+        let mut request = tonic::Request::new(request);
+        if let Some(deadline) = deadline {
+            request.set_timeout(deadline.saturating_duration_since(Instant::now()));
+        }
+        let max = self.peers.max_message_bytes;
+        self.peers
+            .forward(rpc, owner, request, |channel, request| {
+                let client = RewardRouterClient::new(channel)
+                    .max_decoding_message_size(max)
+                    .max_encoding_message_size(max);
+                call(client, request)
+            })
+            .await
+            .map(tonic::Response::into_inner)
+    }
+
+    /// A Score, here or on the router's owner.
+    async fn score(
+        &self,
+        request: pb::ScoreRequest,
+        deadline: Option<Instant>,
+    ) -> Result<pb::ScoreResponse, tonic::Status> {
+        let _slot = self.service.admit(Api::RewardRouter)?;
+        if let Some(owner) = self.owner(&request.router).await? {
+            return self
+                .forward(
+                    "Score",
+                    &owner,
+                    request,
+                    deadline,
+                    async |mut client, request| client.score(request).await,
+                )
+                .await;
+        }
+        let call = score_call(request, self.service.limits())?;
+        Ok(score_response(self.service.score(call, deadline).await?))
+    }
+
+    /// A Feedback, here or on the router's owner.
+    async fn feedback(
+        &self,
+        request: pb::FeedbackRequest,
+        deadline: Option<Instant>,
+    ) -> Result<pb::FeedbackResponse, tonic::Status> {
+        let _slot = self.service.admit(Api::RewardRouter)?;
+        if let Some(owner) = self.owner(&request.router).await? {
+            return self
+                .forward(
+                    "Feedback",
+                    &owner,
+                    request,
+                    deadline,
+                    async |mut client, request| client.feedback(request).await,
+                )
+                .await;
+        }
+        let call = feedback_call(request, self.service.limits())?;
+        Ok(feedback_response(self.service.feedback(call).await?))
+    }
 }
 
 /// `x-request-timeout-ms`: the client's deadline.
@@ -201,7 +294,7 @@ fn routed_request<T: Routed>(
 }
 
 async fn score(
-    State(service): State<Arc<Service>>,
+    State(serving): State<Serving>,
     Path(router): Path<String>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
@@ -211,18 +304,12 @@ async fn score(
         Ok(request) => request,
         Err(response) => return *response,
     };
-    let result = async {
-        let _slot = service.admit(Api::RewardRouter)?;
-        let call = score_call(request, service.limits())?;
-        let results = service.score(call, deadline(&headers, started)).await?;
-        Ok::<_, tonic::Status>(score_response(results))
-    }
-    .await;
+    let result = serving.score(request, deadline(&headers, started)).await;
     answer("http:Score", started, result)
 }
 
 async fn feedback(
-    State(service): State<Arc<Service>>,
+    State(serving): State<Serving>,
     Path(router): Path<String>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
@@ -232,12 +319,7 @@ async fn feedback(
         Ok(request) => request,
         Err(response) => return *response,
     };
-    let result = async {
-        let _slot = service.admit(Api::RewardRouter)?;
-        let call = feedback_call(request, service.limits())?;
-        Ok::<_, tonic::Status>(feedback_response(service.feedback(call).await?))
-    }
-    .await;
+    let result = serving.feedback(request, deadline(&headers, started)).await;
     answer("http:Feedback", started, result)
 }
 
@@ -309,7 +391,7 @@ fn reward_score_request(
 }
 
 async fn get_reward(
-    State(service): State<Arc<Service>>,
+    State(serving): State<Serving>,
     Path(router): Path<String>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
@@ -320,13 +402,18 @@ async fn get_reward(
         Err(response) => return *response,
     };
     let result = async {
-        let _slot = service.admit(Api::RewardRouter)?;
-        let call = score_call(reward_score_request(router, request)?, service.limits())?;
-        let serving = service.reward_models().names();
-        let results = service.score(call, deadline(&headers, started)).await?;
-        let rewards: Vec<f32> = results.iter().map(|r| r.scores[0]).collect();
+        let score = reward_score_request(router, request)?;
+        let names = serving.service.reward_models().names();
+        let results = serving
+            .score(score, deadline(&headers, started))
+            .await?
+            .results;
+        let rewards: Vec<f32> = results
+            .iter()
+            .map(|r| r.scores.first().copied().unwrap_or(f32::NAN))
+            .collect();
         let arm = |name: &str| {
-            serving
+            names
                 .iter()
                 .position(|s| s == name)
                 .map_or(-1.0, |i| i as f32)

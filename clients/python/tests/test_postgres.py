@@ -133,6 +133,27 @@ def test_routers_are_spread_over_replicas_and_forwarded_to_their_owners(postgres
         second.stop()
 
 
+def test_http_requests_for_a_router_owned_elsewhere_are_forwarded(postgres):
+    import requests
+
+    first = Server(free_port(), config(postgres), http=True).wait_ready()
+    second = Server(free_port(), config(postgres), http=True).wait_ready()
+    try:
+        LaserRouterClient(first.address).create_router("h", context_dim=4)
+        body = {"queries": [{"id": "q", "context": [1, 0, 0, 0], "prompt": "p", "responses": ["a", "bb"]}]}
+        reply = requests.post(second.http + "/v1/routers/h/score", json=body, timeout=30)
+        assert reply.status_code == 200, reply.text
+        decision = reply.json()["results"][0]["decisionId"]
+        ack = requests.post(second.http + "/v1/routers/h/feedback", json={"decisionIds": [decision], "loss": 0.5},
+                            headers={"x-request-timeout-ms": "10000"}, timeout=30)
+        assert ack.status_code == 200 and ack.json()["applied"] == 1, ack.text
+        assert owner_of(postgres, "h") == first.address and forwarded(second) >= 2
+        assert arms(LaserRouterClient(first.address), "h")[1] == 0
+    finally:
+        first.stop()
+        second.stop()
+
+
 def test_replicas_with_tls_forward_over_tls(postgres, tmp_path):
     ca = make_certificates(tmp_path)
     tls = (f'[server.tls]\ncert_path = "{tmp_path / "server.pem"}"\nkey_path = "{tmp_path / "server.key"}"\n'
