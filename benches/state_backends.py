@@ -8,9 +8,13 @@ Rounds alternate between the backends; each keeps its best round per measure (a 
 load only ever slows a round). Every Score and Feedback is acknowledged only once durable,
 so these are the durable paths.
 
-Then takeover: an owner and a standby on the database (lease 1 s), the owner SIGKILLed, the
-time until a Score through the standby's address is answered by the standby itself (lease
-lapse + loading the state + binding), over 5 kills.
+Then forwarding: Score p50/p99 through the replica that owns the router vs through another
+replica (one more gRPC hop), at 1 and 8 clients.
+
+Then takeover: two replicas on the database (lease 1 s), the owner of the benchmark's router
+SIGKILLed, the time until a Score sent to the other replica is answered by that replica
+itself (lease lapse + loading the router's state), over 5 kills (the killed replica restarts
+before the next kill).
 
 Usage: python3 benches/state_backends.py [ROUNDS] [SECONDS]
 """
@@ -39,8 +43,8 @@ def context(i):
     return values
 
 
-def scores(address, clients, seconds):
-    """Score latencies (s) with `clients` concurrent clients."""
+def scores(address, clients, seconds, router="bench"):
+    """Score latencies (s) with `clients` concurrent clients on `router`."""
     latencies = [[] for _ in range(clients)]
     stop = time.perf_counter() + seconds
 
@@ -49,7 +53,7 @@ def scores(address, clients, seconds):
         i = 0
         while time.perf_counter() < stop:
             started = time.perf_counter()
-            client.score("bench", [Query(id="q", context=context(i), prompt="p", responses=["a", "bb"])])
+            client.score(router, [Query(id="q", context=context(i), prompt="p", responses=["a", "bb"])])
             latencies[index].append(time.perf_counter() - started)
             i += 1
 
@@ -126,6 +130,7 @@ def main():
         for server in servers.values():
             server.stop()
         servers = {}
+        forwarding(postgres, base, rounds, seconds)
         takeover(postgres, base)
     finally:
         for server in servers.values():
@@ -133,35 +138,63 @@ def main():
         postgres.close()
 
 
+def forwarding(postgres, base, rounds, seconds):
+    """Score latency through the replica that owns the router vs through the other one
+    (forwarded over gRPC), alternating, best round of each."""
+    config = base + f'[store]\nbackend = "postgres"\nurl = "{postgres.url}"\n'
+    replicas = [Server(free_port(), config).wait_ready() for _ in range(2)]
+    try:
+        # A router of its own: "bench" may still be leased to the stopped server above.
+        LaserRouterClient(replicas[0].address).create_router("hop", context_dim=DIM)
+        best = {}
+        for _ in range(rounds):
+            for clients in (1, 8):
+                for path, replica in (("owner", replicas[0]), ("forwarded", replicas[1])):
+                    latencies = scores(replica.address, clients, seconds, router="hop")
+                    p50 = statistics.median(latencies)
+                    p99 = latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))]
+                    entry = best.setdefault((path, clients), [float("inf"), float("inf")])
+                    entry[0], entry[1] = min(entry[0], p50), min(entry[1], p99)
+        for clients in (1, 8):
+            (own50, own99), (fwd50, fwd99) = best[("owner", clients)], best[("forwarded", clients)]
+            print(f"state_backends: forwarding, {clients} clients: Score p50 at the owner {own50 * 1e3:.2f} ms, "
+                  f"through another replica {fwd50 * 1e3:.2f} ms ({fwd50 / own50:.2f}x); p99 {own99 * 1e3:.2f} ms, "
+                  f"{fwd99 * 1e3:.2f} ms ({fwd99 / own99:.2f}x)")
+    finally:
+        for replica in replicas:
+            replica.stop()
+
+
 def takeover(postgres, base, kills=5):
-    """Seconds from SIGKILL of the owner to a Score served by the standby that took over."""
+    """Seconds from SIGKILL of the router's owner to a Score served by the replica that took
+    it over."""
     config = base + f'[store]\nbackend = "postgres"\nurl = "{postgres.url}"\nlease_seconds = 1.0\n'
-    replicas = [Server(free_port(), config).wait_ready(), None]
-    replicas[1] = Server(free_port(), config)
+    replicas = [Server(free_port(), config).wait_ready() for _ in range(2)]
+    lease = "FROM laser_lease WHERE stream = 'router/takeover'"
     owner = 0
     times = []
     try:
         query = [Query(id="q", context=context(0), prompt="p", responses=["a", "b"])]
-        LaserRouterClient(replicas[0].address).score("bench", query)
+        LaserRouterClient(replicas[0].address).create_router("takeover", context_dim=DIM)
         for _ in range(kills):
-            standby = 1 - owner
-            epoch = int(postgres.sql("SELECT epoch FROM laser_lease"))
+            other = 1 - owner
+            epoch = int(postgres.sql(f"SELECT epoch {lease}"))
             replicas[owner].kill()
             killed = time.perf_counter()
-            client = LaserRouterClient(replicas[standby].address, retries=0, timeout=2)
+            client = LaserRouterClient(replicas[other].address, retries=0, timeout=2)
             while True:
                 try:
-                    client.score("bench", query)
-                    if int(postgres.sql("SELECT epoch FROM laser_lease")) > epoch:
+                    client.score("takeover", query)
+                    if int(postgres.sql(f"SELECT epoch {lease}")) > epoch:
                         break
                 except Exception:
                     pass
                 time.sleep(0.01)
             times.append(time.perf_counter() - killed)
-            replicas[owner].start()  # back as the standby
-            owner = standby
-            time.sleep(1.5)
-        print(f"state_backends: takeover after SIGKILL of the owner (lease 1.0 s): median "
+            replicas[owner].start()
+            replicas[owner].wait_ready()
+            owner = other
+        print(f"state_backends: takeover of a router after SIGKILL of its owner (lease 1.0 s): median "
               f"{statistics.median(times):.2f} s, max {max(times):.2f} s over {kills} kills")
     finally:
         for replica in replicas:

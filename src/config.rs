@@ -61,7 +61,7 @@ pub struct StoreConfig {
     /// The PostgreSQL database of `backend = "postgres"`
     /// (`postgres://user:password@host:5432/dbname`; env `LASER_STORE_URL` overrides it).
     pub url: Option<String>,
-    /// PostgreSQL: how long the writer lease lasts unrenewed before a standby replica may
+    /// PostgreSQL: how long a router's lease lasts unrenewed before another replica may
     /// take over (default 10 s; renewed every third of it).
     pub lease_seconds: f64,
 }

@@ -201,8 +201,15 @@ impl RoutersHandle {
     /// The address of the replica serving router `name`, when that is not this one
     /// (taking the router over when nobody owns it).
     pub async fn served_elsewhere(&self, name: &str) -> Result<Option<String>, RouterError> {
-        if let Placement::Single(_) = &*self.placement {
-            return Ok(None);
+        let replicas = match &*self.placement {
+            Placement::Single(_) => return Ok(None),
+            Placement::Replicas(replicas) => replicas,
+        };
+        // The usual case, without a trip to the blocking pool.
+        match replicas.place_known(name) {
+            Some(Placed::Here(_)) => return Ok(None),
+            Some(Placed::There { address }) => return Ok(Some(address)),
+            None => {}
         }
         match self.for_router(name, |_| Ok(())).await {
             Ok(()) => Ok(None),
@@ -224,6 +231,9 @@ impl RoutersHandle {
     /// Apply the catalog changes other replicas made since the last call; returns them
     /// (none without replicas).
     pub async fn catch_up_catalog(&self) -> Result<Vec<StateEvent>, RouterError> {
+        if let Placement::Single(_) = &*self.placement {
+            return Ok(Vec::new());
+        }
         self.blocking(|placement| match placement {
             Placement::Single(_) => Ok(Vec::new()),
             Placement::Replicas(replicas) => replicas.catch_up(),
@@ -245,6 +255,9 @@ impl RoutersHandle {
 
     /// Hand back the leases of routers no longer held here (replicas only).
     pub async fn release_idle(&self) -> Result<(), RouterError> {
+        if let Placement::Single(_) = &*self.placement {
+            return Ok(());
+        }
         self.blocking(|placement| {
             if let Placement::Replicas(replicas) = placement {
                 replicas.release_idle();

@@ -99,6 +99,27 @@ impl Replicas {
         &self.catalog
     }
 
+    /// Where router `name` is served, when this replica knows without asking the database
+    /// (it owns the router, or read another replica's lease recently). Never blocks on I/O.
+    pub fn place_known(&self, name: &str) -> Option<Placed> {
+        let slot = self
+            .slots
+            .lock()
+            .expect("slots lock poisoned")
+            .get(name)?
+            .clone();
+        let slot = slot.try_lock().ok()?;
+        match &*slot {
+            Slot::Cell(cell) if !cell.store().fenced() => Some(Placed::Here(cell.clone())),
+            Slot::Remote { address, read } if read.elapsed() < self.recheck => {
+                Some(Placed::There {
+                    address: address.clone(),
+                })
+            }
+            _ => None,
+        }
+    }
+
     /// Where router `name` is served, taking it over when nobody owns it. Blocking (a
     /// takeover reads the database).
     pub fn place(&self, name: &str) -> Result<Placed, RouterError> {
@@ -156,20 +177,14 @@ impl Replicas {
         };
         let (store, recovered) = match Store::open(std::path::Path::new(""), &options) {
             Ok(opened) => opened,
-            Err(StoreError::Held { address, owner, .. }) => {
-                if address.is_empty() {
-                    return Err(RouterError::StateWrite(StoreError::Held {
-                        stream: format!("router {name:?}"),
-                        owner,
-                        address,
-                    }));
-                }
+            Err(StoreError::Held { address, .. }) if !address.is_empty() => {
                 *slot = Slot::Remote {
                     address: address.clone(),
                     read: Instant::now(),
                 };
                 return Ok(Placed::There { address });
             }
+            // Held by a replica that registered no address: nowhere to forward.
             Err(error) => return Err(RouterError::StateWrite(error)),
         };
         let empty = recovered.snapshot.is_none() && recovered.records.is_empty();
@@ -233,8 +248,9 @@ impl Replicas {
             .collect()
     }
 
-    /// Hand back the leases of cells with no router that nobody is using, and forget
-    /// fenced cells. Blocking (closing a store hands its lease back).
+    /// Hand back the leases of cells with no router that nobody is using (deleting their
+    /// streams: nothing in them is state any more), and forget fenced cells. Blocking
+    /// (closing a store hands its lease back).
     pub fn release_idle(&self) {
         let mut released = Vec::new();
         let mut slots = self.slots.lock().expect("slots lock poisoned");
@@ -259,7 +275,15 @@ impl Replicas {
         // Closing the stores (handing the leases back) waits on the database: not under
         // the map's lock.
         drop(slots);
-        drop(released);
+        for slot in released {
+            if let Slot::Cell(cell) = slot
+                && !cell.store().fenced()
+                && cell.list().is_empty()
+                && let Err(error) = cell.store().discard_stream()
+            {
+                tracing::warn!(%error, "an empty router stream was not deleted");
+            }
+        }
     }
 
     /// Hand back every router's lease (the server is stopping). Blocking.

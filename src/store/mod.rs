@@ -242,7 +242,7 @@ struct Writer {
 
 impl Drop for Writer {
     /// Close the queue and wait for the writer to finish what it holds and close its sink
-    /// (PostgreSQL: hand the lease back, so a standby takes over at once).
+    /// (PostgreSQL: hand the lease back, so another replica takes over at once).
     fn drop(&mut self) {
         self.sender.take();
         if let Some(thread) = self.thread.take() {
@@ -416,6 +416,16 @@ impl Store {
 
     pub fn is_durable(&self) -> bool {
         self.writer.is_some() || self.shared().is_some()
+    }
+
+    /// Delete this store's stream from the database, while it still holds its lease (a
+    /// PostgreSQL stream whose state holds nothing; the caller drops the store next).
+    /// Returns whether it was deleted. Blocking.
+    pub fn discard_stream(&self) -> Result<bool, StoreError> {
+        match &self.postgres {
+            Some(PgStore::Leased { url, lease }) => postgres::discard_stream(url, lease),
+            _ => Ok(false),
+        }
     }
 
     /// Whether another replica took this store's stream over (PostgreSQL): it writes

@@ -22,9 +22,12 @@
 //!   it with every batch and when idle, and every batch's transaction first checks that it
 //!   still holds the lease at its epoch. A replica that lost it (paused past the lease,
 //!   partitioned) finds so at its next write or renewal: the transaction rolls back, nothing
-//!   lands, and the server steps down (exits, [`super::FENCED_EXIT_CODE`]). A server that
-//!   finds the lease held waits as a standby, and takes over (loading the newest snapshot and
-//!   the records after it) once the holder stops renewing. Times are the database's.
+//!   lands, and its store is fenced ([`super::Store::fenced`]): it writes nothing more. A
+//!   server that finds the lease held gets [`StoreError::Held`], naming the holder and its
+//!   registered address; once the holder stops renewing, another server takes the stream over
+//!   (loading its newest snapshot and the records after it). Times are the database's.
+//! - [`SharedStream`]: a stream every replica appends to without a lease (the catalog of
+//!   models), one serialized transaction per record.
 //!
 //! Failures: a failed commit (PostgreSQL down, restarting) is a failed write to the log
 //! writer: the records stay queued, changes are refused with UNAVAILABLE, health says
@@ -359,7 +362,7 @@ pub(super) struct PgSink {
 }
 
 impl PgSink {
-    /// Connect, create or migrate the schema, take the writer lease (waiting as a standby
+    /// Connect, create or migrate the schema, take the writer lease ([`StoreError::Held`]
     /// while another server holds it), and read what the database holds. Blocking.
     pub(super) fn open(url: &str, options: &StoreOptions) -> Result<(Self, Recovered), StoreError> {
         let failed = |reason| unavailable(url, reason);
@@ -501,7 +504,7 @@ impl RecordSink for PgSink {
         Some((self.lease.length / 3).max(Duration::from_millis(50)))
     }
 
-    /// Hand the lease back (a standby takes over at once); best effort.
+    /// Hand the lease back (another replica takes over at once); best effort.
     fn close(&mut self) {
         let lease = self.lease.clone();
         let client = self.client.take();
@@ -730,6 +733,43 @@ impl SharedStream {
         }
         Ok(records)
     }
+}
+
+/// Delete `lease`'s stream (records, snapshots, the lease row) if this server still holds
+/// the lease at its epoch: a stream whose state holds nothing (a deleted router, a name
+/// looked up that never existed). Blocking (its own connection).
+pub(super) fn discard_stream(url: &str, lease: &Lease) -> Result<bool, StoreError> {
+    let failed = |reason| unavailable(url, reason);
+    let runtime = runtime().map_err(failed)?;
+    runtime
+        .block_on(async {
+            let error = db_error(url);
+            let mut client = connect(url).await?;
+            let transaction = client.transaction().await.map_err(&error)?;
+            let held = transaction
+                .query_opt(
+                    "SELECT 1 FROM laser_lease WHERE stream = $1 AND owner = $2 AND epoch = $3
+                     FOR UPDATE",
+                    &[&lease.stream, &lease.owner, &lease.epoch],
+                )
+                .await
+                .map_err(&error)?;
+            if held.is_none() {
+                return Ok(false);
+            }
+            for table in ["laser_snapshots", "laser_records", "laser_lease"] {
+                transaction
+                    .execute(
+                        &format!("DELETE FROM {table} WHERE stream = $1"),
+                        &[&lease.stream],
+                    )
+                    .await
+                    .map_err(&error)?;
+            }
+            transaction.commit().await.map_err(&error)?;
+            Ok::<_, String>(true)
+        })
+        .map_err(failed)
 }
 
 /// The routers that have a stream at `url` (by name). Blocking.

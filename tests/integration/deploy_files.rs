@@ -151,6 +151,16 @@ fn kubernetes_manifests_agree_on_names_and_ports() {
     }
     // The ConfigMap's config is a valid laser-router config, with its remote RM example
     // uncommented too.
+    let peers = yaml("deploy/k8s/replicas/service-peers.yaml");
+    assert_eq!(peers["spec"]["clusterIP"].as_str(), Some("None"));
+    assert_eq!(
+        peers["spec"]["publishNotReadyAddresses"].as_bool(),
+        Some(true)
+    );
+    assert_eq!(
+        peers["spec"]["selector"],
+        deployment["spec"]["selector"]["matchLabels"]
+    );
     let toml = configmap["data"]["config.toml"].as_str().unwrap();
     laser_router::config::Config::parse(toml, "configmap", Path::new("/")).expect("valid config");
     let (before, rest) = toml
@@ -318,7 +328,7 @@ fn the_postgres_compose_example_runs_two_replicas_on_one_database() {
     let user = services["postgres"]["environment"]["POSTGRES_USER"]
         .as_str()
         .unwrap();
-    for name in ["laser-router", "laser-router-standby"] {
+    for name in ["laser-router", "laser-router-b"] {
         let service = &services[name];
         let (local, text) = config_in_image(service);
         postgres_config(&text, &local, &repo("deploy/config"));
@@ -349,7 +359,7 @@ fn the_postgres_compose_example_runs_two_replicas_on_one_database() {
             "{name}: {advertised} is not its own alias"
         );
     }
-    let build = &services["laser-router-standby"]["build"];
+    let build = &services["laser-router-b"]["build"];
     assert!(
         repo(build["context"].as_str().unwrap())
             .join(build["dockerfile"].as_str().unwrap())
@@ -358,9 +368,10 @@ fn the_postgres_compose_example_runs_two_replicas_on_one_database() {
 }
 
 /// N replicas on Kubernetes: no volume (state is in PostgreSQL), the URL from the Secret the
-/// example names, the ConfigMap mounted, readiness on gRPC (only the owner listens).
+/// example names, the ConfigMap mounted, readiness on gRPC, each advertising its pod IP, and a
+/// headless Service that lists every replica (ready or not) for peers.
 #[test]
-fn kubernetes_replicas_share_postgres_and_only_the_owner_is_ready() {
+fn kubernetes_replicas_share_postgres_and_find_each_other() {
     let deployment = yaml("deploy/k8s/replicas/deployment.yaml");
     let configmap = yaml("deploy/k8s/replicas/configmap.yaml");
     let secret = yaml("deploy/k8s/replicas/secret.example.yaml");
@@ -399,7 +410,7 @@ fn kubernetes_replicas_share_postgres_and_only_the_owner_is_ready() {
     );
     assert!(
         container.get("livenessProbe").is_none(),
-        "a waiting standby is alive"
+        "a liveness probe would restart every replica while PostgreSQL is down"
     );
     let advertise = env
         .iter()
@@ -408,6 +419,16 @@ fn kubernetes_replicas_share_postgres_and_only_the_owner_is_ready() {
     assert!(advertise["value"].as_str().unwrap().contains("$(POD_IP)"));
     assert_eq!(
         service["spec"]["selector"],
+        deployment["spec"]["selector"]["matchLabels"]
+    );
+    let peers = yaml("deploy/k8s/replicas/service-peers.yaml");
+    assert_eq!(peers["spec"]["clusterIP"].as_str(), Some("None"));
+    assert_eq!(
+        peers["spec"]["publishNotReadyAddresses"].as_bool(),
+        Some(true)
+    );
+    assert_eq!(
+        peers["spec"]["selector"],
         deployment["spec"]["selector"]["matchLabels"]
     );
     let toml = configmap["data"]["config.toml"].as_str().unwrap();

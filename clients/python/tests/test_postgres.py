@@ -111,6 +111,17 @@ def test_routers_are_spread_over_replicas_and_forwarded_to_their_owners(postgres
         for client in (one, two):
             assert sorted(r.name for r in client.list_routers()) == ["a", "b"]
             assert arms(client, "a") == arms(one, "a") and arms(client, "b") == arms(two, "b")
+        # A deleted router (and a name looked up that never existed) leaves no stream behind.
+        two.create_router("gone", context_dim=4)
+        one.delete_router("gone")
+        with pytest.raises(LaserRouterError) as missing:
+            one.get_router("never")
+        assert missing.value.code == grpc.StatusCode.NOT_FOUND
+        deadline = time.time() + 10
+        while postgres.sql("SELECT count(*) FROM laser_lease WHERE stream IN ('router/gone', 'router/never')") != "0":
+            assert time.time() < deadline, "empty router streams are not deleted"
+            time.sleep(0.1)
+        assert sorted(r.name for r in two.list_routers()) == ["a", "b"]
         before = arms(one, "b")
         assert before[1] == 1
         second.kill()
