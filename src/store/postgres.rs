@@ -735,10 +735,14 @@ impl SharedStream {
     }
 }
 
-/// Delete `lease`'s stream (records, snapshots, the lease row) if this server still holds
-/// the lease at its epoch: a stream whose state holds nothing (a deleted router, a name
-/// looked up that never existed). Blocking (its own connection).
-pub(super) fn discard_stream(url: &str, lease: &Lease) -> Result<bool, StoreError> {
+/// On a connection of its own, run `work` in one transaction that first locks `lease`'s row
+/// at its epoch (no takeover can happen until it commits); `None` (nothing done) when the
+/// lease is another's now. Blocking.
+fn under_lease<T>(
+    url: &str,
+    lease: &Lease,
+    work: impl AsyncFnOnce(&tokio_postgres::Transaction<'_>) -> Result<T, String>,
+) -> Result<Option<T>, StoreError> {
     let failed = |reason| unavailable(url, reason);
     let runtime = runtime().map_err(failed)?;
     runtime
@@ -755,21 +759,32 @@ pub(super) fn discard_stream(url: &str, lease: &Lease) -> Result<bool, StoreErro
                 .await
                 .map_err(&error)?;
             if held.is_none() {
-                return Ok(false);
+                return Ok(None);
             }
-            for table in ["laser_snapshots", "laser_records", "laser_lease"] {
-                transaction
-                    .execute(
-                        &format!("DELETE FROM {table} WHERE stream = $1"),
-                        &[&lease.stream],
-                    )
-                    .await
-                    .map_err(&error)?;
-            }
+            let done = work(&transaction).await?;
             transaction.commit().await.map_err(&error)?;
-            Ok::<_, String>(true)
+            Ok(Some(done))
         })
         .map_err(failed)
+}
+
+/// Delete `lease`'s stream (records, snapshots, the lease row) if this server still holds
+/// the lease at its epoch: a stream whose state holds nothing (a deleted router, a name
+/// looked up that never existed). Returns whether it was deleted.
+pub(super) fn discard_stream(url: &str, lease: &Lease) -> Result<bool, StoreError> {
+    let discarded = under_lease(url, lease, async |transaction| {
+        for table in ["laser_snapshots", "laser_records", "laser_lease"] {
+            transaction
+                .execute(
+                    &format!("DELETE FROM {table} WHERE stream = $1"),
+                    &[&lease.stream],
+                )
+                .await
+                .map_err(db_error(url))?;
+        }
+        Ok(())
+    })?;
+    Ok(discarded.is_some())
 }
 
 /// The routers that have a stream at `url` (by name). Blocking.
@@ -865,87 +880,70 @@ async fn recover(client: &Client, url: &str, stream: &str) -> Result<Recovered, 
     })
 }
 
-/// Write a snapshot of the state after record `seq` in chunks, in one transaction that also
-/// drops older snapshots and the records it covers. Blocking (its own connection).
+/// Write a snapshot of the state after record `seq` in chunks, in one transaction that holds
+/// the lease row (no takeover interleaves) and also drops older snapshots and the records it
+/// covers. Blocking (its own connection).
 pub(super) fn write_snapshot(
     url: &str,
     lease: &Lease,
     seq: u64,
     payload: &[u8],
 ) -> Result<u64, StoreError> {
-    let failed = |reason| unavailable(url, reason);
-    let runtime = runtime().map_err(failed)?;
-    runtime
-        .block_on(async {
-            let error = db_error(url);
-            let mut client = connect(url).await?;
-            let transaction = client.transaction().await.map_err(&error)?;
-            // Held to the commit: no takeover can happen while this snapshot is written.
-            let held = transaction
-                .query_opt(
-                    "SELECT 1 FROM laser_lease WHERE stream = $3 AND owner = $1 AND epoch = $2
-                     FOR UPDATE",
-                    &[&lease.owner, &lease.epoch, &lease.stream],
-                )
-                .await
-                .map_err(&error)?;
-            if held.is_none() {
-                return Err(format!(
-                    "the writer lease (epoch {}) was taken by another replica: snapshot not written",
-                    lease.epoch
-                ));
-            }
-            let (stream, seq) = (&lease.stream, seq as i64);
-            let chunks: Vec<&[u8]> = payload.chunks(SNAPSHOT_CHUNK_BYTES).collect();
+    let written = under_lease(url, lease, async |transaction| {
+        let error = db_error(url);
+        let (stream, seq) = (&lease.stream, seq as i64);
+        let chunks: Vec<&[u8]> = payload.chunks(SNAPSHOT_CHUNK_BYTES).collect();
+        transaction
+            .execute(
+                "DELETE FROM laser_snapshots WHERE stream = $1 AND seq >= $2",
+                &[stream, &seq],
+            )
+            .await
+            .map_err(&error)?;
+        transaction
+            .execute(
+                "INSERT INTO laser_snapshots (stream, seq, version, bytes, chunks)
+                 VALUES ($5, $1, $2, $3, $4)",
+                &[
+                    &seq,
+                    &(SNAPSHOT_VERSION as i32),
+                    &(payload.len() as i64),
+                    &(chunks.len() as i32),
+                    stream,
+                ],
+            )
+            .await
+            .map_err(&error)?;
+        for (index, chunk) in chunks.iter().enumerate() {
             transaction
                 .execute(
-                    "DELETE FROM laser_snapshots WHERE stream = $1 AND seq >= $2",
-                    &[stream, &seq],
+                    "INSERT INTO laser_snapshot_chunks (stream, snapshot_seq, index, data)
+                     VALUES ($4, $1, $2, $3)",
+                    &[&seq, &(index as i32), chunk, stream],
                 )
                 .await
                 .map_err(&error)?;
+        }
+        for covered in [
+            "DELETE FROM laser_snapshots WHERE stream = $1 AND seq < $2",
+            "DELETE FROM laser_records WHERE stream = $1 AND seq <= $2",
+        ] {
             transaction
-                .execute(
-                    "INSERT INTO laser_snapshots (stream, seq, version, bytes, chunks)
-                     VALUES ($5, $1, $2, $3, $4)",
-                    &[
-                        &seq,
-                        &(SNAPSHOT_VERSION as i32),
-                        &(payload.len() as i64),
-                        &(chunks.len() as i32),
-                        stream,
-                    ],
-                )
+                .execute(covered, &[stream, &seq])
                 .await
                 .map_err(&error)?;
-            for (index, chunk) in chunks.iter().enumerate() {
-                transaction
-                    .execute(
-                        "INSERT INTO laser_snapshot_chunks (stream, snapshot_seq, index, data)
-                         VALUES ($4, $1, $2, $3)",
-                        &[&seq, &(index as i32), chunk, stream],
-                    )
-                    .await
-                    .map_err(&error)?;
-            }
-            transaction
-                .execute(
-                    "DELETE FROM laser_snapshots WHERE stream = $1 AND seq < $2",
-                    &[stream, &seq],
-                )
-                .await
-                .map_err(&error)?;
-            transaction
-                .execute(
-                    "DELETE FROM laser_records WHERE stream = $1 AND seq <= $2",
-                    &[stream, &seq],
-                )
-                .await
-                .map_err(&error)?;
-            transaction.commit().await.map_err(&error)?;
-            Ok::<_, String>(payload.len() as u64)
-        })
-        .map_err(failed)
+        }
+        Ok(payload.len() as u64)
+    })?;
+    written.ok_or_else(|| {
+        unavailable(
+            url,
+            format!(
+                "the writer lease (epoch {}) was taken by another replica: snapshot not written",
+                lease.epoch
+            ),
+        )
+    })
 }
 
 #[cfg(test)]
