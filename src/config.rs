@@ -131,14 +131,15 @@ pub struct ServerConfig {
     pub admin_token: Option<String>,
     /// TLS for the gRPC port (both services); off when unset.
     pub tls: Option<TlsConfig>,
-    /// Replicas on PostgreSQL: the gRPC address other replicas forward to when this one
-    /// holds the lease (env `LASER_ADVERTISE_ADDRESS` wins; default: `listen`, with the host
-    /// name for an unspecified IP).
+    /// Replicas on PostgreSQL: the gRPC address other replicas forward to the requests for
+    /// the routers this one owns (env `LASER_ADVERTISE_ADDRESS` wins; default: `listen`,
+    /// with the host name for an unspecified IP; set it when `listen` has port 0). It names
+    /// the replica: a process restarted at the same address takes its routers back at once.
     pub advertise: Option<String>,
 }
 
 impl ServerConfig {
-    /// The address registered with the writer lease.
+    /// The address registered with the leases of the routers this server owns.
     pub fn advertised_address(&self) -> String {
         if let Ok(address) = std::env::var("LASER_ADVERTISE_ADDRESS")
             && !address.is_empty()

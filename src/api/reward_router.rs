@@ -26,7 +26,13 @@ impl RewardRouterService {
 
 use pb::reward_router_client::RewardRouterClient;
 
-/// The client's deadline from the `grpc-timeout` header (e.g. `500m`, `2S`).
+/// How much earlier than the client's deadline the service gives up: tonic's own timer on
+/// the same `grpc-timeout` started when the request arrived (before the handler ran) and
+/// answers CANCELLED when it fires; giving up first answers DEADLINE_EXCEEDED, as it should.
+const DEADLINE_MARGIN: Duration = Duration::from_millis(25);
+
+/// The client's deadline from the `grpc-timeout` header (e.g. `500m`, `2S`), less a margin
+/// ([`DEADLINE_MARGIN`], at most a tenth of the timeout).
 fn request_deadline<T>(request: &Request<T>, received: Instant) -> Option<Instant> {
     let value = request.metadata().get("grpc-timeout")?.to_str().ok()?;
     let (amount, unit) = value.split_at(value.len().checked_sub(1)?);
@@ -40,7 +46,7 @@ fn request_deadline<T>(request: &Request<T>, received: Instant) -> Option<Instan
         "n" => Duration::from_nanos(amount),
         _ => return None,
     };
-    received.checked_add(timeout)
+    received.checked_add(timeout - DEADLINE_MARGIN.min(timeout / 10))
 }
 
 #[tonic::async_trait]

@@ -242,6 +242,32 @@ fn call_error(endpoint: String, status: &tonic::Status) -> CallError {
         endpoint,
         reason,
         unreachable: transport,
-        timed_out: false,
+        // The request's `grpc-timeout` ran out: tonic's own timer on it (CANCELLED "Timeout
+        // expired", racing the local one) or the engine's (DEADLINE_EXCEEDED).
+        timed_out: matches!(
+            status.code(),
+            tonic::Code::Cancelled | tonic::Code::DeadlineExceeded
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::call_error;
+
+    #[test]
+    fn a_status_saying_the_timeout_ran_out_is_a_timeout_not_an_engine_failure() {
+        let url = || "http://engine:8081".to_string();
+        for status in [
+            tonic::Status::cancelled("Timeout expired"),
+            tonic::Status::deadline_exceeded("Deadline Exceeded"),
+        ] {
+            let error = call_error(url(), &status);
+            assert!(error.timed_out && !error.unreachable, "{status:?}");
+        }
+        let down = call_error(url(), &tonic::Status::unavailable("tcp connect error"));
+        assert!(down.unreachable && !down.timed_out);
+        let refused = call_error(url(), &tonic::Status::invalid_argument("bad input"));
+        assert!(!refused.unreachable && !refused.timed_out);
     }
 }
