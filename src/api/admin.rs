@@ -14,8 +14,7 @@ use super::convert::admin::{
 use super::forward::{Peers, forward_to_owner};
 use super::pb;
 use super::pb::admin_client::AdminClient;
-use crate::routers::RouterError;
-use crate::service::{Api, Service, ServiceError};
+use crate::service::{Api, Service};
 
 pub struct AdminService {
     service: Arc<Service>,
@@ -27,7 +26,8 @@ impl AdminService {
         Self { service, peers }
     }
 
-    /// Every router's info, across the replicas sharing a database (each from its owner).
+    /// Every router's info, across the replicas sharing a database (each from its owner,
+    /// as GetRouter answers it).
     async fn all_routers(
         &self,
         metadata: &tonic::metadata::MetadataMap,
@@ -41,39 +41,14 @@ impl AdminService {
             let request = Request::from_parts(
                 metadata.clone(),
                 Default::default(),
-                pb::GetRouterRequest { name: name.clone() },
+                pb::GetRouterRequest { name },
             );
-            let info = match super::forward::owner_elsewhere(&self.service, &name, metadata).await?
-            {
-                None => match self.service.router_info(name).await {
-                    Ok(info) => Some(router_info(info)),
-                    Err(ServiceError::Router(RouterError::UnknownRouter { .. })) => None,
-                    Err(error) => return Err(error.into()),
-                },
-                Some(owner) => {
-                    let max = self.peers.max_message_bytes;
-                    let answer = self
-                        .peers
-                        .forward(
-                            "GetRouter",
-                            &owner,
-                            request,
-                            |channel, request| async move {
-                                AdminClient::new(channel)
-                                    .max_decoding_message_size(max)
-                                    .get_router(request)
-                                    .await
-                            },
-                        )
-                        .await;
-                    match answer {
-                        Ok(response) => response.into_inner().router,
-                        Err(status) if status.code() == tonic::Code::NotFound => None,
-                        Err(status) => return Err(status),
-                    }
-                }
-            };
-            routers.extend(info);
+            match pb::admin_server::Admin::get_router(self, request).await {
+                Ok(response) => routers.extend(response.into_inner().router),
+                // Deleted meanwhile.
+                Err(status) if status.code() == tonic::Code::NotFound => {}
+                Err(status) => return Err(status),
+            }
         }
         Ok(routers)
     }

@@ -218,36 +218,40 @@ impl RoutersHandle {
         }
     }
 
+    /// Run `work` on the blocking pool with the replicas; without replicas, `T::default()`
+    /// at once.
+    async fn for_replicas<T: Default + Send + 'static>(
+        &self,
+        work: impl FnOnce(&Replicas) -> Result<T, RouterError> + Send + 'static,
+    ) -> Result<T, RouterError> {
+        if let Placement::Single(_) = &*self.placement {
+            return Ok(T::default());
+        }
+        self.blocking(move |placement| match placement {
+            Placement::Single(_) => Ok(T::default()),
+            Placement::Replicas(replicas) => work(replicas),
+        })
+        .await
+    }
+
     /// The names of every router of the database the replicas share (`None`: all routers
     /// are here; see [`RoutersHandle::list`]).
     pub async fn shared_router_names(&self) -> Result<Option<Vec<String>>, RouterError> {
-        self.blocking(|placement| match placement {
-            Placement::Single(_) => Ok(None),
-            Placement::Replicas(replicas) => replicas.router_names().map(Some),
-        })
-        .await
+        self.for_replicas(|replicas| replicas.router_names().map(Some))
+            .await
     }
 
     /// Apply the catalog changes other replicas made since the last call; returns them
     /// (none without replicas).
     pub async fn catch_up_catalog(&self) -> Result<Vec<StateEvent>, RouterError> {
-        if let Placement::Single(_) = &*self.placement {
-            return Ok(Vec::new());
-        }
-        self.blocking(|placement| match placement {
-            Placement::Single(_) => Ok(Vec::new()),
-            Placement::Replicas(replicas) => replicas.catch_up(),
-        })
-        .await
+        self.for_replicas(|replicas| replicas.catch_up()).await
     }
 
     /// Hand back the leases of every router held here (replicas; the server is stopping,
     /// after its final snapshot).
     pub async fn release_all(&self) -> Result<(), RouterError> {
-        self.blocking(|placement| {
-            if let Placement::Replicas(replicas) = placement {
-                replicas.release_all();
-            }
+        self.for_replicas(|replicas| {
+            replicas.release_all();
             Ok(())
         })
         .await
@@ -255,13 +259,8 @@ impl RoutersHandle {
 
     /// Hand back the leases of routers no longer held here (replicas only).
     pub async fn release_idle(&self) -> Result<(), RouterError> {
-        if let Placement::Single(_) = &*self.placement {
-            return Ok(());
-        }
-        self.blocking(|placement| {
-            if let Placement::Replicas(replicas) = placement {
-                replicas.release_idle();
-            }
+        self.for_replicas(|replicas| {
+            replicas.release_idle();
             Ok(())
         })
         .await
