@@ -519,7 +519,14 @@ impl RoutersHandle {
     }
 
     /// Why changes cannot be made durable now (the log is failing), or `None`.
+    /// (With replicas, also while the database cannot be read: no router could be taken
+    /// over or changed here.)
     pub fn state_unwritable(&self) -> Option<String> {
+        if let Placement::Replicas(replicas) = &*self.placement
+            && let Some(reason) = replicas.unreachable()
+        {
+            return Some(reason);
+        }
         self.placement
             .all()
             .iter()

@@ -65,6 +65,8 @@ pub struct Replicas {
     slots: Mutex<HashMap<String, Arc<Mutex<Slot>>>>,
     /// How long a read of another replica's lease is trusted.
     recheck: Duration,
+    /// Why the last read of the catalog failed (the database is unreachable), if it did.
+    catalog_failing: Mutex<Option<String>>,
 }
 
 impl Replicas {
@@ -89,6 +91,7 @@ impl Replicas {
             routers_options,
             catalog: Arc::new(catalog),
             slots: Mutex::new(HashMap::new()),
+            catalog_failing: Mutex::new(None),
             recheck: (store_options.lease / 4).clamp(REMOTE_RECHECK.0, REMOTE_RECHECK.1),
             store_options,
         })
@@ -307,6 +310,17 @@ impl Replicas {
     /// Apply what other replicas added to the catalog since this one last read it; returns
     /// those changes (the caller loads or unloads the models they name). Blocking.
     pub fn catch_up(&self) -> Result<Vec<StateEvent>, RouterError> {
-        self.catalog.catch_up()
+        let read = self.catalog.catch_up();
+        *self.catalog_failing.lock().expect("catalog lock poisoned") =
+            read.as_ref().err().map(|error| error.to_string());
+        read
+    }
+
+    /// Why the database cannot be read now (the last catalog read failed), or `None`.
+    pub fn unreachable(&self) -> Option<String> {
+        self.catalog_failing
+            .lock()
+            .expect("catalog lock poisoned")
+            .clone()
     }
 }

@@ -340,6 +340,7 @@ def test_owners_killed_under_traffic_lose_nothing_acknowledged(postgres):
 
 def test_postgres_restarted_under_traffic(postgres):
     server = Server(free_port(), config(postgres)).wait_ready()
+    idle = Server(free_port(), config(postgres)).wait_ready()  # a replica that owns no router
     try:
         client = LaserRouterClient(server.address, retries=0, timeout=5)
         client.create_router("busy", context_dim=4)
@@ -376,12 +377,13 @@ def test_postgres_restarted_under_traffic(postgres):
             postgres.stop("fast")
             time.sleep(1.0)
             assert not serving(server), "health must say NOT_SERVING while nothing can be made durable"
+            assert not serving(idle), "a replica owning no router cannot take one over either"
             failures_while_down = len(codes)
             time.sleep(1.5)
             assert len(codes) > failures_while_down or codes, "requests must have been refused"
             postgres.start()
             deadline = time.time() + 20
-            while not serving(server):
+            while not (serving(server) and serving(idle)):
                 assert time.time() < deadline, "service did not resume by itself"
                 time.sleep(0.2)
             resumed = scored[0]
@@ -400,6 +402,7 @@ def test_postgres_restarted_under_traffic(postgres):
         assert arms(client, "busy") == before, "everything acknowledged survives"
     finally:
         server.stop()
+        idle.stop()
 
 
 def test_a_stopping_owner_hands_the_lease_over_and_state_commands_respect_it(postgres):
