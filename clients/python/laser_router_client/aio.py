@@ -1,6 +1,6 @@
 """The asyncio client (grpc.aio), for trainers whose reward functions are async (TRL, verl):
 the same methods as `LaserRouterClient`, awaitable, with the same retries (backoff with
-jitter on UNAVAILABLE), deadlines, admin token and TLS.
+jitter on UNAVAILABLE and ABORTED), deadlines, admin token and TLS.
 
     async with AsyncLaserRouterClient("127.0.0.1:50051") as client:
         results = await client.score("run", queries)

@@ -235,13 +235,15 @@ def _credentials(root_certificates: Optional[bytes], certificate_chain: Optional
 
 
 def _retryable(code: grpc.StatusCode) -> bool:
-    return code == grpc.StatusCode.UNAVAILABLE
+    # ABORTED: two replicas changed the catalog of models at once; nothing was changed here.
+    return code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.ABORTED)
 
 
 class LaserRouterClient:
     """Score queries and post feedback; admin calls when a token (or loopback) allows.
 
-    Calls that fail with UNAVAILABLE (server restarting, connection dropped) are retried with
+    Calls that fail with UNAVAILABLE (server restarting, connection dropped, a router moving
+    between replicas) or ABORTED (a concurrent model change on another replica) are retried with
     exponential backoff and jitter, `retries` times; `timeout` is each call's deadline.
     Feedback is safe to retry: the server applies each decision id once, and an idempotency
     key makes any Feedback's retry return its first answer. TLS: pass the server's CA as

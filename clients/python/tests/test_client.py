@@ -127,6 +127,15 @@ def test_gives_up_with_unavailable_after_its_retries():
         assert time.time() - started >= 0.05 + 0.1  # two backoffs
 
 
+def test_only_calls_that_changed_nothing_and_may_succeed_later_are_retried():
+    from laser_router_client.client import _retryable
+
+    assert _retryable(grpc.StatusCode.UNAVAILABLE) and _retryable(grpc.StatusCode.ABORTED)
+    for code in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND, grpc.StatusCode.DEADLINE_EXCEEDED,
+                 grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.RESOURCE_EXHAUSTED):
+        assert not _retryable(code), code
+
+
 def test_prompt_context_is_the_masked_mean():
     hidden = np.arange(2 * 3 * 2, dtype=np.float32).reshape(2, 3, 2)
     mask = np.array([[1, 1, 0], [1, 0, 0]])
