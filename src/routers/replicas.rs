@@ -12,7 +12,8 @@
 //! took over (this one was paused or cut off past its lease) writes nothing more
 //! ([`crate::store::Store::fenced`]) and is dropped at its next lookup, so the router's
 //! requests go to the new owner. Cells left with no router (deleted, or a lookup of a name
-//! that does not exist) hand their lease back at the next [`Replicas::release_idle`].
+//! that does not exist) delete their stream and lease row at the next
+//! [`Replicas::release_idle`]: nothing in them is state any more.
 //!
 //! Routers of a database written before streams (schema 1) sit in the catalog; each moves
 //! to its own stream the first time a replica owns it (imported there when its stream is
@@ -20,9 +21,9 @@
 //!
 //! Cost: a lookup of an owned router is a map lookup; a router owned elsewhere is looked up
 //! in the database (on the catalog's connection) at most every quarter lease (50 ms to
-//! 1 s); a takeover costs a connection, the
-//! lease, and reading the router's snapshot (hundreds of MB at d = 4096). Each owned router
-//! holds one database connection and one writer thread.
+//! 1 s); a takeover costs a connection, the lease, and reading the router's snapshot
+//! (hundreds of MB at d = 4096). Each owned router holds one database connection and one
+//! writer thread.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
