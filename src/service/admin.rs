@@ -103,15 +103,6 @@ impl Service {
         Ok(info)
     }
 
-    /// The address of the replica that serves router `name`, when that is another one
-    /// (replicas on PostgreSQL; a router nobody owns is taken over here).
-    pub async fn router_served_elsewhere(
-        &self,
-        name: &str,
-    ) -> Result<Option<String>, ServiceError> {
-        Ok(self.routers.served_elsewhere(name).await?)
-    }
-
     /// Every router's name in the database the replicas share (`None`: no replicas).
     pub async fn shared_router_names(&self) -> Result<Option<Vec<String>>, ServiceError> {
         Ok(self.routers.shared_router_names().await?)

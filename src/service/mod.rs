@@ -115,6 +115,15 @@ impl Service {
         }
     }
 
+    /// The address of the replica that serves router `name`, when that is another one
+    /// (replicas on PostgreSQL; a router nobody owns is taken over here).
+    pub async fn router_served_elsewhere(
+        &self,
+        name: &str,
+    ) -> Result<Option<String>, ServiceError> {
+        Ok(self.routers.served_elsewhere(name).await?)
+    }
+
     pub fn limits(&self) -> &Limits {
         &self.limits
     }
