@@ -156,11 +156,10 @@ pub async fn run(
         metrics_handle,
         stop_rx.clone(),
     ));
-    let snapshot_task = tokio::spawn(maintain_state(
-        service.clone(),
-        routers.clone(),
-        stop_rx.clone(),
-    ));
+    let snapshot_task = tokio::spawn(maintain_state(routers.clone(), stop_rx.clone()));
+    let catalog_task = routers
+        .is_replicated()
+        .then(|| tokio::spawn(follow_catalog(service.clone(), stop_rx.clone())));
     let health_task = tokio::spawn(report_state_health(
         routers.clone(),
         health_reporter.clone(),
@@ -269,6 +268,9 @@ pub async fn run(
     }
     let _ = metrics_task.await;
     let _ = snapshot_task.await;
+    if let Some(catalog_task) = catalog_task {
+        let _ = catalog_task.await;
+    }
     let _ = health_task.await;
     if let Some(http_task) = http_task {
         let _ = http_task.await;
@@ -368,12 +370,8 @@ async fn report_state_health(
 }
 
 /// Every 500 ms: snapshots when due; with replicas, the leases of routers no longer held
-/// here handed back, and the catalog's changes by other replicas loaded.
-async fn maintain_state(
-    service: Arc<Service>,
-    routers: RoutersHandle,
-    mut stop: watch::Receiver<bool>,
-) {
+/// here handed back.
+async fn maintain_state(routers: RoutersHandle, mut stop: watch::Receiver<bool>) {
     let mut interval = tokio::time::interval(Duration::from_millis(500));
     loop {
         tokio::select! {
@@ -385,6 +383,19 @@ async fn maintain_state(
         }
         if let Err(error) = routers.release_idle().await {
             tracing::warn!(%error, "releasing idle routers failed");
+        }
+    }
+}
+
+/// Replicas: every 500 ms, the models other replicas published or unpublished loaded or
+/// unloaded here (a task of its own: it waits while an Admin model change runs, which must
+/// not hold snapshots back).
+async fn follow_catalog(service: Arc<Service>, mut stop: watch::Receiver<bool>) {
+    let mut interval = tokio::time::interval(Duration::from_millis(500));
+    loop {
+        tokio::select! {
+            _ = interval.tick() => {}
+            _ = stop.wait_for(|stop| *stop) => return,
         }
         if let Err(error) = service.follow_catalog().await {
             tracing::warn!(%error, "reading the catalog's changes failed; retrying");

@@ -65,30 +65,35 @@ impl Serving {
         owner_elsewhere(&self.service, router, &tonic::metadata::MetadataMap::new()).await
     }
 
-    /// `request` to the router's owner over gRPC, with what is left of `deadline`.
-    async fn forward<T, R, F, Fut>(
+    /// `request` for `router`: to the router's owner over gRPC with `remote` (with what is
+    /// left of `deadline`) when another replica owns it, else here with `local`.
+    async fn here_or_there<T, R>(
         &self,
         rpc: &'static str,
-        owner: &str,
+        router: &str,
         request: T,
         deadline: Option<Instant>,
-        call: F,
-    ) -> Result<R, tonic::Status>
-    where
-        F: FnOnce(RewardRouterClient<tonic::transport::Channel>, tonic::Request<T>) -> Fut,
-        Fut: std::future::Future<Output = Result<tonic::Response<R>, tonic::Status>>,
-    {
+        remote: impl AsyncFnOnce(
+            RewardRouterClient<tonic::transport::Channel>,
+            tonic::Request<T>,
+        ) -> Result<tonic::Response<R>, tonic::Status>,
+        local: impl AsyncFnOnce(T) -> Result<R, tonic::Status>,
+    ) -> Result<R, tonic::Status> {
+        let _slot = self.service.admit(Api::RewardRouter)?;
+        let Some(owner) = self.owner(router).await? else {
+            return local(request).await;
+        };
         let mut request = tonic::Request::new(request);
         if let Some(deadline) = deadline {
             request.set_timeout(deadline.saturating_duration_since(Instant::now()));
         }
         let max = self.peers.max_message_bytes;
         self.peers
-            .forward(rpc, owner, request, |channel, request| {
+            .forward(rpc, &owner, request, |channel, request| {
                 let client = RewardRouterClient::new(channel)
                     .max_decoding_message_size(max)
                     .max_encoding_message_size(max);
-                call(client, request)
+                remote(client, request)
             })
             .await
             .map(tonic::Response::into_inner)
@@ -100,20 +105,19 @@ impl Serving {
         request: pb::ScoreRequest,
         deadline: Option<Instant>,
     ) -> Result<pb::ScoreResponse, tonic::Status> {
-        let _slot = self.service.admit(Api::RewardRouter)?;
-        if let Some(owner) = self.owner(&request.router).await? {
-            return self
-                .forward(
-                    "Score",
-                    &owner,
-                    request,
-                    deadline,
-                    async |mut client, request| client.score(request).await,
-                )
-                .await;
-        }
-        let call = score_call(request, self.service.limits())?;
-        Ok(score_response(self.service.score(call, deadline).await?))
+        let router = request.router.clone();
+        self.here_or_there(
+            "Score",
+            &router,
+            request,
+            deadline,
+            async |mut client, request| client.score(request).await,
+            async |request| {
+                let call = score_call(request, self.service.limits())?;
+                Ok(score_response(self.service.score(call, deadline).await?))
+            },
+        )
+        .await
     }
 
     /// A Feedback, here or on the router's owner.
@@ -122,20 +126,19 @@ impl Serving {
         request: pb::FeedbackRequest,
         deadline: Option<Instant>,
     ) -> Result<pb::FeedbackResponse, tonic::Status> {
-        let _slot = self.service.admit(Api::RewardRouter)?;
-        if let Some(owner) = self.owner(&request.router).await? {
-            return self
-                .forward(
-                    "Feedback",
-                    &owner,
-                    request,
-                    deadline,
-                    async |mut client, request| client.feedback(request).await,
-                )
-                .await;
-        }
-        let call = feedback_call(request, self.service.limits())?;
-        Ok(feedback_response(self.service.feedback(call).await?))
+        let router = request.router.clone();
+        self.here_or_there(
+            "Feedback",
+            &router,
+            request,
+            deadline,
+            async |mut client, request| client.feedback(request).await,
+            async |request| {
+                let call = feedback_call(request, self.service.limits())?;
+                Ok(feedback_response(self.service.feedback(call).await?))
+            },
+        )
+        .await
     }
 }
 

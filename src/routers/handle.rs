@@ -218,6 +218,11 @@ impl RoutersHandle {
         }
     }
 
+    /// Whether routers are spread over replicas sharing a database.
+    pub fn is_replicated(&self) -> bool {
+        matches!(&*self.placement, Placement::Replicas(_))
+    }
+
     /// Run `work` on the blocking pool with the replicas; without replicas, `T::default()`
     /// at once.
     async fn for_replicas<T: Default + Send + 'static>(

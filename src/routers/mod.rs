@@ -117,7 +117,7 @@ pub enum RouterError {
     TooManyRouters { max: usize },
     /// Another replica owns the router (PostgreSQL backend): the request belongs there.
     #[error(
-        "router {router:?} is served by the replica at {address}; this replica does not forward this request: send it there (gRPC requests are forwarded)"
+        "router {router:?} is served by the replica at {address} (its owner changed while this request was on its way): retry"
     )]
     ServedElsewhere { router: String, address: String },
     /// The store refused the change: nothing was applied.
