@@ -12,14 +12,15 @@
 use std::path::Path;
 
 use crate::config::Config;
-use crate::routers::state::RouterStateV1;
+use crate::routers::state::{RouterStateV1, RouterStateV2};
 use crate::routers::{RouterError, RouterState, Routers, RoutersOptions};
 use crate::store::postgres::{self, router_stream};
 use crate::store::{Store, StoreError, StoreOptions, frame};
 
 const EXPORT_MAGIC: &[u8; 8] = b"LASERRTR";
-/// Version 2: routers with decision groups and idempotency keys; version 1 is still read.
-const EXPORT_VERSION: u32 = 2;
+/// Version 3: pending decisions keep their scores (label feedback); version 2 (routers with
+/// decision groups and idempotency keys) and version 1 are still read.
+const EXPORT_VERSION: u32 = 3;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StateCliError {
@@ -91,6 +92,8 @@ pub fn import(config: &Config, name: &str, file: &Path) -> Result<String, StateC
         frame::read_blob(&bytes[12..]).map_err(|e| file_error(file)(e.to_string()))?;
     let state: RouterState = if version == 1 {
         postcard::from_bytes::<RouterStateV1>(payload).map(RouterState::from)
+    } else if version == 2 {
+        postcard::from_bytes::<RouterStateV2>(payload).map(RouterState::from)
     } else {
         postcard::from_bytes(payload)
     }

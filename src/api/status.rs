@@ -80,6 +80,9 @@ impl From<RouterError> for Status {
             RouterError::NoRewardModels { .. } => Code::FailedPrecondition,
             RouterError::FixedRewardModelUnavailable { .. } => Code::FailedPrecondition,
             RouterError::RewardOutOfRange { .. } => Code::InvalidArgument,
+            RouterError::LabelCount { .. } => Code::InvalidArgument,
+            RouterError::PreferredIndex { .. } => Code::InvalidArgument,
+            RouterError::ScoresNotKept { .. } => Code::FailedPrecondition,
             RouterError::IdempotencyKeyReused { .. } => Code::FailedPrecondition,
             RouterError::UnknownDecisions {
                 router,

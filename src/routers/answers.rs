@@ -1,14 +1,18 @@
-//! Applying feedback to a router: the checks before it is logged (ids known, rewards in
-//! range), answers per idempotency key, normalizing each signal, crediting each answered
+//! Applying feedback to a router: turning labels into agreement rewards against each
+//! decision's kept scores, the checks before it is logged (ids known, rewards in range),
+//! answers per idempotency key, normalizing each signal, crediting each answered
 //! decision's arms and batching the LinUCB updates (one rank-r update per arm).
-//! Cost: O(d²·r) per arm for its r decisions; the rest O(decisions).
+//! Cost: O(d²·r) per arm for its r decisions; labels O(n²) per decision of n responses;
+//! the rest O(decisions).
 
 use std::collections::HashSet;
 
 use super::RouterError;
 use super::events::{
-    AnsweredDecision, FeedbackOutcome, FeedbackSignal, FeedbackSignals, IdempotencyKey,
+    AnsweredDecision, DecisionFeedback, FeedbackOutcome, FeedbackSignal, FeedbackSignals,
+    IdempotencyKey,
 };
+use crate::bandit::labels::pairwise_agreement;
 use super::pending::Choice;
 use super::policy::Updates;
 use super::router::Router;
@@ -29,6 +33,69 @@ impl Router {
             }
             answered => Ok(answered.map(|(_, counts)| counts)),
         }
+    }
+
+    /// Turn a per-decision Feedback's labels into signals: each labelled pending decision's
+    /// agreement with its labels ([`FeedbackSignal::Agreement`], or `Uninformative` when no
+    /// two labels differ). Ids that are not pending keep a placeholder: the checks refuse
+    /// unknown ones and answered ones count as duplicates. Refuses labels whose count
+    /// differs from the decision's responses, and decisions recorded without scores.
+    pub fn resolve_labels(
+        &self,
+        items: Vec<(String, DecisionFeedback)>,
+        now_unix_ms: i64,
+    ) -> Result<Vec<(String, FeedbackSignal)>, RouterError> {
+        items
+            .into_iter()
+            .map(|(decision_id, item)| {
+                // Labels, or the preferred response's index.
+                let labelled = match item {
+                    DecisionFeedback::Signal(signal) => return Ok((decision_id, signal)),
+                    DecisionFeedback::Labels(labels) => Ok(labels),
+                    DecisionFeedback::Preferred(index) => Err(index),
+                };
+                let Some(decision) = self.book.live(&decision_id, now_unix_ms, self.ttl_ms())
+                else {
+                    return Ok((decision_id, FeedbackSignal::Uninformative));
+                };
+                if decision.scores.is_empty() {
+                    return Err(RouterError::ScoresNotKept {
+                        router: self.name.clone(),
+                        decision_id,
+                    });
+                }
+                let labels = match labelled {
+                    Ok(labels) => labels,
+                    Err(index) => {
+                        let responses = decision.scores.len();
+                        if index as usize >= responses {
+                            return Err(RouterError::PreferredIndex {
+                                router: self.name.clone(),
+                                decision_id,
+                                index,
+                                responses,
+                            });
+                        }
+                        (0..responses)
+                            .map(|i| if i == index as usize { 1.0 } else { 0.0 })
+                            .collect()
+                    }
+                };
+                if decision.scores.len() != labels.len() {
+                    return Err(RouterError::LabelCount {
+                        router: self.name.clone(),
+                        expected: decision.scores.len(),
+                        got: labels.len(),
+                        decision_id,
+                    });
+                }
+                let signal = match pairwise_agreement(&decision.scores, &labels) {
+                    Some(agreement) => FeedbackSignal::Agreement(agreement),
+                    None => FeedbackSignal::Uninformative,
+                };
+                Ok((decision_id, signal))
+            })
+            .collect()
     }
 
     /// Check a Feedback before it is logged: every id must be pending (and not expired at
@@ -133,8 +200,21 @@ impl Router {
 
         let mut updates = Updates::default();
         for (decision_id, decision, signal) in answered {
-            let reward = shared.unwrap_or_else(|| self.normalize(signal));
             let members = decision.choice.arms();
+            if signal == FeedbackSignal::Uninformative {
+                // Answered, judged by nothing: no arm learns from it.
+                outcome.not_applied.push(AnsweredDecision {
+                    decision_id: decision_id.clone(),
+                    reward_models: members
+                        .iter()
+                        .map(|&a| self.arms[a].reward_model.clone())
+                        .collect(),
+                    reward: f64::NAN,
+                });
+                self.book.remember_answered(decision_id, capacity);
+                continue;
+            }
+            let reward = shared.unwrap_or_else(|| self.normalize(signal));
             let answered = AnsweredDecision {
                 decision_id: decision_id.clone(),
                 reward_models: members
@@ -189,12 +269,16 @@ impl Router {
     }
 
     /// The normalized reward of one signal (observed by the normalizer unless the router
-    /// takes rewards as already normalized).
+    /// takes rewards as already normalized; an agreement is on that scale already and stays
+    /// out of the loss history).
     pub(super) fn normalize(&mut self, signal: FeedbackSignal) -> f64 {
         match signal {
             FeedbackSignal::Reward(reward) if self.settings.reward_is_normalized => reward,
             FeedbackSignal::Reward(reward) => self.normalizer.observe(reward),
             FeedbackSignal::Loss(loss) => self.normalizer.observe(-loss),
+            FeedbackSignal::Agreement(agreement) => agreement,
+            // Skipped before normalizing; neutral if it ever got here.
+            FeedbackSignal::Uninformative => 0.5,
         }
     }
 }

@@ -4,8 +4,9 @@
 //! feedback did ([`FeedbackOutcome`]).
 //!
 //! The log format grows by appending: `Recorded` and `Feedback` are the first format's
-//! events (still applied when replayed); the live path writes `RecordedInGroups` and
-//! `FeedbackKeyed`.
+//! events, `RecordedInGroups` the second's (still applied when replayed); the live path
+//! writes `RecordedScored` (decisions with the scores they answered, for label feedback)
+//! and `FeedbackKeyed`.
 //!
 //! Events carry their time and the serving RMs, so applying one is deterministic: the
 //! live path and recovery apply the same bytes to the same result. Plain data, no cost
@@ -60,9 +61,18 @@ pub struct Decision {
     pub(super) received: Option<Vec<f32>>,
     pub(super) probability: f64,
     pub(super) arm_count: usize,
+    /// The scores this decision answered with, its queries' responses in request order
+    /// (set by the Score that records it; label feedback is judged against them).
+    pub(super) scores: Vec<f32>,
 }
 
 impl Decision {
+    /// Keep the scores this decision answers with (its queries' responses, in request
+    /// order), so label feedback can be judged against them.
+    pub fn set_scores(&mut self, scores: Vec<f32>) {
+        self.scores = scores;
+    }
+
     /// Whether this decision combines several RMs (an ensemble policy).
     pub fn is_ensemble(&self) -> bool {
         self.combination != Combination::Single
@@ -138,22 +148,41 @@ impl Selection {
             .iter()
             .filter(|d| d.source != DecisionSource::Pending && record(d))
             .collect();
-        (!decisions.is_empty()).then(|| RouterEvent::RecordedInGroups {
+        (!decisions.is_empty()).then(|| RouterEvent::RecordedScored {
             now_unix_ms,
             serving: self.serving.clone(),
             decisions: decisions.iter().map(|d| d.logged()).collect(),
             groups: decisions.iter().map(|d| d.groups.clone()).collect(),
+            scores: decisions.iter().map(|d| d.scores.clone()).collect(),
         })
     }
 }
 
-/// The signal a Feedback request carries.
+/// The signal a Feedback request carries, as the log keeps it.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub enum FeedbackSignal {
     /// Training loss; reward = −loss.
     Loss(f64),
     /// Reward, higher is better.
     Reward(f64),
+    /// The decision's agreement with labels (pairwise accuracy of its scores, in [0, 1],
+    /// computed from the request's labels before logging): already on the normalized scale,
+    /// it enters the arm as is and stays out of the normalizer's history.
+    Agreement(f64),
+    /// Labels that cannot judge the decision (every response labelled alike): the decision
+    /// is answered, no arm is updated.
+    Uninformative,
+}
+
+/// What one decision of a per-decision Feedback carries: a signal, or labels for its
+/// responses that the router turns into an [`FeedbackSignal::Agreement`].
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum DecisionFeedback {
+    Signal(FeedbackSignal),
+    /// One label per response the decision scored (higher is better).
+    Labels(Vec<f64>),
+    /// The index of the preferred response (the others equal and worse).
+    Preferred(u32),
 }
 
 /// A decision's context as the log keeps it (format 2).
@@ -221,6 +250,15 @@ pub enum RouterEvent {
         signals: FeedbackSignals,
         key: Option<IdempotencyKey>,
     },
+    /// Decisions recorded with the scores they answered (`scores[i]` for `decisions[i]`);
+    /// `groups[i]` are the groups that share `decisions[i]`. Format 3.
+    RecordedScored {
+        now_unix_ms: i64,
+        serving: Vec<String>,
+        decisions: Vec<LoggedDecision>,
+        groups: Vec<Vec<String>>,
+        scores: Vec<Vec<f32>>,
+    },
 }
 
 /// Which decisions a Feedback names, with which signals.
@@ -269,6 +307,8 @@ pub enum FeedbackForm {
     PerDecision(Vec<(String, FeedbackSignal)>),
     /// One signal for every decision awaiting feedback made before the request arrived.
     AllPending { signal: FeedbackSignal },
+    /// A signal or labels per decision (sent when any decision carries labels).
+    PerDecisionLabelled(Vec<(String, DecisionFeedback)>),
 }
 
 impl FeedbackForm {

@@ -42,6 +42,7 @@ impl Router {
                 received: None,
                 probability: pending.probability,
                 arm_count: pending.arm_count,
+                scores: Vec::new(),
             });
         }
         let (decision, made_unix_ms) = self.reserved.get(group)?;

@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use super::router::Router;
 use super::settings::RouterSettings;
-use super::state::{RouterSettingsV1, RouterState, RouterStateV1};
+use super::state::{RouterSettingsV1, RouterState, RouterStateV1, RouterStateV2};
 use super::{RouterError, RouterEvent, Routers};
 use crate::models::spec::RewardModelSpecV1;
 use crate::models::{EncoderSpec, ModelSource, RewardModelSpec};
@@ -50,10 +50,11 @@ pub enum StateEvent {
     RewardModelRemoved {
         name: String,
     },
-    /// A whole router state (import), replacing any router of that name.
-    RouterImported {
+    /// A whole router state in format 2 (imports logged before format 3), replacing any
+    /// router of that name.
+    RouterImportedV2 {
         name: String,
-        state: Box<RouterState>,
+        state: Box<RouterStateV2>,
     },
     RouterCreated {
         name: String,
@@ -71,6 +72,11 @@ pub enum StateEvent {
     /// An RM published through Admin.AddRewardModel (any backend).
     RewardModelAdded {
         spec: Box<RewardModelSpec>,
+    },
+    /// A whole router state (import), replacing any router of that name.
+    RouterImported {
+        name: String,
+        state: Box<RouterState>,
     },
 }
 
@@ -139,10 +145,18 @@ struct Snapshot {
     encoders: EncoderChanges,
 }
 
+/// The payload of a version 3 snapshot (before pending decisions kept their scores).
+#[derive(Deserialize)]
+struct SnapshotV3 {
+    routers: Vec<RouterStateV2>,
+    reward_models: RewardModelChanges,
+    encoders: EncoderChanges,
+}
+
 /// The payload of a version 2 snapshot (before RM backends).
 #[derive(Deserialize)]
 struct SnapshotV2 {
-    routers: Vec<RouterState>,
+    routers: Vec<RouterStateV2>,
     reward_models: ModelChanges<RewardModelSpecV1>,
     encoders: EncoderChanges,
 }
@@ -182,8 +196,16 @@ impl Snapshot {
             2 => {
                 let old: SnapshotV2 = postcard::from_bytes(payload)?;
                 Ok(Snapshot {
-                    routers: old.routers,
+                    routers: old.routers.into_iter().map(RouterState::from).collect(),
                     reward_models: old.reward_models.into(),
+                    encoders: old.encoders,
+                })
+            }
+            3 => {
+                let old: SnapshotV3 = postcard::from_bytes(payload)?;
+                Ok(Snapshot {
+                    routers: old.routers.into_iter().map(RouterState::from).collect(),
+                    reward_models: old.reward_models,
                     encoders: old.encoders,
                 })
             }
@@ -301,6 +323,10 @@ impl Routers {
             }
             StateEvent::RouterImported { name, state } => {
                 let router = Router::from_state(name.clone(), *state)?;
+                self.map_mut().insert(name, Arc::new(Mutex::new(router)));
+            }
+            StateEvent::RouterImportedV2 { name, state } => {
+                let router = Router::from_state(name.clone(), RouterState::from(*state))?;
                 self.map_mut().insert(name, Arc::new(Mutex::new(router)));
             }
             StateEvent::RouterImportedV1 { name, state } => {

@@ -38,12 +38,14 @@ pub mod statistics;
 mod tests;
 #[cfg(test)]
 mod tests_groups;
+#[cfg(test)]
+mod tests_labels;
 
 /// The store's error, which [`RouterError::StateWrite`] and [`RouterError::NotAcknowledged`]
 /// carry.
 pub use crate::store::StoreError;
 pub use events::{
-    AnsweredDecision, Combination, Decision, Evictions, FeedbackCounts, FeedbackForm,
+    AnsweredDecision, Combination, Decision, DecisionFeedback, Evictions, FeedbackCounts, FeedbackForm,
     FeedbackOutcome, FeedbackSignal, FeedbackSignals, IdempotencyKey, RouterEvent, Selection,
 };
 pub use handle::{
@@ -106,6 +108,30 @@ pub enum RouterError {
         "idempotency key {key:?} of router {router:?} was used for a different Feedback; use a new key per request"
     )]
     IdempotencyKeyReused { router: String, key: String },
+    /// Labels for a decision whose response count differs.
+    #[error(
+        "labels for decision {decision_id:?} of router {router:?}: {got} labels; the decision scored {expected} responses (one label per response, in request order)"
+    )]
+    LabelCount {
+        router: String,
+        decision_id: String,
+        expected: usize,
+        got: usize,
+    },
+    #[error(
+        "preferred response {index} of decision {decision_id:?} of router {router:?} is out of range: the decision scored {responses} responses"
+    )]
+    PreferredIndex {
+        router: String,
+        decision_id: String,
+        index: u32,
+        responses: usize,
+    },
+    /// Labels for a decision recorded before decisions kept their scores.
+    #[error(
+        "decision {decision_id:?} of router {router:?} was recorded without its scores (before this server version); send a loss or reward for it"
+    )]
+    ScoresNotKept { router: String, decision_id: String },
     #[error("reward {reward} is outside [0, 1]; router {router:?} has reward_is_normalized set")]
     RewardOutOfRange { router: String, reward: f64 },
     /// `field` is the settings key (config `[routers]`, CreateRouter's `settings`).

@@ -41,6 +41,46 @@ pub(super) struct PendingDecision {
     pub(super) probability: f64,
     pub(super) arm_count: usize,
     pub(super) created_unix_ms: i64,
+    /// The scores the decision answered with (its queries' responses in request order),
+    /// against which label feedback is judged. Format 3; empty for decisions recorded
+    /// before it.
+    pub(super) scores: Vec<f32>,
+}
+
+/// [`PendingDecision`] as formats 1 and 2 wrote it (no scores).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub(super) struct PendingDecisionV2 {
+    choice: Choice,
+    context: Vec<f64>,
+    probability: f64,
+    arm_count: usize,
+    created_unix_ms: i64,
+}
+
+impl From<PendingDecisionV2> for PendingDecision {
+    fn from(old: PendingDecisionV2) -> Self {
+        Self {
+            choice: old.choice,
+            context: old.context,
+            probability: old.probability,
+            arm_count: old.arm_count,
+            created_unix_ms: old.created_unix_ms,
+            scores: Vec::new(),
+        }
+    }
+}
+
+#[cfg(test)]
+impl From<&PendingDecision> for PendingDecisionV2 {
+    fn from(decision: &PendingDecision) -> Self {
+        Self {
+            choice: decision.choice.clone(),
+            context: decision.context.clone(),
+            probability: decision.probability,
+            arm_count: decision.arm_count,
+            created_unix_ms: decision.created_unix_ms,
+        }
+    }
 }
 
 #[derive(Default)]

@@ -2,7 +2,8 @@
 //! request ([`Plan`]), how it chooses arms for one decision, what state a new arm gets,
 //! how feedback updates the arms, and the selection probabilities GetRouter shows.
 //!
-//! Cost per request (K candidate arms, G decisions, d arm dimension): LinUCB O(K·d²·G),
+//! Cost per request (K candidate arms, G decisions, d arm dimension): LinUCB and linear
+//! Thompson sampling O(K·d²·G),
 //! reading each arm's factor once (one blocked triangular solve per arm); Exp3 O(K);
 //! the others O(1) per decision. Feedback: LinUCB one rank-r update per arm, O(d²·r);
 //! Exp3 O(1) per decision.
@@ -23,6 +24,12 @@ use crate::bandit::{self, ArmEstimate, LinUcbArm, exp3};
 pub(super) enum Plan {
     /// Every candidate's estimate for every decision: `[candidate][decision]`.
     LinUcb {
+        estimates: Vec<Vec<ArmEstimate>>,
+    },
+    /// Linear Thompson sampling: the same per-candidate estimates (mean x·θ, spread
+    /// v·sqrt(xᵀA⁻¹x) with v = α); each decision draws one score per candidate from its
+    /// posterior, `mean + spread·z` with z ~ N(0, 1).
+    LinTs {
         estimates: Vec<Vec<ArmEstimate>>,
     },
     Random,
@@ -61,7 +68,7 @@ impl Plan {
         decisions_recorded: u64,
     ) -> Result<Self, RouterError> {
         Ok(match &settings.policy {
-            Policy::LinUcb => {
+            Policy::LinUcb | Policy::LinTs => {
                 let batch = Mat::from_fn(settings.arm_dim(), contexts.len(), |i, j| contexts[j][i]);
                 let estimates = candidates
                     .iter()
@@ -84,7 +91,10 @@ impl Plan {
                             .collect(),
                     })
                     .collect();
-                Plan::LinUcb { estimates }
+                match settings.policy {
+                    Policy::LinTs => Plan::LinTs { estimates },
+                    _ => Plan::LinUcb { estimates },
+                }
             }
             Policy::Random => Plan::Random,
             Policy::RoundRobin => Plan::RoundRobin {
@@ -143,6 +153,25 @@ impl Plan {
                     ..single(bandit::select_arm(&per_candidate, rng).expect("candidates exist"))
                 }
             }
+            Plan::LinTs { estimates } => {
+                let sampled: Vec<ArmEstimate> = estimates
+                    .iter()
+                    .map(|per_arm| bandit::thompson_draw(per_arm[decision], rng))
+                    .collect();
+                let explained = if explain {
+                    candidates
+                        .iter()
+                        .zip(&sampled)
+                        .map(|(c, e)| (c.reward_model.clone(), *e))
+                        .collect()
+                } else {
+                    Vec::new()
+                };
+                Chosen {
+                    explained,
+                    ..single(bandit::select_arm(&sampled, rng).expect("candidates exist"))
+                }
+            }
             Plan::Random => single(rng.random_range(0..candidates.len())),
             Plan::RoundRobin { turn } => {
                 single(((*turn as usize).wrapping_add(decision)) % candidates.len())
@@ -170,6 +199,7 @@ pub(super) fn combination(policy: &Policy) -> Combination {
         Policy::Ensemble => Combination::ScoreMean,
         Policy::AgreementEnsemble => Combination::Agreement,
         Policy::LinUcb
+        | Policy::LinTs
         | Policy::Random
         | Policy::RoundRobin
         | Policy::Fixed { .. }
@@ -179,13 +209,18 @@ pub(super) fn combination(policy: &Policy) -> Combination {
 
 /// The LinUCB state a new arm starts with (`A = λI`, `b = 0`), for LinUCB routers.
 pub(super) fn new_arm_model(settings: &RouterSettings) -> Option<LinUcbArm> {
-    matches!(settings.policy, Policy::LinUcb)
-        .then(|| LinUcbArm::new(settings.arm_dim(), settings.l2_lambda))
+    uses_linear_arms(&settings.policy).then(|| LinUcbArm::new(settings.arm_dim(), settings.l2_lambda))
 }
 
 /// Whether an arm restored from a snapshot has the state its policy needs.
 pub(super) fn arm_model_fits(settings: &RouterSettings, linucb: Option<&LinUcbArm>) -> bool {
-    !matches!(settings.policy, Policy::LinUcb) || linucb.is_some()
+    !uses_linear_arms(&settings.policy) || linucb.is_some()
+}
+
+/// Whether `policy` keeps a ridge system per arm (LinUCB and linear Thompson sampling share
+/// the statistics; only the choice differs).
+fn uses_linear_arms(policy: &Policy) -> bool {
+    matches!(policy, Policy::LinUcb | Policy::LinTs)
 }
 
 /// Feedback gathered over one request's decisions, applied by [`Updates::apply`].
@@ -209,7 +244,7 @@ impl Updates {
         reward: f64,
     ) {
         match settings.policy {
-            Policy::LinUcb => self
+            Policy::LinUcb | Policy::LinTs => self
                 .contexts
                 .entry(arm)
                 .or_default()

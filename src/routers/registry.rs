@@ -355,6 +355,9 @@ impl Routers {
                 signal,
             },
             FeedbackForm::PerDecision(signals) => FeedbackSignals::PerDecision(signals),
+            FeedbackForm::PerDecisionLabelled(items) => {
+                FeedbackSignals::PerDecision(locked.resolve_labels(items, now_unix_ms)?)
+            }
             FeedbackForm::AllPending { signal } => FeedbackSignals::Shared {
                 decision_ids: locked.pending_made_before(arrived_unix_ms, now_unix_ms),
                 signal,

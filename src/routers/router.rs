@@ -31,7 +31,7 @@ use rand::rngs::StdRng;
 use super::RouterError;
 use super::events::{
     Decision, DecisionSource, Evictions, FeedbackOutcome, FeedbackSignals, LoggedContext,
-    RecordedDecision, RouterEvent, Selection,
+    LoggedDecision, RecordedDecision, RouterEvent, Selection,
 };
 use super::pending::{Choice, PendingBook, PendingDecision};
 use super::policy::{self, Plan};
@@ -299,6 +299,7 @@ impl Router {
                 received,
                 probability: chosen.probability,
                 arm_count: candidates.len(),
+                scores: Vec::new(),
             });
         }
         Ok(Selection {
@@ -318,7 +319,8 @@ impl Router {
                 decisions,
             } => {
                 let groups = vec![Vec::new(); decisions.len()];
-                self.apply_recorded(now_unix_ms, &serving, decisions, groups);
+                let scores = vec![Vec::new(); decisions.len()];
+                self.apply_recorded(now_unix_ms, &serving, decisions, groups, scores);
                 Ok(FeedbackOutcome::default())
             }
             RouterEvent::RecordedInGroups {
@@ -327,21 +329,20 @@ impl Router {
                 decisions,
                 groups,
             } => {
-                let decisions = decisions
-                    .into_iter()
-                    .map(|logged| RecordedDecision {
-                        decision_id: logged.decision_id,
-                        reward_models: logged.reward_models,
-                        ensemble: logged.ensemble,
-                        context: match logged.context {
-                            LoggedContext::Received(received) => self.transform.apply(&received),
-                            LoggedContext::Preprocessed(context) => context,
-                        },
-                        probability: logged.probability,
-                        arm_count: logged.arm_count,
-                    })
-                    .collect();
-                self.apply_recorded(now_unix_ms, &serving, decisions, groups);
+                let scores = vec![Vec::new(); decisions.len()];
+                let decisions = self.unlogged(decisions);
+                self.apply_recorded(now_unix_ms, &serving, decisions, groups, scores);
+                Ok(FeedbackOutcome::default())
+            }
+            RouterEvent::RecordedScored {
+                now_unix_ms,
+                serving,
+                decisions,
+                groups,
+                scores,
+            } => {
+                let decisions = self.unlogged(decisions);
+                self.apply_recorded(now_unix_ms, &serving, decisions, groups, scores);
                 Ok(FeedbackOutcome::default())
             }
             RouterEvent::Feedback {
@@ -369,19 +370,40 @@ impl Router {
         }
     }
 
+    /// Logged decisions as recorded ones: a received context goes through the router's
+    /// context transform again, which gives bit for bit what selection used.
+    fn unlogged(&self, decisions: Vec<LoggedDecision>) -> Vec<RecordedDecision> {
+        decisions
+            .into_iter()
+            .map(|logged| RecordedDecision {
+                decision_id: logged.decision_id,
+                reward_models: logged.reward_models,
+                ensemble: logged.ensemble,
+                context: match logged.context {
+                    LoggedContext::Received(received) => self.transform.apply(&received),
+                    LoggedContext::Preprocessed(context) => context,
+                },
+                probability: logged.probability,
+                arm_count: logged.arm_count,
+            })
+            .collect()
+    }
+
     fn apply_recorded(
         &mut self,
         now_unix_ms: i64,
         serving: &[String],
         decisions: Vec<RecordedDecision>,
         groups: Vec<Vec<String>>,
+        scores: Vec<Vec<f32>>,
     ) {
         self.book.expire(now_unix_ms, self.ttl_ms());
         self.join_new_arms(serving);
         let capacity = self.settings.max_pending_decisions;
-        for (decision, decision_groups) in decisions.into_iter().zip(groups) {
+        for ((decision, decision_groups), scores) in decisions.into_iter().zip(groups).zip(scores)
+        {
             let decision_id = decision.decision_id.clone();
-            if !self.record_one(decision, now_unix_ms) {
+            if !self.record_one(decision, scores, now_unix_ms) {
                 continue;
             }
             for group in decision_groups {
@@ -412,7 +434,12 @@ impl Router {
     }
 
     /// Record one decision; `false` (nothing changes) when its id is already known.
-    fn record_one(&mut self, decision: RecordedDecision, now_unix_ms: i64) -> bool {
+    fn record_one(
+        &mut self,
+        decision: RecordedDecision,
+        scores: Vec<f32>,
+        now_unix_ms: i64,
+    ) -> bool {
         if self.book.knows(&decision.decision_id) {
             return false;
         }
@@ -450,6 +477,7 @@ impl Router {
                 probability: decision.probability,
                 arm_count: decision.arm_count,
                 created_unix_ms: now_unix_ms,
+                scores,
             },
             self.settings.max_pending_decisions,
         );

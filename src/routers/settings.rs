@@ -32,6 +32,10 @@ pub enum Policy {
     /// Every RM scores every query; the responses are ranked by the RMs' majority vote
     /// (the paper's "RM agreement ensemble", [`crate::bandit::ensemble::agreement`]).
     AgreementEnsemble,
+    /// Linear Thompson sampling on LinUCB's statistics: per decision, each arm's score is
+    /// drawn from its posterior N(x·θ, α²·xᵀA⁻¹x) and the highest draw wins (seeded by
+    /// `seed`, so a replay draws the same).
+    LinTs,
 }
 
 /// Which policy, without its parameters: how the config file and the API name a policy
@@ -46,6 +50,7 @@ pub enum PolicyKind {
     Ensemble,
     Exp3,
     AgreementEnsemble,
+    Thompson,
 }
 
 impl Policy {
@@ -58,6 +63,7 @@ impl Policy {
             Policy::Ensemble => PolicyKind::Ensemble,
             Policy::Exp3 { .. } => PolicyKind::Exp3,
             Policy::AgreementEnsemble => PolicyKind::AgreementEnsemble,
+            Policy::LinTs => PolicyKind::Thompson,
         }
     }
 
@@ -70,6 +76,7 @@ impl Policy {
             PolicyKind::Ensemble => "ensemble",
             PolicyKind::Exp3 => "exp3",
             PolicyKind::AgreementEnsemble => "agreement_ensemble",
+            PolicyKind::Thompson => "thompson",
         }
     }
 }
@@ -389,6 +396,7 @@ impl RouterSettingsPatch {
                 reward_model: pick!(fixed_reward_model).unwrap_or_default(),
             },
             PolicyKind::Ensemble => Policy::Ensemble,
+            PolicyKind::Thompson => Policy::LinTs,
             PolicyKind::Exp3 => Policy::Exp3 {
                 gamma: pick!(exp3_gamma).unwrap_or(DEFAULT_EXP3_GAMMA),
             },

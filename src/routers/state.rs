@@ -3,7 +3,8 @@
 //!
 //! The field order of these structs is the snapshot and export format (postcard, not
 //! self-describing): a new format appends fields and keeps a reader for the old one
-//! ([`RouterStateV1`], written before decision groups and idempotency keys).
+//! ([`RouterStateV1`], written before decision groups and idempotency keys;
+//! [`RouterStateV2`], before pending decisions kept their scores).
 //! Cost: copies every arm's factor, O(K·d²).
 
 use std::collections::BTreeSet;
@@ -13,7 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use super::RouterError;
 use super::events::{Evictions, FeedbackCounts};
-use super::pending::{Choice, PendingBook, PendingDecision, PendingParts};
+use super::pending::{Choice, PendingBook, PendingDecision, PendingDecisionV2, PendingParts};
 use super::policy;
 use super::router::{Arm, Router};
 use super::settings::{Normalization, Policy, RouterSettings, SelectionMode};
@@ -50,7 +51,7 @@ pub struct RouterStateV1 {
     name: String,
     settings: RouterSettingsV1,
     arms: Vec<ArmState>,
-    pending: Vec<(String, PendingDecision)>,
+    pending: Vec<(String, PendingDecisionV2)>,
     answered: Vec<String>,
     normalizer: RewardNormalizer,
     decisions_recorded: u64,
@@ -65,7 +66,7 @@ impl From<RouterStateV1> for RouterState {
             name: old.name,
             settings: old.settings.into(),
             arms: old.arms,
-            pending: old.pending,
+            pending: upgrade(old.pending),
             answered: old.answered,
             normalizer: old.normalizer,
             decisions_recorded: old.decisions_recorded,
@@ -77,6 +78,75 @@ impl From<RouterStateV1> for RouterState {
     }
 }
 
+/// [`RouterState`] as format 2 wrote it (pending decisions without their scores).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RouterStateV2 {
+    name: String,
+    settings: RouterSettings,
+    arms: Vec<ArmState>,
+    pending: Vec<(String, PendingDecisionV2)>,
+    answered: Vec<String>,
+    normalizer: RewardNormalizer,
+    decisions_recorded: u64,
+    context_sum: Vec<f64>,
+    contexts_seen: u64,
+    evictions: Evictions,
+    groups_and_keys: GroupsAndKeys,
+}
+
+impl From<RouterStateV2> for RouterState {
+    fn from(old: RouterStateV2) -> Self {
+        Self {
+            name: old.name,
+            settings: old.settings,
+            arms: old.arms,
+            pending: upgrade(old.pending),
+            answered: old.answered,
+            normalizer: old.normalizer,
+            decisions_recorded: old.decisions_recorded,
+            context_sum: old.context_sum,
+            contexts_seen: old.contexts_seen,
+            evictions: old.evictions,
+            groups_and_keys: old.groups_and_keys,
+        }
+    }
+}
+
+#[cfg(test)]
+impl From<&RouterState> for RouterStateV2 {
+    /// What format 2 wrote for `state` (its pending decisions' scores dropped).
+    fn from(state: &RouterState) -> Self {
+        Self {
+            name: state.name.clone(),
+            settings: state.settings.clone(),
+            arms: state.arms.clone(),
+            pending: downgrade(&state.pending),
+            answered: state.answered.clone(),
+            normalizer: state.normalizer.clone(),
+            decisions_recorded: state.decisions_recorded,
+            context_sum: state.context_sum.clone(),
+            contexts_seen: state.contexts_seen,
+            evictions: state.evictions,
+            groups_and_keys: state.groups_and_keys.clone(),
+        }
+    }
+}
+
+fn upgrade(pending: Vec<(String, PendingDecisionV2)>) -> Vec<(String, PendingDecision)> {
+    pending
+        .into_iter()
+        .map(|(id, decision)| (id, decision.into()))
+        .collect()
+}
+
+#[cfg(test)]
+fn downgrade(pending: &[(String, PendingDecision)]) -> Vec<(String, PendingDecisionV2)> {
+    pending
+        .iter()
+        .map(|(id, decision)| (id.clone(), decision.into()))
+        .collect()
+}
+
 #[cfg(test)]
 impl From<&RouterState> for RouterStateV1 {
     /// What format 1 wrote for `state` (which has no groups, keys or encoder).
@@ -85,7 +155,7 @@ impl From<&RouterState> for RouterStateV1 {
             name: state.name.clone(),
             settings: (&state.settings).into(),
             arms: state.arms.clone(),
-            pending: state.pending.clone(),
+            pending: downgrade(&state.pending),
             answered: state.answered.clone(),
             normalizer: state.normalizer.clone(),
             decisions_recorded: state.decisions_recorded,

@@ -1,7 +1,8 @@
 //! Score: select arms (routers' front, blocking pool: O(K·d²) per query; queries of a group
 //! that has a decision reuse it) -> score every query with its RM, or every RM for the
-//! ensemble policy (reward-model workers, concurrently) -> check the deadline -> record the
-//! new decisions and wait until they are durable -> combine ensemble scores, rank, reply.
+//! ensemble policy (reward-model workers, concurrently) -> check the deadline -> combine
+//! ensemble scores -> record the new decisions with the scores they answer with (label
+//! feedback is judged against them) and wait until they are durable -> rank, reply.
 //! Nothing is recorded when scoring fails or the deadline passes.
 
 use std::sync::Arc;
@@ -211,6 +212,24 @@ impl Service {
                     .collect(),
             })
             .collect();
+        // Each decision keeps the scores it answers with (its queries' responses in request
+        // order), so label feedback can be judged against them.
+        let scores: Vec<Vec<f32>> = per_query_scores
+            .into_iter()
+            .enumerate()
+            .map(|(query, scores)| self.combine(&chosen[query_decision[query]], scores))
+            .collect();
+        let mut selected = selected;
+        // (A group's pending decision is not recorded again and keeps the scores of the
+        // Score that recorded it.)
+        for (decision_index, decision) in selected.selection.decisions.iter_mut().enumerate() {
+            decision.set_scores(
+                (0..scores.len())
+                    .filter(|&query| query_decision[query] == decision_index)
+                    .flat_map(|query| scores[query].iter().copied())
+                    .collect(),
+            );
+        }
         // Reply only once the decisions would survive a crash.
         let recorded = self.routers.record(selected, unix_ms()).await?;
         stages.done("record");
@@ -227,12 +246,11 @@ impl Service {
 
         Ok(queries
             .into_iter()
-            .zip(per_query_scores)
+            .zip(scores)
             .enumerate()
             .map(|(query, ((id, _, _), scores))| {
                 let decision = query_decision[query];
                 let chosen = &chosen[decision];
-                let scores = self.combine(chosen, scores);
                 ScoredQuery {
                     id,
                     decision_id: chosen.decision_id.clone(),

@@ -54,11 +54,12 @@ use tokio::sync::oneshot;
 
 const SNAPSHOT_MAGIC: &[u8; 8] = b"LASERSNP";
 /// Written into new snapshots; the payload's format is versioned with the file. Version 1
-/// files (routers before decision groups and idempotency keys) and version 2 files (reward
-/// model specs before backends) are still read: recovery
+/// files (routers before decision groups and idempotency keys), version 2 files (reward
+/// model specs before backends) and version 3 files (pending decisions without their
+/// scores) are still read: recovery
 /// reports the version in [`Recovered::snapshot_version`] and the payload's reader decodes
 /// the older form.
-pub const SNAPSHOT_VERSION: u32 = 3;
+pub const SNAPSHOT_VERSION: u32 = 4;
 /// Oldest snapshot version read.
 const OLDEST_SNAPSHOT_VERSION: u32 = 1;
 

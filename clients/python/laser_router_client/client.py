@@ -21,6 +21,7 @@ POLICIES = {
     "ensemble": common_pb2.POLICY_ENSEMBLE,
     "exp3": common_pb2.POLICY_EXP3,
     "agreement_ensemble": common_pb2.POLICY_AGREEMENT_ENSEMBLE,
+    "thompson": common_pb2.POLICY_THOMPSON,
 }
 NORMALIZATIONS = {"none": common_pb2.NORMALIZATION_NONE, "quantile": common_pb2.NORMALIZATION_QUANTILE}
 FIRST_REWARDS = {"raw": common_pb2.FIRST_REWARD_RAW, "neutral": common_pb2.FIRST_REWARD_NEUTRAL}

@@ -34,6 +34,7 @@ pub fn router_settings_patch(
         pb::Policy::Ensemble => Some(PolicyKind::Ensemble),
         pb::Policy::Exp3 => Some(PolicyKind::Exp3),
         pb::Policy::AgreementEnsemble => Some(PolicyKind::AgreementEnsemble),
+        pb::Policy::Thompson => Some(PolicyKind::Thompson),
     };
     let normalization = match known_enum(
         settings.normalization,
@@ -120,6 +121,7 @@ pub fn router_settings_to_pb(settings: &RouterSettings) -> pb::RouterSettings {
         Policy::Ensemble => (pb::Policy::Ensemble, String::new(), None),
         Policy::Exp3 { gamma } => (pb::Policy::Exp3, String::new(), Some(*gamma)),
         Policy::AgreementEnsemble => (pb::Policy::AgreementEnsemble, String::new(), None),
+        Policy::LinTs => (pb::Policy::Thompson, String::new(), None),
     };
     let (normalization, quantile_low, quantile_high, reward_window) =
         match settings.normalization.quantile() {

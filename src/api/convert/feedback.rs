@@ -4,11 +4,13 @@
 use super::{RequestError, at_most, invalid};
 use crate::api::pb;
 use crate::config::Limits;
-use crate::routers::{FeedbackForm, FeedbackSignal};
+use crate::routers::{DecisionFeedback, FeedbackForm, FeedbackSignal};
 use crate::service::{FeedbackCall, FeedbackSummary};
 
 /// Longest idempotency key accepted.
 pub const MAX_IDEMPOTENCY_KEY_BYTES: usize = 256;
+/// Most labels for one decision (judging them costs O(n²)).
+pub const MAX_LABELS_PER_DECISION: usize = 1024;
 
 /// A Feedback request checked against `limits`: exactly one of its three forms
 /// (decision_ids + signal, signals, all_pending + signal).
@@ -30,8 +32,10 @@ pub fn feedback_call(
     }
     let idempotency_key = (!request.idempotency_key.is_empty()).then_some(request.idempotency_key);
     let signal = request.signal.map(|signal| match signal {
-        pb::feedback_request::Signal::Loss(loss) => ("loss", FeedbackSignal::Loss(loss)),
-        pb::feedback_request::Signal::Reward(reward) => ("reward", FeedbackSignal::Reward(reward)),
+        pb::feedback_request::Signal::Loss(loss) => ("loss", loss, FeedbackSignal::Loss(loss)),
+        pb::feedback_request::Signal::Reward(reward) => {
+            ("reward", reward, FeedbackSignal::Reward(reward))
+        }
     });
     let form = if !request.signals.is_empty() {
         if !request.decision_ids.is_empty() || signal.is_some() || request.all_pending {
@@ -46,7 +50,7 @@ pub fn feedback_call(
             "limits.max_decision_ids_per_feedback",
             limits.max_decision_ids_per_feedback,
         )?;
-        let signals = request
+        let items = request
             .signals
             .into_iter()
             .enumerate()
@@ -54,23 +58,40 @@ pub fn feedback_call(
                 if item.decision_id.is_empty() {
                     return Err(invalid(format!("signals[{index}].decision_id"), "is empty"));
                 }
-                let signal = match item.signal {
+                let feedback = match item.signal {
                     None => {
-                        return Err(invalid(format!("signals[{index}]"), "set loss or reward"));
+                        return Err(invalid(
+                            format!("signals[{index}]"),
+                            "set loss, reward or labels",
+                        ));
                     }
                     Some(pb::decision_signal::Signal::Loss(loss)) => {
                         finite(&format!("signals[{index}].loss"), loss)?;
-                        FeedbackSignal::Loss(loss)
+                        DecisionFeedback::Signal(FeedbackSignal::Loss(loss))
                     }
                     Some(pb::decision_signal::Signal::Reward(reward)) => {
                         finite(&format!("signals[{index}].reward"), reward)?;
-                        FeedbackSignal::Reward(reward)
+                        DecisionFeedback::Signal(FeedbackSignal::Reward(reward))
+                    }
+                    Some(pb::decision_signal::Signal::Labels(labels)) => {
+                        response_labels(&format!("signals[{index}].labels"), labels)?
                     }
                 };
-                Ok((item.decision_id, signal))
+                Ok((item.decision_id, feedback))
             })
             .collect::<Result<Vec<_>, _>>()?;
-        FeedbackForm::PerDecision(signals)
+        let all_signals = items
+            .iter()
+            .map(|(id, feedback)| match feedback {
+                DecisionFeedback::Signal(signal) => Some((id.clone(), *signal)),
+                DecisionFeedback::Labels(_) | DecisionFeedback::Preferred(_) => None,
+            })
+            .collect::<Option<Vec<_>>>();
+        match all_signals {
+            // Without labels: the form (and idempotency fingerprint) it always had.
+            Some(signals) => FeedbackForm::PerDecision(signals),
+            None => FeedbackForm::PerDecisionLabelled(items),
+        }
     } else {
         if request.all_pending && !request.decision_ids.is_empty() {
             return Err(invalid(
@@ -95,12 +116,10 @@ pub fn feedback_call(
                 return Err(invalid(format!("decision_ids[{position}]"), "is empty"));
             }
         }
-        let Some((field, signal)) = signal else {
+        let Some((field, value, signal)) = signal else {
             return Err(invalid("signal", "set loss or reward"));
         };
-        match signal {
-            FeedbackSignal::Loss(value) | FeedbackSignal::Reward(value) => finite(field, value)?,
-        }
+        finite(field, value)?;
         if request.all_pending {
             FeedbackForm::AllPending { signal }
         } else {
@@ -115,6 +134,37 @@ pub fn feedback_call(
         form,
         idempotency_key,
     })
+}
+
+/// One decision's labels: finite values (at most [`MAX_LABELS_PER_DECISION`]) or a
+/// preferred index, not both.
+fn response_labels(
+    field: &str,
+    labels: pb::ResponseLabels,
+) -> Result<DecisionFeedback, RequestError> {
+    match labels.preferred {
+        Some(_) if !labels.values.is_empty() => Err(invalid(
+            field,
+            "sets both values and preferred; send one of them",
+        )),
+        Some(index) => Ok(DecisionFeedback::Preferred(index)),
+        None if labels.values.is_empty() => Err(invalid(
+            field,
+            "is empty; send one value per response or the preferred index",
+        )),
+        None => {
+            at_most(
+                format!("{field}.values"),
+                labels.values.len(),
+                "MAX_LABELS_PER_DECISION",
+                MAX_LABELS_PER_DECISION,
+            )?;
+            for (position, value) in labels.values.iter().enumerate() {
+                finite(&format!("{field}.values[{position}]"), *value)?;
+            }
+            Ok(DecisionFeedback::Labels(labels.values))
+        }
+    }
 }
 
 fn finite(field: &str, value: f64) -> Result<(), RequestError> {

@@ -9,7 +9,9 @@ use super::feedback::feedback_call;
 use super::score::score_call;
 use crate::api::pb;
 use crate::config::Limits;
-use crate::routers::{FeedbackForm, FeedbackSignal, Normalization, Policy, SelectionMode};
+use crate::routers::{
+    DecisionFeedback, FeedbackForm, FeedbackSignal, Normalization, Policy, SelectionMode,
+};
 
 fn query(context: Vec<f32>, responses: &[&str]) -> pb::Query {
     pb::Query {
@@ -290,6 +292,63 @@ fn feedback_forms_are_exclusive_and_name_their_fields() {
 }
 
 #[test]
+fn labels_per_decision_convert_beside_losses_and_bad_ones_name_their_field() {
+    let limits = Limits::default();
+    let labelled = |id: &str, values: Vec<f64>, preferred: Option<u32>| pb::DecisionSignal {
+        decision_id: id.into(),
+        signal: Some(pb::decision_signal::Signal::Labels(pb::ResponseLabels {
+            values,
+            preferred,
+        })),
+    };
+    let with = |signals: Vec<pb::DecisionSignal>| pb::FeedbackRequest {
+        router: "r".into(),
+        signals,
+        ..Default::default()
+    };
+    let call = feedback_call(
+        with(vec![
+            labelled("a", vec![1.0, 0.0], None),
+            pb::DecisionSignal {
+                decision_id: "b".into(),
+                signal: Some(pb::decision_signal::Signal::Loss(0.4)),
+            },
+            labelled("c", Vec::new(), Some(3)),
+        ]),
+        &limits,
+    )
+    .unwrap();
+    assert_eq!(
+        call.form,
+        FeedbackForm::PerDecisionLabelled(vec![
+            ("a".into(), DecisionFeedback::Labels(vec![1.0, 0.0])),
+            (
+                "b".into(),
+                DecisionFeedback::Signal(FeedbackSignal::Loss(0.4))
+            ),
+            ("c".into(), DecisionFeedback::Preferred(3)),
+        ])
+    );
+    let refused = |signals| {
+        feedback_call(with(signals), &limits)
+            .unwrap_err()
+            .to_string()
+    };
+    let message = refused(vec![labelled("a", vec![1.0, f64::NAN], None)]);
+    assert!(
+        message.starts_with("signals[0].labels.values[1]"),
+        "{message}"
+    );
+    let message = refused(vec![labelled("a", vec![1.0], Some(0))]);
+    assert!(message.starts_with("signals[0].labels"), "{message}");
+    let message = refused(vec![labelled("a", Vec::new(), None)]);
+    assert!(message.starts_with("signals[0].labels"), "{message}");
+    let message = refused(vec![labelled("a", vec![0.5; 1025], None)]);
+    assert!(message.contains("signals[0].labels.values"), "{message}");
+    assert!(message.contains("1024"), "{message}");
+}
+
+#[test]
 fn create_router_settings_fill_defaults_and_round_trip() {
     let settings = router_settings_patch(Some(pb::RouterSettings {
         context_dim: 32,
@@ -361,6 +420,17 @@ fn create_router_takes_a_preset_by_name() {
 mod fuzz {
     use super::*;
     use proptest::collection::vec;
+
+    /// The value of a signal the API makes (a loss or a reward; agreements are the
+    /// router's).
+    fn api_value(signal: FeedbackSignal) -> f64 {
+        match signal {
+            FeedbackSignal::Loss(v) | FeedbackSignal::Reward(v) => v,
+            FeedbackSignal::Agreement(_) | FeedbackSignal::Uninformative => {
+                panic!("the API never makes {signal:?}")
+            }
+        }
+    }
     use proptest::prelude::*;
 
     fn small_limits() -> Limits {
@@ -436,17 +506,16 @@ mod fuzz {
                 prop_assert!(call.idempotency_key.as_ref().is_none_or(|k| !k.is_empty() && k.len() <= 256));
                 let (ids, values): (Vec<String>, Vec<f64>) = match call.form {
                     FeedbackForm::Decisions { decision_ids, signal } => {
-                        let value = match signal { FeedbackSignal::Loss(v) | FeedbackSignal::Reward(v) => v };
-                        (decision_ids, vec![value])
+                        (decision_ids, vec![api_value(signal)])
                     }
                     FeedbackForm::PerDecision(signals) => signals
                         .into_iter()
-                        .map(|(id, s)| (id, match s { FeedbackSignal::Loss(v) | FeedbackSignal::Reward(v) => v }))
+                        .map(|(id, s)| (id, api_value(s)))
                         .unzip(),
                     FeedbackForm::AllPending { signal } => {
-                        let value = match signal { FeedbackSignal::Loss(v) | FeedbackSignal::Reward(v) => v };
-                        (vec!["*".into()], vec![value])
+                        (vec!["*".into()], vec![api_value(signal)])
                     }
+                    FeedbackForm::PerDecisionLabelled(_) => panic!("no labels were sent"),
                 };
                 prop_assert!((1..=limits.max_decision_ids_per_feedback).contains(&ids.len()));
                 prop_assert!(ids.iter().all(|id| !id.is_empty()));
