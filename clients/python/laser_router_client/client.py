@@ -125,13 +125,19 @@ def feedback_call(
     *,
     losses: Optional[Mapping[str, float]] = None,
     rewards: Optional[Mapping[str, float]] = None,
+    labels: Optional[Mapping[str, Any]] = None,
     all_pending: bool = False,
     idempotency_key: Optional[str] = None,
 ) -> Call:
     """Feedback in one of three forms:
 
     - ``decision_ids`` with ``loss=`` or ``reward=``: one signal for those decisions;
-    - ``losses=`` or ``rewards=``: a mapping decision_id -> its own signal;
+    - ``losses=`` or ``rewards=`` and/or ``labels=``: a mapping decision_id -> its own signal.
+      ``labels`` maps a decision to ground truth for its responses: a sequence of one label
+      per response (a verifier's correctness, a reference score; higher is better) or an int,
+      the preferred response's index. The server rewards the decision with the pairwise
+      agreement of the scores it answered with (in [0, 1]); send labels for the decisions
+      that have them and losses for the rest, in one call;
     - ``all_pending=True`` with ``loss=`` or ``reward=``: one signal for every decision
       of the router awaiting feedback made before the request arrived.
 
@@ -140,13 +146,19 @@ def feedback_call(
     client's own retries on UNAVAILABLE never reach decisions made later.
     """
     per_decision = losses if losses is not None else rewards
-    if per_decision is not None:
+    if per_decision is not None or labels is not None:
         if losses is not None and rewards is not None:
             raise ValueError("pass losses= or rewards=, not both")
         if decision_ids or loss is not None or reward is not None or all_pending:
-            raise ValueError("losses=/rewards= carry their own decision ids and signals")
+            raise ValueError("losses=/rewards=/labels= carry their own decision ids and signals")
         kind = "loss" if losses is not None else "reward"
-        signals = [rr_pb2.DecisionSignal(decision_id=d, **{kind: float(v)}) for d, v in per_decision.items()]
+        signals = [rr_pb2.DecisionSignal(decision_id=d, **{kind: float(v)}) for d, v in (per_decision or {}).items()]
+        for d, given in (labels or {}).items():
+            if isinstance(given, (int, np.integer)) and not isinstance(given, bool):
+                message = rr_pb2.ResponseLabels(preferred=int(given))
+            else:
+                message = rr_pb2.ResponseLabels(values=[float(v) for v in given])
+            signals.append(rr_pb2.DecisionSignal(decision_id=d, labels=message))
         request = rr_pb2.FeedbackRequest(router=router, signals=signals)
     else:
         if (loss is None) == (reward is None):

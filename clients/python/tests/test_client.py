@@ -54,6 +54,58 @@ def test_groups_per_decision_losses_and_keyed_step_feedback(server):
         assert client.get_router("grpo").pending_decisions == 0
 
 
+def test_labels_reward_each_decision_with_its_agreement_and_survive_a_restart(server):
+    """Labels for some decisions, a loss for another, in one call: each labelled decision's
+    reward is the pairwise agreement of the scores it answered with; a SIGKILL and restart
+    keeps the kept scores, so labels sent afterwards are judged the same way."""
+    three = ["Fine.", "Very well, thank you for asking!", "ok"]
+    with LaserRouterClient(server.address) as client:
+        client.create_router("judged", context_dim=4, policy="thompson", normalization="quantile", seed=3)
+        results = client.score("judged", [Query(id=f"q{i}", context=np.eye(4)[i], prompt="How are you?",
+                                                responses=three) for i in range(4)])
+
+        def agreement(scores, labels):
+            credit, pairs = 0.0, 0
+            for i in range(len(labels)):
+                for j in range(i + 1, len(labels)):
+                    if labels[i] != labels[j]:
+                        pairs += 1
+                        credit += 0.5 if scores[i] == scores[j] else float((scores[i] > scores[j]) == (labels[i] > labels[j]))
+            return credit / pairs
+
+        labels = [1.0, 0.0, 1.0]
+        ack = client.feedback("judged", losses={results[2].decision_id: 0.7},
+                              labels={results[0].decision_id: labels, results[1].decision_id: 2})
+        assert ack == {"applied": 3, "duplicate": 0, "not_applied": 0, "replayed": False}
+        expected = {results[0].reward_model: [agreement(results[0].scores, labels)]}
+        expected.setdefault(results[1].reward_model, []).append(agreement(results[1].scores, [0.0, 0.0, 1.0]))
+        expected.setdefault(results[2].reward_model, []).append(-0.7)  # the first loss enters raw
+        arms = {arm.reward_model: arm for arm in client.get_router("judged").arms}
+        for rm, rewards in expected.items():
+            assert arms[rm].feedback_count == len(rewards)
+            assert abs(arms[rm].mean_reward - sum(rewards) / len(rewards)) < 1e-6
+        # Refused whole, naming what is wrong: nothing applied.
+        with pytest.raises(LaserRouterError) as count:
+            client.feedback("judged", labels={results[3].decision_id: [1.0, 0.0]})
+        assert count.value.code == grpc.StatusCode.INVALID_ARGUMENT
+        assert "2 labels" in count.value.message and "3 responses" in count.value.message
+        with pytest.raises(LaserRouterError) as nan:
+            client.feedback("judged", labels={results[3].decision_id: [1.0, float("nan"), 0.0]})
+        assert nan.value.code == grpc.StatusCode.INVALID_ARGUMENT
+        assert "signals[0].labels.values[1]" in nan.value.message
+        assert client.get_router("judged").pending_decisions == 1
+    server.kill()
+    server.start()
+    server.wait_ready()
+    with LaserRouterClient(server.address) as client:
+        ack = client.feedback("judged", labels={results[3].decision_id: 0})
+        assert ack["applied"] == 1
+        arm = {a.reward_model: a for a in client.get_router("judged").arms}[results[3].reward_model]
+        before = expected.get(results[3].reward_model, [])
+        mean = (sum(before) + agreement(results[3].scores, [1.0, 0.0, 0.0])) / (len(before) + 1)
+        assert abs(arm.mean_reward - mean) < 1e-6
+
+
 def test_encoder_routers_take_contexts_from_the_prompt(server):
     with LaserRouterClient(server.address) as client:
         import os
