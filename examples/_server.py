@@ -1,5 +1,5 @@
 """Start the laser-router binary this checkout built, for the examples: the newer of
-target/release and target/debug, ONNX Runtime from .ort/, gRPC on a free loopback port,
+target/release and target/debug (or $LASER_ROUTER_BIN), ONNX Runtime from .ort/, gRPC on a free loopback port,
 metrics on another, state in `data_dir`. Returns once it listens."""
 
 import os
@@ -21,7 +21,9 @@ def free_port() -> int:
 def start_server(data_dir, config=None):
     """(process, gRPC address, metrics address). `config`: a TOML file, else the embedded
     defaults (the demo RMs and encoder, which scripts/demo-models.sh builds)."""
-    built = [p for p in (ROOT / "target" / "release" / "laser-router", ROOT / "target" / "debug" / "laser-router")
+    chosen = os.environ.get("LASER_ROUTER_BIN")  # a binary to use instead of the newest build
+    built = [p for p in ([Path(chosen)] if chosen else
+                         [ROOT / "target" / "release" / "laser-router", ROOT / "target" / "debug" / "laser-router"])
              if p.exists()]
     if not built:
         sys.exit("no server binary: run `cargo build --release` (or `cargo build`) first")

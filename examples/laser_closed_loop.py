@@ -300,17 +300,52 @@ POLICIES = {
     "linucb a=0.1, reward window 64": ({"policy": "linucb", "alpha": 0.1, "l2_normalize_context": False, "reward_window": 64}, "loss", None),
     "linucb a=0.1, standardized contexts": ({"policy": "linucb", "alpha": 0.1, "l2_normalize_context": False, "contexts": "standardized"}, "loss", None),
     "exp3, val_gain signal": ({"policy": "exp3"}, "val_gain", None),
+    # Linear Thompson sampling on LinUCB's statistics (alpha: the posterior's scale).
+    "thompson (per query, a=1)": ({"policy": "thompson"}, "loss", None),
+    "thompson a=0.3": ({"policy": "thompson", "alpha": 0.3}, "loss", None),
+    # Label feedback: a fraction of the queries (the same ones for every policy of a seed)
+    # carry the human label, sent as `labels` (the server rewards the decision with its
+    # agreement); "+ loss": the other decisions get the pair loss, "only": nothing.
+    "linucb, labels 1% + loss": ({"policy": "linucb"}, "labels:0.01+loss", None),
+    "linucb, labels 5% + loss": ({"policy": "linucb"}, "labels:0.05+loss", None),
+    "linucb, labels 10% + loss": ({"policy": "linucb"}, "labels:0.10+loss", None),
+    "linucb, labels 25% + loss": ({"policy": "linucb"}, "labels:0.25+loss", None),
+    "linucb, labels 1% only": ({"policy": "linucb"}, "labels:0.01", None),
+    "linucb, labels 5% only": ({"policy": "linucb"}, "labels:0.05", None),
+    "linucb, labels 10% only": ({"policy": "linucb"}, "labels:0.10", None),
+    "linucb, labels 25% only": ({"policy": "linucb"}, "labels:0.25", None),
+    "linucb, labels 100%": ({"policy": "linucb"}, "labels:1.0", None),
+    "thompson, labels 10% + loss": ({"policy": "thompson"}, "labels:0.10+loss", None),
+    "thompson, labels 10% only": ({"policy": "thompson"}, "labels:0.10", None),
+    "thompson a=0.3, labels 10% only": ({"policy": "thompson", "alpha": 0.3}, "labels:0.10", None),
+    # A prior from 200 human-labelled pairs of held-out reviews (Admin.AddPrior: every RM
+    # scores each pair once), then online as said.
+    "offline (prior 200 pairs alone)": ({"policy": "offline", "prior": 200}, "loss", None),
+    "linucb, prior 200 + loss": ({"policy": "linucb", "prior": 200}, "loss", None),
+    "linucb, prior 200 + labels 10% only": ({"policy": "linucb", "prior": 200}, "labels:0.10", None),
+    "linucb, prior 200 + labels 10% + loss": ({"policy": "linucb", "prior": 200}, "labels:0.10+loss", None),
+    "thompson, prior 200 + loss": ({"policy": "thompson", "prior": 200}, "loss", None),
+    "thompson, prior 200 + labels 10% only": ({"policy": "thompson", "prior": 200}, "labels:0.10", None),
     "oracle routing (best RM per category)": (None, "loss", "oracle"),
     # Not routing: the learner trained on the human labels themselves (no RM), the ceiling.
     "human labels (ceiling, no RM)": (None, None, "truth"),
 }
 
 
+def labelled_signal(signal):
+    """`labels:F[+loss]` -> (F, "loss" or None); other signals -> (0, None)."""
+    if not (signal or "").startswith("labels:"):
+        return 0.0, None
+    fraction, _, rest = signal[len("labels:"):].partition("+")
+    return float(fraction), rest or None
+
+
 def prompt_of(review):
     return f"Share your experience with {review['drug']} for {review['condition']}."
 
 
-def run_policy(client, name, spec, seed, args, x, reviews, train_idx, val_pairs, test_pairs, oracle_rm, contexts):
+def run_policy(client, name, spec, seed, args, x, reviews, train_idx, val_pairs, test_pairs, oracle_rm, contexts,
+               prior_idx):
     settings, signal, routing = spec
     from laser_router_client.client import MODES
 
@@ -324,11 +359,21 @@ def run_policy(client, name, spec, seed, args, x, reviews, train_idx, val_pairs,
         if extra.pop("contexts", None) == "standardized":
             standardize = ContextStandardizer(CONTEXT_DIM)
         policy = extra.pop("policy", None)
+        prior = extra.pop("prior", 0)
         mode = extra.pop("default_mode", None)
         if mode:
             extra["default_mode"] = MODES[mode]
         client.create_router(router, policy=policy, context_dim=CONTEXT_DIM, seed=seed, **extra)
+        if prior:
+            labelled = pairs_of(prior_idx, reviews, np.random.default_rng(2000 + seed), prior)
+            client.add_prior(router, [
+                {"context": contexts[prompt_of(reviews[a])], "prompt": prompt_of(reviews[a]),
+                 "chosen": reviews[a if y > 0.5 else b]["text"], "rejected": reviews[b if y > 0.5 else a]["text"]}
+                for a, b, y in labelled])
     rng = np.random.default_rng(1000 + seed)
+    # Which queries carry a human label: the same ones for every policy of a seed.
+    label_rng = np.random.default_rng(5000 + seed)
+    label_fraction, rest = labelled_signal(signal)
     w = np.zeros(x.shape[1])  # updated in place, so the validation closure sees each step
     val_gain = ValidationGain(client, router, lambda: mean_pair_loss(w, x, val_pairs), run=router)
     curve, losses_by, best_late = [], defaultdict(list), []
@@ -350,6 +395,7 @@ def run_policy(client, name, spec, seed, args, x, reviews, train_idx, val_pairs,
         if routing != "truth":
             labels = [1.0 if r.ranking[0] == 0 else 0.0 for r in results]
         loss, diff, y = pair_loss(w, x, batch, labels)
+        labelled = label_rng.random(len(batch)) < label_fraction
         if signal == "val_gain" and routing is None:
             val_gain.before_step()
         p = 1 / (1 + np.exp(-(diff @ w)))
@@ -364,6 +410,14 @@ def run_policy(client, name, spec, seed, args, x, reviews, train_idx, val_pairs,
                 by_decision[r.decision_id].append(float(l))
             if signal == "loss":
                 client.feedback(router, losses={d: float(np.mean(v)) for d, v in by_decision.items()})
+            elif label_fraction > 0:
+                # Per query (one decision each): the human label as the preferred response.
+                labels = {r.decision_id: 0 if y > 0.5 else 1
+                          for r, (_, _, y), has in zip(results, batch, labelled) if has}
+                losses = ({d: float(np.mean(v)) for d, v in by_decision.items() if d not in labels}
+                          if rest == "loss" else None)
+                if labels or losses:
+                    client.feedback(router, labels=labels or None, losses=losses or None)
             else:
                 val_gain.after_step(step, list(by_decision))
         if (step + 1) % max(1, args.steps // 8) == 0 and step + 1 < args.steps:
@@ -462,7 +516,7 @@ def main():
         for name, spec in chosen.items():
             started, before = time.time(), sequences_scored(metrics)
             runs = [run_policy(client, name, spec, seed, args, x, reviews, train_idx, val_pairs, test_pairs, oracle_rm,
-                               contexts)
+                               contexts, val_idx)
                     for seed in range(args.seeds)]
             results[name] = {"runs": runs, "seconds": time.time() - started,
                              "sequences": sequences_scored(metrics) - before}

@@ -1,5 +1,5 @@
 //! `laser.v1.Admin`: add, remove and list reward models; create, inspect, list, reset and
-//! delete routers. Behind [`super::auth`]; each handler is admit -> convert -> call the
+//! delete routers; give a router a prior from labelled pairs. Behind [`super::auth`]; each handler is admit -> convert -> call the
 //! [`Service`] -> convert.
 
 use std::sync::Arc;
@@ -11,7 +11,9 @@ use super::convert::admin::{
     encoder_info, encoder_spec, reward_model_info, reward_model_spec, router_info,
     router_settings_patch,
 };
+use super::convert::prior::{prior_call, prior_response};
 use super::forward::{Peers, forward_to_owner};
+use super::reward_router::request_deadline;
 use super::pb;
 use super::pb::admin_client::AdminClient;
 use crate::service::{Api, Service};
@@ -212,6 +214,30 @@ impl pb::admin_server::Admin for AdminService {
         }
         .await;
         super::observe("ResetRouter", started, result)
+    }
+
+    async fn add_prior(
+        &self,
+        request: Request<pb::AddPriorRequest>,
+    ) -> Result<Response<pb::AddPriorResponse>, Status> {
+        forward_to_owner!(
+            self,
+            "AddPrior",
+            request,
+            &request.get_ref().router,
+            AdminClient::add_prior
+        );
+        let started = Instant::now();
+        let deadline = request_deadline(&request, started);
+        let result = async {
+            let _slot = self.service.admit(Api::Admin)?;
+            let call = prior_call(request.into_inner(), self.service.limits())?;
+            Ok::<_, Status>(prior_response(
+                self.service.add_prior(call, deadline).await?,
+            ))
+        }
+        .await;
+        super::observe("AddPrior", started, result)
     }
 
     async fn add_encoder(

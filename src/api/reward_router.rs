@@ -33,7 +33,7 @@ const DEADLINE_MARGIN: Duration = Duration::from_millis(25);
 
 /// The client's deadline from the `grpc-timeout` header (e.g. `500m`, `2S`), less a margin
 /// ([`DEADLINE_MARGIN`], at most a tenth of the timeout).
-fn request_deadline<T>(request: &Request<T>, received: Instant) -> Option<Instant> {
+pub(super) fn request_deadline<T>(request: &Request<T>, received: Instant) -> Option<Instant> {
     let value = request.metadata().get("grpc-timeout")?.to_str().ok()?;
     let (amount, unit) = value.split_at(value.len().checked_sub(1)?);
     let amount: u64 = amount.parse().ok()?;

@@ -83,6 +83,7 @@ impl From<RouterError> for Status {
             RouterError::LabelCount { .. } => Code::InvalidArgument,
             RouterError::PreferredIndex { .. } => Code::InvalidArgument,
             RouterError::ScoresNotKept { .. } => Code::FailedPrecondition,
+            RouterError::PriorNeedsLinearArms { .. } => Code::FailedPrecondition,
             RouterError::IdempotencyKeyReused { .. } => Code::FailedPrecondition,
             RouterError::UnknownDecisions {
                 router,

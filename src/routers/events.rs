@@ -259,6 +259,11 @@ pub enum RouterEvent {
         groups: Vec<Vec<String>>,
         scores: Vec<Vec<f32>>,
     },
+    /// A prior from labelled pairs entered into the arms (Admin.AddPrior). Format 3.
+    PriorObserved {
+        serving: Vec<String>,
+        prior: super::prior::PriorObservations,
+    },
 }
 
 /// Which decisions a Feedback names, with which signals.

@@ -450,6 +450,22 @@ impl RoutersHandle {
         Ok(info)
     }
 
+    /// Enter a prior from labelled pairs into the router `name`, once durable.
+    pub async fn prior(
+        &self,
+        name: String,
+        prior: crate::routers::PriorObservations,
+        serving: Vec<String>,
+    ) -> Result<crate::routers::PriorOutcome, RouterError> {
+        let (outcome, durable) = self
+            .for_router(&name.clone(), move |routers| {
+                routers.prior(&name, prior, serving)
+            })
+            .await?;
+        Ticket(durable).acknowledged().await?;
+        Ok(outcome)
+    }
+
     /// Forget what the router learned; returns its info after the reset.
     pub async fn reset(
         &self,

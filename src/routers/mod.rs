@@ -7,6 +7,7 @@
 //! - `groups`: decisions shared by a group of queries, reserved while a Score runs.
 //! - `answers`: applying feedback (checks, idempotency keys, normalization, updates).
 //! - [`pending`]: the pending-decision book (TTL, capacity, answered ids).
+//! - [`prior`]: a prior from labelled pairs entered into a router's arms.
 //! - [`policy`]: the one place a router dispatches on its policy.
 //! - [`state`]: a router as plain data (snapshots, exports).
 //! - [`statistics`]: per-arm statistics for GetRouter.
@@ -28,6 +29,7 @@ pub mod handle;
 pub mod ledger;
 mod pending;
 mod policy;
+pub mod prior;
 pub mod registry;
 pub mod replicas;
 pub mod router;
@@ -54,6 +56,7 @@ pub use handle::{
 };
 pub use ledger::{EncoderChanges, ModelChanges, RewardModelChanges, StateEvent};
 pub use registry::{FirstUse, Routers, RoutersOptions};
+pub use prior::{MAX_PRIOR_WEIGHT, PriorObservations, PriorOutcome};
 pub use router::Router;
 pub use settings::{
     FirstReward, Normalization, NormalizationKind, Policy, PolicyKind, Preset, RouterSettings,
@@ -126,6 +129,14 @@ pub enum RouterError {
         decision_id: String,
         index: u32,
         responses: usize,
+    },
+    /// A prior needs a model per arm to enter.
+    #[error(
+        "router {router:?} runs policy {policy}, which keeps no per-arm model for a prior; use linucb, thompson or offline"
+    )]
+    PriorNeedsLinearArms {
+        router: String,
+        policy: &'static str,
     },
     /// Labels for a decision recorded before decisions kept their scores.
     #[error(

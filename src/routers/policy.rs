@@ -68,20 +68,25 @@ impl Plan {
         decisions_recorded: u64,
     ) -> Result<Self, RouterError> {
         Ok(match &settings.policy {
-            Policy::LinUcb | Policy::LinTs => {
+            Policy::LinUcb | Policy::LinTs | Policy::Offline => {
+                // Offline routes on the prior's means alone: no exploration bonus.
+                let alpha = match settings.policy {
+                    Policy::Offline => 0.0,
+                    _ => settings.alpha,
+                };
                 let batch = Mat::from_fn(settings.arm_dim(), contexts.len(), |i, j| contexts[j][i]);
                 let estimates = candidates
                     .iter()
                     .map(|candidate| match candidate.arm {
                         Some(arm) => {
-                            linucb(&arms[arm]).estimate_batch(batch.as_ref(), settings.alpha)
+                            linucb(&arms[arm]).estimate_batch(batch.as_ref(), alpha)
                         }
                         // An arm about to join is fresh (θ = 0, A = λI): mean 0, bonus α·|x|/√λ.
                         None => contexts
                             .iter()
                             .map(|x| {
                                 let norm = x.iter().map(|v| v * v).sum::<f64>().sqrt();
-                                let bonus = settings.alpha * norm / settings.l2_lambda.sqrt();
+                                let bonus = alpha * norm / settings.l2_lambda.sqrt();
                                 ArmEstimate {
                                     mean: 0.0,
                                     bonus,
@@ -200,6 +205,7 @@ pub(super) fn combination(policy: &Policy) -> Combination {
         Policy::AgreementEnsemble => Combination::Agreement,
         Policy::LinUcb
         | Policy::LinTs
+        | Policy::Offline
         | Policy::Random
         | Policy::RoundRobin
         | Policy::Fixed { .. }
@@ -217,10 +223,10 @@ pub(super) fn arm_model_fits(settings: &RouterSettings, linucb: Option<&LinUcbAr
     !uses_linear_arms(&settings.policy) || linucb.is_some()
 }
 
-/// Whether `policy` keeps a ridge system per arm (LinUCB and linear Thompson sampling share
-/// the statistics; only the choice differs).
+/// Whether `policy` keeps a ridge system per arm (LinUCB, linear Thompson sampling and
+/// offline share the statistics; only the choice and the updates differ).
 fn uses_linear_arms(policy: &Policy) -> bool {
-    matches!(policy, Policy::LinUcb | Policy::LinTs)
+    matches!(policy, Policy::LinUcb | Policy::LinTs | Policy::Offline)
 }
 
 /// Feedback gathered over one request's decisions, applied by [`Updates::apply`].
@@ -253,7 +259,9 @@ impl Updates {
                 arms[arm].log_weight +=
                     exp3::log_weight_increment(reward, probability, arm_count, gamma);
             }
-            Policy::Random
+            // Offline: the prior alone decides; feedback only counts.
+            Policy::Offline
+            | Policy::Random
             | Policy::RoundRobin
             | Policy::Fixed { .. }
             | Policy::Ensemble

@@ -17,6 +17,7 @@ use super::events::{
     Selection,
 };
 use super::ledger::{EncoderChanges, Ledger, RewardModelChanges, StateEvent};
+use super::prior::{PriorObservations, PriorOutcome};
 use super::settings::{RouterSettings, RouterSettingsPatch};
 use super::state::RouterState;
 use super::{Router, RouterError};
@@ -390,6 +391,36 @@ impl Routers {
             evictions: locked.evictions(),
             durable,
         })
+    }
+
+    /// Enter a prior from labelled pairs into the router `name` (checked, logged, then
+    /// applied: the same [`Router::apply_prior`] that replaying the event runs).
+    pub fn prior(
+        &self,
+        name: &str,
+        prior: PriorObservations,
+        serving: Vec<String>,
+    ) -> Result<(PriorOutcome, Durable), RouterError> {
+        let router = self.get(name)?;
+        let _gate = self.ledger.change();
+        let mut locked = router.lock().expect("router lock poisoned");
+        if locked.check_prior(&prior)? {
+            let outcome = PriorOutcome {
+                replayed: true,
+                ..PriorOutcome::default()
+            };
+            return Ok((outcome, Durable::done()));
+        }
+        let event = RouterEvent::PriorObserved {
+            serving: serving.clone(),
+            prior: prior.clone(),
+        };
+        let durable = self.ledger.log(&StateEvent::Router {
+            name: name.to_string(),
+            event,
+        })?;
+        let outcome = locked.apply_prior(&serving, prior)?;
+        Ok((outcome, durable))
     }
 
     /// Replace (or create) the router `name` with an exported state.

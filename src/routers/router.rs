@@ -363,6 +363,10 @@ impl Router {
                 signals,
                 key,
             } => self.apply_feedback_event(now_unix_ms, &serving, signals, key),
+            RouterEvent::PriorObserved { serving, prior } => {
+                self.apply_prior(&serving, prior)?;
+                Ok(FeedbackOutcome::default())
+            }
             RouterEvent::Reset { serving } => {
                 *self = Router::new(self.name.clone(), self.settings.clone(), &serving);
                 Ok(FeedbackOutcome::default())
@@ -504,7 +508,7 @@ impl Router {
             && (self.settings.reward_models.is_some() || self.settings.join_new_reward_models)
     }
 
-    fn join_new_arms(&mut self, serving: &[String]) {
+    pub(super) fn join_new_arms(&mut self, serving: &[String]) {
         for reward_model in serving {
             if !self.arm_index.contains_key(reward_model) && self.would_join(reward_model) {
                 self.add_arm(reward_model);

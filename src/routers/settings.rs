@@ -36,6 +36,10 @@ pub enum Policy {
     /// drawn from its posterior N(x·θ, α²·xᵀA⁻¹x) and the highest draw wins (seeded by
     /// `seed`, so a replay draws the same).
     LinTs,
+    /// The prior alone: the arm with the highest x·θ, θ fitted on the prior from labelled
+    /// pairs (Admin.AddPrior); feedback is counted but does not move the arms (the
+    /// baseline an online router has to beat).
+    Offline,
 }
 
 /// Which policy, without its parameters: how the config file and the API name a policy
@@ -51,6 +55,7 @@ pub enum PolicyKind {
     Exp3,
     AgreementEnsemble,
     Thompson,
+    Offline,
 }
 
 impl Policy {
@@ -64,6 +69,7 @@ impl Policy {
             Policy::Exp3 { .. } => PolicyKind::Exp3,
             Policy::AgreementEnsemble => PolicyKind::AgreementEnsemble,
             Policy::LinTs => PolicyKind::Thompson,
+            Policy::Offline => PolicyKind::Offline,
         }
     }
 
@@ -77,6 +83,7 @@ impl Policy {
             PolicyKind::Exp3 => "exp3",
             PolicyKind::AgreementEnsemble => "agreement_ensemble",
             PolicyKind::Thompson => "thompson",
+            PolicyKind::Offline => "offline",
         }
     }
 }
@@ -397,6 +404,7 @@ impl RouterSettingsPatch {
             },
             PolicyKind::Ensemble => Policy::Ensemble,
             PolicyKind::Thompson => Policy::LinTs,
+            PolicyKind::Offline => Policy::Offline,
             PolicyKind::Exp3 => Policy::Exp3 {
                 gamma: pick!(exp3_gamma).unwrap_or(DEFAULT_EXP3_GAMMA),
             },

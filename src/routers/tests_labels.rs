@@ -304,3 +304,79 @@ fn thompson_sampling_learns_the_better_arm_and_replays_its_draws() {
     };
     assert_eq!(pick(&live), pick(&again));
 }
+
+#[test]
+fn a_weighted_prior_equals_its_observations_repeated_and_replays_once_per_key() {
+    let serving = rms(&["a", "b"]);
+    let settings = with_policy(Policy::Offline, 2);
+    let contexts = vec![vec![1.0f32, 0.0], vec![0.0, 1.0], vec![0.6, 0.8]];
+    let correctness = vec![
+        ("a".to_string(), vec![1.0, 0.0, 0.5]),
+        ("b".to_string(), vec![0.0, 1.0, 1.0]),
+        ("not-an-arm".to_string(), vec![1.0, 1.0, 1.0]),
+    ];
+    let prior = |weight: f64, key: Option<&str>| PriorObservations {
+        contexts: contexts.clone(),
+        correctness: correctness.clone(),
+        weight,
+        key: key.map(|key| IdempotencyKey {
+            key: key.into(),
+            fingerprint: 7,
+        }),
+    };
+    let mut weighted = Router::new("r".into(), settings.clone(), &serving);
+    let outcome = weighted
+        .apply(RouterEvent::PriorObserved {
+            serving: serving.clone(),
+            prior: prior(3.0, Some("k")),
+        })
+        .unwrap();
+    assert_eq!(outcome, FeedbackOutcome::default());
+    let mut repeated = Router::new("r".into(), settings, &serving);
+    for _ in 0..3 {
+        let entered = repeated.apply_prior(&serving, prior(1.0, None)).unwrap();
+        assert_eq!(entered.skipped, vec!["not-an-arm".to_string()]);
+        assert_eq!(entered.entered[1], ("b".to_string(), 3, 2.0 / 3.0));
+    }
+    let explain = |router: &Router, x: &[f32]| {
+        router
+            .select(&[x.to_vec()], None, true, &serving)
+            .unwrap()
+            .decisions[0]
+            .estimates
+            .clone()
+    };
+    for x in [[1.0f32, 0.0], [0.0, 1.0], [0.3, -0.2]] {
+        let (w, r) = (explain(&weighted, &x), explain(&repeated, &x));
+        for ((name_w, w), (name_r, r)) in w.iter().zip(&r) {
+            assert_eq!(name_w, name_r);
+            assert!((w.mean - r.mean).abs() < 1e-12, "{w:?} vs {r:?}");
+            assert_eq!(w.bonus, 0.0, "offline explores nothing");
+        }
+    }
+    // Offline: the arm that was right on e0 is chosen there, e1's on e1.
+    let chosen = |x: [f32; 2]| {
+        weighted
+            .select(&[x.to_vec()], None, false, &serving)
+            .unwrap()
+            .decisions[0]
+            .reward_models[0]
+            .clone()
+    };
+    assert_eq!((chosen([1.0, 0.0]), chosen([0.0, 1.0])), ("a".into(), "b".into()));
+    // The same key enters nothing again; a policy without arms' models refuses a prior.
+    let before = weighted.to_state();
+    let again = weighted.apply_prior(&serving, prior(3.0, Some("k"))).unwrap();
+    assert!(again.replayed);
+    assert_eq!(weighted.to_state(), before);
+    let random = Router::new("r".into(), with_policy(Policy::Random, 2), &serving);
+    assert!(matches!(
+        random.check_prior(&prior(1.0, None)),
+        Err(RouterError::PriorNeedsLinearArms { .. })
+    ));
+    // Offline feedback counts but moves no arm.
+    let id = super::tests::pick(&mut weighted, &[1.0, 0.0], &serving, 0).0;
+    let before = explain(&weighted, &[1.0, 0.0]);
+    super::tests::feedback(&mut weighted, &id, -5.0, &serving);
+    assert_eq!(explain(&weighted, &[1.0, 0.0]), before);
+}

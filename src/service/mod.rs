@@ -4,6 +4,8 @@
 //! - [`score`]: Score — selection, fan-out to reward models, deadline check, decision ids,
 //!   ensemble combination, ranking, recording, waiting for durability, metrics.
 //! - [`feedback`]: Feedback — applying the signal, durability, metrics.
+//! - [`prior`]: AddPrior — labelled pairs scored by every RM, each RM's correctness
+//!   entered into its arm.
 //! - [`admin`]: reward models added and removed (load, probe, log, publish) and routers
 //!   created, inspected, reset, deleted.
 //! - [`slots`]: the bound on requests in progress (load shedding).
@@ -14,10 +16,12 @@
 
 pub mod admin;
 pub mod feedback;
+pub mod prior;
 pub mod score;
 pub mod slots;
 
 pub use feedback::{FeedbackCall, FeedbackSummary};
+pub use prior::{LabelledPair, PriorCall, PriorSummary};
 pub use score::{ArmScore, QueryInput, ScoreCall, ScoredQuery, ranking};
 pub use slots::RequestSlots;
 

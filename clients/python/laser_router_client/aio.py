@@ -90,6 +90,10 @@ class AsyncLaserRouterClient:
     async def reset_router(self, name: str) -> Any:
         return await self._run(calls.reset_router_call(name))
 
+    async def add_prior(self, router: str, pairs, weight: Optional[float] = None,
+                        idempotency_key: Optional[str] = None) -> dict:
+        return await self._run(calls.add_prior_call(router, pairs, weight, idempotency_key))
+
     async def delete_router(self, name: str) -> None:
         await self._run(calls.delete_router_call(name))
 

@@ -22,6 +22,7 @@ POLICIES = {
     "exp3": common_pb2.POLICY_EXP3,
     "agreement_ensemble": common_pb2.POLICY_AGREEMENT_ENSEMBLE,
     "thompson": common_pb2.POLICY_THOMPSON,
+    "offline": common_pb2.POLICY_OFFLINE,
 }
 NORMALIZATIONS = {"none": common_pb2.NORMALIZATION_NONE, "quantile": common_pb2.NORMALIZATION_QUANTILE}
 FIRST_REWARDS = {"raw": common_pb2.FIRST_REWARD_RAW, "neutral": common_pb2.FIRST_REWARD_NEUTRAL}
@@ -205,6 +206,29 @@ def list_routers_call() -> Call:
     return admin_call("ListRouters", admin_pb2.ListRoutersRequest(), lambda r: list(r.routers))
 
 
+def add_prior_call(router: str, pairs: Sequence[Mapping[str, Any]], weight: Optional[float] = None,
+                   idempotency_key: Optional[str] = None) -> Call:
+    """A prior for `router` from labelled preference pairs: each a mapping with ``prompt``,
+    ``chosen``, ``rejected`` and ``context`` (omit it for a router with an encoder). Every RM
+    the router uses scores each pair once; its correctness enters its arm with ``weight``.
+    Without a key the call gets a fresh one, so the client's own retries enter nothing twice.
+    Returns {"arms": {rm: (pairs, accuracy)}, "sequences_scored": n, "replayed": bool}."""
+    message = admin_pb2.AddPriorRequest(
+        router=router,
+        pairs=[admin_pb2.LabelledPair(context=[] if p.get("context") is None else np.asarray(p["context"], np.float32).tolist(),
+                                      prompt=p.get("prompt", ""), chosen=p["chosen"], rejected=p["rejected"])
+               for p in pairs],
+        idempotency_key=idempotency_key or uuid.uuid4().hex)
+    if weight is not None:
+        message.weight = float(weight)
+
+    def summary(reply: Any) -> dict:
+        return {"arms": {a.reward_model: (a.pairs, a.accuracy) for a in reply.arms},
+                "sequences_scored": reply.sequences_scored, "replayed": reply.replayed}
+
+    return admin_call("AddPrior", message, summary)
+
+
 def reset_router_call(name: str) -> Call:
     return admin_call("ResetRouter", admin_pb2.ResetRouterRequest(name=name), lambda r: r.router)
 
@@ -336,6 +360,11 @@ class LaserRouterClient:
 
     def reset_router(self, name: str) -> Any:
         return self._run(reset_router_call(name))
+
+    def add_prior(self, router: str, pairs: Sequence[Mapping[str, Any]], weight: Optional[float] = None,
+                  idempotency_key: Optional[str] = None) -> dict:
+        """See `add_prior_call`."""
+        return self._run(add_prior_call(router, pairs, weight, idempotency_key))
 
     def delete_router(self, name: str) -> None:
         self._run(delete_router_call(name))

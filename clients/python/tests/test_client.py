@@ -106,6 +106,55 @@ def test_labels_reward_each_decision_with_its_agreement_and_survive_a_restart(se
         assert abs(arm.mean_reward - mean) < 1e-6
 
 
+def test_a_prior_from_labelled_pairs_routes_each_kind_of_prompt_to_the_rm_that_was_right(server):
+    """Pairs of two kinds: on context e0 the polite response is the better one (the `polite`
+    RM is right, `length` wrong), on e1 the longer one (`length` right). The prior alone
+    (policy offline) then routes e0 to polite and e1 to length, durably."""
+    polite = [{"context": np.eye(4)[0], "prompt": "Can you help?", "chosen": "Glad to help, thank you!",
+               "rejected": "No idea what you are asking about here at all"} for _ in range(6)]
+    long = [{"context": np.eye(4)[1], "prompt": "Explain it.", "chosen": "It works in three steps: first the input is read",
+             "rejected": "Thanks, sorry!"} for _ in range(6)]
+    with LaserRouterClient(server.address) as client:
+        client.create_router("prior", context_dim=4, policy="offline")
+        entered = client.add_prior("prior", polite + long, idempotency_key="labelled-v1")
+        assert entered["arms"] == {"length": (12, 0.5), "polite": (12, 0.5)}
+        assert entered["sequences_scored"] == 2 * 12 * 2 and not entered["replayed"]
+        again = client.add_prior("prior", polite + long, idempotency_key="labelled-v1")
+        assert again["replayed"] and again["arms"] == {}
+
+        def routed(router):
+            picks = client.score(router, [Query(id=str(k), context=np.eye(4)[k], prompt="p", responses=["a", "b"])
+                                          for k in (0, 1)])
+            return [p.reward_model for p in picks]
+
+        assert routed("prior") == ["polite", "length"]
+        # Refusals name the field or the reason; nothing enters.
+        client.create_router("no-arms-model", context_dim=4, policy="random")
+        for router, pairs, weight, code, words in [
+            ("no-arms-model", polite, None, grpc.StatusCode.FAILED_PRECONDITION, "policy random"),
+            ("missing", polite, None, grpc.StatusCode.NOT_FOUND, "missing"),
+            ("prior", [dict(polite[0], context=[1.0, 0.0])], None, grpc.StatusCode.INVALID_ARGUMENT, "expects 4"),
+            ("prior", [polite[0], dict(polite[0], context=None)], None, grpc.StatusCode.INVALID_ARGUMENT, "pairs.context"),
+            ("prior", polite, 0.0, grpc.StatusCode.INVALID_ARGUMENT, "weight"),
+            ("prior", [dict(polite[0], chosen="")], None, grpc.StatusCode.INVALID_ARGUMENT, "pairs[0].chosen"),
+        ]:
+            with pytest.raises(LaserRouterError) as refused:
+                client.add_prior(router, pairs, weight=weight)
+            assert refused.value.code == code and words in refused.value.message, refused.value.message
+    server.kill()
+    server.start()
+    server.wait_ready()
+    with LaserRouterClient(server.address) as client:
+        after_restart = client.score("prior", [Query(id=str(k), context=np.eye(4)[k], prompt="p", responses=["a", "b"])
+                                               for k in (0, 1)])
+        assert [r.reward_model for r in after_restart] == ["polite", "length"]
+        # Feedback is counted but does not move an offline router's arms.
+        results = client.score("prior", [Query(id="x", context=np.eye(4)[0], prompt="p", responses=["a", "b"])])
+        client.feedback("prior", [results[0].decision_id], reward=-5.0)
+        assert client.score("prior", [Query(id="y", context=np.eye(4)[0], prompt="p", responses=["a", "b"])])[0] \
+            .reward_model == "polite"
+
+
 def test_encoder_routers_take_contexts_from_the_prompt(server):
     with LaserRouterClient(server.address) as client:
         import os

@@ -35,6 +35,7 @@ pub fn router_settings_patch(
         pb::Policy::Exp3 => Some(PolicyKind::Exp3),
         pb::Policy::AgreementEnsemble => Some(PolicyKind::AgreementEnsemble),
         pb::Policy::Thompson => Some(PolicyKind::Thompson),
+        pb::Policy::Offline => Some(PolicyKind::Offline),
     };
     let normalization = match known_enum(
         settings.normalization,
@@ -122,6 +123,7 @@ pub fn router_settings_to_pb(settings: &RouterSettings) -> pb::RouterSettings {
         Policy::Exp3 { gamma } => (pb::Policy::Exp3, String::new(), Some(*gamma)),
         Policy::AgreementEnsemble => (pb::Policy::AgreementEnsemble, String::new(), None),
         Policy::LinTs => (pb::Policy::Thompson, String::new(), None),
+        Policy::Offline => (pb::Policy::Offline, String::new(), None),
     };
     let (normalization, quantile_low, quantile_high, reward_window) =
         match settings.normalization.quantile() {

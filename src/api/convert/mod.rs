@@ -10,6 +10,7 @@
 
 pub mod admin;
 pub mod feedback;
+pub mod prior;
 pub mod score;
 
 use super::pb;

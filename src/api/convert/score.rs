@@ -123,7 +123,7 @@ const ELISION: &str = " … ";
 
 /// Cut `text` to `limits.kept_text_bytes` when it is longer and truncation is on: its
 /// first and last halves (at character boundaries) joined by [`ELISION`].
-fn keep_readable(text: &mut String, field: &'static str, limits: &Limits) {
+pub(super) fn keep_readable(text: &mut String, field: &'static str, limits: &Limits) {
     let kept = limits.kept_text_bytes;
     if !limits.truncate_long_texts || text.len() <= kept || kept <= ELISION.len() {
         return;

@@ -75,6 +75,11 @@ class AdminStub:
                 request_serializer=laser_dot_v1_dot_admin__pb2.ResetRouterRequest.SerializeToString,
                 response_deserializer=laser_dot_v1_dot_admin__pb2.ResetRouterResponse.FromString,
                 _registered_method=True)
+        self.AddPrior = channel.unary_unary(
+                '/laser.v1.Admin/AddPrior',
+                request_serializer=laser_dot_v1_dot_admin__pb2.AddPriorRequest.SerializeToString,
+                response_deserializer=laser_dot_v1_dot_admin__pb2.AddPriorResponse.FromString,
+                _registered_method=True)
         self.AddEncoder = channel.unary_unary(
                 '/laser.v1.Admin/AddEncoder',
                 request_serializer=laser_dot_v1_dot_admin__pb2.AddEncoderRequest.SerializeToString,
@@ -153,6 +158,19 @@ class AdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def AddPrior(self, request, context):
+        """Give a router a prior from labelled preference pairs (BayesianRouter's offline router,
+        as a service): every serving RM the router accepts scores each pair once, and its
+        correctness on the pair (1 when it scores `chosen` above `rejected`, 1/2 on a tie, 0
+        otherwise) enters its arm as an observation at the pair's context, with `weight`. A new
+        router starts knowing which RM is right where. Durable like feedback, all or nothing;
+        the router must exist and run linucb, thompson or offline. Costs two sequences per pair
+        per RM (AddPriorResponse.sequences_scored).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def AddEncoder(self, request, context):
         """Load an encoder (prompt -> a router's context), probe it, then publish it durably. A
         spec that does not load changes nothing.
@@ -217,6 +235,11 @@ def add_AdminServicer_to_server(servicer, server):
                     servicer.ResetRouter,
                     request_deserializer=laser_dot_v1_dot_admin__pb2.ResetRouterRequest.FromString,
                     response_serializer=laser_dot_v1_dot_admin__pb2.ResetRouterResponse.SerializeToString,
+            ),
+            'AddPrior': grpc.unary_unary_rpc_method_handler(
+                    servicer.AddPrior,
+                    request_deserializer=laser_dot_v1_dot_admin__pb2.AddPriorRequest.FromString,
+                    response_serializer=laser_dot_v1_dot_admin__pb2.AddPriorResponse.SerializeToString,
             ),
             'AddEncoder': grpc.unary_unary_rpc_method_handler(
                     servicer.AddEncoder,
@@ -451,6 +474,33 @@ class Admin:
             '/laser.v1.Admin/ResetRouter',
             laser_dot_v1_dot_admin__pb2.ResetRouterRequest.SerializeToString,
             laser_dot_v1_dot_admin__pb2.ResetRouterResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AddPrior(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/laser.v1.Admin/AddPrior',
+            laser_dot_v1_dot_admin__pb2.AddPriorRequest.SerializeToString,
+            laser_dot_v1_dot_admin__pb2.AddPriorResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,0 +1,141 @@
+//! A prior from labelled preference pairs (BayesianRouter's offline router, as a service):
+//! each RM's correctness on each pair enters that RM's arm as an observation at the pair's
+//! context, with a weight, so a new router starts knowing which RM is right where.
+//!
+//! The service scores the pairs with every RM; this module checks the observations against
+//! the router and applies them through the same ridge systems feedback updates (an
+//! observation of weight w adds w·x xᵀ to A and w·r·x to b: the context and reward scaled
+//! by √w). Observations are on the normalized reward scale ([0, 1]) and stay out of the
+//! normalizer's history. Cost: O(d²·n) per arm for n pairs (one rank-n update per arm).
+
+use faer::Mat;
+use serde::{Deserialize, Serialize};
+
+use super::RouterError;
+use super::events::{FeedbackCounts, IdempotencyKey};
+use super::router::Router;
+use super::settings::Policy;
+
+/// Largest weight of one observation: a prior should inform, not freeze, the arms.
+pub const MAX_PRIOR_WEIGHT: f64 = 100.0;
+
+/// What a prior brings to a router, as the log keeps it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PriorObservations {
+    /// Each pair's context as received (the router's context transform applies when the
+    /// event is applied, as for decisions).
+    pub contexts: Vec<Vec<f32>>,
+    /// Per RM: its correctness on each pair in pair order (1 chosen above rejected, 1/2 a
+    /// tie, 0 otherwise).
+    pub correctness: Vec<(String, Vec<f64>)>,
+    /// Weight of every observation (> 0, at most [`MAX_PRIOR_WEIGHT`]).
+    pub weight: f64,
+    /// The request's idempotency key: a retry enters nothing again (kept with the
+    /// router's Feedback keys).
+    pub key: Option<IdempotencyKey>,
+}
+
+/// What applying a prior did, per RM.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct PriorOutcome {
+    /// (RM, pairs entered, mean correctness) for each RM that is an arm of the router.
+    pub entered: Vec<(String, usize, f64)>,
+    /// RMs scored that are not arms of the router (not accepted by its settings).
+    pub skipped: Vec<String>,
+    /// The request's idempotency key was answered before: nothing entered now.
+    pub replayed: bool,
+}
+
+impl Router {
+    /// Check a prior before it is logged: the router's policy keeps a linear model per arm,
+    /// every context has the router's dimension, every RM has one value per pair, a key
+    /// names no other request. `Ok(true)`: the key answered this request already.
+    pub fn check_prior(&self, prior: &PriorObservations) -> Result<bool, RouterError> {
+        if let Some(key) = &prior.key
+            && self.replayed_answer(key)?.is_some()
+        {
+            return Ok(true);
+        }
+        if !matches!(
+            self.settings.policy,
+            Policy::LinUcb | Policy::LinTs | Policy::Offline
+        ) {
+            return Err(RouterError::PriorNeedsLinearArms {
+                router: self.name.clone(),
+                policy: self.settings.policy.name(),
+            });
+        }
+        if let Some((query, context)) = prior
+            .contexts
+            .iter()
+            .enumerate()
+            .find(|(_, c)| c.len() != self.settings.context_dim)
+        {
+            return Err(RouterError::ContextDimension {
+                router: self.name.clone(),
+                query,
+                expected: self.settings.context_dim,
+                got: context.len(),
+            });
+        }
+        debug_assert!(
+            prior
+                .correctness
+                .iter()
+                .all(|(_, values)| values.len() == prior.contexts.len()),
+            "one value per pair"
+        );
+        Ok(false)
+    }
+
+    /// Enter a checked prior: RMs that would join become arms first; each arm's
+    /// observations are one weighted rank-n update.
+    pub(super) fn apply_prior(
+        &mut self,
+        serving: &[String],
+        prior: PriorObservations,
+    ) -> Result<PriorOutcome, RouterError> {
+        if self.check_prior(&prior)? {
+            return Ok(PriorOutcome {
+                replayed: true,
+                ..PriorOutcome::default()
+            });
+        }
+        self.join_new_arms(serving);
+        let scale = prior.weight.sqrt();
+        let dim = self.settings.arm_dim();
+        let contexts: Vec<Vec<f64>> = prior
+            .contexts
+            .iter()
+            .map(|received| self.transform.apply(received))
+            .collect();
+        let batch = Mat::from_fn(dim, contexts.len(), |i, j| contexts[j][i] * scale);
+        let mut outcome = PriorOutcome::default();
+        for (reward_model, correctness) in prior.correctness {
+            let Some(&arm) = self.arm_index.get(&reward_model) else {
+                outcome.skipped.push(reward_model);
+                continue;
+            };
+            let rewards: Vec<f64> = correctness.iter().map(|r| r * scale).collect();
+            self.arms[arm]
+                .linucb
+                .as_mut()
+                .expect("linear policies keep linear arms")
+                .update_batch(batch.as_ref(), &rewards);
+            let mean = correctness.iter().sum::<f64>() / correctness.len().max(1) as f64;
+            outcome
+                .entered
+                .push((reward_model, correctness.len(), mean));
+        }
+        if let Some(key) = prior.key {
+            let answer = FeedbackCounts {
+                applied: prior.contexts.len() as u32,
+                ..FeedbackCounts::default()
+            };
+            let capacity = self.settings.max_pending_decisions;
+            self.book
+                .remember_key(key.key, key.fingerprint, answer, capacity);
+        }
+        Ok(outcome)
+    }
+}
