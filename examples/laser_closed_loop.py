@@ -536,8 +536,8 @@ def report(results, quality, oracle_rm, rm_train, args):
     lines = [f"seeds {args.seeds}, steps {args.steps}, {args.batch} pairs per step; held-out accuracy vs human labels,"
              " mean ± 95% CI over seeds", ""]
     header = (f"| policy | {' | '.join(NAMES)} | overall | Δ overall vs random (paired) |"
-              " category's best RM, 2nd half | sequences scored / step | wall s |")
-    lines += [header, "|" + "---|" * (len(NAMES) + 6)]
+              " category's best RM, 2nd half | smallest RM share (runs < 15%) | sequences scored / step | wall s |")
+    lines += [header, "|" + "---|" * (len(NAMES) + 7)]
     random_runs = results.get("random", {}).get("runs")
     fixed = {n: r for n, r in results.items() if n.startswith("fixed:")}
     best_fixed = max(fixed, key=lambda n: np.mean([r["accuracy"]["overall"] for r in fixed[n]["runs"]])) if fixed else None
@@ -556,6 +556,9 @@ def report(results, quality, oracle_rm, rm_train, args):
             cells.append("")
         late = [r["best_rm_late"] for r in res["runs"] if r.get("best_rm_late") is not None]
         cells.append("{:.2f} ± {:.2f}".format(*mean_ci(late)) if late else "")
+        smallest = [min(r["share"].get(f"rm_{n}", 0) for n in NAMES) / max(1, sum(r["share"].values()))
+                    for r in res["runs"] if sum(r["share"].values())]
+        cells.append(f"{np.mean(smallest):.2f} ({sum(v < 0.15 for v in smallest)}/{len(smallest)})" if smallest else "")
         per_step = res["sequences"] / (args.seeds * args.steps)
         lines.append(f"| {label} | {' | '.join(cells)} | {per_step:.1f} | {res['seconds']:.0f} |")
     lines += ["", "RM label accuracy per category on the test pairs (vs human labels):", ""]
@@ -600,36 +603,113 @@ def slim(result):
     return dict(result, runs=runs)
 
 
+FAMILIES = [
+    ("baselines", lambda n: n.startswith("fixed:") or n in (
+        "random", "sequential (per batch, cycling)", "score ensemble (all K)", "agreement ensemble (all K)", "exp3",
+        "exp3, val_gain signal", "human labels (ceiling, no RM)")),
+    ("loss signal: LinUCB a=0.1 and the reference", lambda n: "a=0.1" in n or "reference" in n),
+    ("loss signal: defaults and Thompson", lambda n: n.startswith(("linucb", "thompson")) and "labels" not in n
+     and "prior" not in n),
+    ("label feedback", lambda n: "labels" in n and "prior" not in n),
+    ("prior from 200 labelled pairs", lambda n: "prior" in n),
+]
+REFERENCES = ("random", "oracle routing (best RM per category)")
+
+
+def mean_band(runs):
+    steps = [s for s, _ in runs[0]["curve"]]
+    values = np.array([[v for _, v in r["curve"]] for r in runs])
+    mean = values.mean(0)
+    ci = t95(len(values)) * values.std(0, ddof=1) / math.sqrt(len(values)) if len(values) > 1 else 0 * mean
+    return steps, mean, ci
+
+
 def plot(results, out, args):
+    """Small multiples of the learning curves (one panel per family of policies, random and
+    oracle routing as grey references in each), the share of each RM per policy, and final
+    accuracy against the share of queries with labels."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 4.5))
-    for name, res in results.items():
-        if name.startswith("fixed:"):
-            continue
-        steps = [s for s, _ in res["runs"][0]["curve"]]
-        values = np.array([[v for _, v in r["curve"]] for r in res["runs"]])
-        mean = values.mean(0)
-        ci = t95(len(values)) * values.std(0, ddof=1) / math.sqrt(len(values)) if len(values) > 1 else 0 * mean
-        left.plot(steps, mean, label=name)
-        left.fill_between(steps, mean - ci, mean + ci, alpha=0.15)
-    left.set(xlabel="step", ylabel="held-out accuracy (human labels)", title="learning curves, 95% CI bands")
-    left.legend(fontsize=7)
+    fixed = [n for n in results if n.startswith("fixed:")]
+    best_fixed = max(fixed, key=lambda n: np.mean([r["accuracy"]["overall"] for r in results[n]["runs"]])) \
+        if fixed else None
+    panels = [(title, [n for n in results if member(n) and n not in REFERENCES and
+                       (not n.startswith("fixed:") or n == best_fixed)])
+              for title, member in FAMILIES]
+    panels = [(t, names) for t, names in panels if names]
+    columns = 3
+    rows = math.ceil(len(panels) / columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(5.2 * columns, 3.8 * rows), sharey=True, squeeze=False)
+    for ax, (title, names) in zip(axes.flat, panels):
+        for ref, style in zip(REFERENCES, ("--", ":")):
+            if ref in results:
+                steps, mean, _ = mean_band(results[ref]["runs"])
+                ax.plot(steps, mean, style, color="grey", label=ref.split(" (")[0])
+        for name in names:
+            steps, mean, ci = mean_band(results[name]["runs"])
+            ax.plot(steps, mean, label=name)
+            ax.fill_between(steps, mean - ci, mean + ci, alpha=0.12)
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel("step", fontsize=8)
+        ax.legend(fontsize=6, loc="lower right")
+        ax.tick_params(labelsize=7)
+    for ax in axes.flat[len(panels):]:
+        ax.axis("off")
+    axes[0][0].set_ylabel("held-out accuracy (human labels)", fontsize=8)
+    fig.suptitle(f"learning curves, mean and 95% CI over {args.seeds} seeds", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(out.parent / (out.name + ".png"), dpi=100)
+    plt.close(fig)
+
     names = [n for n, r in results.items() if any(r["runs"][0]["share"].values())]
-    rms = ["rm_" + n for n in NAMES]
+    fig, ax = plt.subplots(figsize=(8, 0.28 * len(names) + 1.2))
     bottom = np.zeros(len(names))
-    for rm in rms:
+    for rm in ["rm_" + n for n in NAMES]:
         share = np.array([np.mean([r["share"].get(rm, 0) / max(1, sum(r["share"].values())) for r in results[n]["runs"]])
                           for n in names])
-        right.barh(names, share, left=bottom, label=rm)
+        ax.barh(names, share, left=bottom, label=rm)
         bottom += share
-    right.set(xlabel="share of decisions", title="RM chosen, by policy")
-    right.legend(fontsize=7)
-    right.tick_params(axis="y", labelsize=7)
+    ax.set(xlabel="share of decisions", title="RM chosen, by policy")
+    ax.legend(fontsize=7)
+    ax.tick_params(axis="y", labelsize=7)
     fig.tight_layout()
-    fig.savefig(out.parent / (out.name + ".png"), dpi=110)
+    fig.savefig(out.parent / (out.name + "_share.png"), dpi=100)
+    plt.close(fig)
+
+    series = {}
+    for name in results:
+        found = re.match(r"linucb, labels (\d+)% (\+ loss|only)$", name)
+        if found:
+            series.setdefault(found.group(2), []).append((int(found.group(1)), name))
+    if "linucb, labels 100%" in results:
+        for points in series.values():
+            points.append((100, "linucb, labels 100%"))
+    if not series:
+        return
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    zero = {"+ loss": "linucb defaults (per query, a=1)", "only": "random"}
+    for rest, points in sorted(series.items()):
+        if zero[rest] in results:
+            points = [(0, zero[rest])] + points
+        points.sort()
+        x = [p for p, _ in points]
+        stats = [mean_ci([r["accuracy"]["overall"] for r in results[n]["runs"]]) for _, n in points]
+        ax.errorbar(x, [m for m, _ in stats], yerr=[c for _, c in stats], marker="o", capsize=3,
+                    label=f"LinUCB, labels on x%, {'pair loss' if rest == '+ loss' else 'nothing'} on the rest")
+    for name, style in [("random", "--"), (best_fixed, "-."), ("oracle routing (best RM per category)", ":")]:
+        if name in results:
+            ax.axhline(np.mean([r["accuracy"]["overall"] for r in results[name]["runs"]]), linestyle=style,
+                       color="grey", label=name)
+    ax.set_xscale("symlog", linthresh=1)
+    ax.set_xticks([0, 1, 5, 10, 25, 100], ["0", "1", "5", "10", "25", "100"])
+    ax.set(xlabel="% of queries with a human label", ylabel="held-out accuracy",
+           title=f"accuracy vs labelled fraction ({args.seeds} seeds, 95% CI)")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out.parent / (out.name + "_labels.png"), dpi=100)
+    plt.close(fig)
 
 
 if __name__ == "__main__":

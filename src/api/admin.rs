@@ -13,9 +13,9 @@ use super::convert::admin::{
 };
 use super::convert::prior::{prior_call, prior_response};
 use super::forward::{Peers, forward_to_owner};
-use super::reward_router::request_deadline;
 use super::pb;
 use super::pb::admin_client::AdminClient;
+use super::reward_router::request_deadline;
 use crate::service::{Api, Service};
 
 pub struct AdminService {

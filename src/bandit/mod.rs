@@ -112,11 +112,16 @@ mod tests {
         assert!((var - 0.25).abs() < 0.012, "variance {var}");
         let again: Vec<f64> = {
             let mut rng = StdRng::seed_from_u64(11);
-            (0..5).map(|_| thompson_draw(estimate, &mut rng).ucb).collect()
+            (0..5)
+                .map(|_| thompson_draw(estimate, &mut rng).ucb)
+                .collect()
         };
         assert_eq!(again, draws[..5]);
         // No spread, no randomness: the draw is the mean.
-        let certain = ArmEstimate { bonus: 0.0, ..estimate };
+        let certain = ArmEstimate {
+            bonus: 0.0,
+            ..estimate
+        };
         assert_eq!(thompson_draw(certain, &mut rng).ucb, 0.3);
     }
 

@@ -12,10 +12,10 @@ use super::events::{
     AnsweredDecision, DecisionFeedback, FeedbackOutcome, FeedbackSignal, FeedbackSignals,
     IdempotencyKey,
 };
-use crate::bandit::labels::pairwise_agreement;
 use super::pending::Choice;
 use super::policy::Updates;
 use super::router::Router;
+use crate::bandit::labels::pairwise_agreement;
 
 impl Router {
     /// The answer already given under idempotency key `key` (`None`: not answered yet);

@@ -47,16 +47,17 @@ mod tests_labels;
 /// carry.
 pub use crate::store::StoreError;
 pub use events::{
-    AnsweredDecision, Combination, Decision, DecisionFeedback, Evictions, FeedbackCounts, FeedbackForm,
-    FeedbackOutcome, FeedbackSignal, FeedbackSignals, IdempotencyKey, RouterEvent, Selection,
+    AnsweredDecision, Combination, Decision, DecisionFeedback, Evictions, FeedbackCounts,
+    FeedbackForm, FeedbackOutcome, FeedbackSignal, FeedbackSignals, IdempotencyKey, RouterEvent,
+    Selection,
 };
 pub use handle::{
     FeedbackReport, RecordReport, RouterInfo, RoutersHandle, SelectedFor, SelectionInput, Ticket,
     unix_ms,
 };
 pub use ledger::{EncoderChanges, ModelChanges, RewardModelChanges, StateEvent};
-pub use registry::{FirstUse, Routers, RoutersOptions};
 pub use prior::{MAX_PRIOR_WEIGHT, PriorObservations, PriorOutcome};
+pub use registry::{FirstUse, Routers, RoutersOptions};
 pub use router::Router;
 pub use settings::{
     FirstReward, Normalization, NormalizationKind, Policy, PolicyKind, Preset, RouterSettings,

@@ -78,9 +78,7 @@ impl Plan {
                 let estimates = candidates
                     .iter()
                     .map(|candidate| match candidate.arm {
-                        Some(arm) => {
-                            linucb(&arms[arm]).estimate_batch(batch.as_ref(), alpha)
-                        }
+                        Some(arm) => linucb(&arms[arm]).estimate_batch(batch.as_ref(), alpha),
                         // An arm about to join is fresh (θ = 0, A = λI): mean 0, bonus α·|x|/√λ.
                         None => contexts
                             .iter()
@@ -215,7 +213,8 @@ pub(super) fn combination(policy: &Policy) -> Combination {
 
 /// The LinUCB state a new arm starts with (`A = λI`, `b = 0`), for LinUCB routers.
 pub(super) fn new_arm_model(settings: &RouterSettings) -> Option<LinUcbArm> {
-    uses_linear_arms(&settings.policy).then(|| LinUcbArm::new(settings.arm_dim(), settings.l2_lambda))
+    uses_linear_arms(&settings.policy)
+        .then(|| LinUcbArm::new(settings.arm_dim(), settings.l2_lambda))
 }
 
 /// Whether an arm restored from a snapshot has the state its policy needs.

@@ -404,8 +404,7 @@ impl Router {
         self.book.expire(now_unix_ms, self.ttl_ms());
         self.join_new_arms(serving);
         let capacity = self.settings.max_pending_decisions;
-        for ((decision, decision_groups), scores) in decisions.into_iter().zip(groups).zip(scores)
-        {
+        for ((decision, decision_groups), scores) in decisions.into_iter().zip(groups).zip(scores) {
             let decision_id = decision.decision_id.clone();
             if !self.record_one(decision, scores, now_unix_ms) {
                 continue;

@@ -290,7 +290,10 @@ fn thompson_sampling_learns_the_better_arm_and_replays_its_draws() {
             late_good += 1;
         }
     }
-    assert!(late_good >= 90, "picked the better arm {late_good} of 100 times late");
+    assert!(
+        late_good >= 90,
+        "picked the better arm {late_good} of 100 times late"
+    );
     assert_eq!(live.to_state(), replayed.to_state());
     // Same state, same seed: the same draw.
     let again = Router::from_state("r".into(), live.to_state()).unwrap();
@@ -363,10 +366,15 @@ fn a_weighted_prior_equals_its_observations_repeated_and_replays_once_per_key() 
             .reward_models[0]
             .clone()
     };
-    assert_eq!((chosen([1.0, 0.0]), chosen([0.0, 1.0])), ("a".into(), "b".into()));
+    assert_eq!(
+        (chosen([1.0, 0.0]), chosen([0.0, 1.0])),
+        ("a".into(), "b".into())
+    );
     // The same key enters nothing again; a policy without arms' models refuses a prior.
     let before = weighted.to_state();
-    let again = weighted.apply_prior(&serving, prior(3.0, Some("k"))).unwrap();
+    let again = weighted
+        .apply_prior(&serving, prior(3.0, Some("k")))
+        .unwrap();
     assert!(again.replayed);
     assert_eq!(weighted.to_state(), before);
     let random = Router::new("r".into(), with_policy(Policy::Random, 2), &serving);

@@ -12,14 +12,25 @@ use crate::service::{LabelledPair, PriorCall, PriorSummary};
 /// Most labelled pairs in one AddPrior (each costs two sequences per RM).
 pub const MAX_PRIOR_PAIRS: usize = 10_000;
 
-pub fn prior_call(request: pb::AddPriorRequest, limits: &Limits) -> Result<PriorCall, RequestError> {
+pub fn prior_call(
+    request: pb::AddPriorRequest,
+    limits: &Limits,
+) -> Result<PriorCall, RequestError> {
     if request.router.is_empty() {
         return Err(invalid("router", "is empty"));
     }
     if request.pairs.is_empty() {
-        return Err(invalid("pairs", "is empty; send at least one labelled pair"));
+        return Err(invalid(
+            "pairs",
+            "is empty; send at least one labelled pair",
+        ));
     }
-    at_most("pairs", request.pairs.len(), "MAX_PRIOR_PAIRS", MAX_PRIOR_PAIRS)?;
+    at_most(
+        "pairs",
+        request.pairs.len(),
+        "MAX_PRIOR_PAIRS",
+        MAX_PRIOR_PAIRS,
+    )?;
     let weight = request.weight.unwrap_or(1.0);
     if !(weight.is_finite() && weight > 0.0 && weight <= MAX_PRIOR_WEIGHT) {
         return Err(invalid(
@@ -36,7 +47,11 @@ pub fn prior_call(request: pb::AddPriorRequest, limits: &Limits) -> Result<Prior
             ),
         ));
     }
-    let with_context = request.pairs.iter().filter(|p| !p.context.is_empty()).count();
+    let with_context = request
+        .pairs
+        .iter()
+        .filter(|p| !p.context.is_empty())
+        .count();
     if with_context != 0 && with_context != request.pairs.len() {
         return Err(invalid(
             "pairs.context",
@@ -86,7 +101,15 @@ fn labelled_pair(
             "limits.max_text_bytes",
             limits.max_text_bytes,
         )?;
-        keep_readable(text, if name == "prompt" { "prompt" } else { "response" }, limits);
+        keep_readable(
+            text,
+            if name == "prompt" {
+                "prompt"
+            } else {
+                "response"
+            },
+            limits,
+        );
     }
     let [prompt, chosen, rejected] = texts;
     Ok(LabelledPair {
