@@ -43,7 +43,8 @@ grep -q ", 0 pending," "$out/log.txt"
 test -s "$out/laser_trl.png"
 # The closed-loop benchmark (docs/learning.md), short: it must run end to end through the server.
 python3 -m pip install --quiet matplotlib onnx
-python3 examples/laser_closed_loop.py --seeds 2 --steps 5 --policies "random,linucb defaults,oracle" \
+python3 examples/laser_closed_loop.py --seeds 2 --steps 5 \
+  --policies "random,linucb defaults,oracle,labels 10% only,offline,prior 200 + labels 10% only" \
   --out "$out/closed_loop" | tail -3
 test -s "$out/closed_loop.md" && test -s "$out/closed_loop.png"
 echo "trainer tests passed"

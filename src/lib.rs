@@ -10,10 +10,10 @@
 //! |---|---|---|
 //! | wiring | [`app`] | startup (recover state, load RMs, bind, serve), ordered shutdown |
 //! | wire | [`api`] | gRPC handlers (admit -> convert -> call -> convert), the one error -> status mapping, forwarding to a router's owning replica; the only place that sees prost types |
-//! | domain | [`service`] | running Score and Feedback end to end (selection, RM fan-out, deadline, ids, ensemble, ranking, durability, metrics), admin operations, load shedding |
+//! | domain | [`service`] | running Score and Feedback end to end (selection, RM fan-out, deadline, ids, ensemble, ranking, durability, metrics), priors from labelled pairs, admin operations, load shedding |
 //! | components | [`routers`] | named routers, pending decisions, feedback, the ledger (log, replay, snapshots), each router's owning replica (PostgreSQL), and the async front that owns their blocking threads |
 //! | | [`models`] | reward models: specs, ONNX Runtime sessions on worker threads, batching, tokenization |
-//! | foundations | [`bandit`] | pure math: LinUCB arms, reward normalization, arm selection |
+//! | foundations | [`bandit`] | pure math: LinUCB arms, Thompson draws, reward normalization, label agreement, arm selection |
 //! | | [`store`] | durable bytes: CRC-framed log with group commit, snapshots, recovery; or streams with leases in PostgreSQL |
 //! | tools | [`config`] | typed settings from TOML + env + flags, validated, defaults documented |
 //! | | [`http_listener`] | the HTTP/JSON port, plain or TLS |

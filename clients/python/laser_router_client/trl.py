@@ -24,6 +24,13 @@ signal). ``signal="loss"`` sends the mean logged training loss of the steps sinc
 generation instead (LASeR's batch form). Each report carries an idempotency key from the run,
 the step and the decision ids, so retries and a resumed run apply nothing twice.
 
+Ground truth: ``labels_fn`` (one argument) takes a reward function of TRL's own shape that
+already computes a verifiable reward per completion (a GSM8K-style checker, unit tests, a
+rule): ``labels_fn(prompts=, completions=, completion_ids=, trainer_state=, **dataset_columns)
+-> list[float | None]``. A prompt whose completions all get a label is reported at once with
+those labels (the server rewards its decision with its RM's agreement with them, a far
+stronger signal than any loss); prompts with a ``None`` keep the ``signal`` above.
+
 Decisions awaiting a report are written into each checkpoint (``on_save``) and read back
 when training resumes from it, so a resumed run still reports them.
 """
@@ -93,11 +100,14 @@ class LaserRouterGRPO:
     ``context_fn``: prompts -> [n, dim] contexts, for routers without a server-side encoder.
     ``center``: report each decision's DPO-style loss relative to the mean of the decisions
     reported with it (plus log 2), removing the drift all of them share as updates shrink.
+    ``labels_fn``: a TRL-shaped reward function giving ground truth per completion (``None``
+    where there is none); labelled prompts are reported at once with their labels.
     """
 
     def __init__(self, client: LaserRouterClient, router: str, *, run: Optional[str] = None,
                  signal: str = "dpo", beta: float = 0.1, normalize: Optional[str] = None,
-                 context_fn: Optional[Callable[[List[str]], Any]] = None, center: bool = True):
+                 context_fn: Optional[Callable[[List[str]], Any]] = None, center: bool = True,
+                 labels_fn: Optional[Callable[..., Sequence[Optional[float]]]] = None):
         if signal not in SIGNALS:
             raise ValueError(f"signal must be one of {SIGNALS}, got {signal!r}")
         if normalize not in (None, "group"):
@@ -110,6 +120,7 @@ class LaserRouterGRPO:
         self.normalize = normalize
         self.context_fn = context_fn
         self.center = center
+        self.labels_fn = labels_fn
         self.model: Any = None
         self.tokenizer: Any = None
         self.rank = 0
@@ -124,7 +135,8 @@ class LaserRouterGRPO:
 
     # Scoring ---------------------------------------------------------------------------
     def score(self, prompts: Sequence[Any], completions: Sequence[Any],
-              completion_ids: Optional[Sequence[Sequence[int]]] = None, step: int = 0) -> List[float]:
+              completion_ids: Optional[Sequence[Sequence[int]]] = None, step: int = 0,
+              trainer_state: Any = None, **columns: Any) -> List[float]:
         self.report_trained(step)
         calls = self._calls_at_step.get(step, 0)
         self._calls_at_step[step] = calls + 1
@@ -144,6 +156,13 @@ class LaserRouterGRPO:
         if self.signal == "dpo" and completion_ids is None:
             raise ValueError("signal='dpo' needs the completions' token ids (TRL passes completion_ids)")
         rewards = [0.0] * len(prompts)
+        truth = None
+        if self.labels_fn is not None:
+            truth = list(self.labels_fn(prompts=list(prompts), completions=list(completions),
+                                        completion_ids=completion_ids, trainer_state=trainer_state, **columns))
+            if len(truth) != len(prompts):
+                raise ValueError(f"labels_fn returned {len(truth)} values for {len(prompts)} completions")
+        labelled: Dict[str, List[float]] = {}
         fresh = []
         for result, query, members in zip(results, queries, groups.values()):
             scores = _z_scores(result.scores) if self.normalize == "group" else list(result.scores)
@@ -151,6 +170,9 @@ class LaserRouterGRPO:
                 rewards[i] = float(score)
             self.decisions.append({"step": step, "decision_id": result.decision_id, "group": query.group,
                                    "reward_model": result.reward_model, "completions": len(members)})
+            if truth is not None and all(truth[i] is not None for i in members):
+                labelled[result.decision_id] = [float(truth[i]) for i in members]
+                continue
             decision = PendingDecision(decision_id=result.decision_id, reward_model=result.reward_model,
                                        step=step, prompt_ids=[], best_ids=[], worst_ids=[])
             if self.signal == "dpo":  # what the signal compares; the loss signal needs none of it
@@ -158,6 +180,13 @@ class LaserRouterGRPO:
                 decision.best_ids = list(completion_ids[members[result.ranking[0]]])
                 decision.worst_ids = list(completion_ids[members[result.ranking[-1]]])
             fresh.append(decision)
+        if labelled:
+            key = f"{self.run}/labels-{step}.{calls}/rank-{self.rank}/{ids_digest(labelled)}"
+            counts = self.client.feedback(self.router, labels=labelled, idempotency_key=key)
+            for decision_id, values in labelled.items():
+                self.reports.append({"step": step, "scored_at": step, "decision_id": decision_id,
+                                     "labels": values})
+            logger.info("laser-router: step %d reported %d decisions with labels: %s", step, len(labelled), counts)
         if self.signal == "dpo":
             self._reference_logps(fresh)
         self.pending.extend(fresh)
@@ -266,9 +295,9 @@ class _RewardFunction:
 
     def __call__(self, prompts: Sequence[Any], completions: Sequence[Any],
                  completion_ids: Optional[Sequence[Sequence[int]]] = None,
-                 trainer_state: Any = None, **_: Any) -> List[float]:
+                 trainer_state: Any = None, **columns: Any) -> List[float]:
         step = int(getattr(trainer_state, "global_step", 0) or 0)
-        return self.owner.score(prompts, completions, completion_ids, step)
+        return self.owner.score(prompts, completions, completion_ids, step, trainer_state, **columns)
 
 
 class _Callback(TrainerCallback):

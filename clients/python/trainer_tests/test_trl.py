@@ -109,9 +109,9 @@ def test_rewards_are_the_chosen_rms_scores(encoder_server, tmp_path):
     calls = []
     score = laser.score
 
-    def recording(prompts, completions, completion_ids=None, step=0):
+    def recording(prompts, completions, completion_ids=None, step=0, *args, **kwargs):
         before = len(laser.decisions)
-        rewards = score(prompts, completions, completion_ids, step)
+        rewards = score(prompts, completions, completion_ids, step, *args, **kwargs)
         calls.append((list(prompts), list(completions), rewards, laser.decisions[before:]))
         return rewards
 
@@ -134,6 +134,33 @@ def test_rewards_are_the_chosen_rms_scores(encoder_server, tmp_path):
             assert again.scores == pytest.approx([r for _, r in pairs], abs=1e-5)
             checked += len(pairs)
     assert checked == sum(len(completions) for _, completions, _, _ in calls) == 2 * 8
+
+
+def test_a_verifiable_reward_goes_to_the_router_as_labels(encoder_server, tmp_path):
+    """labels_fn, TRL's reward-function shape: labelled prompts are reported at once with
+    their labels (the server rewards the agreement, outside the loss history); the prompt
+    without ground truth keeps the DPO-style signal. Every decision is answered once."""
+    unlabelled = "describe a quiet morning in a small town"
+
+    def correct(prompts, completions, **columns):
+        assert "trainer_state" in columns
+        return [None if p == unlabelled else float(len(c) % 2) for p, c in zip(prompts, completions)]
+
+    client = LaserRouterClient(encoder_server.address, retries=8)
+    laser = LaserRouterGRPO(client, router="grpo-labels", labels_fn=correct)
+    trainer(laser, tmp_path, max_steps=4).train()
+    labelled = [r for r in laser.reports if "labels" in r]
+    by_loss = [r for r in laser.reports if "loss" in r]
+    assert labelled and by_loss
+    assert sorted(r["decision_id"] for r in laser.reports) == sorted(d["decision_id"] for d in laser.decisions)
+    groups = {d["decision_id"]: d["group"] for d in laser.decisions}
+    assert all(r["step"] == r["scored_at"] for r in labelled)
+    informative = sum(len(set(r["labels"])) > 1 for r in labelled)
+    info = client.get_router("grpo-labels")
+    assert info.pending_decisions == 0
+    assert info.rewards_seen == len(by_loss), "labels stay out of the loss history"
+    assert sum(a.feedback_count for a in info.arms) == informative + len(by_loss)
+    assert len(groups) == len(laser.reports)
 
 
 def test_server_killed_and_restarted_mid_run(encoder_server, tmp_path):
