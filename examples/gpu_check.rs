@@ -160,6 +160,7 @@ fn score_request(
             prompt: prompt.clone(),
             responses: responses.clone(),
             group: String::new(),
+            category: String::new(),
         }],
         mode: 0,
         explain: false,

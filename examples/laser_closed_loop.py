@@ -23,7 +23,12 @@ step per Score on the chosen RMs' labels (preferred = the RM's higher score). On
 alone the learner barely depends on its labels (human labels beat random routing's by
 ~0.02), so no routing policy could be told apart; reading the words as the RMs do, the
 learner's outcome follows its labels' quality. Feedback per decision:
-the pair's training loss before the step (LASeR's signal), or, for the `val_gain` variants,
+the pair's training loss before the step (LASeR's signal); for the `frozen` variants the same
+pair's loss under a snapshot of the learner refreshed every N steps (de-biased: it has not
+trained on the labels routed since); for the `labels` variants the human label of a fraction of
+the queries, sent as Feedback labels (the server rewards the chosen RM's agreement), with the
+loss or nothing for the rest; for the `prior` variants a prior from 200 human-labelled pairs of
+validation reviews entered through Admin.AddPrior first; or, for the `val_gain` variants,
 the drop of a held-out validation loss over the step (human-labelled validation pairs,
 disjoint from the test pairs), sent as a reward for the step's decisions.
 
@@ -293,6 +298,8 @@ POLICIES = {
     "linucb defaults (per query, a=1)": ({"policy": "linucb"}, "loss", None),
     "linucb defaults, val_gain signal": ({"policy": "linucb"}, "val_gain", None),
     "linucb defaults, neutral first reward": ({"policy": "linucb", "first_reward": "neutral"}, "loss", None),
+    "linucb defaults, loss under a frozen learner (refresh 25)": ({"policy": "linucb"}, "frozen:25", None),
+    "linucb defaults, loss under a frozen learner (refresh 150)": ({"policy": "linucb"}, "frozen:150", None),
     "linucb defaults, standardized contexts": ({"policy": "linucb", "contexts": "standardized"}, "loss", None),
     "linucb per query, a=0.1 (previous defaults)": ({"policy": "linucb", "alpha": 0.1, "l2_normalize_context": False}, "loss", None),
     "linucb a=0.1, val_gain signal": ({"policy": "linucb", "alpha": 0.1, "l2_normalize_context": False}, "val_gain", None),
@@ -395,6 +402,13 @@ def run_policy(client, name, spec, seed, args, x, reviews, train_idx, val_pairs,
         if routing != "truth":
             labels = [1.0 if r.ranking[0] == 0 else 0.0 for r in results]
         loss, diff, y = pair_loss(w, x, batch, labels)
+        if (signal or "").startswith("frozen:"):
+            # De-biased loss: the pair's loss (against the chosen RM's label) under a snapshot
+            # of the learner refreshed every N steps, which has not trained on the labels
+            # routed since, so an RM cannot lower its own loss by being picked.
+            if step % int(signal.split(":")[1]) == 0:
+                frozen = w.copy()
+            frozen_loss, _, _ = pair_loss(frozen, x, batch, labels)
         labelled = label_rng.random(len(batch)) < label_fraction
         if signal == "val_gain" and routing is None:
             val_gain.before_step()
@@ -410,6 +424,11 @@ def run_policy(client, name, spec, seed, args, x, reviews, train_idx, val_pairs,
                 by_decision[r.decision_id].append(float(l))
             if signal == "loss":
                 client.feedback(router, losses={d: float(np.mean(v)) for d, v in by_decision.items()})
+            elif (signal or "").startswith("frozen:"):
+                frozen_by = defaultdict(list)
+                for r, l in zip(results, frozen_loss):
+                    frozen_by[r.decision_id].append(float(l))
+                client.feedback(router, losses={d: float(np.mean(v)) for d, v in frozen_by.items()})
             elif label_fraction > 0:
                 # Per query (one decision each): the human label as the preferred response.
                 labels = {r.decision_id: 0 if y > 0.5 else 1

@@ -17,6 +17,14 @@ pub mod metric {
     pub const REQUESTS_FORWARDED: &str = "laser_requests_forwarded_total";
     /// Counter {router, reward_model}: decisions that chose the arm.
     pub const SELECTIONS: &str = "laser_selections_total";
+    /// Counter {router, category, reward_model}: decisions of a query category (at most
+    /// 32 per router, then `_other`) that chose the arm.
+    pub const CATEGORY_SELECTIONS: &str = "laser_category_selections_total";
+    /// Counter {router, category, reward_model}: applied feedback of those decisions.
+    pub const CATEGORY_FEEDBACK: &str = "laser_category_feedback_total";
+    /// Gauge {router, category, reward_model}: sum of their normalized rewards (a gauge:
+    /// a raw first reward may be negative); mean = delta(sum) / increase(feedback).
+    pub const CATEGORY_REWARD_SUM: &str = "laser_category_reward_sum";
     /// Counter {router, outcome = applied | duplicate | unknown | arm_removed}: feedback
     /// per decision.
     pub const FEEDBACK: &str = "laser_feedback_total";
@@ -110,6 +118,18 @@ fn describe() {
         "Decisions that chose the reward model (arm)."
     );
     describe_counter!(metric::FEEDBACK, "Feedback per decision, by outcome.");
+    describe_counter!(
+        metric::CATEGORY_SELECTIONS,
+        "Decisions of a query category that chose the reward model."
+    );
+    describe_counter!(
+        metric::CATEGORY_FEEDBACK,
+        "Applied feedback of a query category's decisions, per reward model."
+    );
+    describe_gauge!(
+        metric::CATEGORY_REWARD_SUM,
+        "Sum of the normalized rewards of a query category's decisions, per reward model."
+    );
     describe_gauge!(metric::PENDING_DECISIONS, "Decisions awaiting feedback.");
     describe_counter!(
         metric::DECISIONS_EVICTED,

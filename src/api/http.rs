@@ -382,6 +382,7 @@ fn reward_score_request(
                 group: prompt.clone(),
                 prompt,
                 responses: vec![response],
+                category: String::new(),
             }
         })
         .collect();

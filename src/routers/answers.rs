@@ -210,6 +210,7 @@ impl Router {
                         .map(|&a| self.arms[a].reward_model.clone())
                         .collect(),
                     reward: f64::NAN,
+                    category: decision.category.clone(),
                 });
                 self.book.remember_answered(decision_id, capacity);
                 continue;
@@ -222,6 +223,7 @@ impl Router {
                     .map(|&a| self.arms[a].reward_model.clone())
                     .collect(),
                 reward,
+                category: decision.category.clone(),
             };
             let serving_members: Vec<usize> = members
                 .iter()
@@ -237,6 +239,12 @@ impl Router {
                 let statistics = &mut self.arms[arm].statistics;
                 statistics.feedback_count += 1;
                 statistics.reward_sum += reward;
+                if let Some(category) = &decision.category {
+                    let key = (category.clone(), self.arms[arm].reward_model.clone());
+                    let counts = self.categories.entry(key).or_default();
+                    counts.feedback_count += 1;
+                    counts.reward_sum += reward;
+                }
             }
             if let Choice::Arm(arm) = decision.choice {
                 updates.credit(

@@ -64,6 +64,8 @@ pub struct Decision {
     /// The scores this decision answered with, its queries' responses in request order
     /// (set by the Score that records it; label feedback is judged against them).
     pub(super) scores: Vec<f32>,
+    /// Its first query's category (`Query.category`), when it has one.
+    pub(super) category: Option<String>,
 }
 
 impl Decision {
@@ -71,6 +73,11 @@ impl Decision {
     /// order), so label feedback can be judged against them.
     pub fn set_scores(&mut self, scores: Vec<f32>) {
         self.scores = scores;
+    }
+
+    /// The category the decision counts under in the router's per-category statistics.
+    pub fn set_category(&mut self, category: Option<String>) {
+        self.category = category;
     }
 
     /// Whether this decision combines several RMs (an ensemble policy).
@@ -154,6 +161,7 @@ impl Selection {
             decisions: decisions.iter().map(|d| d.logged()).collect(),
             groups: decisions.iter().map(|d| d.groups.clone()).collect(),
             scores: decisions.iter().map(|d| d.scores.clone()).collect(),
+            categories: decisions.iter().map(|d| d.category.clone()).collect(),
         })
     }
 }
@@ -258,12 +266,33 @@ pub enum RouterEvent {
         decisions: Vec<LoggedDecision>,
         groups: Vec<Vec<String>>,
         scores: Vec<Vec<f32>>,
+        /// `categories[i]`: the category `decisions[i]` counts under, if any.
+        categories: Vec<Option<String>>,
     },
     /// A prior from labelled pairs entered into the arms (Admin.AddPrior). Format 3.
     PriorObserved {
         serving: Vec<String>,
         prior: super::prior::PriorObservations,
     },
+}
+
+impl RouterEvent {
+    /// The ids of the decisions a recording event records (none for other events).
+    pub fn recorded_ids(&self) -> Vec<String> {
+        match self {
+            RouterEvent::Recorded { decisions, .. } => {
+                decisions.iter().map(|d| d.decision_id.clone()).collect()
+            }
+            RouterEvent::RecordedInGroups { decisions, .. }
+            | RouterEvent::RecordedScored { decisions, .. } => {
+                decisions.iter().map(|d| d.decision_id.clone()).collect()
+            }
+            RouterEvent::Feedback { .. }
+            | RouterEvent::FeedbackKeyed { .. }
+            | RouterEvent::Reset { .. }
+            | RouterEvent::PriorObserved { .. } => Vec::new(),
+        }
+    }
 }
 
 /// Which decisions a Feedback names, with which signals.
@@ -349,6 +378,8 @@ pub struct AnsweredDecision {
     pub decision_id: String,
     pub reward_models: Vec<String>,
     pub reward: f64,
+    /// The category the decision counts under, if it has one.
+    pub category: Option<String>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq)]

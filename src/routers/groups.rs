@@ -43,6 +43,7 @@ impl Router {
                 probability: pending.probability,
                 arm_count: pending.arm_count,
                 scores: Vec::new(),
+                category: None,
             });
         }
         let (decision, made_unix_ms) = self.reserved.get(group)?;

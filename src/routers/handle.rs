@@ -105,6 +105,8 @@ pub struct RecordReport {
     /// Decisions the router holds awaiting feedback.
     pub pending: usize,
     pub evictions: Evictions,
+    /// (decision id, the category it counts under) of the recorded decisions that have one.
+    pub categories: Vec<(String, String)>,
 }
 
 /// After a Feedback is applied (and durable).
@@ -124,6 +126,8 @@ pub struct RouterInfo {
     pub rewards_seen: u64,
     pub evictions: Evictions,
     pub arm_state_bytes: usize,
+    /// Per category and RM: decisions and mean reward.
+    pub categories: Vec<crate::routers::statistics::CategoryArm>,
 }
 
 impl RouterInfo {
@@ -138,6 +142,7 @@ impl RouterInfo {
             rewards_seen: router.rewards_seen(),
             evictions: router.evictions(),
             arm_state_bytes: router.arm_state_bytes(),
+            categories: router.category_statistics(),
         }
     }
 }
@@ -393,12 +398,16 @@ impl RoutersHandle {
             router,
             selection,
         } = selected;
-        let (durable, pending, evictions) =
+        let (durable, pending, evictions, categories) =
             tokio::task::spawn_blocking(move || routers.record(&router, &selection, now_unix_ms))
                 .await
                 .map_err(RouterError::TaskFailed)??;
         Ticket(durable).acknowledged().await?;
-        Ok(RecordReport { pending, evictions })
+        Ok(RecordReport {
+            pending,
+            evictions,
+            categories,
+        })
     }
 
     /// Check, log and apply a Feedback, all or nothing; returns once it is durable.

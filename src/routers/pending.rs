@@ -45,6 +45,8 @@ pub(super) struct PendingDecision {
     /// against which label feedback is judged. Format 3; empty for decisions recorded
     /// before it.
     pub(super) scores: Vec<f32>,
+    /// The category the decision counts under (bounded per router). Format 3.
+    pub(super) category: Option<String>,
 }
 
 /// [`PendingDecision`] as formats 1 and 2 wrote it (no scores).
@@ -66,6 +68,7 @@ impl From<PendingDecisionV2> for PendingDecision {
             arm_count: old.arm_count,
             created_unix_ms: old.created_unix_ms,
             scores: Vec::new(),
+            category: None,
         }
     }
 }
@@ -110,6 +113,11 @@ impl PendingBook {
         self.pending
             .get(decision_id)
             .filter(|d| now_unix_ms - d.created_unix_ms < ttl_ms)
+    }
+
+    /// The category the pending decision `decision_id` counts under, if any.
+    pub(super) fn category_of(&self, decision_id: &str) -> Option<&str> {
+        self.pending.get(decision_id)?.category.as_deref()
     }
 
     /// Whether `decision_id` is pending or was answered.

@@ -297,21 +297,27 @@ impl Routers {
         router: &SharedRouter,
         selection: &Selection,
         now_unix_ms: i64,
-    ) -> Result<(Durable, usize, Evictions), RouterError> {
+    ) -> Result<(Durable, usize, Evictions, Vec<(String, String)>), RouterError> {
         let _gate = self.ledger.change();
         let mut locked = router.lock().expect("router lock poisoned");
-        let durable = match locked.recording(selection, now_unix_ms) {
+        let (durable, categories) = match locked.recording(selection, now_unix_ms) {
             Some(event) => {
                 let durable = self.ledger.log(&StateEvent::Router {
                     name: locked.name().to_string(),
                     event: event.clone(),
                 })?;
+                let recorded = event.recorded_ids();
                 locked.apply(event)?;
-                durable
+                (durable, locked.categories_of(&recorded))
             }
-            None => Durable::done(),
+            None => (Durable::done(), Vec::new()),
         };
-        Ok((durable, locked.pending_decisions(), locked.evictions()))
+        Ok((
+            durable,
+            locked.pending_decisions(),
+            locked.evictions(),
+            categories,
+        ))
     }
 
     /// Check, log and apply a Feedback, all or nothing. `arrived_unix_ms` is when the

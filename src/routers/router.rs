@@ -36,7 +36,7 @@ use super::events::{
 use super::pending::{Choice, PendingBook, PendingDecision};
 use super::policy::{self, Plan};
 use super::settings::{RouterSettings, SelectionMode};
-use super::statistics::ArmStatistics;
+use super::statistics::{ArmStatistics, CategoryTable};
 use crate::bandit::context::ContextTransform;
 use crate::bandit::{LinUcbArm, RewardNormalizer};
 
@@ -80,6 +80,8 @@ pub struct Router {
     /// Group -> (a decision made for it by a Score not recorded yet, when it was made).
     /// In memory only: it lets concurrent Scores of one group share one decision.
     pub(super) reserved: HashMap<String, (Decision, i64)>,
+    /// Per (category, RM): decisions and rewards of decisions that carried a category.
+    pub(super) categories: CategoryTable,
 }
 
 impl Router {
@@ -102,6 +104,7 @@ impl Router {
             decisions_recorded: 0,
             contexts_seen: 0,
             reserved: HashMap::new(),
+            categories: CategoryTable::new(),
         };
         for reward_model in serving {
             if router.settings.accepts(reward_model) {
@@ -300,6 +303,7 @@ impl Router {
                 probability: chosen.probability,
                 arm_count: candidates.len(),
                 scores: Vec::new(),
+                category: None,
             });
         }
         Ok(Selection {
@@ -320,7 +324,8 @@ impl Router {
             } => {
                 let groups = vec![Vec::new(); decisions.len()];
                 let scores = vec![Vec::new(); decisions.len()];
-                self.apply_recorded(now_unix_ms, &serving, decisions, groups, scores);
+                let categories = vec![None; decisions.len()];
+                self.apply_recorded(now_unix_ms, &serving, decisions, groups, scores, categories);
                 Ok(FeedbackOutcome::default())
             }
             RouterEvent::RecordedInGroups {
@@ -330,8 +335,9 @@ impl Router {
                 groups,
             } => {
                 let scores = vec![Vec::new(); decisions.len()];
+                let categories = vec![None; decisions.len()];
                 let decisions = self.unlogged(decisions);
-                self.apply_recorded(now_unix_ms, &serving, decisions, groups, scores);
+                self.apply_recorded(now_unix_ms, &serving, decisions, groups, scores, categories);
                 Ok(FeedbackOutcome::default())
             }
             RouterEvent::RecordedScored {
@@ -340,9 +346,10 @@ impl Router {
                 decisions,
                 groups,
                 scores,
+                categories,
             } => {
                 let decisions = self.unlogged(decisions);
-                self.apply_recorded(now_unix_ms, &serving, decisions, groups, scores);
+                self.apply_recorded(now_unix_ms, &serving, decisions, groups, scores, categories);
                 Ok(FeedbackOutcome::default())
             }
             RouterEvent::Feedback {
@@ -400,13 +407,19 @@ impl Router {
         decisions: Vec<RecordedDecision>,
         groups: Vec<Vec<String>>,
         scores: Vec<Vec<f32>>,
+        categories: Vec<Option<String>>,
     ) {
         self.book.expire(now_unix_ms, self.ttl_ms());
         self.join_new_arms(serving);
         let capacity = self.settings.max_pending_decisions;
-        for ((decision, decision_groups), scores) in decisions.into_iter().zip(groups).zip(scores) {
+        for (((decision, decision_groups), scores), category) in decisions
+            .into_iter()
+            .zip(groups)
+            .zip(scores)
+            .zip(categories)
+        {
             let decision_id = decision.decision_id.clone();
-            if !self.record_one(decision, scores, now_unix_ms) {
+            if !self.record_one(decision, scores, category, now_unix_ms) {
                 continue;
             }
             for group in decision_groups {
@@ -441,6 +454,7 @@ impl Router {
         &mut self,
         decision: RecordedDecision,
         scores: Vec<f32>,
+        category: Option<String>,
         now_unix_ms: i64,
     ) -> bool {
         if self.book.knows(&decision.decision_id) {
@@ -460,6 +474,13 @@ impl Router {
             let statistics = &mut self.arms[arm].statistics;
             statistics.selections += 1;
             statistics.last_selected_unix_ms = now_unix_ms;
+        }
+        let category = category.map(|category| self.bounded_category(&category));
+        if let Some(category) = &category {
+            for &arm in &members {
+                let key = (category.clone(), self.arms[arm].reward_model.clone());
+                self.categories.entry(key).or_default().selections += 1;
+            }
         }
         let choice = if decision.ensemble {
             Choice::Ensemble(members)
@@ -481,6 +502,7 @@ impl Router {
                 arm_count: decision.arm_count,
                 created_unix_ms: now_unix_ms,
                 scores,
+                category,
             },
             self.settings.max_pending_decisions,
         );

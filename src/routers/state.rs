@@ -18,7 +18,7 @@ use super::pending::{Choice, PendingBook, PendingDecision, PendingDecisionV2, Pe
 use super::policy;
 use super::router::{Arm, Router};
 use super::settings::{Normalization, Policy, RouterSettings, SelectionMode};
-use super::statistics::ArmStatistics;
+use super::statistics::{ArmStatistics, CategoryCounts};
 use crate::bandit::{LinUcbArm, LinUcbArmData, RewardNormalizer};
 
 /// A router's whole state as plain data (snapshots, exports).
@@ -36,6 +36,8 @@ pub struct RouterState {
     evictions: Evictions,
     /// Added in format 2.
     groups_and_keys: GroupsAndKeys,
+    /// Added in format 3: per (category, RM) decisions and rewards.
+    categories: Vec<(String, String, CategoryCounts)>,
 }
 
 /// Format 2's addition: each group's pending decision and the answers per idempotency key.
@@ -74,6 +76,7 @@ impl From<RouterStateV1> for RouterState {
             contexts_seen: old.contexts_seen,
             evictions: old.evictions,
             groups_and_keys: GroupsAndKeys::default(),
+            categories: Vec::new(),
         }
     }
 }
@@ -108,6 +111,7 @@ impl From<RouterStateV2> for RouterState {
             contexts_seen: old.contexts_seen,
             evictions: old.evictions,
             groups_and_keys: old.groups_and_keys,
+            categories: Vec::new(),
         }
     }
 }
@@ -212,6 +216,13 @@ impl Router {
                 groups: book.groups,
                 keys: book.keys,
             },
+            categories: self
+                .categories
+                .iter()
+                .map(|((category, reward_model), counts)| {
+                    (category.clone(), reward_model.clone(), counts.clone())
+                })
+                .collect(),
         }
     }
 
@@ -278,6 +289,11 @@ impl Router {
         router.decisions_recorded = state.decisions_recorded;
         router.context_sum = state.context_sum;
         router.contexts_seen = state.contexts_seen;
+        router.categories = state
+            .categories
+            .into_iter()
+            .map(|(category, reward_model, counts)| ((category, reward_model), counts))
+            .collect();
         Ok(router)
     }
 }

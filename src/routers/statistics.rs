@@ -1,6 +1,10 @@
 //! What GetRouter shows of a router's arms: per-arm counts, rewards and, at the mean of
 //! the contexts the router selected for, each LinUCB arm's estimate and bonus (or each
-//! Exp3 arm's probability). Cost: O(K·d²) for a LinUCB router (one solve per arm).
+//! Exp3 arm's probability), and each RM's decisions and rewards per query category
+//! (bounded: [`MAX_CATEGORIES_PER_ROUTER`]). Cost: O(K·d²) for a LinUCB router (one solve
+//! per arm).
+
+use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
@@ -29,6 +33,33 @@ pub struct ArmStatistics {
     pub removed: bool,
 }
 
+/// Most categories a router keeps; decisions of further ones count under
+/// [`OTHER_CATEGORY`] (metric labels stay bounded).
+pub const MAX_CATEGORIES_PER_ROUTER: usize = 32;
+/// Where decisions of categories beyond [`MAX_CATEGORIES_PER_ROUTER`] count.
+pub const OTHER_CATEGORY: &str = "_other";
+
+/// One RM's decisions and rewards within one category. Part of the state format (3).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct CategoryCounts {
+    pub selections: u64,
+    pub feedback_count: u64,
+    pub reward_sum: f64,
+}
+
+/// Per (category, RM) counts, in name order.
+pub type CategoryTable = BTreeMap<(String, String), CategoryCounts>;
+
+/// What GetRouter shows of one RM within one category.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CategoryArm {
+    pub category: String,
+    pub reward_model: String,
+    pub selections: u64,
+    pub feedback_count: u64,
+    pub mean_reward: f64,
+}
+
 impl ArmStatistics {
     pub fn mean_reward(&self) -> f64 {
         if self.feedback_count == 0 {
@@ -40,6 +71,53 @@ impl ArmStatistics {
 }
 
 impl Router {
+    /// Each RM's decisions and mean reward per category, by category then RM.
+    pub fn category_statistics(&self) -> Vec<CategoryArm> {
+        self.categories
+            .iter()
+            .map(|((category, reward_model), counts)| CategoryArm {
+                category: category.clone(),
+                reward_model: reward_model.clone(),
+                selections: counts.selections,
+                feedback_count: counts.feedback_count,
+                mean_reward: if counts.feedback_count == 0 {
+                    0.0
+                } else {
+                    counts.reward_sum / counts.feedback_count as f64
+                },
+            })
+            .collect()
+    }
+
+    /// (decision id, category) of the pending decisions among `decision_ids` that count
+    /// under a category.
+    pub fn categories_of(&self, decision_ids: &[String]) -> Vec<(String, String)> {
+        decision_ids
+            .iter()
+            .filter_map(|id| {
+                let category = self.book.category_of(id)?;
+                Some((id.clone(), category.to_string()))
+            })
+            .collect()
+    }
+
+    /// The category a decision of `category` counts under: itself while the router knows
+    /// fewer than [`MAX_CATEGORIES_PER_ROUTER`] (or already knows it), else
+    /// [`OTHER_CATEGORY`].
+    pub(super) fn bounded_category(&self, category: &str) -> String {
+        let known = self.categories.keys().any(|(known, _)| known == category);
+        let count = {
+            let mut names: Vec<&str> = self.categories.keys().map(|(c, _)| c.as_str()).collect();
+            names.dedup();
+            names.len()
+        };
+        if known || count < MAX_CATEGORIES_PER_ROUTER {
+            category.to_string()
+        } else {
+            OTHER_CATEGORY.to_string()
+        }
+    }
+
     /// Statistics of every arm the router has had, in the order arms were added; arms
     /// whose RM is not in `serving` are marked removed.
     pub fn arm_statistics(&self, serving: &[String]) -> Vec<ArmStatistics> {

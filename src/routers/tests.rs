@@ -356,6 +356,7 @@ fn ensemble_policy_uses_every_rm_and_credits_each() {
     assert_eq!(
         outcome.applied,
         vec![AnsweredDecision {
+            category: None,
             decision_id: id,
             reward_models: rms(&["a", "b", "c"]),
             reward: 0.5,
@@ -467,6 +468,7 @@ fn a_removed_rm_is_not_selected_and_its_feedback_is_acknowledged_not_applied() {
     assert_eq!(
         outcome.not_applied,
         vec![AnsweredDecision {
+            category: None,
             decision_id: id_a.clone(),
             reward_models: rms(&["a"]),
             reward: 1.0,

@@ -388,3 +388,48 @@ fn a_weighted_prior_equals_its_observations_repeated_and_replays_once_per_key() 
     super::tests::feedback(&mut weighted, &id, -5.0, &serving);
     assert_eq!(explain(&weighted, &[1.0, 0.0]), before);
 }
+
+#[test]
+fn categories_count_decisions_and_rewards_per_rm_bounded_and_durable() {
+    use super::statistics::{MAX_CATEGORIES_PER_ROUTER, OTHER_CATEGORY};
+    let serving = rms(&["a"]);
+    let mut router = Router::new("r".into(), with_policy(Policy::Random, 2), &serving);
+    let mut ids = Vec::new();
+    for k in 0..MAX_CATEGORIES_PER_ROUTER + 3 {
+        let mut selection = router
+            .select(&[vec![1.0, 0.0]], None, false, &serving)
+            .unwrap();
+        selection.decisions[0].set_category(Some(format!("c{k:02}")));
+        let id = format!("d{k}");
+        let event = selection.recorded(vec![id.clone()], 0);
+        router.apply(event).unwrap();
+        ids.push(id);
+    }
+    super::tests::feedback(&mut router, &ids[0], 0.25, &serving);
+    let recorded = router.categories_of(&ids[MAX_CATEGORIES_PER_ROUTER..]);
+    assert!(
+        recorded.iter().all(|(_, c)| c == OTHER_CATEGORY),
+        "{recorded:?}"
+    );
+    let table = router.category_statistics();
+    assert_eq!(table.len(), MAX_CATEGORIES_PER_ROUTER + 1);
+    let first = table.iter().find(|c| c.category == "c00").unwrap();
+    assert_eq!(
+        (
+            first.category.as_str(),
+            first.selections,
+            first.feedback_count
+        ),
+        ("c00", 1, 1)
+    );
+    assert_eq!(first.mean_reward, 0.25);
+    let other = table.iter().find(|c| c.category == OTHER_CATEGORY).unwrap();
+    assert_eq!(other.selections, 3);
+    // Through a snapshot, the table and each pending decision's category stay.
+    let restored = Router::from_state("r".into(), router.to_state()).unwrap();
+    assert_eq!(restored.category_statistics(), table);
+    assert_eq!(
+        restored.categories_of(&ids[1..2]),
+        vec![("d1".into(), "c01".into())]
+    );
+}

@@ -78,6 +78,16 @@ impl Service {
             for reward_model in &decision.reward_models {
                 metrics::histogram!(metric::REWARD, "router" => name.clone(), "reward_model" => reward_model.clone())
                     .record(decision.reward);
+                if let Some(category) = &decision.category {
+                    let labels = [
+                        ("router", name.clone()),
+                        ("category", category.clone()),
+                        ("reward_model", reward_model.clone()),
+                    ];
+                    metrics::counter!(metric::CATEGORY_FEEDBACK, &labels).increment(1);
+                    metrics::gauge!(metric::CATEGORY_REWARD_SUM, &labels)
+                        .increment(decision.reward);
+                }
             }
         }
         for (reward_model, mean) in &outcome.arm_mean_rewards {

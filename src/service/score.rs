@@ -35,6 +35,8 @@ pub struct QueryInput {
     pub responses: Vec<String>,
     /// Queries of one group share one decision across Score requests.
     pub group: Option<String>,
+    /// The query's category (a decision counts under its first query's).
+    pub category: Option<String>,
 }
 
 /// A Score call, valid on its face (the api layer checked every limit).
@@ -87,9 +89,11 @@ impl Service {
         let mut contexts = Vec::with_capacity(call.queries.len());
         let mut groups = Vec::with_capacity(call.queries.len());
         let mut queries = Vec::with_capacity(call.queries.len());
+        let mut categories = Vec::with_capacity(call.queries.len());
         for query in call.queries {
             contexts.push(query.context);
             groups.push(query.group);
+            categories.push(query.category);
             queries.push((query.id, query.prompt, query.responses));
         }
         if let Some(encoder) = encoder {
@@ -229,6 +233,9 @@ impl Service {
                     .flat_map(|query| scores[query].iter().copied())
                     .collect(),
             );
+            let first_query =
+                (0..scores.len()).find(|&query| query_decision[query] == decision_index);
+            decision.set_category(first_query.and_then(|query| categories[query].clone()));
         }
         // Reply only once the decisions would survive a crash.
         let recorded = self.routers.record(selected, unix_ms()).await?;
@@ -237,6 +244,14 @@ impl Service {
             for reward_model in &decision.members {
                 metrics::counter!(metric::SELECTIONS, "router" => call.router.clone(), "reward_model" => reward_model.clone())
                     .increment(1);
+            }
+        }
+        for (decision_id, category) in &recorded.categories {
+            if let Some(decision) = chosen.iter().find(|c| &c.decision_id == decision_id) {
+                for reward_model in &decision.members {
+                    metrics::counter!(metric::CATEGORY_SELECTIONS, "router" => call.router.clone(), "category" => category.clone(), "reward_model" => reward_model.clone())
+                        .increment(1);
+                }
             }
         }
         metrics::gauge!(metric::PENDING_DECISIONS, "router" => call.router.clone())

@@ -32,6 +32,7 @@ pub fn query(
         prompt: prompt.into(),
         responses: responses.into_iter().map(|r| r.to_string()).collect(),
         group: String::new(),
+        category: String::new(),
     }
 }
 

@@ -124,8 +124,10 @@ async fn drive_traffic(server: &Server, rounds: usize) {
             .score(score_request(
                 ROUTER,
                 (0..2)
-                    .map(|i| {
-                        query(
+                    .map(|i| laser_router::api::pb::Query {
+                        // Per-category panels read these.
+                        category: ["math", "chat"][i].to_string(),
+                        ..query(
                             format!("{round}-{i}"),
                             vec![1.0, i as f32, 0.5, (round % 3) as f32],
                             "How are you?",

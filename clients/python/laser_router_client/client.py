@@ -49,6 +49,9 @@ class Query:
     # Queries of one group (e.g. the completions of one prompt, across calls and ranks)
     # share one decision: one reward model, one decision_id.
     group: Optional[str] = None
+    # The query's category (its data source or task; at most 64 bytes): GetRouter's
+    # `categories` and the laser_category_* metrics show each RM's share and reward per category.
+    category: Optional[str] = None
 
 
 @dataclass
@@ -95,7 +98,7 @@ def score_call(router: str, queries: Sequence[Query], mode: Optional[str] = None
         router=router,
         queries=[
             rr_pb2.Query(id=q.id, context=_floats(q.context), prompt=q.prompt,
-                         responses=list(q.responses), group=q.group or "")
+                         responses=list(q.responses), group=q.group or "", category=q.category or "")
             for q in queries
         ],
         mode=MODES[mode] if mode else common_pb2.SELECTION_MODE_UNSPECIFIED,

@@ -94,6 +94,22 @@ def test_labels_reward_each_decision_with_its_agreement_and_survive_a_restart(se
         assert nan.value.code == grpc.StatusCode.INVALID_ARGUMENT
         assert "signals[0].labels.values[1]" in nan.value.message
         assert client.get_router("judged").pending_decisions == 1
+        # Categories: each decision counts under its query's; GetRouter shows them per RM.
+        tagged = client.score("judged", [Query(id="t", context=np.eye(4)[0], prompt="p", responses=three,
+                                                category="gsm8k")])[0]
+        table = {(c.category, c.reward_model): c for c in client.get_router("judged").categories}
+        assert table[("gsm8k", tagged.reward_model)].selections == 1
+        client.feedback("judged", labels={tagged.decision_id: [0.0, 1.0, 0.0]})
+        row = {(c.category, c.reward_model): c for c in client.get_router("judged").categories}[
+            ("gsm8k", tagged.reward_model)]
+        assert row.feedback_count == 1
+        assert abs(row.mean_reward - agreement(tagged.scores, [0.0, 1.0, 0.0])) < 1e-6
+        expected.setdefault(tagged.reward_model, []).append(agreement(tagged.scores, [0.0, 1.0, 0.0]))
+        with pytest.raises(LaserRouterError) as long_category:
+            client.score("judged", [Query(id="t", context=np.eye(4)[0], prompt="p", responses=three,
+                                          category="x" * 65)])
+        assert long_category.value.code == grpc.StatusCode.INVALID_ARGUMENT
+        assert "queries[0].category" in long_category.value.message
     server.kill()
     server.start()
     server.wait_ready()

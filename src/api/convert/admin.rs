@@ -326,6 +326,17 @@ pub fn router_info(router: RouterInfo) -> pb::RouterInfo {
         evicted_by_capacity: router.evictions.capacity,
         evicted_by_ttl: router.evictions.ttl,
         arm_state_bytes: router.arm_state_bytes as u64,
+        categories: router
+            .categories
+            .into_iter()
+            .map(|arm| pb::CategoryArm {
+                category: arm.category,
+                reward_model: arm.reward_model,
+                selections: arm.selections,
+                feedback_count: arm.feedback_count,
+                mean_reward: arm.mean_reward,
+            })
+            .collect(),
     }
 }
 

@@ -96,6 +96,18 @@ fn query_input(
             limits.max_text_bytes,
         )?;
     }
+    if query.category.len() > MAX_CATEGORY_BYTES {
+        return Err(invalid(
+            field("category"),
+            format!(
+                "is {} bytes; at most {MAX_CATEGORY_BYTES}",
+                query.category.len()
+            ),
+        ));
+    }
+    if query.category.chars().any(char::is_control) {
+        return Err(invalid(field("category"), "holds a control character"));
+    }
     if query.group.len() > MAX_GROUP_BYTES {
         return Err(invalid(
             field("group"),
@@ -112,8 +124,12 @@ fn query_input(
         prompt,
         responses,
         group: (!query.group.is_empty()).then_some(query.group),
+        category: (!query.category.is_empty()).then_some(query.category),
     })
 }
+
+/// Longest `Query.category` accepted.
+pub const MAX_CATEGORY_BYTES: usize = 64;
 
 /// Longest `Query.group` accepted.
 pub const MAX_GROUP_BYTES: usize = 256;

@@ -20,6 +20,7 @@ fn query(context: Vec<f32>, responses: &[&str]) -> pb::Query {
         prompt: "p".into(),
         responses: responses.iter().map(|r| r.to_string()).collect(),
         group: String::new(),
+        category: String::new(),
     }
 }
 
@@ -460,7 +461,7 @@ mod fuzz {
                 router,
                 queries: queries
                     .into_iter()
-                    .map(|(context, prompt, responses)| pb::Query { id: String::new(), context, prompt, responses, group: String::new() })
+                    .map(|(context, prompt, responses)| pb::Query { id: String::new(), context, prompt, responses, group: String::new(), category: String::new() })
                     .collect(),
                 mode,
                 explain: false,

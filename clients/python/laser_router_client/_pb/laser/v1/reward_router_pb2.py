@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from laser_router_client._pb.laser.v1 import common_pb2 as laser_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1claser/v1/reward_router.proto\x12\x08laser.v1\x1a\x15laser/v1/common.proto\"x\n\x0cScoreRequest\x12\x0e\n\x06router\x18\x01 \x01(\t\x12 \n\x07queries\x18\x02 \x03(\x0b\x32\x0f.laser.v1.Query\x12%\n\x04mode\x18\x03 \x01(\x0e\x32\x17.laser.v1.SelectionMode\x12\x0f\n\x07\x65xplain\x18\x04 \x01(\x08\"Z\n\x05Query\x12\n\n\x02id\x18\x01 \x01(\t\x12\x13\n\x07\x63ontext\x18\x02 \x03(\x02\x42\x02\x10\x01\x12\x0e\n\x06prompt\x18\x03 \x01(\t\x12\x11\n\tresponses\x18\x04 \x03(\t\x12\r\n\x05group\x18\x05 \x01(\t\"7\n\rScoreResponse\x12&\n\x07results\x18\x01 \x03(\x0b\x32\x15.laser.v1.QueryResult\"\x8a\x01\n\x0bQueryResult\x12\n\n\x02id\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65\x63ision_id\x18\x02 \x01(\t\x12\x14\n\x0creward_model\x18\x03 \x01(\t\x12\x0e\n\x06scores\x18\x04 \x03(\x02\x12\x0f\n\x07ranking\x18\x05 \x03(\r\x12#\n\x04\x61rms\x18\x06 \x03(\x0b\x32\x15.laser.v1.ArmEstimate\"M\n\x0b\x41rmEstimate\x12\x14\n\x0creward_model\x18\x01 \x01(\t\x12\x0c\n\x04mean\x18\x02 \x01(\x01\x12\r\n\x05\x62onus\x18\x03 \x01(\x01\x12\x0b\n\x03ucb\x18\x04 \x01(\x01\"\xbc\x01\n\x0f\x46\x65\x65\x64\x62\x61\x63kRequest\x12\x0e\n\x06router\x18\x01 \x01(\t\x12\x14\n\x0c\x64\x65\x63ision_ids\x18\x02 \x03(\t\x12\x0e\n\x04loss\x18\x03 \x01(\x01H\x00\x12\x10\n\x06reward\x18\x04 \x01(\x01H\x00\x12)\n\x07signals\x18\x05 \x03(\x0b\x32\x18.laser.v1.DecisionSignal\x12\x13\n\x0b\x61ll_pending\x18\x06 \x01(\x08\x12\x17\n\x0fidempotency_key\x18\x07 \x01(\tB\x08\n\x06signal\"}\n\x0e\x44\x65\x63isionSignal\x12\x13\n\x0b\x64\x65\x63ision_id\x18\x01 \x01(\t\x12\x0e\n\x04loss\x18\x02 \x01(\x01H\x00\x12\x10\n\x06reward\x18\x03 \x01(\x01H\x00\x12*\n\x06labels\x18\x04 \x01(\x0b\x32\x18.laser.v1.ResponseLabelsH\x00\x42\x08\n\x06signal\"F\n\x0eResponseLabels\x12\x0e\n\x06values\x18\x01 \x03(\x01\x12\x16\n\tpreferred\x18\x02 \x01(\rH\x00\x88\x01\x01\x42\x0c\n\n_preferred\"]\n\x10\x46\x65\x65\x64\x62\x61\x63kResponse\x12\x0f\n\x07\x61pplied\x18\x01 \x01(\r\x12\x11\n\tduplicate\x18\x02 \x01(\r\x12\x13\n\x0bnot_applied\x18\x03 \x01(\r\x12\x10\n\x08replayed\x18\x04 \x01(\x08\x32\x8b\x01\n\x0cRewardRouter\x12\x38\n\x05Score\x12\x16.laser.v1.ScoreRequest\x1a\x17.laser.v1.ScoreResponse\x12\x41\n\x08\x46\x65\x65\x64\x62\x61\x63k\x12\x19.laser.v1.FeedbackRequest\x1a\x1a.laser.v1.FeedbackResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1claser/v1/reward_router.proto\x12\x08laser.v1\x1a\x15laser/v1/common.proto\"x\n\x0cScoreRequest\x12\x0e\n\x06router\x18\x01 \x01(\t\x12 \n\x07queries\x18\x02 \x03(\x0b\x32\x0f.laser.v1.Query\x12%\n\x04mode\x18\x03 \x01(\x0e\x32\x17.laser.v1.SelectionMode\x12\x0f\n\x07\x65xplain\x18\x04 \x01(\x08\"l\n\x05Query\x12\n\n\x02id\x18\x01 \x01(\t\x12\x13\n\x07\x63ontext\x18\x02 \x03(\x02\x42\x02\x10\x01\x12\x0e\n\x06prompt\x18\x03 \x01(\t\x12\x11\n\tresponses\x18\x04 \x03(\t\x12\r\n\x05group\x18\x05 \x01(\t\x12\x10\n\x08\x63\x61tegory\x18\x06 \x01(\t\"7\n\rScoreResponse\x12&\n\x07results\x18\x01 \x03(\x0b\x32\x15.laser.v1.QueryResult\"\x8a\x01\n\x0bQueryResult\x12\n\n\x02id\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65\x63ision_id\x18\x02 \x01(\t\x12\x14\n\x0creward_model\x18\x03 \x01(\t\x12\x0e\n\x06scores\x18\x04 \x03(\x02\x12\x0f\n\x07ranking\x18\x05 \x03(\r\x12#\n\x04\x61rms\x18\x06 \x03(\x0b\x32\x15.laser.v1.ArmEstimate\"M\n\x0b\x41rmEstimate\x12\x14\n\x0creward_model\x18\x01 \x01(\t\x12\x0c\n\x04mean\x18\x02 \x01(\x01\x12\r\n\x05\x62onus\x18\x03 \x01(\x01\x12\x0b\n\x03ucb\x18\x04 \x01(\x01\"\xbc\x01\n\x0f\x46\x65\x65\x64\x62\x61\x63kRequest\x12\x0e\n\x06router\x18\x01 \x01(\t\x12\x14\n\x0c\x64\x65\x63ision_ids\x18\x02 \x03(\t\x12\x0e\n\x04loss\x18\x03 \x01(\x01H\x00\x12\x10\n\x06reward\x18\x04 \x01(\x01H\x00\x12)\n\x07signals\x18\x05 \x03(\x0b\x32\x18.laser.v1.DecisionSignal\x12\x13\n\x0b\x61ll_pending\x18\x06 \x01(\x08\x12\x17\n\x0fidempotency_key\x18\x07 \x01(\tB\x08\n\x06signal\"}\n\x0e\x44\x65\x63isionSignal\x12\x13\n\x0b\x64\x65\x63ision_id\x18\x01 \x01(\t\x12\x0e\n\x04loss\x18\x02 \x01(\x01H\x00\x12\x10\n\x06reward\x18\x03 \x01(\x01H\x00\x12*\n\x06labels\x18\x04 \x01(\x0b\x32\x18.laser.v1.ResponseLabelsH\x00\x42\x08\n\x06signal\"F\n\x0eResponseLabels\x12\x0e\n\x06values\x18\x01 \x03(\x01\x12\x16\n\tpreferred\x18\x02 \x01(\rH\x00\x88\x01\x01\x42\x0c\n\n_preferred\"]\n\x10\x46\x65\x65\x64\x62\x61\x63kResponse\x12\x0f\n\x07\x61pplied\x18\x01 \x01(\r\x12\x11\n\tduplicate\x18\x02 \x01(\r\x12\x13\n\x0bnot_applied\x18\x03 \x01(\r\x12\x10\n\x08replayed\x18\x04 \x01(\x08\x32\x8b\x01\n\x0cRewardRouter\x12\x38\n\x05Score\x12\x16.laser.v1.ScoreRequest\x1a\x17.laser.v1.ScoreResponse\x12\x41\n\x08\x46\x65\x65\x64\x62\x61\x63k\x12\x19.laser.v1.FeedbackRequest\x1a\x1a.laser.v1.FeedbackResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,21 +37,21 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SCOREREQUEST']._serialized_start=65
   _globals['_SCOREREQUEST']._serialized_end=185
   _globals['_QUERY']._serialized_start=187
-  _globals['_QUERY']._serialized_end=277
-  _globals['_SCORERESPONSE']._serialized_start=279
-  _globals['_SCORERESPONSE']._serialized_end=334
-  _globals['_QUERYRESULT']._serialized_start=337
-  _globals['_QUERYRESULT']._serialized_end=475
-  _globals['_ARMESTIMATE']._serialized_start=477
-  _globals['_ARMESTIMATE']._serialized_end=554
-  _globals['_FEEDBACKREQUEST']._serialized_start=557
-  _globals['_FEEDBACKREQUEST']._serialized_end=745
-  _globals['_DECISIONSIGNAL']._serialized_start=747
-  _globals['_DECISIONSIGNAL']._serialized_end=872
-  _globals['_RESPONSELABELS']._serialized_start=874
-  _globals['_RESPONSELABELS']._serialized_end=944
-  _globals['_FEEDBACKRESPONSE']._serialized_start=946
-  _globals['_FEEDBACKRESPONSE']._serialized_end=1039
-  _globals['_REWARDROUTER']._serialized_start=1042
-  _globals['_REWARDROUTER']._serialized_end=1181
+  _globals['_QUERY']._serialized_end=295
+  _globals['_SCORERESPONSE']._serialized_start=297
+  _globals['_SCORERESPONSE']._serialized_end=352
+  _globals['_QUERYRESULT']._serialized_start=355
+  _globals['_QUERYRESULT']._serialized_end=493
+  _globals['_ARMESTIMATE']._serialized_start=495
+  _globals['_ARMESTIMATE']._serialized_end=572
+  _globals['_FEEDBACKREQUEST']._serialized_start=575
+  _globals['_FEEDBACKREQUEST']._serialized_end=763
+  _globals['_DECISIONSIGNAL']._serialized_start=765
+  _globals['_DECISIONSIGNAL']._serialized_end=890
+  _globals['_RESPONSELABELS']._serialized_start=892
+  _globals['_RESPONSELABELS']._serialized_end=962
+  _globals['_FEEDBACKRESPONSE']._serialized_start=964
+  _globals['_FEEDBACKRESPONSE']._serialized_end=1057
+  _globals['_REWARDROUTER']._serialized_start=1060
+  _globals['_REWARDROUTER']._serialized_end=1199
 # @@protoc_insertion_point(module_scope)
