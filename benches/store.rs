@@ -107,7 +107,7 @@ fn record(
             .collect();
         let mut next = batch_ids.iter().cloned();
         selection.assign_ids(|| next.next().expect("one id per decision"));
-        let (durable, _, _) = routers.record(&router, &selection, 0).unwrap();
+        let durable = routers.record(&router, &selection, 0).unwrap().durable;
         durable.wait_blocking().unwrap();
         ids.extend(batch_ids);
     }

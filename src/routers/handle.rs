@@ -398,15 +398,15 @@ impl RoutersHandle {
             router,
             selection,
         } = selected;
-        let (durable, pending, evictions, categories) =
+        let recorded =
             tokio::task::spawn_blocking(move || routers.record(&router, &selection, now_unix_ms))
                 .await
                 .map_err(RouterError::TaskFailed)??;
-        Ticket(durable).acknowledged().await?;
+        Ticket(recorded.durable).acknowledged().await?;
         Ok(RecordReport {
-            pending,
-            evictions,
-            categories,
+            pending: recorded.pending,
+            evictions: recorded.evictions,
+            categories: recorded.categories,
         })
     }
 

@@ -66,6 +66,16 @@ pub enum FirstUse {
     Refuse,
 }
 
+/// The outcome of recording a Score's decisions.
+pub struct Recorded {
+    pub durable: Durable,
+    /// Decisions the router holds awaiting feedback, after recording.
+    pub pending: usize,
+    pub evictions: Evictions,
+    /// (decision id, the category it counts under) of the recorded decisions that have one.
+    pub categories: Vec<(String, String)>,
+}
+
 /// The outcome of a logged Feedback.
 pub struct FeedbackApplied {
     pub outcome: FeedbackOutcome,
@@ -291,13 +301,13 @@ impl Routers {
 
     /// Record the decisions of a completed Score (its fresh decisions, and reserved ones
     /// no other Score recorded meanwhile). Returns the router's pending count and evictions
-    /// after recording.
+    /// after recording, and the recorded decisions' categories.
     pub fn record(
         &self,
         router: &SharedRouter,
         selection: &Selection,
         now_unix_ms: i64,
-    ) -> Result<(Durable, usize, Evictions, Vec<(String, String)>), RouterError> {
+    ) -> Result<Recorded, RouterError> {
         let _gate = self.ledger.change();
         let mut locked = router.lock().expect("router lock poisoned");
         let (durable, categories) = match locked.recording(selection, now_unix_ms) {
@@ -312,12 +322,12 @@ impl Routers {
             }
             None => (Durable::done(), Vec::new()),
         };
-        Ok((
+        Ok(Recorded {
             durable,
-            locked.pending_decisions(),
-            locked.evictions(),
+            pending: locked.pending_decisions(),
+            evictions: locked.evictions(),
             categories,
-        ))
+        })
     }
 
     /// Check, log and apply a Feedback, all or nothing. `arrived_unix_ms` is when the
