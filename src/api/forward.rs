@@ -110,7 +110,73 @@ impl Peers {
         let request = Request::from_parts(metadata, Default::default(), message);
         metrics::counter!(metric::REQUESTS_FORWARDED, "rpc" => rpc).increment(1);
         tracing::debug!(rpc, %address, "forwarded to the router's owner");
-        call(channel, request).await
+        call(channel, request)
+            .await
+            .map_err(|status| relayed(status, address))
+    }
+}
+
+/// The status a forwarder answers for a forwarded call that failed. The owner's own answers
+/// pass as they are; a failure of the hop itself — the owner died or its connection broke
+/// (tonic's `UNKNOWN "transport error"`, `CANCELLED "operation was canceled"`) — is
+/// UNAVAILABLE: the request may not have been applied, and retrying it (keyed feedback
+/// included) is safe; the client's deadline running out on the hop (`CANCELLED "Timeout
+/// expired"`) is DEADLINE_EXCEEDED.
+fn relayed(status: Status, address: &str) -> Status {
+    use std::error::Error;
+    use tonic::Code;
+    match status.code() {
+        Code::Cancelled if status.message() == "Timeout expired" => Status::deadline_exceeded(
+            format!("the deadline passed while the router's owner at {address} was answering"),
+        ),
+        Code::Unknown | Code::Cancelled
+            if status.source().is_some()
+                || matches!(
+                    status.message(),
+                    "transport error" | "operation was canceled" | "h2 protocol error"
+                ) =>
+        {
+            Status::unavailable(format!(
+                "the router's owner at {address} did not answer ({}: {}); retry: the router moves to another replica",
+                status.code().description(),
+                status.message()
+            ))
+        }
+        _ => status,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::relayed;
+    use tonic::{Code, Status};
+
+    #[test]
+    fn a_broken_hop_is_unavailable_and_the_owners_answers_pass() {
+        let relayed = |status| relayed(status, "10.0.0.7:50051");
+        assert_eq!(
+            relayed(Status::unknown("transport error")).code(),
+            Code::Unavailable
+        );
+        assert_eq!(
+            relayed(Status::cancelled("operation was canceled")).code(),
+            Code::Unavailable
+        );
+        assert_eq!(
+            relayed(Status::cancelled("Timeout expired")).code(),
+            Code::DeadlineExceeded
+        );
+        let broken = Status::from_error(Box::new(std::io::Error::other("connection reset")));
+        assert_eq!(relayed(broken).code(), Code::Unavailable);
+        for answer in [
+            Status::not_found("router \"x\" not found"),
+            Status::invalid_argument("queries[0].context: ..."),
+            Status::unavailable("this replica no longer owns router"),
+            Status::aborted("retry"),
+        ] {
+            let code = answer.code();
+            assert_eq!(relayed(answer).code(), code);
+        }
     }
 }
 
