@@ -146,40 +146,6 @@ fn relayed(status: Status, address: &str) -> Status {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::relayed;
-    use tonic::{Code, Status};
-
-    #[test]
-    fn a_broken_hop_is_unavailable_and_the_owners_answers_pass() {
-        let relayed = |status| relayed(status, "10.0.0.7:50051");
-        assert_eq!(
-            relayed(Status::unknown("transport error")).code(),
-            Code::Unavailable
-        );
-        assert_eq!(
-            relayed(Status::cancelled("operation was canceled")).code(),
-            Code::Unavailable
-        );
-        assert_eq!(
-            relayed(Status::cancelled("Timeout expired")).code(),
-            Code::DeadlineExceeded
-        );
-        let broken = Status::from_error(Box::new(std::io::Error::other("connection reset")));
-        assert_eq!(relayed(broken).code(), Code::Unavailable);
-        for answer in [
-            Status::not_found("router \"x\" not found"),
-            Status::invalid_argument("queries[0].context: ..."),
-            Status::unavailable("this replica no longer owns router"),
-            Status::aborted("retry"),
-        ] {
-            let code = answer.code();
-            assert_eq!(relayed(answer).code(), code);
-        }
-    }
-}
-
 /// The address of the replica that owns `router`, when a request for it should go there:
 /// another replica owns it and the request was not forwarded already. Takes the router
 /// over when nobody owns it.
@@ -217,3 +183,37 @@ macro_rules! forward_to_owner {
     };
 }
 pub(crate) use forward_to_owner;
+
+#[cfg(test)]
+mod tests {
+    use super::relayed;
+    use tonic::{Code, Status};
+
+    #[test]
+    fn a_broken_hop_is_unavailable_and_the_owners_answers_pass() {
+        let relayed = |status| relayed(status, "10.0.0.7:50051");
+        assert_eq!(
+            relayed(Status::unknown("transport error")).code(),
+            Code::Unavailable
+        );
+        assert_eq!(
+            relayed(Status::cancelled("operation was canceled")).code(),
+            Code::Unavailable
+        );
+        assert_eq!(
+            relayed(Status::cancelled("Timeout expired")).code(),
+            Code::DeadlineExceeded
+        );
+        let broken = Status::from_error(Box::new(std::io::Error::other("connection reset")));
+        assert_eq!(relayed(broken).code(), Code::Unavailable);
+        for answer in [
+            Status::not_found("router \"x\" not found"),
+            Status::invalid_argument("queries[0].context: ..."),
+            Status::unavailable("this replica no longer owns router"),
+            Status::aborted("retry"),
+        ] {
+            let code = answer.code();
+            assert_eq!(relayed(answer).code(), code);
+        }
+    }
+}
