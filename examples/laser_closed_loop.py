@@ -390,7 +390,8 @@ def run_policy(client, name, spec, seed, args, x, reviews, train_idx, val_pairs,
         if standardize is not None:
             step_contexts = standardize(step_contexts)
         queries = [Query(id=str(i), context=step_contexts[i], prompt=prompt_of(reviews[a]),
-                         responses=[reviews[a]["text"], reviews[b]["text"]]) for i, (a, b, _) in enumerate(batch)]
+                         responses=[reviews[a]["text"], reviews[b]["text"]],
+                         category=NAMES[reviews[a]["category"]]) for i, (a, b, _) in enumerate(batch)]
         if routing == "truth":
             results = []
             labels = [y for _, _, y in batch]

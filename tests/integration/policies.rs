@@ -348,13 +348,13 @@ async fn baselines_run_through_the_same_api() {
 }
 
 #[tokio::test]
-async fn the_first_reward_is_raw_as_the_reference_or_neutral() {
+async fn the_first_reward_is_neutral_by_default_or_raw_as_the_reference() {
     let server = Server::start(&config(4, &["length"], ""));
     let mut client = server.router_client().await;
     let mut admin = server.admin_client().await;
     for (name, first_reward, expected) in [
-        ("raw", pb::FirstReward::Unspecified, -0.8),
-        ("neutral", pb::FirstReward::Neutral, 0.5),
+        ("raw", pb::FirstReward::Raw, -0.8),
+        ("neutral", pb::FirstReward::Unspecified, 0.5),
     ] {
         create(
             &mut admin,

@@ -365,7 +365,7 @@ fn create_router_settings_fill_defaults_and_round_trip() {
     assert_eq!(settings.policy, Policy::Exp3 { gamma: 0.1 });
     assert_eq!(
         settings.normalization,
-        Normalization::Quantile {
+        Normalization::QuantileNeutralStart {
             low: 20.0,
             high: 90.0,
             window: Some(500)
