@@ -623,15 +623,15 @@ def slim(result):
     return dict(result, runs=runs)
 
 
-FAMILIES = [
+FAMILIES = [  # each policy is drawn in the first family that takes it
     ("baselines", lambda n: n.startswith("fixed:") or n in (
         "random", "sequential (per batch, cycling)", "score ensemble (all K)", "agreement ensemble (all K)", "exp3",
         "exp3, val_gain signal", "human labels (ceiling, no RM)")),
-    ("loss signal: LinUCB a=0.1 and the reference", lambda n: "a=0.1" in n or "reference" in n),
-    ("loss signal: defaults and Thompson", lambda n: n.startswith(("linucb", "thompson")) and "labels" not in n
-     and "prior" not in n),
-    ("label feedback", lambda n: "labels" in n and "prior" not in n),
     ("prior from 200 labelled pairs", lambda n: "prior" in n),
+    ("labels on x% of queries, loss on the rest", lambda n: "labels" in n and "+ loss" in n),
+    ("labels on x% of queries, nothing on the rest", lambda n: "labels" in n),
+    ("loss signal: LinUCB a=0.1 and the reference", lambda n: "a=0.1" in n or "reference" in n),
+    ("loss signal: defaults, Thompson, de-biased", lambda n: n.startswith(("linucb", "thompson"))),
 ]
 REFERENCES = ("random", "oracle routing (best RM per category)")
 
@@ -655,9 +655,10 @@ def plot(results, out, args):
     fixed = [n for n in results if n.startswith("fixed:")]
     best_fixed = max(fixed, key=lambda n: np.mean([r["accuracy"]["overall"] for r in results[n]["runs"]])) \
         if fixed else None
-    panels = [(title, [n for n in results if member(n) and n not in REFERENCES and
+    family = {n: next((title for title, member in FAMILIES if member(n)), None) for n in results}
+    panels = [(title, [n for n in results if family[n] == title and n not in REFERENCES and
                        (not n.startswith("fixed:") or n == best_fixed)])
-              for title, member in FAMILIES]
+              for title, _ in FAMILIES]
     panels = [(t, names) for t, names in panels if names]
     columns = 3
     rows = math.ceil(len(panels) / columns)
