@@ -79,7 +79,7 @@ def test_labels_reward_each_decision_with_its_agreement_and_survive_a_restart(se
         assert ack == {"applied": 3, "duplicate": 0, "not_applied": 0, "replayed": False}
         expected = {results[0].reward_model: [agreement(results[0].scores, labels)]}
         expected.setdefault(results[1].reward_model, []).append(agreement(results[1].scores, [0.0, 0.0, 1.0]))
-        expected.setdefault(results[2].reward_model, []).append(-0.7)  # the first loss enters raw
+        expected.setdefault(results[2].reward_model, []).append(0.5)  # the first loss: neutral (the default)
         arms = {arm.reward_model: arm for arm in client.get_router("judged").arms}
         for rm, rewards in expected.items():
             assert arms[rm].feedback_count == len(rewards)
