@@ -142,38 +142,14 @@ impl Plan {
             Plan::LinUcb { estimates } => {
                 let per_candidate: Vec<ArmEstimate> =
                     estimates.iter().map(|per_arm| per_arm[decision]).collect();
-                let explained = if explain {
-                    candidates
-                        .iter()
-                        .zip(&per_candidate)
-                        .map(|(c, e)| (c.reward_model.clone(), *e))
-                        .collect()
-                } else {
-                    Vec::new()
-                };
-                Chosen {
-                    explained,
-                    ..single(bandit::select_arm(&per_candidate, rng).expect("candidates exist"))
-                }
+                highest(candidates, per_candidate, rng, explain)
             }
             Plan::LinTs { estimates } => {
                 let sampled: Vec<ArmEstimate> = estimates
                     .iter()
                     .map(|per_arm| bandit::thompson_draw(per_arm[decision], rng))
                     .collect();
-                let explained = if explain {
-                    candidates
-                        .iter()
-                        .zip(&sampled)
-                        .map(|(c, e)| (c.reward_model.clone(), *e))
-                        .collect()
-                } else {
-                    Vec::new()
-                };
-                Chosen {
-                    explained,
-                    ..single(bandit::select_arm(&sampled, rng).expect("candidates exist"))
-                }
+                highest(candidates, sampled, rng, explain)
             }
             Plan::Random => single(rng.random_range(0..candidates.len())),
             Plan::RoundRobin { turn } => {
@@ -193,6 +169,30 @@ impl Plan {
                 }
             }
         }
+    }
+}
+
+/// The candidate with the highest `ucb` (a UCB or a posterior draw), every candidate's
+/// estimate kept when `explain`.
+fn highest(
+    candidates: &[Candidate],
+    estimates: Vec<ArmEstimate>,
+    rng: &mut StdRng,
+    explain: bool,
+) -> Chosen {
+    let chosen = bandit::select_arm(&estimates, rng).expect("candidates exist");
+    Chosen {
+        candidates: vec![chosen],
+        probability: 1.0,
+        explained: if explain {
+            candidates
+                .iter()
+                .zip(estimates)
+                .map(|(c, e)| (c.reward_model.clone(), e))
+                .collect()
+        } else {
+            Vec::new()
+        },
     }
 }
 

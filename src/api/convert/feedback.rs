@@ -21,16 +21,7 @@ pub fn feedback_call(
     if request.router.is_empty() {
         return Err(invalid("router", "is empty"));
     }
-    if request.idempotency_key.len() > MAX_IDEMPOTENCY_KEY_BYTES {
-        return Err(invalid(
-            "idempotency_key",
-            format!(
-                "is {} bytes; at most {MAX_IDEMPOTENCY_KEY_BYTES}",
-                request.idempotency_key.len()
-            ),
-        ));
-    }
-    let idempotency_key = (!request.idempotency_key.is_empty()).then_some(request.idempotency_key);
+    let idempotency_key = idempotency_key(request.idempotency_key)?;
     let signal = request.signal.map(|signal| match signal {
         pb::feedback_request::Signal::Loss(loss) => ("loss", loss, FeedbackSignal::Loss(loss)),
         pb::feedback_request::Signal::Reward(reward) => {
@@ -165,6 +156,21 @@ fn response_labels(
             Ok(DecisionFeedback::Labels(labels.values))
         }
     }
+}
+
+/// A request's `idempotency_key`: `None` when empty, refused beyond
+/// [`MAX_IDEMPOTENCY_KEY_BYTES`].
+pub(super) fn idempotency_key(key: String) -> Result<Option<String>, RequestError> {
+    if key.len() > MAX_IDEMPOTENCY_KEY_BYTES {
+        return Err(invalid(
+            "idempotency_key",
+            format!(
+                "is {} bytes; at most {MAX_IDEMPOTENCY_KEY_BYTES}",
+                key.len()
+            ),
+        ));
+    }
+    Ok((!key.is_empty()).then_some(key))
 }
 
 fn finite(field: &str, value: f64) -> Result<(), RequestError> {

@@ -1,8 +1,8 @@
 //! AddPriorRequest -> [`PriorCall`] (router, pairs, weight and key checked, each refusal
 //! naming the field and the limit) and the summary -> AddPriorResponse.
 
-use super::feedback::MAX_IDEMPOTENCY_KEY_BYTES;
-use super::score::keep_readable;
+use super::feedback::idempotency_key;
+use super::score::{finite_context, keep_readable};
 use super::{RequestError, at_most, invalid};
 use crate::api::pb;
 use crate::config::Limits;
@@ -38,15 +38,7 @@ pub fn prior_call(
             format!("is {weight}; must be in (0, {MAX_PRIOR_WEIGHT}]"),
         ));
     }
-    if request.idempotency_key.len() > MAX_IDEMPOTENCY_KEY_BYTES {
-        return Err(invalid(
-            "idempotency_key",
-            format!(
-                "is {} bytes; at most {MAX_IDEMPOTENCY_KEY_BYTES}",
-                request.idempotency_key.len()
-            ),
-        ));
-    }
+    let idempotency_key = idempotency_key(request.idempotency_key)?;
     let with_context = request
         .pairs
         .iter()
@@ -68,7 +60,7 @@ pub fn prior_call(
         router: request.router,
         pairs,
         weight,
-        idempotency_key: (!request.idempotency_key.is_empty()).then_some(request.idempotency_key),
+        idempotency_key,
     })
 }
 
@@ -78,18 +70,7 @@ fn labelled_pair(
     limits: &Limits,
 ) -> Result<LabelledPair, RequestError> {
     let field = |name: &str| format!("pairs[{index}].{name}");
-    at_most(
-        field("context"),
-        pair.context.len(),
-        "limits.max_context_dim",
-        limits.max_context_dim,
-    )?;
-    if let Some(position) = pair.context.iter().position(|v| !v.is_finite()) {
-        return Err(invalid(
-            format!("pairs[{index}].context[{position}]"),
-            format!("is {}; every value must be finite", pair.context[position]),
-        ));
-    }
+    finite_context(&field("context"), &pair.context, limits)?;
     let mut texts = [pair.prompt, pair.chosen, pair.rejected];
     for (name, text) in ["prompt", "chosen", "rejected"].into_iter().zip(&mut texts) {
         if name != "prompt" && text.is_empty() {

@@ -56,18 +56,7 @@ fn query_input(
     limits: &Limits,
 ) -> Result<QueryInput, RequestError> {
     let field = |name: &str| format!("queries[{index}].{name}");
-    at_most(
-        field("context"),
-        query.context.len(),
-        "limits.max_context_dim",
-        limits.max_context_dim,
-    )?;
-    if let Some(position) = query.context.iter().position(|v| !v.is_finite()) {
-        return Err(invalid(
-            format!("queries[{index}].context[{position}]"),
-            format!("is {}; every value must be finite", query.context[position]),
-        ));
-    }
+    finite_context(&field("context"), &query.context, limits)?;
     at_most(
         field("prompt"),
         query.prompt.len(),
@@ -130,6 +119,27 @@ fn query_input(
 
 /// Longest `Query.category` accepted.
 pub const MAX_CATEGORY_BYTES: usize = 64;
+
+/// A context (`field`) no longer than `limits.max_context_dim`, every value finite.
+pub(super) fn finite_context(
+    field: &str,
+    context: &[f32],
+    limits: &Limits,
+) -> Result<(), RequestError> {
+    at_most(
+        field,
+        context.len(),
+        "limits.max_context_dim",
+        limits.max_context_dim,
+    )?;
+    match context.iter().position(|v| !v.is_finite()) {
+        Some(position) => Err(invalid(
+            format!("{field}[{position}]"),
+            format!("is {}; every value must be finite", context[position]),
+        )),
+        None => Ok(()),
+    }
+}
 
 /// Longest `Query.group` accepted.
 pub const MAX_GROUP_BYTES: usize = 256;
