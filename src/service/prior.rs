@@ -1,7 +1,8 @@
 //! AddPrior: a router's prior from labelled preference pairs (BayesianRouter's offline
 //! router, as a service). The contexts come with the pairs or from the router's encoder;
 //! every serving RM the router accepts scores each pair once (one forward pass per pair and
-//! session, concurrently, through the RMs' batchers); each RM's correctness on each pair
+//! session, [`PAIRS_IN_FLIGHT`] pairs at a time through the RMs' batchers, so a large prior
+//! never fills an RM's queue); each RM's correctness on each pair
 //! (1 when it scores the chosen response above the rejected one, 1/2 on a tie, 0
 //! otherwise) enters its arm as an observation at the pair's context (routers' front,
 //! blocking pool: O(d²·n) per arm), durable before the reply.
@@ -16,6 +17,10 @@ use tracing::Instrument;
 use super::{Service, ServiceError};
 use crate::models::RewardModel;
 use crate::routers::{FirstUse, IdempotencyKey, PriorObservations};
+
+/// Pairs scored at once: well under an RM's default queue capacity (256 jobs), so the
+/// prior shares the queues with live Scores instead of being refused as overload.
+pub const PAIRS_IN_FLIGHT: usize = 64;
 
 /// One labelled pair: `chosen` is the better response to `prompt`.
 #[derive(Debug)]
@@ -102,31 +107,34 @@ impl Service {
             };
             session_of.push(session);
         }
-        let mut jobs = JoinSet::new();
-        for (pair_index, pair) in call.pairs.iter().enumerate() {
-            for session in 0..sessions.len() {
-                let model = reward_models[session_of
-                    .iter()
-                    .position(|&s| s == session)
-                    .expect("every session has a model")]
-                .clone();
-                let (prompt, responses) = (
-                    pair.prompt.clone(),
-                    vec![pair.chosen.clone(), pair.rejected.clone()],
-                );
-                jobs.spawn(
-                    async move {
-                        let rows = model.output_rows(prompt, responses, deadline).await;
-                        (pair_index, session, rows)
-                    }
-                    .in_current_span(),
-                );
-            }
-        }
         let mut rows = vec![vec![Vec::new(); sessions.len()]; call.pairs.len()];
-        while let Some(joined) = jobs.join_next().await {
-            let (pair, session, result) = joined.map_err(ServiceError::TaskFailed)?;
-            rows[pair][session] = result?;
+        for (chunk_index, chunk) in call.pairs.chunks(PAIRS_IN_FLIGHT).enumerate() {
+            let mut jobs = JoinSet::new();
+            for (offset, pair) in chunk.iter().enumerate() {
+                let pair_index = chunk_index * PAIRS_IN_FLIGHT + offset;
+                for session in 0..sessions.len() {
+                    let model = reward_models[session_of
+                        .iter()
+                        .position(|&s| s == session)
+                        .expect("every session has a model")]
+                    .clone();
+                    let (prompt, responses) = (
+                        pair.prompt.clone(),
+                        vec![pair.chosen.clone(), pair.rejected.clone()],
+                    );
+                    jobs.spawn(
+                        async move {
+                            let rows = model.output_rows(prompt, responses, deadline).await;
+                            (pair_index, session, rows)
+                        }
+                        .in_current_span(),
+                    );
+                }
+            }
+            while let Some(joined) = jobs.join_next().await {
+                let (pair, session, result) = joined.map_err(ServiceError::TaskFailed)?;
+                rows[pair][session] = result?;
+            }
         }
         if deadline.is_some_and(|deadline| Instant::now() >= deadline) {
             return Err(ServiceError::DeadlineExceeded);

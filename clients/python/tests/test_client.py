@@ -144,6 +144,10 @@ def test_a_prior_from_labelled_pairs_routes_each_kind_of_prompt_to_the_rm_that_w
             return [p.reward_model for p in picks]
 
         assert routed("prior") == ["polite", "length"]
+        # More pairs than an RM's queue holds (256 jobs): scored in slices, not refused as overload.
+        client.create_router("big-prior", context_dim=4, policy="offline")
+        many = client.add_prior("big-prior", (polite + long) * 50)
+        assert many["arms"] == {"length": (600, 0.5), "polite": (600, 0.5)}
         # Refusals name the field or the reason; nothing enters.
         client.create_router("no-arms-model", context_dim=4, policy="random")
         for router, pairs, weight, code, words in [
