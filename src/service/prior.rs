@@ -95,29 +95,29 @@ impl Service {
         };
 
         // One job per pair and session: RMs that are heads of one session share a pass.
-        let mut sessions: Vec<usize> = Vec::new();
+        // The first RM of each session runs the pass its heads share.
+        let mut runners: Vec<&Arc<RewardModel>> = Vec::new();
         let mut session_of = Vec::with_capacity(reward_models.len());
         for model in &reward_models {
-            let session = match sessions.iter().position(|&s| s == model.session_id()) {
+            let session = match runners
+                .iter()
+                .position(|r| r.session_id() == model.session_id())
+            {
                 Some(session) => session,
                 None => {
-                    sessions.push(model.session_id());
-                    sessions.len() - 1
+                    runners.push(model);
+                    runners.len() - 1
                 }
             };
             session_of.push(session);
         }
-        let mut rows = vec![vec![Vec::new(); sessions.len()]; call.pairs.len()];
+        let mut rows = vec![vec![Vec::new(); runners.len()]; call.pairs.len()];
         for (chunk_index, chunk) in call.pairs.chunks(PAIRS_IN_FLIGHT).enumerate() {
             let mut jobs = JoinSet::new();
             for (offset, pair) in chunk.iter().enumerate() {
                 let pair_index = chunk_index * PAIRS_IN_FLIGHT + offset;
-                for session in 0..sessions.len() {
-                    let model = reward_models[session_of
-                        .iter()
-                        .position(|&s| s == session)
-                        .expect("every session has a model")]
-                    .clone();
+                for (session, runner) in runners.iter().enumerate() {
+                    let model = Arc::clone(runner);
                     let (prompt, responses) = (
                         pair.prompt.clone(),
                         vec![pair.chosen.clone(), pair.rejected.clone()],

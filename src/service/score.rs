@@ -5,6 +5,7 @@
 //! feedback is judged against them) and wait until they are durable -> rank, reply.
 //! Nothing is recorded when scoring fails or the deadline passes.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -122,7 +123,7 @@ impl Service {
             explain: call.explain,
             client_contexts,
         };
-        let selected = self
+        let mut selected = self
             .routers
             .select(call.router.clone(), input, serving, unix_ms())
             .await
@@ -223,19 +224,20 @@ impl Service {
             .enumerate()
             .map(|(query, scores)| self.combine(&chosen[query_decision[query]], scores))
             .collect();
-        let mut selected = selected;
         // (A group's pending decision is not recorded again and keeps the scores of the
         // Score that recorded it.)
-        for (decision_index, decision) in selected.selection.decisions.iter_mut().enumerate() {
-            decision.set_scores(
-                (0..scores.len())
-                    .filter(|&query| query_decision[query] == decision_index)
-                    .flat_map(|query| scores[query].iter().copied())
-                    .collect(),
-            );
-            let first_query =
-                (0..scores.len()).find(|&query| query_decision[query] == decision_index);
-            decision.set_category(first_query.and_then(|query| categories[query].clone()));
+        for decision in &mut selected.selection.decisions {
+            let answered = decision
+                .queries
+                .iter()
+                .flat_map(|&query| scores[query].iter().copied())
+                .collect();
+            let category = decision
+                .queries
+                .first()
+                .and_then(|&query| categories[query].clone());
+            decision.set_scores(answered);
+            decision.set_category(category);
         }
         // Reply only once the decisions would survive a crash.
         let recorded = self.routers.record(selected, unix_ms()).await?;
@@ -246,11 +248,17 @@ impl Service {
                     .increment(1);
             }
         }
-        for (decision_id, category) in &recorded.categories {
-            if let Some(decision) = chosen.iter().find(|c| &c.decision_id == decision_id) {
-                for reward_model in &decision.members {
-                    metrics::counter!(metric::CATEGORY_SELECTIONS, "router" => call.router.clone(), "category" => category.clone(), "reward_model" => reward_model.clone())
-                        .increment(1);
+        if !recorded.categories.is_empty() {
+            let members: HashMap<&str, &[String]> = chosen
+                .iter()
+                .map(|c| (c.decision_id.as_str(), c.members.as_slice()))
+                .collect();
+            for (decision_id, category) in &recorded.categories {
+                if let Some(members) = members.get(decision_id.as_str()) {
+                    for reward_model in members.iter() {
+                        metrics::counter!(metric::CATEGORY_SELECTIONS, "router" => call.router.clone(), "category" => category.clone(), "reward_model" => reward_model.clone())
+                            .increment(1);
+                    }
                 }
             }
         }
