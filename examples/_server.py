@@ -2,6 +2,7 @@
 target/release and target/debug (or $LASER_ROUTER_BIN), ONNX Runtime from .ort/, gRPC on a free loopback port,
 metrics on another, state in `data_dir`. Returns once it listens."""
 
+import atexit
 import os
 import re
 import socket
@@ -10,6 +11,12 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def _stop(process) -> None:
+    if process.poll() is None:
+        process.kill()
+        process.wait()
 
 
 def free_port() -> int:
@@ -36,6 +43,7 @@ def start_server(data_dir, config=None):
     env = dict(os.environ, ORT_DYLIB_PATH=str(ROOT / ".ort" / "lib" / "libonnxruntime.so"), LASER_LOG="warn")
     process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE,
                                stderr=subprocess.DEVNULL, text=True)
+    atexit.register(_stop, process)  # the example stops what it started, also when it fails
     line = process.stdout.readline()
     if not line.startswith("laser-router listening"):
         process.kill()

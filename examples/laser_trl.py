@@ -117,7 +117,7 @@ def main() -> None:
         data = tempfile.TemporaryDirectory()
         server, args.address, _ = start_server(data.name)
     try:
-        client = LaserRouterClient(args.address, retries=8)
+        client = LaserRouterClient(args.address)
         reward_models = args.reward_models.split(",")
         # LinUCB over the server's encoder contexts, with the RMs this run may use.
         extra = {} if args.alpha is None else {"alpha": args.alpha}

@@ -107,9 +107,14 @@ pub async fn run(
     let service = Arc::new(Service::new(models, routers.clone(), config.limits.clone()));
     // Replicas forward requests for routers another replica owns.
     let peers = Arc::new(
-        Peers::new(config.server.tls.as_ref(), config.limits.max_message_bytes).map_err(
-            io_error("read the TLS files for forwarding to other replicas"),
-        )?,
+        Peers::new(
+            config.server.tls.as_ref(),
+            config.limits.max_message_bytes,
+            Duration::from_secs_f64(config.store.lease_seconds),
+        )
+        .map_err(io_error(
+            "read the TLS files for forwarding to other replicas",
+        ))?,
     );
 
     let grpc_listener = TcpListener::bind(config.server.listen)
@@ -237,7 +242,8 @@ pub async fn run(
         let _ = stdout.flush();
     }
 
-    let mut builder = Server::builder();
+    // Deadlines end as DEADLINE_EXCEEDED (not tonic's CANCELLED "Timeout expired").
+    let mut builder = Server::builder().layer(crate::api::deadline::DeadlineLayer);
     if let Some(tls) = &config.server.tls {
         builder = builder.tls_config(server_tls(tls)?)?;
         tracing::info!(

@@ -12,6 +12,7 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Mutex;
+use std::time::Duration;
 
 use tonic::metadata::MetadataMap;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
@@ -24,20 +25,34 @@ use crate::telemetry::metric;
 /// Metadata key that marks a forwarded request.
 pub const FORWARDED: &str = "laser-forwarded";
 
-/// How long a peer may take to connect, or to answer a keep-alive ping.
-const PEER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+/// How long a peer may take to connect.
+const PEER_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// How long a peer may take to answer a keep-alive ping: half a lease, within these bounds.
+/// A paused or cut-off owner thus fails the requests forwarded to it (UNAVAILABLE) within
+/// about a lease — by when another replica takes its routers over — instead of holding them
+/// until the caller's deadline; a busy owner still answers pings (its connection tasks run
+/// beside the work).
+const PING_TIMEOUT: (Duration, Duration) = (Duration::from_millis(250), Duration::from_secs(2));
 
 /// The channels to the other replicas.
 pub struct Peers {
     channels: Mutex<HashMap<String, Channel>>,
     tls: Option<ClientTlsConfig>,
+    /// How long an owner may leave a keep-alive ping unanswered.
+    ping_timeout: Duration,
     /// Largest message in either direction (limits.max_message_bytes).
     pub max_message_bytes: usize,
 }
 
 impl Peers {
-    /// Peers reached in plaintext, or with TLS as `tls` says (the gRPC port's settings).
-    pub fn new(tls: Option<&TlsConfig>, max_message_bytes: usize) -> std::io::Result<Self> {
+    /// Peers reached in plaintext, or with TLS as `tls` says (the gRPC port's settings); an
+    /// owner that stops answering is given up after about half a `lease`.
+    pub fn new(
+        tls: Option<&TlsConfig>,
+        max_message_bytes: usize,
+        lease: Duration,
+    ) -> std::io::Result<Self> {
         let tls = match tls {
             None => None,
             Some(tls) => {
@@ -59,6 +74,7 @@ impl Peers {
         Ok(Self {
             channels: Mutex::new(HashMap::new()),
             tls,
+            ping_timeout: (lease / 2).clamp(PING_TIMEOUT.0, PING_TIMEOUT.1),
             max_message_bytes,
         })
     }
@@ -79,9 +95,9 @@ impl Peers {
             .tcp_nodelay(true)
             .connect_timeout(PEER_TIMEOUT)
             // A paused or cut-off owner fails the requests forwarded to it instead of
-            // holding them past their lease.
-            .http2_keep_alive_interval(PEER_TIMEOUT / 2)
-            .keep_alive_timeout(PEER_TIMEOUT)
+            // holding them past its lease.
+            .http2_keep_alive_interval(self.ping_timeout)
+            .keep_alive_timeout(self.ping_timeout)
             .keep_alive_while_idle(true);
         if let Some(tls) = &self.tls {
             endpoint = endpoint.tls_config(tls.clone()).map_err(invalid)?;

@@ -10,10 +10,12 @@
 //! - [`http`]: HTTP/JSON forms of Score and Feedback, and OpenRLHF's `get_reward`.
 //! - [`auth`]: the admin bearer token.
 //! - [`forward`]: requests for a router another replica owns, forwarded to it.
+//! - [`deadline`]: a request whose deadline passes ends as DEADLINE_EXCEEDED.
 
 pub mod admin;
 pub mod auth;
 pub mod convert;
+pub mod deadline;
 pub mod forward;
 pub mod http;
 pub mod reward_router;

@@ -104,6 +104,7 @@ impl From<RouterError> for Status {
             RouterError::InvalidState { .. } => Code::InvalidArgument,
             RouterError::TooManyRouters { .. } => Code::ResourceExhausted,
             RouterError::ServedElsewhere { .. } => Code::Unavailable,
+            RouterError::LeaseUnconfirmed { .. } => Code::Unavailable,
             RouterError::StateWrite(store) => store_code(store),
             RouterError::NotAcknowledged(store) | RouterError::Store(store) => store_code(store),
             RouterError::Encode { .. } => Code::Internal,

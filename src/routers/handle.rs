@@ -55,6 +55,25 @@ impl Placement {
         }
     }
 
+    /// `error`, answered by `routers` for router `name`, unless the routers' copy may have
+    /// gone stale while the request ran (replicas: the lease lapsed, or another replica took
+    /// the router over): then an answer that depends on state it may not have (an unknown
+    /// decision, "already answered", a refused change) would mislead, and the request is
+    /// refused as retryable instead ([`RouterError::LeaseUnconfirmed`], UNAVAILABLE).
+    fn unless_stale(&self, name: &str, routers: &Routers, error: RouterError) -> RouterError {
+        let Placement::Replicas(_) = self else {
+            return error;
+        };
+        let store = routers.store();
+        match (store.fenced(), store.lease_overdue()) {
+            (false, None) => error,
+            (_, overdue) => RouterError::LeaseUnconfirmed {
+                router: name.to_string(),
+                overdue_ms: overdue.unwrap_or_default().as_millis() as u64,
+            },
+        }
+    }
+
     /// Where the models published through Admin are logged.
     fn catalog(&self) -> &Arc<Routers> {
         match self {
@@ -190,8 +209,11 @@ impl RoutersHandle {
         work: impl FnOnce(&Routers) -> Result<T, RouterError> + Send + 'static,
     ) -> Result<T, RouterError> {
         let name = name.to_string();
-        self.blocking(move |placement| work(&*placement.routers_for(&name)?))
-            .await
+        self.blocking(move |placement| {
+            let routers = placement.routers_for(&name)?;
+            work(&routers).map_err(|error| placement.unless_stale(&name, &routers, error))
+        })
+        .await
     }
 
     /// Run `work` on the blocking pool with the catalog of models.

@@ -158,6 +158,13 @@ pub enum RouterError {
         "router {router:?} is served by the replica at {address} (its owner changed while this request was on its way): retry"
     )]
     ServedElsewhere { router: String, address: String },
+    /// This replica's lease on the router may have lapsed (its last renewal began more than
+    /// a lease ago) and no other replica holds it: nothing is answered from a copy that may
+    /// be stale until the lease is renewed or taken over.
+    #[error(
+        "this replica's lease on router {router:?} may have lapsed ({overdue_ms} ms past its last renewal) and is being renewed or taken over: retry"
+    )]
+    LeaseUnconfirmed { router: String, overdue_ms: u64 },
     /// The store refused the change: nothing was applied.
     #[error("cannot make the change durable: {0}")]
     StateWrite(#[source] StoreError),

@@ -360,7 +360,9 @@ impl Routers {
                 },
                 pending: locked.pending_decisions(),
                 evictions: locked.evictions(),
-                durable: Durable::done(),
+                // The first answer is acknowledged only once its record is durable (it may
+                // still be queued, or kept after a failed write).
+                durable: self.store().barrier(),
             });
         }
         let signals = match form {
@@ -425,7 +427,7 @@ impl Routers {
                 replayed: true,
                 ..PriorOutcome::default()
             };
-            return Ok((outcome, Durable::done()));
+            return Ok((outcome, self.store().barrier()));
         }
         let event = RouterEvent::PriorObserved {
             serving: serving.clone(),

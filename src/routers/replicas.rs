@@ -11,7 +11,11 @@
 //! and later records recovered, a new cell serving it. A cell whose lease another replica
 //! took over (this one was paused or cut off past its lease) writes nothing more
 //! ([`crate::store::Store::fenced`]) and is dropped at its next lookup, so the router's
-//! requests go to the new owner. Cells left with no router (deleted, or a lookup of a name
+//! requests go to the new owner. A cell whose lease may have lapsed unnoticed (its last
+//! successful renewal began more than a lease ago, on the monotonic clock: this replica was
+//! paused, or cut off from the database) answers nothing from its copy: its router's
+//! requests go to the replica holding the lease now, or, while none does, are refused
+//! with [`RouterError::LeaseUnconfirmed`] (UNAVAILABLE: retry) until a renewal succeeds. Cells left with no router (deleted, or a lookup of a name
 //! that does not exist) delete their stream and lease row at the next
 //! [`Replicas::release_idle`]: nothing in them is state any more.
 //!
@@ -37,6 +41,12 @@ use crate::store::{Store, StoreError, StoreOptions};
 /// How long a replica trusts what it read of another replica's lease before reading it
 /// again: a quarter of the lease, within these bounds.
 const REMOTE_RECHECK: (Duration, Duration) = (Duration::from_millis(50), Duration::from_secs(1));
+
+/// Whether a cell may answer from its copy: nobody took its router over, and its lease
+/// surely holds (renewed less than a lease ago).
+fn serves(cell: &Routers) -> bool {
+    !cell.store().fenced() && cell.store().lease_overdue().is_none()
+}
 
 /// Where a router is served.
 pub enum Placed {
@@ -114,7 +124,7 @@ impl Replicas {
             .clone();
         let slot = slot.try_lock().ok()?;
         match &*slot {
-            Slot::Cell(cell) if !cell.store().fenced() => Some(Placed::Here(cell.clone())),
+            Slot::Cell(cell) if serves(cell) => Some(Placed::Here(cell.clone())),
             Slot::Remote { address, read } if read.elapsed() < self.recheck => {
                 Some(Placed::There {
                     address: address.clone(),
@@ -136,8 +146,31 @@ impl Replicas {
             .or_insert_with(|| Arc::new(Mutex::new(Slot::Unknown)))
             .clone();
         let mut slot = slot.lock().expect("slot lock poisoned");
+        let stream = router_stream(name);
         match &*slot {
-            Slot::Cell(cell) if !cell.store().fenced() => return Ok(Placed::Here(cell.clone())),
+            Slot::Cell(cell) if serves(cell) => return Ok(Placed::Here(cell.clone())),
+            Slot::Cell(cell) if !cell.store().fenced() => {
+                // Its lease may have lapsed (this replica was paused, or its renewals
+                // failed): its copy is answered from only once the lease is renewed, and
+                // requests go to a replica that took the router over meanwhile.
+                let overdue = cell.store().lease_overdue().unwrap_or_default();
+                match self.holder_elsewhere(&stream)? {
+                    None => {
+                        return Err(RouterError::LeaseUnconfirmed {
+                            router: name.to_string(),
+                            overdue_ms: overdue.as_millis() as u64,
+                        });
+                    }
+                    Some(address) => {
+                        tracing::warn!(router = %name, %address, "another replica took this router over while this one's lease lapsed");
+                        *slot = Slot::Remote {
+                            address: address.clone(),
+                            read: Instant::now(),
+                        };
+                        return Ok(Placed::There { address });
+                    }
+                }
+            }
             Slot::Cell(_) => {
                 tracing::warn!(router = %name, "another replica took this router over");
             }
@@ -149,25 +182,12 @@ impl Replicas {
             Slot::Remote { .. } | Slot::Unknown => {}
         }
         *slot = Slot::Unknown;
-        let stream = router_stream(name);
-        // Held by another live replica: read on the catalog's kept connection.
-        if let Some(holder) = self
-            .catalog
-            .store()
-            .lease_holder(
-                &stream,
-                self.store_options.advertise.as_deref().unwrap_or_default(),
-            )
-            .map_err(RouterError::StateWrite)?
-            .filter(|holder| !holder.address.is_empty())
-        {
+        if let Some(address) = self.holder_elsewhere(&stream)? {
             *slot = Slot::Remote {
-                address: holder.address.clone(),
+                address: address.clone(),
                 read: Instant::now(),
             };
-            return Ok(Placed::There {
-                address: holder.address,
-            });
+            return Ok(Placed::There { address });
         }
         let owned = self.cells().len();
         if owned >= self.routers_options.max_routers {
@@ -205,6 +225,21 @@ impl Replicas {
         let cell = Arc::new(cell);
         *slot = Slot::Cell(cell.clone());
         Ok(Placed::Here(cell))
+    }
+
+    /// The address of another live replica holding `stream`'s lease (one that registered
+    /// an address), read on the catalog's kept connection.
+    fn holder_elsewhere(&self, stream: &str) -> Result<Option<String>, RouterError> {
+        Ok(self
+            .catalog
+            .store()
+            .lease_holder(
+                stream,
+                self.store_options.advertise.as_deref().unwrap_or_default(),
+            )
+            .map_err(RouterError::StateWrite)?
+            .map(|holder| holder.address)
+            .filter(|address| !address.is_empty()))
     }
 
     /// A router of a schema 1 database, still in the catalog: imported into its own

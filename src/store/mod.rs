@@ -48,7 +48,7 @@ use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
@@ -204,6 +204,9 @@ struct Append {
     seq: u64,
     payload: Vec<u8>,
     done: oneshot::Sender<Result<(), WriteFailure>>,
+    /// A barrier ([`Store::barrier`]): no record of its own, done when the records queued
+    /// before it are.
+    barrier: bool,
 }
 
 /// Whether the log can be written: the reason while it cannot (set by the writer when a
@@ -213,6 +216,10 @@ struct LogHealth {
     failing: Mutex<Option<String>>,
     /// Another replica took the stream over (PostgreSQL): set once, for good.
     fenced: Mutex<Option<String>>,
+    /// Until when this server surely still holds the stream's lease (PostgreSQL: the start
+    /// of its last successful renewal plus the lease's length, on the monotonic clock);
+    /// `None` for stores without a lease.
+    lease_held_until: Mutex<Option<Instant>>,
 }
 
 impl LogHealth {
@@ -230,6 +237,14 @@ impl LogHealth {
 
     fn set_fenced(&self, stream: &str) {
         *self.fenced.lock().expect("health lock poisoned") = Some(stream.to_string());
+    }
+
+    fn lease_held_until(&self) -> Option<Instant> {
+        *self.lease_held_until.lock().expect("health lock poisoned")
+    }
+
+    fn set_lease_held_until(&self, until: Option<Instant>) {
+        *self.lease_held_until.lock().expect("health lock poisoned") = until;
     }
 }
 
@@ -257,6 +272,7 @@ impl Writer {
     fn start(sink: impl RecordSink, next_seq: u64, shown: &Path) -> Result<Self, StoreError> {
         let (sender, receiver) = mpsc::channel();
         let health = Arc::new(LogHealth::default());
+        health.set_lease_held_until(sink.lease_held_until());
         let log = LogWriter {
             health: health.clone(),
         };
@@ -437,6 +453,15 @@ impl Store {
             .is_some_and(|w| w.health.fenced().is_some())
     }
 
+    /// How long ago this store's lease may have lapsed (PostgreSQL): its last successful
+    /// renewal began more than a lease ago, so another replica may own the stream now
+    /// without this one having noticed (it was paused, or cut off from the database).
+    /// `None` while the lease surely holds, and for stores without a lease.
+    pub fn lease_overdue(&self) -> Option<Duration> {
+        let until = self.writer.as_ref()?.health.lease_held_until()?;
+        Instant::now().checked_duration_since(until)
+    }
+
     /// Who holds `stream`'s lease in this shared store's database, when another replica
     /// (not at `address`) holds it unexpired (`None` too for other stores).
     pub fn lease_holder(
@@ -509,6 +534,7 @@ impl Store {
                 seq: *next_seq,
                 payload,
                 done,
+                barrier: false,
             })
             .map_err(|_| StoreError::WriterStopped {
                 reason: "channel closed".into(),
@@ -517,6 +543,36 @@ impl Store {
         Ok(Durable {
             receiver: Some(receiver),
         })
+    }
+
+    /// A ticket that completes once every record appended before it is durable, and fails
+    /// as they do (not durable yet, fenced): what an answer that repeats an earlier one
+    /// (a Feedback replayed under its idempotency key) waits for, so it never acknowledges
+    /// a change that is not durable. Appends nothing.
+    pub fn barrier(&self) -> Durable {
+        let Some(writer) = self.writer.as_ref().filter(|_| self.shared().is_none()) else {
+            return Durable::done();
+        };
+        let (done, receiver) = oneshot::channel();
+        let next_seq = writer.next_seq.lock().expect("seq lock poisoned");
+        let sent = writer
+            .sender
+            .as_ref()
+            .expect("the queue closes only when the store is dropped")
+            .send(Append {
+                seq: *next_seq,
+                payload: Vec::new(),
+                done,
+                barrier: true,
+            });
+        if let Err(mpsc::SendError(append)) = sent {
+            let _ = append
+                .done
+                .send(Err(WriteFailure::Stopped("channel closed".into())));
+        }
+        Durable {
+            receiver: Some(receiver),
+        }
     }
 
     /// Write a snapshot of the state after record `seq` atomically, then delete what it
@@ -599,6 +655,12 @@ trait RecordSink: Send + 'static {
         Ok(())
     }
 
+    /// Until when the sink surely holds its lease, as of its last successful write or idle
+    /// call (`None`: it has no lease).
+    fn lease_held_until(&self) -> Option<Instant> {
+        None
+    }
+
     /// The store is closing (every acknowledged record is durable already).
     fn close(&mut self) {}
 }
@@ -642,7 +704,7 @@ impl LogWriter {
                 Ok(first) => batch.push(first),
                 Err(RecvTimeoutError::Timeout) if kept.is_empty() => {
                     match sink.idle() {
-                        Ok(()) => {}
+                        Ok(()) => self.health.set_lease_held_until(sink.lease_held_until()),
                         Err(SinkError::Fenced(stream)) => {
                             return self.fenced(&stream, kept, Vec::new(), receiver);
                         }
@@ -664,9 +726,19 @@ impl LogWriter {
             let records: Vec<(u64, &[u8])> = kept
                 .iter()
                 .map(|(seq, payload)| (*seq, payload.as_slice()))
-                .chain(batch.iter().map(|a| (a.seq, a.payload.as_slice())))
+                .chain(
+                    batch
+                        .iter()
+                        .filter(|a| !a.barrier)
+                        .map(|a| (a.seq, a.payload.as_slice())),
+                )
                 .collect();
-            if let Err(error) = sink.write(&records) {
+            let written = if records.is_empty() {
+                Ok(()) // barriers alone, with nothing held: what came before is durable
+            } else {
+                sink.write(&records)
+            };
+            if let Err(error) = written {
                 let reason = match error {
                     SinkError::Fenced(stream) => {
                         return self.fenced(&stream, kept, batch, receiver);
@@ -681,7 +753,9 @@ impl LogWriter {
                     let _ = append
                         .done
                         .send(Err(WriteFailure::NotDurable(reason.clone())));
-                    kept.push((append.seq, append.payload));
+                    if !append.barrier {
+                        kept.push((append.seq, append.payload));
+                    }
                 }
                 continue;
             }
@@ -693,6 +767,7 @@ impl LogWriter {
                 kept.clear();
             }
             self.health.set(None);
+            self.health.set_lease_held_until(sink.lease_held_until());
             for append in batch {
                 let _ = append.done.send(Ok(()));
             }

@@ -38,7 +38,7 @@
 //! records after it once. The client is tokio-postgres on a small current-thread runtime
 //! owned by the writer thread (and one per snapshot or recovery), never the server's runtime.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio_postgres::{Client, NoTls, Statement};
 
@@ -359,6 +359,9 @@ pub(super) struct PgSink {
     /// [`BATCH_SQL`] prepared on `client` (none yet, or the connection is new).
     statement: Option<Statement>,
     lease: Lease,
+    /// The start of the last successful renewal (take, write or idle check) plus the
+    /// lease's length: until then no other replica can have taken the stream over.
+    held_until: Instant,
 }
 
 impl PgSink {
@@ -367,6 +370,7 @@ impl PgSink {
     pub(super) fn open(url: &str, options: &StoreOptions) -> Result<(Self, Recovered), StoreError> {
         let failed = |reason| unavailable(url, reason);
         let runtime = runtime().map_err(failed)?;
+        let started = Instant::now();
         let (client, lease, recovered) = runtime.block_on(async {
             let mut client = connect(url).await.map_err(failed)?;
             migrate(&mut client, url).await.map_err(failed)?;
@@ -380,6 +384,7 @@ impl PgSink {
                 runtime,
                 client: Some(client),
                 statement: None,
+                held_until: started + lease.length,
                 lease,
             },
             recovered,
@@ -468,6 +473,7 @@ impl PgSink {
         op: impl AsyncFnOnce(&mut Client, &mut Option<Statement>, &str, &Lease) -> Result<(), SinkError>,
     ) -> Result<(), SinkError> {
         let (url, lease) = (self.url.clone(), self.lease.clone());
+        let started = Instant::now();
         let client = self.client.take();
         // A statement prepared on a connection that is gone is of no use on the next one.
         let mut statement = match &client {
@@ -485,6 +491,9 @@ impl PgSink {
         if done.is_ok() {
             self.client = client;
             self.statement = statement;
+            // Every successful op renewed the lease at this server's epoch (the database's
+            // `now()` then is no earlier than `started`).
+            self.held_until = started + self.lease.length;
         }
         done
     }
@@ -534,6 +543,10 @@ impl RecordSink for PgSink {
     /// Renew the lease while nothing is written.
     fn idle(&mut self) -> Result<(), SinkError> {
         self.on_connection(async |client, _, url, lease| renew(&*client, url, lease).await)
+    }
+
+    fn lease_held_until(&self) -> Option<Instant> {
+        Some(self.held_until)
     }
 }
 

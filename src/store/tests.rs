@@ -198,3 +198,59 @@ fn concurrent_appends_share_fsyncs_and_keep_order() {
         assert_eq!(mine, expected, "per-writer order is kept");
     }
 }
+
+/// A sink that fails while `down` is set, and otherwise records which sequence numbers it
+/// made durable.
+struct FlakySink {
+    down: Arc<std::sync::atomic::AtomicBool>,
+    written: Arc<Mutex<Vec<u64>>>,
+}
+
+impl RecordSink for FlakySink {
+    fn write(&mut self, records: &[(u64, &[u8])]) -> Result<(), SinkError> {
+        if self.down.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(SinkError::Failed("the disk is full".into()));
+        }
+        let mut written = self.written.lock().unwrap();
+        written.extend(records.iter().map(|(seq, _)| *seq));
+        Ok(())
+    }
+}
+
+#[test]
+fn a_barrier_completes_only_once_the_records_before_it_are_durable() {
+    let down = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let written = Arc::new(Mutex::new(Vec::new()));
+    let sink = FlakySink {
+        down: down.clone(),
+        written: written.clone(),
+    };
+    let store = Store {
+        dir: PathBuf::from("flaky"),
+        writer: Some(Writer::start(sink, 1, Path::new("flaky")).unwrap()),
+        _lock: None,
+        postgres: None,
+    };
+    // A change whose write failed: not acknowledged, kept to be written again.
+    let first = store.append(b"feedback".to_vec()).unwrap();
+    assert!(matches!(
+        first.wait_blocking(),
+        Err(StoreError::NotDurable { .. })
+    ));
+    // An answer that repeats it (a replayed Feedback) must not be acknowledged either.
+    assert!(matches!(
+        store.barrier().wait_blocking(),
+        Err(StoreError::NotDurable { .. })
+    ));
+    assert!(written.lock().unwrap().is_empty());
+    down.store(false, std::sync::atomic::Ordering::SeqCst);
+    store.barrier().wait_blocking().unwrap();
+    assert_eq!(
+        *written.lock().unwrap(),
+        vec![1],
+        "the kept record, and no record of the barrier"
+    );
+    // With nothing held, a barrier completes without writing anything.
+    store.barrier().wait_blocking().unwrap();
+    assert_eq!(written.lock().unwrap().len(), 1);
+}

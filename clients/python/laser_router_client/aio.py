@@ -1,6 +1,6 @@
 """The asyncio client (grpc.aio), for trainers whose reward functions are async (TRL, verl):
-the same methods as `LaserRouterClient`, awaitable, with the same retries (backoff with
-jitter on UNAVAILABLE and ABORTED), deadlines, admin token and TLS.
+the same methods as `LaserRouterClient`, awaitable, with the same retries (UNAVAILABLE and
+ABORTED, backoff with jitter, until the call's deadline), deadlines, admin token and TLS.
 
     async with AsyncLaserRouterClient("127.0.0.1:50051") as client:
         results = await client.score("run", queries)
@@ -8,7 +8,6 @@ jitter on UNAVAILABLE and ABORTED), deadlines, admin token and TLS.
 """
 
 import asyncio
-import random
 from typing import Any, List, Optional, Sequence
 
 import grpc
@@ -27,11 +26,12 @@ class AsyncLaserRouterClient:
         address: str = "127.0.0.1:50051",
         admin_token: Optional[str] = None,
         timeout: float = 30.0,
-        retries: int = 4,
+        retries: Optional[int] = None,
         backoff: float = 0.1,
         root_certificates: Optional[bytes] = None,
         certificate_chain: Optional[bytes] = None,
         private_key: Optional[bytes] = None,
+        attempt_timeout: Optional[float] = None,
     ):
         credentials = calls._credentials(root_certificates, certificate_chain, private_key)
         self._channel = (grpc.aio.secure_channel(address, credentials) if credentials
@@ -42,6 +42,7 @@ class AsyncLaserRouterClient:
         self.timeout = timeout
         self.retries = retries
         self.backoff = backoff
+        self.attempt_timeout = attempt_timeout
 
     async def close(self) -> None:
         await self._channel.close()
@@ -55,19 +56,17 @@ class AsyncLaserRouterClient:
     async def _run(self, call: Call) -> Any:
         method = getattr(self._stubs[call.service], call.method)
         metadata = self._metadata if call.service == "admin" else None
-        delay = self.backoff
-        for attempt in range(self.retries + 1):
+        attempts = calls.Attempts(self.timeout, self.attempt_timeout, self.retries, self.backoff)
+        while True:
             try:
-                reply = await method(call.request, timeout=self.timeout, metadata=metadata)
+                reply = await method(call.request, timeout=attempts.timeout(), metadata=metadata)
                 return call.convert(reply)
             except grpc.aio.AioRpcError as error:
                 code = error.code()
-                if calls._retryable(code) and attempt < self.retries:
-                    await asyncio.sleep(delay * (1 + random.random()))
-                    delay *= 2
-                    continue
-                raise LaserRouterError(code, error.details() or "") from None
-        raise AssertionError("unreachable")
+                wait = attempts.backoff(code)
+                if wait is None:
+                    raise LaserRouterError(code, error.details() or "") from None
+                await asyncio.sleep(wait)
 
     async def score(self, router: str, queries: Sequence[Query], mode: Optional[str] = None,
                     explain: bool = False) -> List[QueryResult]:

@@ -1,4 +1,5 @@
-"""A typed wrapper over the laser.v1 gRPC services, with retries on UNAVAILABLE."""
+"""A typed wrapper over the laser.v1 gRPC services, retrying what the server says is retryable
+(UNAVAILABLE, ABORTED; see docs/operations.md, "Status codes") until the caller's deadline."""
 
 import random
 import time
@@ -146,8 +147,10 @@ def feedback_call(
       of the router awaiting feedback made before the request arrived.
 
     ``idempotency_key`` makes a retry return the first answer and apply nothing again
-    (across server restarts). ``all_pending`` without a key gets a fresh one, so the
-    client's own retries on UNAVAILABLE never reach decisions made later.
+    (across server restarts and takeovers between replicas). A call without one gets a fresh
+    key, kept across the client's own retries: a retry answers as the first attempt did (and
+    an ``all_pending`` retry never reaches decisions made later). Pass your own key (e.g.
+    ``f"{run}/{step}"``) to keep that promise across a trainer's restart too.
     """
     per_decision = losses if losses is not None else rewards
     if per_decision is not None or labels is not None:
@@ -172,10 +175,7 @@ def feedback_call(
             request.loss = float(loss)
         else:
             request.reward = float(reward)
-        if all_pending and idempotency_key is None:
-            idempotency_key = uuid.uuid4().hex
-    if idempotency_key is not None:
-        request.idempotency_key = idempotency_key
+    request.idempotency_key = idempotency_key if idempotency_key is not None else uuid.uuid4().hex
 
     def counts(reply: Any) -> dict:
         return {"applied": reply.applied, "duplicate": reply.duplicate,
@@ -274,19 +274,66 @@ def _credentials(root_certificates: Optional[bytes], certificate_chain: Optional
                                         certificate_chain=certificate_chain)
 
 
+# What the server answers when retrying the same request (Feedback: with the same idempotency
+# key) is safe and may succeed: UNAVAILABLE (restarting, a router moving between replicas, the
+# state store unreachable, a hop to the owner broken) and ABORTED (two replicas changed the
+# catalog of models at once). Nothing else is retried: docs/operations.md, "Status codes".
+RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.ABORTED})
+MAX_BACKOFF = 0.5  # seconds between attempts, at most: a retry soon after a takeover ends
+
+
 def _retryable(code: grpc.StatusCode) -> bool:
-    # ABORTED: two replicas changed the catalog of models at once; nothing was changed here.
-    return code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.ABORTED)
+    return code in RETRYABLE
+
+
+class Attempts:
+    """One call's retry schedule: attempts until the caller's deadline (`timeout` seconds from
+    now), each with the time left (or `attempt_timeout`, when smaller), `retries` retries at
+    most (None: as many as the deadline allows), exponential backoff with jitter between them.
+
+    An attempt that ran out of its own `attempt_timeout` (DEADLINE_EXCEEDED with time left
+    before the caller's deadline) is retried too: the server it reached may be paused."""
+
+    def __init__(self, timeout: float, attempt_timeout: Optional[float], retries: Optional[int], backoff: float):
+        self.deadline = time.monotonic() + timeout
+        self.attempt_timeout = attempt_timeout
+        self.retries = retries
+        self.delay = backoff
+        self.attempt = 0
+        self.cut_short = False
+
+    def timeout(self) -> float:
+        """The next attempt's deadline, in seconds from now."""
+        left = max(self.deadline - time.monotonic(), 0.001)
+        self.cut_short = self.attempt_timeout is not None and self.attempt_timeout < left
+        return min(left, self.attempt_timeout) if self.cut_short else left
+
+    def backoff(self, code: grpc.StatusCode) -> Optional[float]:
+        """Seconds to wait before retrying after `code`, or None: give up (not retryable, out
+        of retries, or the caller's deadline would pass first)."""
+        retryable = code in RETRYABLE or (code == grpc.StatusCode.DEADLINE_EXCEEDED and self.cut_short)
+        if not retryable or (self.retries is not None and self.attempt >= self.retries):
+            return None
+        self.attempt += 1
+        wait = min(self.delay * (1 + random.random()), MAX_BACKOFF)
+        self.delay = min(self.delay * 2, MAX_BACKOFF)
+        if time.monotonic() + wait + 0.01 >= self.deadline:
+            return None
+        return wait
 
 
 class LaserRouterClient:
     """Score queries and post feedback; admin calls when a token (or loopback) allows.
 
-    Calls that fail with UNAVAILABLE (server restarting, connection dropped, a router moving
-    between replicas) or ABORTED (a concurrent model change on another replica) are retried with
-    exponential backoff and jitter, `retries` times; `timeout` is each call's deadline.
-    Feedback is safe to retry: the server applies each decision id once, and an idempotency
-    key makes any Feedback's retry return its first answer. TLS: pass the server's CA as
+    `timeout` is each call's deadline, retries included. Calls that fail with UNAVAILABLE
+    (server restarting, connection dropped, a router moving between replicas) or ABORTED (a
+    concurrent model change on another replica) are retried with exponential backoff and
+    jitter (at most 0.5 s apart) until that deadline (`retries`: at most that many times, if given);
+    `attempt_timeout` bounds each attempt (an attempt cut short by it is retried: the server
+    it reached may be paused). Every other code is the answer (docs/operations.md, "Status
+    codes"). Feedback is safe to retry: each call carries an idempotency key (a fresh one
+    unless given), the same on every attempt, so a retry returns the first answer and applies
+    nothing twice. TLS: pass the server's CA as
     `root_certificates` (and a client certificate chain and key when the server requires
     one). `AsyncLaserRouterClient` (laser_router_client.aio) has the same methods, awaitable.
     """
@@ -296,12 +343,13 @@ class LaserRouterClient:
         address: str = "127.0.0.1:50051",
         admin_token: Optional[str] = None,
         timeout: float = 30.0,
-        retries: int = 4,
+        retries: Optional[int] = None,
         backoff: float = 0.1,
         channel: Optional[grpc.Channel] = None,
         root_certificates: Optional[bytes] = None,
         certificate_chain: Optional[bytes] = None,
         private_key: Optional[bytes] = None,
+        attempt_timeout: Optional[float] = None,
     ):
         credentials = _credentials(root_certificates, certificate_chain, private_key)
         self._channel = channel or (grpc.secure_channel(address, credentials) if credentials
@@ -313,6 +361,11 @@ class LaserRouterClient:
         self.timeout = timeout
         self.retries = retries
         self.backoff = backoff
+        self.attempt_timeout = attempt_timeout
+
+    def attempts(self) -> Attempts:
+        """A new call's retry schedule."""
+        return Attempts(self.timeout, self.attempt_timeout, self.retries, self.backoff)
 
     def close(self) -> None:
         self._channel.close()
@@ -324,18 +377,16 @@ class LaserRouterClient:
         self.close()
 
     def _call(self, method: Callable, request: Any, admin: bool = False) -> Any:
-        delay = self.backoff
-        for attempt in range(self.retries + 1):
+        attempts = self.attempts()
+        while True:
             try:
-                return method(request, timeout=self.timeout, metadata=self._metadata if admin else None)
+                return method(request, timeout=attempts.timeout(), metadata=self._metadata if admin else None)
             except grpc.RpcError as error:
                 code = error.code()
-                if _retryable(code) and attempt < self.retries:
-                    time.sleep(delay * (1 + random.random()))
-                    delay *= 2
-                    continue
-                raise LaserRouterError(code, error.details() or "") from None
-        raise AssertionError("unreachable")
+                wait = attempts.backoff(code)
+                if wait is None:
+                    raise LaserRouterError(code, error.details() or "") from None
+                time.sleep(wait)
 
     def _run(self, call: Call) -> Any:
         method = getattr(self._stubs[call.service], call.method)

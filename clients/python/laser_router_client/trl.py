@@ -4,7 +4,7 @@ that reports what training did with each decision.
     from laser_router_client import LaserRouterClient
     from laser_router_client.trl import LaserRouterGRPO
 
-    laser = LaserRouterGRPO(LaserRouterClient("127.0.0.1:50051", retries=8), router="run-7")
+    laser = LaserRouterGRPO(LaserRouterClient("127.0.0.1:50051"), router="run-7")
     trainer = GRPOTrainer(model=..., reward_funcs=[laser.reward_function],
                           callbacks=[laser.callback], args=GRPOConfig(...), train_dataset=...)
 
@@ -92,7 +92,8 @@ def _z_scores(values: Sequence[float]) -> List[float]:
 class LaserRouterGRPO:
     """The reward function and the callback of one GRPO run, sharing the decisions in flight.
 
-    ``client``: a LaserRouterClient (give it enough ``retries`` to ride out a server restart).
+    ``client``: a LaserRouterClient (it retries until each call's ``timeout``: give it one longer
+    than a server restart).
     ``router``: the router's name (created on first use with the server's defaults, or by
     ``client.create_router``). ``run``: the prefix of group names and idempotency keys
     (default: the router's name). ``signal``: "dpo" (default) or "loss". ``beta``: the DPO

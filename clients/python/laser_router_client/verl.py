@@ -126,7 +126,7 @@ async def compute_score(data_source: Any = None, solution_str: str = "", ground_
     key = (laser_address, laser_router, id(asyncio.get_running_loop()))
     adapter = _ADAPTERS.get(key)
     if adapter is None:
-        adapter = _ADAPTERS[key] = LaserVerlReward(AsyncLaserRouterClient(laser_address, retries=8),
+        adapter = _ADAPTERS[key] = LaserVerlReward(AsyncLaserRouterClient(laser_address),
                                                    laser_router, laser_run)
     return await adapter.compute_score(data_source, solution_str, ground_truth, extra_info, **kwargs)
 
@@ -140,7 +140,7 @@ def compute_score_sync(data_source: Any = None, solution_str: str = "", ground_t
     """For verl's synchronous reward managers: one Score per response, the prompt's group shared."""
     client = _SYNC_CLIENTS.get(laser_address)
     if client is None:
-        client = _SYNC_CLIENTS[laser_address] = LaserRouterClient(laser_address, retries=8)
+        client = _SYNC_CLIENTS[laser_address] = LaserRouterClient(laser_address)
     prompt = _prompt(extra_info)
     query = Query(id="0", context=None, prompt=prompt, responses=[solution_str],
                   group=_group(laser_run or laser_router, extra_info, prompt))

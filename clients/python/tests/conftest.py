@@ -1,5 +1,6 @@
 """A real laser-router server (the binary cargo built) on 127.0.0.1 for the client tests."""
 
+import atexit
 import os
 import socket
 import subprocess
@@ -72,6 +73,19 @@ def make_certificates(folder: Path) -> bytes:
     return (folder / "ca.pem").read_bytes()
 
 
+# Every server process a test started: whatever a test left running (it failed, or a thread
+# restarted a server after the test had stopped it) is killed when the test session ends.
+_STARTED = []
+
+
+@atexit.register
+def _stop_every_server() -> None:
+    for process in _STARTED:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
 class Server:
     def __init__(self, port: int, config_text: str = CONFIG, http: bool = False, data_dir: Path = None):
         self.dir = tempfile.TemporaryDirectory()
@@ -91,6 +105,7 @@ class Server:
         """Start the binary (again, after `kill`: same port, same data directory)."""
         self.process = subprocess.Popen(self.command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                                         text=True, env=self.env)
+        _STARTED.append(self.process)
 
     def kill(self) -> None:
         """SIGKILL, as a crash: nothing is flushed or closed."""

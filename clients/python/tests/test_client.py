@@ -238,6 +238,81 @@ def test_retries_until_the_server_is_up():
             started["server"].stop()
 
 
+def test_retries_until_its_deadline_then_answers_the_last_code():
+    port = free_port()
+    with LaserRouterClient(f"127.0.0.1:{port}", backoff=0.05, timeout=1.5) as client:
+        started = time.monotonic()
+        with pytest.raises(LaserRouterError) as error:
+            client.score("nobody", queries(1))
+        took = time.monotonic() - started
+        assert error.value.code == grpc.StatusCode.UNAVAILABLE
+        assert 1.0 <= took < 2.5, took  # retried until (about) its 1.5 s deadline, not past it
+
+
+class LostReplies(grpc.UnaryUnaryClientInterceptor):
+    """A hop that loses the first `lose` replies after the server applied the request (as a
+    broken connection to a replica that had answered does), answering UNAVAILABLE instead;
+    records every attempt's request."""
+
+    def __init__(self, lose):
+        self.lose, self.sent = lose, []
+
+    def intercept_unary_unary(self, continuation, details, request):
+        self.sent.append(request)
+        outcome = continuation(details, request)
+        if self.lose > 0 and outcome.code() == grpc.StatusCode.OK:
+            self.lose -= 1
+            outcome.result()  # the server answered: applied
+            raise LostReply()
+        return outcome
+
+
+class LostReply(grpc.RpcError):
+    def code(self):
+        return grpc.StatusCode.UNAVAILABLE
+
+    def details(self):
+        return "reply lost on the way"
+
+
+def test_a_retried_feedback_carries_the_same_key_and_applies_once(server):
+    hop = LostReplies(0)
+    channel = grpc.intercept_channel(grpc.insecure_channel(server.address), hop)
+    with LaserRouterClient(channel=channel, backoff=0.01) as client:
+        (result,) = client.score("keys", queries(1))
+        hop.lose = 1
+        answer = client.feedback("keys", [result.decision_id], loss=0.3)
+        feedbacks = [r for r in hop.sent if hasattr(r, "idempotency_key")]
+        assert len(feedbacks) == 2 and feedbacks[0].idempotency_key
+        assert feedbacks[0].idempotency_key == feedbacks[1].idempotency_key, "one key for all attempts"
+        # The first attempt applied it; the retry answers as the first attempt did.
+        assert answer["applied"] == 1 and answer["replayed"] is True, answer
+        assert sum(a.feedback_count for a in client.get_router("keys").arms) == 1
+        other = client.feedback("keys", all_pending=True, loss=0.1)
+        assert hop.sent[-1].idempotency_key != feedbacks[0].idempotency_key, "a new call, a new key"
+        assert other["applied"] == 0
+
+
+def test_an_attempt_cut_short_by_a_paused_server_is_retried(server):
+    import signal
+
+    with LaserRouterClient(server.address, timeout=20, attempt_timeout=0.5, backoff=0.05) as client:
+        client.score("paused", queries(1))
+        server.process.send_signal(signal.SIGSTOP)
+        threading.Timer(1.5, server.process.send_signal, args=(signal.SIGCONT,)).start()
+        started = time.monotonic()
+        (result,) = client.score("paused", queries(1))
+        assert result.decision_id and 1.0 <= time.monotonic() - started < 10
+    with LaserRouterClient(server.address, timeout=0.5, backoff=0.05) as client:
+        server.process.send_signal(signal.SIGSTOP)
+        try:
+            with pytest.raises(LaserRouterError) as error:
+                client.score("paused", queries(1))
+            assert error.value.code == grpc.StatusCode.DEADLINE_EXCEEDED, "the caller's own deadline is the answer"
+        finally:
+            server.process.send_signal(signal.SIGCONT)
+
+
 def test_gives_up_with_unavailable_after_its_retries():
     port = free_port()
     with LaserRouterClient(f"127.0.0.1:{port}", retries=2, backoff=0.05, timeout=2) as client:
@@ -253,7 +328,10 @@ def test_only_calls_that_changed_nothing_and_may_succeed_later_are_retried():
 
     assert _retryable(grpc.StatusCode.UNAVAILABLE) and _retryable(grpc.StatusCode.ABORTED)
     for code in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND, grpc.StatusCode.DEADLINE_EXCEEDED,
-                 grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.RESOURCE_EXHAUSTED):
+                 grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.RESOURCE_EXHAUSTED,
+                 grpc.StatusCode.ALREADY_EXISTS, grpc.StatusCode.PERMISSION_DENIED,
+                 grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN,
+                 grpc.StatusCode.CANCELLED, grpc.StatusCode.UNIMPLEMENTED):
         assert not _retryable(code), code
 
 
@@ -314,3 +392,52 @@ def test_create_router_with_the_reference_preset(server):
     assert defaults.settings.alpha == 1.0 and defaults.settings.l2_normalize_context
     assert defaults.settings.first_reward == 2  # FIRST_REWARD_NEUTRAL
     assert info.settings.first_reward == 1 and not info.settings.l2_normalize_context
+
+
+def test_a_server_restarted_under_traffic_answers_only_retryable_codes():
+    """One server (local state), 3 trainers using the client library (keyed Feedback retried
+    until a 60 s deadline), the server SIGKILLed, SIGTERMed and SIGKILLed again, each time
+    restarted at once: clients see only OK, UNAVAILABLE, ABORTED or DEADLINE_EXCEEDED, no trainer
+    loses a feedback, every acknowledged feedback counts exactly once, decisions left pending
+    survive. Prints the client-visible gap per restart."""
+    import signal
+
+    import chaos
+
+    server = Server(free_port()).wait_ready()
+    try:
+        LaserRouterClient(server.address).create_router("restarts", context_dim=4)
+        events = []
+        with chaos.Trainers([server.address], "restarts", count=3, timeout=60, attempt_timeout=5) as trainers:
+            for fault in ("kill", "term", "kill"):
+                time.sleep(0.8)
+                at = time.monotonic()
+                if fault == "kill":
+                    server.kill()
+                else:
+                    server.process.send_signal(signal.SIGTERM)
+                    server.process.wait(timeout=60)
+                server.start()
+                server.wait_ready()
+                while not any(end > at and code == grpc.StatusCode.OK for _, end, code, _ in list(trainers.attempts.seen)):
+                    assert time.monotonic() - at < 60, f"clients not answered after {fault}"
+                    time.sleep(0.05)
+                events.append((fault, at))
+            time.sleep(0.5)
+        ends = [at for _, at in events[1:]] + [float("inf")]
+        for (fault, at), until in zip(events, ends):
+            print(f"\nclient-visible gap after SIG{fault.upper()} and restart: "
+                  f"{trainers.attempts.gap_after(at, until) or 0:.2f} s")
+        codes = trainers.attempts.codes()
+        print(f"codes {sorted(c.name for c in codes)}, {len(trainers.fed)} feedbacks acknowledged")
+        assert codes <= chaos.ALLOWED, f"clients saw {sorted(c.name for c in codes - chaos.ALLOWED)}"
+        assert not trainers.errors, f"calls given up: {trainers.errors[:5]}"
+        assert all(answer["applied"] == 1 for answer in trainers.fed.values())
+        client = LaserRouterClient(server.address)
+        info = client.get_router("restarts")
+        assert sum(a.feedback_count for a in info.arms) == len(trainers.fed), "every acknowledged feedback once"
+        answer = client.feedback("restarts", list(trainers.unfed), loss=0.5)
+        assert answer["applied"] == len(trainers.unfed), "decisions left pending survived the restarts"
+        assert len(trainers.fed) > 20
+    finally:
+        server.stop()
