@@ -44,7 +44,7 @@ pub struct Config {
     pub encoders: Vec<EncoderSpec>,
 }
 
-/// Durable state under `<data_dir>/state` (see `src/store/mod.rs`).
+/// Durable state under `<data_dir>/state` (see `crates/store/src/lib.rs`).
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StoreConfig {
@@ -150,20 +150,10 @@ impl ServerConfig {
             return address.clone();
         }
         if self.listen.ip().is_unspecified() {
-            return format!("{}:{}", host_name(), self.listen.port());
+            return format!("{}:{}", crate::store::host::host_name(), self.listen.port());
         }
         self.listen.to_string()
     }
-}
-
-/// This machine's host name (the kernel's, else `HOSTNAME`, else `localhost`).
-pub fn host_name() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .ok()
-        .or_else(|| std::env::var("HOSTNAME").ok())
-        .map(|host| host.trim().to_string())
-        .filter(|host| !host.is_empty())
-        .unwrap_or_else(|| "localhost".into())
 }
 
 /// TLS (rustls) for the gRPC port. Paths are PEM files, relative to the config file.

@@ -13,8 +13,8 @@
 //! | domain | [`service`] | running Score and Feedback end to end (selection, RM fan-out, deadline, ids, ensemble, ranking, durability, metrics), priors from labelled pairs, admin operations, load shedding |
 //! | components | [`routers`] | named routers, pending decisions, feedback, the ledger (log, replay, snapshots), each router's owning replica (PostgreSQL), and the async front that owns their blocking threads |
 //! | | [`models`] | reward models: specs, ONNX Runtime sessions on worker threads, batching, tokenization |
-//! | foundations | [`bandit`] | pure math: LinUCB arms, Thompson draws, reward normalization, label agreement, arm selection |
-//! | | [`store`] | durable bytes: CRC-framed log with group commit, snapshots, recovery; or streams with leases in PostgreSQL |
+//! | foundations (crates of their own: `crates/bandit`, `crates/store`; they cannot import the server) | [`bandit`] | pure math: LinUCB arms, Thompson draws, reward normalization, label agreement, arm selection |
+//! | | [`store`] | durable bytes: CRC-framed log with group commit, snapshots, recovery; or streams with leases in PostgreSQL; the host identity |
 //! | tools | [`config`] | typed settings from TOML + env + flags, validated, defaults documented |
 //! | | [`http_listener`] | the HTTP/JSON port, plain or TLS |
 //! | | [`state_cli`] | `laser-router state export/import/inspect` |
@@ -23,7 +23,7 @@
 
 pub mod api;
 pub mod app;
-pub mod bandit;
+pub use laser_bandit as bandit;
 pub mod config;
 pub mod http_listener;
 pub mod memory;
@@ -31,5 +31,5 @@ pub mod models;
 pub mod routers;
 pub mod service;
 pub mod state_cli;
-pub mod store;
+pub use laser_store as store;
 pub mod telemetry;

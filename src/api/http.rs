@@ -79,8 +79,10 @@ impl Serving {
         ) -> Result<tonic::Response<R>, tonic::Status>,
         local: impl AsyncFnOnce(T) -> Result<R, tonic::Status>,
     ) -> Result<R, tonic::Status> {
-        let _slot = self.service.admit(Api::RewardRouter)?;
+        // As on gRPC: a request for a router owned elsewhere is forwarded without taking a
+        // request slot here (the owner admits it); one served here takes a slot first.
         let Some(owner) = self.owner(router).await? else {
+            let _slot = self.service.admit(Api::RewardRouter)?;
             return local(request).await;
         };
         let mut request = tonic::Request::new(request);

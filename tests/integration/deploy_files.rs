@@ -74,8 +74,25 @@ fn compose_files_name_existing_dockerfiles_and_mounts() {
 
 #[test]
 fn dockerfiles_copy_only_what_exists_and_run_as_non_root_with_a_healthcheck() {
+    // Every workspace crate must reach the build stage.
+    let manifest: toml::Value =
+        toml::from_str(&std::fs::read_to_string(repo("Cargo.toml")).unwrap()).unwrap();
+    let members: Vec<String> = manifest["workspace"]["members"]
+        .as_array()
+        .expect("workspace members")
+        .iter()
+        .map(|member| member.as_str().unwrap().to_string())
+        .collect();
     for dockerfile in ["deploy/Dockerfile", "deploy/Dockerfile.cuda"] {
         let text = std::fs::read_to_string(repo(dockerfile)).unwrap();
+        for member in &members {
+            let top = member.split('/').next().unwrap();
+            assert!(
+                text.lines()
+                    .any(|line| line.trim() == format!("COPY {top} {top}")),
+                "{dockerfile}: the workspace crate {member} is not copied into the build"
+            );
+        }
         let mut stages = 0;
         for line in text.lines().map(str::trim) {
             if line.starts_with("FROM ") {

@@ -41,6 +41,7 @@
 //! the writer, snapshots and recovery share the file layout above, so they stay together.)
 
 pub mod frame;
+pub mod host;
 pub mod postgres;
 
 use std::fs::{self, File, OpenOptions};

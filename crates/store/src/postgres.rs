@@ -217,7 +217,7 @@ pub fn owner_name() -> &'static str {
         let random = uuid::Uuid::new_v4().simple().to_string();
         format!(
             "{}-{}-{}",
-            crate::config::host_name(),
+            crate::host::host_name(),
             std::process::id(),
             &random[..8]
         )
