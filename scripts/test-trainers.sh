@@ -47,4 +47,9 @@ python3 examples/laser_closed_loop.py --seeds 2 --steps 5 \
   --policies "random,linucb defaults,oracle,labels 10% only,offline,prior 200 + labels 10% only" \
   --out "$out/closed_loop" | tail -3
 test -s "$out/closed_loop.md" && test -s "$out/closed_loop.png"
+# The second loop (instructions with conflicting targets), as short.
+python3 examples/laser_closed_loop.py --task instructions --seeds 2 --steps 5 \
+  --policies "fixed:,random,oracle,labels 10% only,prior 200 + labels 10% only" \
+  --out "$out/closed_loop_instructions" | tail -3
+grep -q "rm_upbeat" "$out/closed_loop_instructions.md" && test -s "$out/closed_loop_instructions.png"
 echo "trainer tests passed"
