@@ -16,7 +16,7 @@ use super::forward::{Peers, forward_to_owner};
 use super::pb;
 use super::pb::admin_client::AdminClient;
 use super::reward_router::request_deadline;
-use crate::service::{Api, Service};
+use crate::service::{RequestKind, Service};
 
 pub struct AdminService {
     service: Arc<Service>,
@@ -64,7 +64,7 @@ impl pb::admin_server::Admin for AdminService {
     ) -> Result<Response<pb::AddRewardModelResponse>, Status> {
         let started = Instant::now();
         let result = async {
-            let _slot = self.service.admit(Api::Admin)?;
+            let _slot = self.service.admit(RequestKind::Admin)?;
             let spec = reward_model_spec(request.into_inner().spec)?;
             let model = self.service.add_reward_model(spec).await?;
             Ok::<_, Status>(pb::AddRewardModelResponse {
@@ -81,7 +81,7 @@ impl pb::admin_server::Admin for AdminService {
     ) -> Result<Response<pb::RemoveRewardModelResponse>, Status> {
         let started = Instant::now();
         let result = async {
-            let _slot = self.service.admit(Api::Admin)?;
+            let _slot = self.service.admit(RequestKind::Admin)?;
             let name = request.into_inner().name;
             self.service.remove_reward_model(name).await?;
             Ok::<_, Status>(pb::RemoveRewardModelResponse {})
@@ -96,7 +96,7 @@ impl pb::admin_server::Admin for AdminService {
     ) -> Result<Response<pb::ListRewardModelsResponse>, Status> {
         let started = Instant::now();
         let result = (|| {
-            let _slot = self.service.admit(Api::Admin)?;
+            let _slot = self.service.admit(RequestKind::Admin)?;
             let reward_models = self
                 .service
                 .list_reward_models()
@@ -121,7 +121,7 @@ impl pb::admin_server::Admin for AdminService {
         );
         let started = Instant::now();
         let result = async {
-            let _slot = self.service.admit(Api::Admin)?;
+            let _slot = self.service.admit(RequestKind::Admin)?;
             let request = request.into_inner();
             let patch = router_settings_patch(request.settings)?;
             let router = self.service.create_router(request.name, patch).await?;
@@ -146,7 +146,7 @@ impl pb::admin_server::Admin for AdminService {
         );
         let started = Instant::now();
         let result = async {
-            let _slot = self.service.admit(Api::Admin)?;
+            let _slot = self.service.admit(RequestKind::Admin)?;
             let router = self.service.router_info(request.into_inner().name).await?;
             Ok::<_, Status>(pb::GetRouterResponse {
                 router: Some(router_info(router)),
@@ -162,7 +162,7 @@ impl pb::admin_server::Admin for AdminService {
     ) -> Result<Response<pb::ListRoutersResponse>, Status> {
         let started = Instant::now();
         let result = async {
-            let _slot = self.service.admit(Api::Admin)?;
+            let _slot = self.service.admit(RequestKind::Admin)?;
             let routers = self.all_routers(request.metadata()).await?;
             Ok::<_, Status>(pb::ListRoutersResponse { routers })
         }
@@ -183,7 +183,7 @@ impl pb::admin_server::Admin for AdminService {
         );
         let started = Instant::now();
         let result = async {
-            let _slot = self.service.admit(Api::Admin)?;
+            let _slot = self.service.admit(RequestKind::Admin)?;
             self.service
                 .delete_router(request.into_inner().name)
                 .await?;
@@ -206,7 +206,7 @@ impl pb::admin_server::Admin for AdminService {
         );
         let started = Instant::now();
         let result = async {
-            let _slot = self.service.admit(Api::Admin)?;
+            let _slot = self.service.admit(RequestKind::Admin)?;
             let router = self.service.reset_router(request.into_inner().name).await?;
             Ok::<_, Status>(pb::ResetRouterResponse {
                 router: Some(router_info(router)),
@@ -230,7 +230,7 @@ impl pb::admin_server::Admin for AdminService {
         let started = Instant::now();
         let deadline = request_deadline(&request, started);
         let result = async {
-            let _slot = self.service.admit(Api::Admin)?;
+            let _slot = self.service.admit(RequestKind::Admin)?;
             let call = prior_call(request.into_inner(), self.service.limits())?;
             Ok::<_, Status>(prior_response(
                 self.service.add_prior(call, deadline).await?,
@@ -246,7 +246,7 @@ impl pb::admin_server::Admin for AdminService {
     ) -> Result<Response<pb::AddEncoderResponse>, Status> {
         let started = Instant::now();
         let result = async {
-            let _slot = self.service.admit(Api::Admin)?;
+            let _slot = self.service.admit(RequestKind::Admin)?;
             let spec = encoder_spec(request.into_inner().spec)?;
             let encoder = self.service.add_encoder(spec).await?;
             Ok::<_, Status>(pb::AddEncoderResponse {
@@ -263,7 +263,7 @@ impl pb::admin_server::Admin for AdminService {
     ) -> Result<Response<pb::RemoveEncoderResponse>, Status> {
         let started = Instant::now();
         let result = async {
-            let _slot = self.service.admit(Api::Admin)?;
+            let _slot = self.service.admit(RequestKind::Admin)?;
             self.service
                 .remove_encoder(request.into_inner().name)
                 .await?;
@@ -279,7 +279,7 @@ impl pb::admin_server::Admin for AdminService {
     ) -> Result<Response<pb::ListEncodersResponse>, Status> {
         let started = Instant::now();
         let result = (|| {
-            let _slot = self.service.admit(Api::Admin)?;
+            let _slot = self.service.admit(RequestKind::Admin)?;
             let encoders = self
                 .service
                 .list_encoders()

@@ -38,7 +38,7 @@ use super::convert::{RequestError, invalid};
 use super::forward::{Peers, owner_elsewhere};
 use super::pb;
 use super::pb::reward_router_client::RewardRouterClient;
-use crate::service::{Api, Service};
+use crate::service::{RequestKind, Service};
 
 /// What every HTTP handler serves with.
 #[derive(Clone)]
@@ -82,7 +82,7 @@ impl Serving {
         // As on gRPC: a request for a router owned elsewhere is forwarded without taking a
         // request slot here (the owner admits it); one served here takes a slot first.
         let Some(owner) = self.owner(router).await? else {
-            let _slot = self.service.admit(Api::RewardRouter)?;
+            let _slot = self.service.admit(RequestKind::RewardRouter)?;
             return local(request).await;
         };
         let mut request = tonic::Request::new(request);

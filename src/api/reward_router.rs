@@ -11,7 +11,7 @@ use super::convert::feedback::{feedback_call, feedback_response};
 use super::convert::score::{score_call, score_response};
 use super::forward::{Peers, forward_to_owner};
 use super::pb;
-use crate::service::{Api, Service};
+use crate::service::{RequestKind, Service};
 
 pub struct RewardRouterService {
     service: Arc<Service>,
@@ -68,7 +68,7 @@ impl pb::reward_router_server::RewardRouter for RewardRouterService {
         let span =
             tracing::info_span!("score", router = %request.router, queries = request.queries.len());
         let result = async {
-            let _slot = self.service.admit(Api::RewardRouter)?;
+            let _slot = self.service.admit(RequestKind::RewardRouter)?;
             let call = score_call(request, self.service.limits())?;
             Ok::<_, Status>(score_response(self.service.score(call, deadline).await?))
         }
@@ -92,7 +92,7 @@ impl pb::reward_router_server::RewardRouter for RewardRouterService {
         let request = request.into_inner();
         let span = tracing::info_span!("feedback", router = %request.router, decisions = request.decision_ids.len());
         let result = async {
-            let _slot = self.service.admit(Api::RewardRouter)?;
+            let _slot = self.service.admit(RequestKind::RewardRouter)?;
             let call = feedback_call(request, self.service.limits())?;
             Ok::<_, Status>(feedback_response(self.service.feedback(call).await?))
         }

@@ -7,8 +7,9 @@ use tonic_types::{ErrorDetails, StatusExt};
 
 use super::convert::RequestError;
 use crate::models::ModelError;
-use crate::routers::{RouterError, StoreError};
+use crate::routers::RouterError;
 use crate::service::ServiceError;
+use crate::store::StoreError;
 
 /// A status carrying a `google.rpc.BadRequest` field violation for `field`.
 fn field_violation(code: Code, field: &str, message: String) -> Status {

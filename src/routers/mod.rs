@@ -38,14 +38,10 @@ pub mod state;
 pub mod statistics;
 #[cfg(test)]
 mod tests;
-#[cfg(test)]
-mod tests_groups;
-#[cfg(test)]
-mod tests_labels;
 
-/// The store's error, which [`RouterError::StateWrite`] and [`RouterError::NotAcknowledged`]
-/// carry.
-pub use crate::store::StoreError;
+// The store's error, which `RouterError::StateWrite` and `RouterError::NotAcknowledged` carry;
+// the api layer names it from `crate::store` itself.
+use crate::store::StoreError;
 pub use events::{
     AnsweredDecision, Combination, Decision, DecisionFeedback, Evictions, FeedbackCounts,
     FeedbackForm, FeedbackOutcome, FeedbackSignal, FeedbackSignals, IdempotencyKey, RouterEvent,

@@ -76,9 +76,9 @@ pub struct Models {
     pub default_encoder: Option<String>,
 }
 
-/// Which service a request belongs to (each has its own bound on requests in progress).
+/// Which gRPC service a request belongs to (each has its own bound on requests in progress).
 #[derive(Clone, Copy, Debug)]
-pub enum Api {
+pub enum RequestKind {
     RewardRouter,
     Admin,
 }
@@ -112,10 +112,13 @@ impl Service {
     }
 
     /// A slot for one request of `api`, held until the permit drops, or `Overloaded`.
-    pub fn admit(&self, api: Api) -> Result<tokio::sync::SemaphorePermit<'_>, ServiceError> {
-        match api {
-            Api::RewardRouter => self.reward_router_slots.try_acquire(),
-            Api::Admin => self.admin_slots.try_acquire(),
+    pub fn admit(
+        &self,
+        kind: RequestKind,
+    ) -> Result<tokio::sync::SemaphorePermit<'_>, ServiceError> {
+        match kind {
+            RequestKind::RewardRouter => self.reward_router_slots.try_acquire(),
+            RequestKind::Admin => self.admin_slots.try_acquire(),
         }
     }
 

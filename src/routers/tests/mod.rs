@@ -1,6 +1,7 @@
 //! Router behaviour: each policy's defining behaviour, arms coming and going, pending
 //! decisions (TTL, capacity, idempotence, all-or-nothing).
-//! (Groups, per-decision feedback and idempotency keys: `tests_groups`.)
+//! Groups, per-decision feedback and idempotency keys: [`groups`]; label feedback, priors and
+//! categories: [`labels`].
 //!
 //! Longer than the ~500-line guide on purpose: it is a flat list of independent cases
 //! over a few shared helpers at the top, read by test name, not in one pass.
@@ -10,6 +11,9 @@ use std::time::Duration;
 
 use super::*;
 use crate::bandit::Normalization;
+
+mod groups;
+mod labels;
 
 pub(crate) fn settings(context_dim: usize) -> RouterSettings {
     RouterSettings {

@@ -1,9 +1,9 @@
 //! Label feedback (a decision's agreement with labels for its responses, against the
 //! scores it kept), reading a format 2 state, and linear Thompson sampling.
 
-use super::tests::{rms, with_policy};
-use super::*;
+use super::{rms, with_policy};
 use crate::bandit::Normalization;
+use crate::routers::*;
 
 /// Select for one context, keep `scores` on the decision, record; the decision id.
 fn pick_scored(
@@ -240,8 +240,8 @@ fn scores_survive_the_log_and_a_snapshot_and_a_format_2_state_reads_without_them
     .unwrap();
     assert_eq!(outcome.applied[0].reward, 1.0);
     // Format 2 (no scores) reads back as format 3 with empty scores.
-    let v2 = super::state::RouterStateV2::from(&state);
-    let v2: super::state::RouterStateV2 =
+    let v2 = crate::routers::state::RouterStateV2::from(&state);
+    let v2: crate::routers::state::RouterStateV2 =
         postcard::from_bytes(&postcard::to_stdvec(&v2).unwrap()).unwrap();
     let upgraded = RouterState::from(v2);
     assert_ne!(upgraded, state, "the scores are gone");
@@ -383,15 +383,15 @@ fn a_weighted_prior_equals_its_observations_repeated_and_replays_once_per_key() 
         Err(RouterError::PriorNeedsLinearArms { .. })
     ));
     // Offline feedback counts but moves no arm.
-    let id = super::tests::pick(&mut weighted, &[1.0, 0.0], &serving, 0).0;
+    let id = super::pick(&mut weighted, &[1.0, 0.0], &serving, 0).0;
     let before = explain(&weighted, &[1.0, 0.0]);
-    super::tests::feedback(&mut weighted, &id, -5.0, &serving);
+    super::feedback(&mut weighted, &id, -5.0, &serving);
     assert_eq!(explain(&weighted, &[1.0, 0.0]), before);
 }
 
 #[test]
 fn categories_count_decisions_and_rewards_per_rm_bounded_and_durable() {
-    use super::statistics::{MAX_CATEGORIES_PER_ROUTER, OTHER_CATEGORY};
+    use crate::routers::statistics::{MAX_CATEGORIES_PER_ROUTER, OTHER_CATEGORY};
     let serving = rms(&["a"]);
     let mut router = Router::new("r".into(), with_policy(Policy::Random, 2), &serving);
     let mut ids = Vec::new();
@@ -405,7 +405,7 @@ fn categories_count_decisions_and_rewards_per_rm_bounded_and_durable() {
         router.apply(event).unwrap();
         ids.push(id);
     }
-    super::tests::feedback(&mut router, &ids[0], 0.25, &serving);
+    super::feedback(&mut router, &ids[0], 0.25, &serving);
     let recorded = router.categories_of(&ids[MAX_CATEGORIES_PER_ROUTER..]);
     assert!(
         recorded.iter().all(|(_, c)| c == OTHER_CATEGORY),
