@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
-use super::session::Head;
+use super::session::{Head, Pooling};
 use super::spec::{
     InputFormat, Provider, RewardModelSpec, TruncationSide, default_max_batch_delay_ms,
     default_max_batch_sequences, default_max_batch_tokens, default_queue_capacity, default_workers,
@@ -91,19 +91,6 @@ impl Encoder {
             .await?;
         Ok(values.chunks(self.dim()).map(<[f32]>::to_vec).collect())
     }
-}
-
-/// How an encoder's output becomes one vector per text.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Pooling {
-    /// Mean over the text's tokens of a `[batch, sequence, dim]` output (sentence encoders'
-    /// `last_hidden_state`).
-    #[default]
-    Mean,
-    /// The output is already `[batch, dim]` (a pooled output, such as the demo graph's
-    /// `embedding`).
-    None,
 }
 
 fn default_true() -> bool {

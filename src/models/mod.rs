@@ -30,9 +30,10 @@ pub mod spec;
 mod tokenize;
 mod worker;
 
-pub use encoder::{Encoder, EncoderSpec, Pooling};
+pub use encoder::{Encoder, EncoderSpec};
 pub use registry::{Encoders, RewardModels};
 pub use reward_model::{ModelSource, RewardModel};
+pub use session::Pooling;
 pub use spec::{Backend, InputFormat, KserveV2Spec, RemoteInput, RewardModelSpec};
 
 /// What went wrong loading or running a reward model.

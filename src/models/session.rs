@@ -13,8 +13,9 @@ use ort::session::{Session, SessionInputValue};
 use ort::value::{Tensor, TensorElementType, ValueType};
 use tokenizers::Encoding;
 
+use serde::{Deserialize, Serialize};
+
 use super::chat::ChatTemplate;
-use super::encoder::Pooling;
 use super::spec::Provider;
 use super::tokenize::{TextEncoder, load_tokenizer};
 use super::{InputFormat, ModelError, RewardModelSpec, runtime};
@@ -92,6 +93,19 @@ pub(super) struct ModelInput {
     pub(super) name: String,
     kind: InputKind,
     integer_type: IntegerType,
+}
+
+/// How an encoder's output becomes one vector per text.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Pooling {
+    /// Mean over the text's tokens of a `[batch, sequence, dim]` output (sentence encoders'
+    /// `last_hidden_state`).
+    #[default]
+    Mean,
+    /// The output is already `[batch, dim]` (a pooled output, such as the demo graph's
+    /// `embedding`).
+    None,
 }
 
 /// What a session's output is read as.
