@@ -94,7 +94,7 @@ pub async fn run(
         tracing::warn!(encoder = %name, "routers.default_encoder is not loaded: Scores without contexts need an existing router");
     }
     for model in reward_models.list() {
-        telemetry::record_reward_model_loaded(&model);
+        telemetry::record_reward_model_loaded(model.gauges());
     }
     if reward_models.names().is_empty() {
         tracing::warn!("no reward models configured: Score will answer FAILED_PRECONDITION");

@@ -231,15 +231,24 @@ pub fn record_start_time() {
     metrics::gauge!("process_start_time_seconds").set(now);
 }
 
+/// What the gauges of a freshly published RM show (telemetry knows metric names and labels,
+/// not models: the caller reads these off its RM).
+pub struct LoadedRewardModel<'a> {
+    pub name: &'a str,
+    pub provider: &'a str,
+    pub queue_capacity: usize,
+    pub available: bool,
+}
+
 /// Gauges of a freshly published RM.
-pub fn record_reward_model_loaded(model: &crate::models::RewardModel) {
-    let name = model.name().to_string();
-    metrics::gauge!(metric::RM_LOADED, "reward_model" => name.clone(), "provider" => model.provider().to_string())
+pub fn record_reward_model_loaded(model: LoadedRewardModel<'_>) {
+    let name = model.name.to_string();
+    metrics::gauge!(metric::RM_LOADED, "reward_model" => name.clone(), "provider" => model.provider.to_string())
         .set(1.0);
     metrics::gauge!(metric::RM_QUEUE_CAPACITY, "reward_model" => name.clone())
-        .set(model.spec().queue_capacity as f64);
+        .set(model.queue_capacity as f64);
     metrics::gauge!(metric::RM_QUEUE_DEPTH, "reward_model" => name.clone()).set(0.0);
-    metrics::gauge!(metric::RM_AVAILABLE, "reward_model" => name).set(if model.is_available() {
+    metrics::gauge!(metric::RM_AVAILABLE, "reward_model" => name).set(if model.available {
         1.0
     } else {
         0.0

@@ -213,6 +213,16 @@ impl RewardModel {
         &self.spec.name
     }
 
+    /// What the "loaded" gauges show of this RM ([`crate::telemetry::record_reward_model_loaded`]).
+    pub fn gauges(&self) -> crate::telemetry::LoadedRewardModel<'_> {
+        crate::telemetry::LoadedRewardModel {
+            name: self.name(),
+            provider: self.provider(),
+            queue_capacity: self.spec().queue_capacity,
+            available: self.is_available(),
+        }
+    }
+
     pub fn spec(&self) -> &RewardModelSpec {
         &self.spec
     }

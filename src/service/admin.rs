@@ -29,7 +29,7 @@ impl Service {
             .load_off_runtime(spec.clone(), ModelSource::Admin)
             .await?;
         let ticket = self.routers.reward_model_added(spec).await?;
-        telemetry::record_reward_model_loaded(&model);
+        telemetry::record_reward_model_loaded(model.gauges());
         let model = self.reward_models.insert(model)?;
         ticket.acknowledged().await?;
         tracing::info!(reward_model = %model.name(), "reward model added");
@@ -213,7 +213,7 @@ impl Service {
             .reward_models
             .load_off_runtime(spec, ModelSource::Admin)
             .await?;
-        telemetry::record_reward_model_loaded(&model);
+        telemetry::record_reward_model_loaded(model.gauges());
         self.reward_models.insert(model)?;
         Ok(())
     }
