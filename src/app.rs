@@ -76,34 +76,7 @@ pub async fn run(
     )))?;
 
     let routers = open_routers(&config, recover_truncate).await?;
-    // The config's models, less those removed through Admin, then those added through Admin.
-    let specs = routers
-        .reward_model_changes()
-        .startup(config.reward_models.iter().map(|s| (s.name.as_str(), s)));
-    let reward_models = RewardModels::open(specs).await?;
-    let encoder_specs = routers
-        .encoder_changes()
-        .startup(config.encoders.iter().map(|s| (s.name.as_str(), s)));
-    let encoders = Encoders::default();
-    for (spec, source) in encoder_specs {
-        encoders.insert(Encoder::load_off_runtime(spec, source).await?)?;
-    }
-    if let Some(name) = &config.routers.default_encoder
-        && !encoders.contains(name)
-    {
-        tracing::warn!(encoder = %name, "routers.default_encoder is not loaded: Scores without contexts need an existing router");
-    }
-    for model in reward_models.list() {
-        telemetry::record_reward_model_loaded(model.gauges());
-    }
-    if reward_models.names().is_empty() {
-        tracing::warn!("no reward models configured: Score will answer FAILED_PRECONDITION");
-    }
-    let models = Models {
-        reward_models,
-        encoders,
-        default_encoder: config.routers.default_encoder.clone(),
-    };
+    let models = load_models(&config, &routers).await?;
     let service = Arc::new(Service::new(models, routers.clone(), config.limits.clone()));
     // Replicas forward requests for routers another replica owns.
     let peers = Arc::new(
@@ -117,44 +90,17 @@ pub async fn run(
         ))?,
     );
 
-    let grpc_listener = TcpListener::bind(config.server.listen)
-        .await
-        .map_err(io_error(format!("listen on {}", config.server.listen)))?;
-    let metrics_listener = TcpListener::bind(config.server.metrics_listen)
-        .await
-        .map_err(io_error(format!(
-            "listen on {}",
-            config.server.metrics_listen
-        )))?;
-    let grpc_addr = local_addr(&grpc_listener)?;
-    let metrics_addr = local_addr(&metrics_listener)?;
-    let http_listener = match config.server.http_listen {
-        Some(addr) => Some(
-            TcpListener::bind(addr)
-                .await
-                .map_err(io_error(format!("listen on {addr}")))?,
-        ),
-        None => None,
-    };
-    let http_addr = http_listener.as_ref().map(local_addr).transpose()?;
+    let listeners = Listeners::bind(&config).await?;
+    let (grpc_addr, metrics_addr) = (
+        local_addr(&listeners.grpc)?,
+        local_addr(&listeners.metrics)?,
+    );
+    let http_addr = listeners.http.as_ref().map(local_addr).transpose()?;
+    let (grpc_listener, metrics_listener, http_listener) =
+        (listeners.grpc, listeners.metrics, listeners.http);
 
-    let (stop_tx, stop_rx) = watch::channel(false);
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
-    let shutdown_reporter = health_reporter.clone();
-    tokio::spawn(async move {
-        shutdown.await;
-        // Tell orchestrators first, then stop accepting.
-        shutdown_reporter
-            .set_not_serving::<pb::reward_router_server::RewardRouterServer<RewardRouterService>>()
-            .await;
-        shutdown_reporter
-            .set_not_serving::<pb::admin_server::AdminServer<AdminService>>()
-            .await;
-        shutdown_reporter
-            .set_service_status("", tonic_health::ServingStatus::NotServing)
-            .await;
-        let _ = stop_tx.send(true);
-    });
+    let stop_rx = stop_on(shutdown, health_reporter.clone());
 
     let metrics_task = tokio::spawn(serve_metrics(
         metrics_listener,
@@ -209,19 +155,7 @@ pub async fn run(
     )
     .max_decoding_message_size(max_message)
     .max_encoding_message_size(max_message);
-    let access = AdminAccess::new(
-        config.server.admin_token.clone(),
-        config.server.listen.ip().is_loopback(),
-    );
-    match &access {
-        AdminAccess::Token(_) => tracing::info!("admin RPCs require the bearer token"),
-        AdminAccess::LoopbackOnly => tracing::warn!(
-            "no admin token configured: admin RPCs are open to every local process (listening on loopback only); set LASER_ADMIN_TOKEN"
-        ),
-        AdminAccess::Refused => tracing::warn!(
-            "no admin token configured and listening beyond loopback: admin RPCs are refused; set LASER_ADMIN_TOKEN"
-        ),
-    }
+    let access = admin_access(&config);
     let admin = tonic::service::interceptor::InterceptedService::new(
         pb::admin_server::AdminServer::new(AdminService::new(service.clone(), peers))
             .max_decoding_message_size(max_message)
@@ -230,17 +164,7 @@ pub async fn run(
     );
 
     tracing::info!(grpc = %grpc_addr, metrics = %metrics_addr, reward_models = ?service.reward_models().names(), "laser-router ready");
-    {
-        let mut stdout = std::io::stdout().lock();
-        let http = http_addr
-            .map(|addr| format!(" http={addr}"))
-            .unwrap_or_default();
-        let _ = writeln!(
-            stdout,
-            "laser-router listening grpc={grpc_addr} metrics={metrics_addr}{http}"
-        );
-        let _ = stdout.flush();
-    }
+    announce(grpc_addr, metrics_addr, http_addr);
 
     // Deadlines end as DEADLINE_EXCEEDED (not tonic's CANCELLED "Timeout expired").
     let mut builder = Server::builder().layer(crate::api::deadline::DeadlineLayer);
@@ -291,6 +215,115 @@ pub async fn run(
 }
 
 /// Open the store under the data directory and rebuild the routers from it.
+/// The config's models, less those removed through Admin, then those added through Admin
+/// (as the routers' log says); their gauges set.
+async fn load_models(config: &Config, routers: &RoutersHandle) -> Result<Models, AppError> {
+    let specs = routers
+        .reward_model_changes()
+        .startup(config.reward_models.iter().map(|s| (s.name.as_str(), s)));
+    let reward_models = RewardModels::open(specs).await?;
+    let encoder_specs = routers
+        .encoder_changes()
+        .startup(config.encoders.iter().map(|s| (s.name.as_str(), s)));
+    let encoders = Encoders::default();
+    for (spec, source) in encoder_specs {
+        encoders.insert(Encoder::load_off_runtime(spec, source).await?)?;
+    }
+    if let Some(name) = &config.routers.default_encoder
+        && !encoders.contains(name)
+    {
+        tracing::warn!(encoder = %name, "routers.default_encoder is not loaded: Scores without contexts need an existing router");
+    }
+    for model in reward_models.list() {
+        telemetry::record_reward_model_loaded(model.gauges());
+    }
+    if reward_models.names().is_empty() {
+        tracing::warn!("no reward models configured: Score will answer FAILED_PRECONDITION");
+    }
+    Ok(Models {
+        reward_models,
+        encoders,
+        default_encoder: config.routers.default_encoder.clone(),
+    })
+}
+
+/// The ports the server listens on.
+struct Listeners {
+    grpc: TcpListener,
+    metrics: TcpListener,
+    http: Option<TcpListener>,
+}
+
+impl Listeners {
+    async fn bind(config: &Config) -> Result<Self, AppError> {
+        let bind = async |addr: SocketAddr| {
+            TcpListener::bind(addr)
+                .await
+                .map_err(io_error(format!("listen on {addr}")))
+        };
+        Ok(Self {
+            grpc: bind(config.server.listen).await?,
+            metrics: bind(config.server.metrics_listen).await?,
+            http: match config.server.http_listen {
+                Some(addr) => Some(bind(addr).await?),
+                None => None,
+            },
+        })
+    }
+}
+
+/// A stop signal that turns true once `shutdown` resolves, after the health service says
+/// NOT_SERVING (orchestrators are told first, then the ports stop accepting).
+fn stop_on(
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    health: tonic_health::server::HealthReporter,
+) -> watch::Receiver<bool> {
+    let (stop_tx, stop_rx) = watch::channel(false);
+    tokio::spawn(async move {
+        shutdown.await;
+        health
+            .set_not_serving::<pb::reward_router_server::RewardRouterServer<RewardRouterService>>()
+            .await;
+        health
+            .set_not_serving::<pb::admin_server::AdminServer<AdminService>>()
+            .await;
+        health
+            .set_service_status("", tonic_health::ServingStatus::NotServing)
+            .await;
+        let _ = stop_tx.send(true);
+    });
+    stop_rx
+}
+
+/// Who may call Admin, as the config says (logged).
+fn admin_access(config: &Config) -> AdminAccess {
+    let access = AdminAccess::new(
+        config.server.admin_token.clone(),
+        config.server.listen.ip().is_loopback(),
+    );
+    match &access {
+        AdminAccess::Token(_) => tracing::info!("admin RPCs require the bearer token"),
+        AdminAccess::LoopbackOnly => tracing::warn!(
+            "no admin token configured: admin RPCs are open to every local process (listening on loopback only); set LASER_ADMIN_TOKEN"
+        ),
+        AdminAccess::Refused => tracing::warn!(
+            "no admin token configured and listening beyond loopback: admin RPCs are refused; set LASER_ADMIN_TOKEN"
+        ),
+    }
+    access
+}
+
+/// The line tests and scripts wait for on stdout: where each port listens.
+fn announce(grpc: SocketAddr, metrics: SocketAddr, http: Option<SocketAddr>) {
+    let mut stdout = std::io::stdout().lock();
+    let http = http.map(|addr| format!(" http={addr}")).unwrap_or_default();
+    let _ = writeln!(
+        stdout,
+        "laser-router listening grpc={grpc} metrics={metrics}{http}"
+    );
+    let _ = stdout.flush();
+}
+
 async fn open_routers(config: &Config, recover_truncate: bool) -> Result<RoutersHandle, AppError> {
     let options = StoreOptions {
         recover_truncate,
