@@ -48,7 +48,7 @@ def test_calls_are_retried_until_the_server_is_up():
     thread.start()
 
     async def run():
-        async with AsyncLaserRouterClient(f"127.0.0.1:{port}", retries=10, backoff=0.1, timeout=5) as client:
+        async with AsyncLaserRouterClient(f"127.0.0.1:{port}", backoff=0.1, timeout=60) as client:
             return await client.list_routers()
     try:
         assert asyncio.run(run()) == []

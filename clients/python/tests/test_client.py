@@ -229,7 +229,7 @@ def test_retries_until_the_server_is_up():
     thread = threading.Thread(target=start_later)
     thread.start()
     try:
-        with LaserRouterClient(f"127.0.0.1:{port}", retries=10, backoff=0.2) as client:
+        with LaserRouterClient(f"127.0.0.1:{port}", timeout=60, backoff=0.2) as client:
             results = client.score("late", queries(1))
             assert results[0].decision_id
     finally:

@@ -84,7 +84,7 @@ def assert_one_rm_per_group(laser: LaserRouterGRPO) -> None:
 
 @pytest.mark.parametrize("signal", ["dpo", "loss"])
 def test_grpo_run_reports_every_decision_once(encoder_server, tmp_path, signal):
-    client = LaserRouterClient(encoder_server.address, retries=8)
+    client = LaserRouterClient(encoder_server.address)
     laser = LaserRouterGRPO(client, router=f"grpo-{signal}", signal=signal)
     run = trainer(laser, tmp_path, max_steps=6)
     run.train()
@@ -104,7 +104,7 @@ def test_grpo_run_reports_every_decision_once(encoder_server, tmp_path, signal):
 
 
 def test_rewards_are_the_chosen_rms_scores(encoder_server, tmp_path):
-    client = LaserRouterClient(encoder_server.address, retries=8)
+    client = LaserRouterClient(encoder_server.address)
     laser = LaserRouterGRPO(client, router="grpo-scores")
     calls = []
     score = laser.score
@@ -146,7 +146,7 @@ def test_a_verifiable_reward_goes_to_the_router_as_labels(encoder_server, tmp_pa
         assert "trainer_state" in columns
         return [None if p == unlabelled else float(len(c) % 2) for p, c in zip(prompts, completions)]
 
-    client = LaserRouterClient(encoder_server.address, retries=8)
+    client = LaserRouterClient(encoder_server.address)
     laser = LaserRouterGRPO(client, router="grpo-labels", labels_fn=correct)
     trainer(laser, tmp_path, max_steps=4).train()
     labelled = [r for r in laser.reports if "labels" in r]
@@ -164,7 +164,7 @@ def test_a_verifiable_reward_goes_to_the_router_as_labels(encoder_server, tmp_pa
 
 
 def test_server_killed_and_restarted_mid_run(encoder_server, tmp_path):
-    client = LaserRouterClient(encoder_server.address, retries=10, backoff=0.2)
+    client = LaserRouterClient(encoder_server.address, timeout=120)
     laser = LaserRouterGRPO(client, router="grpo-crash")
     restarted = threading.Event()
     killed_at = []
@@ -207,7 +207,7 @@ class _CrashAfterSave:
 
 
 def test_resumed_run_reports_the_checkpoints_pending_decisions(encoder_server, tmp_path):
-    client = LaserRouterClient(encoder_server.address, retries=8)
+    client = LaserRouterClient(encoder_server.address)
     first = LaserRouterGRPO(client, router="grpo-resume")
     with pytest.raises(KeyboardInterrupt):
         trainer(first, tmp_path, max_steps=6, extra_callbacks=[_CrashAfterSave()],
@@ -244,7 +244,7 @@ def test_two_ranks_share_the_decision_of_a_prompt_split_between_them(encoder_ser
 def test_conversational_prompts(encoder_server, tmp_path):
     """Chat-format prompts and completions (lists of messages): the RMs get their text, the
     DPO-style signal tokenizes the prompt with the chat template."""
-    client = LaserRouterClient(encoder_server.address, retries=8)
+    client = LaserRouterClient(encoder_server.address)
     laser = LaserRouterGRPO(client, router="grpo-chat")
     seen = []
     prompt_ids = laser._prompt_ids
