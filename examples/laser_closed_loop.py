@@ -177,6 +177,21 @@ def token_counts(texts):
     return rows
 
 
+def rm_head(args, x, bags, rows, y):
+    """One RM's head (weights, bias) trained on `rows` with targets `y`: on the MiniLM
+    embedding (`--rms minilm`) or on the bag of words (scaled so the default step size fits)."""
+    if args.rms == "minilm":
+        return logistic(x[rows], y)
+    w, b = logistic(bags[rows].astype(np.float64) * 30.0, y, steps=300, lr=0.5, l2=1e-3)
+    return w * 30.0, b
+
+
+def split_reviews(count):
+    """The fixed split of the reviews: 60% train, 10% validation, 30% test."""
+    order = np.random.default_rng(7).permutation(count)
+    return order[: int(0.6 * count)], order[int(0.6 * count): int(0.7 * count)], order[int(0.7 * count):]
+
+
 def build_bow_rms(heads, out_dir):
     """Bag-of-words RMs: score = mean over the response's tokens of w[token] + b, one column per
     RM (`category_logits` [batch, 3]); the special tokens carry weight 0."""
@@ -517,26 +532,16 @@ def main():
     x = embed([r["text"] for r in reviews])
     if args.task == "instructions":
         return run_loop(args, *instructions_task(args, reviews, x))
-    split_rng = np.random.default_rng(7)
-    order = split_rng.permutation(len(reviews))
-    train_idx = order[: int(0.6 * len(order))]
-    val_idx = order[int(0.6 * len(order)): int(0.7 * len(order))]
-    test_idx = order[int(0.7 * len(order)):]
+    train_idx, val_idx, test_idx = split_reviews(len(reviews))
     # Each RM: sentiment (positive vs not) on its own category's training reviews only.
     # Equal training sizes, so no RM wins everywhere by having seen more reviews.
     heads, rm_train = [], {}
     smallest = min(sum(1 for i in train_idx if reviews[i]["category"] == c) for c in range(len(NAMES)))
     bags = token_counts([r["text"] for r in reviews])
-    features = x if args.rms == "minilm" else bags
     for c in range(len(NAMES)):
         own = [i for i in train_idx if reviews[i]["category"] == c][:smallest]
         rm_train[NAMES[c]] = len(own)
-        y = np.array([reviews[i]["rating"] == 2 for i in own], dtype=float)
-        if args.rms == "minilm":
-            heads.append(logistic(features[own], y))
-        else:
-            heads.append(logistic(features[own].astype(np.float64) * 30.0, y, steps=300, lr=0.5, l2=1e-3))
-            heads[-1] = (heads[-1][0] * 30.0, heads[-1][1])
+        heads.append(rm_head(args, x, bags, own, np.array([reviews[i]["rating"] == 2 for i in own], dtype=float)))
     if args.learner == "both":  # what the learner reads from here on
         x = np.hstack([x, bags.astype(np.float64) * 30.0])
     run_loop(args, reviews, x, heads, rm_train, train_idx, val_idx, test_idx)
@@ -545,23 +550,16 @@ def main():
 def instructions_task(args, reviews, x):
     """The second loop's items, learner features, RMs and splits (see the module comment)."""
     NAMES[:] = list(INSTRUCTIONS)
-    split_rng = np.random.default_rng(7)
-    order = split_rng.permutation(len(reviews))
-    train_reviews = order[: int(0.6 * len(order))]
-    splits = (train_reviews, order[int(0.6 * len(order)): int(0.7 * len(order))], order[int(0.7 * len(order)):])
+    splits = split_reviews(len(reviews))
+    train_reviews = splits[0]
     bags = token_counts([r["text"] for r in reviews])
     # Each RM: one voice (rating) vs the rest, on every training review (the same reviews for
     # each: no RM wins by having seen more).
     heads, rm_train = [], {}
     for name in NAMES:
-        own = train_reviews
-        rm_train[name] = f"{len(own)} reviews, positive class: rating {VOICE[name]}"
-        y = np.array([reviews[i]["rating"] == VOICE[name] for i in own], dtype=float)
-        if args.rms == "minilm":
-            heads.append(logistic(x[own], y))
-        else:
-            w, b = logistic(bags[own].astype(np.float64) * 30.0, y, steps=300, lr=0.5, l2=1e-3)
-            heads.append((w * 30.0, b))
+        rm_train[name] = f"{len(train_reviews)} reviews, positive class: rating {VOICE[name]}"
+        y = np.array([reviews[i]["rating"] == VOICE[name] for i in train_reviews], dtype=float)
+        heads.append(rm_head(args, x, bags, train_reviews, y))
     # The learner: one logistic preference model per instruction, on the same features (MiniLM
     # embedding, and the bag of the tokens that occur in 3 reviews or more), one block each.
     features = x

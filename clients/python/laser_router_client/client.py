@@ -311,7 +311,7 @@ class Attempts:
     def backoff(self, code: grpc.StatusCode) -> Optional[float]:
         """Seconds to wait before retrying after `code`, or None: give up (not retryable, out
         of retries, or the caller's deadline would pass first)."""
-        retryable = code in RETRYABLE or (code == grpc.StatusCode.DEADLINE_EXCEEDED and self.cut_short)
+        retryable = _retryable(code) or (code == grpc.StatusCode.DEADLINE_EXCEEDED and self.cut_short)
         if not retryable or (self.retries is not None and self.attempt >= self.retries):
             return None
         self.attempt += 1

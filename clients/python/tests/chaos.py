@@ -112,6 +112,21 @@ class Trainers:
             i += 1
 
 
+    def assert_nothing_lost(self, client):
+        """What every chaos test asserts once the faults are over: clients saw only the codes in
+        ALLOWED, no call gave up, every feedback was applied exactly once (counted on the server
+        through `client`), and every decision left pending still takes its feedback."""
+        codes = self.attempts.codes()
+        assert codes <= ALLOWED, f"clients saw {sorted(c.name for c in codes - ALLOWED)}"
+        assert not self.errors, f"calls given up: {self.errors[:5]}"
+        assert all(answer["applied"] == 1 for answer in self.fed.values()), "each feedback applied once"
+        info = client.get_router(self.router)
+        assert sum(a.feedback_count for a in info.arms) == len(self.fed), "every acknowledged feedback exactly once"
+        assert info.pending_decisions >= len(self.unfed)
+        answer = client.feedback(self.router, list(self.unfed), loss=0.5)
+        assert answer["applied"] == len(self.unfed), "decisions left pending survived every fault"
+
+
 def summary(gaps):
     """median, p99 and max of a list of seconds, as text."""
     if not gaps:

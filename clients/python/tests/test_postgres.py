@@ -348,15 +348,7 @@ def test_replicas_under_kills_pauses_and_a_database_restart_answer_only_retryabl
     chaos.record({"lease": lease, "takeovers": takeovers, "gaps": gaps, "codes": sorted(c.name for c in codes),
                   "given_up": len(trainers.errors), "acknowledged": len(fed)})
     try:
-        assert codes <= chaos.ALLOWED, f"clients saw {sorted(c.name for c in codes - chaos.ALLOWED)}"
-        assert not trainers.errors, f"calls given up: {trainers.errors[:5]}"
-        assert all(answer["applied"] == 1 for answer in fed.values()), "each feedback applied once"
-        client = LaserRouterClient(replicas[owner() or 0].address)
-        counts, pending = arms(client, "chaos")
-        assert sum(f for _, f in counts.values()) == len(fed), "every acknowledged feedback exactly once"
-        assert pending >= len(trainers.unfed)
-        answer = client.feedback("chaos", list(trainers.unfed), loss=0.5)
-        assert answer["applied"] == len(trainers.unfed), "decisions left pending survived every takeover"
+        trainers.assert_nothing_lost(LaserRouterClient(replicas[owner() or 0].address))
         assert len(fed) > 50 and len(takeovers) == 7
         worst = max(gaps["kill"] + gaps["pause"])
         assert worst < takeover_bound + 2 * lease, f"a client waited {worst:.1f} s for a takeover"

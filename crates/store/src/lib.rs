@@ -555,7 +555,8 @@ impl Store {
     /// (a Feedback replayed under its idempotency key) waits for, so it never acknowledges
     /// a change that is not durable. Appends nothing.
     pub fn barrier(&self) -> Durable {
-        let Some(writer) = self.writer.as_ref().filter(|_| self.shared().is_none()) else {
+        // Shared streams (no writer) append synchronously: nothing is ever left queued.
+        let Some(writer) = &self.writer else {
             return Durable::done();
         };
         let (done, receiver) = oneshot::channel();
