@@ -12,7 +12,7 @@
 use std::path::Path;
 
 use crate::config::Config;
-use crate::routers::state::{RouterStateV1, RouterStateV2};
+use crate::routers::instance::state::{RouterStateV1, RouterStateV2};
 use crate::routers::{RouterError, RouterState, Routers, RoutersOptions};
 use crate::store::postgres::{self, router_stream};
 use crate::store::{Store, StoreError, StoreOptions, frame};

@@ -14,16 +14,17 @@
 
 use std::sync::Arc;
 
-use super::events::{Evictions, FeedbackForm, FeedbackOutcome, Selection};
-use super::ledger::StateEvent;
-use super::ledger::{EncoderChanges, RewardModelChanges};
-use super::registry::{FirstUse, SharedRouter};
-use super::replicas::{Placed, Replicas};
-use super::router::Router;
-use super::settings::{RouterSettings, RouterSettingsPatch, SelectionMode};
-use super::statistics::ArmStatistics;
-use super::{RouterError, Routers};
 use crate::models::{EncoderSpec, RewardModelSpec};
+use crate::routers::Routers;
+use crate::routers::catalog::ledger::StateEvent;
+use crate::routers::catalog::ledger::{EncoderChanges, RewardModelChanges};
+use crate::routers::catalog::registry::{FirstUse, SharedRouter};
+use crate::routers::decisions::events::{Evictions, FeedbackForm, FeedbackOutcome, Selection};
+use crate::routers::error::RouterError;
+use crate::routers::instance::router::Router;
+use crate::routers::instance::settings::{RouterSettings, RouterSettingsPatch, SelectionMode};
+use crate::routers::instance::statistics::ArmStatistics;
+use crate::routers::replicas::{Placed, Replicas};
 use crate::store::Durable;
 
 /// A cheap, clonable async handle on the routers.
@@ -146,7 +147,7 @@ pub struct RouterInfo {
     pub evictions: Evictions,
     pub arm_state_bytes: usize,
     /// Per category and RM: decisions and mean reward.
-    pub categories: Vec<crate::routers::statistics::CategoryArm>,
+    pub categories: Vec<crate::routers::instance::statistics::CategoryArm>,
 }
 
 impl RouterInfo {

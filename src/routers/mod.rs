@@ -1,197 +1,48 @@
-//! Routers: named bandit instances, their decisions awaiting feedback, and applying
-//! feedback to them.
+//! Routers: named bandit instances, their decisions awaiting feedback, the durable catalog
+//! of them, and their placement over replicas. From the bottom up (each part imports only
+//! the parts listed before it):
 //!
-//! - [`settings`]: a router's settings, the settings patch that fills unset fields, policies.
-//! - [`router`]: one router (arms, selection, applying events).
-//! - [`events`]: selections, the events that change a router, feedback outcomes.
-//! - `groups`: decisions shared by a group of queries, reserved while a Score runs.
-//! - `answers`: applying feedback (checks, idempotency keys, normalization, updates).
-//! - [`pending`]: the pending-decision book (TTL, capacity, answered ids).
-//! - [`prior`]: a prior from labelled pairs entered into a router's arms.
-//! - [`policy`]: the one place a router dispatches on its policy.
-//! - [`state`]: a router as plain data (snapshots, exports).
-//! - [`statistics`]: per-arm statistics for GetRouter.
-//! - [`registry`]: routers keyed by name; every change checked, logged, applied.
+//! - `error`: [`RouterError`], the one error of every part below.
+//! - [`decisions`]: the book of decisions as plain data (selections, events, feedback forms,
+//!   the pending-decision book).
+//! - [`instance`]: one bandit instance, [`Router`]: settings, selection and the policy
+//!   dispatch, applying feedback and priors, statistics, its snapshot formats.
+//! - [`catalog`]: routers keyed by name ([`Routers`]) and the ledger that logs, replays and
+//!   snapshots every change (and the RMs and encoders added through Admin).
 //! - [`replicas`]: routers spread over replicas sharing a PostgreSQL database, one owner
-//!   per router.
-//! - [`ledger`]: the log, replay and snapshots of the registry's changes.
-//! - [`handle`]: the async front: runs the registry's work on blocking threads and waits
+//!   per router; placement, forwarding addresses and leases.
+//! - [`handle`]: the async front: runs the catalog's work on blocking threads and waits
 //!   for durability, so callers only `.await`.
 //!
 //! A router changes only through `Router::apply` with a `RouterEvent`, and the registry
 //! logs every event to the store before applying it, so recovery replays exactly what was
 //! acknowledged; the bandit math lives in [`crate::bandit`].
 
-mod answers;
-pub mod events;
-mod groups;
+pub mod catalog;
+pub mod decisions;
+mod error;
 pub mod handle;
-pub mod ledger;
-mod pending;
-mod policy;
-pub mod prior;
-pub mod registry;
+pub mod instance;
 pub mod replicas;
-pub mod router;
-pub mod settings;
-pub mod state;
-pub mod statistics;
 #[cfg(test)]
 mod tests;
 
-// The store's error, which `RouterError::StateWrite` and `RouterError::NotAcknowledged` carry;
-// the api layer names it from `crate::store` itself.
-use crate::store::StoreError;
-pub use events::{
+pub use catalog::ledger::{EncoderChanges, ModelChanges, RewardModelChanges, StateEvent};
+pub use catalog::registry::{FirstUse, Routers, RoutersOptions};
+pub use decisions::events::{
     AnsweredDecision, Combination, Decision, DecisionFeedback, Evictions, FeedbackCounts,
-    FeedbackForm, FeedbackOutcome, FeedbackSignal, FeedbackSignals, IdempotencyKey, RouterEvent,
-    Selection,
+    FeedbackForm, FeedbackOutcome, FeedbackSignal, FeedbackSignals, IdempotencyKey,
+    MAX_PRIOR_WEIGHT, PriorObservations, PriorOutcome, RouterEvent, Selection,
 };
+pub use error::RouterError;
 pub use handle::{
     FeedbackReport, RecordReport, RouterInfo, RoutersHandle, SelectedFor, SelectionInput, Ticket,
     unix_ms,
 };
-pub use ledger::{EncoderChanges, ModelChanges, RewardModelChanges, StateEvent};
-pub use prior::{MAX_PRIOR_WEIGHT, PriorObservations, PriorOutcome};
-pub use registry::{FirstUse, Routers, RoutersOptions};
-pub use router::Router;
-pub use settings::{
+pub use instance::router::Router;
+pub use instance::settings::{
     FirstReward, Normalization, NormalizationKind, Policy, PolicyKind, Preset, RouterSettings,
     RouterSettingsPatch, SelectionMode,
 };
-pub use state::RouterState;
-pub use statistics::ArmStatistics;
-
-/// What went wrong in a router operation, from the caller's point of view.
-#[derive(Debug, thiserror::Error)]
-pub enum RouterError {
-    /// The router takes its contexts from an encoder, and the request sent contexts.
-    #[error(
-        "router {router:?} takes its contexts from encoder {encoder:?} (the prompt's embedding); send queries without context"
-    )]
-    ContextsNotTaken { router: String, encoder: String },
-    #[error("router {name:?} not found")]
-    UnknownRouter { name: String },
-    #[error("router {name:?} already exists")]
-    RouterExists { name: String },
-    /// CreateRouter for an existing router with other settings.
-    #[error(
-        "router {name:?} already exists with other settings: {fields:?} differ; delete it first or create it with its settings"
-    )]
-    SettingsDiffer {
-        name: String,
-        fields: Vec<&'static str>,
-    },
-    #[error("router name {name:?} is invalid: use 1 to {max} characters from [A-Za-z0-9._-]")]
-    InvalidRouterName { name: String, max: usize },
-    #[error("context of query {query} has dimension {got}; router {router:?} expects {expected}")]
-    ContextDimension {
-        router: String,
-        query: usize,
-        expected: usize,
-        got: usize,
-    },
-    #[error("router {router:?} has no reward model to route to")]
-    NoRewardModels { router: String },
-    #[error("router {router:?} uses the fixed reward model {reward_model:?}, which is not serving")]
-    FixedRewardModelUnavailable {
-        router: String,
-        reward_model: String,
-    },
-    #[error("decisions not found in router {router:?} (unknown or expired): {decision_ids:?}")]
-    UnknownDecisions {
-        router: String,
-        decision_ids: Vec<String>,
-    },
-    /// A Feedback idempotency key already answered a different request.
-    #[error(
-        "idempotency key {key:?} of router {router:?} was used for a different Feedback; use a new key per request"
-    )]
-    IdempotencyKeyReused { router: String, key: String },
-    /// Labels for a decision whose response count differs.
-    #[error(
-        "labels for decision {decision_id:?} of router {router:?}: {got} labels; the decision scored {expected} responses (one label per response, in request order)"
-    )]
-    LabelCount {
-        router: String,
-        decision_id: String,
-        expected: usize,
-        got: usize,
-    },
-    #[error(
-        "preferred response {index} of decision {decision_id:?} of router {router:?} is out of range: the decision scored {responses} responses"
-    )]
-    PreferredIndex {
-        router: String,
-        decision_id: String,
-        index: u32,
-        responses: usize,
-    },
-    /// A prior needs a model per arm to enter.
-    #[error(
-        "router {router:?} runs policy {policy}, which keeps no per-arm model for a prior; use linucb, thompson or offline"
-    )]
-    PriorNeedsLinearArms {
-        router: String,
-        policy: &'static str,
-    },
-    /// Labels for a decision recorded before decisions kept their scores.
-    #[error(
-        "decision {decision_id:?} of router {router:?} was recorded without its scores (before this server version); send a loss or reward for it"
-    )]
-    ScoresNotKept { router: String, decision_id: String },
-    #[error("reward {reward} is outside [0, 1]; router {router:?} has reward_is_normalized set")]
-    RewardOutOfRange { router: String, reward: f64 },
-    /// `field` is the settings key (config `[routers]`, CreateRouter's `settings`).
-    #[error("{field}: {reason}")]
-    InvalidSettings { field: &'static str, reason: String },
-    #[error("router {router:?}: state does not fit its settings: {reason}")]
-    InvalidState { router: String, reason: String },
-    #[error("the server already has {max} routers (limits.max_routers = {max})")]
-    TooManyRouters { max: usize },
-    /// Another replica owns the router (PostgreSQL backend): the request belongs there.
-    #[error(
-        "router {router:?} is served by the replica at {address} (its owner changed while this request was on its way): retry"
-    )]
-    ServedElsewhere { router: String, address: String },
-    /// This replica's lease on the router may have lapsed (its last renewal began more than
-    /// a lease ago) and no other replica holds it: nothing is answered from a copy that may
-    /// be stale until the lease is renewed or taken over.
-    #[error(
-        "this replica's lease on router {router:?} may have lapsed ({overdue_ms} ms past its last renewal) and is being renewed or taken over: retry"
-    )]
-    LeaseUnconfirmed { router: String, overdue_ms: u64 },
-    /// The store refused the change: nothing was applied.
-    #[error("cannot make the change durable: {0}")]
-    StateWrite(#[source] StoreError),
-    /// The change was applied but the store could not make it durable: not acknowledged.
-    #[error("not acknowledged: {0}")]
-    NotAcknowledged(#[source] StoreError),
-    /// A change or snapshot could not be encoded for the log.
-    #[error("cannot encode {what}: {source}")]
-    Encode {
-        what: &'static str,
-        #[source]
-        source: postcard::Error,
-    },
-    /// A logged record or snapshot cannot be read back.
-    #[error("record {seq} cannot be decoded: {source}")]
-    Decode {
-        seq: u64,
-        #[source]
-        source: postcard::Error,
-    },
-    /// A logged record does not apply to the recovered state.
-    #[error("record {seq} does not apply: {source}")]
-    Replay {
-        seq: u64,
-        #[source]
-        source: Box<RouterError>,
-    },
-    /// Recovery or a snapshot failed in the store.
-    #[error(transparent)]
-    Store(#[from] StoreError),
-    /// A blocking task of the routers' front panicked or was cancelled.
-    #[error("internal task failed: {0}")]
-    TaskFailed(#[source] tokio::task::JoinError),
-}
+pub use instance::state::RouterState;
+pub use instance::statistics::ArmStatistics;

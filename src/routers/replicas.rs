@@ -33,8 +33,9 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use super::ledger::StateEvent;
-use super::{RouterError, Routers, RoutersOptions};
+use crate::routers::catalog::ledger::StateEvent;
+use crate::routers::error::RouterError;
+use crate::routers::{Routers, RoutersOptions};
 use crate::store::postgres::router_stream;
 use crate::store::{Store, StoreError, StoreOptions};
 
@@ -137,7 +138,7 @@ impl Replicas {
     /// Where router `name` is served, taking it over when nobody owns it. Blocking (a
     /// takeover reads the database).
     pub fn place(&self, name: &str) -> Result<Placed, RouterError> {
-        super::registry::validate_name(name)?;
+        crate::routers::catalog::registry::validate_name(name)?;
         let slot = self
             .slots
             .lock()

@@ -207,14 +207,17 @@ fn a_format_1_state_is_read_as_format_2_with_no_groups_or_keys() {
     pick(&mut router, &[0.5, 1.0], &serving, 0);
     feedback(&mut router, &id, 0.7, &serving);
     let state = router.to_state();
-    let v1_bytes =
-        postcard::to_stdvec(&crate::routers::state::RouterStateV1::from(&state)).unwrap();
+    let v1_bytes = postcard::to_stdvec(&crate::routers::instance::state::RouterStateV1::from(
+        &state,
+    ))
+    .unwrap();
     assert_ne!(
         v1_bytes,
         postcard::to_stdvec(&state).unwrap(),
         "the formats differ"
     );
-    let v1: crate::routers::state::RouterStateV1 = postcard::from_bytes(&v1_bytes).unwrap();
+    let v1: crate::routers::instance::state::RouterStateV1 =
+        postcard::from_bytes(&v1_bytes).unwrap();
     assert_eq!(RouterState::from(v1), state);
 }
 

@@ -240,8 +240,8 @@ fn scores_survive_the_log_and_a_snapshot_and_a_format_2_state_reads_without_them
     .unwrap();
     assert_eq!(outcome.applied[0].reward, 1.0);
     // Format 2 (no scores) reads back as format 3 with empty scores.
-    let v2 = crate::routers::state::RouterStateV2::from(&state);
-    let v2: crate::routers::state::RouterStateV2 =
+    let v2 = crate::routers::instance::state::RouterStateV2::from(&state);
+    let v2: crate::routers::instance::state::RouterStateV2 =
         postcard::from_bytes(&postcard::to_stdvec(&v2).unwrap()).unwrap();
     let upgraded = RouterState::from(v2);
     assert_ne!(upgraded, state, "the scores are gone");
@@ -391,7 +391,7 @@ fn a_weighted_prior_equals_its_observations_repeated_and_replays_once_per_key() 
 
 #[test]
 fn categories_count_decisions_and_rewards_per_rm_bounded_and_durable() {
-    use crate::routers::statistics::{MAX_CATEGORIES_PER_ROUTER, OTHER_CATEGORY};
+    use crate::routers::instance::statistics::{MAX_CATEGORIES_PER_ROUTER, OTHER_CATEGORY};
     let serving = rms(&["a"]);
     let mut router = Router::new("r".into(), with_policy(Policy::Random, 2), &serving);
     let mut ids = Vec::new();

@@ -1,7 +1,7 @@
 //! Routers keyed by name, and every live change to them: checked, logged through the
 //! [`ledger`](super::ledger), then applied under the router's lock, so each router's log
 //! order is its apply order. Callers reply to clients only after the returned [`Durable`]
-//! completes ([`super::RoutersHandle`] does that for async callers).
+//! completes ([`crate::routers::RoutersHandle`] does that for async callers).
 //!
 //! Locking: the ledger's gate is read-locked by every change (a snapshot write-locks it);
 //! the map's `RwLock` is taken only to find, add or remove a router; each router has its
@@ -12,15 +12,16 @@
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, RwLock, RwLockWriteGuard};
 
-use super::events::{
+use crate::routers::Router;
+use crate::routers::catalog::ledger::{EncoderChanges, Ledger, RewardModelChanges, StateEvent};
+use crate::routers::decisions::events::{
     Evictions, FeedbackForm, FeedbackOutcome, FeedbackSignals, IdempotencyKey, RouterEvent,
     Selection,
 };
-use super::ledger::{EncoderChanges, Ledger, RewardModelChanges, StateEvent};
-use super::prior::{PriorObservations, PriorOutcome};
-use super::settings::{RouterSettings, RouterSettingsPatch};
-use super::state::RouterState;
-use super::{Router, RouterError};
+use crate::routers::decisions::events::{PriorObservations, PriorOutcome};
+use crate::routers::error::RouterError;
+use crate::routers::instance::settings::{RouterSettings, RouterSettingsPatch};
+use crate::routers::instance::state::RouterState;
 use crate::store::{Durable, Store};
 
 /// Longest router name accepted.
@@ -89,9 +90,9 @@ pub struct Routers {
     /// `options.defaults` resolved: what a router created on first use gets.
     default_settings: RouterSettings,
     routers: RwLock<BTreeMap<String, SharedRouter>>,
-    pub(super) reward_model_changes: Mutex<RewardModelChanges>,
-    pub(super) encoder_changes: Mutex<EncoderChanges>,
-    pub(super) ledger: Ledger,
+    pub(in crate::routers) reward_model_changes: Mutex<RewardModelChanges>,
+    pub(in crate::routers) encoder_changes: Mutex<EncoderChanges>,
+    pub(in crate::routers) ledger: Ledger,
 }
 
 impl Routers {
@@ -156,7 +157,9 @@ impl Routers {
             .collect()
     }
 
-    pub(super) fn map_mut(&self) -> RwLockWriteGuard<'_, BTreeMap<String, SharedRouter>> {
+    pub(in crate::routers) fn map_mut(
+        &self,
+    ) -> RwLockWriteGuard<'_, BTreeMap<String, SharedRouter>> {
         self.routers.write().expect("router map lock poisoned")
     }
 
@@ -470,7 +473,7 @@ impl Routers {
     }
 }
 
-pub(super) fn validate_name(name: &str) -> Result<(), RouterError> {
+pub(in crate::routers) fn validate_name(name: &str) -> Result<(), RouterError> {
     let valid = !name.is_empty()
         && name.len() <= MAX_ROUTER_NAME_LEN
         && name

@@ -14,14 +14,14 @@ use faer::Mat;
 use rand::Rng;
 use rand::rngs::StdRng;
 
-use super::RouterError;
-use super::events::Combination;
-use super::router::{Arm, Candidate};
-use super::settings::{Policy, RouterSettings};
 use crate::bandit::{self, ArmEstimate, LinUcbArm, exp3};
+use crate::routers::decisions::events::Combination;
+use crate::routers::error::RouterError;
+use crate::routers::instance::arm::{Arm, Candidate};
+use crate::routers::instance::settings::{Policy, RouterSettings};
 
 /// What a policy computed once for all decisions of a request.
-pub(super) enum Plan {
+pub(in crate::routers) enum Plan {
     /// Every candidate's estimate for every decision: `[candidate][decision]`.
     LinUcb {
         estimates: Vec<Vec<ArmEstimate>>,
@@ -49,17 +49,17 @@ pub(super) enum Plan {
 }
 
 /// One decision's choice, by candidate index.
-pub(super) struct Chosen {
-    pub(super) candidates: Vec<usize>,
+pub(in crate::routers) struct Chosen {
+    pub(in crate::routers) candidates: Vec<usize>,
     /// The probability the choice was drawn with (Exp3; 1 otherwise).
-    pub(super) probability: f64,
+    pub(in crate::routers) probability: f64,
     /// Every candidate's estimate, when asked for (LinUCB).
-    pub(super) explained: Vec<(String, ArmEstimate)>,
+    pub(in crate::routers) explained: Vec<(String, ArmEstimate)>,
 }
 
 impl Plan {
     /// Precompute for `contexts` (one per decision, the arms' dimension).
-    pub(super) fn new(
+    pub(in crate::routers) fn new(
         router: &str,
         settings: &RouterSettings,
         arms: &[Arm],
@@ -126,7 +126,7 @@ impl Plan {
     }
 
     /// The choice for decision `decision` of the request.
-    pub(super) fn choose(
+    pub(in crate::routers) fn choose(
         &self,
         decision: usize,
         candidates: &[Candidate],
@@ -197,7 +197,7 @@ fn highest(
 }
 
 /// How decisions of `policy` turn their RMs' scores into one score per response.
-pub(super) fn combination(policy: &Policy) -> Combination {
+pub(in crate::routers) fn combination(policy: &Policy) -> Combination {
     match policy {
         Policy::Ensemble => Combination::ScoreMean,
         Policy::AgreementEnsemble => Combination::Agreement,
@@ -212,13 +212,16 @@ pub(super) fn combination(policy: &Policy) -> Combination {
 }
 
 /// The LinUCB state a new arm starts with (`A = λI`, `b = 0`), for LinUCB routers.
-pub(super) fn new_arm_model(settings: &RouterSettings) -> Option<LinUcbArm> {
+pub(in crate::routers) fn new_arm_model(settings: &RouterSettings) -> Option<LinUcbArm> {
     uses_linear_arms(&settings.policy)
         .then(|| LinUcbArm::new(settings.arm_dim(), settings.l2_lambda))
 }
 
 /// Whether an arm restored from a snapshot has the state its policy needs.
-pub(super) fn arm_model_fits(settings: &RouterSettings, linucb: Option<&LinUcbArm>) -> bool {
+pub(in crate::routers) fn arm_model_fits(
+    settings: &RouterSettings,
+    linucb: Option<&LinUcbArm>,
+) -> bool {
     !uses_linear_arms(&settings.policy) || linucb.is_some()
 }
 
@@ -230,7 +233,7 @@ fn uses_linear_arms(policy: &Policy) -> bool {
 
 /// Feedback gathered over one request's decisions, applied by [`Updates::apply`].
 #[derive(Default)]
-pub(super) struct Updates {
+pub(in crate::routers) struct Updates {
     /// LinUCB: the (context, reward) pairs credited to each arm, applied as one rank-r
     /// update per arm.
     contexts: BTreeMap<usize, Vec<(Vec<f64>, f64)>>,
@@ -239,7 +242,7 @@ pub(super) struct Updates {
 impl Updates {
     /// Credit `reward` to the single arm `arm` for a decision made at `context` with
     /// `probability` out of `arm_count` arms.
-    pub(super) fn credit(
+    pub(in crate::routers) fn credit(
         &mut self,
         settings: &RouterSettings,
         arms: &mut [Arm],
@@ -269,7 +272,7 @@ impl Updates {
     }
 
     /// Apply the gathered LinUCB updates, arm by arm in index order.
-    pub(super) fn apply(self, settings: &RouterSettings, arms: &mut [Arm]) {
+    pub(in crate::routers) fn apply(self, settings: &RouterSettings, arms: &mut [Arm]) {
         let dim = settings.arm_dim();
         for (arm, credited) in self.contexts {
             let batch = Mat::from_fn(dim, credited.len(), |i, j| credited[j].0[i]);
@@ -284,7 +287,7 @@ impl Updates {
 }
 
 /// Selection probability of each available arm now (Exp3; empty otherwise).
-pub(super) fn probabilities(
+pub(in crate::routers) fn probabilities(
     settings: &RouterSettings,
     arms: &[Arm],
     available: &[usize],

@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::RouterError;
 pub use crate::bandit::Normalization;
+use crate::routers::error::RouterError;
 
 /// Bandit policy of a router: LASeR's LinUCB and the paper's baselines.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

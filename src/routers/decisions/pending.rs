@@ -12,11 +12,11 @@ use std::collections::{HashMap, HashSet, VecDeque};
 
 use serde::{Deserialize, Serialize};
 
-use super::events::{Evictions, FeedbackCounts};
+use crate::routers::decisions::events::{Evictions, FeedbackCounts};
 
 /// What a recorded decision chose, by arm index.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub(super) enum Choice {
+pub(in crate::routers) enum Choice {
     Arm(usize),
     /// Every listed arm scored (ensemble policy).
     Ensemble(Vec<usize>),
@@ -24,7 +24,7 @@ pub(super) enum Choice {
 
 impl Choice {
     /// Every arm this choice scored with.
-    pub(super) fn arms(&self) -> Vec<usize> {
+    pub(in crate::routers) fn arms(&self) -> Vec<usize> {
         match self {
             Choice::Arm(arm) => vec![*arm],
             Choice::Ensemble(members) => members.clone(),
@@ -34,24 +34,24 @@ impl Choice {
 
 /// A decision awaiting feedback. The field order is the snapshot format: append only.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub(super) struct PendingDecision {
-    pub(super) choice: Choice,
-    pub(super) context: Vec<f64>,
+pub(in crate::routers) struct PendingDecision {
+    pub(in crate::routers) choice: Choice,
+    pub(in crate::routers) context: Vec<f64>,
     /// Exp3: probability the arm was chosen with, and how many arms were available.
-    pub(super) probability: f64,
-    pub(super) arm_count: usize,
-    pub(super) created_unix_ms: i64,
+    pub(in crate::routers) probability: f64,
+    pub(in crate::routers) arm_count: usize,
+    pub(in crate::routers) created_unix_ms: i64,
     /// The scores the decision answered with (its queries' responses in request order),
     /// against which label feedback is judged. Format 3; empty for decisions recorded
     /// before it.
-    pub(super) scores: Vec<f32>,
+    pub(in crate::routers) scores: Vec<f32>,
     /// The category the decision counts under (bounded per router). Format 3.
-    pub(super) category: Option<String>,
+    pub(in crate::routers) category: Option<String>,
 }
 
 /// [`PendingDecision`] as formats 1 and 2 wrote it (no scores).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub(super) struct PendingDecisionV2 {
+pub(in crate::routers) struct PendingDecisionV2 {
     choice: Choice,
     context: Vec<f64>,
     probability: f64,
@@ -87,7 +87,7 @@ impl From<&PendingDecision> for PendingDecisionV2 {
 }
 
 #[derive(Default)]
-pub(super) struct PendingBook {
+pub(in crate::routers) struct PendingBook {
     pending: HashMap<String, PendingDecision>,
     /// Insertion order of pending ids; may hold ids answered since (skipped, compacted).
     order: VecDeque<String>,
@@ -104,7 +104,7 @@ pub(super) struct PendingBook {
 
 impl PendingBook {
     /// The pending decision `decision_id`, if it is younger than `ttl_ms` at `now_unix_ms`.
-    pub(super) fn live(
+    pub(in crate::routers) fn live(
         &self,
         decision_id: &str,
         now_unix_ms: i64,
@@ -116,17 +116,17 @@ impl PendingBook {
     }
 
     /// The category the pending decision `decision_id` counts under, if any.
-    pub(super) fn category_of(&self, decision_id: &str) -> Option<&str> {
+    pub(in crate::routers) fn category_of(&self, decision_id: &str) -> Option<&str> {
         self.pending.get(decision_id)?.category.as_deref()
     }
 
     /// Whether `decision_id` is pending or was answered.
-    pub(super) fn knows(&self, decision_id: &str) -> bool {
+    pub(in crate::routers) fn knows(&self, decision_id: &str) -> bool {
         self.pending.contains_key(decision_id) || self.answered.contains(decision_id)
     }
 
     /// The live decision of `group`: (its id, the decision).
-    pub(super) fn group_decision(
+    pub(in crate::routers) fn group_decision(
         &self,
         group: &str,
         now_unix_ms: i64,
@@ -137,7 +137,12 @@ impl PendingBook {
     }
 
     /// Make `decision_id` the decision of `group`.
-    pub(super) fn bind_group(&mut self, group: String, decision_id: String, capacity: usize) {
+    pub(in crate::routers) fn bind_group(
+        &mut self,
+        group: String,
+        decision_id: String,
+        capacity: usize,
+    ) {
         self.groups.insert(group, decision_id);
         if self.groups.len() > 2 * capacity {
             let pending = &self.pending;
@@ -147,7 +152,7 @@ impl PendingBook {
 
     /// Decisions pending at `now_unix_ms` that were made at or before `before_unix_ms`, in
     /// the order they were made.
-    pub(super) fn made_before(
+    pub(in crate::routers) fn made_before(
         &self,
         before_unix_ms: i64,
         now_unix_ms: i64,
@@ -164,12 +169,12 @@ impl PendingBook {
     }
 
     /// The answer given for idempotency key `key`: (request fingerprint, counts).
-    pub(super) fn key(&self, key: &str) -> Option<(u64, FeedbackCounts)> {
+    pub(in crate::routers) fn key(&self, key: &str) -> Option<(u64, FeedbackCounts)> {
         self.keys.get(key).copied()
     }
 
     /// Remember the answer for `key`, keeping at most `capacity` keys.
-    pub(super) fn remember_key(
+    pub(in crate::routers) fn remember_key(
         &mut self,
         key: String,
         fingerprint: u64,
@@ -190,16 +195,16 @@ impl PendingBook {
         }
     }
 
-    pub(super) fn len(&self) -> usize {
+    pub(in crate::routers) fn len(&self) -> usize {
         self.pending.len()
     }
 
-    pub(super) fn evictions(&self) -> Evictions {
+    pub(in crate::routers) fn evictions(&self) -> Evictions {
         self.evictions
     }
 
     /// Keep `decision` under `decision_id`; beyond `capacity` the oldest is evicted.
-    pub(super) fn insert(
+    pub(in crate::routers) fn insert(
         &mut self,
         decision_id: String,
         decision: PendingDecision,
@@ -223,7 +228,7 @@ impl PendingBook {
     }
 
     /// Evict every decision at least `ttl_ms` old at `now_unix_ms`.
-    pub(super) fn expire(&mut self, now_unix_ms: i64, ttl_ms: i64) {
+    pub(in crate::routers) fn expire(&mut self, now_unix_ms: i64, ttl_ms: i64) {
         while let Some(oldest) = self.order.front() {
             match self.pending.get(oldest) {
                 None => {
@@ -241,7 +246,7 @@ impl PendingBook {
 
     /// The ids that are neither pending (and younger than `ttl_ms` at `now_unix_ms`) nor
     /// already answered, in request order.
-    pub(super) fn unknown(
+    pub(in crate::routers) fn unknown(
         &self,
         decision_ids: &[&str],
         now_unix_ms: i64,
@@ -261,12 +266,12 @@ impl PendingBook {
     }
 
     /// Remove a pending decision to answer it.
-    pub(super) fn take(&mut self, decision_id: &str) -> Option<PendingDecision> {
+    pub(in crate::routers) fn take(&mut self, decision_id: &str) -> Option<PendingDecision> {
         self.pending.remove(decision_id)
     }
 
     /// Remember an answered id, keeping at most `capacity` of them.
-    pub(super) fn remember_answered(&mut self, decision_id: String, capacity: usize) {
+    pub(in crate::routers) fn remember_answered(&mut self, decision_id: String, capacity: usize) {
         self.answered.insert(decision_id.clone());
         self.answered_order.push_back(decision_id);
         while self.answered_order.len() > capacity {
@@ -277,7 +282,7 @@ impl PendingBook {
     }
 
     /// Pending decisions in insertion order, answered ids in answer order, evictions.
-    pub(super) fn to_parts(&self) -> PendingParts {
+    pub(in crate::routers) fn to_parts(&self) -> PendingParts {
         PendingParts {
             pending: self
                 .order
@@ -309,7 +314,7 @@ impl PendingBook {
     }
 
     /// The book [`PendingBook::to_parts`] describes (the caller checked the decisions).
-    pub(super) fn from_parts(parts: PendingParts) -> Self {
+    pub(in crate::routers) fn from_parts(parts: PendingParts) -> Self {
         let mut book = Self {
             evictions: parts.evictions,
             ..Self::default()
@@ -332,12 +337,12 @@ impl PendingBook {
 }
 
 /// A book as plain data.
-pub(super) struct PendingParts {
-    pub(super) pending: Vec<(String, PendingDecision)>,
-    pub(super) answered: Vec<String>,
-    pub(super) evictions: Evictions,
+pub(in crate::routers) struct PendingParts {
+    pub(in crate::routers) pending: Vec<(String, PendingDecision)>,
+    pub(in crate::routers) answered: Vec<String>,
+    pub(in crate::routers) evictions: Evictions,
     /// (group, its pending decision), sorted by group.
-    pub(super) groups: Vec<(String, String)>,
+    pub(in crate::routers) groups: Vec<(String, String)>,
     /// (key, request fingerprint, answer), oldest first.
-    pub(super) keys: Vec<(String, u64, FeedbackCounts)>,
+    pub(in crate::routers) keys: Vec<(String, u64, FeedbackCounts)>,
 }

@@ -1,6 +1,6 @@
 //! What a router emits and what its log keeps: the outcome of a selection
 //! ([`Selection`], one [`Decision`] per query, per group or per batch), the events that
-//! change a router ([`RouterEvent`]: decisions recorded, feedback, reset), and what applying
+//! change a router ([`RouterEvent`]: decisions recorded, feedback, priors, reset), and what applying
 //! feedback did ([`FeedbackOutcome`]).
 //!
 //! The log format grows by appending: `Recorded` and `Feedback` are the first format's
@@ -18,7 +18,7 @@ use crate::bandit::ArmEstimate;
 
 /// Where a selection's decision comes from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) enum DecisionSource {
+pub(in crate::routers) enum DecisionSource {
     /// Made by this selection: recorded when its Score succeeds.
     Fresh,
     /// Made for a group by a Score still in flight (or one that failed): recorded by
@@ -50,22 +50,22 @@ pub struct Decision {
     pub queries: Vec<usize>,
     /// Every available arm's estimate, when asked for (LinUCB; fresh decisions only).
     pub estimates: Vec<(String, ArmEstimate)>,
-    pub(super) source: DecisionSource,
+    pub(in crate::routers) source: DecisionSource,
     /// The groups that share this decision.
-    pub(super) groups: Vec<String>,
-    pub(super) combination: Combination,
+    pub(in crate::routers) groups: Vec<String>,
+    pub(in crate::routers) combination: Combination,
     /// The context the arms saw (preprocessed, the arms' dimension).
-    pub(super) context: Vec<f64>,
+    pub(in crate::routers) context: Vec<f64>,
     /// The client's context it was derived from, when the decision is one query's (or a
     /// group's first query's): what the log keeps, half the size of `context` in f64.
-    pub(super) received: Option<Vec<f32>>,
-    pub(super) probability: f64,
-    pub(super) arm_count: usize,
+    pub(in crate::routers) received: Option<Vec<f32>>,
+    pub(in crate::routers) probability: f64,
+    pub(in crate::routers) arm_count: usize,
     /// The scores this decision answered with, its queries' responses in request order
     /// (set by the Score that records it; label feedback is judged against them).
-    pub(super) scores: Vec<f32>,
+    pub(in crate::routers) scores: Vec<f32>,
     /// Its first query's category (`Query.category`), when it has one.
-    pub(super) category: Option<String>,
+    pub(in crate::routers) category: Option<String>,
 }
 
 impl Decision {
@@ -98,7 +98,7 @@ impl Decision {
 
     /// The decision as the log keeps it: the received context when there is one (re-derived
     /// at apply), else the preprocessed one (a batch's mean).
-    pub(super) fn logged(&self) -> LoggedDecision {
+    pub(in crate::routers) fn logged(&self) -> LoggedDecision {
         LoggedDecision {
             decision_id: self.decision_id.clone(),
             reward_models: self.reward_models.clone(),
@@ -113,12 +113,12 @@ impl Decision {
     }
 }
 
-/// The outcome of [`super::Router::select`]; [`Selection::recorded`] turns it into the
+/// The outcome of [`crate::routers::Router::select`]; [`Selection::recorded`] turns it into the
 /// event that records it.
 #[derive(Debug)]
 pub struct Selection {
     pub decisions: Vec<Decision>,
-    pub(super) serving: Vec<String>,
+    pub(in crate::routers) serving: Vec<String>,
 }
 
 impl Selection {
@@ -145,7 +145,7 @@ impl Selection {
 
     /// The event recording the decisions that are not a group's pending one and that
     /// `record` picks; `None` when none is left.
-    pub(super) fn recording(
+    pub(in crate::routers) fn recording(
         &self,
         record: impl Fn(&Decision) -> bool,
         now_unix_ms: i64,
@@ -272,7 +272,7 @@ pub enum RouterEvent {
     /// A prior from labelled pairs entered into the arms (Admin.AddPrior). Format 3.
     PriorObserved {
         serving: Vec<String>,
-        prior: super::prior::PriorObservations,
+        prior: PriorObservations,
     },
 }
 
@@ -413,4 +413,34 @@ impl FeedbackOutcome {
 pub struct Evictions {
     pub capacity: u64,
     pub ttl: u64,
+}
+
+/// Largest weight of one observation: a prior should inform, not freeze, the arms.
+pub const MAX_PRIOR_WEIGHT: f64 = 100.0;
+
+/// What a prior brings to a router, as the log keeps it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PriorObservations {
+    /// Each pair's context as received (the router's context transform applies when the
+    /// event is applied, as for decisions).
+    pub contexts: Vec<Vec<f32>>,
+    /// Per RM: its correctness on each pair in pair order (1 chosen above rejected, 1/2 a
+    /// tie, 0 otherwise).
+    pub correctness: Vec<(String, Vec<f64>)>,
+    /// Weight of every observation (> 0, at most [`MAX_PRIOR_WEIGHT`]).
+    pub weight: f64,
+    /// The request's idempotency key: a retry enters nothing again (kept with the
+    /// router's Feedback keys).
+    pub key: Option<IdempotencyKey>,
+}
+
+/// What applying a prior did, per RM.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct PriorOutcome {
+    /// (RM, pairs entered, mean correctness) for each RM that is an arm of the router.
+    pub entered: Vec<(String, usize, f64)>,
+    /// RMs scored that are not arms of the router (not accepted by its settings).
+    pub skipped: Vec<String>,
+    /// The request's idempotency key was answered before: nothing entered now.
+    pub replayed: bool,
 }

@@ -12,14 +12,17 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::RouterError;
-use super::events::{Evictions, FeedbackCounts};
-use super::pending::{Choice, PendingBook, PendingDecision, PendingDecisionV2, PendingParts};
-use super::policy;
-use super::router::{Arm, Router};
-use super::settings::{Normalization, Policy, RouterSettings, SelectionMode};
-use super::statistics::{ArmStatistics, CategoryCounts};
 use crate::bandit::{LinUcbArm, LinUcbArmData, RewardNormalizer};
+use crate::routers::decisions::events::{Evictions, FeedbackCounts};
+use crate::routers::decisions::pending::{
+    Choice, PendingBook, PendingDecision, PendingDecisionV2, PendingParts,
+};
+use crate::routers::error::RouterError;
+use crate::routers::instance::arm::Arm;
+use crate::routers::instance::policy;
+use crate::routers::instance::router::Router;
+use crate::routers::instance::settings::{Normalization, Policy, RouterSettings, SelectionMode};
+use crate::routers::instance::statistics::{ArmStatistics, CategoryCounts};
 
 /// A router's whole state as plain data (snapshots, exports).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

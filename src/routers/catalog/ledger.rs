@@ -13,12 +13,15 @@ use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
 
 use serde::{Deserialize, Serialize};
 
-use super::router::Router;
-use super::settings::RouterSettings;
-use super::state::{RouterSettingsV1, RouterState, RouterStateV1, RouterStateV2};
-use super::{RouterError, RouterEvent, Routers};
 use crate::models::spec::RewardModelSpecV1;
 use crate::models::{EncoderSpec, ModelSource, RewardModelSpec};
+use crate::routers::error::RouterError;
+use crate::routers::instance::router::Router;
+use crate::routers::instance::settings::RouterSettings;
+use crate::routers::instance::state::{
+    RouterSettingsV1, RouterState, RouterStateV1, RouterStateV2,
+};
+use crate::routers::{RouterEvent, Routers};
 use crate::store::{Durable, Recovered, Store};
 
 /// One logged change of the routers' state.
@@ -215,7 +218,7 @@ impl Snapshot {
 }
 
 /// The store and the bookkeeping around it.
-pub(super) struct Ledger {
+pub(in crate::routers) struct Ledger {
     store: Store,
     gate: RwLock<()>,
     snapshot_every_records: u64,
@@ -224,7 +227,7 @@ pub(super) struct Ledger {
 }
 
 impl Ledger {
-    pub(super) fn new(store: Store, snapshot_every_records: u64) -> Self {
+    pub(in crate::routers) fn new(store: Store, snapshot_every_records: u64) -> Self {
         Self {
             store,
             gate: RwLock::new(()),
@@ -234,17 +237,17 @@ impl Ledger {
         }
     }
 
-    pub(super) fn store(&self) -> &Store {
+    pub(in crate::routers) fn store(&self) -> &Store {
         &self.store
     }
 
     /// Held by every change while it is logged and applied.
-    pub(super) fn change(&self) -> RwLockReadGuard<'_, ()> {
+    pub(in crate::routers) fn change(&self) -> RwLockReadGuard<'_, ()> {
         self.gate.read().expect("gate poisoned")
     }
 
     /// Append `event` (the caller holds [`Ledger::change`] and the locks that order it).
-    pub(super) fn log(&self, event: &StateEvent) -> Result<Durable, RouterError> {
+    pub(in crate::routers) fn log(&self, event: &StateEvent) -> Result<Durable, RouterError> {
         if !self.store.is_durable() {
             return self
                 .store

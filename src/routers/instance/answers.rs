@@ -7,15 +7,15 @@
 
 use std::collections::HashSet;
 
-use super::RouterError;
-use super::events::{
+use crate::bandit::labels::pairwise_agreement;
+use crate::routers::decisions::events::{
     AnsweredDecision, DecisionFeedback, FeedbackOutcome, FeedbackSignal, FeedbackSignals,
     IdempotencyKey,
 };
-use super::pending::Choice;
-use super::policy::Updates;
-use super::router::Router;
-use crate::bandit::labels::pairwise_agreement;
+use crate::routers::decisions::pending::Choice;
+use crate::routers::error::RouterError;
+use crate::routers::instance::policy::Updates;
+use crate::routers::instance::router::Router;
 
 impl Router {
     /// The answer already given under idempotency key `key` (`None`: not answered yet);
@@ -23,7 +23,7 @@ impl Router {
     pub fn replayed_answer(
         &self,
         key: &IdempotencyKey,
-    ) -> Result<Option<super::events::FeedbackCounts>, RouterError> {
+    ) -> Result<Option<crate::routers::decisions::events::FeedbackCounts>, RouterError> {
         match self.book.key(&key.key) {
             Some((fingerprint, _)) if fingerprint != key.fingerprint => {
                 Err(RouterError::IdempotencyKeyReused {
@@ -129,7 +129,7 @@ impl Router {
         Ok(())
     }
 
-    pub(super) fn apply_feedback_event(
+    pub(in crate::routers) fn apply_feedback_event(
         &mut self,
         now_unix_ms: i64,
         serving: &[String],
@@ -157,7 +157,7 @@ impl Router {
 
     /// Apply checked feedback: a shared signal enters the normalization once, per-decision
     /// signals each; decisions of one arm are one batched update.
-    pub(super) fn apply_feedback(
+    pub(in crate::routers) fn apply_feedback(
         &mut self,
         signals: &FeedbackSignals,
         serving: &[String],
@@ -279,7 +279,7 @@ impl Router {
     /// The normalized reward of one signal (observed by the normalizer unless the router
     /// takes rewards as already normalized; an agreement is on that scale already and stays
     /// out of the loss history).
-    pub(super) fn normalize(&mut self, signal: FeedbackSignal) -> f64 {
+    pub(in crate::routers) fn normalize(&mut self, signal: FeedbackSignal) -> f64 {
         match signal {
             FeedbackSignal::Reward(reward) if self.settings.reward_is_normalized => reward,
             FeedbackSignal::Reward(reward) => self.normalizer.observe(reward),

@@ -8,8 +8,8 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::policy;
-use super::router::Router;
+use crate::routers::instance::policy;
+use crate::routers::instance::router::Router;
 
 /// Per-arm statistics shown by GetRouter.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -104,7 +104,7 @@ impl Router {
     /// The category a decision of `category` counts under: itself while the router knows
     /// fewer than [`MAX_CATEGORIES_PER_ROUTER`] (or already knows it), else
     /// [`OTHER_CATEGORY`].
-    pub(super) fn bounded_category(&self, category: &str) -> String {
+    pub(in crate::routers) fn bounded_category(&self, category: &str) -> String {
         let known = self.categories.keys().any(|(known, _)| known == category);
         let count = {
             let mut names: Vec<&str> = self.categories.keys().map(|(c, _)| c.as_str()).collect();

@@ -9,42 +9,11 @@
 //! normalizer's history. Cost: O(d²·n) per arm for n pairs (one rank-n update per arm).
 
 use faer::Mat;
-use serde::{Deserialize, Serialize};
 
-use super::RouterError;
-use super::events::{FeedbackCounts, IdempotencyKey};
-use super::router::Router;
-use super::settings::Policy;
-
-/// Largest weight of one observation: a prior should inform, not freeze, the arms.
-pub const MAX_PRIOR_WEIGHT: f64 = 100.0;
-
-/// What a prior brings to a router, as the log keeps it.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct PriorObservations {
-    /// Each pair's context as received (the router's context transform applies when the
-    /// event is applied, as for decisions).
-    pub contexts: Vec<Vec<f32>>,
-    /// Per RM: its correctness on each pair in pair order (1 chosen above rejected, 1/2 a
-    /// tie, 0 otherwise).
-    pub correctness: Vec<(String, Vec<f64>)>,
-    /// Weight of every observation (> 0, at most [`MAX_PRIOR_WEIGHT`]).
-    pub weight: f64,
-    /// The request's idempotency key: a retry enters nothing again (kept with the
-    /// router's Feedback keys).
-    pub key: Option<IdempotencyKey>,
-}
-
-/// What applying a prior did, per RM.
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct PriorOutcome {
-    /// (RM, pairs entered, mean correctness) for each RM that is an arm of the router.
-    pub entered: Vec<(String, usize, f64)>,
-    /// RMs scored that are not arms of the router (not accepted by its settings).
-    pub skipped: Vec<String>,
-    /// The request's idempotency key was answered before: nothing entered now.
-    pub replayed: bool,
-}
+use crate::routers::decisions::events::{FeedbackCounts, PriorObservations, PriorOutcome};
+use crate::routers::error::RouterError;
+use crate::routers::instance::router::Router;
+use crate::routers::instance::settings::Policy;
 
 impl Router {
     /// Check a prior before it is logged: the router's policy keeps a linear model per arm,
@@ -90,7 +59,7 @@ impl Router {
 
     /// Enter a checked prior: RMs that would join become arms first; each arm's
     /// observations are one weighted rank-n update.
-    pub(super) fn apply_prior(
+    pub(in crate::routers) fn apply_prior(
         &mut self,
         serving: &[String],
         prior: PriorObservations,

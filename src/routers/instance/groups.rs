@@ -4,14 +4,16 @@
 //! recorded by whichever of them succeeds first. Also the cut for "everything pending".
 //! Cost: O(1) per grouped query (hash lookups), O(pending) for the cut.
 
-use super::events::{Combination, Decision, DecisionSource, RouterEvent, Selection};
-use super::pending::Choice;
-use super::policy;
-use super::router::Router;
+use crate::routers::decisions::events::{
+    Combination, Decision, DecisionSource, RouterEvent, Selection,
+};
+use crate::routers::decisions::pending::Choice;
+use crate::routers::instance::policy;
+use crate::routers::instance::router::Router;
 
 impl Router {
     /// The decision `group` already has, if any is live and its RMs serve.
-    pub(super) fn existing_decision(
+    pub(in crate::routers) fn existing_decision(
         &self,
         group: &str,
         serving: &[String],

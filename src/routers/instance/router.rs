@@ -3,15 +3,15 @@
 //! The router is an event-sourced state machine: [`Router::select`] only reads (its
 //! randomness is derived from the seed and the number of decisions recorded, so it needs no
 //! mutable RNG), and every change goes through [`Router::apply`] with a
-//! [`RouterEvent`](super::RouterEvent): `Recorded` (decisions returned to a client),
+//! [`RouterEvent`]: `Recorded` (decisions returned to a client),
 //! `Feedback`, `Reset`. The live path checks, logs, then applies the event; recovery
 //! applies the same logged events in the same order, so a recovered router equals the one
 //! that acknowledged them.
 //!
 //! Selection is two-phase so that a failed or abandoned Score records nothing. Feedback is
 //! all-or-nothing: [`Router::check_feedback`] validates every id before the event is logged.
-//! The pending decisions and answered ids live in [`super::pending`]; what the policy does
-//! in [`super::policy`]; the plain-data form in [`super::state`].
+//! The pending decisions and answered ids live in `decisions::pending`; what the policy does
+//! in `policy`; the plain-data form in [`super::state`].
 //!
 //! Arms come and go with the server's RMs: an RM the router accepts becomes an arm
 //! (`A = λI`, `b = 0`) the first time a decision is recorded while it serves (selection
@@ -28,26 +28,18 @@ use std::collections::HashMap;
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 
-use super::RouterError;
-use super::events::{
+use crate::bandit::context::ContextTransform;
+use crate::bandit::{LinUcbArm, RewardNormalizer};
+use crate::routers::decisions::events::{
     Decision, DecisionSource, Evictions, FeedbackOutcome, FeedbackSignals, LoggedContext,
     LoggedDecision, RecordedDecision, RouterEvent, Selection,
 };
-use super::pending::{Choice, PendingBook, PendingDecision};
-use super::policy::{self, Plan};
-use super::settings::{RouterSettings, SelectionMode};
-use super::statistics::{ArmStatistics, CategoryTable};
-use crate::bandit::context::ContextTransform;
-use crate::bandit::{LinUcbArm, RewardNormalizer};
-
-pub(super) struct Arm {
-    pub(super) reward_model: String,
-    /// LinUCB state (LinUCB routers only).
-    pub(super) linucb: Option<LinUcbArm>,
-    /// Exp3 log-weight (Exp3 routers only).
-    pub(super) log_weight: f64,
-    pub(super) statistics: ArmStatistics,
-}
+use crate::routers::decisions::pending::{Choice, PendingBook, PendingDecision};
+use crate::routers::error::RouterError;
+use crate::routers::instance::arm::{Arm, Candidate};
+use crate::routers::instance::policy::{self, Plan};
+use crate::routers::instance::settings::{RouterSettings, SelectionMode};
+use crate::routers::instance::statistics::{ArmStatistics, CategoryTable};
 
 /// The queries one fresh decision covers: one query, a new group's queries, or a batch.
 struct Unit {
@@ -59,29 +51,22 @@ struct Unit {
     received: Option<Vec<f32>>,
 }
 
-/// A selectable arm: an existing one, or an accepted serving RM that will join as a fresh
-/// arm when the decision is recorded.
-pub(super) struct Candidate {
-    pub(super) reward_model: String,
-    pub(super) arm: Option<usize>,
-}
-
 pub struct Router {
-    pub(super) name: String,
-    pub(super) settings: RouterSettings,
-    pub(super) transform: ContextTransform,
-    pub(super) arms: Vec<Arm>,
-    pub(super) arm_index: HashMap<String, usize>,
-    pub(super) book: PendingBook,
-    pub(super) normalizer: RewardNormalizer,
-    pub(super) decisions_recorded: u64,
-    pub(super) context_sum: Vec<f64>,
-    pub(super) contexts_seen: u64,
+    pub(in crate::routers) name: String,
+    pub(in crate::routers) settings: RouterSettings,
+    pub(in crate::routers) transform: ContextTransform,
+    pub(in crate::routers) arms: Vec<Arm>,
+    pub(in crate::routers) arm_index: HashMap<String, usize>,
+    pub(in crate::routers) book: PendingBook,
+    pub(in crate::routers) normalizer: RewardNormalizer,
+    pub(in crate::routers) decisions_recorded: u64,
+    pub(in crate::routers) context_sum: Vec<f64>,
+    pub(in crate::routers) contexts_seen: u64,
     /// Group -> (a decision made for it by a Score not recorded yet, when it was made).
     /// In memory only: it lets concurrent Scores of one group share one decision.
-    pub(super) reserved: HashMap<String, (Decision, i64)>,
+    pub(in crate::routers) reserved: HashMap<String, (Decision, i64)>,
     /// Per (category, RM): decisions and rewards of decisions that carried a category.
-    pub(super) categories: CategoryTable,
+    pub(in crate::routers) categories: CategoryTable,
 }
 
 impl Router {
@@ -435,7 +420,7 @@ impl Router {
         }
     }
 
-    pub(super) fn ttl_ms(&self) -> i64 {
+    pub(in crate::routers) fn ttl_ms(&self) -> i64 {
         self.settings.pending_ttl.as_millis() as i64
     }
 
@@ -509,7 +494,7 @@ impl Router {
         true
     }
 
-    pub(super) fn add_arm(&mut self, reward_model: &str) {
+    pub(in crate::routers) fn add_arm(&mut self, reward_model: &str) {
         self.arm_index
             .insert(reward_model.to_string(), self.arms.len());
         self.arms.push(Arm {
@@ -529,7 +514,7 @@ impl Router {
             && (self.settings.reward_models.is_some() || self.settings.join_new_reward_models)
     }
 
-    pub(super) fn join_new_arms(&mut self, serving: &[String]) {
+    pub(in crate::routers) fn join_new_arms(&mut self, serving: &[String]) {
         for reward_model in serving {
             if !self.arm_index.contains_key(reward_model) && self.would_join(reward_model) {
                 self.add_arm(reward_model);
@@ -538,7 +523,7 @@ impl Router {
     }
 
     /// Indices of the existing arms whose RM serves.
-    pub(super) fn available(&self, serving: &[String]) -> Vec<usize> {
+    pub(in crate::routers) fn available(&self, serving: &[String]) -> Vec<usize> {
         self.candidates(serving)
             .iter()
             .filter_map(|c| c.arm)
