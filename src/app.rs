@@ -26,12 +26,13 @@ use crate::api::auth::AdminAccess;
 use crate::api::forward::Peers;
 use crate::api::pb;
 use crate::api::reward_router::RewardRouterService;
-use crate::config::{Config, TlsConfig};
+use crate::config::Config;
 use crate::models::{Encoder, Encoders, ModelError, RewardModels};
 use crate::routers::replicas::Replicas;
 use crate::routers::{RouterError, Routers, RoutersHandle};
 use crate::service::{Models, Service};
 use crate::store::{Store, StoreError, StoreOptions};
+use crate::tls::TlsConfig;
 use crate::{http_listener, telemetry};
 
 #[derive(Debug, thiserror::Error)]

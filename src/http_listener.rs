@@ -17,7 +17,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
-use crate::config::TlsConfig;
+use crate::tls::TlsConfig;
 
 /// What can go wrong setting the listener up.
 #[derive(Debug, thiserror::Error)]

@@ -7,9 +7,16 @@
 //! server's routers and RMs), outcome and status words.
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use serde::Deserialize;
 use tracing_subscriber::EnvFilter;
 
-use crate::config::LogFormat;
+/// `text` (default) or `json` logs on stderr (the config file's `server.log_format`).
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
 
 /// Metric names (prefix `laser_`).
 pub mod metric {

@@ -18,9 +18,9 @@ use tonic::metadata::MetadataMap;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 use tonic::{Request, Response, Status};
 
-use crate::config::TlsConfig;
 use crate::service::Service;
 use crate::telemetry::metric;
+use crate::tls::TlsConfig;
 
 /// Metadata key that marks a forwarded request.
 pub const FORWARDED: &str = "laser-forwarded";

@@ -9,6 +9,7 @@
 //! - [`admin`]: reward models added and removed (load, probe, log, publish) and routers
 //!   created, inspected, reset, deleted.
 //! - [`slots`]: the bound on requests in progress (load shedding).
+//! - [`limits`]: the request limits (`[limits]` of the config file).
 //!
 //! The service only `.await`s: the routers' front ([`RoutersHandle`]) and the reward
 //! models' workers own their threads. Its inputs are domain calls the api layer built from
@@ -16,16 +17,17 @@
 
 pub mod admin;
 pub mod feedback;
+pub mod limits;
 pub mod prior;
 pub mod score;
 pub mod slots;
 
 pub use feedback::{FeedbackCall, FeedbackSummary};
+pub use limits::Limits;
 pub use prior::{LabelledPair, PriorCall, PriorSummary};
 pub use score::{ArmScore, QueryInput, ScoreCall, ScoredQuery, ranking};
 pub use slots::RequestSlots;
 
-use crate::config::Limits;
 use crate::models::{Encoders, ModelError, RewardModels};
 use crate::routers::{Evictions, RouterError, RoutersHandle, unix_ms};
 use crate::telemetry::metric;

@@ -3,8 +3,8 @@
 
 use super::{RequestError, at_most, invalid};
 use crate::api::pb;
-use crate::config::Limits;
 use crate::routers::{DecisionFeedback, FeedbackForm, FeedbackSignal};
+use crate::service::Limits;
 use crate::service::{FeedbackCall, FeedbackSummary};
 
 /// Longest idempotency key accepted.

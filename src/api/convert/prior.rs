@@ -5,8 +5,8 @@ use super::feedback::idempotency_key;
 use super::score::{finite_context, keep_readable};
 use super::{RequestError, at_most, invalid};
 use crate::api::pb;
-use crate::config::Limits;
 use crate::routers::MAX_PRIOR_WEIGHT;
+use crate::service::Limits;
 use crate::service::{LabelledPair, PriorCall, PriorSummary};
 
 /// Most labelled pairs in one AddPrior (each costs two sequences per RM).

@@ -3,7 +3,7 @@
 
 use super::{RequestError, at_most, invalid, selection_mode};
 use crate::api::pb;
-use crate::config::Limits;
+use crate::service::Limits;
 use crate::service::{QueryInput, ScoreCall, ScoredQuery};
 use crate::telemetry::metric;
 

@@ -8,10 +8,10 @@ use super::admin::{router_settings_patch, router_settings_to_pb};
 use super::feedback::feedback_call;
 use super::score::score_call;
 use crate::api::pb;
-use crate::config::Limits;
 use crate::routers::{
     DecisionFeedback, FeedbackForm, FeedbackSignal, Normalization, Policy, SelectionMode,
 };
+use crate::service::Limits;
 
 fn query(context: Vec<f32>, responses: &[&str]) -> pb::Query {
     pb::Query {
