@@ -42,6 +42,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::ModelError;
+pub use super::kserve::spec::{KserveV2Spec, RemoteInput};
 
 /// `max_length` when a spec leaves it out.
 pub const DEFAULT_MAX_LENGTH: usize = 512;
@@ -168,173 +169,6 @@ impl Backend {
         match self {
             Backend::Onnx => "onnx",
             Backend::KserveV2(_) => "kserve_v2",
-        }
-    }
-}
-
-/// How a remote model takes its input.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum RemoteInput {
-    /// One BYTES tensor `[n]` of texts built with the RM's template or chat template (or the
-    /// response alone, `input_format = "text"`): for engines that tokenize.
-    #[default]
-    Texts,
-    /// `input_ids` (and `attention_mask`, `token_type_ids`, `position_ids` where the model's
-    /// metadata lists them) `[n, longest]`, tokenized here with the RM's tokenizer: for
-    /// engines serving a plain ONNX or TensorRT graph.
-    Tokens,
-}
-
-impl RemoteInput {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            RemoteInput::Texts => "texts",
-            RemoteInput::Tokens => "tokens",
-        }
-    }
-}
-
-fn default_remote_timeout_ms() -> u64 {
-    30_000
-}
-
-fn default_remote_concurrency() -> usize {
-    4
-}
-
-fn default_health_interval_ms() -> u64 {
-    2_000
-}
-
-fn default_failures_before_unavailable() -> u32 {
-    3
-}
-
-/// A reward model served by an inference engine (Triton, KServe, MLServer, OpenVINO Model
-/// Server) over the Open Inference Protocol's gRPC service.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct KserveV2Spec {
-    /// gRPC endpoints (`http://host:port`, or `https://` with TLS), used round-robin among
-    /// those that are ready.
-    pub endpoints: Vec<String>,
-    /// The engine's model name...
-    pub model_name: String,
-    /// ...and version (empty: the engine's choice).
-    #[serde(default)]
-    pub model_version: String,
-    /// `texts` (default) or `tokens`.
-    #[serde(default)]
-    pub send: RemoteInput,
-    /// The BYTES input carrying texts (`send = "texts"`); by default the model's only BYTES
-    /// input.
-    #[serde(default)]
-    pub text_input: Option<String>,
-    /// Limit on each ModelInfer (and each probe); a client deadline that comes sooner wins.
-    #[serde(default = "default_remote_timeout_ms")]
-    pub timeout_ms: u64,
-    /// ModelInfer requests in flight at once; jobs queued meanwhile are coalesced.
-    #[serde(default = "default_remote_concurrency")]
-    pub max_concurrency: usize,
-    /// PEM file of the CA that signed the engine's certificate (`https://`; default: the
-    /// public web roots).
-    #[serde(default)]
-    pub tls_ca: Option<PathBuf>,
-    /// Name checked against the engine's certificate (default: the endpoint's host).
-    #[serde(default)]
-    pub tls_domain: Option<String>,
-    /// Metadata header sent with every call (`authorization`, `x-api-key`, ...)...
-    #[serde(default)]
-    pub auth_header: Option<String>,
-    /// ...with the value of this environment variable of the server process (the value is
-    /// never written to the state log).
-    #[serde(default)]
-    pub auth_value_env: Option<String>,
-    /// How often `ModelReady` is asked of each endpoint.
-    #[serde(default = "default_health_interval_ms")]
-    pub health_interval_ms: u64,
-    /// Consecutive failed inferences after which the RM is unavailable until a probe finds
-    /// it ready again (an unreachable endpoint is taken out at once).
-    #[serde(default = "default_failures_before_unavailable")]
-    pub failures_before_unavailable: u32,
-}
-
-impl KserveV2Spec {
-    /// A spec with every optional field at its default.
-    pub fn new(endpoints: Vec<String>, model_name: String) -> Self {
-        Self {
-            endpoints,
-            model_name,
-            model_version: String::new(),
-            send: RemoteInput::Texts,
-            text_input: None,
-            timeout_ms: default_remote_timeout_ms(),
-            max_concurrency: default_remote_concurrency(),
-            tls_ca: None,
-            tls_domain: None,
-            auth_header: None,
-            auth_value_env: None,
-            health_interval_ms: default_health_interval_ms(),
-            failures_before_unavailable: default_failures_before_unavailable(),
-        }
-    }
-
-    fn validate(&self, spec: &RewardModelSpec) -> Result<(), String> {
-        if self.endpoints.is_empty() || self.endpoints.len() > 64 {
-            return Err("kserve_v2.endpoints must list 1 to 64 URLs".into());
-        }
-        for endpoint in &self.endpoints {
-            let scheme_ok = endpoint.starts_with("http://") || endpoint.starts_with("https://");
-            if !scheme_ok || tonic::transport::Endpoint::from_shared(endpoint.clone()).is_err() {
-                return Err(format!(
-                    "kserve_v2.endpoints: {endpoint:?} is not an http:// or https:// URL"
-                ));
-            }
-        }
-        if self.model_name.is_empty() {
-            return Err("kserve_v2.model_name is empty".into());
-        }
-        if self.timeout_ms == 0 || self.timeout_ms > 600_000 {
-            return Err(format!(
-                "kserve_v2.timeout_ms {} is outside 1..=600000",
-                self.timeout_ms
-            ));
-        }
-        if !(1..=1024).contains(&self.max_concurrency) {
-            return Err(format!(
-                "kserve_v2.max_concurrency {} is outside 1..=1024",
-                self.max_concurrency
-            ));
-        }
-        if !(100..=3_600_000).contains(&self.health_interval_ms) {
-            return Err(format!(
-                "kserve_v2.health_interval_ms {} is outside 100..=3600000",
-                self.health_interval_ms
-            ));
-        }
-        if self.failures_before_unavailable == 0 {
-            return Err("kserve_v2.failures_before_unavailable must be > 0".into());
-        }
-        if self.auth_header.is_some() != self.auth_value_env.is_some() {
-            return Err("kserve_v2.auth_header and kserve_v2.auth_value_env go together".into());
-        }
-        match self.send {
-            RemoteInput::Tokens if spec.tokenizer.as_os_str().is_empty() => {
-                Err("kserve_v2.send = \"tokens\" needs the RM's tokenizer".into())
-            }
-            RemoteInput::Texts if spec.input_format == InputFormat::Pair => Err(
-                "input_format \"pair\" cannot be sent as one text: use send = \"tokens\", or a template"
-                    .into(),
-            ),
-            RemoteInput::Texts
-                if spec.input_format == InputFormat::Chat
-                    && spec.tokenizer.as_os_str().is_empty()
-                    && spec.tokenizer_config.is_none() =>
-            {
-                Err("input_format \"chat\" needs tokenizer_config (or tokenizer beside it)".into())
-            }
-            _ => Ok(()),
         }
     }
 }
@@ -569,7 +403,10 @@ impl RewardModelSpec {
             Backend::KserveV2(_) if !self.model.as_os_str().is_empty() => Err(invalid(
                 "model is a local ONNX file: a kserve_v2 model lives on its engine".into(),
             )),
-            Backend::KserveV2(remote) => remote.validate(self).map_err(invalid),
+            Backend::KserveV2(remote) => remote
+                .validate()
+                .and_then(|()| check_remote_input(remote, self))
+                .map_err(invalid),
         }
     }
 
@@ -648,6 +485,27 @@ impl From<RewardModelSpecV1> for RewardModelSpec {
             max_batch_delay_ms: old.max_batch_delay_ms,
             backend: Backend::Onnx,
         }
+    }
+}
+
+/// What `send` needs of the RM's tokenizer and input format.
+fn check_remote_input(remote: &KserveV2Spec, spec: &RewardModelSpec) -> Result<(), String> {
+    match remote.send {
+        RemoteInput::Tokens if spec.tokenizer.as_os_str().is_empty() => {
+            Err("kserve_v2.send = \"tokens\" needs the RM's tokenizer".into())
+        }
+        RemoteInput::Texts if spec.input_format == InputFormat::Pair => Err(
+            "input_format \"pair\" cannot be sent as one text: use send = \"tokens\", or a template"
+                .into(),
+        ),
+        RemoteInput::Texts
+            if spec.input_format == InputFormat::Chat
+                && spec.tokenizer.as_os_str().is_empty()
+                && spec.tokenizer_config.is_none() =>
+        {
+            Err("input_format \"chat\" needs tokenizer_config (or tokenizer beside it)".into())
+        }
+        _ => Ok(()),
     }
 }
 

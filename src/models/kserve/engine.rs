@@ -14,7 +14,7 @@ use super::proto::{
     ModelInferRequest, ModelInferResponse, ModelMetadataRequest, ModelMetadataResponse,
     ModelReadyRequest,
 };
-use crate::models::spec::KserveV2Spec;
+use crate::models::kserve::spec::KserveV2Spec;
 
 /// Largest message accepted from or sent to an engine.
 const MAX_MESSAGE_BYTES: usize = 256 << 20;

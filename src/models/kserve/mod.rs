@@ -2,6 +2,7 @@
 //! Server) over the Open Inference Protocol's gRPC service, `inference.GRPCInferenceService`
 //! (`proto/inference/grpc_service.proto`, client only).
 //!
+//! - [`spec`]: the `backend.kserve_v2` settings of an RM (endpoints, what is sent, limits).
 //! - [`engine`]: the endpoints of one model (round-robin among ready ones, TLS, an auth
 //!   header, a timeout per call) and the protocol's calls.
 //! - [`tensors`]: what goes in (a BYTES tensor of texts, or token tensors tokenized here) and
@@ -17,6 +18,7 @@
 
 mod engine;
 mod remote;
+pub mod spec;
 mod tensors;
 
 /// The protocol's generated client and messages.

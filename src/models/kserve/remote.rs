@@ -24,7 +24,7 @@ use tracing::Instrument;
 use super::engine::{CallError, Engine};
 use super::tensors::{Layout, layout, read_output, texts_request, tokens_request};
 use crate::models::chat::ChatTemplate;
-use crate::models::spec::{KserveV2Spec, RemoteInput};
+use crate::models::kserve::spec::{KserveV2Spec, RemoteInput};
 use crate::models::tokenize::{TextEncoder, load_tokenizer, model_text};
 use crate::models::worker::{ScoreJob, live_jobs};
 use crate::models::{InputFormat, ModelError, RewardModelSpec};

@@ -9,8 +9,8 @@ use super::proto::{
     InferTensorContents, ModelInferRequest, ModelInferResponse, ModelMetadataResponse,
 };
 use crate::models::RewardModelSpec;
+use crate::models::kserve::spec::{KserveV2Spec, RemoteInput};
 use crate::models::session::{InputKind, token_matrix};
-use crate::models::spec::{KserveV2Spec, RemoteInput};
 
 /// What the model takes and gives, from its metadata and the spec.
 #[derive(Clone, Debug)]
