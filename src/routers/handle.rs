@@ -62,16 +62,26 @@ impl Placement {
     /// decision, "already answered", a refused change) would mislead, and the request is
     /// refused as retryable instead ([`RouterError::LeaseUnconfirmed`], UNAVAILABLE).
     fn unless_stale(&self, name: &str, routers: &Routers, error: RouterError) -> RouterError {
+        match self.still_serves(name, routers) {
+            Ok(()) => error,
+            Err(stale) => stale,
+        }
+    }
+
+    /// `Ok` unless `routers`' copy of router `name` may have gone stale (replicas: fenced, or
+    /// its lease overdue): a check of the routers found earlier in a request, without
+    /// looking the router up again.
+    fn still_serves(&self, name: &str, routers: &Routers) -> Result<(), RouterError> {
         let Placement::Replicas(_) = self else {
-            return error;
+            return Ok(());
         };
         let store = routers.store();
         match (store.fenced(), store.lease_overdue()) {
-            (false, None) => error,
-            (_, overdue) => RouterError::LeaseUnconfirmed {
+            (false, None) => Ok(()),
+            (_, overdue) => Err(RouterError::LeaseUnconfirmed {
                 router: name.to_string(),
                 overdue_ms: overdue.unwrap_or_default().as_millis() as u64,
-            },
+            }),
         }
     }
 
@@ -92,6 +102,24 @@ impl Placement {
                 .collect(),
         }
     }
+}
+
+/// A router looked up (or created) once for a request: later steps of the request use it
+/// without looking it up by name again ([`RoutersHandle::find`]).
+pub struct FoundRouter {
+    name: String,
+    routers: Arc<Routers>,
+    router: SharedRouter,
+    /// The router's encoder (`None`: clients send contexts).
+    pub encoder: Option<String>,
+    pub context_dim: usize,
+}
+
+/// Which router a selection runs on: one to look up by name (created on first use, in the
+/// same trip to the blocking pool as the selection), or one the request found already.
+pub enum RouterRef {
+    Name(String),
+    Found(FoundRouter),
 }
 
 /// A selection made on one router, to record on that same router.
@@ -299,21 +327,30 @@ impl RoutersHandle {
         .await
     }
 
-    /// Pick RMs among `serving` for each context on the router `name` (created on first
-    /// use when the server does that; the creation is durable before this returns).
-    /// Queries of a group share its decision (see `Router::select_grouped`); fresh
+    /// Pick RMs among `serving` for each context on the router `target` (one named is
+    /// created on first use when the server does that; the creation is durable before this
+    /// returns). Queries of a group share its decision (see `Router::select_grouped`); fresh
     /// decisions get their ids here.
     pub async fn select(
         &self,
-        name: String,
+        target: RouterRef,
         queries: SelectionInput,
         serving: Vec<String>,
         now_unix_ms: i64,
     ) -> Result<SelectedFor, RouterError> {
         let (routers, router, created, selection) = self
             .blocking(move |placement| {
-                let routers = placement.routers_for(&name)?;
-                let (router, created) = routers.get_or_create(&name, &serving)?;
+                let (name, routers, router, created) = match target {
+                    RouterRef::Name(name) => {
+                        let routers = placement.routers_for(&name)?;
+                        let (router, created) = routers.get_or_create(&name, &serving)?;
+                        (name, routers, router, created)
+                    }
+                    RouterRef::Found(found) => {
+                        placement.still_serves(&found.name, &found.routers)?;
+                        (found.name, found.routers, found.router, None)
+                    }
+                };
                 let selection = {
                     let mut locked = router.lock().expect("router lock poisoned");
                     let encoder = locked.settings().encoder.clone();
@@ -353,26 +390,39 @@ impl RoutersHandle {
         })
     }
 
-    /// The router `name`'s encoder (`None`: clients send contexts) and context dimension,
-    /// creating the router as `first_use` says when it does not exist (durably).
-    pub async fn prepare(
+    /// Look up the router `name` once for a request, creating it as `first_use` says when it
+    /// does not exist (durably); the request's later steps use what this returns.
+    pub async fn find(
         &self,
         name: String,
         first_use: FirstUse,
         serving: Vec<String>,
-    ) -> Result<(Option<String>, usize), RouterError> {
-        let (encoder, created) = self
-            .for_router(&name.clone(), move |routers| {
-                let (router, created) = routers.get_or_create_as(&name, &serving, &first_use)?;
-                let locked = router.lock().expect("router lock poisoned");
-                let settings = locked.settings();
-                Ok(((settings.encoder.clone(), settings.context_dim), created))
+    ) -> Result<FoundRouter, RouterError> {
+        let (found, created) = self
+            .blocking(move |placement| {
+                let routers = placement.routers_for(&name)?;
+                let (router, created) = routers
+                    .get_or_create_as(&name, &serving, &first_use)
+                    .map_err(|error| placement.unless_stale(&name, &routers, error))?;
+                let (encoder, context_dim) = {
+                    let locked = router.lock().expect("router lock poisoned");
+                    let settings = locked.settings();
+                    (settings.encoder.clone(), settings.context_dim)
+                };
+                let found = FoundRouter {
+                    name,
+                    routers,
+                    router,
+                    encoder,
+                    context_dim,
+                };
+                Ok((found, created))
             })
             .await?;
         if let Some(created) = created {
             Ticket(created).acknowledged().await?;
         }
-        Ok(encoder)
+        Ok(found)
     }
 
     pub fn creates_on_first_use(&self) -> bool {

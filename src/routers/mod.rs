@@ -36,8 +36,8 @@ pub use decisions::events::{
 };
 pub use error::RouterError;
 pub use handle::{
-    FeedbackReport, RecordReport, RouterInfo, RoutersHandle, SelectedFor, SelectionInput, Ticket,
-    unix_ms,
+    FeedbackReport, FoundRouter, RecordReport, RouterInfo, RouterRef, RoutersHandle, SelectedFor,
+    SelectionInput, Ticket, unix_ms,
 };
 pub use instance::router::Router;
 pub use instance::settings::{

@@ -63,10 +63,11 @@ impl Service {
         deadline: Option<Instant>,
     ) -> Result<PriorSummary, ServiceError> {
         let serving = self.reward_models.available_names();
-        let (encoder, context_dim) = self
+        let found = self
             .routers
-            .prepare(call.router.clone(), FirstUse::Refuse, serving.clone())
+            .find(call.router.clone(), FirstUse::Refuse, serving.clone())
             .await?;
+        let (encoder, context_dim) = (found.encoder, found.context_dim);
         let info = self
             .routers
             .info(call.router.clone(), serving.clone())

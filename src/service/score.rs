@@ -16,7 +16,8 @@ use super::{Service, ServiceError, record_evictions, unix_ms};
 use crate::bandit::ensemble;
 use crate::models::{ModelError, RewardModel};
 use crate::routers::{
-    Combination, FirstUse, RouterError, RouterSettingsPatch, SelectionInput, SelectionMode,
+    Combination, FirstUse, FoundRouter, RouterError, RouterRef, RouterSettingsPatch,
+    SelectionInput, SelectionMode,
 };
 use crate::telemetry::metric;
 
@@ -82,9 +83,16 @@ impl Service {
         // Routers choose among the RMs that are up (a remote RM's engine may be down).
         let serving = self.reward_models.available_names();
         let client_contexts = call.queries.iter().all(|q| !q.context.is_empty());
-        let encoder = match client_contexts {
-            true => None,
-            false => Some(self.router_encoder(&call.router, &serving).await?),
+        // A request with contexts finds its router in the selection's own trip to the
+        // blocking pool; one without first finds the router's encoder. Either way the
+        // router is looked up by name once.
+        let (target, encoder) = match client_contexts {
+            true => (RouterRef::Name(call.router.clone()), None),
+            false => {
+                let found = self.router_with_encoder(&call.router, &serving).await?;
+                let encoder = found.encoder.clone();
+                (RouterRef::Found(found), encoder)
+            }
         };
         stages.done("prepare");
         let mut contexts = Vec::with_capacity(call.queries.len());
@@ -125,7 +133,7 @@ impl Service {
         };
         let mut selected = self
             .routers
-            .select(call.router.clone(), input, serving, unix_ms())
+            .select(target, input, serving, unix_ms())
             .await
             .map_err(|error| self.explain_unavailable(error))?;
         stages.done("select");
@@ -286,14 +294,15 @@ impl Service {
             .collect())
     }
 
-    /// The encoder that makes the contexts of a request that sent none, creating the router
-    /// on first use with the server's default encoder. (A request that sent contexts goes
-    /// straight to selection, which refuses them for a router with an encoder.)
-    async fn router_encoder(
+    /// The router of a request that sent no contexts, with the encoder that makes them,
+    /// creating the router on first use with the server's default encoder. (A request that
+    /// sent contexts goes straight to selection, which refuses them for a router with an
+    /// encoder.)
+    async fn router_with_encoder(
         &self,
         router: &str,
         serving: &[String],
-    ) -> Result<String, ServiceError> {
+    ) -> Result<FoundRouter, ServiceError> {
         // The default encoder may have been removed: then only existing routers serve.
         let first_use = match &self.default_encoder {
             Some(encoder) => match self.encoders.get(encoder) {
@@ -306,21 +315,21 @@ impl Service {
             },
             None => FirstUse::Refuse,
         };
-        let prepared = self
+        let found = self
             .routers
-            .prepare(router.to_string(), first_use, serving.to_vec())
+            .find(router.to_string(), first_use, serving.to_vec())
             .await;
-        match prepared {
+        match found {
             Err(RouterError::UnknownRouter { .. }) if self.routers.creates_on_first_use() => {
                 Err(ServiceError::NoEncoderForNewRouter {
                     router: router.to_string(),
                 })
             }
             Err(error) => Err(error.into()),
-            Ok((Some(encoder), _)) => Ok(encoder),
-            Ok((None, context_dim)) => Err(ServiceError::ContextsMissing {
+            Ok(found) if found.encoder.is_some() => Ok(found),
+            Ok(found) => Err(ServiceError::ContextsMissing {
                 router: router.to_string(),
-                context_dim,
+                context_dim: found.context_dim,
             }),
         }
     }
