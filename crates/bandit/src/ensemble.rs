@@ -3,6 +3,11 @@
 //! one (affine, or its running mean/std), else standardized over the query's responses
 //! (z-scores, so RMs on different scales weigh the same; an RM that scores all responses
 //! equally contributes 0) — then averaged across RMs. Cost: O(K·n) per query.
+//!
+//! Every piece of the ensembles' arithmetic lives here: per-query z-scores, the affine map,
+//! z-scores against an RM's running moments ([`RunningMoments`], Welford), the score mean
+//! and the agreement vote. The server keeps each RM's running moments (`models`) and picks
+//! the combination a decision asked for (`service`); neither computes.
 
 /// Combine per-RM score vectors (each of the same length n) into one: z-scores over the
 /// query's responses, averaged.
@@ -39,6 +44,49 @@ pub fn z_scores(scores: &[f32], mean: f64, std: f64) -> Vec<f32> {
             }
         })
         .collect()
+}
+
+/// `scale · s + shift` for each score: an RM whose scale is known.
+pub fn affine(scores: &[f32], scale: f64, shift: f64) -> Vec<f32> {
+    scores
+        .iter()
+        .map(|&s| (scale * s as f64 + shift) as f32)
+        .collect()
+}
+
+/// Count, mean and sum of squared deviations of every finite score an RM returned
+/// (Welford's update: one pass, numerically stable). O(1) memory.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct RunningMoments {
+    count: u64,
+    mean: f64,
+    m2: f64,
+}
+
+impl RunningMoments {
+    /// Fold `scores` in (non-finite scores are skipped).
+    pub fn observe(&mut self, scores: &[f32]) {
+        for &score in scores.iter().filter(|s| s.is_finite()) {
+            self.count += 1;
+            let delta = score as f64 - self.mean;
+            self.mean += delta / self.count as f64;
+            self.m2 += delta * (score as f64 - self.mean);
+        }
+    }
+
+    /// The sample standard deviation (0 before two scores).
+    pub fn std(&self) -> f64 {
+        if self.count > 1 {
+            (self.m2 / (self.count - 1) as f64).sqrt()
+        } else {
+            0.0
+        }
+    }
+
+    /// `scores` as z-scores against the moments so far (all 0 before two distinct scores).
+    pub fn z_scores(&self, scores: &[f32]) -> Vec<f32> {
+        z_scores(scores, self.mean, self.std())
+    }
 }
 
 /// The RM agreement ensemble: each RM votes on each pair of responses (its higher score
@@ -135,6 +183,22 @@ mod tests {
     fn mean_of_already_normalized_scores() {
         assert_eq!(mean(&[vec![1.0, 3.0], vec![3.0, 5.0]]), vec![2.0, 4.0]);
         assert!(mean(&[]).is_empty());
+    }
+
+    #[test]
+    fn running_moments_match_the_two_pass_formulas() {
+        let seen = [1.0f32, 4.0, f32::NAN, 2.0, 7.0];
+        let mut moments = RunningMoments::default();
+        moments.observe(&seen[..2]);
+        moments.observe(&seen[2..]);
+        let finite = [1.0f64, 4.0, 2.0, 7.0];
+        let mean = finite.iter().sum::<f64>() / 4.0;
+        let std = (finite.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / 3.0).sqrt();
+        assert!((moments.std() - std).abs() < 1e-12);
+        let z = moments.z_scores(&[mean as f32 + std as f32]);
+        assert!((z[0] - 1.0).abs() < 1e-6, "{z:?}");
+        assert_eq!(RunningMoments::default().z_scores(&[3.0]), vec![0.0]);
+        assert_eq!(affine(&[1.0, -2.0], 2.0, 0.5), vec![2.5, -3.5]);
     }
 
     #[test]
