@@ -16,13 +16,17 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
+use tonic_health::pb::health_server::HealthServer;
+use tonic_health::server::{HealthReporter, HealthService};
 
 use crate::api::admin::AdminService;
 use crate::api::auth::AdminAccess;
+use crate::api::deadline::DeadlineLayer;
 use crate::api::forward::Peers;
 use crate::api::pb;
 use crate::api::reward_router::RewardRouterService;
@@ -79,17 +83,7 @@ pub async fn run(
     let routers = open_routers(&config, recover_truncate).await?;
     let models = load_models(&config, &routers).await?;
     let service = Arc::new(Service::new(models, routers.clone(), config.limits.clone()));
-    // Replicas forward requests for routers another replica owns.
-    let peers = Arc::new(
-        Peers::new(
-            config.server.tls.as_ref(),
-            config.limits.max_message_bytes,
-            Duration::from_secs_f64(config.store.lease_seconds),
-        )
-        .map_err(io_error(
-            "read the TLS files for forwarding to other replicas",
-        ))?,
-    );
+    let peers = forwarding_peers(&config)?;
 
     let listeners = Listeners::bind(&config).await?;
     let (grpc_addr, metrics_addr) = (
@@ -97,28 +91,83 @@ pub async fn run(
         local_addr(&listeners.metrics)?,
     );
     let http_addr = listeners.http.as_ref().map(local_addr).transpose()?;
-    let (grpc_listener, metrics_listener, http_listener) =
-        (listeners.grpc, listeners.metrics, listeners.http);
+    let health_reporter = HealthReporter::new();
+    let stop = stop_on(shutdown, health_reporter.clone());
+    let background = Background::spawn(
+        &config,
+        &service,
+        &routers,
+        &peers,
+        (listeners.metrics, metrics_handle, listeners.http),
+        &health_reporter,
+        &stop,
+    )?;
+    let grpc = grpc_server(&config, &service, peers, &health_reporter).await?;
 
-    let (health_reporter, health_service) = tonic_health::server::health_reporter();
-    let stop_rx = stop_on(shutdown, health_reporter.clone());
+    tracing::info!(grpc = %grpc_addr, metrics = %metrics_addr, reward_models = ?service.reward_models().names(), "laser-router ready");
+    announce(grpc_addr, metrics_addr, http_addr);
+    serve_until_stopped(grpc, listeners.grpc, &config, stop).await?;
 
-    let metrics_task = tokio::spawn(serve_metrics(
-        metrics_listener,
-        metrics_handle,
-        stop_rx.clone(),
-    ));
-    let snapshot_task = tokio::spawn(maintain_state(routers.clone(), stop_rx.clone()));
-    let catalog_task = routers
-        .is_replicated()
-        .then(|| tokio::spawn(follow_catalog(service.clone(), stop_rx.clone())));
-    let health_task = tokio::spawn(report_state_health(
-        routers.clone(),
-        health_reporter.clone(),
-        stop_rx.clone(),
-    ));
-    let http_task = match http_listener {
-        Some(listener) => {
+    background.join().await;
+    // A final snapshot makes the next start fast; the log already holds everything.
+    take_snapshot(&routers, "final").await;
+    if let Err(error) = routers.release_all().await {
+        tracing::warn!(%error, "routers' leases not handed back (they expire by themselves)");
+    }
+    tracing::info!("laser-router stopped");
+    Ok(())
+}
+
+/// Replicas forward requests for routers another replica owns to it.
+fn forwarding_peers(config: &Config) -> Result<Arc<Peers>, AppError> {
+    let peers = Peers::new(
+        config.server.tls.as_ref(),
+        config.limits.max_message_bytes,
+        Duration::from_secs_f64(config.store.lease_seconds),
+    )
+    .map_err(io_error(
+        "read the TLS files for forwarding to other replicas",
+    ))?;
+    Ok(Arc::new(peers))
+}
+
+/// The tasks that run beside the gRPC server until the stop signal: the metrics endpoint,
+/// snapshots, the catalog follower (replicas), the state's health, the HTTP port.
+struct Background {
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Background {
+    fn spawn(
+        config: &Config,
+        service: &Arc<Service>,
+        routers: &RoutersHandle,
+        peers: &Arc<Peers>,
+        (metrics_listener, metrics_handle, http): (
+            TcpListener,
+            PrometheusHandle,
+            Option<TcpListener>,
+        ),
+        health: &HealthReporter,
+        stop: &watch::Receiver<bool>,
+    ) -> Result<Self, AppError> {
+        let mut tasks = vec![
+            tokio::spawn(serve_metrics(
+                metrics_listener,
+                metrics_handle,
+                stop.clone(),
+            )),
+            tokio::spawn(maintain_state(routers.clone(), stop.clone())),
+            tokio::spawn(report_state_health(
+                routers.clone(),
+                health.clone(),
+                stop.clone(),
+            )),
+        ];
+        if routers.is_replicated() {
+            tasks.push(tokio::spawn(follow_catalog(service.clone(), stop.clone())));
+        }
+        if let Some(listener) = http {
             let tls = config
                 .server
                 .tls
@@ -130,20 +179,39 @@ pub async fn run(
                 peers.clone(),
                 config.limits.max_message_bytes,
             );
-            Some(tokio::spawn(http_listener::serve(
-                listener,
-                routes,
-                tls,
-                stop_rx.clone(),
-            )))
+            let stop = stop.clone();
+            tasks.push(tokio::spawn(async move {
+                http_listener::serve(listener, routes, tls, stop).await
+            }));
         }
-        None => None,
-    };
+        Ok(Self { tasks })
+    }
 
-    health_reporter
+    /// Wait for every task to end (they end on the stop signal).
+    async fn join(self) {
+        for task in self.tasks {
+            let _ = task.await;
+        }
+    }
+}
+
+/// The gRPC server with its services and layers, ready to serve.
+type GrpcServer = tonic::transport::server::Router<
+    tower::layer::util::Stack<DeadlineLayer, tower::layer::util::Identity>,
+>;
+
+/// The gRPC server with its services (health, reflection, RewardRouter, Admin behind its
+/// access check), TLS and the deadline layer; both services reported SERVING.
+async fn grpc_server(
+    config: &Config,
+    service: &Arc<Service>,
+    peers: Arc<Peers>,
+    health: &HealthReporter,
+) -> Result<GrpcServer, AppError> {
+    health
         .set_serving::<pb::reward_router_server::RewardRouterServer<RewardRouterService>>()
         .await;
-    health_reporter
+    health
         .set_serving::<pb::admin_server::AdminServer<AdminService>>()
         .await;
     let reflection = tonic_reflection::server::Builder::configure()
@@ -156,19 +224,15 @@ pub async fn run(
     )
     .max_decoding_message_size(max_message)
     .max_encoding_message_size(max_message);
-    let access = admin_access(&config);
+    let access = admin_access(config);
     let admin = tonic::service::interceptor::InterceptedService::new(
         pb::admin_server::AdminServer::new(AdminService::new(service.clone(), peers))
             .max_decoding_message_size(max_message)
             .max_encoding_message_size(max_message),
         move |request| access.check(request),
     );
-
-    tracing::info!(grpc = %grpc_addr, metrics = %metrics_addr, reward_models = ?service.reward_models().names(), "laser-router ready");
-    announce(grpc_addr, metrics_addr, http_addr);
-
     // Deadlines end as DEADLINE_EXCEEDED (not tonic's CANCELLED "Timeout expired").
-    let mut builder = Server::builder().layer(crate::api::deadline::DeadlineLayer);
+    let mut builder = Server::builder().layer(DeadlineLayer);
     if let Some(tls) = &config.server.tls {
         builder = builder.tls_config(server_tls(tls)?)?;
         tracing::info!(
@@ -176,19 +240,30 @@ pub async fn run(
             "TLS on the gRPC port"
         );
     }
-    let mut grpc_stop = stop_rx.clone();
-    let server = builder
+    let health_service = HealthServer::new(HealthService::from_health_reporter(health.clone()));
+    Ok(builder
         .add_service(health_service)
         .add_service(reflection)
         .add_service(reward_router)
-        .add_service(admin)
-        .serve_with_incoming_shutdown(no_delay(grpc_listener), async move {
-            let _ = grpc_stop.wait_for(|stop| *stop).await;
-            tracing::info!("shutting down: no new connections, finishing in-flight requests");
-        });
-    // Idle client connections can hold a graceful shutdown open forever: bound it.
+        .add_service(admin))
+}
+
+/// Serve gRPC on `listener` until the stop signal, then let in-flight requests finish for
+/// at most the grace period (idle client connections could hold a graceful shutdown open
+/// forever).
+async fn serve_until_stopped(
+    grpc: GrpcServer,
+    listener: TcpListener,
+    config: &Config,
+    stop: watch::Receiver<bool>,
+) -> Result<(), AppError> {
+    let mut grpc_stop = stop.clone();
+    let server = grpc.serve_with_incoming_shutdown(no_delay(listener), async move {
+        let _ = grpc_stop.wait_for(|stop| *stop).await;
+        tracing::info!("shutting down: no new connections, finishing in-flight requests");
+    });
     let grace = Duration::from_secs_f64(config.server.shutdown_grace_seconds.max(0.0));
-    let mut grace_stop = stop_rx.clone();
+    let mut grace_stop = stop;
     let grace_over = async move {
         let _ = grace_stop.wait_for(|stop| *stop).await;
         tokio::time::sleep(grace).await;
@@ -197,21 +272,6 @@ pub async fn run(
         served = server => served?,
         () = grace_over => tracing::warn!(grace_seconds = grace.as_secs_f64(), "grace period over; closing the remaining connections"),
     }
-    let _ = metrics_task.await;
-    let _ = snapshot_task.await;
-    if let Some(catalog_task) = catalog_task {
-        let _ = catalog_task.await;
-    }
-    let _ = health_task.await;
-    if let Some(http_task) = http_task {
-        let _ = http_task.await;
-    }
-    // A final snapshot makes the next start fast; the log already holds everything.
-    take_snapshot(&routers, "final").await;
-    if let Err(error) = routers.release_all().await {
-        tracing::warn!(%error, "routers' leases not handed back (they expire by themselves)");
-    }
-    tracing::info!("laser-router stopped");
     Ok(())
 }
 
