@@ -71,6 +71,10 @@ pub mod metric {
     pub const GRPC_REQUESTS: &str = "laser_grpc_requests_total";
     /// Counter {field}: prompts and responses cut to `limits.kept_text_bytes`.
     pub const TEXTS_TRUNCATED: &str = "laser_texts_truncated_total";
+    /// Counter {reward_model, part}: causal-LM inputs over `max_length` tokens: the prompt cut
+    /// from the left (`prompt`), or, when the response alone does not fit, the response cut
+    /// at its end (`response`).
+    pub const CAUSAL_LM_TRUNCATED: &str = "laser_causal_lm_truncated_total";
     /// Counter: requests refused at once because the concurrency limit was reached.
     pub const REQUESTS_SHED: &str = "laser_requests_shed_total";
     /// Histogram {method}: handler latency.
@@ -188,6 +192,10 @@ fn describe() {
     describe_counter!(
         metric::TEXTS_TRUNCATED,
         "Prompts and responses cut to limits.kept_text_bytes, by field (prompt, response)."
+    );
+    describe_counter!(
+        metric::CAUSAL_LM_TRUNCATED,
+        "Causal-LM RM inputs over max_length tokens, by reward model and part cut (prompt from the left; response at its end when it alone does not fit)."
     );
     describe_counter!(
         metric::REQUESTS_SHED,

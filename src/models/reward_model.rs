@@ -23,8 +23,8 @@ use std::time::Instant;
 
 use super::kserve::RemoteModel;
 use super::score_normalization::RunningScores;
-use super::session::Head;
-use super::spec::{Backend, ScoreRead};
+use super::session::{CAUSAL_LM_ROW, Head};
+use super::spec::{Backend, ImplicitReward, ScoreRead};
 use super::worker::{Workers, off_runtime};
 use super::{ModelError, RewardModelSpec};
 
@@ -113,6 +113,10 @@ impl RewardModel {
         let needed = match self.spec.score {
             ScoreRead::Difference => index.max(other),
             ScoreRead::Index | ScoreRead::Softmax => index,
+            // The session's own row: [Σ log π, response tokens, Σ log π_ref].
+            ScoreRead::LogLikelihood | ScoreRead::MeanLogLikelihood | ScoreRead::Implicit(_) => {
+                CAUSAL_LM_ROW - 1
+            }
         };
         let width = self.width();
         if width > 0 && needed >= width {
@@ -142,7 +146,16 @@ impl RewardModel {
             name: String::new(),
             output_index: 0,
             output_other_index: 0,
-            score: ScoreRead::Index,
+            // Heads of one classifier output share a session; likelihood RMs share one with
+            // the same graph (and reference model: it runs in the session too).
+            score: match &spec.score {
+                ScoreRead::Implicit(implicit) => ScoreRead::Implicit(ImplicitReward {
+                    beta: 1.0,
+                    ..implicit.clone()
+                }),
+                ScoreRead::LogLikelihood | ScoreRead::MeanLogLikelihood => ScoreRead::LogLikelihood,
+                ScoreRead::Index | ScoreRead::Difference | ScoreRead::Softmax => ScoreRead::Index,
+            },
             score_normalization: Default::default(),
             ..spec.clone()
         };
@@ -294,8 +307,13 @@ impl RewardModel {
         let (index, other) = (self.spec.output_index, self.spec.output_other_index);
         let scores: Vec<f32> = rows
             .chunks(width)
-            .map(|values| match self.spec.score {
+            .map(|values| match &self.spec.score {
                 ScoreRead::Index => values[index],
+                ScoreRead::LogLikelihood => values[0],
+                ScoreRead::MeanLogLikelihood => values[0] / values[1].max(1.0),
+                ScoreRead::Implicit(implicit) => {
+                    (implicit.beta * (values[0] as f64 - values[2] as f64)) as f32
+                }
                 ScoreRead::Difference => values[index] - values[other],
                 ScoreRead::Softmax => {
                     let max = values.iter().copied().fold(f32::NEG_INFINITY, f32::max);

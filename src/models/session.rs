@@ -16,8 +16,8 @@ use tokenizers::Encoding;
 use serde::{Deserialize, Serialize};
 
 use super::chat::ChatTemplate;
-use super::spec::Provider;
-use super::tokenize::{TextEncoder, load_tokenizer};
+use super::spec::{ImplicitReward, Provider, ScoreRead, TOKEN_LOGPROBS_OUTPUT};
+use super::tokenize::{TextEncoder, load_tokenizer, response_span};
 use super::{InputFormat, ModelError, RewardModelSpec, runtime};
 use crate::telemetry::metric;
 
@@ -128,8 +128,20 @@ pub(super) struct Scorer {
     pub(super) inputs: Vec<ModelInput>,
     pub(super) output_name: String,
     /// Values per sequence in [`Scorer::infer`]'s result: 1 for scores, the dimension for
-    /// embeddings (found by the probe).
+    /// embeddings (found by the probe), [`CAUSAL_LM_ROW`] for a causal LM.
     pub(super) width: usize,
+    /// A causal LM scored by likelihood: its reference model, for an implicit reward.
+    causal_lm: Option<CausalLm>,
+}
+
+/// Values per sequence a causal LM's session returns: Σ log π over the response's tokens,
+/// the number of those tokens, Σ log π_ref over them (0 without a reference). Each RM
+/// sharing the session reads its score from them (`RewardModel::scores_from`).
+pub const CAUSAL_LM_ROW: usize = 3;
+
+/// What a causal LM's session runs beside the policy graph.
+struct CausalLm {
+    reference: Option<(Session, Vec<ModelInput>)>,
 }
 
 impl Scorer {
@@ -166,7 +178,21 @@ impl Scorer {
             .iter()
             .map(|o| o.name().to_string())
             .collect();
+        let causal_lm = match &spec.score {
+            score if score.is_causal_lm() => {
+                require_token_logprobs(&spec, &outputs, "model")?;
+                let reference = match score {
+                    ScoreRead::Implicit(implicit) => {
+                        Some(reference_session(&spec, implicit, &tokenizer, environment)?)
+                    }
+                    _ => None,
+                };
+                Some(CausalLm { reference })
+            }
+            _ => None,
+        };
         let output_name = match &spec.output {
+            _ if causal_lm.is_some() => TOKEN_LOGPROBS_OUTPUT.to_string(),
             Some(wanted) if outputs.contains(wanted) => wanted.clone(),
             Some(wanted) => {
                 return Err(ModelError::InvalidSpec {
@@ -190,6 +216,7 @@ impl Scorer {
             inputs,
             output_name,
             width: 1,
+            causal_lm,
         };
         let probe = scorer
             .score("probe", &["probe".to_string()])
@@ -220,30 +247,25 @@ impl Scorer {
             name: name.clone(),
             reason,
         };
-        let mut feed: Vec<(String, SessionInputValue<'static>)> =
-            Vec::with_capacity(self.inputs.len());
-        for input in &self.inputs {
-            let values = token_matrix(input.kind, encodings, sequence, self.encoder.pad_id());
-            let shape = [batch as i64, sequence as i64];
-            let value: SessionInputValue<'static> = match input.integer_type {
-                IntegerType::I64 => Tensor::from_array((shape, values))
-                    .map_err(|e| inference_error(e.to_string()))?
-                    .into(),
-                IntegerType::I32 => {
-                    let narrowed: Vec<i32> = values.into_iter().map(|v| v as i32).collect();
-                    Tensor::from_array((shape, narrowed))
-                        .map_err(|e| inference_error(e.to_string()))?
-                        .into()
-                }
-            };
-            feed.push((input.name.clone(), value));
-        }
-
+        let pad_id = self.encoder.pad_id();
         let started = Instant::now();
-        let outputs = self
-            .session
-            .run(feed)
-            .map_err(|e| inference_error(e.to_string()))?;
+        let (dims, data) = run(
+            &mut self.session,
+            &self.inputs,
+            &self.output_name,
+            encodings,
+            pad_id,
+        )
+        .map_err(inference_error)?;
+        let reference = match &mut self.causal_lm {
+            Some(CausalLm {
+                reference: Some((session, inputs)),
+            }) => Some(
+                run(session, inputs, TOKEN_LOGPROBS_OUTPUT, encodings, pad_id)
+                    .map_err(|reason| inference_error(format!("reference model: {reason}")))?,
+            ),
+            _ => None,
+        };
         metrics::histogram!(metric::RM_INFERENCE_SECONDS, "reward_model" => name.clone())
             .record(started.elapsed().as_secs_f64());
         metrics::histogram!(metric::RM_BATCH_SIZE, "reward_model" => name.clone())
@@ -252,19 +274,14 @@ impl Scorer {
             .record((batch * sequence) as f64);
         metrics::histogram!(metric::RM_TOKENS, "reward_model" => name.clone())
             .record(encodings.iter().map(|e| e.len()).sum::<usize>() as f64);
-        let output = outputs
-            .get(&self.output_name)
-            .ok_or_else(|| inference_error(format!("no output {:?}", self.output_name)))?;
-        let (shape, data) = output.try_extract_tensor::<f32>().map_err(|e| {
-            inference_error(format!(
-                "output {:?}: {e} (expected float32)",
-                self.output_name
-            ))
-        })?;
-        let dims: Vec<i64> = shape.iter().copied().collect();
+        if self.causal_lm.is_some() {
+            return causal_lm_rows(encodings, (&dims, &data), reference.as_ref()).map_err(
+                |reason| inference_error(format!("output {TOKEN_LOGPROBS_OUTPUT:?}: {reason}")),
+            );
+        }
         if let Head::Embedding { pooling, normalize } = self.head {
             let masks: Vec<&[u32]> = encodings.iter().map(|e| e.get_attention_mask()).collect();
-            return embeddings(data, &dims, &masks, pooling, normalize).map_err(|reason| {
+            return embeddings(&data, &dims, &masks, pooling, normalize).map_err(|reason| {
                 inference_error(format!("output {:?}: {reason}", self.output_name))
             });
         }
@@ -281,6 +298,163 @@ impl Scorer {
         // Whole rows: each reward model sharing this session reads its own head from them.
         Ok(data[..batch * width].to_vec())
     }
+}
+
+/// One padded inference of `session` over `encodings`: the output `output`'s shape and
+/// values (float32).
+fn run(
+    session: &mut Session,
+    inputs: &[ModelInput],
+    output: &str,
+    encodings: &[&Encoding],
+    pad_id: u32,
+) -> Result<(Vec<i64>, Vec<f32>), String> {
+    let batch = encodings.len();
+    let sequence = encodings.iter().map(|e| e.len()).max().unwrap_or(0).max(1);
+    let mut feed: Vec<(String, SessionInputValue<'static>)> = Vec::with_capacity(inputs.len());
+    for input in inputs {
+        let values = token_matrix(input.kind, encodings, sequence, pad_id);
+        let shape = [batch as i64, sequence as i64];
+        let value: SessionInputValue<'static> = match input.integer_type {
+            IntegerType::I64 => Tensor::from_array((shape, values))
+                .map_err(|e| e.to_string())?
+                .into(),
+            IntegerType::I32 => {
+                let narrowed: Vec<i32> = values.into_iter().map(|v| v as i32).collect();
+                Tensor::from_array((shape, narrowed))
+                    .map_err(|e| e.to_string())?
+                    .into()
+            }
+        };
+        feed.push((input.name.clone(), value));
+    }
+    let outputs = session.run(feed).map_err(|e| e.to_string())?;
+    let value = outputs
+        .get(output)
+        .ok_or_else(|| format!("no output {output:?}"))?;
+    let (shape, data) = value
+        .try_extract_tensor::<f32>()
+        .map_err(|e| format!("output {output:?}: {e} (expected float32)"))?;
+    Ok((shape.iter().copied().collect(), data.to_vec()))
+}
+
+/// A causal LM's rows ([`CAUSAL_LM_ROW`] values per sequence) from its `token_logprobs`
+/// (`[batch, sequence - 1]`: position t holds log π(token t+1 | tokens ..= t)) and the
+/// reference model's, summed over each sequence's response tokens (a response token at
+/// position 0 has no context and is not scored).
+fn causal_lm_rows(
+    encodings: &[&Encoding],
+    (dims, data): (&[i64], &[f32]),
+    reference: Option<&(Vec<i64>, Vec<f32>)>,
+) -> Result<Vec<f32>, String> {
+    let batch = encodings.len();
+    let sequence = encodings.iter().map(|e| e.len()).max().unwrap_or(0).max(1);
+    let expected = [batch as i64, sequence as i64 - 1];
+    if dims != expected {
+        return Err(format!(
+            "has shape {dims:?}; expected {expected:?} (one log-prob per next token)"
+        ));
+    }
+    if let Some((reference_dims, _)) = reference
+        && reference_dims.as_slice() != expected
+    {
+        return Err(format!(
+            "the reference model's has shape {reference_dims:?}; expected {expected:?}"
+        ));
+    }
+    let width = sequence - 1;
+    let mut rows = Vec::with_capacity(batch * CAUSAL_LM_ROW);
+    for (row, encoding) in encodings.iter().enumerate() {
+        let span = response_span(encoding);
+        // Token t is predicted at position t - 1.
+        let positions = span.start.max(1) - 1..span.end - 1;
+        let sum = |values: &[f32]| -> f64 {
+            values[row * width..][positions.clone()]
+                .iter()
+                .map(|&v| v as f64)
+                .sum()
+        };
+        rows.push(sum(data) as f32);
+        rows.push(positions.len() as f32);
+        rows.push(reference.map_or(0.0, |(_, values)| sum(values)) as f32);
+    }
+    Ok(rows)
+}
+
+/// Refuse a causal LM graph without the `token_logprobs` output.
+fn require_token_logprobs(
+    spec: &RewardModelSpec,
+    outputs: &[String],
+    which: &str,
+) -> Result<(), ModelError> {
+    if outputs.iter().any(|o| o == TOKEN_LOGPROBS_OUTPUT) {
+        return Ok(());
+    }
+    Err(ModelError::InvalidSpec {
+        name: spec.name.clone(),
+        reason: format!(
+            "score = \"{}\" reads the {which}'s output {TOKEN_LOGPROBS_OUTPUT:?} (per-token log-probs, [batch, tokens - 1]; scripts/export_causal_lm.py writes it); its outputs are {outputs:?}",
+            spec.score.name()
+        ),
+    })
+}
+
+/// The reference model of an implicit reward: its session on the policy's provider, and
+/// its inputs. Its tokenizer, when it names one, must have the policy's vocabulary.
+fn reference_session(
+    spec: &RewardModelSpec,
+    implicit: &ImplicitReward,
+    tokenizer: &tokenizers::Tokenizer,
+    environment: &ort::environment::Environment,
+) -> Result<(Session, Vec<ModelInput>), ModelError> {
+    let invalid = |reason: String| ModelError::InvalidSpec {
+        name: spec.name.clone(),
+        reason,
+    };
+    std::fs::metadata(&implicit.reference_model).map_err(|e| ModelError::MissingFile {
+        name: spec.name.clone(),
+        path: implicit.reference_model.display().to_string(),
+        reason: e.to_string(),
+    })?;
+    if let Some(path) = &implicit.reference_tokenizer {
+        let reference = tokenizers::Tokenizer::from_file(path).map_err(|e| {
+            invalid(format!(
+                "score.implicit.reference_tokenizer {}: {e}",
+                path.display()
+            ))
+        })?;
+        if reference.get_vocab(true) != tokenizer.get_vocab(true) {
+            return Err(invalid(format!(
+                "score.implicit.reference_tokenizer {} differs from the policy's tokenizer {} (vocabularies of {} and {} tokens): an implicit reward compares log-probs of the same tokens",
+                path.display(),
+                spec.tokenizer.display(),
+                reference.get_vocab_size(true),
+                tokenizer.get_vocab_size(true)
+            )));
+        }
+    }
+    let reference_spec = RewardModelSpec {
+        model: implicit.reference_model.clone(),
+        ..spec.clone()
+    };
+    let (session, _) = build_session(&reference_spec, environment)?;
+    let outputs: Vec<String> = session
+        .outputs()
+        .iter()
+        .map(|o| o.name().to_string())
+        .collect();
+    require_token_logprobs(spec, &outputs, "reference model")?;
+    let inputs = session
+        .inputs()
+        .iter()
+        .map(|outlet| model_input(&spec.name, outlet.name(), outlet.dtype()))
+        .collect::<Result<Vec<_>, _>>()?;
+    if !inputs.iter().any(|i| i.kind == InputKind::InputIds) {
+        return Err(invalid(
+            "the reference model has no input named input_ids".into(),
+        ));
+    }
+    Ok((session, inputs))
 }
 
 /// One vector per sequence from an encoder's output `data` of shape `dims`: mean over each
@@ -425,6 +599,50 @@ fn model_input(model: &str, name: &str, dtype: &ValueType) -> Result<ModelInput,
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An encoding of `prompt` prompt tokens then `response` response tokens.
+    fn continuation(prompt: usize, response: usize) -> Encoding {
+        let part = |len: usize, sequence: usize| {
+            let mut part = Encoding::new(
+                vec![7; len],
+                vec![0; len],
+                vec![String::new(); len],
+                vec![None; len],
+                vec![(0, 0); len],
+                vec![0; len],
+                vec![1; len],
+                Vec::new(),
+                Default::default(),
+            );
+            part.set_sequence_id(sequence);
+            part
+        };
+        Encoding::merge([part(prompt, 0), part(response, 1)], false)
+    }
+
+    #[test]
+    fn causal_lm_rows_sum_the_response_tokens_only() {
+        // Two sequences padded to 5 tokens: 4 next-token log-probs each.
+        let (first, second) = (continuation(2, 3), continuation(1, 2));
+        let policy = [-1.0, -2.0, -3.0, -4.0, -10.0, -20.0, -30.0, -99.0];
+        let reference = [-0.5; 8];
+        let rows = causal_lm_rows(
+            &[&first, &second],
+            (&[2, 4], &policy),
+            Some(&(vec![2, 4], reference.to_vec())),
+        )
+        .unwrap();
+        // First: tokens 2, 3, 4 are predicted at positions 1, 2, 3. Second: tokens 1, 2 at
+        // positions 0, 1; its padding (position 3) is not read.
+        assert_eq!(rows, vec![-9.0, 3.0, -1.5, -30.0, 2.0, -1.0]);
+        // A response with no prompt before it: its first token has no context.
+        let alone = continuation(0, 3);
+        let rows = causal_lm_rows(&[&alone], (&[1, 2], &[-1.0, -2.0]), None).unwrap();
+        assert_eq!(rows, vec![-3.0, 2.0, 0.0]);
+        // A graph that returns logits-shaped output is refused, naming the shape.
+        let error = causal_lm_rows(&[&alone], (&[1, 3, 8], &[0.0; 24]), None).unwrap_err();
+        assert!(error.contains("[1, 2]"), "{error}");
+    }
 
     #[test]
     fn mean_pooling_skips_padding_and_normalizes() {

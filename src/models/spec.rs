@@ -10,7 +10,10 @@
 //! max_length = 512
 //! output = "logits"                          # default: the model's first output
 //! output_index = 0                           # index in the output's last dimension
-//! score = "index"                            # or "difference", "softmax"
+//! score = "index"                            # or "difference", "softmax"; a causal LM:
+//!                                            #   "log_likelihood", "mean_log_likelihood",
+//!                                            #   { implicit = { reference_model = "..",
+//!                                            #     beta = 0.1 } } (docs/llm-reward-models.md)
 //! score_normalization = "running"            # ensemble scale: "per_query" | "running" |
 //!                                            #   { affine = { scale = 2.0, shift = 0.0 } }
 //! truncation_side = "left"                   # keep the end of the response
@@ -89,8 +92,11 @@ pub enum Provider {
     Tensorrt,
 }
 
-/// How the score is read from the output's last dimension.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// How the score is read: from a classifier's output (its last dimension), or from a
+/// causal LM's per-token log-probabilities of the response (the graph's `token_logprobs`
+/// output, `[batch, tokens - 1]`: log π(token t+1 | tokens ..= t); `scripts/export_causal_lm.py`
+/// writes such graphs). New kinds are appended: the state log stores the variant's index.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ScoreRead {
     /// `output[output_index]`.
@@ -100,7 +106,55 @@ pub enum ScoreRead {
     Difference,
     /// softmax over the last dimension, at `output_index`.
     Softmax,
+    /// A causal LM: Σ log π(response tokens | prompt) (LASeR's reference code scores its
+    /// RMs by this, as the negative LM loss of the response).
+    LogLikelihood,
+    /// A causal LM: the same sum divided by the response's token count.
+    MeanLogLikelihood,
+    /// A DPO-trained causal LM's implicit reward, RewardBench's definition:
+    /// β·(Σ log π(response | prompt) − Σ log π_ref(response | prompt)).
+    Implicit(ImplicitReward),
 }
+
+/// The reference model of an implicit reward.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImplicitReward {
+    /// The reference policy's ONNX graph (same inputs and `token_logprobs` output), relative
+    /// to the config file.
+    pub reference_model: PathBuf,
+    /// Its tokenizer, when it has its own file: it must be the policy's (same vocabulary);
+    /// by default the policy's tokenizer is used.
+    #[serde(default)]
+    pub reference_tokenizer: Option<PathBuf>,
+    /// β > 0 (DPO's temperature).
+    pub beta: f64,
+}
+
+impl ScoreRead {
+    /// Whether the model is a causal LM scored by the log-likelihood of the response.
+    pub fn is_causal_lm(&self) -> bool {
+        matches!(
+            self,
+            ScoreRead::LogLikelihood | ScoreRead::MeanLogLikelihood | ScoreRead::Implicit(_)
+        )
+    }
+
+    /// The name the config file uses.
+    pub fn name(&self) -> &'static str {
+        match self {
+            ScoreRead::Index => "index",
+            ScoreRead::Difference => "difference",
+            ScoreRead::Softmax => "softmax",
+            ScoreRead::LogLikelihood => "log_likelihood",
+            ScoreRead::MeanLogLikelihood => "mean_log_likelihood",
+            ScoreRead::Implicit(_) => "implicit",
+        }
+    }
+}
+
+/// The output a causal LM's graph must have.
+pub const TOKEN_LOGPROBS_OUTPUT: &str = "token_logprobs";
 
 /// How an RM's scores are put on a common scale for the ensemble policy. Externally tagged
 /// (the state log's postcard encoding cannot read internally tagged enums):
@@ -211,7 +265,9 @@ pub struct RewardModelSpec {
     /// `{ affine = { scale = .., shift = .. } }` or `"running"`.
     #[serde(default)]
     pub score_normalization: ScoreNormalization,
-    /// How the score is read: `index` (default), `difference`, `softmax`.
+    /// How the score is read: `index` (default), `difference`, `softmax` (classifiers);
+    /// `log_likelihood`, `mean_log_likelihood` or
+    /// `{ implicit = { reference_model = "..", beta = 0.1 } }` (causal LMs).
     #[serde(default)]
     pub score: ScoreRead,
     /// The subtracted index for `score = "difference"`.
@@ -315,6 +371,16 @@ impl RewardModelSpec {
         {
             self.tokenizer_config = Some(base.join(config));
         }
+        if let ScoreRead::Implicit(implicit) = &mut self.score {
+            if implicit.reference_model.is_relative() {
+                implicit.reference_model = base.join(&implicit.reference_model);
+            }
+            if let Some(tokenizer) = &implicit.reference_tokenizer
+                && tokenizer.is_relative()
+            {
+                implicit.reference_tokenizer = Some(base.join(tokenizer));
+            }
+        }
         self
     }
 
@@ -385,6 +451,25 @@ impl RewardModelSpec {
             return Err(invalid(
                 "score_normalization: affine needs a finite, non-zero scale and a finite shift"
                     .into(),
+            ));
+        }
+        if let ScoreRead::Implicit(implicit) = &self.score
+            && !(implicit.beta.is_finite() && implicit.beta > 0.0)
+        {
+            return Err(invalid(format!(
+                "score.implicit.beta {} must be a finite number > 0",
+                implicit.beta
+            )));
+        }
+        if self.score.is_causal_lm() && !matches!(self.backend, Backend::Onnx) {
+            return Err(invalid(format!(
+                "score = \"{}\" runs causal LMs in process (backend onnx); an engine serves classifier heads",
+                self.score.name()
+            )));
+        }
+        if self.score.is_causal_lm() && self.max_length < 2 {
+            return Err(invalid(
+                "max_length must be at least 2 for a causal LM (a token and its successor)".into(),
             ));
         }
         if self.score == ScoreRead::Difference && self.output_other_index == self.output_index {
@@ -585,7 +670,7 @@ mod tests {
             output_index: 0,
             queue_capacity: spec.queue_capacity,
             score_normalization: spec.score_normalization,
-            score: spec.score,
+            score: spec.score.clone(),
             output_other_index: 0,
             truncation_side: spec.truncation_side,
             provider: spec.provider,
@@ -602,6 +687,72 @@ mod tests {
             .unwrap()
             .into();
         assert_eq!(read, spec);
+    }
+
+    #[test]
+    fn causal_lm_scores_parse_resolve_round_trip_and_say_what_is_wrong() {
+        let implicit: RewardModelSpec = toml::from_str(
+            r#"
+            name = "zephyr"
+            model = "zephyr/model.onnx"
+            tokenizer = "zephyr/tokenizer.json"
+            input_format = "chat"
+            score = { implicit = { reference_model = "ref/model.onnx", beta = 0.1 } }
+            "#,
+        )
+        .unwrap();
+        let implicit = implicit.resolve_paths(Path::new("/etc/laser"));
+        implicit.validate().unwrap();
+        let ScoreRead::Implicit(reference) = &implicit.score else {
+            panic!("{:?}", implicit.score)
+        };
+        assert_eq!(
+            reference.reference_model,
+            PathBuf::from("/etc/laser/ref/model.onnx")
+        );
+        assert!(implicit.score.is_causal_lm());
+        // The state log keeps it (postcard), and older variants keep their indices.
+        let bytes = postcard::to_stdvec(&implicit).unwrap();
+        assert_eq!(
+            postcard::from_bytes::<RewardModelSpec>(&bytes).unwrap(),
+            implicit
+        );
+        assert_eq!(postcard::to_stdvec(&ScoreRead::Softmax).unwrap(), vec![2]);
+        let likelihood: RewardModelSpec = toml::from_str(
+            r#"
+            name = "olmo"
+            model = "m.onnx"
+            tokenizer = "t.json"
+            input_format = "template"
+            template = "{prompt} {response}"
+            score = "mean_log_likelihood"
+            "#,
+        )
+        .unwrap();
+        likelihood.validate().unwrap();
+
+        let refused = |edit: &dyn Fn(&mut RewardModelSpec)| {
+            let mut spec = implicit.clone();
+            edit(&mut spec);
+            spec.validate().unwrap_err().to_string()
+        };
+        for beta in [0.0, -1.0, f64::NAN, f64::INFINITY] {
+            let error = refused(&|spec| {
+                if let ScoreRead::Implicit(reference) = &mut spec.score {
+                    reference.beta = beta;
+                }
+            });
+            assert!(error.contains("beta"), "{error}");
+        }
+        let engine = refused(&|spec| {
+            spec.model = PathBuf::new();
+            spec.backend = Backend::KserveV2(Box::new(KserveV2Spec::new(
+                vec!["http://127.0.0.1:8001".into()],
+                "zephyr".into(),
+            )));
+        });
+        assert!(engine.contains("in process"), "{engine}");
+        assert!(refused(&|spec| spec.max_length = 1).contains("max_length"));
     }
 
     #[test]

@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 
 use super::{RequestError, invalid, known_enum, selection_mode};
 use crate::api::pb;
-use crate::models::spec::Provider;
+use crate::models::spec::{ImplicitReward, Provider, ScoreRead};
 use crate::models::{
     Backend, Encoder, EncoderSpec, InputFormat, KserveV2Spec, Pooling, RemoteInput, RewardModel,
     RewardModelSpec,
@@ -230,11 +230,59 @@ pub fn reward_model_spec(
     if spec.max_batch_delay_ms > 0 {
         converted.max_batch_delay_ms = spec.max_batch_delay_ms as u64;
     }
+    converted.score = score_read(&spec.score, spec.implicit)?;
+    converted.output_other_index = spec.output_other_index as usize;
     converted.backend = backend;
     let spec = converted;
     spec.validate()
         .map_err(|e| invalid("spec", e.to_string()))?;
     Ok(spec)
+}
+
+/// How an AddRewardModel spec's score is read (`implicit` only with score "implicit").
+fn score_read(
+    score: &str,
+    implicit: Option<pb::ImplicitRewardSpec>,
+) -> Result<ScoreRead, RequestError> {
+    if implicit.is_some() && score != "implicit" {
+        return Err(invalid(
+            "spec.implicit",
+            format!("is set but score is {score:?}; it goes with score \"implicit\""),
+        ));
+    }
+    let read = match score {
+        "" | "index" => ScoreRead::Index,
+        "difference" => ScoreRead::Difference,
+        "softmax" => ScoreRead::Softmax,
+        "log_likelihood" => ScoreRead::LogLikelihood,
+        "mean_log_likelihood" => ScoreRead::MeanLogLikelihood,
+        "implicit" => {
+            let Some(implicit) = implicit else {
+                return Err(invalid(
+                    "spec.implicit",
+                    "is missing: score \"implicit\" needs the reference model and beta",
+                ));
+            };
+            if implicit.reference_model_path.is_empty() {
+                return Err(invalid("spec.implicit.reference_model_path", "is empty"));
+            }
+            ScoreRead::Implicit(ImplicitReward {
+                reference_model: implicit.reference_model_path.into(),
+                reference_tokenizer: (!implicit.reference_tokenizer_path.is_empty())
+                    .then(|| implicit.reference_tokenizer_path.into()),
+                beta: implicit.beta,
+            })
+        }
+        other => {
+            return Err(invalid(
+                "spec.score",
+                format!(
+                    "{other:?} is not one of \"index\", \"difference\", \"softmax\", \"log_likelihood\", \"mean_log_likelihood\", \"implicit\""
+                ),
+            ));
+        }
+    };
+    Ok(read)
 }
 
 /// The kserve_v2 part of an AddRewardModel spec, defaults filled in (checked with the rest).
