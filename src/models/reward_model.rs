@@ -114,9 +114,10 @@ impl RewardModel {
             ScoreRead::Difference => index.max(other),
             ScoreRead::Index | ScoreRead::Softmax => index,
             // The session's own row: [Σ log π, response tokens, Σ log π_ref].
-            ScoreRead::LogLikelihood | ScoreRead::MeanLogLikelihood | ScoreRead::Implicit(_) => {
-                CAUSAL_LM_ROW - 1
-            }
+            ScoreRead::LogLikelihood
+            | ScoreRead::MeanLogLikelihood
+            | ScoreRead::Implicit(_)
+            | ScoreRead::Judge(_) => CAUSAL_LM_ROW - 1,
         };
         let width = self.width();
         if width > 0 && needed >= width {
@@ -154,6 +155,7 @@ impl RewardModel {
                     ..implicit.clone()
                 }),
                 ScoreRead::LogLikelihood | ScoreRead::MeanLogLikelihood => ScoreRead::LogLikelihood,
+                ScoreRead::Judge(rubric) => ScoreRead::Judge(rubric.clone()),
                 ScoreRead::Index | ScoreRead::Difference | ScoreRead::Softmax => ScoreRead::Index,
             },
             score_normalization: Default::default(),
@@ -309,7 +311,7 @@ impl RewardModel {
             .chunks(width)
             .map(|values| match &self.spec.score {
                 ScoreRead::Index => values[index],
-                ScoreRead::LogLikelihood => values[0],
+                ScoreRead::LogLikelihood | ScoreRead::Judge(_) => values[0],
                 ScoreRead::MeanLogLikelihood => values[0] / values[1].max(1.0),
                 ScoreRead::Implicit(implicit) => {
                     (implicit.beta * (values[0] as f64 - values[2] as f64)) as f32

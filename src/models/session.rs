@@ -235,7 +235,33 @@ impl Scorer {
     fn score(&mut self, prompt: &str, responses: &[String]) -> Result<Vec<f32>, ModelError> {
         let encodings = self.encoder.encode(prompt, responses)?;
         let refs: Vec<&Encoding> = encodings.iter().collect();
-        self.infer(&refs)
+        let rows = self.infer(&refs)?;
+        Ok(self.fold(rows))
+    }
+
+    /// One job's rows as the RMs sharing this session read them: a judge's rows (one per
+    /// response and rating, in that order) folded into one per response, `[the
+    /// probability-weighted mean rating, ratings, 0]`, each rating's probability its
+    /// continuation's likelihood normalized over the ratings; other kinds' rows as they are.
+    pub(super) fn fold(&self, rows: Vec<f32>) -> Vec<f32> {
+        let ScoreRead::Judge(rubric) = &self.spec.score else {
+            return rows;
+        };
+        let values = rubric.values();
+        rows.chunks(values.len() * CAUSAL_LM_ROW)
+            .flat_map(|response| {
+                let logprobs: Vec<f64> = response
+                    .chunks(CAUSAL_LM_ROW)
+                    .map(|row| row[0] as f64)
+                    .collect();
+                let max = logprobs.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+                let weights: Vec<f64> = logprobs.iter().map(|l| (l - max).exp()).collect();
+                let total: f64 = weights.iter().sum();
+                let mean: f64 =
+                    weights.iter().zip(&values).map(|(w, v)| w * v).sum::<f64>() / total;
+                [mean as f32, values.len() as f32, 0.0]
+            })
+            .collect()
     }
 
     /// One inference over `encodings`, padded to the longest: `width` values per sequence.

@@ -13,7 +13,9 @@
 //! score = "index"                            # or "difference", "softmax"; a causal LM:
 //!                                            #   "log_likelihood", "mean_log_likelihood",
 //!                                            #   { implicit = { reference_model = "..",
-//!                                            #     beta = 0.1 } } (docs/llm-reward-models.md)
+//!                                            #     beta = 0.1 } }, or a judge:
+//!                                            #   { judge = { template = "..", ratings =
+//!                                            #     ["1", .., "5"] } } (docs/llm-reward-models.md)
 //! score_normalization = "running"            # ensemble scale: "per_query" | "running" |
 //!                                            #   { affine = { scale = 2.0, shift = 0.0 } }
 //! truncation_side = "left"                   # keep the end of the response
@@ -114,6 +116,39 @@ pub enum ScoreRead {
     /// A DPO-trained causal LM's implicit reward, RewardBench's definition:
     /// β·(Σ log π(response | prompt) − Σ log π_ref(response | prompt)).
     Implicit(ImplicitReward),
+    /// A chat model as a judge (LLM-as-judge): asked to rate the response on a rubric, its
+    /// score is the probability-weighted mean of the ratings, each rating's probability its
+    /// continuation's likelihood normalized over the ratings (not a parsed string).
+    Judge(JudgeRubric),
+}
+
+/// What a judge is asked, and the ratings it may answer.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JudgeRubric {
+    /// The judge's instruction, with `{prompt}` and `{response}`: the user turn of the chat
+    /// template (`input_format = "chat"`), else the text the rating continues.
+    pub template: String,
+    /// The rating strings (each a number, e.g. "1" to "5"; 2 to 16 of them): a rating's
+    /// value is its number.
+    pub ratings: Vec<String>,
+}
+
+impl JudgeRubric {
+    /// The judge's instruction for one (prompt, response).
+    pub fn render(&self, prompt: &str, response: &str) -> String {
+        self.template
+            .replace("{prompt}", prompt)
+            .replace("{response}", response)
+    }
+
+    /// Each rating's value (checked by `RewardModelSpec::validate`).
+    pub fn values(&self) -> Vec<f64> {
+        self.ratings
+            .iter()
+            .map(|rating| rating.trim().parse().unwrap_or(f64::NAN))
+            .collect()
+    }
 }
 
 /// The reference model of an implicit reward.
@@ -136,7 +171,10 @@ impl ScoreRead {
     pub fn is_causal_lm(&self) -> bool {
         matches!(
             self,
-            ScoreRead::LogLikelihood | ScoreRead::MeanLogLikelihood | ScoreRead::Implicit(_)
+            ScoreRead::LogLikelihood
+                | ScoreRead::MeanLogLikelihood
+                | ScoreRead::Implicit(_)
+                | ScoreRead::Judge(_)
         )
     }
 
@@ -149,6 +187,7 @@ impl ScoreRead {
             ScoreRead::LogLikelihood => "log_likelihood",
             ScoreRead::MeanLogLikelihood => "mean_log_likelihood",
             ScoreRead::Implicit(_) => "implicit",
+            ScoreRead::Judge(_) => "judge",
         }
     }
 }
@@ -461,6 +500,28 @@ impl RewardModelSpec {
                 implicit.beta
             )));
         }
+        if let ScoreRead::Judge(rubric) = &self.score {
+            if !(2..=16).contains(&rubric.ratings.len()) {
+                return Err(invalid(format!(
+                    "score.judge.ratings has {} ratings; give 2 to 16",
+                    rubric.ratings.len()
+                )));
+            }
+            if let Some(rating) = rubric
+                .ratings
+                .iter()
+                .find(|rating| !rating.trim().parse::<f64>().is_ok_and(f64::is_finite))
+            {
+                return Err(invalid(format!(
+                    "score.judge.ratings: {rating:?} is not a number (a rating's value is its number)"
+                )));
+            }
+            if !rubric.template.contains("{response}") {
+                return Err(invalid(
+                    "score.judge.template must contain {response}".into(),
+                ));
+            }
+        }
         if self.score.is_causal_lm() && !matches!(self.backend, Backend::Onnx) {
             return Err(invalid(format!(
                 "score = \"{}\" runs causal LMs in process (backend onnx); an engine serves classifier heads",
@@ -753,6 +814,33 @@ mod tests {
         });
         assert!(engine.contains("in process"), "{engine}");
         assert!(refused(&|spec| spec.max_length = 1).contains("max_length"));
+
+        let judge: RewardModelSpec = toml::from_str(
+            r#"
+            name = "judge"
+            model = "m.onnx"
+            tokenizer = "t.json"
+            input_format = "chat"
+            score = { judge = { template = "Rate 1-5: {prompt} / {response}", ratings = ["1", "2", "3"] } }
+            "#,
+        )
+        .unwrap();
+        judge.validate().unwrap();
+        let ScoreRead::Judge(rubric) = &judge.score else {
+            panic!("{:?}", judge.score)
+        };
+        assert_eq!(rubric.values(), vec![1.0, 2.0, 3.0]);
+        assert_eq!(rubric.render("Q", "A"), "Rate 1-5: Q / A");
+        let judged = |edit: &dyn Fn(&mut JudgeRubric)| {
+            let mut spec = judge.clone();
+            if let ScoreRead::Judge(rubric) = &mut spec.score {
+                edit(rubric);
+            }
+            spec.validate().unwrap_err().to_string()
+        };
+        assert!(judged(&|r| r.ratings = vec!["1".into()]).contains("2 to 16"));
+        assert!(judged(&|r| r.ratings[1] = "two".into()).contains("not a number"));
+        assert!(judged(&|r| r.template = "Rate {prompt}".into()).contains("{response}"));
     }
 
     #[test]

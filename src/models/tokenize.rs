@@ -18,7 +18,7 @@ use tokenizers::{
 };
 
 use super::chat::ChatTemplate;
-use super::spec::TruncationSide;
+use super::spec::{JudgeRubric, ScoreRead, TruncationSide};
 use super::{InputFormat, ModelError, RewardModelSpec};
 use crate::telemetry::metric;
 
@@ -99,9 +99,11 @@ impl TextEncoder {
         prompt: &str,
         responses: &[String],
     ) -> Result<Vec<Encoding>, ModelError> {
-        let name = &self.spec.name;
+        if let ScoreRead::Judge(rubric) = &self.spec.score {
+            return self.encode_judgements(rubric, prompt, responses);
+        }
         let error = |reason: String| ModelError::Tokenizer {
-            name: name.clone(),
+            name: self.spec.name.clone(),
             reason,
         };
         let marked = model_text(&self.spec, self.chat.as_ref(), prompt, RESPONSE_MARK)?;
@@ -115,7 +117,6 @@ impl TextEncoder {
             .tokenizer
             .encode(prefix, add_special_tokens)
             .map_err(|e| error(e.to_string()))?;
-        let max_length = self.spec.max_length;
         let mut encodings = Vec::with_capacity(responses.len());
         for response in responses {
             let full = model_text(&self.spec, self.chat.as_ref(), prompt, response)?;
@@ -124,25 +125,76 @@ impl TextEncoder {
                     "the template renders the prompt differently with this response".into(),
                 ));
             };
-            let mut response_part = self
-                .tokenizer
-                .encode(rest, false)
-                .map_err(|e| error(e.to_string()))?;
-            let mut prompt_part = prompt_part.clone();
-            if response_part.len() >= max_length {
-                response_part.truncate(max_length - 1, 0, TruncationDirection::Right);
-                metrics::counter!(metric::CAUSAL_LM_TRUNCATED, "reward_model" => name.clone(), "part" => "response").increment(1);
-            }
-            let prompt_room = max_length - response_part.len();
-            if prompt_part.len() > prompt_room {
-                prompt_part.truncate(prompt_room, 0, TruncationDirection::Left);
-                metrics::counter!(metric::CAUSAL_LM_TRUNCATED, "reward_model" => name.clone(), "part" => "prompt").increment(1);
-            }
-            prompt_part.set_sequence_id(0);
-            response_part.set_sequence_id(1);
-            encodings.push(Encoding::merge([prompt_part, response_part], false));
+            encodings.push(self.continuation(&prompt_part, rest)?);
         }
         Ok(encodings)
+    }
+
+    /// A judge's inputs: per response, one continuation per rating of the judge's
+    /// instruction (the user turn of the chat template, or the instruction as text), in
+    /// response order, ratings in rubric order.
+    fn encode_judgements(
+        &self,
+        rubric: &JudgeRubric,
+        prompt: &str,
+        responses: &[String],
+    ) -> Result<Vec<Encoding>, ModelError> {
+        let error = |reason: String| ModelError::Tokenizer {
+            name: self.spec.name.clone(),
+            reason,
+        };
+        let mut encodings = Vec::with_capacity(responses.len() * rubric.ratings.len());
+        for response in responses {
+            let instruction = rubric.render(prompt, response);
+            let (prefix, add_special_tokens) = match &self.chat {
+                Some(chat) => {
+                    let marked = chat
+                        .render(&instruction, RESPONSE_MARK)
+                        .map_err(|e| error(format!("chat template: {e}")))?;
+                    let Some((prefix, _)) = marked.split_once(RESPONSE_MARK) else {
+                        return Err(error("the chat template drops the assistant's turn".into()));
+                    };
+                    (prefix.to_string(), false)
+                }
+                None => (instruction, true),
+            };
+            let prompt_part = self
+                .tokenizer
+                .encode(prefix.as_str(), add_special_tokens)
+                .map_err(|e| error(e.to_string()))?;
+            for rating in &rubric.ratings {
+                encodings.push(self.continuation(&prompt_part, rating)?);
+            }
+        }
+        Ok(encodings)
+    }
+
+    /// `prompt_part` then `rest` tokenized without special tokens, as sequences 0 and 1, at
+    /// most `max_length` tokens: the prompt cut from the left first, the rest at its end only
+    /// when it alone does not fit (each counted).
+    fn continuation(&self, prompt_part: &Encoding, rest: &str) -> Result<Encoding, ModelError> {
+        let name = &self.spec.name;
+        let max_length = self.spec.max_length;
+        let mut response_part =
+            self.tokenizer
+                .encode(rest, false)
+                .map_err(|e| ModelError::Tokenizer {
+                    name: name.clone(),
+                    reason: e.to_string(),
+                })?;
+        let mut prompt_part = prompt_part.clone();
+        if response_part.len() >= max_length {
+            response_part.truncate(max_length - 1, 0, TruncationDirection::Right);
+            metrics::counter!(metric::CAUSAL_LM_TRUNCATED, "reward_model" => name.clone(), "part" => "response").increment(1);
+        }
+        let prompt_room = max_length - response_part.len();
+        if prompt_part.len() > prompt_room {
+            prompt_part.truncate(prompt_room, 0, TruncationDirection::Left);
+            metrics::counter!(metric::CAUSAL_LM_TRUNCATED, "reward_model" => name.clone(), "part" => "prompt").increment(1);
+        }
+        prompt_part.set_sequence_id(0);
+        response_part.set_sequence_id(1);
+        Ok(Encoding::merge([prompt_part, response_part], false))
     }
 }
 

@@ -284,6 +284,7 @@ impl Scorer {
         }
 
         for (job, outcome) in live.into_iter().zip(outcomes) {
+            let outcome = outcome.map(|rows| self.fold(rows));
             let status = if outcome.is_ok() { "ok" } else { "error" };
             if let Err(error) = &outcome {
                 job.span

@@ -27,6 +27,8 @@ from laser_router_client import LaserRouterClient, LaserRouterError, Query
 ROOT = Path(__file__).resolve().parents[3]
 EXPORT = ROOT / "scripts" / "export_causal_lm.py"
 BETA = 0.5
+# The judge's instruction as the config file writes it (a TOML string: \n is a newline).
+JUDGE = "Rate the answer from 1 to 5.\\nQuestion: {prompt}\\nAnswer: {response}"
 PROMPTS = ["What is two plus two?", "Say hello."]
 RESPONSES = [["It is four.", "Five, surely.", "four"], ["Hello, how can I help you today?", "No."]]
 
@@ -63,6 +65,11 @@ score = "mean_log_likelihood"
 name = "dpo"
 {common}input_format = "chat"
 score = {{ implicit = {{ reference_model = "{reference / 'model.onnx'}", reference_tokenizer = "{reference / 'tokenizer.json'}", beta = {BETA} }} }}
+
+[[reward_models]]
+name = "judge"
+{common}input_format = "chat"
+score = {{ judge = {{ template = "{JUDGE}", ratings = ["1", "2", "3", "4", "5"] }} }}
 
 [[reward_models]]
 name = "plain"
@@ -134,7 +141,7 @@ def test_likelihood_mean_and_implicit_scores_equal_torch(llamas, served):
     policy = LlamaForCausalLM.from_pretrained(str(llamas / "policy" / "hf")).eval()
     reference = LlamaForCausalLM.from_pretrained(str(llamas / "reference" / "hf")).eval()
     with LaserRouterClient(served.address) as client:
-        routers = {name: fixed_router(client, name) for name in ("likelihood", "mean_likelihood", "dpo", "plain")}
+        routers = {name: fixed_router(client, name) for name in ("likelihood", "mean_likelihood", "dpo", "plain", "judge")}
         for prompt, responses in zip(PROMPTS, RESPONSES):
             got = {name: score_with(client, router, prompt, responses) for name, router in routers.items()}
             for i, response in enumerate(responses):
@@ -151,6 +158,16 @@ def test_likelihood_mean_and_implicit_scores_equal_torch(llamas, served):
                 assert plain_ids[0] == tokenizer.token_to_id("<s>")
                 plain, _ = torch_logprob_sums(policy, plain_ids, plain_response)
                 assert got["plain"].scores[i] == pytest.approx(plain, abs=1e-4, rel=1e-5)
+                # The judge: each rating's likelihood after the instruction's user turn,
+                # normalized over the ratings; the score is the mean rating under it.
+                instruction = f"Rate the answer from 1 to 5.\nQuestion: {prompt}\nAnswer: {response}"
+                judge_prefix = tokenizer.encode(chat_parts(instruction, "")[0], add_special_tokens=False).ids
+                logps = [torch_logprob_sums(policy, judge_prefix, tokenizer.encode(r, add_special_tokens=False).ids)[0]
+                         for r in "12345"]
+                weights = [math.exp(lp - max(logps)) for lp in logps]
+                mean_rating = sum((k + 1) * w for k, w in enumerate(weights)) / sum(weights)
+                assert got["judge"].scores[i] == pytest.approx(mean_rating, abs=1e-4)
+            assert all(1.0 <= s <= 5.0 for s in got["judge"].scores)
             # The implicit reward is not the likelihood: the reference matters.
             assert any(abs(a - BETA * b) > 1e-3 for a, b in zip(got["dpo"].scores, got["likelihood"].scores))
 
@@ -216,5 +233,7 @@ def test_hot_add_through_admin_and_bad_specs_name_the_field(llamas, served):
                                                     "reference_tokenizer_path": str(FIXTURES / "tokenizer.json"),
                                                     "beta": 0.1})
         assert "reference_tokenizer" in other.message and "differs" in other.message
+        judge = refused(score="judge", judge={"template": "Rate {response}", "ratings": ["good", "bad"]})
+        assert "spec" in judge.message and "not a number" in judge.message
         unknown = refused(score="likelyhood")
         assert "spec.score" in unknown.message

@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 
 use super::{RequestError, invalid, known_enum, selection_mode};
 use crate::api::pb;
-use crate::models::spec::{ImplicitReward, Provider, ScoreRead};
+use crate::models::spec::{ImplicitReward, JudgeRubric, Provider, ScoreRead};
 use crate::models::{
     Backend, Encoder, EncoderSpec, InputFormat, KserveV2Spec, Pooling, RemoteInput, RewardModel,
     RewardModelSpec,
@@ -230,7 +230,7 @@ pub fn reward_model_spec(
     if spec.max_batch_delay_ms > 0 {
         converted.max_batch_delay_ms = spec.max_batch_delay_ms as u64;
     }
-    converted.score = score_read(&spec.score, spec.implicit)?;
+    converted.score = score_read(&spec.score, spec.implicit, spec.judge)?;
     converted.output_other_index = spec.output_other_index as usize;
     converted.backend = backend;
     let spec = converted;
@@ -243,11 +243,18 @@ pub fn reward_model_spec(
 fn score_read(
     score: &str,
     implicit: Option<pb::ImplicitRewardSpec>,
+    judge: Option<pb::JudgeRubricSpec>,
 ) -> Result<ScoreRead, RequestError> {
     if implicit.is_some() && score != "implicit" {
         return Err(invalid(
             "spec.implicit",
             format!("is set but score is {score:?}; it goes with score \"implicit\""),
+        ));
+    }
+    if judge.is_some() && score != "judge" {
+        return Err(invalid(
+            "spec.judge",
+            format!("is set but score is {score:?}; it goes with score \"judge\""),
         ));
     }
     let read = match score {
@@ -273,11 +280,23 @@ fn score_read(
                 beta: implicit.beta,
             })
         }
+        "judge" => {
+            let Some(judge) = judge else {
+                return Err(invalid(
+                    "spec.judge",
+                    "is missing: score \"judge\" needs the template and the ratings",
+                ));
+            };
+            ScoreRead::Judge(JudgeRubric {
+                template: judge.template,
+                ratings: judge.ratings,
+            })
+        }
         other => {
             return Err(invalid(
                 "spec.score",
                 format!(
-                    "{other:?} is not one of \"index\", \"difference\", \"softmax\", \"log_likelihood\", \"mean_log_likelihood\", \"implicit\""
+                    "{other:?} is not one of \"index\", \"difference\", \"softmax\", \"log_likelihood\", \"mean_log_likelihood\", \"implicit\", \"judge\""
                 ),
             ));
         }
