@@ -1,13 +1,16 @@
 //! Reward models: specs, ONNX Runtime sessions on worker threads, tokenization, and the
 //! registry of loaded models.
 //!
-//! - [`spec`]: what an RM is (files, how its input text is built, where its score is read).
+//! - [`spec`]: what an RM is (files, how its input text is built, where its score is read:
+//!   a classifier's output, or a causal LM's likelihood, implicit reward or judge rating).
 //! - [`chat`]: chat-template input (HF `chat_template` rendered with minijinja).
 //! - [`runtime`]: loading ONNX Runtime's shared library once per process.
 //! - [`reward_model`]: one loaded RM: its job queue, the async `score` call, its metadata.
-//! - [`worker`]: the worker threads and the batcher that cuts queued jobs into inferences.
-//! - [`session`]: one ONNX Runtime session: provider, inputs, output, probe, inference.
-//! - [`tokenize`]: text to tokens (tokenizer, template or chat template, pad id).
+//! - `worker`: the worker threads and the batcher that cuts queued jobs into inferences.
+//! - `session`: one ONNX Runtime session: provider, inputs, output, probe, inference; for a
+//!   causal LM the per-response sums of its `token_logprobs` (and its reference model's).
+//! - `tokenize`: text to tokens (tokenizer, template or chat template, pad id); for a causal
+//!   LM the prompt part and the response part as two sequences of one encoding.
 //! - [`score_normalization`]: an RM's scores on the ensemble's common scale.
 //! - [`encoder`]: one loaded encoder (prompt -> a router's context) on the same workers.
 //! - [`kserve`]: RMs served by an inference engine over the Open Inference Protocol

@@ -5,7 +5,14 @@
 //! int64 or int32 as declared), the score output, a probe run at load that checks the
 //! output's shape against the spec, and one padded inference per batch.
 //!
-//! Cost: one inference per call, over batch × longest-sequence padded tokens.
+//! A causal LM (score `log_likelihood`, `mean_log_likelihood`, `implicit`, `judge`) reads the
+//! graph's `token_logprobs` (`[batch, tokens − 1]`) and returns per sequence [`CAUSAL_LM_ROW`]
+//! values: the sum over the response's tokens, their count, and the reference model's sum
+//! (an implicit reward's reference runs here too, on the same tokens); a judge's rows (one
+//! per rating) are folded into its mean rating per response (`Scorer::fold`).
+//!
+//! Cost: one inference per call (two with a reference model), over batch × longest-sequence
+//! padded tokens.
 
 use std::time::Instant;
 
