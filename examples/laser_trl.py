@@ -12,6 +12,14 @@ server at --address. The policy is a small randomly initialised Llama over the d
 server's business: add them to its config or with Admin/AddRewardModel, and name them in
 --reward-models. docs/trainers.md explains the signal and the knobs.
 
+--paper-rms routes between the kinds of RM LASeR itself used, beside a classifier: the demo's
+`satisfaction` classifier, a chat LLM scored by the likelihood of the response (`likelihood`) and
+the same LLM scored by its implicit DPO reward against a reference model (`dpo`), added through
+Admin/AddRewardModel. The LLMs are tiny random Llamas exported here by
+scripts/export_causal_lm.py (no model hub), or, with --paper-rms-dir DIR, the folders DIR/policy
+and DIR/reference exported by that script from real weights (e.g. Zephyr-7B-beta and its SFT
+reference; docs/llm-reward-models.md).
+
 Prints, per generation, which RM each prompt got and the step's logged loss; at the end the
 router's per-RM statistics (selections, feedback, mean reward) and the per-RM mean of the
 signal the bandit learned from; writes a plot of both over training.
@@ -65,6 +73,27 @@ def policy(model_path: str, seed: int):
     return model, tokenizer
 
 
+def add_paper_rms(client, folder: str) -> list:
+    """Add the `likelihood` and `dpo` RMs over the exported LLMs in FOLDER/policy and
+    FOLDER/reference (made here when FOLDER is empty); returns the router's RMs."""
+    import subprocess
+
+    root = Path(folder or tempfile.mkdtemp(prefix="laser-paper-rms-"))
+    for name, seed in (("policy", 1), ("reference", 2)):
+        if not (root / name / "model.onnx").exists():
+            subprocess.run([sys.executable, str(ROOT / "scripts" / "export_causal_lm.py"), "--tiny-llama",
+                            str(seed), str(root / name)], check=True, capture_output=True)
+    policy_files = dict(model_path=str(root / "policy" / "model.onnx"),
+                        tokenizer_path=str(root / "policy" / "tokenizer.json"), input_format="chat", max_length=512)
+    existing = {rm.name for rm in client.list_reward_models()}
+    if "likelihood" not in existing:
+        client.add_reward_model(name="likelihood", score="log_likelihood", **policy_files)
+    if "dpo" not in existing:
+        client.add_reward_model(name="dpo", score="implicit", implicit={
+            "reference_model_path": str(root / "reference" / "model.onnx"), "beta": 0.1}, **policy_files)
+    return ["satisfaction", "likelihood", "dpo"]
+
+
 def plot(path: str, laser: LaserRouterGRPO, reward_models: list) -> None:
     import matplotlib
     matplotlib.use("Agg")
@@ -96,6 +125,10 @@ def main() -> None:
     parser.add_argument("--router", default=f"laser-trl-{int(time.time())}")
     parser.add_argument("--reward-models", default="satisfaction,caution,detail")
     parser.add_argument("--model", default="", help="a local Hugging Face causal LM directory")
+    parser.add_argument("--paper-rms", action="store_true",
+                        help="route between a classifier, a likelihood LLM RM and an implicit-DPO LLM RM")
+    parser.add_argument("--paper-rms-dir", default="",
+                        help="with --paper-rms: folders policy/ and reference/ from scripts/export_causal_lm.py")
     parser.add_argument("--steps", type=int, default=24)
     parser.add_argument("--signal", choices=["dpo", "loss"], default="dpo")
     parser.add_argument("--num-generations", type=int, default=4)
@@ -118,7 +151,8 @@ def main() -> None:
         server, args.address, _ = start_server(data.name)
     try:
         client = LaserRouterClient(args.address)
-        reward_models = args.reward_models.split(",")
+        reward_models = (add_paper_rms(client, args.paper_rms_dir) if args.paper_rms
+                         else args.reward_models.split(","))
         # LinUCB over the server's encoder contexts, with the RMs this run may use.
         extra = {} if args.alpha is None else {"alpha": args.alpha}
         client.create_router(args.router, policy="linucb", reward_models=reward_models, encoder="minilm",

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The trainer tests, after the core suite (.ci/run runs it after scripts/test.sh): real TRL
-# GRPOTrainer runs routed by the real server binary (clients/python/trainer_tests), OpenRLHF's
+# GRPOTrainer runs routed by the real server binary and causal-LM reward models checked against
+# torch (clients/python/trainer_tests), OpenRLHF's
 # own remote reward model client against the HTTP endpoint, then the
 # paper's loop example (examples/laser_trl.py) for a few steps on the demo reward models, and
 # the closed-loop benchmark (examples/laser_closed_loop.py) for a few steps.
@@ -41,6 +42,11 @@ out=$(mktemp -d)
   2>&1 | grep -v -i warning | tee "$out/log.txt" | tail -8
 grep -q ", 0 pending," "$out/log.txt"
 test -s "$out/laser_trl.png"
+# The paper's setting: a classifier, a likelihood LLM RM and an implicit-DPO LLM RM (tiny Llamas
+# exported by scripts/export_causal_lm.py, added through Admin), routed in the same loop.
+"$venv/bin/python" examples/laser_trl.py --spawn --paper-rms --steps 4 --alpha 1 --plot "$out/paper.png" \
+  2>&1 | grep -v -i warning | tee "$out/paper.txt" | tail -5
+grep -q ", 0 pending," "$out/paper.txt" && grep -q "^dpo " "$out/paper.txt" && grep -q "^likelihood " "$out/paper.txt"
 # The closed-loop benchmark (docs/learning.md), short: it must run end to end through the server.
 python3 -m pip install --quiet matplotlib onnx
 python3 examples/laser_closed_loop.py --seeds 2 --steps 5 \
