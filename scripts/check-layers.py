@@ -33,6 +33,7 @@ LAYERS = [
 INNER = {
     "routers": [
         ["handle"],
+        ["placement"],
         ["replicas"],
         ["catalog"],
         ["instance"],

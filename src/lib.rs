@@ -14,7 +14,7 @@
 //! | wire | [`http_listener`] | the HTTP/JSON port, plain or TLS |
 //! | | [`api`] | gRPC handlers (admit -> convert -> call -> convert), the one error -> status mapping, forwarding to a router's owning replica; the only place that sees prost types |
 //! | domain | [`service`] | running Score and Feedback end to end (selection, RM fan-out, deadline, ids, ensemble, ranking, durability, metrics), priors from labelled pairs, admin operations, load shedding |
-//! | components | [`routers`] | from the bottom: `error`, `decisions` (the decision book), `instance` (one router: policy, feedback, prior, statistics), `catalog` (routers by name, the ledger: log, replay, snapshots), `replicas` (each router's owning replica on PostgreSQL), `handle` (the async front that owns their blocking threads) |
+//! | components | [`routers`] | from the bottom: `error`, `decisions` (the decision book), `instance` (one router: policy, feedback, prior, statistics), `catalog` (routers by name, the ledger: log, replay, snapshots), `replicas` (each router's owning replica on PostgreSQL), `placement` (where a router lives), `handle` (the async front that owns their blocking threads) |
 //! | | [`models`] | reward models: specs, ONNX Runtime sessions on worker threads, batching, tokenization |
 //! | foundations (crates of their own: `crates/bandit`, `crates/store`; they cannot import the server) | [`bandit`] | pure math: LinUCB arms, Thompson draws, reward normalization, label agreement, arm selection |
 //! | | [`store`] | durable bytes: CRC-framed log with group commit, snapshots, recovery; or streams with leases in PostgreSQL; the host identity |

@@ -7,10 +7,9 @@
 //! Router state leaves here as plain data ([`RouterInfo`], [`Selection`]), never as a
 //! shared router.
 //!
-//! Placement: one [`Routers`] holds every router (the local log, or in memory), or, on
-//! PostgreSQL, [`Replicas`] places each router (owned here, or served by another replica:
-//! [`RouterError::ServedElsewhere`], which the api layer forwards) and keeps the catalog of
-//! models.
+//! Where a router lives is `placement`'s business: one [`Routers`] holds every router, or,
+//! on PostgreSQL, [`Replicas`] places each (owned here, or served by another replica:
+//! [`RouterError::ServedElsewhere`], which the api layer forwards).
 
 use std::sync::Arc;
 
@@ -24,6 +23,7 @@ use crate::routers::error::RouterError;
 use crate::routers::instance::router::Router;
 use crate::routers::instance::settings::{RouterSettings, RouterSettingsPatch, SelectionMode};
 use crate::routers::instance::statistics::ArmStatistics;
+use crate::routers::placement::Placement;
 use crate::routers::replicas::{Placed, Replicas};
 use crate::store::Durable;
 
@@ -31,77 +31,6 @@ use crate::store::Durable;
 #[derive(Clone)]
 pub struct RoutersHandle {
     placement: Arc<Placement>,
-}
-
-/// Where routers live.
-enum Placement {
-    /// All of them here.
-    Single(Arc<Routers>),
-    /// Each owned by one of the replicas sharing a database.
-    Replicas(Box<Replicas>),
-}
-
-impl Placement {
-    /// The routers serving router `name`. Blocking.
-    fn routers_for(&self, name: &str) -> Result<Arc<Routers>, RouterError> {
-        match self {
-            Placement::Single(routers) => Ok(routers.clone()),
-            Placement::Replicas(replicas) => match replicas.place(name)? {
-                Placed::Here(cell) => Ok(cell),
-                Placed::There { address } => Err(RouterError::ServedElsewhere {
-                    router: name.to_string(),
-                    address,
-                }),
-            },
-        }
-    }
-
-    /// `error`, answered by `routers` for router `name`, unless the routers' copy may have
-    /// gone stale while the request ran (replicas: the lease lapsed, or another replica took
-    /// the router over): then an answer that depends on state it may not have (an unknown
-    /// decision, "already answered", a refused change) would mislead, and the request is
-    /// refused as retryable instead ([`RouterError::LeaseUnconfirmed`], UNAVAILABLE).
-    fn unless_stale(&self, name: &str, routers: &Routers, error: RouterError) -> RouterError {
-        match self.still_serves(name, routers) {
-            Ok(()) => error,
-            Err(stale) => stale,
-        }
-    }
-
-    /// `Ok` unless `routers`' copy of router `name` may have gone stale (replicas: fenced, or
-    /// its lease overdue): a check of the routers found earlier in a request, without
-    /// looking the router up again.
-    fn still_serves(&self, name: &str, routers: &Routers) -> Result<(), RouterError> {
-        let Placement::Replicas(_) = self else {
-            return Ok(());
-        };
-        let store = routers.store();
-        match (store.fenced(), store.lease_overdue()) {
-            (false, None) => Ok(()),
-            (_, overdue) => Err(RouterError::LeaseUnconfirmed {
-                router: name.to_string(),
-                overdue_ms: overdue.unwrap_or_default().as_millis() as u64,
-            }),
-        }
-    }
-
-    /// Where the models published through Admin are logged.
-    fn catalog(&self) -> &Arc<Routers> {
-        match self {
-            Placement::Single(routers) => routers,
-            Placement::Replicas(replicas) => replicas.catalog(),
-        }
-    }
-
-    /// Every [`Routers`] this server writes to: the catalog, then the routers it owns.
-    fn all(&self) -> Vec<Arc<Routers>> {
-        match self {
-            Placement::Single(routers) => vec![routers.clone()],
-            Placement::Replicas(replicas) => std::iter::once(replicas.catalog().clone())
-                .chain(replicas.cells())
-                .collect(),
-        }
-    }
 }
 
 /// A router looked up (or created) once for a request: later steps of the request use it

@@ -11,6 +11,8 @@
 //!   snapshots every change (and the RMs and encoders added through Admin).
 //! - [`replicas`]: routers spread over replicas sharing a PostgreSQL database, one owner
 //!   per router; placement, forwarding addresses and leases.
+//! - `placement`: where a router lives (here, or the replica that owns it) and whether a
+//!   copy found earlier may have gone stale.
 //! - [`handle`]: the async front: runs the catalog's work on blocking threads and waits
 //!   for durability, so callers only `.await`.
 //!
@@ -23,6 +25,7 @@ pub mod decisions;
 mod error;
 pub mod handle;
 pub mod instance;
+mod placement;
 pub mod replicas;
 #[cfg(test)]
 mod tests;
