@@ -172,19 +172,10 @@ impl Scorer {
             InputFormat::Chat => Some(ChatTemplate::load(&spec.tokenizer_config_path(), &name)?),
             InputFormat::Pair | InputFormat::Template | InputFormat::Text => None,
         };
-        let inputs = session
-            .inputs()
-            .iter()
-            .map(|outlet| model_input(&name, outlet.name(), outlet.dtype()))
-            .collect::<Result<Vec<_>, _>>()?;
+        let (inputs, outputs) = inputs_and_outputs(&session, &name)?;
         if !inputs.iter().any(|i| i.kind == InputKind::InputIds) {
             return Err(load_error("the model has no input named input_ids".into()));
         }
-        let outputs: Vec<String> = session
-            .outputs()
-            .iter()
-            .map(|o| o.name().to_string())
-            .collect();
         let causal_lm = match &spec.score {
             score if score.is_causal_lm() => {
                 require_token_logprobs(&spec, &outputs, "model")?;
@@ -282,7 +273,7 @@ impl Scorer {
         };
         let pad_id = self.encoder.pad_id();
         let started = Instant::now();
-        let (dims, data) = run(
+        let (dims, mut data) = run(
             &mut self.session,
             &self.inputs,
             &self.output_name,
@@ -329,7 +320,8 @@ impl Scorer {
             }
         };
         // Whole rows: each reward model sharing this session reads its own head from them.
-        Ok(data[..batch * width].to_vec())
+        data.truncate(batch * width);
+        Ok(data)
     }
 }
 
@@ -471,17 +463,8 @@ fn reference_session(
         ..spec.clone()
     };
     let (session, _) = build_session(&reference_spec, environment)?;
-    let outputs: Vec<String> = session
-        .outputs()
-        .iter()
-        .map(|o| o.name().to_string())
-        .collect();
+    let (inputs, outputs) = inputs_and_outputs(&session, &spec.name)?;
     require_token_logprobs(spec, &outputs, "reference model")?;
-    let inputs = session
-        .inputs()
-        .iter()
-        .map(|outlet| model_input(&spec.name, outlet.name(), outlet.dtype()))
-        .collect::<Result<Vec<_>, _>>()?;
     if !inputs.iter().any(|i| i.kind == InputKind::InputIds) {
         return Err(invalid(
             "the reference model has no input named input_ids".into(),
@@ -600,6 +583,25 @@ fn build_session(
         }
         Err(reason) => Err(load_error(format!("execution provider {label}: {reason}"))),
     }
+}
+
+/// A session's token inputs (each checked: a supported name, an integer type) and its output
+/// names, in the graph's order.
+fn inputs_and_outputs(
+    session: &Session,
+    model: &str,
+) -> Result<(Vec<ModelInput>, Vec<String>), ModelError> {
+    let inputs = session
+        .inputs()
+        .iter()
+        .map(|outlet| model_input(model, outlet.name(), outlet.dtype()))
+        .collect::<Result<Vec<_>, _>>()?;
+    let outputs = session
+        .outputs()
+        .iter()
+        .map(|o| o.name().to_string())
+        .collect();
+    Ok((inputs, outputs))
 }
 
 fn model_input(model: &str, name: &str, dtype: &ValueType) -> Result<ModelInput, ModelError> {
