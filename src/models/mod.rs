@@ -3,6 +3,8 @@
 //!
 //! - [`spec`]: what an RM is (files, how its input text is built, where its score is read:
 //!   a classifier's output, or a causal LM's likelihood, implicit reward or judge rating).
+//! - `causal_lm`: what a causal LM's scores are made of, whoever runs it: the tokens of the
+//!   response that are scored, the row per response, a judge's ratings folded into one.
 //! - [`chat`]: chat-template input (HF `chat_template` rendered with minijinja).
 //! - [`runtime`]: loading ONNX Runtime's shared library once per process.
 //! - [`reward_model`]: one loaded RM: its job queue, the async `score` call, its metadata.
@@ -13,31 +15,38 @@
 //!   LM the prompt part and the response part as two sequences of one encoding.
 //! - [`score_normalization`]: an RM's scores on the ensemble's common scale.
 //! - [`encoder`]: one loaded encoder (prompt -> a router's context) on the same workers.
-//! - [`kserve`]: RMs served by an inference engine over the Open Inference Protocol
-//!   (backend `kserve_v2`): request coalescing, endpoints, health.
+//! - [`remote`]: an RM served by an engine, whatever the protocol: its queue, request
+//!   coalescing, deadlines, endpoints and health.
+//! - [`kserve`]: the Open Inference Protocol over gRPC (backend `kserve_v2`: Triton, KServe,
+//!   MLServer, OpenVINO Model Server).
+//! - [`vllm`]: vLLM's HTTP API (backend `vllm`): causal LMs scored from prompt log-probs,
+//!   classifiers through `/pooling`.
 //! - [`registry`]: loaded RMs and encoders by name.
 //!
 //! Async ends at a channel: the service sends a job and awaits a oneshot reply;
 //! tokenization and inference never run on the tokio runtime, and loading runs on a
 //! blocking thread ([`RewardModel::load_off_runtime`], [`RewardModels::open`]).
 
+mod causal_lm;
 pub mod chat;
 pub mod encoder;
 pub mod kserve;
 pub mod registry;
+pub mod remote;
 pub mod reward_model;
 pub mod runtime;
 pub mod score_normalization;
 mod session;
 pub mod spec;
 mod tokenize;
+pub mod vllm;
 mod worker;
 
 pub use encoder::{Encoder, EncoderSpec};
 pub use registry::{Encoders, RewardModels};
 pub use reward_model::{ModelSource, RewardModel};
 pub use session::Pooling;
-pub use spec::{Backend, InputFormat, KserveV2Spec, RemoteInput, RewardModelSpec};
+pub use spec::{Backend, InputFormat, KserveV2Spec, RemoteInput, RewardModelSpec, VllmSpec};
 
 /// What went wrong loading or running a reward model.
 #[derive(Clone, Debug, thiserror::Error)]

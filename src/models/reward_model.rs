@@ -21,10 +21,13 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use super::kserve::RemoteModel;
+use super::causal_lm::CAUSAL_LM_ROW;
+use super::kserve::Kserve;
+use super::remote::RemoteModel;
 use super::score_normalization::RunningScores;
-use super::session::{CAUSAL_LM_ROW, Head};
+use super::session::Head;
 use super::spec::{Backend, ImplicitReward, ScoreRead};
+use super::vllm::Vllm;
 use super::worker::{Workers, off_runtime};
 use super::{ModelError, RewardModelSpec};
 
@@ -53,6 +56,22 @@ enum Runner {
     Remote(Arc<RemoteModel>),
 }
 
+/// A remote model on the engine its spec's backend names (see [`RemoteModel::start`]).
+async fn start_remote(spec: &RewardModelSpec, strict: bool) -> Result<RemoteModel, ModelError> {
+    match &spec.backend {
+        Backend::KserveV2(_) => {
+            RemoteModel::start(spec.clone(), Kserve::connect(spec).await?, strict).await
+        }
+        Backend::Vllm(_) => {
+            RemoteModel::start(spec.clone(), Vllm::connect(spec).await?, strict).await
+        }
+        Backend::Onnx => Err(ModelError::InvalidSpec {
+            name: spec.name.clone(),
+            reason: "backend onnx runs in process".into(),
+        }),
+    }
+}
+
 /// A reward model ready to score. Dropping it stops its workers once queued jobs finish.
 pub struct RewardModel {
     spec: RewardModelSpec,
@@ -75,9 +94,9 @@ impl RewardModel {
                 tracing::info!(reward_model = %spec.name, model = %spec.model.display(), provider = %workers.provider, workers = spec.workers, "reward model loaded");
                 Runner::Onnx(workers)
             }
-            Backend::KserveV2(_) => {
-                let remote = tokio::runtime::Handle::current()
-                    .block_on(RemoteModel::start(spec.clone(), false))?;
+            Backend::KserveV2(_) | Backend::Vllm(_) => {
+                let remote =
+                    tokio::runtime::Handle::current().block_on(start_remote(&spec, false))?;
                 Runner::Remote(Arc::new(remote))
             }
         };
@@ -184,9 +203,9 @@ impl RewardModel {
         spec: RewardModelSpec,
         source: ModelSource,
     ) -> Result<Self, ModelError> {
-        if spec.remote().is_some() {
+        if spec.backend.is_remote() {
             spec.validate()?;
-            let remote = RemoteModel::start(spec.clone(), true).await?;
+            let remote = start_remote(&spec, true).await?;
             return Self::on(spec, source, Runner::Remote(Arc::new(remote)));
         }
         off_runtime(spec.name.clone(), move || Self::load(spec, source)).await
@@ -196,7 +215,7 @@ impl RewardModel {
     pub fn provider(&self) -> &str {
         match &self.runner {
             Runner::Onnx(workers) => &workers.provider,
-            Runner::Remote(_) => "kserve_v2",
+            Runner::Remote(remote) => remote.kind(),
         }
     }
 

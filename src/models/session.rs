@@ -22,9 +22,10 @@ use tokenizers::Encoding;
 
 use serde::{Deserialize, Serialize};
 
+use super::causal_lm::{CAUSAL_LM_ROW, fold_rows, scored_tokens};
 use super::chat::ChatTemplate;
 use super::spec::{ImplicitReward, Provider, ScoreRead, TOKEN_LOGPROBS_OUTPUT};
-use super::tokenize::{TextEncoder, load_tokenizer, response_span};
+use super::tokenize::{TextEncoder, load_tokenizer};
 use super::{InputFormat, ModelError, RewardModelSpec, runtime};
 use crate::telemetry::metric;
 
@@ -141,11 +142,6 @@ pub(super) struct Scorer {
     causal_lm: Option<CausalLm>,
 }
 
-/// Values per sequence a causal LM's session returns: Σ log π over the response's tokens,
-/// the number of those tokens, Σ log π_ref over them (0 without a reference). Each RM
-/// sharing the session reads its score from them (`RewardModel::scores_from`).
-pub const CAUSAL_LM_ROW: usize = 3;
-
 /// What a causal LM's session runs beside the policy graph.
 struct CausalLm {
     reference: Option<(Session, Vec<ModelInput>)>,
@@ -237,29 +233,9 @@ impl Scorer {
         Ok(self.fold(rows))
     }
 
-    /// One job's rows as the RMs sharing this session read them: a judge's rows (one per
-    /// response and rating, in that order) folded into one per response, `[the
-    /// probability-weighted mean rating, ratings, 0]`, each rating's probability its
-    /// continuation's likelihood normalized over the ratings; other kinds' rows as they are.
+    /// One job's rows as the RMs sharing this session read them ([`fold_rows`]).
     pub(super) fn fold(&self, rows: Vec<f32>) -> Vec<f32> {
-        let ScoreRead::Judge(rubric) = &self.spec.score else {
-            return rows;
-        };
-        let values = rubric.values();
-        rows.chunks(values.len() * CAUSAL_LM_ROW)
-            .flat_map(|response| {
-                let logprobs: Vec<f64> = response
-                    .chunks(CAUSAL_LM_ROW)
-                    .map(|row| row[0] as f64)
-                    .collect();
-                let max = logprobs.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-                let weights: Vec<f64> = logprobs.iter().map(|l| (l - max).exp()).collect();
-                let total: f64 = weights.iter().sum();
-                let mean: f64 =
-                    weights.iter().zip(&values).map(|(w, v)| w * v).sum::<f64>() / total;
-                [mean as f32, values.len() as f32, 0.0]
-            })
-            .collect()
+        fold_rows(&self.spec.score, rows)
     }
 
     /// One inference over `encodings`, padded to the longest: `width` values per sequence.
@@ -390,9 +366,9 @@ fn causal_lm_rows(
     let width = sequence - 1;
     let mut rows = Vec::with_capacity(batch * CAUSAL_LM_ROW);
     for (row, encoding) in encodings.iter().enumerate() {
-        let span = response_span(encoding);
         // Token t is predicted at position t - 1.
-        let positions = span.start.max(1) - 1..span.end - 1;
+        let tokens = scored_tokens(encoding);
+        let positions = tokens.start - 1..tokens.end - 1;
         let sum = |values: &[f32]| -> f64 {
             values[row * width..][positions.clone()]
                 .iter()

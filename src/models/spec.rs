@@ -41,6 +41,22 @@
 //! model_name = "skywork"
 //! send = "tokens"                            # or "texts" (a BYTES tensor, engine tokenizes)
 //! ```
+//!
+//! Or by vLLM's HTTP server ([`VllmSpec`]): a causal LM scored by likelihood, implicit
+//! reward or as a judge (tokenized here, log-probs from vLLM), or a classifier (`/pooling`):
+//!
+//! ```toml
+//! [[reward_models]]
+//! name = "zephyr"
+//! tokenizer = "models/zephyr/tokenizer.json"  # the served model's; causal LMs are tokenized here
+//! input_format = "chat"
+//! score = { implicit = { beta = 0.1 } }      # the reference is on vLLM too:
+//! [reward_models.backend.vllm]
+//! endpoints = ["http://vllm-0:8000"]
+//! model_name = "zephyr-7b-beta"
+//! reference_endpoints = ["http://vllm-ref-0:8000"]
+//! reference_model_name = "mistral-7b-sft-beta"
+//! ```
 
 use std::path::{Path, PathBuf};
 
@@ -48,6 +64,7 @@ use serde::{Deserialize, Serialize};
 
 use super::ModelError;
 pub use super::kserve::spec::{KserveV2Spec, RemoteInput};
+pub use super::vllm::spec::VllmSpec;
 
 /// `max_length` when a spec leaves it out.
 pub const DEFAULT_MAX_LENGTH: usize = 512;
@@ -156,7 +173,9 @@ impl JudgeRubric {
 #[serde(deny_unknown_fields)]
 pub struct ImplicitReward {
     /// The reference policy's ONNX graph (same inputs and `token_logprobs` output), relative
-    /// to the config file.
+    /// to the config file (backend `onnx`; a vLLM RM names its reference's servers in
+    /// `backend.vllm`).
+    #[serde(default)]
     pub reference_model: PathBuf,
     /// Its tokenizer, when it has its own file: it must be the policy's (same vocabulary);
     /// by default the policy's tokenizer is used.
@@ -255,6 +274,8 @@ pub enum Backend {
     Onnx,
     /// On an inference engine speaking the Open Inference Protocol (KServe v2) over gRPC.
     KserveV2(Box<KserveV2Spec>),
+    /// On vLLM's HTTP server (OpenAI-compatible API, `/v1/completions` and `/pooling`).
+    Vllm(Box<VllmSpec>),
 }
 
 impl Backend {
@@ -262,7 +283,13 @@ impl Backend {
         match self {
             Backend::Onnx => "onnx",
             Backend::KserveV2(_) => "kserve_v2",
+            Backend::Vllm(_) => "vllm",
         }
+    }
+
+    /// Whether the model runs on an engine (not in process).
+    pub fn is_remote(&self) -> bool {
+        !matches!(self, Backend::Onnx)
     }
 }
 
@@ -382,11 +409,11 @@ impl RewardModelSpec {
         }
     }
 
-    /// The engine and model of a remote RM; `None` in process.
+    /// The engine and model of a KServe-v2 RM; `None` otherwise.
     pub fn remote(&self) -> Option<&KserveV2Spec> {
         match &self.backend {
-            Backend::Onnx => None,
             Backend::KserveV2(remote) => Some(remote),
+            Backend::Onnx | Backend::Vllm(_) => None,
         }
     }
 
@@ -399,11 +426,15 @@ impl RewardModelSpec {
         if set(&self.tokenizer) && self.tokenizer.is_relative() {
             self.tokenizer = base.join(&self.tokenizer);
         }
-        if let Backend::KserveV2(remote) = &mut self.backend
-            && let Some(ca) = &remote.tls_ca
+        let tls_ca = match &mut self.backend {
+            Backend::KserveV2(remote) => remote.tls_ca.as_mut(),
+            Backend::Vllm(vllm) => vllm.tls_ca.as_mut(),
+            Backend::Onnx => None,
+        };
+        if let Some(ca) = tls_ca
             && ca.is_relative()
         {
-            remote.tls_ca = Some(base.join(ca));
+            *ca = base.join(&*ca);
         }
         if let Some(config) = &self.tokenizer_config
             && config.is_relative()
@@ -411,7 +442,7 @@ impl RewardModelSpec {
             self.tokenizer_config = Some(base.join(config));
         }
         if let ScoreRead::Implicit(implicit) = &mut self.score {
-            if implicit.reference_model.is_relative() {
+            if set(&implicit.reference_model) && implicit.reference_model.is_relative() {
                 implicit.reference_model = base.join(&implicit.reference_model);
             }
             if let Some(tokenizer) = &implicit.reference_tokenizer
@@ -522,15 +553,24 @@ impl RewardModelSpec {
                 ));
             }
         }
-        if self.score.is_causal_lm() && !matches!(self.backend, Backend::Onnx) {
+        if self.score.is_causal_lm() && matches!(self.backend, Backend::KserveV2(_)) {
             return Err(invalid(format!(
-                "score = \"{}\" runs causal LMs in process (backend onnx); an engine serves classifier heads",
+                "score = \"{}\" runs causal LMs in process (backend onnx) or on vLLM (backend vllm); a kserve_v2 engine serves classifier heads",
                 self.score.name()
             )));
         }
         if self.score.is_causal_lm() && self.max_length < 2 {
             return Err(invalid(
                 "max_length must be at least 2 for a causal LM (a token and its successor)".into(),
+            ));
+        }
+        if let ScoreRead::Implicit(implicit) = &self.score
+            && self.backend == Backend::Onnx
+            && implicit.reference_model.as_os_str().is_empty()
+        {
+            return Err(invalid(
+                "score.implicit.reference_model (the reference policy's ONNX file) is missing"
+                    .into(),
             ));
         }
         if self.score == ScoreRead::Difference && self.output_other_index == self.output_index {
@@ -551,9 +591,50 @@ impl RewardModelSpec {
             )),
             Backend::KserveV2(remote) => remote
                 .validate()
-                .and_then(|()| check_remote_input(remote, self))
+                .and_then(|()| check_remote_input("kserve_v2", remote.send, self))
+                .map_err(invalid),
+            Backend::Vllm(_) if !self.model.as_os_str().is_empty() => Err(invalid(
+                "model is a local ONNX file: a vllm model lives on its servers".into(),
+            )),
+            Backend::Vllm(vllm) => vllm
+                .validate()
+                .and_then(|()| self.check_vllm(vllm))
                 .map_err(invalid),
         }
+    }
+
+    /// What a vLLM RM's score kind needs of its `backend.vllm` table and tokenizer.
+    fn check_vllm(&self, vllm: &VllmSpec) -> Result<(), String> {
+        let implicit = matches!(self.score, ScoreRead::Implicit(_));
+        if let ScoreRead::Implicit(reference) = &self.score
+            && !reference.reference_model.as_os_str().is_empty()
+        {
+            return Err(format!(
+                "score.implicit.reference_model {:?} is an ONNX file: a vllm RM's reference is vllm.reference_model_name on vllm.reference_endpoints",
+                reference.reference_model
+            ));
+        }
+        if implicit && vllm.reference_endpoints.is_empty() {
+            return Err(
+                "score = \"implicit\" on vllm needs vllm.reference_endpoints and vllm.reference_model_name (the reference model's servers)".into(),
+            );
+        }
+        if !implicit && !vllm.reference_endpoints.is_empty() {
+            return Err(format!(
+                "vllm.reference_endpoints is only read by score = \"implicit\" (this RM's score is \"{}\")",
+                self.score.name()
+            ));
+        }
+        if self.score.is_causal_lm() {
+            if self.tokenizer.as_os_str().is_empty() {
+                return Err(format!(
+                    "score = \"{}\" on vllm needs the served model's tokenizer: the response's tokens are found here",
+                    self.score.name()
+                ));
+            }
+            return Ok(());
+        }
+        check_remote_input("vllm", vllm.send, self)
     }
 
     /// The `tokenizer_config.json` a `chat` model's template comes from.
@@ -635,10 +716,14 @@ impl From<RewardModelSpecV1> for RewardModelSpec {
 }
 
 /// What `send` needs of the RM's tokenizer and input format.
-fn check_remote_input(remote: &KserveV2Spec, spec: &RewardModelSpec) -> Result<(), String> {
-    match remote.send {
+fn check_remote_input(
+    backend: &str,
+    send: RemoteInput,
+    spec: &RewardModelSpec,
+) -> Result<(), String> {
+    match send {
         RemoteInput::Tokens if spec.tokenizer.as_os_str().is_empty() => {
-            Err("kserve_v2.send = \"tokens\" needs the RM's tokenizer".into())
+            Err(format!("{backend}.send = \"tokens\" needs the RM's tokenizer"))
         }
         RemoteInput::Texts if spec.input_format == InputFormat::Pair => Err(
             "input_format \"pair\" cannot be sent as one text: use send = \"tokens\", or a template"

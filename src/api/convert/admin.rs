@@ -9,7 +9,7 @@ use crate::api::pb;
 use crate::models::spec::{ImplicitReward, JudgeRubric, Provider, ScoreRead};
 use crate::models::{
     Backend, Encoder, EncoderSpec, InputFormat, KserveV2Spec, Pooling, RemoteInput, RewardModel,
-    RewardModelSpec,
+    RewardModelSpec, VllmSpec,
 };
 use crate::routers::{
     FirstReward, NormalizationKind, Policy, PolicyKind, Preset, RouterInfo, RouterSettings,
@@ -189,9 +189,16 @@ pub fn reward_model_spec(
             ));
         }
     };
-    let backend = match spec.kserve_v2 {
-        None => Backend::Onnx,
-        Some(remote) => Backend::KserveV2(Box::new(kserve_v2_spec(remote)?)),
+    let backend = match (spec.kserve_v2, spec.vllm) {
+        (None, None) => Backend::Onnx,
+        (Some(remote), None) => Backend::KserveV2(Box::new(kserve_v2_spec(remote)?)),
+        (None, Some(vllm)) => Backend::Vllm(Box::new(vllm_spec(vllm)?)),
+        (Some(_), Some(_)) => {
+            return Err(invalid(
+                "spec.vllm",
+                "is set with spec.kserve_v2: a model has one backend",
+            ));
+        }
     };
     if backend == Backend::Onnx && spec.model_path.is_empty() {
         return Err(invalid("spec.model_path", "is empty"));
@@ -230,7 +237,7 @@ pub fn reward_model_spec(
     if spec.max_batch_delay_ms > 0 {
         converted.max_batch_delay_ms = spec.max_batch_delay_ms as u64;
     }
-    converted.score = score_read(&spec.score, spec.implicit, spec.judge)?;
+    converted.score = score_read(&spec.score, spec.implicit, spec.judge, &backend)?;
     converted.output_other_index = spec.output_other_index as usize;
     converted.backend = backend;
     let spec = converted;
@@ -244,6 +251,7 @@ fn score_read(
     score: &str,
     implicit: Option<pb::ImplicitRewardSpec>,
     judge: Option<pb::JudgeRubricSpec>,
+    backend: &Backend,
 ) -> Result<ScoreRead, RequestError> {
     if implicit.is_some() && score != "implicit" {
         return Err(invalid(
@@ -270,7 +278,7 @@ fn score_read(
                     "is missing: score \"implicit\" needs the reference model and beta",
                 ));
             };
-            if implicit.reference_model_path.is_empty() {
+            if implicit.reference_model_path.is_empty() && *backend == Backend::Onnx {
                 return Err(invalid("spec.implicit.reference_model_path", "is empty"));
             }
             ScoreRead::Implicit(ImplicitReward {
@@ -308,16 +316,7 @@ fn score_read(
 fn kserve_v2_spec(spec: pb::KserveV2Spec) -> Result<KserveV2Spec, RequestError> {
     let mut converted = KserveV2Spec::new(spec.endpoints, spec.model_name);
     converted.model_version = spec.model_version;
-    converted.send = match spec.send.as_str() {
-        "" | "texts" => RemoteInput::Texts,
-        "tokens" => RemoteInput::Tokens,
-        other => {
-            return Err(invalid(
-                "spec.kserve_v2.send",
-                format!("{other:?} is not one of \"texts\", \"tokens\""),
-            ));
-        }
-    };
+    converted.send = remote_input(&spec.send, "spec.kserve_v2.send")?;
     let set = |value: String| (!value.is_empty()).then_some(value);
     converted.text_input = set(spec.text_input);
     if spec.timeout_ms > 0 {
@@ -330,6 +329,41 @@ fn kserve_v2_spec(spec: pb::KserveV2Spec) -> Result<KserveV2Spec, RequestError> 
     converted.tls_domain = set(spec.tls_domain);
     converted.auth_header = set(spec.auth_header);
     converted.auth_value_env = set(spec.auth_value_env);
+    if spec.health_interval_ms > 0 {
+        converted.health_interval_ms = spec.health_interval_ms as u64;
+    }
+    if spec.failures_before_unavailable > 0 {
+        converted.failures_before_unavailable = spec.failures_before_unavailable;
+    }
+    Ok(converted)
+}
+
+/// `send` of a remote backend's table (`field` names it in the error).
+fn remote_input(send: &str, field: &str) -> Result<RemoteInput, RequestError> {
+    match send {
+        "" | "texts" => Ok(RemoteInput::Texts),
+        "tokens" => Ok(RemoteInput::Tokens),
+        other => Err(invalid(
+            field,
+            format!("{other:?} is not one of \"texts\", \"tokens\""),
+        )),
+    }
+}
+
+/// The vllm part of an AddRewardModel spec, defaults filled in (checked with the rest).
+fn vllm_spec(spec: pb::VllmSpec) -> Result<VllmSpec, RequestError> {
+    let mut converted = VllmSpec::new(spec.endpoints, spec.model_name);
+    converted.reference_endpoints = spec.reference_endpoints;
+    converted.reference_model_name = spec.reference_model_name;
+    converted.send = remote_input(&spec.send, "spec.vllm.send")?;
+    if spec.timeout_ms > 0 {
+        converted.timeout_ms = spec.timeout_ms as u64;
+    }
+    if spec.max_concurrency > 0 {
+        converted.max_concurrency = spec.max_concurrency as usize;
+    }
+    converted.tls_ca = (!spec.tls_ca_path.is_empty()).then(|| spec.tls_ca_path.into());
+    converted.api_key_env = (!spec.api_key_env.is_empty()).then_some(spec.api_key_env);
     if spec.health_interval_ms > 0 {
         converted.health_interval_ms = spec.health_interval_ms as u64;
     }
@@ -360,10 +394,11 @@ pub fn reward_model_info(model: &RewardModel) -> pb::RewardModelInfo {
         available: model.is_available(),
         unavailable_reason: model.unavailable_reason(),
         endpoints: model.endpoints(),
-        remote_model_name: spec
-            .remote()
-            .map(|remote| remote.model_name.clone())
-            .unwrap_or_default(),
+        remote_model_name: match &spec.backend {
+            Backend::KserveV2(remote) => remote.model_name.clone(),
+            Backend::Vllm(vllm) => vllm.model_name.clone(),
+            Backend::Onnx => String::new(),
+        },
     }
 }
 

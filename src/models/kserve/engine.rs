@@ -3,7 +3,6 @@
 //! every call carries the auth header and a timeout (`grpc-timeout` for the engine, and a
 //! local timer for an engine that does not answer at all).
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use tonic::metadata::{AsciiMetadataKey, AsciiMetadataValue};
@@ -15,40 +14,14 @@ use super::proto::{
     ModelReadyRequest,
 };
 use crate::models::kserve::spec::KserveV2Spec;
+use crate::models::remote::{CallError, EndpointSet};
 
 /// Largest message accepted from or sent to an engine.
 const MAX_MESSAGE_BYTES: usize = 256 << 20;
 
-/// One endpoint of the model.
-struct Endpoint {
-    url: String,
-    client: GrpcInferenceServiceClient<Channel>,
-    /// The last probe or call found the model ready here.
-    ready: AtomicBool,
-}
-
-/// A failed call: where, and the engine's (or the transport's) reason.
-#[derive(Clone, Debug)]
-pub(super) struct CallError {
-    pub(super) endpoint: String,
-    pub(super) reason: String,
-    /// The engine could not be reached (connection refused, reset, no route): the endpoint
-    /// is taken out at once.
-    pub(super) unreachable: bool,
-    /// The local timer fired (the engine did not answer in time).
-    pub(super) timed_out: bool,
-}
-
-impl std::fmt::Display for CallError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}: {}", self.endpoint, self.reason)
-    }
-}
-
-/// The endpoints of one remote model, used round-robin among the ready ones.
+/// The endpoints of one remote model and its name there.
 pub(super) struct Engine {
-    endpoints: Vec<Endpoint>,
-    next: AtomicUsize,
+    pub(super) endpoints: EndpointSet<GrpcInferenceServiceClient<Channel>>,
     model_name: String,
     model_version: String,
     auth: Option<(AsciiMetadataKey, AsciiMetadataValue)>,
@@ -101,53 +74,15 @@ impl Engine {
             let client = GrpcInferenceServiceClient::new(endpoint.connect_lazy())
                 .max_decoding_message_size(MAX_MESSAGE_BYTES)
                 .max_encoding_message_size(MAX_MESSAGE_BYTES);
-            endpoints.push(Endpoint {
-                url: url.clone(),
-                client,
-                ready: AtomicBool::new(false),
-            });
+            endpoints.push((url.clone(), client));
         }
         Ok(Self {
-            endpoints,
-            next: AtomicUsize::new(0),
+            endpoints: EndpointSet::new(endpoints),
             model_name: spec.model_name.clone(),
             model_version: spec.model_version.clone(),
             auth,
             timeout: Duration::from_millis(spec.timeout_ms),
         })
-    }
-
-    pub(super) fn len(&self) -> usize {
-        self.endpoints.len()
-    }
-
-    pub(super) fn url(&self, endpoint: usize) -> &str {
-        &self.endpoints[endpoint].url
-    }
-
-    pub(super) fn urls(&self) -> Vec<String> {
-        self.endpoints.iter().map(|e| e.url.clone()).collect()
-    }
-
-    /// The next ready endpoint, round-robin.
-    pub(super) fn pick(&self) -> Option<usize> {
-        let count = self.endpoints.len();
-        let start = self.next.fetch_add(1, Ordering::Relaxed);
-        (0..count)
-            .map(|offset| (start + offset) % count)
-            .find(|&i| self.endpoints[i].ready.load(Ordering::Relaxed))
-    }
-
-    pub(super) fn set_ready(&self, endpoint: usize, ready: bool) {
-        self.endpoints[endpoint]
-            .ready
-            .store(ready, Ordering::Relaxed);
-    }
-
-    pub(super) fn any_ready(&self) -> bool {
-        self.endpoints
-            .iter()
-            .any(|e| e.ready.load(Ordering::Relaxed))
     }
 
     fn request<T>(&self, message: T, timeout: Duration) -> tonic::Request<T> {
@@ -166,22 +101,17 @@ impl Engine {
         timeout: Duration,
         call: impl Future<Output = Result<tonic::Response<R>, tonic::Status>>,
     ) -> Result<R, CallError> {
-        let url = self.endpoints[endpoint].url.clone();
+        let url = self.endpoints.url(endpoint).to_string();
         match tokio::time::timeout(timeout, call).await {
             Ok(Ok(response)) => Ok(response.into_inner()),
             Ok(Err(status)) => Err(call_error(url, &status)),
-            Err(_) => Err(CallError {
-                endpoint: url,
-                reason: format!("no answer within {} ms", timeout.as_millis()),
-                unreachable: false,
-                timed_out: true,
-            }),
+            Err(_) => Err(CallError::no_answer(url, timeout)),
         }
     }
 
     /// `ModelReady` of the model on `endpoint`.
     pub(super) async fn ready(&self, endpoint: usize) -> Result<bool, CallError> {
-        let mut client = self.endpoints[endpoint].client.clone();
+        let mut client = self.endpoints.client(endpoint).clone();
         let request = self.request(
             ModelReadyRequest {
                 name: self.model_name.clone(),
@@ -199,7 +129,7 @@ impl Engine {
         &self,
         endpoint: usize,
     ) -> Result<ModelMetadataResponse, CallError> {
-        let mut client = self.endpoints[endpoint].client.clone();
+        let mut client = self.endpoints.client(endpoint).clone();
         let request = self.request(
             ModelMetadataRequest {
                 name: self.model_name.clone(),
@@ -220,7 +150,7 @@ impl Engine {
     ) -> Result<ModelInferResponse, CallError> {
         message.model_name = self.model_name.clone();
         message.model_version = self.model_version.clone();
-        let mut client = self.endpoints[endpoint].client.clone();
+        let mut client = self.endpoints.client(endpoint).clone();
         let request = self.request(message, timeout);
         self.call(endpoint, timeout, client.model_infer(request))
             .await

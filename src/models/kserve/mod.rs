@@ -7,17 +7,13 @@
 //!   header, a timeout per call) and the protocol's calls.
 //! - [`tensors`]: what goes in (a BYTES tensor of texts, or token tensors tokenized here) and
 //!   how the score output comes back (typed or raw contents, any numeric datatype).
-//! - [`remote`]: [`RemoteModel`]: the queue of score jobs coalesced into ModelInfer requests
-//!   (up to the model's max batch, `max_concurrency` in flight), and the model's health:
-//!   `ModelReady` at add time and every `health_interval_ms`, unreachable endpoints taken
-//!   out at once, `failures_before_unavailable` failed inferences in a row marking the model
-//!   unavailable until a probe finds it ready again.
-//!
-//! Cost per score job on the caller: one channel send. Rendering and tokenizing run on a
-//! blocking thread per batch, never on the async runtime; the network call is async.
+//! - [`protocol`]: [`Kserve`], the protocol as the remote model ([`crate::models::remote`])
+//!   runs it: readiness is `ModelReady` (at add time and every `health_interval_ms`), the
+//!   layout comes from `ModelMetadata`, a request is one ModelInfer of up to the model's max
+//!   batch. Queueing, coalescing, deadlines and health are the remote model's.
 
 mod engine;
-mod remote;
+mod protocol;
 pub mod spec;
 mod tensors;
 
@@ -27,4 +23,4 @@ pub mod proto {
     tonic::include_proto!("inference");
 }
 
-pub use remote::RemoteModel;
+pub use protocol::Kserve;

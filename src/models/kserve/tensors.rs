@@ -14,7 +14,7 @@ use crate::models::session::{InputKind, token_matrix};
 
 /// What the model takes and gives, from its metadata and the spec.
 #[derive(Clone, Debug)]
-pub(super) struct Layout {
+pub(in crate::models) struct Layout {
     pub(super) inputs: Vec<LayoutInput>,
     pub(super) output: String,
     /// Sequences per ModelInfer: the spec's `max_batch_sequences`, or less when the

@@ -1,0 +1,142 @@
+//! The `backend.vllm` table of a reward model's spec: where vLLM's OpenAI-compatible server
+//! is (endpoints, served model name; for an implicit reward the reference model's server
+//! too), what is sent to a classifier (texts or tokens), and the call's limits, TLS, API key
+//! and health probing. Plain data with its own checks; the RM's spec (`models::spec`) holds
+//! it in `Backend::Vllm` and checks what its score kind needs.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::models::kserve::spec::RemoteInput;
+
+fn default_timeout_ms() -> u64 {
+    30_000
+}
+
+fn default_concurrency() -> usize {
+    4
+}
+
+fn default_health_interval_ms() -> u64 {
+    2_000
+}
+
+fn default_failures_before_unavailable() -> u32 {
+    3
+}
+
+/// A reward model served by vLLM (`vllm serve`, or `python -m vllm.entrypoints.openai.api_server`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VllmSpec {
+    /// Base URLs of the model's servers (`http://host:8000`, or `https://` with TLS), used
+    /// round-robin among those that are healthy.
+    pub endpoints: Vec<String>,
+    /// The served model name (`--served-model-name`, else the model path vLLM was given).
+    pub model_name: String,
+    /// `score = { implicit = ... }`: the servers of the reference model (vLLM serves one
+    /// model per server).
+    #[serde(default)]
+    pub reference_endpoints: Vec<String>,
+    /// ...and its served name.
+    #[serde(default)]
+    pub reference_model_name: String,
+    /// A classifier (`score` index, difference or softmax, through `/pooling`): `texts`
+    /// (default; vLLM tokenizes) or `tokens` (tokenized here with the RM's tokenizer). A
+    /// causal LM is always sent tokens: the response's span is known only here.
+    #[serde(default)]
+    pub send: RemoteInput,
+    /// Limit on each call (and each probe); a client deadline that comes sooner wins.
+    #[serde(default = "default_timeout_ms")]
+    pub timeout_ms: u64,
+    /// Calls in flight at once; jobs queued meanwhile are coalesced into one call.
+    #[serde(default = "default_concurrency")]
+    pub max_concurrency: usize,
+    /// PEM file of the CA that signed the servers' certificates (`https://`; default: the
+    /// public web roots).
+    #[serde(default)]
+    pub tls_ca: Option<PathBuf>,
+    /// The environment variable of the server process holding vLLM's API key (`--api-key`),
+    /// sent as `Authorization: Bearer <key>` (the value is never written to the state log).
+    #[serde(default)]
+    pub api_key_env: Option<String>,
+    /// How often `/health` is asked of each server.
+    #[serde(default = "default_health_interval_ms")]
+    pub health_interval_ms: u64,
+    /// Consecutive failed calls after which the RM is unavailable until a probe finds it
+    /// healthy again (an unreachable server is taken out at once).
+    #[serde(default = "default_failures_before_unavailable")]
+    pub failures_before_unavailable: u32,
+}
+
+impl VllmSpec {
+    /// A spec with every optional field at its default.
+    pub fn new(endpoints: Vec<String>, model_name: String) -> Self {
+        Self {
+            endpoints,
+            model_name,
+            reference_endpoints: Vec::new(),
+            reference_model_name: String::new(),
+            send: RemoteInput::Texts,
+            timeout_ms: default_timeout_ms(),
+            max_concurrency: default_concurrency(),
+            tls_ca: None,
+            api_key_env: None,
+            health_interval_ms: default_health_interval_ms(),
+            failures_before_unavailable: default_failures_before_unavailable(),
+        }
+    }
+
+    /// Check this table's own fields; what the score kind needs (a reference model for an
+    /// implicit reward, a tokenizer for a causal LM) is checked with the whole spec
+    /// (`RewardModelSpec::validate`).
+    pub(in crate::models) fn validate(&self) -> Result<(), String> {
+        for (field, urls) in [
+            ("endpoints", &self.endpoints),
+            ("reference_endpoints", &self.reference_endpoints),
+        ] {
+            if urls.len() > 64 || (field == "endpoints" && urls.is_empty()) {
+                return Err(format!("vllm.{field} must list 1 to 64 URLs"));
+            }
+            for url in urls {
+                let scheme_ok = url.starts_with("http://") || url.starts_with("https://");
+                if !scheme_ok || reqwest::Url::parse(url).is_err() {
+                    return Err(format!(
+                        "vllm.{field}: {url:?} is not an http:// or https:// URL"
+                    ));
+                }
+            }
+        }
+        if self.model_name.is_empty() {
+            return Err("vllm.model_name is empty".into());
+        }
+        if self.reference_endpoints.is_empty() != self.reference_model_name.is_empty() {
+            return Err(
+                "vllm.reference_endpoints and vllm.reference_model_name go together".into(),
+            );
+        }
+        if self.timeout_ms == 0 || self.timeout_ms > 600_000 {
+            return Err(format!(
+                "vllm.timeout_ms {} is outside 1..=600000",
+                self.timeout_ms
+            ));
+        }
+        if !(1..=1024).contains(&self.max_concurrency) {
+            return Err(format!(
+                "vllm.max_concurrency {} is outside 1..=1024",
+                self.max_concurrency
+            ));
+        }
+        if !(100..=3_600_000).contains(&self.health_interval_ms) {
+            return Err(format!(
+                "vllm.health_interval_ms {} is outside 100..=3600000",
+                self.health_interval_ms
+            ));
+        }
+        if self.failures_before_unavailable == 0 {
+            return Err("vllm.failures_before_unavailable must be > 0".into());
+        }
+        Ok(())
+    }
+}
