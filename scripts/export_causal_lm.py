@@ -19,7 +19,9 @@ Usage:
   python3 scripts/export_causal_lm.py MODEL_DIR OUT_DIR            # any HF causal LM folder
   python3 scripts/export_causal_lm.py --tiny-llama SEED OUT_DIR    # a tiny random Llama and a
                                                                    # byte-level tokenizer, made
-                                                                   # here (tests, no model hub)
+                                                                   # here (tests, no model hub);
+                                                                   # OUT_DIR/hf holds its HF form
+                                                                   # (--vllm: a shape vLLM serves)
 Needs torch, transformers and onnx (the trainer tests' environment has them).
 """
 
@@ -94,15 +96,17 @@ def tiny_tokenizer(out: Path):
     return tokenizer
 
 
-def tiny_llama(seed: int, vocab_size: int):
+def tiny_llama(seed: int, vocab_size: int, vllm: bool = False):
     """A randomly initialised two-layer Llama (grouped-query attention, RoPE), small enough to
-    export and run in seconds."""
+    export and run in seconds. `vllm`: heads of 64 dimensions (vLLM's CPU attention refuses
+    head_dim 8: "Unsupported CPU attention configuration")."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(seed)
-    config = LlamaConfig(vocab_size=vocab_size, hidden_size=32, intermediate_size=64,
-                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                         max_position_embeddings=512, bos_token_id=1, eos_token_id=2, pad_token_id=0)
+    shape = dict(hidden_size=128, intermediate_size=256, num_attention_heads=2, num_key_value_heads=1) \
+        if vllm else dict(hidden_size=32, intermediate_size=64, num_attention_heads=4, num_key_value_heads=2)
+    config = LlamaConfig(vocab_size=vocab_size, num_hidden_layers=2, max_position_embeddings=512,
+                         bos_token_id=1, eos_token_id=2, pad_token_id=0, **shape)
     return LlamaForCausalLM(config).eval()
 
 
@@ -112,12 +116,17 @@ def main() -> int:
     parser.add_argument("out", type=Path)
     parser.add_argument("--tiny-llama", action="store_true",
                         help="make a tiny random Llama (seed = SOURCE) and its tokenizer instead")
+    parser.add_argument("--vllm", action="store_true",
+                        help="with --tiny-llama: a shape vLLM's CPU backend serves (head_dim 64)")
     parser.add_argument("--opset", type=int, default=17)
     args = parser.parse_args()
     if args.tiny_llama:
         tokenizer = tiny_tokenizer(args.out)
-        model = tiny_llama(int(args.source), tokenizer.get_vocab_size())
-        model.save_pretrained(args.out / "hf")  # the torch weights, for comparisons
+        model = tiny_llama(int(args.source), tokenizer.get_vocab_size(), vllm=args.vllm)
+        # The torch weights (for comparisons) with the tokenizer: a folder vLLM can serve.
+        model.save_pretrained(args.out / "hf")
+        for name in ("tokenizer.json", "tokenizer_config.json"):
+            shutil.copy(args.out / name, args.out / "hf" / name)
     else:
         from transformers import AutoModelForCausalLM
 

