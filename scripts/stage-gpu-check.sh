@@ -24,3 +24,5 @@ for dir in $(ls -d .device/gpu* | sort -V); do
 done
 echo "  carry [\".device/model\"]: mkdir -p /tmp/check && cp .device/model/* /tmp/check/"
 echo "  carry [\"$last\", \".device/bundle\"]: mkdir -p /tmp/ort /tmp/check && cp $last/* /tmp/ort/ && cp .device/bundle/* /tmp/check/ && eval \"\$(bash /tmp/ort/assemble.sh)\" && bash scripts/gpu-check.sh --gpu /tmp/check \$OUT"
+echo "  then, while it is warm (no carry): eval \"\$(bash /tmp/ort/assemble.sh)\" && bash scripts/gpu-check.sh --vllm /tmp/check \$OUT"
+echo "  (the vllm case runs only where the machine's Python has vLLM; it says so otherwise)"

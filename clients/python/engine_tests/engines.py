@@ -164,6 +164,9 @@ class Vllm:
                    "--host", "127.0.0.1", "--port", str(self.port), "--disable-log-stats"]
         if api_key:
             command += ["--api-key", api_key]
+        # More flags where the machine needs them (on a GPU: --gpu-memory-utilization, as the
+        # tests run three servers on one device; scripts/gpu-check.sh --vllm sets it).
+        command += os.environ.get("LASER_VLLM_EXTRA_ARGS", "").split()
         if tls:
             make_certificates(self.dir)
             self.ca = self.dir / "ca.pem"

@@ -91,7 +91,10 @@ class Server:
         self.dir = tempfile.TemporaryDirectory()
         config = Path(self.dir.name) / "config.toml"
         config.write_text(config_text)
-        env = dict(os.environ, ORT_DYLIB_PATH=str(ROOT / ".ort" / "lib" / "libonnxruntime.so"))
+        # ONNX Runtime: the one scripts/fetch-onnxruntime.sh fetched, unless the caller chose
+        # another (scripts/gpu-check.sh --vllm: the CUDA build).
+        env = dict(os.environ)
+        env.setdefault("ORT_DYLIB_PATH", str(ROOT / ".ort" / "lib" / "libonnxruntime.so"))
         self.address = f"127.0.0.1:{port}"
         self.http = None
         extra = ["--http-listen", "127.0.0.1:0"] if http else []
