@@ -336,6 +336,11 @@ POLICIES = {
     "linucb defaults (per query, a=1)": ({"policy": "linucb"}, "loss", None),
     "linucb defaults, val_gain signal": ({"policy": "linucb"}, "val_gain", None),
     "linucb defaults, neutral first reward": ({"policy": "linucb", "first_reward": "neutral"}, "loss", None),
+    # The first rewards (issue 25 item 3): raw (LASeR's reference code), neutral (the default),
+    # or 0.5 until N rewards have come (the percentiles then rest on N: BayesianRouter waits).
+    "linucb, raw first reward": ({"policy": "linucb", "first_reward": "raw"}, "loss", None),
+    "linucb, wait 8 rewards": ({"policy": "linucb", "first_reward": "wait", "first_reward_wait": 8}, "loss", None),
+    "linucb, wait 16 rewards": ({"policy": "linucb", "first_reward": "wait", "first_reward_wait": 16}, "loss", None),
     "linucb defaults, loss under a frozen learner (refresh 25)": ({"policy": "linucb"}, "frozen:25", None),
     "linucb defaults, loss under a frozen learner (refresh 150)": ({"policy": "linucb"}, "frozen:150", None),
     "linucb defaults, standardized contexts": ({"policy": "linucb", "contexts": "standardized"}, "loss", None),

@@ -26,7 +26,8 @@ POLICIES = {
     "offline": common_pb2.POLICY_OFFLINE,
 }
 NORMALIZATIONS = {"none": common_pb2.NORMALIZATION_NONE, "quantile": common_pb2.NORMALIZATION_QUANTILE}
-FIRST_REWARDS = {"raw": common_pb2.FIRST_REWARD_RAW, "neutral": common_pb2.FIRST_REWARD_NEUTRAL}
+FIRST_REWARDS = {"raw": common_pb2.FIRST_REWARD_RAW, "neutral": common_pb2.FIRST_REWARD_NEUTRAL,
+                 "wait": common_pb2.FIRST_REWARD_WAIT}
 MODES = {"per_query": common_pb2.SELECTION_MODE_PER_QUERY, "per_batch": common_pb2.SELECTION_MODE_PER_BATCH}
 
 

@@ -3,7 +3,8 @@
 //!
 //! With fewer than two rewards in the history the raw value is used (as the reference
 //! code does), or 0.5 with [`Normalization::QuantileNeutralStart`] (a raw loss is on
-//! another scale than the [0, 1] rewards that follow it, and can sink the first arm). Otherwise, with `lo`/`hi` the history's low/high percentiles (20th/80th by
+//! another scale than the [0, 1] rewards that follow it, and can sink the first arm); with
+//! [`Normalization::QuantileWait`] every reward is 0.5 until `wait` have been observed. Otherwise, with `lo`/`hi` the history's low/high percentiles (20th/80th by
 //! default, linear interpolation as NumPy's `percentile`): `r <= lo → 0`, `r >= hi → 1`,
 //! linear between. When `lo == hi` (a history of equal values, which the reference code
 //! does not guard) the result is 0 below, 1 above and 0.5 at that value.
@@ -39,6 +40,16 @@ pub enum Normalization {
         high: f64,
         window: Option<usize>,
     },
+    /// `Quantile`, except that while the history holds fewer than `wait` rewards the
+    /// normalized reward is 0.5: no arm moves until the percentiles rest on `wait` rewards
+    /// (BayesianRouter waits for a batch of rewards before its online router learns).
+    /// Appended: the enum's order is part of the log format.
+    QuantileWait {
+        low: f64,
+        high: f64,
+        window: Option<usize>,
+        wait: usize,
+    },
 }
 
 impl Normalization {
@@ -47,9 +58,10 @@ impl Normalization {
         match *self {
             Normalization::None => None,
             Normalization::Quantile { low, high, window }
-            | Normalization::QuantileNeutralStart { low, high, window } => {
-                Some((low, high, window))
-            }
+            | Normalization::QuantileNeutralStart { low, high, window }
+            | Normalization::QuantileWait {
+                low, high, window, ..
+            } => Some((low, high, window)),
         }
     }
 
@@ -101,7 +113,10 @@ impl RewardNormalizer {
         match self.normalization {
             Normalization::None => raw,
             Normalization::Quantile { low, high, window }
-            | Normalization::QuantileNeutralStart { low, high, window } => {
+            | Normalization::QuantileNeutralStart { low, high, window }
+            | Normalization::QuantileWait {
+                low, high, window, ..
+            } => {
                 let position = self.sorted_history.partition_point(|&seen| seen < raw);
                 self.sorted_history.insert(position, raw);
                 self.arrival_order.push_back(raw);
@@ -112,11 +127,14 @@ impl RewardNormalizer {
                     let position = self.sorted_history.partition_point(|&seen| seen < oldest);
                     self.sorted_history.remove(position);
                 }
-                if self.sorted_history.len() < 2 {
-                    return match self.normalization {
-                        Normalization::QuantileNeutralStart { .. } => 0.5,
-                        _ => raw,
-                    };
+                match self.normalization {
+                    Normalization::QuantileWait { wait, .. } if self.observed < wait as u64 => {
+                        return 0.5;
+                    }
+                    _ if self.sorted_history.len() >= 2 => {}
+                    Normalization::QuantileNeutralStart { .. }
+                    | Normalization::QuantileWait { .. } => return 0.5,
+                    _ => return raw,
                 }
                 let lo = percentile(&self.sorted_history, low);
                 let hi = percentile(&self.sorted_history, high);
@@ -172,6 +190,42 @@ mod tests {
             normalizer.normalization().quantile(),
             Some((20.0, 80.0, None))
         );
+    }
+
+    #[test]
+    fn waiting_gives_half_until_wait_rewards_then_the_same_as_quantile() {
+        let wait = Normalization::QuantileWait {
+            low: 20.0,
+            high: 80.0,
+            window: None,
+            wait: 4,
+        };
+        let mut waiting = RewardNormalizer::new(wait);
+        let mut plain = RewardNormalizer::new(Normalization::LASER);
+        for (i, raw) in [3.0, -1.0, 7.0, 0.5, 2.0, 9.0].into_iter().enumerate() {
+            let (got, laser) = (waiting.observe(raw), plain.observe(raw));
+            if i < 3 {
+                assert_eq!(got, 0.5, "reward {i}");
+            } else {
+                assert_eq!(got, laser, "reward {i}");
+            }
+        }
+        // wait = 2 is the neutral start.
+        let two = Normalization::QuantileWait {
+            low: 20.0,
+            high: 80.0,
+            window: None,
+            wait: 2,
+        };
+        let neutral = Normalization::QuantileNeutralStart {
+            low: 20.0,
+            high: 80.0,
+            window: None,
+        };
+        let (mut a, mut b) = (RewardNormalizer::new(two), RewardNormalizer::new(neutral));
+        for raw in [1.0, 4.0, -2.0, 3.0] {
+            assert_eq!(a.observe(raw), b.observe(raw));
+        }
     }
 
     #[test]

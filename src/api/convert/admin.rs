@@ -55,6 +55,7 @@ pub fn router_settings_patch(
         pb::FirstReward::Unspecified => None,
         pb::FirstReward::Raw => Some(FirstReward::Raw),
         pb::FirstReward::Neutral => Some(FirstReward::Neutral),
+        pb::FirstReward::Wait => Some(FirstReward::Wait),
     };
     if let Some(position) = settings
         .reward_models
@@ -92,6 +93,7 @@ pub fn router_settings_patch(
         quantile_high: settings.quantile_high,
         reward_window: set(settings.reward_window),
         first_reward,
+        first_reward_wait: set(settings.first_reward_wait),
         reward_is_normalized: Some(settings.reward_is_normalized),
         default_mode,
         seed: settings.seed,
@@ -167,7 +169,9 @@ pub fn router_settings_to_pb(settings: &RouterSettings) -> pb::RouterSettings {
         first_reward: match settings.first_reward() {
             FirstReward::Raw => pb::FirstReward::Raw,
             FirstReward::Neutral => pb::FirstReward::Neutral,
+            FirstReward::Wait => pb::FirstReward::Wait,
         } as i32,
+        first_reward_wait: settings.first_reward_wait().unwrap_or(0) as u32,
     }
 }
 /// An RM spec from AddRewardModel, defaults filled in, checked by `RewardModelSpec::validate`.

@@ -106,7 +106,12 @@ pub enum FirstReward {
     Raw,
     /// 0.5, the middle of the normalized range.
     Neutral,
+    /// 0.5 for every reward until `first_reward_wait` rewards have come (appended).
+    Wait,
 }
+
+/// Rewards a router waits for with `first_reward = "wait"` when the setting leaves it out.
+pub const DEFAULT_FIRST_REWARD_WAIT: usize = 8;
 
 /// One decision per query, or one for the whole request on the mean context.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -178,6 +183,22 @@ impl RouterSettings {
                     format!("percentiles {low}/{high} must satisfy 0 <= low < high <= 100"),
                 );
             }
+            if let Some(wait) = self.first_reward_wait()
+                && !(2..=10_000).contains(&wait)
+            {
+                return invalid(
+                    "first_reward_wait",
+                    format!("{wait} is outside 2..=10000 (rewards to wait for)"),
+                );
+            }
+            if let (Some(wait), Some(window)) = (self.first_reward_wait(), window)
+                && wait > window
+            {
+                return invalid(
+                    "first_reward_wait",
+                    format!("{wait} exceeds reward_window {window}"),
+                );
+            }
             if let Some(window) = window
                 && window < 2
             {
@@ -231,7 +252,16 @@ impl RouterSettings {
     pub fn first_reward(&self) -> FirstReward {
         match self.normalization {
             Normalization::QuantileNeutralStart { .. } => FirstReward::Neutral,
+            Normalization::QuantileWait { .. } => FirstReward::Wait,
             Normalization::None | Normalization::Quantile { .. } => FirstReward::Raw,
+        }
+    }
+
+    /// The rewards `first_reward = "wait"` waits for (`None` otherwise).
+    pub fn first_reward_wait(&self) -> Option<usize> {
+        match self.normalization {
+            Normalization::QuantileWait { wait, .. } => Some(wait),
+            _ => None,
         }
     }
 
@@ -356,6 +386,9 @@ pub struct RouterSettingsPatch {
     /// The quantile normalization's reward while the history holds fewer than two: `raw`
     /// (LASeR's reference code; the default) or `neutral` (0.5).
     pub first_reward: Option<FirstReward>,
+    /// With `first_reward = "wait"`: how many rewards come in as 0.5 before the percentiles
+    /// apply (2 to 10000; default 8).
+    pub first_reward_wait: Option<usize>,
     /// Feedback.reward is already in [0, 1] and used as is (default false).
     pub reward_is_normalized: Option<bool>,
     /// `per_query` (default) or `per_batch`.
@@ -433,6 +466,12 @@ impl RouterSettingsPatch {
                     FirstReward::Neutral => {
                         Normalization::QuantileNeutralStart { low, high, window }
                     }
+                    FirstReward::Wait => Normalization::QuantileWait {
+                        low,
+                        high,
+                        window,
+                        wait: pick!(first_reward_wait).unwrap_or(DEFAULT_FIRST_REWARD_WAIT),
+                    },
                 }
             }
         };
@@ -502,6 +541,7 @@ impl RouterSettings {
             quantile_high,
             reward_window,
             first_reward,
+            first_reward_wait,
             reward_is_normalized,
             default_mode,
             seed,
@@ -547,6 +587,7 @@ impl From<&RouterSettings> for RouterSettingsPatch {
             quantile_high,
             reward_window,
             first_reward: Some(settings.first_reward()),
+            first_reward_wait: settings.first_reward_wait(),
             reward_is_normalized: Some(settings.reward_is_normalized),
             default_mode: Some(settings.default_mode),
             seed: Some(settings.seed),
@@ -607,6 +648,41 @@ mod tests {
             neutral,
             "the neutral start round-trips through a patch"
         );
+    }
+
+    #[test]
+    fn waiting_for_n_rewards_is_a_first_reward_with_its_count() {
+        let wait = |count: Option<usize>, window: Option<usize>| {
+            RouterSettingsPatch {
+                first_reward: Some(FirstReward::Wait),
+                first_reward_wait: count,
+                reward_window: window,
+                ..RouterSettingsPatch::default()
+            }
+            .resolve()
+        };
+        let default = wait(None, None);
+        assert_eq!(default.first_reward(), FirstReward::Wait);
+        assert_eq!(default.first_reward_wait(), Some(DEFAULT_FIRST_REWARD_WAIT));
+        let four = wait(Some(4), None);
+        assert_eq!(
+            four.normalization,
+            Normalization::QuantileWait {
+                low: 20.0,
+                high: 80.0,
+                window: None,
+                wait: 4
+            }
+        );
+        assert_eq!(
+            RouterSettingsPatch::from(&four).apply(&RouterSettingsPatch::default()),
+            four
+        );
+        assert_eq!(four.differences(&default), vec!["first_reward_wait"]);
+        let refused = |settings: RouterSettings| settings.validate(4096).unwrap_err().to_string();
+        assert!(refused(wait(Some(1), None)).contains("first_reward_wait"));
+        assert!(refused(wait(Some(64), Some(32))).contains("reward_window 32"));
+        assert!(wait(Some(32), Some(32)).validate(4096).is_ok());
     }
 
     #[test]

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15laser/v1/common.proto\x12\x08laser.v1*k\n\rSelectionMode\x12\x1e\n\x1aSELECTION_MODE_UNSPECIFIED\x10\x00\x12\x1c\n\x18SELECTION_MODE_PER_QUERY\x10\x01\x12\x1c\n\x18SELECTION_MODE_PER_BATCH\x10\x02*\xde\x01\n\x06Policy\x12\x16\n\x12POLICY_UNSPECIFIED\x10\x00\x12\x11\n\rPOLICY_LINUCB\x10\x01\x12\x11\n\rPOLICY_RANDOM\x10\x02\x12\x16\n\x12POLICY_ROUND_ROBIN\x10\x03\x12\x10\n\x0cPOLICY_FIXED\x10\x04\x12\x13\n\x0fPOLICY_ENSEMBLE\x10\x05\x12\x0f\n\x0bPOLICY_EXP3\x10\x06\x12\x1d\n\x19POLICY_AGREEMENT_ENSEMBLE\x10\x07\x12\x13\n\x0fPOLICY_THOMPSON\x10\x08\x12\x12\n\x0ePOLICY_OFFLINE\x10\t*[\n\x0b\x46irstReward\x12\x1c\n\x18\x46IRST_REWARD_UNSPECIFIED\x10\x00\x12\x14\n\x10\x46IRST_REWARD_RAW\x10\x01\x12\x18\n\x14\x46IRST_REWARD_NEUTRAL\x10\x02*b\n\rNormalization\x12\x1d\n\x19NORMALIZATION_UNSPECIFIED\x10\x00\x12\x16\n\x12NORMALIZATION_NONE\x10\x01\x12\x1a\n\x16NORMALIZATION_QUANTILE\x10\x02\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15laser/v1/common.proto\x12\x08laser.v1*k\n\rSelectionMode\x12\x1e\n\x1aSELECTION_MODE_UNSPECIFIED\x10\x00\x12\x1c\n\x18SELECTION_MODE_PER_QUERY\x10\x01\x12\x1c\n\x18SELECTION_MODE_PER_BATCH\x10\x02*\xde\x01\n\x06Policy\x12\x16\n\x12POLICY_UNSPECIFIED\x10\x00\x12\x11\n\rPOLICY_LINUCB\x10\x01\x12\x11\n\rPOLICY_RANDOM\x10\x02\x12\x16\n\x12POLICY_ROUND_ROBIN\x10\x03\x12\x10\n\x0cPOLICY_FIXED\x10\x04\x12\x13\n\x0fPOLICY_ENSEMBLE\x10\x05\x12\x0f\n\x0bPOLICY_EXP3\x10\x06\x12\x1d\n\x19POLICY_AGREEMENT_ENSEMBLE\x10\x07\x12\x13\n\x0fPOLICY_THOMPSON\x10\x08\x12\x12\n\x0ePOLICY_OFFLINE\x10\t*r\n\x0b\x46irstReward\x12\x1c\n\x18\x46IRST_REWARD_UNSPECIFIED\x10\x00\x12\x14\n\x10\x46IRST_REWARD_RAW\x10\x01\x12\x18\n\x14\x46IRST_REWARD_NEUTRAL\x10\x02\x12\x15\n\x11\x46IRST_REWARD_WAIT\x10\x03*b\n\rNormalization\x12\x1d\n\x19NORMALIZATION_UNSPECIFIED\x10\x00\x12\x16\n\x12NORMALIZATION_NONE\x10\x01\x12\x1a\n\x16NORMALIZATION_QUANTILE\x10\x02\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,7 +36,7 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_POLICY']._serialized_start=145
   _globals['_POLICY']._serialized_end=367
   _globals['_FIRSTREWARD']._serialized_start=369
-  _globals['_FIRSTREWARD']._serialized_end=460
-  _globals['_NORMALIZATION']._serialized_start=462
-  _globals['_NORMALIZATION']._serialized_end=560
+  _globals['_FIRSTREWARD']._serialized_end=483
+  _globals['_NORMALIZATION']._serialized_start=485
+  _globals['_NORMALIZATION']._serialized_end=583
 # @@protoc_insertion_point(module_scope)
