@@ -341,6 +341,8 @@ POLICIES = {
     "linucb, raw first reward": ({"policy": "linucb", "first_reward": "raw"}, "loss", None),
     "linucb, wait 8 rewards": ({"policy": "linucb", "first_reward": "wait", "first_reward_wait": 8}, "loss", None),
     "linucb, wait 16 rewards": ({"policy": "linucb", "first_reward": "wait", "first_reward_wait": 16}, "loss", None),
+    "linucb, wait 32 rewards": ({"policy": "linucb", "first_reward": "wait", "first_reward_wait": 32}, "loss", None),
+    "linucb, wait 64 rewards": ({"policy": "linucb", "first_reward": "wait", "first_reward_wait": 64}, "loss", None),
     "linucb defaults, loss under a frozen learner (refresh 25)": ({"policy": "linucb"}, "frozen:25", None),
     "linucb defaults, loss under a frozen learner (refresh 150)": ({"policy": "linucb"}, "frozen:150", None),
     "linucb defaults, standardized contexts": ({"policy": "linucb", "contexts": "standardized"}, "loss", None),
