@@ -8,6 +8,8 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+use crate::models::remote::defaults;
+
 /// How a remote model takes its input.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -31,22 +33,6 @@ impl RemoteInput {
     }
 }
 
-fn default_remote_timeout_ms() -> u64 {
-    30_000
-}
-
-fn default_remote_concurrency() -> usize {
-    4
-}
-
-fn default_health_interval_ms() -> u64 {
-    2_000
-}
-
-fn default_failures_before_unavailable() -> u32 {
-    3
-}
-
 /// A reward model served by an inference engine (Triton, KServe, MLServer, OpenVINO Model
 /// Server) over the Open Inference Protocol's gRPC service.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -68,10 +54,10 @@ pub struct KserveV2Spec {
     #[serde(default)]
     pub text_input: Option<String>,
     /// Limit on each ModelInfer (and each probe); a client deadline that comes sooner wins.
-    #[serde(default = "default_remote_timeout_ms")]
+    #[serde(default = "defaults::timeout_ms")]
     pub timeout_ms: u64,
     /// ModelInfer requests in flight at once; jobs queued meanwhile are coalesced.
-    #[serde(default = "default_remote_concurrency")]
+    #[serde(default = "defaults::max_concurrency")]
     pub max_concurrency: usize,
     /// PEM file of the CA that signed the engine's certificate (`https://`; default: the
     /// public web roots).
@@ -88,11 +74,11 @@ pub struct KserveV2Spec {
     #[serde(default)]
     pub auth_value_env: Option<String>,
     /// How often `ModelReady` is asked of each endpoint.
-    #[serde(default = "default_health_interval_ms")]
+    #[serde(default = "defaults::health_interval_ms")]
     pub health_interval_ms: u64,
     /// Consecutive failed inferences after which the RM is unavailable until a probe finds
     /// it ready again (an unreachable endpoint is taken out at once).
-    #[serde(default = "default_failures_before_unavailable")]
+    #[serde(default = "defaults::failures_before_unavailable")]
     pub failures_before_unavailable: u32,
 }
 
@@ -105,14 +91,14 @@ impl KserveV2Spec {
             model_version: String::new(),
             send: RemoteInput::Texts,
             text_input: None,
-            timeout_ms: default_remote_timeout_ms(),
-            max_concurrency: default_remote_concurrency(),
+            timeout_ms: defaults::timeout_ms(),
+            max_concurrency: defaults::max_concurrency(),
             tls_ca: None,
             tls_domain: None,
             auth_header: None,
             auth_value_env: None,
-            health_interval_ms: default_health_interval_ms(),
-            failures_before_unavailable: default_failures_before_unavailable(),
+            health_interval_ms: defaults::health_interval_ms(),
+            failures_before_unavailable: defaults::failures_before_unavailable(),
         }
     }
 
@@ -133,27 +119,13 @@ impl KserveV2Spec {
         if self.model_name.is_empty() {
             return Err("kserve_v2.model_name is empty".into());
         }
-        if self.timeout_ms == 0 || self.timeout_ms > 600_000 {
-            return Err(format!(
-                "kserve_v2.timeout_ms {} is outside 1..=600000",
-                self.timeout_ms
-            ));
-        }
-        if !(1..=1024).contains(&self.max_concurrency) {
-            return Err(format!(
-                "kserve_v2.max_concurrency {} is outside 1..=1024",
-                self.max_concurrency
-            ));
-        }
-        if !(100..=3_600_000).contains(&self.health_interval_ms) {
-            return Err(format!(
-                "kserve_v2.health_interval_ms {} is outside 100..=3600000",
-                self.health_interval_ms
-            ));
-        }
-        if self.failures_before_unavailable == 0 {
-            return Err("kserve_v2.failures_before_unavailable must be > 0".into());
-        }
+        defaults::check_call_limits(
+            "kserve_v2",
+            self.timeout_ms,
+            self.max_concurrency,
+            self.health_interval_ms,
+            self.failures_before_unavailable,
+        )?;
         if self.auth_header.is_some() != self.auth_value_env.is_some() {
             return Err("kserve_v2.auth_header and kserve_v2.auth_value_env go together".into());
         }

@@ -21,6 +21,7 @@
 //! tokenizing) runs on a blocking thread per batch, never on the async runtime; the network
 //! call is async.
 
+pub(in crate::models) mod defaults;
 mod endpoints;
 pub(in crate::models) mod input;
 

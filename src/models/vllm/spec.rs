@@ -8,23 +8,9 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+use crate::models::remote::defaults;
+
 use crate::models::kserve::spec::RemoteInput;
-
-fn default_timeout_ms() -> u64 {
-    30_000
-}
-
-fn default_concurrency() -> usize {
-    4
-}
-
-fn default_health_interval_ms() -> u64 {
-    2_000
-}
-
-fn default_failures_before_unavailable() -> u32 {
-    3
-}
 
 /// A reward model served by vLLM (`vllm serve`, or `python -m vllm.entrypoints.openai.api_server`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -48,10 +34,10 @@ pub struct VllmSpec {
     #[serde(default)]
     pub send: RemoteInput,
     /// Limit on each call (and each probe); a client deadline that comes sooner wins.
-    #[serde(default = "default_timeout_ms")]
+    #[serde(default = "defaults::timeout_ms")]
     pub timeout_ms: u64,
     /// Calls in flight at once; jobs queued meanwhile are coalesced into one call.
-    #[serde(default = "default_concurrency")]
+    #[serde(default = "defaults::max_concurrency")]
     pub max_concurrency: usize,
     /// PEM file of the CA that signed the servers' certificates (`https://`; default: the
     /// public web roots).
@@ -62,11 +48,11 @@ pub struct VllmSpec {
     #[serde(default)]
     pub api_key_env: Option<String>,
     /// How often `/health` is asked of each server.
-    #[serde(default = "default_health_interval_ms")]
+    #[serde(default = "defaults::health_interval_ms")]
     pub health_interval_ms: u64,
     /// Consecutive failed calls after which the RM is unavailable until a probe finds it
     /// healthy again (an unreachable server is taken out at once).
-    #[serde(default = "default_failures_before_unavailable")]
+    #[serde(default = "defaults::failures_before_unavailable")]
     pub failures_before_unavailable: u32,
 }
 
@@ -79,12 +65,12 @@ impl VllmSpec {
             reference_endpoints: Vec::new(),
             reference_model_name: String::new(),
             send: RemoteInput::Texts,
-            timeout_ms: default_timeout_ms(),
-            max_concurrency: default_concurrency(),
+            timeout_ms: defaults::timeout_ms(),
+            max_concurrency: defaults::max_concurrency(),
             tls_ca: None,
             api_key_env: None,
-            health_interval_ms: default_health_interval_ms(),
-            failures_before_unavailable: default_failures_before_unavailable(),
+            health_interval_ms: defaults::health_interval_ms(),
+            failures_before_unavailable: defaults::failures_before_unavailable(),
         }
     }
 
@@ -116,27 +102,12 @@ impl VllmSpec {
                 "vllm.reference_endpoints and vllm.reference_model_name go together".into(),
             );
         }
-        if self.timeout_ms == 0 || self.timeout_ms > 600_000 {
-            return Err(format!(
-                "vllm.timeout_ms {} is outside 1..=600000",
-                self.timeout_ms
-            ));
-        }
-        if !(1..=1024).contains(&self.max_concurrency) {
-            return Err(format!(
-                "vllm.max_concurrency {} is outside 1..=1024",
-                self.max_concurrency
-            ));
-        }
-        if !(100..=3_600_000).contains(&self.health_interval_ms) {
-            return Err(format!(
-                "vllm.health_interval_ms {} is outside 100..=3600000",
-                self.health_interval_ms
-            ));
-        }
-        if self.failures_before_unavailable == 0 {
-            return Err("vllm.failures_before_unavailable must be > 0".into());
-        }
-        Ok(())
+        defaults::check_call_limits(
+            "vllm",
+            self.timeout_ms,
+            self.max_concurrency,
+            self.health_interval_ms,
+            self.failures_before_unavailable,
+        )
     }
 }
