@@ -143,7 +143,10 @@ def feedback_call(
       per response (a verifier's correctness, a reference score; higher is better) or an int,
       the preferred response's index. The server rewards the decision with the pairwise
       agreement of the scores it answered with (in [0, 1]); send labels for the decisions
-      that have them and losses for the rest, in one call;
+      that have them and losses for the rest, in one call. ``{"values": [...], "scores":
+      [...]}`` labels some of a decision's responses together with the scores Score returned
+      for them (a group's decision whose responses came in several Scores): the agreement is
+      judged over those pairs;
     - ``all_pending=True`` with ``loss=`` or ``reward=``: one signal for every decision
       of the router awaiting feedback made before the request arrived.
 
@@ -164,6 +167,9 @@ def feedback_call(
         for d, given in (labels or {}).items():
             if isinstance(given, (int, np.integer)) and not isinstance(given, bool):
                 message = rr_pb2.ResponseLabels(preferred=int(given))
+            elif isinstance(given, Mapping):
+                message = rr_pb2.ResponseLabels(values=[float(v) for v in given["values"]],
+                                                scores=[float(s) for s in given["scores"]])
             else:
                 message = rr_pb2.ResponseLabels(values=[float(v) for v in given])
             signals.append(rr_pb2.DecisionSignal(decision_id=d, labels=message))

@@ -57,6 +57,18 @@ tokenizer = "{FIXTURES / 'tokenizer.json'}"
 """
 
 
+def pairwise_agreement(scores, labels) -> float:
+    """The server's label reward, written out independently: over pairs of responses whose
+    labels differ, 1 when the scores order them as the labels do, 1/2 on a score tie, else 0."""
+    credit, pairs = 0.0, 0
+    for i in range(len(labels)):
+        for j in range(i + 1, len(labels)):
+            if labels[i] != labels[j]:
+                pairs += 1
+                credit += 0.5 if scores[i] == scores[j] else float((scores[i] > scores[j]) == (labels[i] > labels[j]))
+    return credit / pairs
+
+
 def make_certificates(folder: Path) -> bytes:
     """A throwaway CA and a server certificate for localhost / 127.0.0.1 signed by it, written
     as server.pem / server.key in `folder`; returns the CA's PEM."""

@@ -5,7 +5,7 @@ import grpc
 import numpy as np
 import pytest
 
-from conftest import Server, free_port
+from conftest import Server, free_port, pairwise_agreement
 from laser_router_client import ContextStandardizer, LaserRouterClient, LaserRouterError, Query, prompt_context
 
 
@@ -64,21 +64,12 @@ def test_labels_reward_each_decision_with_its_agreement_and_survive_a_restart(se
         results = client.score("judged", [Query(id=f"q{i}", context=np.eye(4)[i], prompt="How are you?",
                                                 responses=three) for i in range(4)])
 
-        def agreement(scores, labels):
-            credit, pairs = 0.0, 0
-            for i in range(len(labels)):
-                for j in range(i + 1, len(labels)):
-                    if labels[i] != labels[j]:
-                        pairs += 1
-                        credit += 0.5 if scores[i] == scores[j] else float((scores[i] > scores[j]) == (labels[i] > labels[j]))
-            return credit / pairs
-
         labels = [1.0, 0.0, 1.0]
         ack = client.feedback("judged", losses={results[2].decision_id: 0.7},
                               labels={results[0].decision_id: labels, results[1].decision_id: 2})
         assert ack == {"applied": 3, "duplicate": 0, "not_applied": 0, "replayed": False}
-        expected = {results[0].reward_model: [agreement(results[0].scores, labels)]}
-        expected.setdefault(results[1].reward_model, []).append(agreement(results[1].scores, [0.0, 0.0, 1.0]))
+        expected = {results[0].reward_model: [pairwise_agreement(results[0].scores, labels)]}
+        expected.setdefault(results[1].reward_model, []).append(pairwise_agreement(results[1].scores, [0.0, 0.0, 1.0]))
         expected.setdefault(results[2].reward_model, []).append(0.5)  # the first loss: neutral (the default)
         arms = {arm.reward_model: arm for arm in client.get_router("judged").arms}
         for rm, rewards in expected.items():
@@ -103,8 +94,8 @@ def test_labels_reward_each_decision_with_its_agreement_and_survive_a_restart(se
         row = {(c.category, c.reward_model): c for c in client.get_router("judged").categories}[
             ("gsm8k", tagged.reward_model)]
         assert row.feedback_count == 1
-        assert abs(row.mean_reward - agreement(tagged.scores, [0.0, 1.0, 0.0])) < 1e-6
-        expected.setdefault(tagged.reward_model, []).append(agreement(tagged.scores, [0.0, 1.0, 0.0]))
+        assert abs(row.mean_reward - pairwise_agreement(tagged.scores, [0.0, 1.0, 0.0])) < 1e-6
+        expected.setdefault(tagged.reward_model, []).append(pairwise_agreement(tagged.scores, [0.0, 1.0, 0.0]))
         with pytest.raises(LaserRouterError) as long_category:
             client.score("judged", [Query(id="t", context=np.eye(4)[0], prompt="p", responses=three,
                                           category="x" * 65)])
@@ -118,7 +109,7 @@ def test_labels_reward_each_decision_with_its_agreement_and_survive_a_restart(se
         assert ack["applied"] == 1
         arm = {a.reward_model: a for a in client.get_router("judged").arms}[results[3].reward_model]
         before = expected.get(results[3].reward_model, [])
-        mean = (sum(before) + agreement(results[3].scores, [1.0, 0.0, 0.0])) / (len(before) + 1)
+        mean = (sum(before) + pairwise_agreement(results[3].scores, [1.0, 0.0, 0.0])) / (len(before) + 1)
         assert abs(arm.mean_reward - mean) < 1e-6
 
 

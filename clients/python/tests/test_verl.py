@@ -11,6 +11,9 @@ custom function's ``reward_kwargs`` from the config reach it as extra keyword ar
 import asyncio
 import functools
 
+import pytest
+
+from conftest import pairwise_agreement
 from laser_router_client import AsyncLaserRouterClient, LaserRouterClient, Query
 from laser_router_client.signals import StepFeedback
 from laser_router_client.verl import LaserVerlReward, compute_score, compute_score_sync
@@ -97,3 +100,83 @@ def test_missing_prompt_is_a_clear_error(http_server):
         assert "extra_info['prompt']" in str(error)
     else:
         raise AssertionError("a call without the prompt must fail")
+
+
+def contains_truth(data_source=None, solution_str="", ground_truth=None, extra_info=None):
+    """A rule-based verifier of verl's reward shape (verl's gsm8k scorer returns a float too)."""
+    return {"score": float(str(ground_truth) in solution_str)}
+
+
+def test_labels_from_a_verifier_are_reported_with_their_scores_when_a_group_spans_scores(http_server):
+    """Four samples per question arrive one at a time, Scores of two responses: each question's
+    responses reach the router in several Scores and share one decision, which kept only the
+    first Score's scores. The adapter reports every labelled response with the score it got;
+    each decision's reward is the agreement over all of them."""
+    solutions = ["It is 42.", "No idea.", "Maybe 41.", "42, since 6 x 7 = 42.", "Forty-two? 42."]
+    samples = [dict(data_source="openai/gsm8k", solution_str=solutions[(q + n) % len(solutions)],
+                    ground_truth="42", extra_info={"index": q, "question": QUESTIONS[q]})
+               for n in range(4) for q in range(len(QUESTIONS))]  # verl's order per sample, not per prompt
+
+    async def run():
+        async with AsyncLaserRouterClient(http_server.address) as client:
+            adapter = LaserVerlReward(client, "verl-labels", max_batch=2, labels_fn=contains_truth, group_size=4)
+            results = []
+            for start in range(0, len(samples), 2):  # pairs arrive together, one Score each
+                results += await asyncio.gather(*[adapter.compute_score(**s) for s in samples[start:start + 2]])
+            for _ in range(100):  # the complete groups report at once, without waiting
+                if sum(len(labels) for labels, _ in adapter.label_reports) == len(QUESTIONS):
+                    break
+                await asyncio.sleep(0.02)
+            return adapter, results
+
+    adapter, results = asyncio.run(run())
+    assert adapter.scores_sent == len(samples) // 2
+    reported = {d: labels for labels, _ in adapter.label_reports for d, labels in labels.items()}
+    assert len(reported) == len(QUESTIONS)
+    assert all(isinstance(counts, dict) for _, counts in adapter.label_reports)
+    expected = {}
+    for q in range(len(QUESTIONS)):
+        mine = [(r["score"], float("42" in s["solution_str"])) for s, r in zip(samples, results)
+                if s["extra_info"]["index"] == q]
+        rm = {r["reward_model"] for s, r in zip(samples, results) if s["extra_info"]["index"] == q}
+        assert len(rm) == 1, "a question's samples share one decision"
+        (decision_id, labels), = [(d, l) for d, l in reported.items()
+                                  if sorted(zip(l["scores"], l["values"])) == sorted(mine)]
+        expected.setdefault(rm.pop(), []).append(pairwise_agreement(labels["scores"], labels["values"]))
+    info = LaserRouterClient(http_server.address).get_router("verl-labels")
+    assert info.pending_decisions == 0
+    assert info.rewards_seen == 0, "labels stay out of the loss history"
+    arms = {arm.reward_model: arm for arm in info.arms}
+    for rm, rewards in expected.items():
+        assert arms[rm].feedback_count == len(rewards)
+        assert abs(arms[rm].mean_reward - sum(rewards) / len(rewards)) < 1e-6
+
+
+def test_labels_named_in_the_config_report_after_the_delay_and_bad_labels_fail_the_call(http_server):
+    """``laser_labels`` as verl's config names it (a module:function path), without the group
+    size: the decision is reported ``laser_label_delay`` after its last response."""
+    reward_fn = functools.partial(compute_score, laser_address=http_server.address, laser_router="verl-named",
+                                  laser_labels=f"{__name__}:contains_truth", laser_label_delay=0.2)
+
+    async def run():
+        results = await asyncio.gather(*[reward_fn(**item) for item in items()])
+        await asyncio.sleep(1.0)
+        return results
+
+    results = asyncio.run(run())
+    info = LaserRouterClient(http_server.address).get_router("verl-named")
+    # Questions 0 and 1 have one sample with "42" and one without: judged. Question 2's two
+    # samples are both without: labels that never differ answer it without learning.
+    assert info.pending_decisions == 0
+    assert sum(arm.feedback_count for arm in info.arms) == 2
+    assert all(r["reward_model"] for r in results)
+
+    async def nan():
+        async with AsyncLaserRouterClient(http_server.address) as client:
+            adapter = LaserVerlReward(client, "verl-named", labels_fn=lambda **_: float("nan"))
+            await adapter.compute_score(**items()[0])
+
+    with pytest.raises(ValueError, match="finite"):
+        asyncio.run(nan())
+    with pytest.raises(ValueError, match="module:function"):
+        LaserVerlReward(None, "r", labels_fn="nomodule")

@@ -75,7 +75,9 @@ pub fn feedback_call(
             .iter()
             .map(|(id, feedback)| match feedback {
                 DecisionFeedback::Signal(signal) => Some((id.clone(), *signal)),
-                DecisionFeedback::Labels(_) | DecisionFeedback::Preferred(_) => None,
+                DecisionFeedback::Labels(_)
+                | DecisionFeedback::Preferred(_)
+                | DecisionFeedback::ScoredLabels { .. } => None,
             })
             .collect::<Option<Vec<_>>>();
         match all_signals {
@@ -127,8 +129,8 @@ pub fn feedback_call(
     })
 }
 
-/// One decision's labels: finite values (at most [`MAX_LABELS_PER_DECISION`]) or a
-/// preferred index, not both.
+/// One decision's labels: finite values (at most [`MAX_LABELS_PER_DECISION`]), with or
+/// without the scores they label (as many, finite), or a preferred index alone.
 fn response_labels(
     field: &str,
     labels: pb::ResponseLabels,
@@ -137,6 +139,10 @@ fn response_labels(
         Some(_) if !labels.values.is_empty() => Err(invalid(
             field,
             "sets both values and preferred; send one of them",
+        )),
+        Some(_) if !labels.scores.is_empty() => Err(invalid(
+            format!("{field}.scores"),
+            "come with values, not with preferred",
         )),
         Some(index) => Ok(DecisionFeedback::Preferred(index)),
         None if labels.values.is_empty() => Err(invalid(
@@ -153,7 +159,26 @@ fn response_labels(
             for (position, value) in labels.values.iter().enumerate() {
                 finite(&format!("{field}.values[{position}]"), *value)?;
             }
-            Ok(DecisionFeedback::Labels(labels.values))
+            if labels.scores.is_empty() {
+                return Ok(DecisionFeedback::Labels(labels.values));
+            }
+            if labels.scores.len() != labels.values.len() {
+                return Err(invalid(
+                    format!("{field}.scores"),
+                    format!(
+                        "has {} scores for {} values; send one score per value",
+                        labels.scores.len(),
+                        labels.values.len()
+                    ),
+                ));
+            }
+            for (position, score) in labels.scores.iter().enumerate() {
+                finite(&format!("{field}.scores[{position}]"), f64::from(*score))?;
+            }
+            Ok(DecisionFeedback::ScoredLabels {
+                labels: labels.values,
+                scores: labels.scores,
+            })
         }
     }
 }

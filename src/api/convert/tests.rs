@@ -300,6 +300,15 @@ fn labels_per_decision_convert_beside_losses_and_bad_ones_name_their_field() {
         signal: Some(pb::decision_signal::Signal::Labels(pb::ResponseLabels {
             values,
             preferred,
+            scores: Vec::new(),
+        })),
+    };
+    let scored = |values: Vec<f64>, scores: Vec<f32>, preferred: Option<u32>| pb::DecisionSignal {
+        decision_id: "s".into(),
+        signal: Some(pb::decision_signal::Signal::Labels(pb::ResponseLabels {
+            values,
+            preferred,
+            scores,
         })),
     };
     let with = |signals: Vec<pb::DecisionSignal>| pb::FeedbackRequest {
@@ -347,6 +356,33 @@ fn labels_per_decision_convert_beside_losses_and_bad_ones_name_their_field() {
     let message = refused(vec![labelled("a", vec![0.5; 1025], None)]);
     assert!(message.contains("signals[0].labels.values"), "{message}");
     assert!(message.contains("1024"), "{message}");
+
+    // Labels with the scores they label.
+    let call = feedback_call(
+        with(vec![scored(vec![1.0, 0.0], vec![0.5, 0.25], None)]),
+        &limits,
+    )
+    .unwrap();
+    assert_eq!(
+        call.form,
+        FeedbackForm::PerDecisionLabelled(vec![(
+            "s".into(),
+            DecisionFeedback::ScoredLabels {
+                labels: vec![1.0, 0.0],
+                scores: vec![0.5, 0.25]
+            }
+        )])
+    );
+    let message = refused(vec![scored(vec![1.0, 0.0], vec![0.5], None)]);
+    assert!(message.starts_with("signals[0].labels.scores"), "{message}");
+    assert!(message.contains("1 scores for 2 values"), "{message}");
+    let message = refused(vec![scored(vec![1.0, 0.0], vec![0.5, f32::INFINITY], None)]);
+    assert!(
+        message.starts_with("signals[0].labels.scores[1]"),
+        "{message}"
+    );
+    let message = refused(vec![scored(Vec::new(), vec![0.5], Some(0))]);
+    assert!(message.starts_with("signals[0].labels.scores"), "{message}");
 }
 
 #[test]

@@ -191,6 +191,12 @@ pub enum DecisionFeedback {
     Labels(Vec<f64>),
     /// The index of the preferred response (the others equal and worse).
     Preferred(u32),
+    /// Labels for some of the decision's responses with the scores Score returned for them
+    /// (same order, same length): judged over these pairs, not the decision's kept scores.
+    ScoredLabels {
+        labels: Vec<f64>,
+        scores: Vec<f32>,
+    },
 }
 
 /// A decision's context as the log keeps it (format 2).

@@ -39,7 +39,8 @@ impl Router {
     /// agreement with its labels ([`FeedbackSignal::Agreement`], or `Uninformative` when no
     /// two labels differ). Ids that are not pending keep a placeholder: the checks refuse
     /// unknown ones and answered ones count as duplicates. Refuses labels whose count
-    /// differs from the decision's responses, and decisions recorded without scores.
+    /// differs from the decision's responses, and decisions recorded without scores. Labels
+    /// that bring their own scores are judged against those (any decision, any subset).
     pub fn resolve_labels(
         &self,
         items: Vec<(String, DecisionFeedback)>,
@@ -53,6 +54,9 @@ impl Router {
                     DecisionFeedback::Signal(signal) => return Ok((decision_id, signal)),
                     DecisionFeedback::Labels(labels) => Ok(labels),
                     DecisionFeedback::Preferred(index) => Err(index),
+                    DecisionFeedback::ScoredLabels { labels, scores } => {
+                        return Ok((decision_id, agreement(&scores, &labels)));
+                    }
                 };
                 let Some(decision) = self.book.live(&decision_id, now_unix_ms, self.ttl_ms())
                 else {
@@ -89,11 +93,7 @@ impl Router {
                         decision_id,
                     });
                 }
-                let signal = match pairwise_agreement(&decision.scores, &labels) {
-                    Some(agreement) => FeedbackSignal::Agreement(agreement),
-                    None => FeedbackSignal::Uninformative,
-                };
-                Ok((decision_id, signal))
+                Ok((decision_id, agreement(&decision.scores, &labels)))
             })
             .collect()
     }
@@ -288,5 +288,14 @@ impl Router {
             // Skipped before normalizing; neutral if it ever got here.
             FeedbackSignal::Uninformative => 0.5,
         }
+    }
+}
+
+/// The reward of scores judged against labels: their pairwise agreement, or
+/// `Uninformative` when no two labels differ.
+fn agreement(scores: &[f32], labels: &[f64]) -> FeedbackSignal {
+    match pairwise_agreement(scores, labels) {
+        Some(agreement) => FeedbackSignal::Agreement(agreement),
+        None => FeedbackSignal::Uninformative,
     }
 }

@@ -24,6 +24,32 @@ fn pick_scored(
     id
 }
 
+/// Select for one context and record the decision as format 2 did (no scores kept).
+fn record_unscored(router: &mut Router, context: &[f32], id: &str, serving: &[String]) -> String {
+    let selection = router
+        .select(&[context.to_vec()], None, false, serving)
+        .unwrap();
+    let RouterEvent::RecordedScored {
+        now_unix_ms,
+        serving: logged_serving,
+        decisions,
+        groups,
+        ..
+    } = selection.recorded(vec![id.to_string()], 0)
+    else {
+        panic!("the live path records with scores");
+    };
+    router
+        .apply(RouterEvent::RecordedInGroups {
+            now_unix_ms,
+            serving: logged_serving,
+            decisions,
+            groups,
+        })
+        .unwrap();
+    id.to_string()
+}
+
 /// Resolve `items` as the registry does, then apply them as one logged event.
 fn labelled_feedback(
     router: &mut Router,
@@ -126,6 +152,78 @@ fn labels_that_never_differ_answer_the_decision_without_learning() {
 }
 
 #[test]
+fn labels_with_their_scores_judge_those_pairs_on_any_decision() {
+    let serving = rms(&["a"]);
+    let mut router = quantile_router(&serving);
+    // A group's decision keeps the first Score's two scores; a later Score of the group
+    // returned 0.7 and 0.2 for two more responses.
+    let grouped = pick_scored(&mut router, &[1.0, 0.0], &[0.9, 0.1], &serving, 0);
+    let unscored = record_unscored(&mut router, &[0.0, 1.0], "old", &serving);
+    let outcome = labelled_feedback(
+        &mut router,
+        vec![
+            // Three pairs: (0.9 vs 0.7) right, (0.9 vs 0.2) right, (0.7 vs 0.2) wrong: 2/3.
+            (
+                grouped,
+                DecisionFeedback::ScoredLabels {
+                    labels: vec![1.0, 0.0, 0.5],
+                    scores: vec![0.9, 0.7, 0.2],
+                },
+            ),
+            // A decision recorded without scores takes them this way.
+            (
+                unscored.clone(),
+                DecisionFeedback::ScoredLabels {
+                    labels: vec![0.0, 1.0],
+                    scores: vec![0.3, 0.3],
+                },
+            ),
+        ],
+        &serving,
+        1,
+    )
+    .unwrap();
+    assert_eq!(outcome.applied.len(), 2);
+    assert!((outcome.applied[0].reward - 2.0 / 3.0).abs() < 1e-12);
+    assert_eq!(
+        outcome.applied[1].reward, 0.5,
+        "a score tie counts one half"
+    );
+    assert_eq!(
+        router.rewards_seen(),
+        0,
+        "labels stay out of the loss history"
+    );
+    let again = labelled_feedback(
+        &mut router,
+        vec![(
+            unscored,
+            DecisionFeedback::ScoredLabels {
+                labels: vec![0.0, 1.0],
+                scores: vec![0.1, 0.3],
+            },
+        )],
+        &serving,
+        2,
+    )
+    .unwrap();
+    assert_eq!(again.duplicate, 1);
+    let unknown = labelled_feedback(
+        &mut router,
+        vec![(
+            "nope".into(),
+            DecisionFeedback::ScoredLabels {
+                labels: vec![0.0, 1.0],
+                scores: vec![0.1, 0.3],
+            },
+        )],
+        &serving,
+        2,
+    );
+    assert!(matches!(unknown, Err(RouterError::UnknownDecisions { .. })));
+}
+
+#[test]
 fn bad_labels_are_refused_and_change_nothing() {
     let serving = rms(&["a"]);
     let mut router = quantile_router(&serving);
@@ -174,29 +272,7 @@ fn bad_labels_are_refused_and_change_nothing() {
 fn decisions_recorded_without_scores_refuse_labels_but_take_a_loss() {
     let serving = rms(&["a"]);
     let mut router = quantile_router(&serving);
-    let selection = router
-        .select(&[vec![1.0, 0.0]], None, false, &serving)
-        .unwrap();
-    let id = "old".to_string();
-    // The format 2 event: no scores.
-    let RouterEvent::RecordedScored {
-        now_unix_ms,
-        serving: logged_serving,
-        decisions,
-        groups,
-        ..
-    } = selection.recorded(vec![id.clone()], 0)
-    else {
-        panic!("the live path records with scores");
-    };
-    router
-        .apply(RouterEvent::RecordedInGroups {
-            now_unix_ms,
-            serving: logged_serving,
-            decisions,
-            groups,
-        })
-        .unwrap();
+    let id = record_unscored(&mut router, &[1.0, 0.0], "old", &serving);
     let refused = labelled_feedback(
         &mut router,
         vec![(id.clone(), DecisionFeedback::Labels(vec![1.0]))],
