@@ -105,6 +105,8 @@ pub struct RouterInfo {
     pub arm_state_bytes: usize,
     /// Per category and RM: decisions and mean reward.
     pub categories: Vec<crate::routers::instance::statistics::CategoryArm>,
+    /// Per RM: what priors put into its arm.
+    pub priors: crate::routers::instance::statistics::PriorTable,
 }
 
 impl RouterInfo {
@@ -120,6 +122,7 @@ impl RouterInfo {
             evictions: router.evictions(),
             arm_state_bytes: router.arm_state_bytes(),
             categories: router.category_statistics(),
+            priors: router.prior_statistics().clone(),
         }
     }
 }

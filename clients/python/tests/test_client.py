@@ -159,6 +159,11 @@ def test_a_prior_from_labelled_pairs_routes_each_kind_of_prompt_to_the_rm_that_w
         after_restart = client.score("prior", [Query(id=str(k), context=np.eye(4)[k], prompt="p", responses=["a", "b"])
                                                for k in (0, 1)])
         assert [r.reward_model for r in after_restart] == ["polite", "length"]
+        # GetRouter shows what the prior put into each arm (durable; the replay added nothing).
+        held = {a.reward_model: (a.prior_pairs, a.prior_weight, a.prior_accuracy)
+                for a in client.get_router("prior").arms}
+        assert held == {"length": (12, 12.0, 0.5), "polite": (12, 12.0, 0.5)}
+        assert {a.prior_pairs for a in client.get_router("big-prior").arms} == {600}
         # Feedback is counted but does not move an offline router's arms.
         results = client.score("prior", [Query(id="x", context=np.eye(4)[0], prompt="p", responses=["a", "b"])])
         client.feedback("prior", [results[0].decision_id], reward=-5.0)

@@ -60,11 +60,11 @@ use file::{FileSink, list_state_files, open_segment, recover, sync_dir};
 const SNAPSHOT_MAGIC: &[u8; 8] = b"LASERSNP";
 /// Written into new snapshots; the payload's format is versioned with the file. Version 1
 /// files (routers before decision groups and idempotency keys), version 2 files (reward
-/// model specs before backends) and version 3 files (pending decisions without their
-/// scores) are still read: recovery
+/// model specs before backends), version 3 files (pending decisions without their
+/// scores) and version 4 files (routers without their prior counts) are still read: recovery
 /// reports the version in [`Recovered::snapshot_version`] and the payload's reader decodes
 /// the older form.
-pub const SNAPSHOT_VERSION: u32 = 4;
+pub const SNAPSHOT_VERSION: u32 = 5;
 /// Oldest snapshot version read.
 const OLDEST_SNAPSHOT_VERSION: u32 = 1;
 

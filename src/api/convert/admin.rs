@@ -414,17 +414,27 @@ pub fn router_info(router: RouterInfo) -> pb::RouterInfo {
         arms: router
             .arms
             .into_iter()
-            .map(|arm| pb::ArmStatistics {
-                mean_reward: arm.mean_reward(),
-                reward_model: arm.reward_model,
-                selections: arm.selections,
-                feedback_count: arm.feedback_count,
-                last_selected_unix_ms: arm.last_selected_unix_ms,
-                theta_norm: arm.theta_norm,
-                mean_at_context_mean: arm.mean_at_context_mean,
-                bonus_at_context_mean: arm.bonus_at_context_mean,
-                probability: arm.probability,
-                removed: arm.removed,
+            .map(|arm| {
+                let prior = router
+                    .priors
+                    .get(&arm.reward_model)
+                    .cloned()
+                    .unwrap_or_default();
+                pb::ArmStatistics {
+                    mean_reward: arm.mean_reward(),
+                    prior_pairs: prior.pairs,
+                    prior_weight: prior.weight,
+                    prior_accuracy: prior.accuracy(),
+                    reward_model: arm.reward_model,
+                    selections: arm.selections,
+                    feedback_count: arm.feedback_count,
+                    last_selected_unix_ms: arm.last_selected_unix_ms,
+                    theta_norm: arm.theta_norm,
+                    mean_at_context_mean: arm.mean_at_context_mean,
+                    bonus_at_context_mean: arm.bonus_at_context_mean,
+                    probability: arm.probability,
+                    removed: arm.removed,
+                }
             })
             .collect(),
         pending_decisions: router.pending_decisions as u64,

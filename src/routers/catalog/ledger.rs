@@ -19,7 +19,7 @@ use crate::routers::error::RouterError;
 use crate::routers::instance::router::Router;
 use crate::routers::instance::settings::RouterSettings;
 use crate::routers::instance::state::{
-    RouterSettingsV1, RouterState, RouterStateV1, RouterStateV2,
+    RouterSettingsV1, RouterState, RouterStateV1, RouterStateV2, RouterStateV3,
 };
 use crate::routers::{RouterEvent, Routers};
 use crate::store::{Durable, Recovered, Store};
@@ -75,6 +75,12 @@ pub enum StateEvent {
     /// An RM published through Admin.AddRewardModel (any backend).
     RewardModelAdded {
         spec: Box<RewardModelSpec>,
+    },
+    /// A whole router state in format 3 (imports logged before format 4), replacing any
+    /// router of that name.
+    RouterImportedV3 {
+        name: String,
+        state: Box<RouterStateV3>,
     },
     /// A whole router state (import), replacing any router of that name.
     RouterImported {
@@ -148,6 +154,14 @@ struct Snapshot {
     encoders: EncoderChanges,
 }
 
+/// The payload of a version 4 snapshot (before the prior counts per RM).
+#[derive(Deserialize)]
+struct SnapshotV4 {
+    routers: Vec<RouterStateV3>,
+    reward_models: RewardModelChanges,
+    encoders: EncoderChanges,
+}
+
 /// The payload of a version 3 snapshot (before pending decisions kept their scores).
 #[derive(Deserialize)]
 struct SnapshotV3 {
@@ -206,6 +220,14 @@ impl Snapshot {
             }
             3 => {
                 let old: SnapshotV3 = postcard::from_bytes(payload)?;
+                Ok(Snapshot {
+                    routers: old.routers.into_iter().map(RouterState::from).collect(),
+                    reward_models: old.reward_models,
+                    encoders: old.encoders,
+                })
+            }
+            4 => {
+                let old: SnapshotV4 = postcard::from_bytes(payload)?;
                 Ok(Snapshot {
                     routers: old.routers.into_iter().map(RouterState::from).collect(),
                     reward_models: old.reward_models,
@@ -326,6 +348,10 @@ impl Routers {
             }
             StateEvent::RouterImported { name, state } => {
                 let router = Router::from_state(name.clone(), *state)?;
+                self.map_mut().insert(name, Arc::new(Mutex::new(router)));
+            }
+            StateEvent::RouterImportedV3 { name, state } => {
+                let router = Router::from_state(name.clone(), RouterState::from(*state))?;
                 self.map_mut().insert(name, Arc::new(Mutex::new(router)));
             }
             StateEvent::RouterImportedV2 { name, state } => {

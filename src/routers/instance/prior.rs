@@ -91,7 +91,12 @@ impl Router {
                 .as_mut()
                 .expect("linear policies keep linear arms")
                 .update_batch(batch.as_ref(), &rewards);
-            let mean = correctness.iter().sum::<f64>() / correctness.len().max(1) as f64;
+            let correct = correctness.iter().sum::<f64>();
+            let counts = self.priors.entry(reward_model.clone()).or_default();
+            counts.pairs += correctness.len() as u64;
+            counts.weight += prior.weight * correctness.len() as f64;
+            counts.correct += correct;
+            let mean = correct / correctness.len().max(1) as f64;
             outcome
                 .entered
                 .push((reward_model, correctness.len(), mean));

@@ -39,7 +39,7 @@ use crate::routers::error::RouterError;
 use crate::routers::instance::arm::{Arm, Candidate};
 use crate::routers::instance::policy::{self, Plan};
 use crate::routers::instance::settings::{RouterSettings, SelectionMode};
-use crate::routers::instance::statistics::{ArmStatistics, CategoryTable};
+use crate::routers::instance::statistics::{ArmStatistics, CategoryTable, PriorTable};
 
 /// The queries one fresh decision covers: one query, a new group's queries, or a batch.
 struct Unit {
@@ -67,6 +67,8 @@ pub struct Router {
     pub(in crate::routers) reserved: HashMap<String, (Decision, i64)>,
     /// Per (category, RM): decisions and rewards of decisions that carried a category.
     pub(in crate::routers) categories: CategoryTable,
+    /// Per RM: the labelled pairs its arm took from priors.
+    pub(in crate::routers) priors: PriorTable,
 }
 
 impl Router {
@@ -90,6 +92,7 @@ impl Router {
             contexts_seen: 0,
             reserved: HashMap::new(),
             categories: CategoryTable::new(),
+            priors: PriorTable::new(),
         };
         for reward_model in serving {
             if router.settings.accepts(reward_model) {

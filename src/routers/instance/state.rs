@@ -4,7 +4,8 @@
 //! The field order of these structs is the snapshot and export format (postcard, not
 //! self-describing): a new format appends fields and keeps a reader for the old one
 //! ([`RouterStateV1`], written before decision groups and idempotency keys;
-//! [`RouterStateV2`], before pending decisions kept their scores).
+//! [`RouterStateV2`], before pending decisions kept their scores; [`RouterStateV3`], before
+//! the prior counts per RM).
 //! Cost: copies every arm's factor, O(K·d²).
 
 use std::collections::BTreeSet;
@@ -22,7 +23,7 @@ use crate::routers::instance::arm::Arm;
 use crate::routers::instance::policy;
 use crate::routers::instance::router::Router;
 use crate::routers::instance::settings::{Normalization, Policy, RouterSettings, SelectionMode};
-use crate::routers::instance::statistics::{ArmStatistics, CategoryCounts};
+use crate::routers::instance::statistics::{ArmStatistics, CategoryCounts, PriorCounts};
 
 /// A router's whole state as plain data (snapshots, exports).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -41,6 +42,67 @@ pub struct RouterState {
     groups_and_keys: GroupsAndKeys,
     /// Added in format 3: per (category, RM) decisions and rewards.
     categories: Vec<(String, String, CategoryCounts)>,
+    /// Added in format 4: per RM, the labelled pairs its arm took from priors.
+    priors: Vec<(String, PriorCounts)>,
+}
+
+/// [`RouterState`] as format 3 wrote it (no prior counts; the priors' observations are in
+/// the arms all the same).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RouterStateV3 {
+    name: String,
+    settings: RouterSettings,
+    arms: Vec<ArmState>,
+    pending: Vec<(String, PendingDecision)>,
+    answered: Vec<String>,
+    normalizer: RewardNormalizer,
+    decisions_recorded: u64,
+    context_sum: Vec<f64>,
+    contexts_seen: u64,
+    evictions: Evictions,
+    groups_and_keys: GroupsAndKeys,
+    categories: Vec<(String, String, CategoryCounts)>,
+}
+
+impl From<RouterStateV3> for RouterState {
+    fn from(old: RouterStateV3) -> Self {
+        Self {
+            name: old.name,
+            settings: old.settings,
+            arms: old.arms,
+            pending: old.pending,
+            answered: old.answered,
+            normalizer: old.normalizer,
+            decisions_recorded: old.decisions_recorded,
+            context_sum: old.context_sum,
+            contexts_seen: old.contexts_seen,
+            evictions: old.evictions,
+            groups_and_keys: old.groups_and_keys,
+            categories: old.categories,
+            priors: Vec::new(),
+        }
+    }
+}
+
+#[cfg(test)]
+impl From<&RouterState> for RouterStateV3 {
+    /// What format 3 wrote for `state` (its prior counts dropped).
+    fn from(state: &RouterState) -> Self {
+        Self {
+            name: state.name.clone(),
+            settings: state.settings.clone(),
+            arms: state.arms.clone(),
+            pending: state.pending.clone(),
+            answered: state.answered.clone(),
+            normalizer: state.normalizer.clone(),
+            decisions_recorded: state.decisions_recorded,
+            context_sum: state.context_sum.clone(),
+            contexts_seen: state.contexts_seen,
+            evictions: state.evictions,
+            groups_and_keys: state.groups_and_keys.clone(),
+            categories: state.categories.clone(),
+        }
+    }
 }
 
 /// Format 2's addition: each group's pending decision and the answers per idempotency key.
@@ -80,6 +142,7 @@ impl From<RouterStateV1> for RouterState {
             evictions: old.evictions,
             groups_and_keys: GroupsAndKeys::default(),
             categories: Vec::new(),
+            priors: Vec::new(),
         }
     }
 }
@@ -115,6 +178,7 @@ impl From<RouterStateV2> for RouterState {
             evictions: old.evictions,
             groups_and_keys: old.groups_and_keys,
             categories: Vec::new(),
+            priors: Vec::new(),
         }
     }
 }
@@ -226,6 +290,11 @@ impl Router {
                     (category.clone(), reward_model.clone(), counts.clone())
                 })
                 .collect(),
+            priors: self
+                .priors
+                .iter()
+                .map(|(reward_model, counts)| (reward_model.clone(), counts.clone()))
+                .collect(),
         }
     }
 
@@ -297,6 +366,7 @@ impl Router {
             .into_iter()
             .map(|(category, reward_model, counts)| ((category, reward_model), counts))
             .collect();
+        router.priors = state.priors.into_iter().collect();
         Ok(router)
     }
 }

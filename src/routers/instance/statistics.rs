@@ -1,7 +1,7 @@
 //! What GetRouter shows of a router's arms: per-arm counts, rewards and, at the mean of
 //! the contexts the router selected for, each LinUCB arm's estimate and bonus (or each
-//! Exp3 arm's probability), and each RM's decisions and rewards per query category
-//! (bounded: [`MAX_CATEGORIES_PER_ROUTER`]). Cost: O(K·d²) for a LinUCB router (one solve
+//! Exp3 arm's probability), each RM's decisions and rewards per query category
+//! (bounded: [`MAX_CATEGORIES_PER_ROUTER`]) and what priors from labelled pairs hold. Cost: O(K·d²) for a LinUCB router (one solve
 //! per arm).
 
 use std::collections::BTreeMap;
@@ -50,6 +50,22 @@ pub struct CategoryCounts {
 /// Per (category, RM) counts, in name order.
 pub type CategoryTable = BTreeMap<(String, String), CategoryCounts>;
 
+/// What the priors entered into one RM's arm hold (Admin.AddPrior). Part of the state
+/// format (4).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct PriorCounts {
+    /// Labelled pairs entered, over every prior.
+    pub pairs: u64,
+    /// Their total weight (each prior's weight times its pairs): the observations' worth
+    /// against one feedback of weight 1.
+    pub weight: f64,
+    /// Pairs the RM got right (its correctness summed: 1, 0, or 1/2 on a tie).
+    pub correct: f64,
+}
+
+/// Per RM, in name order.
+pub type PriorTable = BTreeMap<String, PriorCounts>;
+
 /// What GetRouter shows of one RM within one category.
 #[derive(Clone, Debug, PartialEq)]
 pub struct CategoryArm {
@@ -58,6 +74,17 @@ pub struct CategoryArm {
     pub selections: u64,
     pub feedback_count: u64,
     pub mean_reward: f64,
+}
+
+impl PriorCounts {
+    /// The share of its prior pairs the RM got right (0 when none).
+    pub fn accuracy(&self) -> f64 {
+        if self.pairs == 0 {
+            0.0
+        } else {
+            self.correct / self.pairs as f64
+        }
+    }
 }
 
 impl ArmStatistics {
@@ -87,6 +114,11 @@ impl Router {
                 },
             })
             .collect()
+    }
+
+    /// What each RM's arm holds from priors, by RM name (RMs without a prior absent).
+    pub fn prior_statistics(&self) -> &PriorTable {
+        &self.priors
     }
 
     /// (decision id, category) of the pending decisions among `decision_ids` that count

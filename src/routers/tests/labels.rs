@@ -446,6 +446,29 @@ fn a_weighted_prior_equals_its_observations_repeated_and_replays_once_per_key() 
         (chosen([1.0, 0.0]), chosen([0.0, 1.0])),
         ("a".into(), "b".into())
     );
+    // What each arm holds from priors: pairs, weight, accuracy; unknown RMs hold nothing.
+    let held = weighted.prior_statistics().clone();
+    assert_eq!(held.len(), 2);
+    assert_eq!((held["a"].pairs, held["a"].weight), (3, 9.0));
+    assert!((held["a"].accuracy() - 0.5).abs() < 1e-12);
+    assert!((held["b"].accuracy() - 2.0 / 3.0).abs() < 1e-12);
+    assert_eq!(
+        (
+            repeated.prior_statistics()["b"].pairs,
+            repeated.prior_statistics()["b"].weight
+        ),
+        (9, 9.0)
+    );
+    // They survive a snapshot; a format 3 state reads back without them (arms unchanged).
+    let state = weighted.to_state();
+    let restored = Router::from_state("r".into(), state.clone()).unwrap();
+    assert_eq!(restored.prior_statistics(), &held);
+    let v3 = crate::routers::instance::state::RouterStateV3::from(&state);
+    let v3: crate::routers::instance::state::RouterStateV3 =
+        postcard::from_bytes(&postcard::to_stdvec(&v3).unwrap()).unwrap();
+    let old = Router::from_state("r".into(), RouterState::from(v3)).unwrap();
+    assert!(old.prior_statistics().is_empty());
+    assert_eq!(explain(&old, &[1.0, 0.0]), explain(&weighted, &[1.0, 0.0]));
     // The same key enters nothing again; a policy without arms' models refuses a prior.
     let before = weighted.to_state();
     let again = weighted
