@@ -42,9 +42,9 @@ import importlib
 import inspect
 import logging
 import math
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Optional, Tuple, Union
+from typing import Any, Callable, Deque, Dict, List, Optional, Tuple, Union
 
 from laser_router_client.aio import AsyncLaserRouterClient
 from laser_router_client.client import LaserRouterClient, Query
@@ -132,8 +132,9 @@ class LaserVerlReward:
         self.group_size = group_size
         self.label_delay = label_delay
         self.scores_sent = 0
-        # Label reports: (decision_id -> {"values", "scores"}, the server's counts or the error).
-        self.label_reports: List[Tuple[Dict[str, Dict[str, List[float]]], Any]] = []
+        # The latest label reports (bounded: a run lasts weeks): (decision_id -> {"values",
+        # "scores"}, the server's counts or the error).
+        self.label_reports: Deque[Tuple[Dict[str, Dict[str, List[float]]], Any]] = deque(maxlen=256)
         self._waiting: List[Tuple[str, str, str, asyncio.Future, Optional[float]]] = []
         self._labelled: Dict[str, _DecisionLabels] = {}
         self._report_task: Optional[asyncio.Task] = None
@@ -236,7 +237,7 @@ class LaserVerlReward:
         """Send the labelled decisions (all, or those due) as one Feedback of labels with their
         scores; decisions with fewer than two labelled responses are dropped (one label judges
         no pair). The server's counts, or ``None`` when nothing was sent. A failure is logged and
-        kept in ``label_reports``: the reward loop does not stop for it."""
+        kept in ``label_reports`` (the latest 256): the reward loop does not stop for it."""
         now = asyncio.get_running_loop().time()
         ready = [d for d, s in self._labelled.items() if not due_only or s.due <= now]
         labels = {}
