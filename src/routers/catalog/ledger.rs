@@ -146,39 +146,19 @@ pub type RewardModelChanges = ModelChanges<RewardModelSpec>;
 /// Changes to the server's encoders made through Admin.
 pub type EncoderChanges = ModelChanges<EncoderSpec>;
 
-/// The payload of a snapshot.
+/// The payload of a snapshot, and of the versions before it by the router state and RM
+/// spec formats they held (the field order is the format).
 #[derive(Serialize, Deserialize)]
-struct Snapshot {
-    routers: Vec<RouterState>,
-    reward_models: RewardModelChanges,
+struct SnapshotOf<R, M = RewardModelSpec> {
+    routers: Vec<R>,
+    reward_models: ModelChanges<M>,
     encoders: EncoderChanges,
 }
 
-/// The payload of a version 4 snapshot (before the prior counts per RM).
-#[derive(Deserialize)]
-struct SnapshotV4 {
-    routers: Vec<RouterStateV3>,
-    reward_models: RewardModelChanges,
-    encoders: EncoderChanges,
-}
+/// The payload of a snapshot.
+type Snapshot = SnapshotOf<RouterState>;
 
-/// The payload of a version 3 snapshot (before pending decisions kept their scores).
-#[derive(Deserialize)]
-struct SnapshotV3 {
-    routers: Vec<RouterStateV2>,
-    reward_models: RewardModelChanges,
-    encoders: EncoderChanges,
-}
-
-/// The payload of a version 2 snapshot (before RM backends).
-#[derive(Deserialize)]
-struct SnapshotV2 {
-    routers: Vec<RouterStateV2>,
-    reward_models: ModelChanges<RewardModelSpecV1>,
-    encoders: EncoderChanges,
-}
-
-/// The payload of a version 1 snapshot.
+/// The payload of a version 1 snapshot (before encoders).
 #[derive(Deserialize)]
 struct SnapshotV1 {
     routers: Vec<RouterStateV1>,
@@ -198,44 +178,40 @@ impl From<ModelChanges<RewardModelSpecV1>> for RewardModelChanges {
     }
 }
 
+impl<R: Into<RouterState>, M> SnapshotOf<R, M>
+where
+    RewardModelChanges: From<ModelChanges<M>>,
+{
+    /// The current payload for an older one.
+    fn upgrade(self) -> Snapshot {
+        Snapshot {
+            routers: self.routers.into_iter().map(Into::into).collect(),
+            reward_models: self.reward_models.into(),
+            encoders: self.encoders,
+        }
+    }
+}
+
 impl Snapshot {
-    /// Decode a snapshot payload written with store snapshot `version`.
+    /// Decode a snapshot payload written with store snapshot `version`: 2 before RM
+    /// backends, 3 before pending decisions kept their scores, 4 before the prior counts
+    /// per RM.
     fn decode(version: u32, payload: &[u8]) -> Result<Self, postcard::Error> {
-        match version {
+        Ok(match version {
             1 => {
                 let old: SnapshotV1 = postcard::from_bytes(payload)?;
-                Ok(Snapshot {
+                Snapshot {
                     routers: old.routers.into_iter().map(RouterState::from).collect(),
                     reward_models: old.reward_models.into(),
                     encoders: EncoderChanges::default(),
-                })
+                }
             }
-            2 => {
-                let old: SnapshotV2 = postcard::from_bytes(payload)?;
-                Ok(Snapshot {
-                    routers: old.routers.into_iter().map(RouterState::from).collect(),
-                    reward_models: old.reward_models.into(),
-                    encoders: old.encoders,
-                })
-            }
-            3 => {
-                let old: SnapshotV3 = postcard::from_bytes(payload)?;
-                Ok(Snapshot {
-                    routers: old.routers.into_iter().map(RouterState::from).collect(),
-                    reward_models: old.reward_models,
-                    encoders: old.encoders,
-                })
-            }
-            4 => {
-                let old: SnapshotV4 = postcard::from_bytes(payload)?;
-                Ok(Snapshot {
-                    routers: old.routers.into_iter().map(RouterState::from).collect(),
-                    reward_models: old.reward_models,
-                    encoders: old.encoders,
-                })
-            }
-            _ => postcard::from_bytes(payload),
-        }
+            2 => postcard::from_bytes::<SnapshotOf<RouterStateV2, RewardModelSpecV1>>(payload)?
+                .upgrade(),
+            3 => postcard::from_bytes::<SnapshotOf<RouterStateV2>>(payload)?.upgrade(),
+            4 => postcard::from_bytes::<SnapshotOf<RouterStateV3>>(payload)?.upgrade(),
+            _ => postcard::from_bytes(payload)?,
+        })
     }
 }
 
@@ -346,23 +322,24 @@ impl Routers {
                     .expect("router lock poisoned")
                     .apply(event)?;
             }
-            StateEvent::RouterImported { name, state } => {
-                let router = Router::from_state(name.clone(), *state)?;
-                self.map_mut().insert(name, Arc::new(Mutex::new(router)));
-            }
+            StateEvent::RouterImported { name, state } => self.replace_router(name, *state)?,
             StateEvent::RouterImportedV3 { name, state } => {
-                let router = Router::from_state(name.clone(), RouterState::from(*state))?;
-                self.map_mut().insert(name, Arc::new(Mutex::new(router)));
+                self.replace_router(name, RouterState::from(*state))?
             }
             StateEvent::RouterImportedV2 { name, state } => {
-                let router = Router::from_state(name.clone(), RouterState::from(*state))?;
-                self.map_mut().insert(name, Arc::new(Mutex::new(router)));
+                self.replace_router(name, RouterState::from(*state))?
             }
             StateEvent::RouterImportedV1 { name, state } => {
-                let router = Router::from_state(name.clone(), RouterState::from(*state))?;
-                self.map_mut().insert(name, Arc::new(Mutex::new(router)));
+                self.replace_router(name, RouterState::from(*state))?
             }
         }
+        Ok(())
+    }
+
+    /// An imported router state becomes router `name`, replacing any of that name.
+    fn replace_router(&self, name: String, state: RouterState) -> Result<(), RouterError> {
+        let router = Router::from_state(name.clone(), state)?;
+        self.map_mut().insert(name, Arc::new(Mutex::new(router)));
         Ok(())
     }
 
@@ -557,5 +534,36 @@ impl Routers {
             .lock()
             .expect("RM changes lock poisoned")
             .clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::routers::tests::settings;
+
+    #[test]
+    fn a_version_4_snapshot_decodes_as_the_current_payload_without_prior_counts() {
+        let serving = vec!["a".to_string(), "b".to_string()];
+        let state = Router::new("r".into(), settings(2), &serving).to_state();
+        let v4 = SnapshotOf::<RouterStateV3> {
+            routers: vec![RouterStateV3::from(&state)],
+            reward_models: RewardModelChanges::default(),
+            encoders: EncoderChanges::default(),
+        };
+        let decoded = Snapshot::decode(4, &postcard::to_stdvec(&v4).unwrap()).unwrap();
+        assert_eq!(decoded.routers, vec![state.clone()]);
+        let current = Snapshot {
+            routers: vec![state.clone()],
+            reward_models: RewardModelChanges::default(),
+            encoders: EncoderChanges::default(),
+        };
+        let bytes = postcard::to_stdvec(&current).unwrap();
+        assert_eq!(
+            Snapshot::decode(crate::store::SNAPSHOT_VERSION, &bytes)
+                .unwrap()
+                .routers,
+            vec![state]
+        );
     }
 }

@@ -1,8 +1,8 @@
 //! What GetRouter shows of a router's arms: per-arm counts, rewards and, at the mean of
 //! the contexts the router selected for, each LinUCB arm's estimate and bonus (or each
 //! Exp3 arm's probability), each RM's decisions and rewards per query category
-//! (bounded: [`MAX_CATEGORIES_PER_ROUTER`]) and what priors from labelled pairs hold. Cost: O(K·d²) for a LinUCB router (one solve
-//! per arm).
+//! (bounded: [`MAX_CATEGORIES_PER_ROUTER`]) and what priors from labelled pairs put into
+//! each arm. Cost: O(K·d²) for a LinUCB router (one solve per arm).
 
 use std::collections::BTreeMap;
 
