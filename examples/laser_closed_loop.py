@@ -378,6 +378,12 @@ POLICIES = {
     "linucb, prior 200 + labels 10% + loss": ({"policy": "linucb", "prior": 200}, "labels:0.10+loss", None),
     "thompson, prior 200 + loss": ({"policy": "thompson", "prior": 200}, "loss", None),
     "thompson, prior 200 + labels 10% only": ({"policy": "thompson", "prior": 200}, "labels:0.10", None),
+    # Arms fitted to the rewards as they come (reward_center 0, the paper's and every router's
+    # before the setting); the rows above start their arms at the neutral reward (0.5).
+    "linucb defaults, arms from 0": ({"policy": "linucb", "reward_center": 0.0}, "loss", None),
+    "linucb, labels 10% only, arms from 0": ({"policy": "linucb", "reward_center": 0.0}, "labels:0.10", None),
+    "linucb, prior 200 + labels 10% only, arms from 0": (
+        {"policy": "linucb", "prior": 200, "reward_center": 0.0}, "labels:0.10", None),
     "oracle routing (best RM per category)": (None, "loss", "oracle"),
     # Not routing: the learner trained on the human labels themselves (no RM), the ceiling.
     "human labels (ceiling, no RM)": (None, None, "truth"),

@@ -456,7 +456,9 @@ impl RoutersHandle {
         let (info, durable) = self
             .for_router(&name.clone(), move |routers| {
                 let settings = routers.settings_for(&patch);
-                let (router, durable) = routers.create_or_confirm(&name, settings, &serving)?;
+                let center_named = patch.reward_center.is_some();
+                let (router, durable) =
+                    routers.create_or_confirm(&name, settings, center_named, &serving)?;
                 Ok((RouterInfo::of(&router, &serving), durable))
             })
             .await?;

@@ -389,6 +389,104 @@ async fn the_first_reward_is_neutral_by_default_or_raw_as_the_reference() {
 }
 
 #[tokio::test]
+async fn linear_arms_start_at_the_reward_center_and_report_on_the_rewards_scale() {
+    let server = Server::start(&config(4, &["length", "polite"], ""));
+    let mut client = server.router_client().await;
+    let mut admin = server.admin_client().await;
+    let normalized = pb::RouterSettings {
+        reward_is_normalized: true,
+        ..Default::default()
+    };
+    create(&mut admin, "centred", normalized.clone()).await;
+    create(
+        &mut admin,
+        "reference",
+        pb::RouterSettings {
+            preset: "laser_reference".into(),
+            ..normalized.clone()
+        },
+    )
+    .await;
+    let explained = |router: &str| pb::ScoreRequest {
+        explain: true,
+        ..request(router)
+    };
+    for (name, center) in [("centred", 0.5), ("reference", 0.0)] {
+        let info = router_info(&mut admin, name).await;
+        assert_eq!(info.settings.expect("settings").reward_center, Some(center));
+        // A reward at the centre teaches the chosen arm nothing: every arm's estimate at
+        // the query's context stays at the centre (reported on the rewards' scale).
+        let result = client
+            .score(explained(name))
+            .await
+            .expect("score")
+            .into_inner()
+            .results
+            .remove(0);
+        assert!(
+            result.arms.iter().all(|arm| arm.mean == center),
+            "{result:?}"
+        );
+        client
+            .feedback(feedback(
+                name,
+                vec![result.decision_id],
+                Signal::Reward(0.5),
+            ))
+            .await
+            .expect("feedback");
+        let after = client
+            .score(explained(name))
+            .await
+            .expect("score")
+            .into_inner()
+            .results
+            .remove(0);
+        let chosen = &result.reward_models[0];
+        let arm = after
+            .arms
+            .iter()
+            .find(|arm| &arm.reward_model == chosen)
+            .expect("the chosen arm");
+        if center == 0.5 {
+            assert_eq!(arm.mean, 0.5, "{after:?}");
+        } else {
+            // θ from 0: one reward of 0.5 lifts the arm to 0.5·|x|²/(|x|²+1) (raw context).
+            assert!(arm.mean > 0.1, "{after:?}");
+        }
+    }
+    // A resumed run's CreateRouter that leaves the field unset confirms; naming another
+    // centre is refused with the field named, and a non-finite one is refused outright.
+    create(&mut admin, "centred", normalized.clone()).await;
+    for (name, center, code) in [
+        ("centred", 0.0, Code::FailedPrecondition),
+        ("fresh", f64::NAN, Code::InvalidArgument),
+        ("fresh", f64::INFINITY, Code::InvalidArgument),
+    ] {
+        let refused = admin
+            .create_router(pb::CreateRouterRequest {
+                name: name.into(),
+                settings: Some(pb::RouterSettings {
+                    context_dim: 4,
+                    reward_center: Some(center),
+                    ..normalized.clone()
+                }),
+            })
+            .await
+            .expect_err("refused");
+        assert_eq!(refused.code(), code, "{refused:?}");
+        assert!(refused.message().contains("reward_center"), "{refused:?}");
+    }
+    let unknown = admin
+        .get_router(pb::GetRouterRequest {
+            name: "fresh".into(),
+        })
+        .await
+        .expect_err("nothing created");
+    assert_eq!(unknown.code(), Code::NotFound);
+}
+
+#[tokio::test]
 async fn reset_forgets_learned_state_and_keeps_settings() {
     let server = Server::start(&config(4, &["length", "polite"], ""));
     let mut client = server.router_client().await;

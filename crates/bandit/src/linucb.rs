@@ -50,6 +50,18 @@ pub struct ArmEstimate {
     pub ucb: f64,
 }
 
+impl ArmEstimate {
+    /// The same estimate with `offset` added to its mean and UCB (an arm fitted to rewards
+    /// less `offset`, reported on the rewards' scale).
+    pub fn shifted(self, offset: f64) -> Self {
+        Self {
+            mean: self.mean + offset,
+            bonus: self.bonus,
+            ucb: self.ucb + offset,
+        }
+    }
+}
+
 /// [`LinUcbArm`] as plain data (snapshots, exports).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct LinUcbArmData {

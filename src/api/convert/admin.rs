@@ -110,6 +110,7 @@ pub fn router_settings_patch(
         pending_ttl_seconds: (settings.pending_ttl_seconds > 0)
             .then_some(settings.pending_ttl_seconds as u64),
         encoder: (!settings.encoder.is_empty()).then_some(settings.encoder),
+        reward_center: settings.reward_center,
         preset,
     })
 }
@@ -172,6 +173,7 @@ pub fn router_settings_to_pb(settings: &RouterSettings) -> pb::RouterSettings {
             FirstReward::Wait => pb::FirstReward::Wait,
         } as i32,
         first_reward_wait: settings.first_reward_wait().unwrap_or(0) as u32,
+        reward_center: Some(settings.reward_center),
     }
 }
 /// An RM spec from AddRewardModel, defaults filled in, checked by `RewardModelSpec::validate`.

@@ -19,7 +19,7 @@ use crate::routers::error::RouterError;
 use crate::routers::instance::router::Router;
 use crate::routers::instance::settings::RouterSettings;
 use crate::routers::instance::state::{
-    RouterSettingsV1, RouterState, RouterStateV1, RouterStateV2, RouterStateV3,
+    RouterSettingsV1, RouterSettingsV2, RouterState, RouterStateV1, RouterStateV2, RouterStateV3,
 };
 use crate::routers::{RouterEvent, Routers};
 use crate::store::{Durable, Recovered, Store};
@@ -59,9 +59,10 @@ pub enum StateEvent {
         name: String,
         state: Box<RouterStateV2>,
     },
-    RouterCreated {
+    /// A router created, in formats 2 and 3 (logs written before format 4).
+    RouterCreatedV2 {
         name: String,
-        settings: RouterSettings,
+        settings: RouterSettingsV2,
         serving: Vec<String>,
     },
     /// An encoder published through Admin.AddEncoder.
@@ -86,6 +87,11 @@ pub enum StateEvent {
     RouterImported {
         name: String,
         state: Box<RouterState>,
+    },
+    RouterCreated {
+        name: String,
+        settings: RouterSettings,
+        serving: Vec<String>,
     },
 }
 
@@ -291,6 +297,14 @@ impl Routers {
                 serving,
             } => {
                 let router = Router::new(name.clone(), settings, &serving);
+                self.map_mut().insert(name, Arc::new(Mutex::new(router)));
+            }
+            StateEvent::RouterCreatedV2 {
+                name,
+                settings,
+                serving,
+            } => {
+                let router = Router::new(name.clone(), settings.into(), &serving);
                 self.map_mut().insert(name, Arc::new(Mutex::new(router)));
             }
             StateEvent::RouterCreatedV1 {
@@ -565,5 +579,46 @@ mod tests {
                 .routers,
             vec![state]
         );
+    }
+
+    #[test]
+    fn routers_logged_before_the_reward_centre_replay_uncentred() {
+        let serving = vec!["a".to_string()];
+        let routers = Routers::new(crate::routers::RoutersOptions::default());
+        let old = settings(2);
+        assert_eq!(old.reward_center, 0.0);
+        let logged = StateEvent::RouterCreatedV2 {
+            name: "old".into(),
+            settings: RouterSettingsV2::from(&old),
+            serving: serving.clone(),
+        };
+        let bytes = postcard::to_stdvec(&logged).unwrap();
+        routers
+            .apply(postcard::from_bytes(&bytes).unwrap())
+            .unwrap();
+        let centred = RouterSettings {
+            reward_center: 0.5,
+            ..old.clone()
+        };
+        let current = StateEvent::RouterCreated {
+            name: "new".into(),
+            settings: centred.clone(),
+            serving,
+        };
+        let bytes = postcard::to_stdvec(&current).unwrap();
+        routers
+            .apply(postcard::from_bytes(&bytes).unwrap())
+            .unwrap();
+        let settings_of = |name: &str| {
+            routers
+                .get(name)
+                .unwrap()
+                .lock()
+                .unwrap()
+                .settings()
+                .clone()
+        };
+        assert_eq!(settings_of("old"), old);
+        assert_eq!(settings_of("new"), centred);
     }
 }

@@ -206,21 +206,28 @@ impl Routers {
     /// The router `name` with `settings`: created (an arm for every RM in `serving` that
     /// `settings` accept), or the existing one when its settings are equal (a resumed
     /// training run creating its router again); `SettingsDiffer` names the fields otherwise.
+    /// `reward_center` is compared only when the request named it (`center_named`): routers
+    /// created before the setting existed have 0, and a run resumed with the CreateRouter it
+    /// was started with must still find its router.
     pub fn create_or_confirm(
         &self,
         name: &str,
         settings: RouterSettings,
+        center_named: bool,
         serving: &[String],
     ) -> Result<(SharedRouter, Durable), RouterError> {
         match self.create(name, settings.clone(), serving) {
             Err(RouterError::RouterExists { .. }) => {
                 let settings = settings.validate(self.options.max_context_dim)?;
                 let router = self.get(name)?;
-                let fields = router
+                let mut fields = router
                     .lock()
                     .expect("router lock poisoned")
                     .settings()
                     .differences(&settings);
+                if !center_named {
+                    fields.retain(|&field| field != "reward_center");
+                }
                 if fields.is_empty() {
                     Ok((router, Durable::done()))
                 } else {
@@ -557,10 +564,10 @@ mod tests {
         let routers = routers(false);
         let settings = routers.defaults().clone();
         routers
-            .create_or_confirm("a", settings.clone(), &[])
+            .create_or_confirm("a", settings.clone(), true, &[])
             .unwrap();
         routers
-            .create_or_confirm("a", settings.clone(), &[])
+            .create_or_confirm("a", settings.clone(), true, &[])
             .unwrap();
         assert_eq!(routers.list().len(), 1);
         let other = RouterSettings {
@@ -568,9 +575,29 @@ mod tests {
             seed: 9,
             ..settings
         };
-        match routers.create_or_confirm("a", other, &[]) {
+        match routers.create_or_confirm("a", other.clone(), true, &[]) {
             Err(RouterError::SettingsDiffer { fields, .. }) => {
                 assert_eq!(fields, vec!["alpha", "seed"])
+            }
+            other => panic!("{:?}", other.map(|_| ())),
+        }
+        // A router from before reward_center (0) is confirmed by a request that leaves
+        // the field to the default (0.5), and refused by one that names another value.
+        let uncentred = RouterSettings {
+            reward_center: 0.0,
+            ..other.clone()
+        };
+        routers.create("old", uncentred, &[]).unwrap();
+        let centred = RouterSettings {
+            reward_center: 0.5,
+            ..other
+        };
+        routers
+            .create_or_confirm("old", centred.clone(), false, &[])
+            .unwrap();
+        match routers.create_or_confirm("old", centred, true, &[]) {
+            Err(RouterError::SettingsDiffer { fields, .. }) => {
+                assert_eq!(fields, vec!["reward_center"])
             }
             other => panic!("{:?}", other.map(|_| ())),
         }

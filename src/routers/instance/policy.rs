@@ -25,12 +25,14 @@ pub(in crate::routers) enum Plan {
     /// Every candidate's estimate for every decision: `[candidate][decision]`.
     LinUcb {
         estimates: Vec<Vec<ArmEstimate>>,
+        reward_center: f64,
     },
     /// Linear Thompson sampling: the same per-candidate estimates (mean x·θ, spread
     /// v·sqrt(xᵀA⁻¹x) with v = α); each decision draws one score per candidate from its
     /// posterior, `mean + spread·z` with z ~ N(0, 1).
     LinTs {
         estimates: Vec<Vec<ArmEstimate>>,
+        reward_center: f64,
     },
     Random,
     /// Decisions recorded before this request (the turn of its first decision).
@@ -53,7 +55,8 @@ pub(in crate::routers) struct Chosen {
     pub(in crate::routers) candidates: Vec<usize>,
     /// The probability the choice was drawn with (Exp3; 1 otherwise).
     pub(in crate::routers) probability: f64,
-    /// Every candidate's estimate, when asked for (LinUCB).
+    /// Every candidate's estimate on the rewards' scale (x·θ + reward_center), when asked
+    /// for (LinUCB, Thompson: its draw, offline).
     pub(in crate::routers) explained: Vec<(String, ArmEstimate)>,
 }
 
@@ -94,9 +97,16 @@ impl Plan {
                             .collect(),
                     })
                     .collect();
+                let reward_center = settings.reward_center;
                 match settings.policy {
-                    Policy::LinTs => Plan::LinTs { estimates },
-                    _ => Plan::LinUcb { estimates },
+                    Policy::LinTs => Plan::LinTs {
+                        estimates,
+                        reward_center,
+                    },
+                    _ => Plan::LinUcb {
+                        estimates,
+                        reward_center,
+                    },
                 }
             }
             Policy::Random => Plan::Random,
@@ -139,17 +149,28 @@ impl Plan {
             explained: Vec::new(),
         };
         match self {
-            Plan::LinUcb { estimates } => {
+            Plan::LinUcb {
+                estimates,
+                reward_center,
+            } => {
                 let per_candidate: Vec<ArmEstimate> =
                     estimates.iter().map(|per_arm| per_arm[decision]).collect();
-                highest(candidates, per_candidate, rng, explain)
+                highest(
+                    candidates,
+                    per_candidate,
+                    rng,
+                    explain.then_some(*reward_center),
+                )
             }
-            Plan::LinTs { estimates } => {
+            Plan::LinTs {
+                estimates,
+                reward_center,
+            } => {
                 let sampled: Vec<ArmEstimate> = estimates
                     .iter()
                     .map(|per_arm| bandit::thompson_draw(per_arm[decision], rng))
                     .collect();
-                highest(candidates, sampled, rng, explain)
+                highest(candidates, sampled, rng, explain.then_some(*reward_center))
             }
             Plan::Random => single(rng.random_range(0..candidates.len())),
             Plan::RoundRobin { turn } => {
@@ -172,26 +193,26 @@ impl Plan {
     }
 }
 
-/// The candidate with the highest `ucb` (a UCB or a posterior draw), every candidate's
-/// estimate kept when `explain`.
+/// The candidate with the highest `ucb` (a UCB or a posterior draw, of arms fitted to
+/// `reward − reward_center`), every candidate's estimate kept on the rewards' scale when
+/// `explain` gives the centre.
 fn highest(
     candidates: &[Candidate],
     estimates: Vec<ArmEstimate>,
     rng: &mut StdRng,
-    explain: bool,
+    explain: Option<f64>,
 ) -> Chosen {
     let chosen = bandit::select_arm(&estimates, rng).expect("candidates exist");
     Chosen {
         candidates: vec![chosen],
         probability: 1.0,
-        explained: if explain {
-            candidates
+        explained: match explain {
+            Some(reward_center) => candidates
                 .iter()
                 .zip(estimates)
-                .map(|(c, e)| (c.reward_model.clone(), e))
-                .collect()
-        } else {
-            Vec::new()
+                .map(|(c, e)| (c.reward_model.clone(), e.shifted(reward_center)))
+                .collect(),
+            None => Vec::new(),
         },
     }
 }
@@ -271,12 +292,16 @@ impl Updates {
         }
     }
 
-    /// Apply the gathered LinUCB updates, arm by arm in index order.
+    /// Apply the gathered LinUCB updates, arm by arm in index order; each arm learns
+    /// `reward − reward_center`.
     pub(in crate::routers) fn apply(self, settings: &RouterSettings, arms: &mut [Arm]) {
         let dim = settings.arm_dim();
         for (arm, credited) in self.contexts {
             let batch = Mat::from_fn(dim, credited.len(), |i, j| credited[j].0[i]);
-            let rewards: Vec<f64> = credited.iter().map(|(_, reward)| *reward).collect();
+            let rewards: Vec<f64> = credited
+                .iter()
+                .map(|(_, reward)| *reward - settings.reward_center)
+                .collect();
             arms[arm]
                 .linucb
                 .as_mut()

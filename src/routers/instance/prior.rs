@@ -5,7 +5,8 @@
 //! The service scores the pairs with every RM; this module checks the observations against
 //! the router and applies them through the same ridge systems feedback updates (an
 //! observation of weight w adds w·x xᵀ to A and w·r·x to b: the context and reward scaled
-//! by √w). Observations are on the normalized reward scale ([0, 1]) and stay out of the
+//! by √w; r is the correctness less the router's `reward_center`, as for feedback).
+//! Observations are on the normalized reward scale ([0, 1]) and stay out of the
 //! normalizer's history. Cost: O(d²·n) per arm for n pairs (one rank-n update per arm).
 
 use faer::Mat;
@@ -85,7 +86,10 @@ impl Router {
                 outcome.skipped.push(reward_model);
                 continue;
             };
-            let rewards: Vec<f64> = correctness.iter().map(|r| r * scale).collect();
+            let rewards: Vec<f64> = correctness
+                .iter()
+                .map(|r| (r - self.settings.reward_center) * scale)
+                .collect();
             self.arms[arm]
                 .linucb
                 .as_mut()

@@ -5,7 +5,7 @@
 //! self-describing): a new format appends fields and keeps a reader for the old one
 //! ([`RouterStateV1`], written before decision groups and idempotency keys;
 //! [`RouterStateV2`], before pending decisions kept their scores; [`RouterStateV3`], before
-//! the prior counts per RM).
+//! the prior counts per RM and the settings' reward centre, [`RouterSettingsV2`]).
 //! Cost: copies every arm's factor, O(K·d²).
 
 use std::collections::BTreeSet;
@@ -42,16 +42,17 @@ pub struct RouterState {
     groups_and_keys: GroupsAndKeys,
     /// Added in format 3: per (category, RM) decisions and rewards.
     categories: Vec<(String, String, CategoryCounts)>,
-    /// Added in format 4: per RM, the labelled pairs its arm took from priors.
+    /// Added in format 4 (with `settings.reward_center`): per RM, the labelled pairs its arm
+    /// took from priors.
     priors: Vec<(String, PriorCounts)>,
 }
 
-/// [`RouterState`] as format 3 wrote it (no prior counts; the priors' observations are in
-/// the arms all the same).
+/// [`RouterState`] as format 3 wrote it (no prior counts, the priors' observations are in
+/// the arms all the same; settings without a reward centre).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct RouterStateV3 {
     name: String,
-    settings: RouterSettings,
+    settings: RouterSettingsV2,
     arms: Vec<ArmState>,
     pending: Vec<(String, PendingDecision)>,
     answered: Vec<String>,
@@ -68,7 +69,7 @@ impl From<RouterStateV3> for RouterState {
     fn from(old: RouterStateV3) -> Self {
         Self {
             name: old.name,
-            settings: old.settings,
+            settings: old.settings.into(),
             arms: old.arms,
             pending: old.pending,
             answered: old.answered,
@@ -90,7 +91,7 @@ impl From<&RouterState> for RouterStateV3 {
     fn from(state: &RouterState) -> Self {
         Self {
             name: state.name.clone(),
-            settings: state.settings.clone(),
+            settings: (&state.settings).into(),
             arms: state.arms.clone(),
             pending: state.pending.clone(),
             answered: state.answered.clone(),
@@ -151,7 +152,7 @@ impl From<RouterStateV1> for RouterState {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct RouterStateV2 {
     name: String,
-    settings: RouterSettings,
+    settings: RouterSettingsV2,
     arms: Vec<ArmState>,
     pending: Vec<(String, PendingDecisionV2)>,
     answered: Vec<String>,
@@ -167,7 +168,7 @@ impl From<RouterStateV2> for RouterState {
     fn from(old: RouterStateV2) -> Self {
         Self {
             name: old.name,
-            settings: old.settings,
+            settings: old.settings.into(),
             arms: old.arms,
             pending: upgrade(old.pending),
             answered: old.answered,
@@ -189,7 +190,7 @@ impl From<&RouterState> for RouterStateV2 {
     fn from(state: &RouterState) -> Self {
         Self {
             name: state.name.clone(),
-            settings: state.settings.clone(),
+            settings: (&state.settings).into(),
             arms: state.arms.clone(),
             pending: downgrade(&state.pending),
             answered: state.answered.clone(),
@@ -392,7 +393,7 @@ pub struct RouterSettingsV1 {
 
 impl From<RouterSettingsV1> for RouterSettings {
     fn from(old: RouterSettingsV1) -> Self {
-        Self {
+        RouterSettingsV2 {
             context_dim: old.context_dim,
             policy: old.policy,
             alpha: old.alpha,
@@ -409,6 +410,7 @@ impl From<RouterSettingsV1> for RouterSettings {
             pending_ttl: old.pending_ttl,
             encoder: None,
         }
+        .into()
     }
 }
 
@@ -416,6 +418,7 @@ impl From<RouterSettingsV1> for RouterSettings {
 impl From<&RouterSettings> for RouterSettingsV1 {
     fn from(settings: &RouterSettings) -> Self {
         assert!(settings.encoder.is_none(), "format 1 has no encoders");
+        assert_eq!(settings.reward_center, 0.0, "format 1 has no reward centre");
         Self {
             context_dim: settings.context_dim,
             policy: settings.policy.clone(),
@@ -431,6 +434,77 @@ impl From<&RouterSettings> for RouterSettingsV1 {
             projection_dim: settings.projection_dim,
             max_pending_decisions: settings.max_pending_decisions,
             pending_ttl: settings.pending_ttl,
+        }
+    }
+}
+
+/// [`RouterSettings`] as formats 2 and 3 wrote them (no reward centre: their arms learned
+/// the rewards as they came, so they read as `reward_center = 0`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RouterSettingsV2 {
+    context_dim: usize,
+    policy: Policy,
+    alpha: f64,
+    l2_lambda: f64,
+    normalization: Normalization,
+    reward_is_normalized: bool,
+    default_mode: SelectionMode,
+    seed: u64,
+    reward_models: Option<BTreeSet<String>>,
+    join_new_reward_models: bool,
+    l2_normalize_context: bool,
+    projection_dim: usize,
+    max_pending_decisions: usize,
+    pending_ttl: Duration,
+    encoder: Option<String>,
+}
+
+impl From<RouterSettingsV2> for RouterSettings {
+    fn from(old: RouterSettingsV2) -> Self {
+        Self {
+            context_dim: old.context_dim,
+            policy: old.policy,
+            alpha: old.alpha,
+            l2_lambda: old.l2_lambda,
+            normalization: old.normalization,
+            reward_is_normalized: old.reward_is_normalized,
+            default_mode: old.default_mode,
+            seed: old.seed,
+            reward_models: old.reward_models,
+            join_new_reward_models: old.join_new_reward_models,
+            l2_normalize_context: old.l2_normalize_context,
+            projection_dim: old.projection_dim,
+            max_pending_decisions: old.max_pending_decisions,
+            pending_ttl: old.pending_ttl,
+            encoder: old.encoder,
+            reward_center: 0.0,
+        }
+    }
+}
+
+#[cfg(test)]
+impl From<&RouterSettings> for RouterSettingsV2 {
+    fn from(settings: &RouterSettings) -> Self {
+        assert_eq!(
+            settings.reward_center, 0.0,
+            "formats 2 and 3 have no reward centre"
+        );
+        Self {
+            context_dim: settings.context_dim,
+            policy: settings.policy.clone(),
+            alpha: settings.alpha,
+            l2_lambda: settings.l2_lambda,
+            normalization: settings.normalization,
+            reward_is_normalized: settings.reward_is_normalized,
+            default_mode: settings.default_mode,
+            seed: settings.seed,
+            reward_models: settings.reward_models.clone(),
+            join_new_reward_models: settings.join_new_reward_models,
+            l2_normalize_context: settings.l2_normalize_context,
+            projection_dim: settings.projection_dim,
+            max_pending_decisions: settings.max_pending_decisions,
+            pending_ttl: settings.pending_ttl,
+            encoder: settings.encoder.clone(),
         }
     }
 }

@@ -170,7 +170,9 @@ impl Router {
                 if let Some(linucb) = &arm.linucb {
                     statistics.theta_norm = linucb.theta_norm();
                     if let Some(x) = &mean_context {
-                        let estimate = linucb.estimate(x, self.settings.alpha);
+                        let estimate = linucb
+                            .estimate(x, self.settings.alpha)
+                            .shifted(self.settings.reward_center);
                         statistics.mean_at_context_mean = estimate.mean;
                         statistics.bonus_at_context_mean = estimate.bonus;
                     }

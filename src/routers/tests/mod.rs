@@ -1,7 +1,7 @@
 //! Router behaviour: each policy's defining behaviour, arms coming and going, pending
 //! decisions (TTL, capacity, idempotence, all-or-nothing).
 //! Groups, per-decision feedback and idempotency keys: [`groups`]; label feedback, priors and
-//! categories: [`labels`].
+//! categories: [`labels`]; the reward centre: [`centre`].
 //!
 //! Longer than the ~500-line guide on purpose: it is a flat list of independent cases
 //! over a few shared helpers at the top, read by test name, not in one pass.
@@ -12,6 +12,7 @@ use std::time::Duration;
 use super::*;
 use crate::bandit::Normalization;
 
+mod centre;
 mod groups;
 mod labels;
 
@@ -32,6 +33,8 @@ pub(crate) fn settings(context_dim: usize) -> RouterSettings {
         max_pending_decisions: 4,
         pending_ttl: Duration::from_secs(60),
         encoder: None,
+        // The paper's arms (θ from 0); tests of the centre set it.
+        reward_center: 0.0,
     }
 }
 
