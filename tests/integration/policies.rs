@@ -442,7 +442,7 @@ async fn linear_arms_start_at_the_reward_center_and_report_on_the_rewards_scale(
             .into_inner()
             .results
             .remove(0);
-        let chosen = &result.reward_models[0];
+        let chosen = &result.reward_model;
         let arm = after
             .arms
             .iter()
