@@ -295,26 +295,17 @@ impl Routers {
                 name,
                 settings,
                 serving,
-            } => {
-                let router = Router::new(name.clone(), settings, &serving);
-                self.map_mut().insert(name, Arc::new(Mutex::new(router)));
-            }
+            } => self.insert_created(name, settings, &serving),
             StateEvent::RouterCreatedV2 {
                 name,
                 settings,
                 serving,
-            } => {
-                let router = Router::new(name.clone(), settings.into(), &serving);
-                self.map_mut().insert(name, Arc::new(Mutex::new(router)));
-            }
+            } => self.insert_created(name, settings.into(), &serving),
             StateEvent::RouterCreatedV1 {
                 name,
                 settings,
                 serving,
-            } => {
-                let router = Router::new(name.clone(), settings.into(), &serving);
-                self.map_mut().insert(name, Arc::new(Mutex::new(router)));
-            }
+            } => self.insert_created(name, settings.into(), &serving),
             StateEvent::EncoderAdded { spec } => {
                 self.encoder_changes
                     .lock()
@@ -348,6 +339,12 @@ impl Routers {
             }
         }
         Ok(())
+    }
+
+    /// A logged creation: router `name` with an arm per RM in `serving` its settings accept.
+    fn insert_created(&self, name: String, settings: RouterSettings, serving: &[String]) {
+        let router = Router::new(name.clone(), settings, serving);
+        self.map_mut().insert(name, Arc::new(Mutex::new(router)));
     }
 
     /// An imported router state becomes router `name`, replacing any of that name.
@@ -579,6 +576,27 @@ mod tests {
                 .routers,
             vec![state]
         );
+    }
+
+    #[test]
+    fn event_variants_keep_their_logged_indices() {
+        // postcard writes an enum's variant index first: a variant renamed for an older
+        // format keeps its place, new ones are appended.
+        let index = |event: &StateEvent| postcard::to_stdvec(event).unwrap()[0];
+        let created = |settings: RouterSettings| StateEvent::RouterCreated {
+            name: "r".into(),
+            settings,
+            serving: Vec::new(),
+        };
+        assert_eq!(
+            index(&StateEvent::RouterCreatedV2 {
+                name: "r".into(),
+                settings: RouterSettingsV2::from(&settings(2)),
+                serving: Vec::new(),
+            }),
+            7
+        );
+        assert_eq!(index(&created(settings(2))), 13);
     }
 
     #[test]

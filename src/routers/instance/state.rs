@@ -394,20 +394,7 @@ pub struct RouterSettingsV1 {
 impl From<RouterSettingsV1> for RouterSettings {
     fn from(old: RouterSettingsV1) -> Self {
         RouterSettingsV2 {
-            context_dim: old.context_dim,
-            policy: old.policy,
-            alpha: old.alpha,
-            l2_lambda: old.l2_lambda,
-            normalization: old.normalization,
-            reward_is_normalized: old.reward_is_normalized,
-            default_mode: old.default_mode,
-            seed: old.seed,
-            reward_models: old.reward_models,
-            join_new_reward_models: old.join_new_reward_models,
-            l2_normalize_context: old.l2_normalize_context,
-            projection_dim: old.projection_dim,
-            max_pending_decisions: old.max_pending_decisions,
-            pending_ttl: old.pending_ttl,
+            format1: old,
             encoder: None,
         }
         .into()
@@ -418,65 +405,42 @@ impl From<RouterSettingsV1> for RouterSettings {
 impl From<&RouterSettings> for RouterSettingsV1 {
     fn from(settings: &RouterSettings) -> Self {
         assert!(settings.encoder.is_none(), "format 1 has no encoders");
-        assert_eq!(settings.reward_center, 0.0, "format 1 has no reward centre");
-        Self {
-            context_dim: settings.context_dim,
-            policy: settings.policy.clone(),
-            alpha: settings.alpha,
-            l2_lambda: settings.l2_lambda,
-            normalization: settings.normalization,
-            reward_is_normalized: settings.reward_is_normalized,
-            default_mode: settings.default_mode,
-            seed: settings.seed,
-            reward_models: settings.reward_models.clone(),
-            join_new_reward_models: settings.join_new_reward_models,
-            l2_normalize_context: settings.l2_normalize_context,
-            projection_dim: settings.projection_dim,
-            max_pending_decisions: settings.max_pending_decisions,
-            pending_ttl: settings.pending_ttl,
-        }
+        RouterSettingsV2::from(settings).format1
     }
 }
 
-/// [`RouterSettings`] as formats 2 and 3 wrote them (no reward centre: their arms learned
-/// the rewards as they came, so they read as `reward_center = 0`).
+/// [`RouterSettings`] as formats 2 and 3 wrote them: format 1's fields, then the encoder
+/// (postcard writes a nested struct's fields in line, so this is the flat layout those
+/// formats wrote); no reward centre — their arms learned the rewards as they came, so they
+/// read as `reward_center = 0`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct RouterSettingsV2 {
-    context_dim: usize,
-    policy: Policy,
-    alpha: f64,
-    l2_lambda: f64,
-    normalization: Normalization,
-    reward_is_normalized: bool,
-    default_mode: SelectionMode,
-    seed: u64,
-    reward_models: Option<BTreeSet<String>>,
-    join_new_reward_models: bool,
-    l2_normalize_context: bool,
-    projection_dim: usize,
-    max_pending_decisions: usize,
-    pending_ttl: Duration,
+    format1: RouterSettingsV1,
     encoder: Option<String>,
 }
 
 impl From<RouterSettingsV2> for RouterSettings {
     fn from(old: RouterSettingsV2) -> Self {
+        let RouterSettingsV2 {
+            format1: v1,
+            encoder,
+        } = old;
         Self {
-            context_dim: old.context_dim,
-            policy: old.policy,
-            alpha: old.alpha,
-            l2_lambda: old.l2_lambda,
-            normalization: old.normalization,
-            reward_is_normalized: old.reward_is_normalized,
-            default_mode: old.default_mode,
-            seed: old.seed,
-            reward_models: old.reward_models,
-            join_new_reward_models: old.join_new_reward_models,
-            l2_normalize_context: old.l2_normalize_context,
-            projection_dim: old.projection_dim,
-            max_pending_decisions: old.max_pending_decisions,
-            pending_ttl: old.pending_ttl,
-            encoder: old.encoder,
+            context_dim: v1.context_dim,
+            policy: v1.policy,
+            alpha: v1.alpha,
+            l2_lambda: v1.l2_lambda,
+            normalization: v1.normalization,
+            reward_is_normalized: v1.reward_is_normalized,
+            default_mode: v1.default_mode,
+            seed: v1.seed,
+            reward_models: v1.reward_models,
+            join_new_reward_models: v1.join_new_reward_models,
+            l2_normalize_context: v1.l2_normalize_context,
+            projection_dim: v1.projection_dim,
+            max_pending_decisions: v1.max_pending_decisions,
+            pending_ttl: v1.pending_ttl,
+            encoder,
             reward_center: 0.0,
         }
     }
@@ -487,24 +451,52 @@ impl From<&RouterSettings> for RouterSettingsV2 {
     fn from(settings: &RouterSettings) -> Self {
         assert_eq!(
             settings.reward_center, 0.0,
-            "formats 2 and 3 have no reward centre"
+            "formats 1 to 3 have no reward centre"
         );
         Self {
-            context_dim: settings.context_dim,
-            policy: settings.policy.clone(),
-            alpha: settings.alpha,
-            l2_lambda: settings.l2_lambda,
-            normalization: settings.normalization,
-            reward_is_normalized: settings.reward_is_normalized,
-            default_mode: settings.default_mode,
-            seed: settings.seed,
-            reward_models: settings.reward_models.clone(),
-            join_new_reward_models: settings.join_new_reward_models,
-            l2_normalize_context: settings.l2_normalize_context,
-            projection_dim: settings.projection_dim,
-            max_pending_decisions: settings.max_pending_decisions,
-            pending_ttl: settings.pending_ttl,
+            format1: RouterSettingsV1 {
+                context_dim: settings.context_dim,
+                policy: settings.policy.clone(),
+                alpha: settings.alpha,
+                l2_lambda: settings.l2_lambda,
+                normalization: settings.normalization,
+                reward_is_normalized: settings.reward_is_normalized,
+                default_mode: settings.default_mode,
+                seed: settings.seed,
+                reward_models: settings.reward_models.clone(),
+                join_new_reward_models: settings.join_new_reward_models,
+                l2_normalize_context: settings.l2_normalize_context,
+                projection_dim: settings.projection_dim,
+                max_pending_decisions: settings.max_pending_decisions,
+                pending_ttl: settings.pending_ttl,
+            },
             encoder: settings.encoder.clone(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::routers::tests::settings;
+
+    #[test]
+    fn the_old_settings_layouts_are_the_current_one_less_its_appended_fields() {
+        let old = RouterSettings {
+            encoder: Some("minilm".into()),
+            ..settings(3)
+        };
+        let current = postcard::to_stdvec(&old).unwrap();
+        let format2 = postcard::to_stdvec(&RouterSettingsV2::from(&old)).unwrap();
+        let centre = postcard::to_stdvec(&0.0f64).unwrap();
+        assert_eq!(current, [format2.clone(), centre].concat());
+        let without_encoder = RouterSettings {
+            encoder: None,
+            ..old
+        };
+        let format1 = postcard::to_stdvec(&RouterSettingsV1::from(&without_encoder)).unwrap();
+        let none = postcard::to_stdvec(&Option::<String>::None).unwrap();
+        let format2 = postcard::to_stdvec(&RouterSettingsV2::from(&without_encoder)).unwrap();
+        assert_eq!(format2, [format1, none].concat());
     }
 }
