@@ -72,8 +72,10 @@ async fn create_router(server: &Server) {
             settings: Some(pb::RouterSettings {
                 context_dim: DIM as u32,
                 normalization: pb::Normalization::None as i32,
-                // The independent replay below works on the raw contexts.
+                // The independent replay below works on the raw contexts and the rewards
+                // less this centre.
                 l2_normalize_context: Some(false),
+                reward_center: Some(REWARD_CENTER),
                 ..Default::default()
             }),
         })
@@ -262,14 +264,18 @@ async fn trainer(addr: String, ledger: Arc<Mutex<Ledger>>, seed: u64) {
     }
 }
 
-/// θ = (I + Σ x xᵀ)⁻¹ Σ r x over one arm's acknowledged feedback (λ = 1, no normalization).
+/// The router's `reward_center` (the server's default, set explicitly).
+const REWARD_CENTER: f64 = 0.5;
+
+/// θ = (I + Σ x xᵀ)⁻¹ Σ (r − c) x over one arm's acknowledged feedback (λ = 1, no
+/// normalization, c the reward centre).
 fn expected_theta_norm(samples: &[(Vec<f32>, f64)]) -> f64 {
     let mut a = DMatrix::<f64>::identity(DIM, DIM);
     let mut b = DVector::<f64>::zeros(DIM);
     for (context, reward) in samples {
         let x = DVector::from_iterator(DIM, context.iter().map(|&v| v as f64));
         a += &x * x.transpose();
-        b += &x * *reward;
+        b += &x * (*reward - REWARD_CENTER);
     }
     a.cholesky().expect("positive definite").solve(&b).norm()
 }
