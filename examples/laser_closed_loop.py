@@ -528,7 +528,9 @@ def main():
     parser.add_argument("--steps", type=int, default=150)
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--lr", type=float, default=2.0)
-    parser.add_argument("--policies", default="", help="comma-separated substrings to run a subset")
+    parser.add_argument("--policies", default="",
+                        help="substrings of the policy names to run a subset, separated by commas, or by "
+                             "semicolons when any is present (names contain commas)")
     parser.add_argument("--out", default=str(ROOT / "docs" / "learning_results"),
                         help="writes OUT.md (tables), OUT.json and OUT.png")
     parser.add_argument("--rms", choices=["bow", "minilm"], default="bow",
@@ -623,8 +625,9 @@ def run_loop(args, reviews, x, heads, rm_train, train_idx, val_idx, test_idx):
         # The fixed policies name this loop's RMs.
         policies = {f"fixed:rm_{n}": ({"policy": "fixed", "fixed_reward_model": f"rm_{n}"}, "loss", None)
                     for n in NAMES} | {n: s for n, s in POLICIES.items() if not n.startswith("fixed:")}
+        wanted = args.policies.split(";" if ";" in args.policies else ",")
         chosen = {n: s for n, s in policies.items()
-                  if not args.policies or any(p in n for p in args.policies.split(","))}
+                  if not args.policies or any(p in n for p in wanted)}
         results = {}
         for name, spec in chosen.items():
             started, before = time.time(), sequences_scored(metrics)
