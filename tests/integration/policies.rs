@@ -388,6 +388,19 @@ async fn the_first_reward_is_neutral_by_default_or_raw_as_the_reference() {
     }
 }
 
+/// One query scored through `router` with every arm's estimate.
+async fn score_explained(
+    client: &mut pb::reward_router_client::RewardRouterClient<tonic::transport::Channel>,
+    router: &str,
+) -> pb::QueryResult {
+    let request = pb::ScoreRequest {
+        explain: true,
+        ..request(router)
+    };
+    let response = client.score(request).await.expect("score");
+    response.into_inner().results.remove(0)
+}
+
 #[tokio::test]
 async fn linear_arms_start_at_the_reward_center_and_report_on_the_rewards_scale() {
     let server = Server::start(&config(4, &["length", "polite"], ""));
@@ -407,22 +420,12 @@ async fn linear_arms_start_at_the_reward_center_and_report_on_the_rewards_scale(
         },
     )
     .await;
-    let explained = |router: &str| pb::ScoreRequest {
-        explain: true,
-        ..request(router)
-    };
     for (name, center) in [("centred", 0.5), ("reference", 0.0)] {
         let info = router_info(&mut admin, name).await;
         assert_eq!(info.settings.expect("settings").reward_center, Some(center));
         // A reward at the centre teaches the chosen arm nothing: every arm's estimate at
         // the query's context stays at the centre (reported on the rewards' scale).
-        let result = client
-            .score(explained(name))
-            .await
-            .expect("score")
-            .into_inner()
-            .results
-            .remove(0);
+        let result = score_explained(&mut client, name).await;
         assert!(
             result.arms.iter().all(|arm| arm.mean == center),
             "{result:?}"
@@ -435,13 +438,7 @@ async fn linear_arms_start_at_the_reward_center_and_report_on_the_rewards_scale(
             ))
             .await
             .expect("feedback");
-        let after = client
-            .score(explained(name))
-            .await
-            .expect("score")
-            .into_inner()
-            .results
-            .remove(0);
+        let after = score_explained(&mut client, name).await;
         let chosen = &result.reward_model;
         let arm = after
             .arms

@@ -5,17 +5,19 @@
 use super::{feedback, pick, rms, settings};
 use crate::routers::*;
 
+/// A LinUCB router on 2-d contexts with arms for `serving`, centred at `reward_center`.
+fn router_centred_at(reward_center: f64, serving: &[String]) -> Router {
+    let settings = RouterSettings {
+        reward_center,
+        ..settings(2)
+    };
+    Router::new("r".into(), settings, serving)
+}
+
 /// Twenty decisions at one context, each rewarded 0.5 (no information); the choices.
 fn picks_under_uninformative_rewards(reward_center: f64) -> Vec<String> {
     let serving = rms(&["a", "b"]);
-    let mut router = Router::new(
-        "r".into(),
-        RouterSettings {
-            reward_center,
-            ..settings(2)
-        },
-        &serving,
-    );
+    let mut router = router_centred_at(reward_center, &serving);
     (0..20)
         .map(|step| {
             let (id, chosen) = pick(&mut router, &[1.0, 0.0], &serving, step);
@@ -44,11 +46,7 @@ fn uninformative_rewards_raise_the_most_picked_arm_only_when_arms_start_at_zero(
 #[test]
 fn estimates_and_statistics_are_on_the_rewards_scale() {
     let serving = rms(&["a", "b"]);
-    let centred = RouterSettings {
-        reward_center: 0.5,
-        ..settings(2)
-    };
-    let mut router = Router::new("r".into(), centred, &serving);
+    let mut router = router_centred_at(0.5, &serving);
     let mut rewarded_a = 0.0;
     for step in 0..6 {
         let (id, chosen) = pick(&mut router, &[1.0, 0.0], &serving, step);
@@ -93,14 +91,7 @@ fn a_prior_enters_its_correctness_less_the_centre() {
         key: None,
     };
     let mean_at_e0 = |reward_center: f64| {
-        let mut router = Router::new(
-            "r".into(),
-            RouterSettings {
-                reward_center,
-                ..settings(2)
-            },
-            &serving,
-        );
+        let mut router = router_centred_at(reward_center, &serving);
         router.apply_prior(&serving, prior.clone()).unwrap();
         let selection = router
             .select(&[vec![1.0, 0.0]], None, true, &serving)
