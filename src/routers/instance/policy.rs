@@ -25,14 +25,12 @@ pub(in crate::routers) enum Plan {
     /// Every candidate's estimate for every decision: `[candidate][decision]`.
     LinUcb {
         estimates: Vec<Vec<ArmEstimate>>,
-        reward_center: f64,
     },
     /// Linear Thompson sampling: the same per-candidate estimates (mean x·θ, spread
     /// v·sqrt(xᵀA⁻¹x) with v = α); each decision draws one score per candidate from its
     /// posterior, `mean + spread·z` with z ~ N(0, 1).
     LinTs {
         estimates: Vec<Vec<ArmEstimate>>,
-        reward_center: f64,
     },
     Random,
     /// Decisions recorded before this request (the turn of its first decision).
@@ -55,8 +53,8 @@ pub(in crate::routers) struct Chosen {
     pub(in crate::routers) candidates: Vec<usize>,
     /// The probability the choice was drawn with (Exp3; 1 otherwise).
     pub(in crate::routers) probability: f64,
-    /// Every candidate's estimate on the rewards' scale (x·θ + reward_center), when asked
-    /// for (LinUCB, Thompson: its draw, offline).
+    /// Every candidate's estimate of `reward − reward_center` (x·θ), when asked for (LinUCB,
+    /// Thompson: its draw, offline); the router reports them on the rewards' scale.
     pub(in crate::routers) explained: Vec<(String, ArmEstimate)>,
 }
 
@@ -97,16 +95,9 @@ impl Plan {
                             .collect(),
                     })
                     .collect();
-                let reward_center = settings.reward_center;
                 match settings.policy {
-                    Policy::LinTs => Plan::LinTs {
-                        estimates,
-                        reward_center,
-                    },
-                    _ => Plan::LinUcb {
-                        estimates,
-                        reward_center,
-                    },
+                    Policy::LinTs => Plan::LinTs { estimates },
+                    _ => Plan::LinUcb { estimates },
                 }
             }
             Policy::Random => Plan::Random,
@@ -149,28 +140,17 @@ impl Plan {
             explained: Vec::new(),
         };
         match self {
-            Plan::LinUcb {
-                estimates,
-                reward_center,
-            } => {
+            Plan::LinUcb { estimates } => {
                 let per_candidate: Vec<ArmEstimate> =
                     estimates.iter().map(|per_arm| per_arm[decision]).collect();
-                highest(
-                    candidates,
-                    per_candidate,
-                    rng,
-                    explain.then_some(*reward_center),
-                )
+                highest(candidates, per_candidate, rng, explain)
             }
-            Plan::LinTs {
-                estimates,
-                reward_center,
-            } => {
+            Plan::LinTs { estimates } => {
                 let sampled: Vec<ArmEstimate> = estimates
                     .iter()
                     .map(|per_arm| bandit::thompson_draw(per_arm[decision], rng))
                     .collect();
-                highest(candidates, sampled, rng, explain.then_some(*reward_center))
+                highest(candidates, sampled, rng, explain)
             }
             Plan::Random => single(rng.random_range(0..candidates.len())),
             Plan::RoundRobin { turn } => {
@@ -193,26 +173,26 @@ impl Plan {
     }
 }
 
-/// The candidate with the highest `ucb` (a UCB or a posterior draw, of arms fitted to
-/// `reward − reward_center`), every candidate's estimate kept on the rewards' scale when
-/// `explain` gives the centre.
+/// The candidate with the highest `ucb` (a UCB or a posterior draw), every candidate's
+/// estimate kept when `explain`.
 fn highest(
     candidates: &[Candidate],
     estimates: Vec<ArmEstimate>,
     rng: &mut StdRng,
-    explain: Option<f64>,
+    explain: bool,
 ) -> Chosen {
     let chosen = bandit::select_arm(&estimates, rng).expect("candidates exist");
     Chosen {
         candidates: vec![chosen],
         probability: 1.0,
-        explained: match explain {
-            Some(reward_center) => candidates
+        explained: if explain {
+            candidates
                 .iter()
                 .zip(estimates)
-                .map(|(c, e)| (c.reward_model.clone(), e.shifted(reward_center)))
-                .collect(),
-            None => Vec::new(),
+                .map(|(c, e)| (c.reward_model.clone(), e))
+                .collect()
+        } else {
+            Vec::new()
         },
     }
 }

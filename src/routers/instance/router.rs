@@ -282,7 +282,12 @@ impl Router {
                     .map(|&c| candidates[c].reward_model.clone())
                     .collect(),
                 queries,
-                estimates: chosen.explained,
+                // The arms fit rewards less the centre; reported on the rewards' scale.
+                estimates: chosen
+                    .explained
+                    .into_iter()
+                    .map(|(rm, estimate)| (rm, estimate.shifted(self.settings.reward_center)))
+                    .collect(),
                 source: DecisionSource::Fresh,
                 groups: unit_groups,
                 combination,
