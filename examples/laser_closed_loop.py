@@ -384,6 +384,19 @@ POLICIES = {
     "linucb, labels 10% only, arms from 0": ({"policy": "linucb", "reward_center": 0.0}, "labels:0.10", None),
     "linucb, prior 200 + labels 10% only, arms from 0": (
         {"policy": "linucb", "prior": 200, "reward_center": 0.0}, "labels:0.10", None),
+    # The query's category as one-hot slots after the context (`context_categories`: the
+    # loop's category names); the prior's pairs carry their category too.
+    "linucb + categories, labels 1% only": ({"policy": "linucb", "context_categories": NAMES}, "labels:0.01", None),
+    "linucb + categories, labels 5% only": ({"policy": "linucb", "context_categories": NAMES}, "labels:0.05", None),
+    "linucb + categories, labels 10% only": ({"policy": "linucb", "context_categories": NAMES}, "labels:0.10", None),
+    "linucb + categories, labels 25% only": ({"policy": "linucb", "context_categories": NAMES}, "labels:0.25", None),
+    "linucb + categories, labels 10% + loss": ({"policy": "linucb", "context_categories": NAMES}, "labels:0.10+loss", None),
+    "linucb + categories, loss": ({"policy": "linucb", "context_categories": NAMES}, "loss", None),
+    "linucb + categories, prior 200 + labels 10% only": (
+        {"policy": "linucb", "context_categories": NAMES, "prior": 200}, "labels:0.10", None),
+    "offline + categories (prior 200 pairs alone)": (
+        {"policy": "offline", "context_categories": NAMES, "prior": 200}, "loss", None),
+    "thompson + categories, labels 10% only": ({"policy": "thompson", "context_categories": NAMES}, "labels:0.10", None),
     "oracle routing (best RM per category)": (None, "loss", "oracle"),
     # Not routing: the learner trained on the human labels themselves (no RM), the ceiling.
     "human labels (ceiling, no RM)": (None, None, "truth"),
@@ -437,6 +450,7 @@ def run_policy(client, name, spec, seed, args, x, reviews, train_idx, val_pairs,
             labelled = pairs_of(prior_idx, reviews, np.random.default_rng(2000 + seed), prior)
             client.add_prior(router, [
                 {"context": contexts[prompt_of(reviews[a])], "prompt": prompt_of(reviews[a]),
+                 "category": NAMES[reviews[a]["category"]],
                  "chosen": reviews[a if y > 0.5 else b]["text"], "rejected": reviews[b if y > 0.5 else a]["text"]}
                 for a, b, y in labelled])
     rng = np.random.default_rng(1000 + seed)

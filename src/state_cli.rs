@@ -12,16 +12,16 @@
 use std::path::Path;
 
 use crate::config::Config;
-use crate::routers::instance::state::{RouterStateV1, RouterStateV2, RouterStateV3};
+use crate::routers::instance::state::{RouterStateV1, RouterStateV2, RouterStateV3, RouterStateV4};
 use crate::routers::{RouterError, RouterState, Routers, RoutersOptions};
 use crate::store::postgres::{self, router_stream};
 use crate::store::{Store, StoreError, StoreOptions, frame};
 
 const EXPORT_MAGIC: &[u8; 8] = b"LASERRTR";
-/// Version 4: routers keep what priors their arms hold per RM; version 3 (pending decisions
-/// keep their scores), version 2 (routers with decision groups and idempotency keys) and
-/// version 1 are still read.
-const EXPORT_VERSION: u32 = 4;
+/// Version 5: router settings name context categories; version 4 (routers keep what priors
+/// their arms hold per RM), version 3 (pending decisions keep their scores), version 2
+/// (routers with decision groups and idempotency keys) and version 1 are still read.
+const EXPORT_VERSION: u32 = 5;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StateCliError {
@@ -97,6 +97,8 @@ pub fn import(config: &Config, name: &str, file: &Path) -> Result<String, StateC
         postcard::from_bytes::<RouterStateV2>(payload).map(RouterState::from)
     } else if version == 3 {
         postcard::from_bytes::<RouterStateV3>(payload).map(RouterState::from)
+    } else if version == 4 {
+        postcard::from_bytes::<RouterStateV4>(payload).map(RouterState::from)
     } else {
         postcard::from_bytes(payload)
     }

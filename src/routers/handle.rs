@@ -20,7 +20,7 @@ use crate::routers::catalog::ledger::{EncoderChanges, RewardModelChanges};
 use crate::routers::catalog::registry::{FirstUse, SharedRouter};
 use crate::routers::decisions::events::{Evictions, FeedbackForm, FeedbackOutcome, Selection};
 use crate::routers::error::RouterError;
-use crate::routers::instance::router::Router;
+use crate::routers::instance::router::{QueriesIn, Router};
 use crate::routers::instance::settings::{RouterSettings, RouterSettingsPatch, SelectionMode};
 use crate::routers::instance::statistics::ArmStatistics;
 use crate::routers::placement::Placement;
@@ -62,6 +62,9 @@ pub struct SelectedFor {
 pub struct SelectionInput {
     pub contexts: Vec<Vec<f32>>,
     pub groups: Vec<Option<String>>,
+    /// Each query's category (`Query.category`): the arms see it with
+    /// `context_categories`.
+    pub categories: Vec<Option<String>>,
     pub mode: Option<SelectionMode>,
     pub explain: bool,
     /// The client sent `contexts` (else the router's encoder made them): refused by a
@@ -295,8 +298,11 @@ impl RoutersHandle {
                         }
                         _ => locked
                             .select_grouped(
-                                &queries.contexts,
-                                &queries.groups,
+                                QueriesIn {
+                                    contexts: &queries.contexts,
+                                    groups: &queries.groups,
+                                    categories: &queries.categories,
+                                },
                                 queries.mode,
                                 queries.explain,
                                 &serving,

@@ -31,6 +31,9 @@ pub struct LabelledPair {
     pub prompt: String,
     pub chosen: String,
     pub rejected: String,
+    /// The pair's category, when sent (a router with context categories enters the pair
+    /// at its slot).
+    pub category: Option<String>,
 }
 
 /// An AddPrior call, valid on its face.
@@ -160,6 +163,11 @@ impl Service {
             correctness,
             weight: call.weight,
             key,
+            categories: call
+                .pairs
+                .iter()
+                .map(|pair| pair.category.clone())
+                .collect(),
         };
         let outcome = self
             .routers
@@ -192,6 +200,11 @@ fn fingerprint(call: &PriorCall) -> u64 {
         feed(pair.prompt.as_bytes());
         feed(pair.chosen.as_bytes());
         feed(pair.rejected.as_bytes());
+        // Only when sent: keys of calls from before pairs had categories keep their
+        // fingerprint.
+        if let Some(category) = &pair.category {
+            feed(category.as_bytes());
+        }
     }
     hash
 }

@@ -127,6 +127,7 @@ impl Service {
         let input = SelectionInput {
             contexts,
             groups,
+            categories: categories.clone(),
             mode: call.mode,
             explain: call.explain,
             client_contexts,

@@ -219,14 +219,16 @@ def list_routers_call() -> Call:
 def add_prior_call(router: str, pairs: Sequence[Mapping[str, Any]], weight: Optional[float] = None,
                    idempotency_key: Optional[str] = None) -> Call:
     """A prior for `router` from labelled preference pairs: each a mapping with ``prompt``,
-    ``chosen``, ``rejected`` and ``context`` (omit it for a router with an encoder). Every RM
+    ``chosen``, ``rejected``, ``context`` (omit it for a router with an encoder) and optionally
+    ``category`` (a router with ``context_categories`` enters the pair at its slot). Every RM
     the router uses scores each pair once; its correctness enters its arm with ``weight``.
     Without a key the call gets a fresh one, so the client's own retries enter nothing twice.
     Returns {"arms": {rm: (pairs, accuracy)}, "sequences_scored": n, "replayed": bool}."""
     message = admin_pb2.AddPriorRequest(
         router=router,
         pairs=[admin_pb2.LabelledPair(context=[] if p.get("context") is None else np.asarray(p["context"], np.float32).tolist(),
-                                      prompt=p.get("prompt", ""), chosen=p["chosen"], rejected=p["rejected"])
+                                      prompt=p.get("prompt", ""), chosen=p["chosen"], rejected=p["rejected"],
+                                      category=p.get("category") or "")
                for p in pairs],
         idempotency_key=idempotency_key or uuid.uuid4().hex)
     if weight is not None:

@@ -61,10 +61,11 @@ const SNAPSHOT_MAGIC: &[u8; 8] = b"LASERSNP";
 /// Written into new snapshots; the payload's format is versioned with the file. Version 1
 /// files (routers before decision groups and idempotency keys), version 2 files (reward
 /// model specs before backends), version 3 files (pending decisions without their
-/// scores) and version 4 files (routers without their prior counts) are still read: recovery
+/// scores), version 4 files (routers without their prior counts) and version 5 files
+/// (router settings without context categories) are still read: recovery
 /// reports the version in [`Recovered::snapshot_version`] and the payload's reader decodes
 /// the older form.
-pub const SNAPSHOT_VERSION: u32 = 5;
+pub const SNAPSHOT_VERSION: u32 = 6;
 /// Oldest snapshot version read.
 const OLDEST_SNAPSHOT_VERSION: u32 = 1;
 

@@ -111,6 +111,8 @@ pub fn router_settings_patch(
             .then_some(settings.pending_ttl_seconds as u64),
         encoder: (!settings.encoder.is_empty()).then_some(settings.encoder),
         reward_center: settings.reward_center,
+        context_categories: (!settings.context_categories.is_empty())
+            .then_some(settings.context_categories),
         preset,
     })
 }
@@ -174,6 +176,7 @@ pub fn router_settings_to_pb(settings: &RouterSettings) -> pb::RouterSettings {
         } as i32,
         first_reward_wait: settings.first_reward_wait().unwrap_or(0) as u32,
         reward_center: Some(settings.reward_center),
+        context_categories: settings.context_categories.clone(),
     }
 }
 /// An RM spec from AddRewardModel, defaults filled in, checked by `RewardModelSpec::validate`.

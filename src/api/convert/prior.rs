@@ -2,7 +2,7 @@
 //! naming the field and the limit) and the summary -> AddPriorResponse.
 
 use super::feedback::idempotency_key;
-use super::score::{finite_context, keep_readable};
+use super::score::{check_category, finite_context, keep_readable};
 use super::{RequestError, at_most, invalid};
 use crate::api::pb;
 use crate::routers::MAX_PRIOR_WEIGHT;
@@ -92,12 +92,14 @@ fn labelled_pair(
             limits,
         );
     }
+    check_category(&field("category"), &pair.category)?;
     let [prompt, chosen, rejected] = texts;
     Ok(LabelledPair {
         context: pair.context,
         prompt,
         chosen,
         rejected,
+        category: (!pair.category.is_empty()).then_some(pair.category),
     })
 }
 

@@ -3,6 +3,7 @@
 
 use super::{RequestError, at_most, invalid, selection_mode};
 use crate::api::pb;
+use crate::routers::instance::statistics::MAX_CATEGORY_BYTES;
 use crate::service::Limits;
 use crate::service::{QueryInput, ScoreCall, ScoredQuery};
 use crate::telemetry::metric;
@@ -85,18 +86,7 @@ fn query_input(
             limits.max_text_bytes,
         )?;
     }
-    if query.category.len() > MAX_CATEGORY_BYTES {
-        return Err(invalid(
-            field("category"),
-            format!(
-                "is {} bytes; at most {MAX_CATEGORY_BYTES}",
-                query.category.len()
-            ),
-        ));
-    }
-    if query.category.chars().any(char::is_control) {
-        return Err(invalid(field("category"), "holds a control character"));
-    }
+    check_category(&field("category"), &query.category)?;
     if query.group.len() > MAX_GROUP_BYTES {
         return Err(invalid(
             field("group"),
@@ -116,9 +106,6 @@ fn query_input(
         category: (!query.category.is_empty()).then_some(query.category),
     })
 }
-
-/// Longest `Query.category` accepted.
-pub const MAX_CATEGORY_BYTES: usize = 64;
 
 /// A context (`field`) no longer than `limits.max_context_dim`, every value finite.
 pub(super) fn finite_context(
@@ -185,4 +172,19 @@ pub fn score_response(results: Vec<ScoredQuery>) -> pb::ScoreResponse {
             })
             .collect(),
     }
+}
+
+/// A `category` (of a query or a labelled pair): at most [`MAX_CATEGORY_BYTES`], no
+/// control characters; empty means none.
+pub fn check_category(field: &str, category: &str) -> Result<(), RequestError> {
+    if category.len() > MAX_CATEGORY_BYTES {
+        return Err(invalid(
+            field,
+            format!("is {} bytes; at most {MAX_CATEGORY_BYTES}", category.len()),
+        ));
+    }
+    if category.chars().any(char::is_control) {
+        return Err(invalid(field, "holds a control character"));
+    }
+    Ok(())
 }

@@ -19,7 +19,8 @@ use crate::routers::error::RouterError;
 use crate::routers::instance::router::Router;
 use crate::routers::instance::settings::RouterSettings;
 use crate::routers::instance::state::{
-    RouterSettingsV1, RouterSettingsV2, RouterState, RouterStateV1, RouterStateV2, RouterStateV3,
+    RouterSettingsV1, RouterSettingsV2, RouterSettingsV3, RouterState, RouterStateV1,
+    RouterStateV2, RouterStateV3, RouterStateV4,
 };
 use crate::routers::{RouterEvent, Routers};
 use crate::store::{Durable, Recovered, Store};
@@ -82,6 +83,18 @@ pub enum StateEvent {
     RouterImportedV3 {
         name: String,
         state: Box<RouterStateV3>,
+    },
+    /// A whole router state in format 4 (imports logged before format 5), replacing any
+    /// router of that name.
+    RouterImportedV4 {
+        name: String,
+        state: Box<RouterStateV4>,
+    },
+    /// A router created, in format 4 (logs written before format 5).
+    RouterCreatedV3 {
+        name: String,
+        settings: RouterSettingsV3,
+        serving: Vec<String>,
     },
     /// A whole router state (import), replacing any router of that name.
     RouterImported {
@@ -201,7 +214,7 @@ where
 impl Snapshot {
     /// Decode a snapshot payload written with store snapshot `version`: 2 before RM
     /// backends, 3 before pending decisions kept their scores, 4 before the prior counts
-    /// per RM.
+    /// per RM, 5 before the settings' context categories.
     fn decode(version: u32, payload: &[u8]) -> Result<Self, postcard::Error> {
         Ok(match version {
             1 => {
@@ -216,6 +229,7 @@ impl Snapshot {
                 .upgrade(),
             3 => postcard::from_bytes::<SnapshotOf<RouterStateV2>>(payload)?.upgrade(),
             4 => postcard::from_bytes::<SnapshotOf<RouterStateV3>>(payload)?.upgrade(),
+            5 => postcard::from_bytes::<SnapshotOf<RouterStateV4>>(payload)?.upgrade(),
             _ => postcard::from_bytes(payload)?,
         })
     }
@@ -296,6 +310,11 @@ impl Routers {
                 settings,
                 serving,
             } => self.insert_created(name, settings, &serving),
+            StateEvent::RouterCreatedV3 {
+                name,
+                settings,
+                serving,
+            } => self.insert_created(name, settings.into(), &serving),
             StateEvent::RouterCreatedV2 {
                 name,
                 settings,
@@ -328,6 +347,9 @@ impl Routers {
                     .apply(event)?;
             }
             StateEvent::RouterImported { name, state } => self.replace_router(name, *state)?,
+            StateEvent::RouterImportedV4 { name, state } => {
+                self.replace_router(name, RouterState::from(*state))?
+            }
             StateEvent::RouterImportedV3 { name, state } => {
                 self.replace_router(name, RouterState::from(*state))?
             }
@@ -596,7 +618,61 @@ mod tests {
             }),
             7
         );
-        assert_eq!(index(&created(settings(2))), 13);
+        assert_eq!(
+            index(&StateEvent::RouterCreatedV3 {
+                name: "r".into(),
+                settings: RouterSettingsV3::from(&settings(2)),
+                serving: Vec::new(),
+            }),
+            13
+        );
+        let state = Router::new("r".into(), settings(2), &[]).to_state();
+        assert_eq!(
+            index(&StateEvent::RouterImportedV4 {
+                name: "r".into(),
+                state: Box::new(RouterStateV4::from(&state)),
+            }),
+            12
+        );
+        assert_eq!(
+            index(&StateEvent::RouterImported {
+                name: "r".into(),
+                state: Box::new(state),
+            }),
+            14
+        );
+        assert_eq!(index(&created(settings(2))), 15);
+    }
+
+    #[test]
+    fn a_version_5_snapshot_and_a_format_4_creation_read_without_context_categories() {
+        let serving = vec!["a".to_string(), "b".to_string()];
+        let centred = RouterSettings {
+            reward_center: 0.5,
+            ..settings(2)
+        };
+        let state = Router::new("r".into(), centred.clone(), &serving).to_state();
+        let v5 = SnapshotOf::<RouterStateV4> {
+            routers: vec![RouterStateV4::from(&state)],
+            reward_models: RewardModelChanges::default(),
+            encoders: EncoderChanges::default(),
+        };
+        let decoded = Snapshot::decode(5, &postcard::to_stdvec(&v5).unwrap()).unwrap();
+        assert_eq!(decoded.routers, vec![state]);
+        let routers = Routers::new(crate::routers::RoutersOptions::default());
+        let logged = StateEvent::RouterCreatedV3 {
+            name: "old".into(),
+            settings: RouterSettingsV3::from(&centred),
+            serving,
+        };
+        let bytes = postcard::to_stdvec(&logged).unwrap();
+        routers
+            .apply(postcard::from_bytes(&bytes).unwrap())
+            .unwrap();
+        let router = routers.get("old").unwrap();
+        let router = router.lock().unwrap();
+        assert_eq!(router.settings(), &centred);
+        assert!(router.settings().context_categories.is_empty());
     }
 
     #[test]

@@ -275,7 +275,13 @@ pub enum RouterEvent {
         /// `categories[i]`: the category `decisions[i]` counts under, if any.
         categories: Vec<Option<String>>,
     },
-    /// A prior from labelled pairs entered into the arms (Admin.AddPrior). Format 3.
+    /// A prior from labelled pairs entered into the arms (Admin.AddPrior), logged before
+    /// pairs had categories (format 3).
+    PriorObservedV1 {
+        serving: Vec<String>,
+        prior: PriorObservationsV1,
+    },
+    /// A prior from labelled pairs entered into the arms (Admin.AddPrior). Format 5.
     PriorObserved {
         serving: Vec<String>,
         prior: PriorObservations,
@@ -296,6 +302,7 @@ impl RouterEvent {
             RouterEvent::Feedback { .. }
             | RouterEvent::FeedbackKeyed { .. }
             | RouterEvent::Reset { .. }
+            | RouterEvent::PriorObservedV1 { .. }
             | RouterEvent::PriorObserved { .. } => Vec::new(),
         }
     }
@@ -438,6 +445,30 @@ pub struct PriorObservations {
     /// The request's idempotency key: a retry enters nothing again (kept with the
     /// router's Feedback keys).
     pub key: Option<IdempotencyKey>,
+    /// Each pair's category (its `category`, when sent): the one-hot slots of a router
+    /// with context categories. Format 5.
+    pub categories: Vec<Option<String>>,
+}
+
+/// [`PriorObservations`] as format 3 logged them (pairs without categories).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PriorObservationsV1 {
+    pub contexts: Vec<Vec<f32>>,
+    pub correctness: Vec<(String, Vec<f64>)>,
+    pub weight: f64,
+    pub key: Option<IdempotencyKey>,
+}
+
+impl From<PriorObservationsV1> for PriorObservations {
+    fn from(old: PriorObservationsV1) -> Self {
+        Self {
+            categories: vec![None; old.contexts.len()],
+            contexts: old.contexts,
+            correctness: old.correctness,
+            weight: old.weight,
+            key: old.key,
+        }
+    }
 }
 
 /// What applying a prior did, per RM.

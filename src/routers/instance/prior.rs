@@ -52,8 +52,9 @@ impl Router {
             prior
                 .correctness
                 .iter()
-                .all(|(_, values)| values.len() == prior.contexts.len()),
-            "one value per pair"
+                .all(|(_, values)| values.len() == prior.contexts.len())
+                && prior.categories.len() == prior.contexts.len(),
+            "one value and one category slot per pair"
         );
         Ok(false)
     }
@@ -77,7 +78,8 @@ impl Router {
         let contexts: Vec<Vec<f64>> = prior
             .contexts
             .iter()
-            .map(|received| self.transform.apply(received))
+            .zip(&prior.categories)
+            .map(|(received, category)| self.arm_context(received, category.as_deref()))
             .collect();
         let batch = Mat::from_fn(dim, contexts.len(), |i, j| contexts[j][i] * scale);
         let mut outcome = PriorOutcome::default();

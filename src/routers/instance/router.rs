@@ -41,13 +41,24 @@ use crate::routers::instance::policy::{self, Plan};
 use crate::routers::instance::settings::{RouterSettings, SelectionMode};
 use crate::routers::instance::statistics::{ArmStatistics, CategoryTable, PriorTable};
 
+/// The queries of one selection, index-aligned: each one's context (as the client or the
+/// encoder gave it), group and category.
+#[derive(Clone, Copy)]
+pub struct QueriesIn<'a> {
+    pub contexts: &'a [Vec<f32>],
+    pub groups: &'a [Option<String>],
+    pub categories: &'a [Option<String>],
+}
+
 /// The queries one fresh decision covers: one query, a new group's queries, or a batch.
 struct Unit {
     queries: Vec<usize>,
     groups: Vec<String>,
     /// The preprocessed context the arms score.
     context: Vec<f64>,
-    /// The client's context, when the unit is one query's (or a group's first query's).
+    /// The client's context, when the unit is one query's (or a group's first query's)
+    /// and the arms' context is derived from it alone (no context categories): the log
+    /// keeps it and replays the transform; otherwise the log keeps `context`.
     received: Option<Vec<f32>>,
 }
 
@@ -156,7 +167,13 @@ impl Router {
         serving: &[String],
     ) -> Result<Selection, RouterError> {
         let groups = vec![None; contexts.len()];
-        self.select_grouped(contexts, &groups, mode, explain, serving, 0)
+        let categories = vec![None; contexts.len()];
+        let queries = QueriesIn {
+            contexts,
+            groups: &groups,
+            categories: &categories,
+        };
+        self.select_grouped(queries, mode, explain, serving, 0)
     }
 
     /// [`Router::select`] where `groups[i]` is query i's group: a query whose group has a
@@ -165,14 +182,23 @@ impl Router {
     /// decision each (on the context of their first query; in per-batch mode, the batch's).
     pub fn select_grouped(
         &self,
-        contexts: &[Vec<f32>],
-        groups: &[Option<String>],
+        queries: QueriesIn<'_>,
         mode: Option<SelectionMode>,
         explain: bool,
         serving: &[String],
         now_unix_ms: i64,
     ) -> Result<Selection, RouterError> {
+        let QueriesIn {
+            contexts,
+            groups,
+            categories,
+        } = queries;
         assert_eq!(groups.len(), contexts.len(), "one group slot per query");
+        assert_eq!(
+            categories.len(),
+            contexts.len(),
+            "one category slot per query"
+        );
         self.check_contexts(contexts)?;
         let candidates = self.candidates(serving);
         if candidates.is_empty() {
@@ -227,8 +253,13 @@ impl Router {
                             units.push(Unit {
                                 queries: vec![query],
                                 groups: group.iter().cloned().collect(),
-                                context: self.transform.apply(&contexts[query]),
-                                received: Some(contexts[query].clone()),
+                                context: self
+                                    .arm_context(&contexts[query], categories[query].as_deref()),
+                                received: self
+                                    .settings
+                                    .context_categories
+                                    .is_empty()
+                                    .then(|| contexts[query].clone()),
                             });
                         }
                     }
@@ -237,7 +268,7 @@ impl Router {
             SelectionMode::PerBatch => {
                 let mut mean = vec![0.0; self.settings.arm_dim()];
                 for &query in &fresh {
-                    let x = self.transform.apply(&contexts[query]);
+                    let x = self.arm_context(&contexts[query], categories[query].as_deref());
                     mean.iter_mut().zip(&x).for_each(|(m, v)| *m += v);
                 }
                 let count = fresh.len() as f64;
@@ -305,6 +336,26 @@ impl Router {
         })
     }
 
+    /// What the arms see of a query: its context through the router's transform, then
+    /// the one-hot slots of the settings' context categories (none set for a category
+    /// not among them, or none).
+    pub(in crate::routers) fn arm_context(
+        &self,
+        context: &[f32],
+        category: Option<&str>,
+    ) -> Vec<f64> {
+        let mut x = self.transform.apply(context);
+        let slots = self.settings.context_categories.len();
+        if slots > 0 {
+            let first = x.len();
+            x.resize(first + slots, 0.0);
+            if let Some(slot) = self.settings.category_slot(category) {
+                x[first + slot] = 1.0;
+            }
+        }
+        x
+    }
+
     /// Apply one event. `Feedback` re-checks with [`Router::check_feedback`] and changes
     /// nothing but expired decisions when it fails; the live path checks before logging, so
     /// logged events always apply.
@@ -363,6 +414,10 @@ impl Router {
                 signals,
                 key,
             } => self.apply_feedback_event(now_unix_ms, &serving, signals, key),
+            RouterEvent::PriorObservedV1 { serving, prior } => {
+                self.apply_prior(&serving, prior.into())?;
+                Ok(FeedbackOutcome::default())
+            }
             RouterEvent::PriorObserved { serving, prior } => {
                 self.apply_prior(&serving, prior)?;
                 Ok(FeedbackOutcome::default())
@@ -384,7 +439,7 @@ impl Router {
                 reward_models: logged.reward_models,
                 ensemble: logged.ensemble,
                 context: match logged.context {
-                    LoggedContext::Received(received) => self.transform.apply(&received),
+                    LoggedContext::Received(received) => self.arm_context(&received, None),
                     LoggedContext::Preprocessed(context) => context,
                 },
                 probability: logged.probability,

@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 
 pub use crate::bandit::Normalization;
 use crate::routers::error::RouterError;
+use crate::routers::instance::statistics::{MAX_CATEGORIES_PER_ROUTER, MAX_CATEGORY_BYTES};
 
 /// Bandit policy of a router: LASeR's LinUCB and the paper's baselines.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -158,7 +159,16 @@ pub struct RouterSettings {
     /// pulls the most-picked arm up). 0.5 by default, 0 in `laser_reference` and for
     /// routers created before format 4.
     pub reward_center: f64,
+    /// Query categories (`Query.category`) the arms see as a one-hot block appended to the
+    /// transformed context: slot i is 1 for a query of `context_categories[i]`, every slot 0
+    /// for a query of another category or none. Empty (the default): contexts alone.
+    /// At most [`MAX_CONTEXT_CATEGORIES`] distinct non-empty names. Format 5.
+    pub context_categories: Vec<String>,
 }
+
+/// Most categories a router's context may carry as one-hot slots (each adds a dimension to
+/// every arm).
+pub const MAX_CONTEXT_CATEGORIES: usize = MAX_CATEGORIES_PER_ROUTER;
 
 impl RouterSettings {
     /// Check every field's range; the error names the field.
@@ -251,6 +261,32 @@ impl RouterSettings {
                 format!("{} must be finite", self.reward_center),
             );
         }
+        if self.context_categories.len() > MAX_CONTEXT_CATEGORIES {
+            return invalid(
+                "context_categories",
+                format!(
+                    "{} names; at most {MAX_CONTEXT_CATEGORIES}",
+                    self.context_categories.len()
+                ),
+            );
+        }
+        for (index, name) in self.context_categories.iter().enumerate() {
+            if name.is_empty() || name.len() > MAX_CATEGORY_BYTES {
+                return invalid(
+                    "context_categories",
+                    format!(
+                        "[{index}] is {} bytes; names are 1 to {MAX_CATEGORY_BYTES} bytes",
+                        name.len()
+                    ),
+                );
+            }
+            if self.context_categories[..index].contains(name) {
+                return invalid(
+                    "context_categories",
+                    format!("[{index}] {name:?} is named twice"),
+                );
+            }
+        }
         if self.max_pending_decisions == 0 {
             return invalid("max_pending_decisions", "must be > 0".to_string());
         }
@@ -284,13 +320,23 @@ impl RouterSettings {
             .is_none_or(|set| set.contains(reward_model))
     }
 
-    /// Dimension of the arms' state (after projection).
+    /// Dimension of the arms' state: the transformed context (after projection) and one
+    /// slot per context category.
     pub fn arm_dim(&self) -> usize {
-        if self.projection_dim > 0 {
+        let transformed = if self.projection_dim > 0 {
             self.projection_dim
         } else {
             self.context_dim
-        }
+        };
+        transformed + self.context_categories.len()
+    }
+
+    /// The one-hot slot of `category` among the context categories, if it has one.
+    pub fn category_slot(&self, category: Option<&str>) -> Option<usize> {
+        let category = category?;
+        self.context_categories
+            .iter()
+            .position(|name| name == category)
     }
 }
 
@@ -323,6 +369,7 @@ impl Default for RouterSettings {
             pending_ttl: Duration::from_secs(3600),
             encoder: None,
             reward_center: DEFAULT_REWARD_CENTER,
+            context_categories: Vec::new(),
         }
     }
 }
@@ -427,6 +474,9 @@ pub struct RouterSettingsPatch {
     /// The reward the linear arms start at: they learn `reward − reward_center` (default
     /// 0.5, the middle of the normalized scale; `laser_reference`: 0, the paper's).
     pub reward_center: Option<f64>,
+    /// Query categories appended to each context as one-hot slots (default: none; at most
+    /// 32 names of 1 to 64 bytes).
+    pub context_categories: Option<Vec<String>>,
     /// A named set of settings under this patch's own fields ([`Preset`]).
     pub preset: Option<Preset>,
 }
@@ -513,6 +563,7 @@ impl RouterSettingsPatch {
                 .unwrap_or(laser.pending_ttl),
             encoder: pick!(encoder),
             reward_center: pick!(reward_center).unwrap_or(laser.reward_center),
+            context_categories: pick!(context_categories).unwrap_or(laser.context_categories),
         }
     }
 
@@ -575,7 +626,8 @@ impl RouterSettings {
             max_pending_decisions,
             pending_ttl_seconds,
             encoder,
-            reward_center
+            reward_center,
+            context_categories
         );
         differ
     }
@@ -623,6 +675,7 @@ impl From<&RouterSettings> for RouterSettingsPatch {
             pending_ttl_seconds: Some(settings.pending_ttl.as_secs()),
             encoder: settings.encoder.clone(),
             reward_center: Some(settings.reward_center),
+            context_categories: Some(settings.context_categories.clone()),
             preset: None,
         }
     }

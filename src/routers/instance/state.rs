@@ -5,7 +5,8 @@
 //! self-describing): a new format appends fields and keeps a reader for the old one
 //! ([`RouterStateV1`], written before decision groups and idempotency keys;
 //! [`RouterStateV2`], before pending decisions kept their scores; [`RouterStateV3`], before
-//! the prior counts per RM and the settings' reward centre, [`RouterSettingsV2`]).
+//! the prior counts per RM and the settings' reward centre, [`RouterSettingsV2`];
+//! [`RouterStateV4`], before the settings' context categories, [`RouterSettingsV3`]).
 //! Cost: copies every arm's factor, O(K·d²).
 
 use std::collections::BTreeSet;
@@ -26,10 +27,17 @@ use crate::routers::instance::settings::{Normalization, Policy, RouterSettings, 
 use crate::routers::instance::statistics::{ArmStatistics, CategoryCounts, PriorCounts};
 
 /// A router's whole state as plain data (snapshots, exports).
+pub type RouterState = RouterStateOf<RouterSettings>;
+
+/// [`RouterState`] as format 4 wrote it: the same fields, settings without context
+/// categories.
+pub type RouterStateV4 = RouterStateOf<RouterSettingsV3>;
+
+/// The layout of formats 4 and later, over the settings' layout `S`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct RouterState {
+pub struct RouterStateOf<S> {
     pub name: String,
-    pub settings: RouterSettings,
+    pub settings: S,
     arms: Vec<ArmState>,
     pending: Vec<(String, PendingDecision)>,
     answered: Vec<String>,
@@ -45,6 +53,41 @@ pub struct RouterState {
     /// Added in format 4 (with `settings.reward_center`): per RM, the labelled pairs its arm
     /// took from priors.
     priors: Vec<(String, PriorCounts)>,
+}
+
+impl From<RouterStateV4> for RouterState {
+    fn from(old: RouterStateV4) -> Self {
+        old.with_settings(RouterSettings::from)
+    }
+}
+
+#[cfg(test)]
+impl From<&RouterState> for RouterStateV4 {
+    /// What format 4 wrote for `state` (which has no context categories).
+    fn from(state: &RouterState) -> Self {
+        state.clone().with_settings(|settings| (&settings).into())
+    }
+}
+
+impl<S> RouterStateOf<S> {
+    /// The same state with its settings converted.
+    fn with_settings<T>(self, convert: impl FnOnce(S) -> T) -> RouterStateOf<T> {
+        RouterStateOf {
+            name: self.name,
+            settings: convert(self.settings),
+            arms: self.arms,
+            pending: self.pending,
+            answered: self.answered,
+            normalizer: self.normalizer,
+            decisions_recorded: self.decisions_recorded,
+            context_sum: self.context_sum,
+            contexts_seen: self.contexts_seen,
+            evictions: self.evictions,
+            groups_and_keys: self.groups_and_keys,
+            categories: self.categories,
+            priors: self.priors,
+        }
+    }
 }
 
 /// [`RouterState`] as format 3 wrote it (no prior counts, the priors' observations are in
@@ -238,7 +281,7 @@ impl From<&RouterState> for RouterStateV1 {
     }
 }
 
-impl RouterState {
+impl<S> RouterStateOf<S> {
     pub fn arm_count(&self) -> usize {
         self.arms.len()
     }
@@ -421,9 +464,31 @@ pub struct RouterSettingsV2 {
 
 impl From<RouterSettingsV2> for RouterSettings {
     fn from(old: RouterSettingsV2) -> Self {
-        let RouterSettingsV2 {
-            format1: v1,
-            encoder,
+        RouterSettingsV3 {
+            format2: old,
+            reward_center: 0.0,
+        }
+        .into()
+    }
+}
+
+/// [`RouterSettings`] as format 4 wrote them: formats 2–3's fields, then the reward centre;
+/// no context categories (the arms saw the transformed context alone).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RouterSettingsV3 {
+    format2: RouterSettingsV2,
+    reward_center: f64,
+}
+
+impl From<RouterSettingsV3> for RouterSettings {
+    fn from(old: RouterSettingsV3) -> Self {
+        let RouterSettingsV3 {
+            format2:
+                RouterSettingsV2 {
+                    format1: v1,
+                    encoder,
+                },
+            reward_center,
         } = old;
         Self {
             context_dim: v1.context_dim,
@@ -441,7 +506,8 @@ impl From<RouterSettingsV2> for RouterSettings {
             max_pending_decisions: v1.max_pending_decisions,
             pending_ttl: v1.pending_ttl,
             encoder,
-            reward_center: 0.0,
+            reward_center,
+            context_categories: Vec::new(),
         }
     }
 }
@@ -453,7 +519,18 @@ impl From<&RouterSettings> for RouterSettingsV2 {
             settings.reward_center, 0.0,
             "formats 1 to 3 have no reward centre"
         );
-        Self {
+        RouterSettingsV3::from(settings).format2
+    }
+}
+
+#[cfg(test)]
+impl From<&RouterSettings> for RouterSettingsV3 {
+    fn from(settings: &RouterSettings) -> Self {
+        assert!(
+            settings.context_categories.is_empty(),
+            "formats 1 to 4 have no context categories"
+        );
+        let format2 = RouterSettingsV2 {
             format1: RouterSettingsV1 {
                 context_dim: settings.context_dim,
                 policy: settings.policy.clone(),
@@ -471,6 +548,10 @@ impl From<&RouterSettings> for RouterSettingsV2 {
                 pending_ttl: settings.pending_ttl,
             },
             encoder: settings.encoder.clone(),
+        };
+        Self {
+            format2,
+            reward_center: settings.reward_center,
         }
     }
 }
@@ -487,9 +568,12 @@ mod tests {
             ..settings(3)
         };
         let current = postcard::to_stdvec(&old).unwrap();
+        let format4 = postcard::to_stdvec(&RouterSettingsV3::from(&old)).unwrap();
+        let no_categories = postcard::to_stdvec(&Vec::<String>::new()).unwrap();
+        assert_eq!(current, [format4.clone(), no_categories].concat());
         let format2 = postcard::to_stdvec(&RouterSettingsV2::from(&old)).unwrap();
         let centre = postcard::to_stdvec(&0.0f64).unwrap();
-        assert_eq!(current, [format2.clone(), centre].concat());
+        assert_eq!(format4, [format2.clone(), centre].concat());
         let without_encoder = RouterSettings {
             encoder: None,
             ..old

@@ -36,6 +36,8 @@ pub struct ArmStatistics {
 /// Most categories a router keeps; decisions of further ones count under
 /// [`OTHER_CATEGORY`] (metric labels stay bounded).
 pub const MAX_CATEGORIES_PER_ROUTER: usize = 32;
+/// Longest `Query.category` (and context category name) accepted.
+pub const MAX_CATEGORY_BYTES: usize = 64;
 /// Where decisions of categories beyond [`MAX_CATEGORIES_PER_ROUTER`] count.
 pub const OTHER_CATEGORY: &str = "_other";
 

@@ -89,6 +89,7 @@ fn a_prior_enters_its_correctness_less_the_centre() {
         ],
         weight: 1.0,
         key: None,
+        categories: vec![None; 4],
     };
     let mean_at_e0 = |reward_center: f64| {
         let mut router = router_centred_at(reward_center, &serving);

@@ -2,7 +2,7 @@
 //! Scores and concurrent ones), feedback per decision and for everything pending,
 //! idempotency keys through a snapshot, and reading a format 1 state.
 
-use super::{feedback, pick, rms, with_policy};
+use super::{feedback, pick, rms, uncategorized, with_policy};
 use crate::routers::*;
 
 /// Select for `queries` (context, group) at `now`, reserve and record; returns the decision
@@ -15,8 +15,15 @@ fn score_grouped(
 ) -> Vec<String> {
     let contexts: Vec<Vec<f32>> = queries.iter().map(|(c, _)| c.to_vec()).collect();
     let groups: Vec<Option<String>> = queries.iter().map(|(_, g)| g.map(str::to_string)).collect();
+    let none = vec![None; contexts.len()];
     let mut selection = router
-        .select_grouped(&contexts, &groups, None, false, serving, now)
+        .select_grouped(
+            uncategorized(&contexts, &groups, &none),
+            None,
+            false,
+            serving,
+            now,
+        )
         .unwrap();
     router.reserve(
         &mut selection,
@@ -92,13 +99,14 @@ fn concurrent_scores_of_a_group_share_the_reserved_decision_and_record_it_once()
     let mut router = Router::new("r".into(), with_policy(Policy::Random, 2), &serving);
     let x = vec![vec![1.0f32, 0.0]];
     let group = vec![Some("g".to_string())];
+    let none = vec![None];
     let mut first = router
-        .select_grouped(&x, &group, None, false, &serving, 0)
+        .select_grouped(uncategorized(&x, &group, &none), None, false, &serving, 0)
         .unwrap();
     router.reserve(&mut first, || "d1".to_string(), 0);
     // A second Score of the group arrives before the first is recorded.
     let mut second = router
-        .select_grouped(&x, &group, None, false, &serving, 1)
+        .select_grouped(uncategorized(&x, &group, &none), None, false, &serving, 1)
         .unwrap();
     router.reserve(&mut second, || "d2".to_string(), 1);
     assert_eq!(second.decisions[0].decision_id, "d1");
@@ -241,8 +249,15 @@ fn the_log_keeps_received_contexts_and_replays_them_bit_for_bit() {
             })
             .collect();
         let groups = vec![None, Some(format!("g{}", round % 4)), None];
+        let none = vec![None; 3];
         let mut selection = live
-            .select_grouped(&contexts, &groups, None, false, &serving, round)
+            .select_grouped(
+                uncategorized(&contexts, &groups, &none),
+                None,
+                false,
+                &serving,
+                round,
+            )
             .unwrap();
         live.reserve(
             &mut selection,

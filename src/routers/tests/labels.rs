@@ -402,6 +402,7 @@ fn a_weighted_prior_equals_its_observations_repeated_and_replays_once_per_key() 
             key: key.into(),
             fingerprint: 7,
         }),
+        categories: vec![None; contexts.len()],
     };
     let mut weighted = Router::new("r".into(), settings.clone(), &serving);
     let outcome = weighted

@@ -11,7 +11,9 @@ use std::time::Duration;
 
 use super::*;
 use crate::bandit::Normalization;
+use crate::routers::instance::router::QueriesIn;
 
+mod categories;
 mod centre;
 mod groups;
 mod labels;
@@ -35,6 +37,20 @@ pub(crate) fn settings(context_dim: usize) -> RouterSettings {
         encoder: None,
         // The paper's arms (θ from 0); tests of the centre set it.
         reward_center: 0.0,
+        context_categories: Vec::new(),
+    }
+}
+
+/// Queries with their groups and no categories.
+pub(super) fn uncategorized<'a>(
+    contexts: &'a [Vec<f32>],
+    groups: &'a [Option<String>],
+    none: &'a [Option<String>],
+) -> QueriesIn<'a> {
+    QueriesIn {
+        contexts,
+        groups,
+        categories: none,
     }
 }
 
