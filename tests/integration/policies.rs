@@ -603,3 +603,144 @@ async fn heads_of_one_model_share_one_forward_pass() {
     let after = rm_requests_total(&http_get(server.metrics, "/metrics"));
     assert_eq!(after - before, 3.0, "one job per query for both heads");
 }
+
+/// Score one query of `category` on `router`, explained; the result.
+async fn score_in_category(
+    client: &mut pb::reward_router_client::RewardRouterClient<tonic::transport::Channel>,
+    router: &str,
+    category: &str,
+) -> pb::QueryResult {
+    let mut request = pb::ScoreRequest {
+        explain: true,
+        ..request(router)
+    };
+    request.queries[0].category = category.into();
+    let response = client.score(request).await.expect("score");
+    response.into_inner().results.remove(0)
+}
+
+#[tokio::test]
+async fn context_categories_give_each_category_its_own_estimates_and_survive_a_restart() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let data_dir = dir.path().join("data");
+    let config_toml = config(4, &["length", "polite"], "");
+    let server = Server::start_on(&config_toml, &data_dir, &[]).expect("server starts");
+    let mut client = server.router_client().await;
+    let mut admin = server.admin_client().await;
+    let settings = pb::RouterSettings {
+        reward_is_normalized: true,
+        context_categories: vec!["math".into(), "code".into()],
+        ..Default::default()
+    };
+    create(&mut admin, "sliced", settings.clone()).await;
+    let info = router_info(&mut admin, "sliced").await;
+    assert_eq!(
+        info.settings.expect("settings").context_categories,
+        vec!["math".to_string(), "code".to_string()]
+    );
+    // A reward of 1 on a math decision lifts the chosen arm at math only.
+    let math = score_in_category(&mut client, "sliced", "math").await;
+    client
+        .feedback(feedback(
+            "sliced",
+            vec![math.decision_id.clone()],
+            Signal::Reward(1.0),
+        ))
+        .await
+        .expect("feedback");
+    let mean_of = |result: &pb::QueryResult, rm: &str| {
+        result
+            .arms
+            .iter()
+            .find(|arm| arm.reward_model == rm)
+            .expect("arm")
+            .mean
+    };
+    let chosen = math.reward_model.clone();
+    let after_math = score_in_category(&mut client, "sliced", "math").await;
+    let after_code = score_in_category(&mut client, "sliced", "code").await;
+    assert!(mean_of(&after_math, &chosen) > 0.6, "{after_math:?}");
+    // The context's own part moved too, less: the math slot carries the difference.
+    assert!(
+        mean_of(&after_math, &chosen) > mean_of(&after_code, &chosen) + 0.1,
+        "{after_math:?} {after_code:?}"
+    );
+    // A prior of code pairs on which every RM agrees with the label enters at code.
+    let pair = |category: &str| pb::LabelledPair {
+        context: vec![1.0, 0.0, 0.5, 0.0],
+        prompt: "What is 6 times 7?".into(),
+        chosen: RESPONSES[2].into(),
+        rejected: RESPONSES[1].into(),
+        category: category.into(),
+    };
+    let refused = admin
+        .add_prior(pb::AddPriorRequest {
+            router: "sliced".into(),
+            pairs: vec![pair("code"), pair(&"x".repeat(65))],
+            ..Default::default()
+        })
+        .await
+        .expect_err("refused");
+    assert_eq!(refused.code(), Code::InvalidArgument);
+    assert!(
+        refused.message().contains("pairs[1].category"),
+        "{refused:?}"
+    );
+    admin
+        .add_prior(pb::AddPriorRequest {
+            router: "sliced".into(),
+            pairs: vec![pair("code"); 4],
+            ..Default::default()
+        })
+        .await
+        .expect("prior");
+    let before_restart = score_in_category(&mut client, "sliced", "code").await;
+    assert_ne!(
+        before_restart.arms, after_code.arms,
+        "the prior moved the code estimates"
+    );
+    let math_before_restart = score_in_category(&mut client, "sliced", "math").await;
+    // Restarted on the same data: the same estimates per category.
+    drop((client, admin));
+    server.kill();
+    let server = Server::start_on(&config_toml, &data_dir, &[]).expect("server restarts");
+    let mut client = server.router_client().await;
+    let recovered = score_in_category(&mut client, "sliced", "code").await;
+    assert_eq!(recovered.arms, before_restart.arms);
+    let recovered_math = score_in_category(&mut client, "sliced", "math").await;
+    assert_eq!(recovered_math.arms, math_before_restart.arms);
+    // Refusals name the field, and create nothing.
+    let mut admin = server.admin_client().await;
+    for (names, reason) in [
+        (
+            (0..33).map(|i| format!("c{i}")).collect::<Vec<_>>(),
+            "at most 32",
+        ),
+        (vec!["math".into(), "math".into()], "named twice"),
+        (vec![String::new()], "1 to 64 bytes"),
+    ] {
+        let refused = admin
+            .create_router(pb::CreateRouterRequest {
+                name: "fresh".into(),
+                settings: Some(pb::RouterSettings {
+                    context_dim: 4,
+                    context_categories: names,
+                    ..settings.clone()
+                }),
+            })
+            .await
+            .expect_err("refused");
+        assert_eq!(refused.code(), Code::InvalidArgument, "{refused:?}");
+        assert!(
+            refused.message().contains("context_categories") && refused.message().contains(reason),
+            "{refused:?}"
+        );
+    }
+    let unknown = admin
+        .get_router(pb::GetRouterRequest {
+            name: "fresh".into(),
+        })
+        .await
+        .expect_err("nothing created");
+    assert_eq!(unknown.code(), Code::NotFound);
+}

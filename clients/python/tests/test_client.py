@@ -171,6 +171,42 @@ def test_a_prior_from_labelled_pairs_routes_each_kind_of_prompt_to_the_rm_that_w
             .reward_model == "polite"
 
 
+def test_a_router_with_context_categories_routes_each_category_from_a_categorized_prior(server):
+    """The pairs of the prior test, every one at the same context: only their `category`
+    tells the kinds apart. A router that sees categories as one-hot slots routes each
+    category to the RM that was right on it; one that does not, cannot."""
+    same = np.ones(4, dtype=np.float32)
+    polite = [{"context": same, "prompt": "Can you help?", "chosen": "Glad to help, thank you!",
+               "rejected": "No idea what you are asking about here at all", "category": "support"}] * 6
+    long = [{"context": same, "prompt": "Explain it.", "chosen": "It works in three steps: first the input is read",
+             "rejected": "Thanks, sorry!", "category": "explain"}] * 6
+    with LaserRouterClient(server.address) as client:
+        client.create_router("sliced", context_dim=4, policy="offline", context_categories=["support", "explain"])
+        client.create_router("blind", context_dim=4, policy="offline")
+        assert list(client.get_router("sliced").settings.context_categories) == ["support", "explain"]
+        for router in ("sliced", "blind"):
+            client.add_prior(router, polite + long)
+
+        def routed(router):
+            picks = client.score(router, [Query(id=c, context=same, prompt="p", responses=["a", "b"], category=c)
+                                          for c in ("support", "explain")])
+            return [p.reward_model for p in picks]
+
+        assert routed("sliced") == ["polite", "length"]
+        # Blind: at the one context each RM was right on half the pairs; the arms tie.
+        blind = client.score("blind", [Query(id=c, context=same, prompt="p", responses=["a", "b"], category=c)
+                                       for c in ("support", "explain")], explain=True)
+        for result in blind:
+            means = sorted(arm.mean for arm in result.arms)
+            assert means[0] == pytest.approx(means[1]), result.arms
+        with pytest.raises(LaserRouterError) as refused:
+            client.add_prior("sliced", [dict(polite[0], category="x" * 65)])
+        assert "pairs[0].category" in refused.value.message
+        with pytest.raises(LaserRouterError) as refused:
+            client.create_router("twice", context_dim=4, context_categories=["a", "a"])
+        assert "context_categories" in refused.value.message and "named twice" in refused.value.message
+
+
 def test_encoder_routers_take_contexts_from_the_prompt(server):
     with LaserRouterClient(server.address) as client:
         import os
