@@ -103,12 +103,17 @@ class LaserRouterGRPO:
     reported with it (plus log 2), removing the drift all of them share as updates shrink.
     ``labels_fn``: a TRL-shaped reward function giving ground truth per completion (``None``
     where there is none); labelled prompts are reported at once with their labels.
+    ``category_column``: a dataset column (TRL passes the columns to reward functions) whose
+    value is the prompt's category (its task or source; at most 64 bytes): GetRouter's
+    per-category statistics, and the one-hot slots of a router created with
+    ``context_categories`` naming those values.
     """
 
     def __init__(self, client: LaserRouterClient, router: str, *, run: Optional[str] = None,
                  signal: str = "dpo", beta: float = 0.1, normalize: Optional[str] = None,
                  context_fn: Optional[Callable[[List[str]], Any]] = None, center: bool = True,
-                 labels_fn: Optional[Callable[..., Sequence[Optional[float]]]] = None):
+                 labels_fn: Optional[Callable[..., Sequence[Optional[float]]]] = None,
+                 category_column: Optional[str] = None):
         if signal not in SIGNALS:
             raise ValueError(f"signal must be one of {SIGNALS}, got {signal!r}")
         if normalize not in (None, "group"):
@@ -122,6 +127,7 @@ class LaserRouterGRPO:
         self.context_fn = context_fn
         self.center = center
         self.labels_fn = labels_fn
+        self.category_column = category_column
         self.model: Any = None
         self.tokenizer: Any = None
         self.rank = 0
@@ -146,13 +152,20 @@ class LaserRouterGRPO:
             groups.setdefault(message_text(prompt), []).append(index)
         prompt_texts = list(groups)
         contexts = self.context_fn(prompt_texts) if self.context_fn is not None else None
+        categories = None
+        if self.category_column is not None:
+            if self.category_column not in columns:
+                raise ValueError(f"category_column {self.category_column!r} is not among the dataset's columns "
+                                 f"TRL passed: {sorted(columns)}")
+            categories = columns[self.category_column]
         queries = []
         for k, (text, members) in enumerate(groups.items()):
             digest = hashlib.sha256(text.encode()).hexdigest()[:16]
             queries.append(Query(
                 id=str(k), context=None if contexts is None else contexts[k], prompt=text,
                 responses=[message_text(completions[i]) for i in members],
-                group=f"{self.run}/{step}.{calls}/{digest}"))
+                group=f"{self.run}/{step}.{calls}/{digest}",
+                category=None if categories is None else str(categories[members[0]])))
         results = self.client.score(self.router, queries)
         if self.signal == "dpo" and completion_ids is None:
             raise ValueError("signal='dpo' needs the completions' token ids (TRL passes completion_ids)")

@@ -19,6 +19,9 @@ preprocessing scripts store the question there); the group is ``extra_info["uid"
 post each step's loss with ``StepFeedback`` (``laser_router_client.signals``) from the
 trainer's loop: ``hook.report(step, loss)``. verl's legacy (synchronous) reward managers call
 ``compute_score`` without awaiting: use ``compute_score_sync`` there (one Score per response).
+Each query's category is its ``data_source``: GetRouter and the dashboard show each RM's share
+and reward per data set, and a router created with ``context_categories`` naming the data
+sets learns which RM is right on each (docs/bandit.md).
 
 Ground truth, one argument: ``laser_labels`` names a function of verl's own reward shape
 (``fn(data_source=, solution_str=, ground_truth=, extra_info=) -> float | {"score": float} |
@@ -63,6 +66,18 @@ def _prompt(extra_info: Optional[dict]) -> str:
             return value
     raise ValueError("laser-router needs the prompt: put it in extra_info['prompt'] or extra_info['question'] "
                      "in the data preprocessing")
+
+
+def _category(data_source: Any) -> Optional[str]:
+    """verl's ``data_source`` (the data set a prompt comes from: "openai/gsm8k", ...) as the
+    query's category — GetRouter's per-category statistics, and the one-hot slots of a router
+    created with ``context_categories`` naming those sources; None when it is not a short
+    readable string (the server refuses categories over 64 bytes or with control characters)."""
+    if not isinstance(data_source, str) or not data_source:
+        return None
+    if len(data_source.encode()) > 64 or any(not c.isprintable() for c in data_source):
+        return None
+    return data_source
 
 
 def _group(run: str, extra_info: Optional[dict], prompt: str) -> str:
@@ -135,7 +150,8 @@ class LaserVerlReward:
         # The latest label reports (bounded: a run lasts weeks): (decision_id -> {"values",
         # "scores"}, the server's counts or the error).
         self.label_reports: Deque[Tuple[Dict[str, Dict[str, List[float]]], Any]] = deque(maxlen=256)
-        self._waiting: List[Tuple[str, str, str, asyncio.Future, Optional[float]]] = []
+        # (group, prompt, response, its future, its label, the prompt's category)
+        self._waiting: List[Tuple[str, str, str, asyncio.Future, Optional[float], Optional[str]]] = []
         self._labelled: Dict[str, _DecisionLabels] = {}
         self._report_task: Optional[asyncio.Task] = None
         self._flush_task: Optional[asyncio.Task] = None
@@ -148,7 +164,8 @@ class LaserVerlReward:
         if self.labels_fn is not None:
             label = _label(await self._call_labels_fn(data_source, solution_str, ground_truth, extra_info))
         future = asyncio.get_running_loop().create_future()
-        self._waiting.append((_group(self.run, extra_info, prompt), prompt, solution_str, future, label))
+        self._waiting.append((_group(self.run, extra_info, prompt), prompt, solution_str, future, label,
+                              _category(data_source)))
         if len(self._waiting) >= self.max_batch:
             self._start_flush(delay=0.0)
         elif self._flush_task is None:
@@ -185,12 +202,12 @@ class LaserVerlReward:
         task.add_done_callback(self._tasks.discard)
         return task
 
-    async def _score(self, batch: List[Tuple[str, str, str, asyncio.Future, Optional[float]]]) -> None:
+    async def _score(self, batch: List[Tuple[str, str, str, asyncio.Future, Optional[float], Optional[str]]]) -> None:
         groups: "OrderedDict[str, List[int]]" = OrderedDict()
         for index, item in enumerate(batch):
             groups.setdefault(item[0], []).append(index)
         queries = [Query(id=str(k), context=None, prompt=batch[members[0]][1],
-                         responses=[batch[i][2] for i in members], group=group)
+                         responses=[batch[i][2] for i in members], group=group, category=batch[members[0]][5])
                    for k, (group, members) in enumerate(groups.items())]
         try:
             self.scores_sent += 1
@@ -291,6 +308,6 @@ def compute_score_sync(data_source: Any = None, solution_str: str = "", ground_t
         client = _SYNC_CLIENTS[laser_address] = LaserRouterClient(laser_address)
     prompt = _prompt(extra_info)
     query = Query(id="0", context=None, prompt=prompt, responses=[solution_str],
-                  group=_group(laser_run or laser_router, extra_info, prompt))
+                  group=_group(laser_run or laser_router, extra_info, prompt), category=_category(data_source))
     result = client.score(laser_router, [query])[0]
     return {"score": float(result.scores[0]), "reward_model": result.reward_model}

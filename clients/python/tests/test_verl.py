@@ -49,6 +49,9 @@ def test_concurrent_calls_become_one_score_with_a_group_per_prompt(http_server):
     info = sync.get_router("verl-run")
     assert info.pending_decisions == len(QUESTIONS)
     assert sum(a.selections for a in info.arms) == len(QUESTIONS)
+    # Each query's category is its data_source.
+    assert {c.category for c in info.categories} == {"openai/gsm8k"}
+    assert sum(c.selections for c in info.categories) == len(QUESTIONS)
 
     # The step hook: this step's loss for every pending decision, once.
     hook = StepFeedback(sync, "verl-run", run="verl-run")

@@ -53,7 +53,7 @@ CHAT_TEMPLATE = ("{% for message in messages %}<|{{ message.role }}|> {{ message
 
 
 def trainer(laser: LaserRouterGRPO, output_dir, max_steps: int, extra_callbacks=(), batch_size: int = 8,
-            conversational: bool = False, **config) -> GRPOTrainer:
+            conversational: bool = False, columns=None, **config) -> GRPOTrainer:
     tok = tokenizer()
     if conversational:
         tok.chat_template = CHAT_TEMPLATE
@@ -64,7 +64,8 @@ def trainer(laser: LaserRouterGRPO, output_dir, max_steps: int, extra_callbacks=
     return GRPOTrainer(model=tiny_model(tok), processing_class=tok, reward_funcs=[laser.reward_function],
                        callbacks=[laser.callback, *extra_callbacks], args=args,
                        train_dataset=Dataset.from_dict({"prompt": [
-                           [{"role": "user", "content": p}] if conversational else p for p in PROMPTS * 4]}))
+                           [{"role": "user", "content": p}] if conversational else p for p in PROMPTS * 4],
+                           **{name: values * 4 for name, values in (columns or {}).items()}}))
 
 
 def assert_each_decision_reported_once(client: LaserRouterClient, router: str, decisions: set) -> None:
@@ -161,6 +162,26 @@ def test_a_verifiable_reward_goes_to_the_router_as_labels(encoder_server, tmp_pa
     assert info.rewards_seen == len(by_loss), "labels stay out of the loss history"
     assert sum(a.feedback_count for a in info.arms) == informative + len(by_loss)
     assert len(groups) == len(laser.reports)
+
+
+TASKS = ["reply", "explain", "reply", "explain", "reply", "explain"]  # one per PROMPTS entry
+
+
+def test_a_dataset_column_is_each_querys_category(encoder_server, tmp_path):
+    """category_column: TRL passes the dataset's columns to reward functions; the named one
+    is each prompt's category, which a router with context_categories sees as one-hot slots
+    and GetRouter counts per category."""
+    client = LaserRouterClient(encoder_server.address)
+    client.create_router("grpo-tasks", encoder="topics", context_categories=["reply", "explain"])
+    laser = LaserRouterGRPO(client, router="grpo-tasks", category_column="task")
+    trainer(laser, tmp_path, max_steps=2, columns={"task": TASKS}).train()
+    info = client.get_router("grpo-tasks")
+    assert {c.category for c in info.categories} == {"reply", "explain"}
+    assert sum(c.selections for c in info.categories) == len(laser.decisions)
+    assert info.pending_decisions == 0
+    missing = LaserRouterGRPO(client, router="grpo-tasks", category_column="topic")
+    with pytest.raises(ValueError, match="category_column 'topic'"):
+        missing.score(["p"], ["c"], completion_ids=[[1]], task=["reply"])
 
 
 def test_server_killed_and_restarted_mid_run(encoder_server, tmp_path):
