@@ -338,7 +338,9 @@ impl Router {
 
     /// What the arms see of a query: its context through the router's transform, then
     /// the one-hot slots of the settings' context categories (none set for a category
-    /// not among them, or none).
+    /// not among them, or none). With `l2_normalize_context` the whole vector is scaled to
+    /// unit norm again, so α means the same with or without a category (a unit context
+    /// and a set slot would otherwise have norm √2: a bonus √2 larger, more exploration).
     pub(in crate::routers) fn arm_context(
         &self,
         context: &[f32],
@@ -351,6 +353,12 @@ impl Router {
             x.resize(first + slots, 0.0);
             if let Some(slot) = self.settings.category_slot(category) {
                 x[first + slot] = 1.0;
+            }
+            if self.settings.l2_normalize_context {
+                let norm = x.iter().map(|v| v * v).sum::<f64>().sqrt();
+                if norm > 0.0 {
+                    x.iter_mut().for_each(|v| *v /= norm);
+                }
             }
         }
         x

@@ -60,6 +60,23 @@ fn the_arms_see_the_context_then_one_slot_per_named_category() {
     );
     let plain = Router::new("p".into(), settings(2), &serving);
     assert_eq!(plain.arm_context(&[3.0, 4.0], Some("code")), vec![3.0, 4.0]);
+    // With L2-normalized contexts the whole arm context is a unit vector again.
+    let unit_settings = RouterSettings {
+        l2_normalize_context: true,
+        ..categorized(&["math", "code"], &serving).settings().clone()
+    };
+    let unit = Router::new("u".into(), unit_settings, &serving);
+    let half = std::f64::consts::FRAC_1_SQRT_2;
+    let x = unit.arm_context(&[3.0, 4.0], Some("code"));
+    let expected = [0.6 * half, 0.8 * half, 0.0, half];
+    assert!(
+        x.iter().zip(expected).all(|(a, b)| (a - b).abs() < 1e-15),
+        "{x:?}"
+    );
+    assert_eq!(
+        unit.arm_context(&[3.0, 4.0], None),
+        vec![0.6, 0.8, 0.0, 0.0]
+    );
 }
 
 /// RM "a" is right (reward 1) on math and wrong (0) on code, "b" the reverse; every query
