@@ -48,7 +48,9 @@ disjoint from the test pairs), sent as a reward for the step's decisions.
 
 Contexts: each prompt's MiniLM embedding (the demo encoder's `sentence_embedding`, unit
 norm), computed once by this script and sent with the queries; the `standardized contexts`
-rows pass them through the client's `ContextStandardizer` first.
+rows pass them through the client's `ContextStandardizer` first; the `+ categories` rows'
+routers are created with `context_categories` naming the loop's categories, so their arms
+also see each query's `category` (and each prior pair's) as one-hot slots.
 
 Everything else goes through the server (spawned from target/release or target/debug on a
 generated config); the policies are the server's own. Prints a table shaped like the paper's
@@ -824,26 +826,29 @@ def plot(results, out, args):
     fig.savefig(out.parent / (out.name + "_share.png"), dpi=100)
     plt.close(fig)
 
+    # One curve per (context, rest of the queries): "linucb[ + categories], labels X% (+ loss|only)".
     series = {}
     for name in results:
-        found = re.match(r"linucb, labels (\d+)% (\+ loss|only)$", name)
+        found = re.match(r"linucb( \+ categories)?, labels (\d+)% (\+ loss|only)$", name)
         if found:
-            series.setdefault(found.group(2), []).append((int(found.group(1)), name))
+            series.setdefault((bool(found.group(1)), found.group(3)), []).append((int(found.group(2)), name))
     if "linucb, labels 100%" in results:
-        for points in series.values():
-            points.append((100, "linucb, labels 100%"))
+        for (categories, _), points in series.items():
+            if not categories:
+                points.append((100, "linucb, labels 100%"))
     if not series:
         return
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
     zero = {"+ loss": "linucb defaults (per query, a=1)", "only": "random"}
-    for rest, points in sorted(series.items()):
+    for (categories, rest), points in sorted(series.items()):
         if zero[rest] in results:
             points = [(0, zero[rest])] + points
         points.sort()
         x = [p for p, _ in points]
         stats = [mean_ci([r["accuracy"]["overall"] for r in results[n]["runs"]]) for _, n in points]
         ax.errorbar(x, [m for m, _ in stats], yerr=[c for _, c in stats], marker="o", capsize=3,
-                    label=f"LinUCB, labels on x%, {'pair loss' if rest == '+ loss' else 'nothing'} on the rest")
+                    label=f"LinUCB{' + categories' if categories else ''}, labels on x%, "
+                          f"{'pair loss' if rest == '+ loss' else 'nothing'} on the rest")
     for name, style in [("random", "--"), (best_fixed, "-."), ("oracle routing (best RM per category)", ":")]:
         if name in results:
             ax.axhline(np.mean([r["accuracy"]["overall"] for r in results[name]["runs"]]), linestyle=style,
