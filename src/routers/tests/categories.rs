@@ -17,6 +17,27 @@ fn categorized(names: &[&str], serving: &[String]) -> Router {
     Router::new("r".into(), settings, serving)
 }
 
+/// The selection for one query of `category` at `context` (explained when asked).
+fn select_in(
+    router: &Router,
+    context: &[f32],
+    category: Option<&str>,
+    serving: &[String],
+    explain: bool,
+    now: i64,
+) -> Selection {
+    let contexts = [context.to_vec()];
+    let categories = [category.map(str::to_string)];
+    let queries = QueriesIn {
+        contexts: &contexts,
+        groups: &[None],
+        categories: &categories,
+    };
+    router
+        .select_grouped(queries, None, explain, serving, now)
+        .unwrap()
+}
+
 /// Select for one query of `category` at `context`, record; (decision id, chosen RM).
 fn pick_in(
     router: &mut Router,
@@ -25,16 +46,7 @@ fn pick_in(
     serving: &[String],
     now: i64,
 ) -> (String, String) {
-    let contexts = [context.to_vec()];
-    let categories = [category.map(str::to_string)];
-    let queries = QueriesIn {
-        contexts: &contexts,
-        groups: &[None],
-        categories: &categories,
-    };
-    let selection = router
-        .select_grouped(queries, None, false, serving, now)
-        .unwrap();
+    let selection = select_in(router, context, category, serving, false, now);
     let chosen = selection.decisions[0].reward_models[0].clone();
     let ids = record(router, selection, now);
     (ids[0].clone(), chosen)
@@ -120,16 +132,15 @@ fn the_log_keeps_the_arms_context_so_a_replay_equals_the_live_router() {
     let mut replica = categorized(&["math", "code"], &serving);
     for step in 0..12 {
         let category = ["math", "code", "poetry"][step % 3];
-        let contexts = [vec![(step as f32).sin(), 1.0]];
-        let categories = [Some(category.to_string())];
-        let queries = QueriesIn {
-            contexts: &contexts,
-            groups: &[None],
-            categories: &categories,
-        };
-        let selection = live
-            .select_grouped(queries, None, false, &serving, step as i64)
-            .unwrap();
+        let context = [(step as f32).sin(), 1.0];
+        let selection = select_in(
+            &live,
+            &context,
+            Some(category),
+            &serving,
+            false,
+            step as i64,
+        );
         assert_eq!(selection.decisions[0].context.len(), 4);
         let id = format!("d{step}");
         let event = selection.recorded(vec![id.clone()], step as i64);
@@ -171,16 +182,7 @@ fn a_prior_enters_each_pair_at_its_category_slot() {
     };
     router.apply_prior(&serving, prior).unwrap();
     let estimates = |category: &str| {
-        let contexts = [vec![0.0f32, 0.0]];
-        let categories = [Some(category.to_string())];
-        let queries = QueriesIn {
-            contexts: &contexts,
-            groups: &[None],
-            categories: &categories,
-        };
-        let selection = router
-            .select_grouped(queries, None, true, &serving, 0)
-            .unwrap();
+        let selection = select_in(&router, &[0.0, 0.0], Some(category), &serving, true, 0);
         selection.decisions[0]
             .estimates
             .iter()
