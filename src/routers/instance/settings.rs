@@ -280,6 +280,12 @@ impl RouterSettings {
                     ),
                 );
             }
+            if name.chars().any(char::is_control) {
+                return invalid(
+                    "context_categories",
+                    format!("[{index}] holds a control character (as Query.category may not)"),
+                );
+            }
             if self.context_categories[..index].contains(name) {
                 return invalid(
                     "context_categories",

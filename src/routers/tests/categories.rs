@@ -224,6 +224,7 @@ fn context_categories_are_checked_named_in_differences_and_round_trip_a_patch() 
     let message = refused(vec![String::new()]);
     assert!(message.contains("[0] is 0 bytes"), "{message}");
     assert!(refused(vec!["x".repeat(65)]).contains("1 to 64 bytes"));
+    assert!(refused(vec!["a\nb".into()]).contains("[0] holds a control character"));
     let ok = with((0..32).map(|i| format!("c{i}")).collect());
     assert_eq!(ok.arm_dim(), 34);
     let ok = ok.validate(4096).unwrap();
