@@ -20,6 +20,19 @@ fn request(router: &str) -> pb::ScoreRequest {
     )
 }
 
+/// Feedback `signal` for one decision of `router`, which must be accepted.
+async fn send_feedback(
+    client: &mut pb::reward_router_client::RewardRouterClient<tonic::transport::Channel>,
+    router: &str,
+    decision_id: String,
+    signal: Signal,
+) {
+    client
+        .feedback(feedback(router, vec![decision_id], signal))
+        .await
+        .expect("feedback");
+}
+
 async fn create(
     admin: &mut pb::admin_client::AdminClient<tonic::transport::Channel>,
     name: &str,
@@ -366,10 +379,7 @@ async fn the_first_reward_is_neutral_by_default_or_raw_as_the_reference() {
         )
         .await;
         let (result, _) = score_counting_rm_jobs(&server, &mut client, name).await;
-        client
-            .feedback(feedback(name, vec![result.decision_id], Signal::Loss(0.8)))
-            .await
-            .expect("feedback");
+        send_feedback(&mut client, name, result.decision_id, Signal::Loss(0.8)).await;
         let info = router_info(&mut admin, name).await;
         let arm = &info.arms[0];
         assert_eq!(arm.feedback_count, 1);
@@ -430,14 +440,7 @@ async fn linear_arms_start_at_the_reward_center_and_report_on_the_rewards_scale(
             result.arms.iter().all(|arm| arm.mean == center),
             "{result:?}"
         );
-        client
-            .feedback(feedback(
-                name,
-                vec![result.decision_id],
-                Signal::Reward(0.5),
-            ))
-            .await
-            .expect("feedback");
+        send_feedback(&mut client, name, result.decision_id, Signal::Reward(0.5)).await;
         let after = score_explained(&mut client, name).await;
         let chosen = &result.reward_model;
         let arm = after
@@ -504,14 +507,13 @@ async fn reset_forgets_learned_state_and_keeps_settings() {
         .into_inner()
         .results
         .remove(0);
-    client
-        .feedback(feedback(
-            "run",
-            vec![result.decision_id.clone()],
-            Signal::Reward(1.0),
-        ))
-        .await
-        .expect("feedback");
+    send_feedback(
+        &mut client,
+        "run",
+        result.decision_id.clone(),
+        Signal::Reward(1.0),
+    )
+    .await;
     let reset = admin
         .reset_router(pb::ResetRouterRequest { name: "run".into() })
         .await
@@ -640,14 +642,13 @@ async fn context_categories_give_each_category_its_own_estimates_and_survive_a_r
     );
     // A reward of 1 on a math decision lifts the chosen arm at math only.
     let math = score_in_category(&mut client, "sliced", "math").await;
-    client
-        .feedback(feedback(
-            "sliced",
-            vec![math.decision_id.clone()],
-            Signal::Reward(1.0),
-        ))
-        .await
-        .expect("feedback");
+    send_feedback(
+        &mut client,
+        "sliced",
+        math.decision_id.clone(),
+        Signal::Reward(1.0),
+    )
+    .await;
     let mean_of = |result: &pb::QueryResult, rm: &str| {
         result
             .arms

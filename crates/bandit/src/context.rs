@@ -45,10 +45,7 @@ impl ContextTransform {
         debug_assert_eq!(context.len(), self.input_dim);
         let mut x: Vec<f64> = context.iter().map(|&v| v as f64).collect();
         if self.l2_normalize {
-            let norm = x.iter().map(|v| v * v).sum::<f64>().sqrt();
-            if norm > 0.0 {
-                x.iter_mut().for_each(|v| *v /= norm);
-            }
+            l2_normalize(&mut x);
         }
         match &self.projection {
             None => x,
@@ -62,6 +59,14 @@ impl ContextTransform {
                 })
                 .collect(),
         }
+    }
+}
+
+/// Divide `x` by its L2 norm (a zero vector stays zero).
+pub fn l2_normalize(x: &mut [f64]) {
+    let norm = x.iter().map(|v| v * v).sum::<f64>().sqrt();
+    if norm > 0.0 {
+        x.iter_mut().for_each(|v| *v /= norm);
     }
 }
 

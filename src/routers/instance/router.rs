@@ -28,7 +28,7 @@ use std::collections::HashMap;
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 
-use crate::bandit::context::ContextTransform;
+use crate::bandit::context::{ContextTransform, l2_normalize};
 use crate::bandit::{LinUcbArm, RewardNormalizer};
 use crate::routers::decisions::events::{
     Decision, DecisionSource, Evictions, FeedbackOutcome, FeedbackSignals, LoggedContext,
@@ -355,10 +355,7 @@ impl Router {
                 x[first + slot] = 1.0;
             }
             if self.settings.l2_normalize_context {
-                let norm = x.iter().map(|v| v * v).sum::<f64>().sqrt();
-                if norm > 0.0 {
-                    x.iter_mut().for_each(|v| *v /= norm);
-                }
+                l2_normalize(&mut x);
             }
         }
         x
